@@ -1,0 +1,22 @@
+package decrypt
+
+import (
+	"context"
+	"crypto/cipher"
+)
+
+// KeyResolver finds the ready AES-256-GCM cipher for one DEK version, as the
+// given device may use it. The key cache implements it; tests use a fake.
+//
+// Errors, matched with errors.Is:
+//   - dek.ErrUnknownKey: no such version, or a key id the device may not use
+//     (reason unknown_key);
+//   - dek.ErrRevoked: the version is revoked or shredded, or its root key is
+//     (reason key_revoked);
+//   - dek.ErrUnavailable: the KMS cannot be reached and the key is not
+//     cached; transient, the caller retries and never dead-letters.
+//
+// ResolveKey must be cheap on a hit: it runs once per message.
+type KeyResolver interface {
+	ResolveKey(ctx context.Context, keyID, keyVersion, deviceID string) (cipher.AEAD, error)
+}
