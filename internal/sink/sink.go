@@ -1,0 +1,41 @@
+package sink
+
+import (
+	"context"
+	"time"
+)
+
+// Record is what a sink receives: one JSON object, already encoded, plus the
+// few fields a sink may need without parsing it (a Kafka sink keys by
+// device, every sink may drop a record whose ID it already holds).
+type Record struct {
+	ID       string // stable across redeliveries (spec: record id)
+	DeviceID string
+	JSON     []byte // one JSON object, no trailing newline
+}
+
+// Sink is a destination for records. Write returns nil only once the sink
+// holds every record of the batch (to the durability its policy promises);
+// the caller acknowledges the messages behind them only then. A Write error
+// means none of the batch may be considered held; the caller retries the
+// whole batch, so sinks must tolerate repeats (records carry a stable ID).
+//
+// Write, Flush and Close are never called concurrently on one sink.
+type Sink interface {
+	Name() string
+	Write(ctx context.Context, batch []Record) error
+	// Flush forces buffered data down to the sink's durable medium.
+	Flush(ctx context.Context) error
+	Close(ctx context.Context) error
+}
+
+// DeadLetter is one message that could not be decrypted, kept exactly as
+// received so it can be replayed once the cause is fixed.
+type DeadLetter struct {
+	Reason     string    `json:"reason"`
+	Error      string    `json:"error"` // text without secrets
+	Topic      string    `json:"topic"`
+	ReceivedAt time.Time `json:"received_at"`
+	Dup        bool      `json:"dup"`
+	Payload    []byte    `json:"payload_b64"` // encoding/json writes []byte as standard base64
+}
