@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Installs and starts what the test suite talks to, when it is missing:
+# Mosquitto (the tests start their own brokers from the binary) and
+# PostgreSQL (the registry's tests create a database each). Meant for a fresh
+# Debian machine where it runs as root; on a machine that already has both
+# (CI, a developer's box) it changes nothing and only prints what it found.
+#
+# It prints the DSN the tests should use as its last line of stdout.
+set -euo pipefail
+
+log() { printf 'test-deps: %s\n' "$*" >&2; }
+
+need_apt=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
+if ! command -v pg_ctlcluster >/dev/null 2>&1; then
+  need_apt+=(postgresql)
+fi
+command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
+
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    log "missing ${need_apt[*]} and not root: install them (apt-get install ${need_apt[*]}) or rerun as root"
+    exit 1
+  fi
+  log "installing ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >&2
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >&2
+fi
+
+# PostgreSQL: start the cluster if it is not accepting connections.
+pg_up() { pg_isready -q -h 127.0.0.1 -p 5432 >/dev/null 2>&1; }
+if ! pg_up; then
+  ver=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n1 || true)
+  if [ -z "$ver" ]; then
+    log "PostgreSQL is installed but has no cluster; creating one"
+    ver=$(ls /usr/lib/postgresql | sort -V | tail -n1)
+    pg_createcluster "$ver" main >&2
+  fi
+  log "starting PostgreSQL $ver"
+  pg_ctlcluster --skip-systemctl-redirect "$ver" main start >&2 || pg_ctlcluster "$ver" main start >&2
+  for _ in $(seq 1 60); do pg_up && break; sleep 0.5; done
+  pg_up || { log "PostgreSQL did not come up on 127.0.0.1:5432"; exit 1; }
+fi
+
+# Which DSN works: the CI machine trusts postgres@127.0.0.1; a stock Debian
+# install does not, so there we make a test-only role with a password.
+dsn="${DECRYPTD_TEST_PG_DSN:-postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable}"
+if ! psql "$dsn" -qAtc 'select 1' >/dev/null 2>&1; then
+  log "creating the local test role decryptd_test (CREATEDB, password auth on 127.0.0.1)"
+  su postgres -c "psql -qAt -c \"DO \\\$\\\$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname='decryptd_test') THEN CREATE ROLE decryptd_test LOGIN CREATEDB PASSWORD 'decryptd_test'; END IF; END \\\$\\\$;\"" >&2
+  dsn="postgres://decryptd_test:decryptd_test@127.0.0.1:5432/postgres?sslmode=disable"
+  psql "$dsn" -qAtc 'select 1' >/dev/null || { log "cannot connect with $dsn"; exit 1; }
+fi
+log "mosquitto: $(command -v mosquitto || echo /usr/sbin/mosquitto); postgres: ok"
+echo "$dsn"

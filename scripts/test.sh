@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: dependencies installed and started
+# where missing, formatting and vet checks, every test under the race
+# detector, then a short run of every fuzz target.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DECRYPTD_TEST_PG_DSN=$(scripts/test-deps.sh | tail -n1)
+export DECRYPTD_TEST_PG_DSN
+
+echo "== gofmt"
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
+if [ -n "$unformatted" ]; then echo "gofmt would change:"; echo "$unformatted"; exit 1; fi
+
+echo "== go vet"
+go vet ./...
+
+echo "== fuzz (short run of every target, ${FUZZTIME:=10s} each)"
+for pkg in $(go list ./...); do
+  dir=$(go list -f '{{.Dir}}' "$pkg")
+  for target in $(grep -ho '^func Fuzz[A-Za-z0-9_]*' "$dir"/*_test.go 2>/dev/null | sed 's/^func //' | sort -u); do
+    echo "-- $pkg $target"
+    go test -run='^$' -fuzz="^${target}\$" -fuzztime="$FUZZTIME" "$pkg" 2>&1 | tail -n 3
+  done
+done
+
+echo "== go test -race"
+go test -race -count=1 -timeout 20m ./...
