@@ -1,0 +1,29 @@
+// Package kpemu is an in-process emulator of the IBM Key Protect REST API
+// (api/v2) and of the IAM token endpoint, as the keyprotect-go-client
+// v0.17.3 uses them. decryptd's tests run the real client against it, and
+// cmd/kpemu serves it so a user can try the Key Protect path locally.
+//
+// It speaks the wire format of docs/keyprotect-api.md (shared reference):
+// the key and error envelopes, the flat action bodies, key states 1/2/3/5
+// with the documented refusals (409 KEY_ACTION_INVALID_STATE_ERR, 410 for a
+// deleted key, 404 KEY_NOT_FOUND_ERR, 401, 400 INVALID_FIELD_ERR for a
+// ciphertext or AAD that does not authenticate), rotation with old versions
+// kept for unwrap, and UnwrapV2's rewrapped ciphertext. It checks the
+// Authorization bearer token (only tokens its own IAM endpoint issued, until
+// they expire) and the Bluemix-Instance header; it requires no Content-Type.
+// Timing rules of the real service (one rotation per hour, 30 s between a
+// state change and enable/restore, 4 h before purge) are options, off by
+// default so tests can rotate twice.
+//
+// Root key material never leaves the emulator: wrap answers with an opaque
+// ciphertext (base64 of a small JSON object naming the key version, AES-GCM
+// with the key id, version and AAD as additional data). Only standard
+// (extractable) keys return their payload, as the real GET does.
+//
+// For tests it offers fault injection settable at runtime (latency, the
+// next N requests failing with a status, a failure rate, 429 with
+// Retry-After, a hanging or resetting outage, the same for IAM) and per
+// operation call counters; Server adds a listener on 127.0.0.1:0 that counts
+// new TCP connections (keep-alive reuse is observable) and can refuse
+// connections outright. Everything is safe for concurrent use.
+package kpemu
