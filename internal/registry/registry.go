@@ -87,4 +87,10 @@ type Store interface {
 var (
 	ErrNotFound = errors.New("registry: no such key version")
 	ErrExists   = errors.New("registry: key version already exists")
+	// ErrShredded: the entry is a tombstone; it can never change again.
+	ErrShredded = errors.New("registry: key version is shredded")
+	// ErrInvalid: the entry breaks an invariant (see Entry.Validate).
+	ErrInvalid = errors.New("registry: invalid entry")
+	// ErrClosed: the store was closed.
+	ErrClosed = errors.New("registry: store closed")
 )

@@ -1,0 +1,8 @@
+// Package registrytest holds the contract suite every registry.Store backend
+// runs (RunStoreContract), and helpers that build valid entries for other
+// packages' tests. It talks only to the registry.Store interface, so a
+// backend that passes it behaves like every other one: CRUD and its
+// sentinels, the invariants, atomic Update under concurrency from two
+// handles, List order, and a Watch that sees a change made through another
+// handle within 2 seconds.
+package registrytest
