@@ -1,0 +1,447 @@
+package decrypt
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/decryptd/decryptd/internal/dek"
+)
+
+// Message is one MQTT message as received.
+type Message struct {
+	Topic   string
+	Payload []byte
+	// Dup is the MQTT DUP flag: the broker is redelivering it.
+	Dup bool
+	// ReceivedAt is when the daemon received it (the record's received_at
+	// and the stale check's reference); zero means Options.Now() at Open.
+	ReceivedAt time.Time
+}
+
+// Decryptor turns messages into records or failure reasons. It is safe for
+// concurrent use.
+type Decryptor struct {
+	keys  KeyResolver
+	opts  Options
+	topic topicPattern
+	win   *window // nil when the replay window is disabled
+	pool  sync.Pool
+}
+
+// New returns a Decryptor that resolves keys through keys. Zero Options
+// fields take their defaults; an invalid option is an error naming it.
+func New(keys KeyResolver, opts Options) (*Decryptor, error) {
+	if keys == nil {
+		return nil, errors.New("decrypt: nil KeyResolver")
+	}
+	opts, err := opts.withDefaults()
+	if err != nil {
+		return nil, fmt.Errorf("decrypt: %w", err)
+	}
+	tp, err := parseTopicPattern(opts.TopicPattern)
+	if err != nil {
+		return nil, fmt.Errorf("decrypt: %w", err)
+	}
+	d := &Decryptor{keys: keys, opts: opts, topic: tp}
+	if !opts.ReplayDisabled {
+		d.win = newWindow(opts.ReplayEntries, opts.ReplayMaxAge)
+	}
+	d.pool.New = func() any { return new(state) }
+	return d, nil
+}
+
+// state is the per-call scratch space, pooled so a message costs only the
+// record's own allocations. Every buffer that may hold plaintext is wiped
+// before it goes back to the pool.
+type state struct {
+	msg  scanner // the message
+	sub  scanner // shape A metadata, then each plaintext
+	refs []sealedRef
+	env  []byte // device id, timestamp digits, key id, key version (stable copies)
+	meta []byte // shape A record metadata
+	bin  []byte // decoded SEALED values, opened in place
+	aad  []byte
+	out  []byte
+	keys []replayKey
+	pts  []span // each sealed value's plaintext JSON value, in bin
+}
+
+func (st *state) wipe() {
+	st.msg.release()
+	st.sub.release()
+	clear(st.refs)
+	clear(st.bin)
+	clear(st.out)
+	clear(st.meta)
+	st.refs, st.bin, st.out, st.meta = st.refs[:0], st.bin[:0], st.out[:0], st.meta[:0]
+}
+
+// envelope is what Open learns before it needs a key.
+type envelope struct {
+	shapeA     bool
+	deviceID   []byte
+	tsText     []byte
+	ts         int64
+	keyID      []byte // the effective key id (device/<id> when absent)
+	keyVersion []byte // nil when absent (shape B only)
+	sealed     []sealedRef
+}
+
+// Open decrypts one message. It returns a record, or an error carrying one
+// reason sentinel (see Reason), ErrDuplicate, or ErrTransient; never both a
+// record and an error, and never part of a plaintext. Checks run in the
+// spec's order, and everything that can be checked without a key is checked
+// before the key is looked up.
+func (d *Decryptor) Open(ctx context.Context, m Message) (Record, error) {
+	if len(m.Payload) > d.opts.MaxMessageBytes {
+		return Record{}, fmt.Errorf("%w: %d bytes, over the %d-byte limit", ErrMalformed, len(m.Payload), d.opts.MaxMessageBytes)
+	}
+	st := d.pool.Get().(*state)
+	rec, err := d.open(ctx, st, m)
+	st.wipe()
+	d.pool.Put(st)
+	return rec, err
+}
+
+func (d *Decryptor) open(ctx context.Context, st *state, m Message) (Record, error) {
+	env, err := st.parse(m.Payload)
+	if err != nil {
+		return Record{}, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	if id, ok := d.topic.deviceID(m.Topic); ok && id != string(env.deviceID) {
+		return Record{}, fmt.Errorf("%w: topic carries device %q, message device_id is %q", ErrTopicMismatch, id, env.deviceID)
+	}
+	received := m.ReceivedAt
+	if received.IsZero() {
+		received = d.opts.Now()
+	}
+	if skew := d.opts.ClockSkew; skew > 0 {
+		if diff := timestampTime(env.ts).Sub(received); diff > skew || diff < -skew {
+			return Record{}, fmt.Errorf("%w: timestamp %s is %s from receive time, window %s", ErrStale, env.tsText, diff.Round(time.Second), skew)
+		}
+	}
+	if len(env.sealed) == 0 {
+		return st.plainRecord(m, received, env), nil
+	}
+
+	// Replay keys (and the record id, the first one's digest) need no key.
+	st.keys = st.keys[:0]
+	var id [sha256.Size]byte
+	for i := range env.sealed {
+		b := st.bin[env.sealed[i].bin.start:]
+		h := append(st.aad[:0], env.keyID...)
+		h = append(h, 0)
+		h = append(h, env.keyVersion...)
+		h = append(h, 0)
+		h = append(h, b[:nonceSize]...)
+		st.aad = h
+		sum := sha256.Sum256(h)
+		if i == 0 {
+			id = sum
+		}
+		st.keys = append(st.keys, replayKey(sum[:len(replayKey{})]))
+	}
+
+	// One allocation for every string of the record.
+	out := hex.AppendEncode(st.out[:0], id[:])
+	out = append(out, env.deviceID...)
+	out = append(out, env.keyID...)
+	out = append(out, env.keyVersion...)
+	st.out = out
+	strs := string(out)
+	o := 2 * sha256.Size
+	rec := Record{ID: strs[:o], Topic: m.Topic, ReceivedAt: received, Timestamp: env.ts}
+	rec.DeviceID, o = strs[o:o+len(env.deviceID)], o+len(env.deviceID)
+	rec.KeyID, o = strs[o:o+len(env.keyID)], o+len(env.keyID)
+	rec.KeyVersion = strs[o:]
+
+	aead, err := d.keys.ResolveKey(ctx, rec.KeyID, rec.KeyVersion, rec.DeviceID)
+	switch {
+	case err == nil && aead == nil:
+		return Record{}, fmt.Errorf("%w: key resolver returned no cipher for %s %s", ErrTransient, rec.KeyID, rec.KeyVersion)
+	case err == nil:
+	case errors.Is(err, dek.ErrUnknownKey):
+		return Record{}, fmt.Errorf("%w: %s %s for device %s: %w", ErrUnknownKey, rec.KeyID, rec.KeyVersion, rec.DeviceID, err)
+	case errors.Is(err, dek.ErrRevoked):
+		return Record{}, fmt.Errorf("%w: %s %s: %w", ErrKeyRevoked, rec.KeyID, rec.KeyVersion, err)
+	default:
+		// dek.ErrUnavailable, a cancelled context, or anything the resolver
+		// could not classify: never dead-letter on a fault of ours.
+		return Record{}, fmt.Errorf("%w: resolve %s %s: %w", ErrTransient, rec.KeyID, rec.KeyVersion, err)
+	}
+	if aead.NonceSize() != nonceSize || aead.Overhead() != tagSize {
+		// cipher.AEAD.Open panics on a nonce of the wrong size.
+		return Record{}, fmt.Errorf("%w: key resolver returned a cipher with nonce size %d, overhead %d; want AES-GCM",
+			ErrTransient, aead.NonceSize(), aead.Overhead())
+	}
+
+	// Open every sealed value before judging any plaintext: auth_failed
+	// comes before bad_plaintext in the spec's order.
+	st.pts = st.pts[:0]
+	for i := range env.sealed {
+		sp := env.sealed[i].bin
+		b := st.bin[sp.start:sp.end:sp.end]
+		aad := append(st.aad[:0], env.deviceID...)
+		aad = append(aad, 0)
+		aad = append(aad, env.tsText...)
+		if !env.shapeA {
+			aad = append(aad, 0)
+			aad = append(aad, env.sealed[i].ptr...)
+		}
+		st.aad = aad
+		ct := b[nonceSize:]
+		pt, err := aead.Open(ct[:0], b[:nonceSize], ct, aad)
+		if err != nil {
+			if env.shapeA {
+				return Record{}, fmt.Errorf("%w: encrypted_data under %s %s", ErrAuthFailed, rec.KeyID, rec.KeyVersion)
+			}
+			return Record{}, fmt.Errorf("%w: field %s under %s %s", ErrAuthFailed, env.sealed[i].ptr, rec.KeyID, rec.KeyVersion)
+		}
+		start := sp.start + nonceSize
+		st.pts = append(st.pts, span{start, start + len(pt)})
+	}
+	for i, p := range st.pts {
+		k, v, err := st.sub.document(st.bin[p.start:p.end], false)
+		if err != nil {
+			if env.shapeA {
+				return Record{}, fmt.Errorf("%w: %v", ErrBadPlaintext, err)
+			}
+			return Record{}, fmt.Errorf("%w: field %s: %v", ErrBadPlaintext, env.sealed[i].ptr, err)
+		}
+		if env.shapeA && k != kindObject {
+			return Record{}, fmt.Errorf("%w: plaintext is not a JSON object", ErrBadPlaintext)
+		}
+		st.pts[i] = span{p.start + v.start, p.start + v.end}
+	}
+
+	if d.win != nil {
+		if err := d.win.admit(st.keys, m.Dup, d.opts.Now().UnixNano()); err != nil {
+			return Record{}, fmt.Errorf("%w: nonce already accepted under %s %s", err, rec.KeyID, rec.KeyVersion)
+		}
+		rec.rk0, rec.rkN = st.keys[0], len(st.keys)
+		if len(st.keys) > 1 {
+			rec.rkMore = slices.Clone(st.keys)
+		}
+	}
+
+	if env.shapeA {
+		p := st.pts[0]
+		buf := make([]byte, len(st.meta)+p.end-p.start)
+		n := copy(buf, st.meta)
+		copy(buf[n:], st.bin[p.start:p.end])
+		rec.Metadata, rec.Data = buf[:n:n], buf[n:]
+		return rec, nil
+	}
+	st.out = st.appendShapeBData(st.out[:0], env)
+	rec.Data = slices.Clone(st.out)
+	return rec, nil
+}
+
+// plainRecord is the record of a shape B message without sealed values.
+func (st *state) plainRecord(m Message, received time.Time, env envelope) Record {
+	id := sha256.Sum256(m.Payload)
+	out := hex.AppendEncode(st.out[:0], id[:])
+	out = append(out, env.deviceID...)
+	strs := string(out)
+	st.out = st.appendShapeBData(out[:0], env)
+	return Record{
+		ID:         strs[:2*sha256.Size],
+		DeviceID:   strs[2*sha256.Size:],
+		Timestamp:  env.ts,
+		Topic:      m.Topic,
+		ReceivedAt: received,
+		Data:       slices.Clone(st.out),
+	}
+}
+
+// appendShapeBData appends the message less its envelope members, each
+// sealed string replaced by its plaintext value (st.pts, in order).
+func (st *state) appendShapeBData(dst []byte, env envelope) []byte {
+	s := &st.msg
+	dst = append(dst, '{')
+	first := true
+	si := 0
+	for i := range s.top {
+		mb := &s.top[i]
+		if isEnvelopeName(mb.name) {
+			continue
+		}
+		if !first {
+			dst = append(dst, ',')
+		}
+		first = false
+		pos := mb.start
+		for si < len(env.sealed) && env.sealed[si].raw.start < mb.val.end {
+			r := env.sealed[si].raw
+			dst = append(dst, s.buf[pos:r.start]...)
+			p := st.pts[si]
+			dst = append(dst, st.bin[p.start:p.end]...)
+			pos = r.end
+			si++
+		}
+		dst = append(dst, s.buf[pos:mb.val.end]...)
+	}
+	return append(dst, '}')
+}
+
+func isEnvelopeName(name []byte) bool {
+	switch string(name) {
+	case "device_id", "timestamp", "key_version", "key_id":
+		return true
+	}
+	return false
+}
+
+// parse scans the message and checks everything the spec calls malformed.
+func (st *state) parse(payload []byte) (envelope, error) {
+	var env envelope
+	s := &st.msg
+	if _, _, err := s.document(payload, true); err != nil {
+		return env, err
+	}
+	var dev, ts *member
+	var devScan *scanner
+	if ed := s.find("encrypted_data"); ed != nil {
+		env.shapeA = true
+		if ed.kind != kindString {
+			return env, errors.New("encrypted_data: not a string")
+		}
+		md := s.find("metadata")
+		if md == nil {
+			return env, errors.New("metadata: missing")
+		}
+		if md.kind != kindObject {
+			return env, errors.New("metadata: not an object")
+		}
+		sub := &st.sub
+		if _, _, err := sub.document(payload[md.val.start:md.val.end], true); err != nil {
+			return env, err // cannot happen: already scanned
+		}
+		dev, ts, devScan = sub.find("device_id"), sub.find("timestamp"), sub
+		if dev == nil || ts == nil {
+			return env, errors.New("metadata: device_id and timestamp required")
+		}
+		meta := append(st.meta[:0], '{')
+		for i := range sub.top {
+			mb := &sub.top[i]
+			if string(mb.name) == "device_id" || string(mb.name) == "timestamp" {
+				continue
+			}
+			if len(meta) > 1 {
+				meta = append(meta, ',')
+			}
+			meta = append(meta, sub.buf[mb.start:mb.val.end]...)
+		}
+		st.meta = append(meta, '}')
+		st.refs = append(st.refs[:0], sealedRef{raw: ed.val, top: -1, text: s.stringValue(ed)})
+	} else {
+		dev, ts, devScan = s.find("device_id"), s.find("timestamp"), s
+		if dev == nil || ts == nil {
+			return env, errors.New("device_id and timestamp required")
+		}
+		st.refs = st.refs[:0]
+		for _, r := range s.sealed {
+			if !isEnvelopeName(s.top[r.top].name) {
+				st.refs = append(st.refs, r)
+			}
+		}
+	}
+	env.sealed = st.refs
+
+	// Stable copies of the names: a scanner's arena is wiped when it is
+	// reused for the plaintexts.
+	e := st.env[:0]
+	if dev.kind != kindString {
+		return env, errors.New("device_id: not a string")
+	}
+	v := devScan.stringValue(dev)
+	if !validDeviceID(v) {
+		return env, errors.New("device_id: outside its alphabet or length")
+	}
+	e = append(e, v...)
+	nDev := len(e)
+	if ts.kind != kindNumber {
+		return env, errors.New("timestamp: not a number")
+	}
+	tsText := devScan.buf[ts.val.start:ts.val.end]
+	t, err := parseTimestamp(tsText)
+	if err != nil {
+		return env, err
+	}
+	env.ts = t
+	e = append(e, tsText...)
+	nTS := len(e)
+
+	kv := s.find("key_version")
+	switch {
+	case kv != nil && kv.kind != kindString:
+		return env, errors.New("key_version: not a string")
+	case kv != nil:
+		v := s.stringValue(kv)
+		if !validKeyVersion(v) {
+			return env, errors.New("key_version: outside its alphabet or length")
+		}
+		e = append(e, v...)
+	case env.shapeA:
+		return env, errors.New("key_version: missing")
+	case len(env.sealed) > 0:
+		return env, errors.New("key_version: missing, required with sealed fields")
+	}
+	nKV := len(e)
+	if ki := s.find("key_id"); ki != nil {
+		if ki.kind != kindString {
+			return env, errors.New("key_id: not a string")
+		}
+		v := s.stringValue(ki)
+		if !validKeyID(v) {
+			return env, errors.New("key_id: outside its alphabet or length")
+		}
+		e = append(e, v...)
+	} else {
+		e = append(e, "device/"...)
+		e = append(e, e[:nDev]...)
+	}
+	st.env = e
+	env.deviceID = e[:nDev:nDev]
+	env.tsText = e[nDev:nTS:nTS]
+	if kv != nil {
+		env.keyVersion = e[nTS:nKV:nKV]
+	}
+	env.keyID = e[nKV:]
+
+	st.bin = st.bin[:0]
+	for i := range env.sealed {
+		r := &env.sealed[i]
+		n := len(st.bin)
+		st.bin, err = appendBase64(st.bin, r.text)
+		if err != nil {
+			if env.shapeA {
+				return env, fmt.Errorf("encrypted_data: %w", err)
+			}
+			return env, fmt.Errorf("field %s: %w", r.ptr, err)
+		}
+		if len(st.bin)-n < sealedMin {
+			return env, fmt.Errorf("sealed value of %d bytes, shorter than %d", len(st.bin)-n, sealedMin)
+		}
+		r.bin = span{n, len(st.bin)}
+	}
+	return env, nil
+}
+
+// Forget removes r's entries from the replay window: for a caller that
+// could not deliver r, so that the broker's redelivery of its message is
+// decrypted again instead of being taken for a duplicate or a replay.
+func (d *Decryptor) Forget(r Record) {
+	if d.win == nil {
+		return
+	}
+	if keys := r.replayKeys(); len(keys) > 0 {
+		d.win.forget(keys)
+	}
+}

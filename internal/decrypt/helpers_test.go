@@ -1,0 +1,144 @@
+package decrypt
+
+import (
+	"context"
+	"crypto/cipher"
+	"encoding/hex"
+	"encoding/json"
+	"os"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/decryptd/decryptd/internal/dek"
+	"github.com/decryptd/decryptd/internal/seal"
+)
+
+// vectorsPath is the repository's copy of the public vectors, read as is.
+const vectorsPath = "../../testdata/envelope-v1.json"
+
+type vectorKey struct {
+	KeyID      string   `json:"key_id"`
+	KeyVersion string   `json:"key_version"`
+	DEKHex     string   `json:"dek_hex"`
+	State      string   `json:"state"`
+	Devices    []string `json:"devices"`
+}
+
+type vectorCase struct {
+	Name    string `json:"name"`
+	Topic   string `json:"topic"`
+	Message string `json:"message"`
+	Expect  struct {
+		OK     bool                       `json:"ok"`
+		Reason string                     `json:"reason"`
+		Record map[string]json.RawMessage `json:"record"`
+	} `json:"expect"`
+}
+
+type vectorFile struct {
+	Spec  string       `json:"spec"`
+	Keys  []vectorKey  `json:"keys"`
+	Cases []vectorCase `json:"cases"`
+}
+
+func loadVectors(tb testing.TB) vectorFile {
+	tb.Helper()
+	raw, err := os.ReadFile(vectorsPath)
+	if err != nil {
+		tb.Fatalf("read vectors: %v", err)
+	}
+	var v vectorFile
+	if err := json.Unmarshal(raw, &v); err != nil {
+		tb.Fatalf("parse vectors: %v", err)
+	}
+	if v.Spec != "envelope-v1" || len(v.Keys) == 0 || len(v.Cases) == 0 {
+		tb.Fatalf("vectors: unexpected content (spec %q, %d keys, %d cases)", v.Spec, len(v.Keys), len(v.Cases))
+	}
+	return v
+}
+
+type keyRef struct{ id, version string }
+
+type fakeKey struct {
+	aead    cipher.AEAD
+	state   dek.State
+	devices []string // nil: any device the key id allows
+}
+
+// fakeKeys is an in-memory KeyResolver with the registry's rules: a
+// device/<id> key only for that device, a key with a device list only for
+// those devices, revoked or shredded versions refused. Read-only after
+// construction, so it is safe (and allocation-free) under concurrency.
+type fakeKeys struct {
+	keys  map[keyRef]fakeKey
+	err   atomic.Pointer[error] // when set, every lookup fails with it
+	calls atomic.Int64
+}
+
+func newFakeKeys() *fakeKeys { return &fakeKeys{keys: map[keyRef]fakeKey{}} }
+
+func (f *fakeKeys) add(tb testing.TB, keyID, version string, dekBytes []byte, state dek.State, devices ...string) cipher.AEAD {
+	tb.Helper()
+	aead, err := seal.NewAEAD(dekBytes)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	f.keys[keyRef{keyID, version}] = fakeKey{aead: aead, state: state, devices: devices}
+	return aead
+}
+
+func (f *fakeKeys) failWith(err error) { f.err.Store(&err) }
+
+func (f *fakeKeys) ResolveKey(_ context.Context, keyID, keyVersion, deviceID string) (cipher.AEAD, error) {
+	f.calls.Add(1)
+	if p := f.err.Load(); p != nil {
+		return nil, *p
+	}
+	k, ok := f.keys[keyRef{keyID, keyVersion}]
+	if !ok {
+		return nil, dek.ErrUnknownKey
+	}
+	if strings.HasPrefix(keyID, "device/") && keyID != dek.DeviceKeyID(deviceID) {
+		return nil, dek.ErrUnknownKey
+	}
+	if k.devices != nil && !slices.Contains(k.devices, deviceID) {
+		return nil, dek.ErrUnknownKey
+	}
+	if !k.state.CanDecrypt() {
+		return nil, dek.ErrRevoked
+	}
+	return k.aead, nil
+}
+
+func vectorKeys(tb testing.TB, v vectorFile) *fakeKeys {
+	tb.Helper()
+	f := newFakeKeys()
+	for _, k := range v.Keys {
+		b, err := hex.DecodeString(k.DEKHex)
+		if err != nil {
+			tb.Fatalf("key %s %s: %v", k.KeyID, k.KeyVersion, err)
+		}
+		st, err := dek.ParseState(k.State)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		f.add(tb, k.KeyID, k.KeyVersion, b, st, k.Devices...)
+	}
+	return f
+}
+
+// countingReader is a deterministic nonce source: distinct nonces, the
+// same sequence every run.
+type countingReader struct{ n uint64 }
+
+func (r *countingReader) Read(p []byte) (int, error) {
+	for i := range p {
+		if i%8 == 0 {
+			r.n++
+		}
+		p[i] = byte(r.n >> (8 * (i % 8)))
+	}
+	return len(p), nil
+}

@@ -1,0 +1,144 @@
+package decrypt
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Defaults of Options.
+const (
+	DefaultMaxMessageBytes = 256 << 10
+	// DefaultTopicPattern is Watson IoT's device event topic.
+	DefaultTopicPattern = "iot-2/type/+/id/{device_id}/evt/+/fmt/+"
+	DefaultReplayEntries = 1_000_000
+	DefaultReplayMaxAge  = 24 * time.Hour
+)
+
+// Options tunes a Decryptor. The zero value means every default.
+type Options struct {
+	// MaxMessageBytes: a larger payload is malformed, refused before it is
+	// parsed. 0 means DefaultMaxMessageBytes.
+	MaxMessageBytes int
+
+	// TopicPattern says where a topic carries the device id: MQTT-style
+	// levels separated by '/', where a level is a literal, '+' (any one
+	// level), '#' (any remaining levels, last only) or "{device_id}" (any one
+	// level, the device id; exactly once). A topic the pattern does not
+	// match carries no device id and skips the topic check. "" means
+	// DefaultTopicPattern.
+	TopicPattern string
+
+	// ReplayEntries and ReplayMaxAge bound the replay window: the oldest
+	// accepted (key id, key version, nonce) triples are forgotten first once
+	// either bound is reached. 0 means the default (1,000,000 and 24 h).
+	// Memory is about 64 bytes per entry at most.
+	ReplayEntries int
+	ReplayMaxAge  time.Duration
+	// ReplayDisabled turns the replay window off: no replay and no duplicate
+	// is ever reported.
+	ReplayDisabled bool
+
+	// ClockSkew, when positive, is the stale check's window: a message whose
+	// timestamp is further than this from its receive time is stale. 0 turns
+	// the check off (the default: devices that buffer offline send old
+	// readings).
+	ClockSkew time.Duration
+
+	// Now is the clock (replay window ages, receive time when a Message has
+	// none). nil means time.Now.
+	Now func() time.Time
+}
+
+func (o Options) withDefaults() (Options, error) {
+	var errs []error
+	if o.MaxMessageBytes < 0 {
+		errs = append(errs, errors.New("MaxMessageBytes: must not be negative"))
+	} else if o.MaxMessageBytes == 0 {
+		o.MaxMessageBytes = DefaultMaxMessageBytes
+	}
+	if o.TopicPattern == "" {
+		o.TopicPattern = DefaultTopicPattern
+	}
+	if o.ReplayEntries < 0 {
+		errs = append(errs, errors.New("ReplayEntries: must not be negative"))
+	} else if o.ReplayEntries == 0 {
+		o.ReplayEntries = DefaultReplayEntries
+	}
+	if o.ReplayMaxAge < 0 {
+		errs = append(errs, errors.New("ReplayMaxAge: must not be negative"))
+	} else if o.ReplayMaxAge == 0 {
+		o.ReplayMaxAge = DefaultReplayMaxAge
+	}
+	if o.ClockSkew < 0 {
+		errs = append(errs, errors.New("ClockSkew: must not be negative (0 turns the check off)"))
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return o, errors.Join(errs...)
+}
+
+// topicPattern is a parsed Options.TopicPattern.
+type topicPattern struct {
+	levels []string // "+", "#", "{device_id}" or a literal
+}
+
+const devicePlaceholder = "{device_id}"
+
+func parseTopicPattern(p string) (topicPattern, error) {
+	levels := strings.Split(p, "/")
+	found := 0
+	for i, l := range levels {
+		switch {
+		case l == devicePlaceholder:
+			found++
+		case l == "+":
+		case l == "#":
+			if i != len(levels)-1 {
+				return topicPattern{}, fmt.Errorf("TopicPattern %q: '#' must be the last level", p)
+			}
+		case strings.ContainsAny(l, "+#{}"):
+			return topicPattern{}, fmt.Errorf("TopicPattern %q: level %q mixes a wildcard or brace with text", p, l)
+		}
+	}
+	if found != 1 {
+		return topicPattern{}, fmt.Errorf("TopicPattern %q: must contain %s exactly once", p, devicePlaceholder)
+	}
+	return topicPattern{levels: levels}, nil
+}
+
+// deviceID returns the device id the topic carries, or ok=false when the
+// pattern does not match it. It does not allocate.
+func (tp topicPattern) deviceID(topic string) (id string, ok bool) {
+	rest := topic
+	more := true // whether rest still has a level to consume
+	for _, l := range tp.levels {
+		if l == "#" {
+			return id, true
+		}
+		if !more {
+			return "", false
+		}
+		var level string
+		if i := strings.IndexByte(rest, '/'); i >= 0 {
+			level, rest = rest[:i], rest[i+1:]
+		} else {
+			level, rest, more = rest, "", false
+		}
+		switch l {
+		case "+":
+		case devicePlaceholder:
+			id = level
+		default:
+			if level != l {
+				return "", false
+			}
+		}
+	}
+	if more {
+		return "", false
+	}
+	return id, true
+}

@@ -1,0 +1,593 @@
+package decrypt
+
+import (
+	"bytes"
+	"errors"
+	"strconv"
+	"unicode/utf8"
+)
+
+// The JSON scanner works on the raw message bytes: it validates RFC 8259
+// strictly (UTF-8, no bare control characters, no trailing commas or
+// garbage, no leading zeros), rejects a member name repeated within one
+// object at any depth, and, in message mode, records what the envelope
+// needs: the top-level members and every string value that starts with the
+// sealed-field prefix, with its RFC 6901 pointer. It never converts numbers
+// and never builds maps of values, so numbers keep their exact text and a
+// message costs no allocation beyond the scanner's reused buffers.
+
+// sealedPrefix starts an encrypted field's string value (shape B).
+const sealedPrefix = "ENC:AES256:"
+
+// maxDepth bounds nesting so a hostile message cannot drive the recursive
+// descent arbitrarily deep. The spec sets no limit; 1000 is far beyond any
+// telemetry and well within what other JSON stacks (Python's json) handle.
+const maxDepth = 1000
+
+// linearNames is how many member names of one object are compared linearly
+// for repeats; past it the object switches to a set, so a hostile object
+// with thousands of members costs O(n), not O(n²).
+const linearNames = 16
+
+type valueKind uint8
+
+const (
+	kindString valueKind = iota + 1
+	kindNumber
+	kindObject
+	kindArray
+	kindTrue
+	kindFalse
+	kindNull
+)
+
+type span struct{ start, end int }
+
+// member is one member of the scanned document's top-level object.
+type member struct {
+	name  []byte // decoded
+	start int    // offset of the name's opening quote
+	val   span   // raw value (strings include their quotes)
+	kind  valueKind
+}
+
+// sealedRef is one string value that starts with sealedPrefix.
+type sealedRef struct {
+	raw  span   // the string value in the document, quotes included
+	top  int    // index of the top-level member it sits in
+	text []byte // decoded base64 text after the prefix
+	ptr  []byte // RFC 6901 pointer
+	bin  span   // SEALED bytes in state.bin, once decoded
+}
+
+type pathSeg struct {
+	name  []byte
+	index int
+	isIdx bool
+}
+
+// errScan carries no document content: offsets only, since the document may
+// be plaintext.
+type scanError struct {
+	off int
+	msg string
+}
+
+func (e *scanError) Error() string { return e.msg + " at offset " + strconv.Itoa(e.off) }
+
+// scanner is reused across messages (pooled); reset clears it.
+type scanner struct {
+	buf     []byte
+	pos     int
+	depth   int
+	collect bool // message mode: record top-level members and sealed strings
+
+	names  [][]byte // member names of the objects currently open, innermost last
+	path   []pathSeg
+	arena  []byte // decoded names and strings; only ever appended to during one scan
+	top    []member
+	sealed []sealedRef
+	curTop int
+}
+
+// reset prepares the scanner for buf. It first wipes what the previous
+// scan left: the arena may hold decoded plaintext strings, and the slices
+// point into the previous document.
+func (s *scanner) reset(buf []byte, collect bool) {
+	clear(s.arena)
+	clear(s.names)
+	clear(s.path)
+	clear(s.top)
+	clear(s.sealed)
+	s.buf = buf
+	s.pos = 0
+	s.depth = 0
+	s.collect = collect
+	s.names = s.names[:0]
+	s.path = s.path[:0]
+	s.arena = s.arena[:0]
+	s.top = s.top[:0]
+	s.sealed = s.sealed[:0]
+	s.curTop = -1
+}
+
+// release wipes the scanner and drops its references, for the pool.
+func (s *scanner) release() { s.reset(nil, false) }
+
+func (s *scanner) fail(msg string) error { return &scanError{off: s.pos, msg: msg} }
+
+// document scans buf as one JSON text and returns the kind and span of its
+// value (surrounding whitespace excluded).
+func (s *scanner) document(buf []byte, collect bool) (valueKind, span, error) {
+	s.reset(buf, collect)
+	s.skipWS()
+	start := s.pos
+	if collect && (s.pos >= len(s.buf) || s.buf[s.pos] != '{') {
+		return 0, span{}, s.fail("not a JSON object")
+	}
+	k, err := s.value()
+	if err != nil {
+		return 0, span{}, err
+	}
+	end := s.pos
+	s.skipWS()
+	if s.pos != len(s.buf) {
+		return 0, span{}, s.fail("data after the JSON value")
+	}
+	return k, span{start, end}, nil
+}
+
+func (s *scanner) skipWS() {
+	for s.pos < len(s.buf) {
+		switch s.buf[s.pos] {
+		case ' ', '\t', '\n', '\r':
+			s.pos++
+		default:
+			return
+		}
+	}
+}
+
+func (s *scanner) value() (valueKind, error) {
+	if s.pos >= len(s.buf) {
+		return 0, s.fail("unexpected end of JSON")
+	}
+	switch c := s.buf[s.pos]; {
+	case c == '{':
+		return kindObject, s.object()
+	case c == '[':
+		return kindArray, s.array()
+	case c == '"':
+		start := s.pos
+		esc, err := s.str()
+		if err != nil {
+			return 0, err
+		}
+		if s.collect && s.depth > 0 {
+			s.checkSealed(start, esc)
+		}
+		return kindString, nil
+	case c == '-' || (c >= '0' && c <= '9'):
+		return kindNumber, s.number()
+	case c == 't':
+		return kindTrue, s.literal("true")
+	case c == 'f':
+		return kindFalse, s.literal("false")
+	case c == 'n':
+		return kindNull, s.literal("null")
+	}
+	return 0, s.fail("invalid character")
+}
+
+func (s *scanner) literal(lit string) error {
+	if len(s.buf)-s.pos < len(lit) || string(s.buf[s.pos:s.pos+len(lit)]) != lit {
+		return s.fail("invalid literal")
+	}
+	s.pos += len(lit)
+	return nil
+}
+
+func (s *scanner) number() error {
+	b := s.buf
+	if b[s.pos] == '-' {
+		s.pos++
+	}
+	if s.pos >= len(b) {
+		return s.fail("truncated number")
+	}
+	switch c := b[s.pos]; {
+	case c == '0':
+		s.pos++
+	case c >= '1' && c <= '9':
+		for s.pos < len(b) && b[s.pos] >= '0' && b[s.pos] <= '9' {
+			s.pos++
+		}
+	default:
+		return s.fail("invalid number")
+	}
+	if s.pos < len(b) && b[s.pos] == '.' {
+		s.pos++
+		if s.digits() == 0 {
+			return s.fail("invalid number fraction")
+		}
+	}
+	if s.pos < len(b) && (b[s.pos] == 'e' || b[s.pos] == 'E') {
+		s.pos++
+		if s.pos < len(b) && (b[s.pos] == '+' || b[s.pos] == '-') {
+			s.pos++
+		}
+		if s.digits() == 0 {
+			return s.fail("invalid number exponent")
+		}
+	}
+	return nil
+}
+
+func (s *scanner) digits() int {
+	n := 0
+	for s.pos < len(s.buf) && s.buf[s.pos] >= '0' && s.buf[s.pos] <= '9' {
+		s.pos++
+		n++
+	}
+	return n
+}
+
+// str scans a string starting at its opening quote and reports whether it
+// holds escapes. It validates UTF-8 and escapes, and rejects lone
+// surrogates (\ud800 alone cannot be written in UTF-8, so neither the AAD
+// pointer nor a sink could carry it faithfully).
+func (s *scanner) str() (esc bool, err error) {
+	b := s.buf
+	s.pos++
+	for s.pos < len(b) {
+		c := b[s.pos]
+		switch {
+		case c == '"':
+			s.pos++
+			return esc, nil
+		case c == '\\':
+			esc = true
+			if err := s.escape(); err != nil {
+				return false, err
+			}
+		case c < 0x20:
+			return false, s.fail("control character in string")
+		case c < utf8.RuneSelf:
+			s.pos++
+		default:
+			r, n := utf8.DecodeRune(b[s.pos:])
+			if r == utf8.RuneError && n == 1 {
+				return false, s.fail("invalid UTF-8 in string")
+			}
+			s.pos += n
+		}
+	}
+	return false, s.fail("unterminated string")
+}
+
+// escape validates one escape sequence at s.pos (the backslash).
+func (s *scanner) escape() error {
+	b := s.buf
+	if s.pos+1 >= len(b) {
+		return s.fail("truncated escape")
+	}
+	switch b[s.pos+1] {
+	case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+		s.pos += 2
+		return nil
+	case 'u':
+	default:
+		return s.fail("invalid escape")
+	}
+	r, ok := hex4(b, s.pos+2)
+	if !ok {
+		return s.fail("invalid \\u escape")
+	}
+	switch {
+	case r >= 0xdc00 && r <= 0xdfff:
+		return s.fail("lone surrogate escape")
+	case r >= 0xd800 && r <= 0xdbff:
+		if s.pos+12 > len(b) || b[s.pos+6] != '\\' || b[s.pos+7] != 'u' {
+			return s.fail("lone surrogate escape")
+		}
+		r2, ok := hex4(b, s.pos+8)
+		if !ok || r2 < 0xdc00 || r2 > 0xdfff {
+			return s.fail("lone surrogate escape")
+		}
+		s.pos += 12
+		return nil
+	}
+	s.pos += 6
+	return nil
+}
+
+func hex4(b []byte, i int) (rune, bool) {
+	if i+4 > len(b) {
+		return 0, false
+	}
+	var r rune
+	for _, c := range b[i : i+4] {
+		r <<= 4
+		switch {
+		case c >= '0' && c <= '9':
+			r |= rune(c - '0')
+		case c >= 'a' && c <= 'f':
+			r |= rune(c - 'a' + 10)
+		case c >= 'A' && c <= 'F':
+			r |= rune(c - 'A' + 10)
+		default:
+			return 0, false
+		}
+	}
+	return r, true
+}
+
+// appendUnescaped appends the decoded content of a validated string body
+// (quotes excluded).
+func appendUnescaped(dst, body []byte) []byte {
+	for i := 0; i < len(body); {
+		c := body[i]
+		if c != '\\' {
+			j := bytes.IndexByte(body[i:], '\\')
+			if j < 0 {
+				return append(dst, body[i:]...)
+			}
+			dst = append(dst, body[i:i+j]...)
+			i += j
+			continue
+		}
+		switch body[i+1] {
+		case 'b':
+			dst = append(dst, '\b')
+		case 'f':
+			dst = append(dst, '\f')
+		case 'n':
+			dst = append(dst, '\n')
+		case 'r':
+			dst = append(dst, '\r')
+		case 't':
+			dst = append(dst, '\t')
+		case 'u':
+			r, _ := hex4(body, i+2)
+			if r >= 0xd800 && r <= 0xdbff {
+				r2, _ := hex4(body, i+8)
+				r = ((r - 0xd800) << 10) + (r2 - 0xdc00) + 0x10000
+				i += 6
+			}
+			dst = utf8.AppendRune(dst, r)
+			i += 6
+			continue
+		default: // '"', '\\', '/'
+			dst = append(dst, body[i+1])
+		}
+		i += 2
+	}
+	return dst
+}
+
+// decoded returns the decoded content of the validated string whose
+// opening quote is at start and which ends before s.pos.
+func (s *scanner) decoded(start, end int, esc bool) []byte {
+	body := s.buf[start+1 : end-1]
+	if !esc {
+		return body
+	}
+	n := len(s.arena)
+	s.arena = appendUnescaped(s.arena, body)
+	return s.arena[n:len(s.arena):len(s.arena)]
+}
+
+func (s *scanner) checkSealed(start int, esc bool) {
+	body := s.buf[start+1 : s.pos-1]
+	if len(body) < len(sealedPrefix) {
+		return
+	}
+	if !esc {
+		if string(body[:len(sealedPrefix)]) != sealedPrefix {
+			return
+		}
+	} else {
+		// Rare: only decode when the raw text could spell the prefix.
+		d := s.decoded(start, s.pos, true)
+		if len(d) < len(sealedPrefix) || string(d[:len(sealedPrefix)]) != sealedPrefix {
+			return
+		}
+		body = d
+		esc = false
+	}
+	ref := sealedRef{raw: span{start, s.pos}, top: s.curTop, text: body[len(sealedPrefix):]}
+	n := len(s.arena)
+	for _, seg := range s.path {
+		s.arena = append(s.arena, '/')
+		if seg.isIdx {
+			s.arena = strconv.AppendInt(s.arena, int64(seg.index), 10)
+			continue
+		}
+		for _, c := range seg.name {
+			switch c {
+			case '~':
+				s.arena = append(s.arena, '~', '0')
+			case '/':
+				s.arena = append(s.arena, '~', '1')
+			default:
+				s.arena = append(s.arena, c)
+			}
+		}
+	}
+	ref.ptr = s.arena[n:len(s.arena):len(s.arena)]
+	s.sealed = append(s.sealed, ref)
+}
+
+func (s *scanner) object() error {
+	s.depth++
+	if s.depth > maxDepth {
+		return s.fail("nesting too deep")
+	}
+	s.pos++ // '{'
+	isTop := s.collect && s.depth == 1
+	base := len(s.names)
+	var set map[string]struct{}
+	if s.collect {
+		s.path = append(s.path, pathSeg{})
+	}
+	s.skipWS()
+	if s.pos < len(s.buf) && s.buf[s.pos] == '}' {
+		s.pos++
+	} else {
+		for {
+			s.skipWS()
+			if s.pos >= len(s.buf) || s.buf[s.pos] != '"' {
+				return s.fail("expected member name")
+			}
+			nameStart := s.pos
+			esc, err := s.str()
+			if err != nil {
+				return err
+			}
+			name := s.decoded(nameStart, s.pos, esc)
+			if set != nil {
+				if _, dup := set[string(name)]; dup {
+					return &scanError{off: nameStart, msg: "member name repeated"}
+				}
+				set[string(name)] = struct{}{}
+			} else {
+				for _, prev := range s.names[base:] {
+					if bytes.Equal(prev, name) {
+						return &scanError{off: nameStart, msg: "member name repeated"}
+					}
+				}
+				s.names = append(s.names, name)
+				if len(s.names)-base > linearNames {
+					set = make(map[string]struct{}, 2*linearNames)
+					for _, prev := range s.names[base:] {
+						set[string(prev)] = struct{}{}
+					}
+				}
+			}
+			s.skipWS()
+			if s.pos >= len(s.buf) || s.buf[s.pos] != ':' {
+				return s.fail("expected ':'")
+			}
+			s.pos++
+			s.skipWS()
+			if s.collect {
+				s.path[len(s.path)-1] = pathSeg{name: name}
+			}
+			if isTop {
+				s.curTop = len(s.top)
+				s.top = append(s.top, member{name: name, start: nameStart})
+			}
+			valStart := s.pos
+			kind, err := s.value()
+			if err != nil {
+				return err
+			}
+			if isTop {
+				m := &s.top[len(s.top)-1]
+				m.val = span{valStart, s.pos}
+				m.kind = kind
+			}
+			s.skipWS()
+			if s.pos >= len(s.buf) {
+				return s.fail("unterminated object")
+			}
+			if c := s.buf[s.pos]; c == ',' {
+				s.pos++
+				continue
+			} else if c == '}' {
+				s.pos++
+				break
+			}
+			return s.fail("expected ',' or '}'")
+		}
+	}
+	s.names = s.names[:base]
+	if s.collect {
+		s.path = s.path[:len(s.path)-1]
+	}
+	s.depth--
+	return nil
+}
+
+func (s *scanner) array() error {
+	s.depth++
+	if s.depth > maxDepth {
+		return s.fail("nesting too deep")
+	}
+	s.pos++ // '['
+	if s.collect {
+		s.path = append(s.path, pathSeg{isIdx: true})
+	}
+	s.skipWS()
+	if s.pos < len(s.buf) && s.buf[s.pos] == ']' {
+		s.pos++
+	} else {
+		for i := 0; ; i++ {
+			s.skipWS()
+			if s.collect {
+				s.path[len(s.path)-1].index = i
+			}
+			if _, err := s.value(); err != nil {
+				return err
+			}
+			s.skipWS()
+			if s.pos >= len(s.buf) {
+				return s.fail("unterminated array")
+			}
+			if c := s.buf[s.pos]; c == ',' {
+				s.pos++
+				continue
+			} else if c == ']' {
+				s.pos++
+				break
+			}
+			return s.fail("expected ',' or ']'")
+		}
+	}
+	if s.collect {
+		s.path = s.path[:len(s.path)-1]
+	}
+	s.depth--
+	return nil
+}
+
+// find returns the top-level member with the given decoded name.
+func (s *scanner) find(name string) *member {
+	for i := range s.top {
+		if string(s.top[i].name) == name {
+			return &s.top[i]
+		}
+	}
+	return nil
+}
+
+// stringValue decodes a top-level string member's value.
+func (s *scanner) stringValue(m *member) []byte {
+	body := s.buf[m.val.start+1 : m.val.end-1]
+	if bytes.IndexByte(body, '\\') < 0 {
+		return body
+	}
+	return s.decoded(m.val.start, m.val.end, true)
+}
+
+// parseTimestamp reads a JSON number's text as the spec's timestamp: base-10
+// digits only. JSON already forbids leading zeros, so valid digits are the
+// canonical text. Values beyond int64 are refused (the spec sets no bound;
+// such a value is no time at all).
+func parseTimestamp(text []byte) (int64, error) {
+	if len(text) == 0 {
+		return 0, errors.New("timestamp is not a non-negative integer")
+	}
+	var v int64
+	for _, c := range text {
+		if c < '0' || c > '9' {
+			return 0, errors.New("timestamp is not a non-negative integer")
+		}
+		d := int64(c - '0')
+		if v > (1<<63-1-d)/10 {
+			return 0, errors.New("timestamp out of range")
+		}
+		v = v*10 + d
+	}
+	return v, nil
+}

@@ -1,0 +1,101 @@
+package decrypt
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"reflect"
+	"testing"
+	"time"
+)
+
+// TestVectors runs the public vectors, in order, through one Decryptor as
+// their notes ask: the registry holds their keys, the clock-skew check is
+// off, the replay window is on.
+func TestVectors(t *testing.T) {
+	v := loadVectors(t)
+	d, err := New(vectorKeys(t, v), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	received := time.Date(2026, 11, 25, 20, 16, 1, 123456789, time.UTC)
+	for _, c := range v.Cases {
+		// Subtests run in order on the one Decryptor: the replay case
+		// depends on the case before it.
+		t.Run(c.Name, func(t *testing.T) {
+			rec, err := d.Open(context.Background(), Message{Topic: c.Topic, Payload: []byte(c.Message), ReceivedAt: received})
+			if !c.Expect.OK {
+				if err == nil {
+					t.Fatalf("got a record, want reason %s", c.Expect.Reason)
+				}
+				if got := Reason(err); got != c.Expect.Reason {
+					t.Fatalf("reason %q (%v), want %q", got, err, c.Expect.Reason)
+				}
+				if !reflect.DeepEqual(rec, Record{}) {
+					t.Fatal("a record came out with the failure")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Open: %v", err)
+			}
+			out := rec.AppendJSON(nil)
+			var got map[string]json.RawMessage
+			if err := json.Unmarshal(out, &got); err != nil {
+				t.Fatalf("record is not JSON: %v\n%s", err, out)
+			}
+			for name, want := range c.Expect.Record {
+				switch name {
+				case "data":
+					if !jsonEqual(t, got["data"], want) {
+						t.Errorf("data = %s, want %s", got["data"], want)
+					}
+				case "data_text":
+					var text string
+					if err := json.Unmarshal(want, &text); err != nil {
+						t.Fatal(err)
+					}
+					if !bytes.Equal(compact(t, got["data"]), compact(t, []byte(text))) {
+						t.Errorf("data text = %s, want %s", got["data"], text)
+					}
+				default:
+					if !jsonEqual(t, got[name], want) {
+						t.Errorf("%s = %s, want %s", name, got[name], want)
+					}
+				}
+			}
+			if string(got["topic"]) != `"`+c.Topic+`"` {
+				t.Errorf("topic = %s", got["topic"])
+			}
+			if string(got["received_at"]) != `"2026-11-25T20:16:01.123456789Z"` {
+				t.Errorf("received_at = %s", got["received_at"])
+			}
+			_, hasMeta := got["metadata"]
+			if isShapeA := bytes.Contains([]byte(c.Message), []byte(`"encrypted_data"`)); hasMeta != isShapeA {
+				t.Errorf("metadata present = %v, want %v (shape A only)", hasMeta, isShapeA)
+			}
+		})
+	}
+}
+
+func jsonEqual(t *testing.T, a, b []byte) bool {
+	t.Helper()
+	var x, y any
+	if err := json.Unmarshal(a, &x); err != nil {
+		t.Errorf("not JSON: %s: %v", a, err)
+		return false
+	}
+	if err := json.Unmarshal(b, &y); err != nil {
+		t.Fatalf("not JSON: %s: %v", b, err)
+	}
+	return reflect.DeepEqual(x, y)
+}
+
+func compact(t *testing.T, b []byte) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	if err := json.Compact(&buf, b); err != nil {
+		t.Fatalf("compact %s: %v", b, err)
+	}
+	return buf.Bytes()
+}
