@@ -799,3 +799,23 @@ func TestCloseStopsBackgroundWork(t *testing.T) {
 		t.Errorf("miss after Close: err = %v, want ErrUnavailable", err)
 	}
 }
+
+func TestRealClock(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.Now = nil })
+	key := e.addKey("group/a", "v1", dev)
+	for range 2 {
+		aead, err := resolve(e, "group/a", "v1", dev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mustOpen(t, aead, key)
+	}
+	if got := requests(t, e.c, resHit); got != 1 {
+		t.Errorf("hits = %d, want 1", got)
+	}
+	start := e.c.clock()
+	waitFor(t, "the coarse clock to tick", func() bool { return e.c.clock() > start })
+	if v := entryOf(e.c, "group/a").v.Load(); time.Duration(v.expiresAt-start) < DefaultTTL-DefaultTTL/10-time.Second {
+		t.Errorf("lifetime on the real clock = %s", time.Duration(v.expiresAt-start))
+	}
+}

@@ -90,8 +90,9 @@ type Options struct {
 	Registerer prometheus.Registerer // nil: metrics are kept but not exported
 	Logger     *zap.Logger           // nil: no logging
 
-	// Now is the clock (default time.Now). Only differences between its
-	// readings are used, so a fake clock may start anywhere.
+	// Now is the clock. Only differences between its readings are used, so
+	// a fake clock may start anywhere. Default: the monotonic clock, read by
+	// a ticker every 50ms so a hit does not pay for reading the time.
 	Now func() time.Time
 	// Rand returns a number in [0, 1) for the lifetime jitter (default
 	// math/rand/v2.Float64).
