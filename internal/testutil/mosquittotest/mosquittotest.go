@@ -1,0 +1,369 @@
+package mosquittotest
+
+import (
+	"bytes"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/decryptd/decryptd/internal/pki"
+)
+
+// Binary is where the Debian package installs the broker.
+const Binary = "/usr/sbin/mosquitto"
+
+// Options configure one broker. The zero value gives a TLS-only broker.
+type Options struct {
+	// Plain adds a plain-TCP listener (TCPURL) that accepts anonymous clients.
+	Plain bool
+	// MaxInflight is max_inflight_messages (per client, outgoing); default
+	// 1000. Note Mosquitto 2.0.11 does not enforce it reliably.
+	MaxInflight int
+	// MaxQueued is max_queued_messages; default 1000000 so tests never hit
+	// Mosquitto's silent drop.
+	MaxQueued int
+	// Extra is appended to the global part of the config, verbatim.
+	Extra string
+}
+
+// Broker is one running (or stopped) Mosquitto.
+type Broker struct {
+	SSLURL string // ssl://127.0.0.1:PORT, mutual TLS
+	TCPURL string // tcp://127.0.0.1:PORT when Options.Plain, else ""
+	// Server is the broker's certificate; Server.CA verifies it and signs
+	// client certificates.
+	Server  pki.Files
+	CA      *pki.CA
+	Dir     string // the test's temp dir holding config, data, certs and log
+	LogFile string
+
+	t       testing.TB
+	opts    Options
+	conf    string
+	sslPort int
+	tcpPort int
+
+	mu     sync.Mutex
+	cmd    *exec.Cmd
+	exited chan struct{}
+}
+
+// Start starts a broker for t and registers its shutdown with t.Cleanup.
+func Start(t testing.TB, o Options) *Broker {
+	t.Helper()
+	if _, err := os.Stat(Binary); err != nil {
+		t.Fatalf("mosquitto not found at %s (%v): run the project's test command, ./scripts/test.sh (make test), which installs it", Binary, err)
+	}
+	if o.MaxInflight <= 0 {
+		o.MaxInflight = 1000
+	}
+	if o.MaxQueued <= 0 {
+		o.MaxQueued = 1000000
+	}
+	dir := t.TempDir()
+	ca, err := pki.NewCA(filepath.Join(dir, "pki"), "mosquittotest CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := ca.IssueServer("server")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "data"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	b := &Broker{
+		Server:  srv,
+		CA:      ca,
+		Dir:     dir,
+		LogFile: filepath.Join(dir, "mosquitto.log"),
+		t:       t,
+		opts:    o,
+		conf:    filepath.Join(dir, "mosquitto.conf"),
+	}
+	t.Cleanup(func() {
+		b.Stop()
+		if t.Failed() {
+			t.Logf("mosquitto log (%s):\n%s", b.LogFile, tail(b.LogFile, 64<<10))
+		}
+	})
+	// Ports are picked by listening on :0 and closing, so another process
+	// can grab one before mosquitto binds it; retry with fresh ports then.
+	var lastErr error
+	for attempt := 0; attempt < 5; attempt++ {
+		b.sslPort, b.tcpPort = freePort(t), 0
+		if o.Plain {
+			b.tcpPort = freePort(t)
+		}
+		if err := b.writeConfig(); err != nil {
+			t.Fatal(err)
+		}
+		if lastErr = b.start(); lastErr == nil {
+			break
+		}
+		if !errors.Is(lastErr, errAddrInUse) {
+			t.Fatalf("mosquittotest: %v\nlog:\n%s", lastErr, tail(b.LogFile, 16<<10))
+		}
+	}
+	if lastErr != nil {
+		t.Fatalf("mosquittotest: %v", lastErr)
+	}
+	b.SSLURL = fmt.Sprintf("ssl://127.0.0.1:%d", b.sslPort)
+	if o.Plain {
+		b.TCPURL = fmt.Sprintf("tcp://127.0.0.1:%d", b.tcpPort)
+	}
+	return b
+}
+
+// ClientCert issues a client certificate with the given CN (the MQTT
+// username on the TLS listener).
+func (b *Broker) ClientCert(cn string) pki.Files {
+	b.t.Helper()
+	f, err := b.CA.IssueClient(cn)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	return f
+}
+
+// ClientTLS returns a client TLS config with a fresh certificate for cn,
+// trusting the broker's CA, TLS 1.2 minimum, server name 127.0.0.1.
+func (b *Broker) ClientTLS(cn string) *tls.Config {
+	b.t.Helper()
+	cfg, err := pki.ClientConfig(b.ClientCert(cn), "127.0.0.1")
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	return cfg
+}
+
+// Stop stops the broker gracefully (SIGTERM), which saves its persistence
+// file, and waits for it to exit. Stopping a stopped broker does nothing.
+func (b *Broker) Stop() {
+	b.signal(syscall.SIGTERM, 10*time.Second)
+}
+
+// Kill stops the broker with SIGKILL: whatever changed since the last
+// autosave (one second) is lost, as after a crash.
+func (b *Broker) Kill() {
+	b.signal(syscall.SIGKILL, 10*time.Second)
+}
+
+// Restart stops the broker (if running) and starts it again on the same
+// ports with the same persistence file.
+func (b *Broker) Restart() {
+	b.t.Helper()
+	b.Stop()
+	var err error
+	// The old process is gone, but give the kernel a moment if the port is
+	// still held by something else.
+	for attempt := 0; attempt < 20; attempt++ {
+		if err = b.start(); err == nil || !errors.Is(err, errAddrInUse) {
+			break
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	if err != nil {
+		b.t.Fatalf("mosquittotest: restart: %v\nlog:\n%s", err, tail(b.LogFile, 16<<10))
+	}
+}
+
+// Running reports whether the broker process is alive.
+func (b *Broker) Running() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.cmd == nil {
+		return false
+	}
+	select {
+	case <-b.exited:
+		return false
+	default:
+		return true
+	}
+}
+
+// Log returns the broker's log so far.
+func (b *Broker) Log() string {
+	data, _ := os.ReadFile(b.LogFile)
+	return string(data)
+}
+
+// RefusedTLS reports whether a connect error is what a client without an
+// acceptable certificate gets from the TLS listener. Under TLS 1.3 the client
+// completes its side of the handshake first, so the broker's refusal shows
+// up as the alert ("certificate required"), or, when the client's CONNECT
+// write races the broker closing the socket, as a reset or broken pipe.
+func RefusedTLS(err error) bool {
+	if err == nil {
+		return false
+	}
+	s := err.Error()
+	for _, want := range []string{"certificate required", "handshake failure", "bad certificate", "connection reset by peer", "broken pipe"} {
+		if strings.Contains(s, want) {
+			return true
+		}
+	}
+	return false
+}
+
+var errAddrInUse = errors.New("address already in use")
+
+func (b *Broker) writeConfig() error {
+	var c strings.Builder
+	fmt.Fprintf(&c, "# written by mosquittotest for %s\n", b.t.Name())
+	if os.Geteuid() == 0 {
+		// Mosquitto drops privileges to user "mosquitto" when started as
+		// root, which could not read the 0700 temp dir; stay root instead.
+		c.WriteString("user root\n")
+	}
+	c.WriteString("per_listener_settings false\n")
+	fmt.Fprintf(&c, "allow_anonymous %t\n", b.opts.Plain)
+	c.WriteString("persistence true\n")
+	fmt.Fprintf(&c, "persistence_location %s/\n", filepath.Join(b.Dir, "data"))
+	c.WriteString("persistence_file mosquitto.db\n")
+	c.WriteString("autosave_interval 1\n")
+	fmt.Fprintf(&c, "max_inflight_messages %d\n", b.opts.MaxInflight)
+	fmt.Fprintf(&c, "max_queued_messages %d\n", b.opts.MaxQueued)
+	c.WriteString("max_queued_bytes 0\n")
+	c.WriteString("set_tcp_nodelay true\n")
+	c.WriteString("log_dest stderr\n")
+	for _, lt := range []string{"error", "warning", "notice", "information", "subscribe", "unsubscribe"} {
+		fmt.Fprintf(&c, "log_type %s\n", lt)
+	}
+	c.WriteString("log_timestamp true\nlog_timestamp_format %H:%M:%S\n")
+	c.WriteString("connection_messages true\n")
+	if b.opts.Extra != "" {
+		c.WriteString(b.opts.Extra + "\n")
+	}
+	fmt.Fprintf(&c, "\nlistener %d 127.0.0.1\n", b.sslPort)
+	fmt.Fprintf(&c, "cafile %s\ncertfile %s\nkeyfile %s\n", b.Server.CA, b.Server.Cert, b.Server.Key)
+	c.WriteString("require_certificate true\nuse_identity_as_username true\ntls_version tlsv1.2\n")
+	if b.tcpPort != 0 {
+		fmt.Fprintf(&c, "\nlistener %d 127.0.0.1\n", b.tcpPort)
+	}
+	return os.WriteFile(b.conf, []byte(c.String()), 0o600)
+}
+
+// start launches the process and waits until every listener accepts a TCP
+// connection, or the process exits (errAddrInUse if it could not bind).
+func (b *Broker) start() error {
+	logf, err := os.OpenFile(b.LogFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	startOffset, _ := logf.Seek(0, 2)
+	cmd := exec.Command(Binary, "-c", b.conf)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	// Its own process group, so a ^C to `go test` reaches the test first
+	// and the broker is stopped by Cleanup rather than mid-write.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return fmt.Errorf("start %s: %w", Binary, err)
+	}
+	exited := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		logf.Close()
+		close(exited)
+	}()
+	b.mu.Lock()
+	b.cmd, b.exited = cmd, exited
+	b.mu.Unlock()
+
+	ports := []int{b.sslPort}
+	if b.tcpPort != 0 {
+		ports = append(ports, b.tcpPort)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for _, p := range ports {
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(p))
+		for {
+			select {
+			case <-exited:
+				logText := tailFrom(b.LogFile, startOffset)
+				if strings.Contains(logText, "Address already in use") {
+					return fmt.Errorf("port %d: %w", p, errAddrInUse)
+				}
+				return fmt.Errorf("mosquitto exited during start-up (%s)", cmd.ProcessState)
+			default:
+			}
+			c, err := net.DialTimeout("tcp", addr, time.Second)
+			if err == nil {
+				c.Close()
+				break
+			}
+			if time.Now().After(deadline) {
+				b.signal(syscall.SIGKILL, 5*time.Second)
+				return fmt.Errorf("mosquitto not listening on %s after 15s: %w", addr, err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	return nil
+}
+
+func (b *Broker) signal(sig syscall.Signal, wait time.Duration) {
+	b.mu.Lock()
+	cmd, exited := b.cmd, b.exited
+	b.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	select {
+	case <-exited:
+		return
+	default:
+	}
+	_ = cmd.Process.Signal(sig)
+	select {
+	case <-exited:
+	case <-time.After(wait):
+		_ = cmd.Process.Kill()
+		<-exited
+	}
+}
+
+func freePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+func tail(path string, max int) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Sprintf("(no log: %v)", err)
+	}
+	if len(data) > max {
+		data = data[len(data)-max:]
+		if i := bytes.IndexByte(data, '\n'); i >= 0 {
+			data = data[i+1:]
+		}
+		return "...\n" + string(data)
+	}
+	return string(data)
+}
+
+func tailFrom(path string, offset int64) string {
+	data, err := os.ReadFile(path)
+	if err != nil || int64(len(data)) < offset {
+		return ""
+	}
+	return string(data[offset:])
+}
