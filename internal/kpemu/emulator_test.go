@@ -500,8 +500,10 @@ func TestKeepAlive(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// One connection for the IAM fetch (http.DefaultTransport), one for the API.
-	if n := s.Connections(); n > 2 {
+	// One connection for the IAM fetch (http.DefaultTransport), one for the
+	// API, and maybe a spare net/http dialled while the previous connection
+	// was on its way back to the idle pool.
+	if n := s.Connections(); n > 4 {
 		t.Fatalf("%d connections for 20 calls: keep-alive not working", n)
 	}
 }

@@ -71,11 +71,30 @@ func (e *Emulator) FailNext(n, status int) {
 	e.faults.FailNext, e.faults.FailStatus = n, status
 }
 
-// apiFault applies the API faults; it reports whether it answered.
+// apiFault applies the API faults; it reports whether it answered. A
+// request held by a hang that is lifted goes on as if it had just arrived.
 func (e *Emulator) apiFault(w http.ResponseWriter, r *http.Request) bool {
+	for {
+		e.mu.Lock()
+		f, release := e.faults, e.release
+		e.mu.Unlock()
+		switch f.Outage {
+		case OutageHang:
+			if !e.wait(r, release, 0) {
+				panic(http.ErrAbortHandler) // drop the connection, log nothing
+			}
+			continue
+		case OutageReset:
+			reset(w)
+			return true
+		}
+		if f.Latency > 0 && !e.wait(r, release, f.Latency) {
+			panic(http.ErrAbortHandler)
+		}
+		break
+	}
 	e.mu.Lock()
 	f := e.faults
-	release := e.release
 	fail := false
 	if e.faults.FailNext > 0 {
 		e.faults.FailNext--
@@ -84,38 +103,40 @@ func (e *Emulator) apiFault(w http.ResponseWriter, r *http.Request) bool {
 		fail = true
 	}
 	e.mu.Unlock()
-
-	switch f.Outage {
-	case OutageHang:
-		e.hang(r, release, 0)
-		return true
-	case OutageReset:
-		reset(w)
-		return true
+	if !fail {
+		return false
 	}
-	if f.Latency > 0 && !e.hang(r, release, f.Latency) {
-		return true
+	status := f.FailStatus
+	if status == 0 {
+		status = http.StatusServiceUnavailable
 	}
-	if fail {
-		status := f.FailStatus
-		if status == 0 {
-			status = http.StatusServiceUnavailable
-		}
-		if f.RetryAfter != "" && (status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable) {
-			w.Header().Set("Retry-After", f.RetryAfter)
-		}
-		writeError(w, status, http.StatusText(status)+": injected by kpemu", nil)
-		return true
+	if f.RetryAfter != "" && (status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable) {
+		w.Header().Set("Retry-After", f.RetryAfter)
 	}
-	return false
+	writeError(w, status, http.StatusText(status)+": injected by kpemu", nil)
+	return true
 }
 
 // iamFault applies the IAM faults; it reports whether it answered.
 func (e *Emulator) iamFault(w http.ResponseWriter, r *http.Request) bool {
+	for {
+		e.mu.Lock()
+		f, release := e.faults, e.release
+		e.mu.Unlock()
+		switch f.IAMOutage {
+		case OutageHang:
+			if !e.wait(r, release, 0) {
+				panic(http.ErrAbortHandler)
+			}
+			continue
+		case OutageReset:
+			reset(w)
+			return true
+		}
+		break
+	}
 	e.mu.Lock()
-	f := e.faults
-	release := e.release
-	status := f.IAMStatus
+	status := e.faults.IAMStatus
 	if e.faults.IAMFailNext > 0 {
 		e.faults.IAMFailNext--
 		if status == 0 {
@@ -123,14 +144,6 @@ func (e *Emulator) iamFault(w http.ResponseWriter, r *http.Request) bool {
 		}
 	}
 	e.mu.Unlock()
-	switch f.IAMOutage {
-	case OutageHang:
-		e.hang(r, release, 0)
-		return true
-	case OutageReset:
-		reset(w)
-		return true
-	}
 	if status != 0 {
 		writeIAMError(w, status, "BXNIM0400E", http.StatusText(status)+": injected by kpemu")
 		return true
@@ -138,10 +151,10 @@ func (e *Emulator) iamFault(w http.ResponseWriter, r *http.Request) bool {
 	return false
 }
 
-// hang waits d (forever when 0) and reports whether the wait ran out; it
-// returns early when the client goes away, the faults change or the
-// emulator closes.
-func (e *Emulator) hang(r *http.Request, release chan struct{}, d time.Duration) bool {
+// wait waits d (forever when 0). It reports true when the request should go
+// on (the time ran out, or the faults changed) and false when it should be
+// dropped (the client went away, or the emulator is closing).
+func (e *Emulator) wait(r *http.Request, release chan struct{}, d time.Duration) bool {
 	var timeout <-chan time.Time
 	if d > 0 {
 		t := time.NewTimer(d)
@@ -151,21 +164,20 @@ func (e *Emulator) hang(r *http.Request, release chan struct{}, d time.Duration)
 	select {
 	case <-timeout:
 		return true
-	case <-r.Context().Done():
 	case <-release:
-		// Faults changed: a latency wait still answers, a hang ends without one.
-		return d > 0
+		return true
+	case <-r.Context().Done():
+		return false
 	case <-e.done:
+		return false
 	}
-	return false
 }
 
 // reset closes the connection under the request with a TCP reset.
 func reset(w http.ResponseWriter) {
 	conn, _, err := http.NewResponseController(w).Hijack()
 	if err != nil {
-		// HTTP/2 or a test recorder: the nearest thing is a panic that the
-		// server turns into a closed stream.
+		// HTTP/2 or a test recorder: abort the stream instead.
 		panic(http.ErrAbortHandler)
 	}
 	if tc, ok := conn.(*net.TCPConn); ok {
