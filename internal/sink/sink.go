@@ -2,8 +2,19 @@ package sink
 
 import (
 	"context"
+	"errors"
 	"time"
 )
+
+// ErrClosed is returned by Write (and Flush) on a sink that was closed.
+var ErrClosed = errors.New("sink closed")
+
+// ErrBadRecord means a record can never be written as it is: empty JSON,
+// JSON spanning lines (every sink's medium is line- or message-framed), or a
+// field the sink needs that it cannot use (an MQTT topic level with a
+// wildcard). It is permanent: retrying the same batch fails again. A sink
+// checks the whole batch before writing any of it.
+var ErrBadRecord = errors.New("bad record")
 
 // Record is what a sink receives: one JSON object, already encoded, plus the
 // few fields a sink may need without parsing it (a Kafka sink keys by

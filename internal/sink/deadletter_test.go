@@ -1,0 +1,201 @@
+package sink_test
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"testing/iotest"
+	"time"
+
+	"github.com/decryptd/decryptd/internal/sink"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files in testdata")
+
+func sampleDeadLetter() sink.DeadLetter {
+	return sink.DeadLetter{
+		Reason:     "auth_failed",
+		Error:      "decrypt: message authentication failed",
+		Topic:      "iot-2/type/monitor/id/sensor-001/evt/telemetry/fmt/encrypted",
+		ReceivedAt: time.Date(2026, 11, 25, 20, 16, 1, 123456789, time.UTC),
+		Dup:        true,
+		Payload:    []byte("{\"device_id\":\"sensor-001\",\"data\":\"\x00\xff binary\"}"),
+	}
+}
+
+func TestDeadLetterRecordGolden(t *testing.T) {
+	d := sampleDeadLetter()
+	r := d.Record()
+	sum := sha256.Sum256(d.Payload)
+	if r.ID != hex.EncodeToString(sum[:]) {
+		t.Fatalf("ID %s is not the payload's SHA-256", r.ID)
+	}
+	if r.DeviceID != "" {
+		t.Fatalf("DeviceID %q, want empty", r.DeviceID)
+	}
+	golden := filepath.Join("testdata", "deadletter.golden.json")
+	if *update {
+		if err := os.WriteFile(golden, append(r.JSON, '\n'), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(r.JSON)+"\n" != string(want) {
+		t.Fatalf("dead-letter JSON changed (replay reads it):\n got %s\nwant %s", r.JSON, want)
+	}
+}
+
+func TestDeadLetterRoundTrip(t *testing.T) {
+	d := sampleDeadLetter()
+	empty := sink.DeadLetter{Reason: "malformed", Topic: "t", Payload: []byte{}}
+	var in bytes.Buffer
+	for _, x := range []sink.DeadLetter{d, empty} {
+		in.Write(x.Record().JSON)
+		in.WriteByte('\n')
+	}
+	var got []sink.DeadLetter
+	for x, err := range sink.ReadDeadLetters(&in) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, x)
+	}
+	if len(got) != 2 {
+		t.Fatalf("read %d dead letters, want 2", len(got))
+	}
+	if g := got[0]; g.Topic != d.Topic || !bytes.Equal(g.Payload, d.Payload) || !g.Dup ||
+		g.Reason != d.Reason || g.Error != d.Error || !g.ReceivedAt.Equal(d.ReceivedAt) {
+		t.Fatalf("round trip: got %+v, want %+v", g, d)
+	}
+	if g := got[1]; g.Payload == nil || len(g.Payload) != 0 || g.Dup {
+		t.Fatalf("empty payload round trip: got %+v", g)
+	}
+}
+
+func TestReadDeadLetters(t *testing.T) {
+	const ok = `{"topic":"a/b","payload_b64":"aGk="}`
+	tests := []struct {
+		name    string
+		in      string
+		want    []string // topic:payload per good line, or "ERR line N" per error
+		errText string   // must appear in some error
+	}{
+		{"minimal", ok + "\n", []string{"a/b:hi"}, ""},
+		{"no final newline", ok, []string{"a/b:hi"}, ""},
+		{"crlf and blank lines", "\r\n" + ok + "\r\n\n  \n" + ok, []string{"a/b:hi", "a/b:hi"}, ""},
+		{"unknown fields and dup", `{"topic":"t","payload_b64":"","dup":true,"extra":{"x":[1]},"received_at":"2026-01-02T03:04:05Z"}`, []string{"t:"}, ""},
+		{"not json", "oops\n" + ok, []string{"ERR line 1", "a/b:hi"}, "not JSON"},
+		{"topic missing", `{"payload_b64":"aGk="}` + "\n" + ok, []string{"ERR line 1", "a/b:hi"}, "topic missing"},
+		{"topic empty", `{"topic":"","payload_b64":"aGk="}`, []string{"ERR line 1"}, "topic empty"},
+		{"payload missing", ok + "\n" + `{"topic":"a"}`, []string{"a/b:hi", "ERR line 2"}, "payload_b64 missing"},
+		{"bad base64", `{"topic":"a","payload_b64":"SECRET!!"}`, []string{"ERR line 1"}, "bad value"},
+		{"wrong type", `{"topic":5,"payload_b64":"aGk="}`, []string{"ERR line 1"}, "field topic"},
+		{"null", "null", []string{"ERR line 1"}, "topic missing"},
+		{"bad time", `{"topic":"a","payload_b64":"aGk=","received_at":"SECRET"}`, []string{"ERR line 1"}, "bad value"},
+		{"too long", strings.Repeat("x", sink.MaxDeadLetterLine+10) + "\n" + ok, []string{"ERR line 1", "a/b:hi"}, "longer than"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var got []string
+			var errs []string
+			for d, err := range sink.ReadDeadLetters(strings.NewReader(tc.in)) {
+				if err != nil {
+					if !errors.Is(err, sink.ErrBadDeadLetter) {
+						t.Fatalf("error %v does not wrap ErrBadDeadLetter", err)
+					}
+					if strings.Contains(err.Error(), "SECRET") {
+						t.Fatalf("error quotes the input: %v", err)
+					}
+					errs = append(errs, err.Error())
+					i := strings.Index(err.Error(), "line ")
+					got = append(got, "ERR "+strings.Fields(err.Error()[i:])[0]+" "+strings.TrimSuffix(strings.Fields(err.Error()[i:])[1], ":"))
+					continue
+				}
+				got = append(got, d.Topic+":"+string(d.Payload))
+			}
+			if strings.Join(got, "|") != strings.Join(tc.want, "|") {
+				t.Fatalf("got %q, want %q (errors %q)", got, tc.want, errs)
+			}
+			if tc.errText != "" && !strings.Contains(strings.Join(errs, "|"), tc.errText) {
+				t.Fatalf("errors %q lack %q", errs, tc.errText)
+			}
+		})
+	}
+}
+
+func TestReadDeadLettersReadErrorStops(t *testing.T) {
+	r := io.MultiReader(strings.NewReader(`{"topic":"a","payload_b64":""}`+"\n"), iotest.ErrReader(errors.New("disk gone")))
+	var n, nerr int
+	for _, err := range sink.ReadDeadLetters(r) {
+		if err != nil {
+			nerr++
+			if errors.Is(err, sink.ErrBadDeadLetter) || !strings.Contains(err.Error(), "disk gone") {
+				t.Fatalf("read error reported as %v", err)
+			}
+			continue
+		}
+		n++
+	}
+	if n != 1 || nerr != 1 {
+		t.Fatalf("got %d letters and %d errors, want 1 and 1", n, nerr)
+	}
+}
+
+func TestReadDeadLettersBreak(t *testing.T) {
+	in := strings.Repeat(`{"topic":"a","payload_b64":""}`+"\n", 5)
+	n := 0
+	for range sink.ReadDeadLetters(strings.NewReader(in)) {
+		n++
+		if n == 2 {
+			break
+		}
+	}
+	if n != 2 {
+		t.Fatalf("iterated %d times after break at 2", n)
+	}
+}
+
+func FuzzReadDeadLetters(f *testing.F) {
+	f.Add([]byte(sampleDeadLetter().Record().JSON))
+	f.Add([]byte(`{"topic":"a/b","payload_b64":"aGk=","dup":true}` + "\n\n" + `{"topic":"x"}`))
+	f.Add([]byte("null\r\n[1]\n{\"topic\":\"\",\"payload_b64\":\"!\"}"))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		lines := bytes.Count(in, []byte{'\n'}) + 1
+		for d, err := range sink.ReadDeadLetters(bytes.NewReader(in)) {
+			if err != nil {
+				if !errors.Is(err, sink.ErrBadDeadLetter) || !strings.Contains(err.Error(), "line ") {
+					t.Fatalf("error without sentinel or line number: %v", err)
+				}
+				continue
+			}
+			if d.Topic == "" || d.Payload == nil {
+				t.Fatalf("accepted a letter without topic or payload: %+v", d)
+			}
+			// What was accepted survives its own encoding.
+			var again []sink.DeadLetter
+			for d2, err := range sink.ReadDeadLetters(bytes.NewReader(d.Record().JSON)) {
+				if err != nil {
+					t.Fatalf("re-reading an encoded letter: %v", err)
+				}
+				again = append(again, d2)
+			}
+			if len(again) != 1 || again[0].Topic != d.Topic || !bytes.Equal(again[0].Payload, d.Payload) || again[0].Dup != d.Dup {
+				t.Fatalf("round trip changed %+v into %+v", d, again)
+			}
+			lines--
+		}
+		if lines < 0 {
+			t.Fatalf("more letters than lines")
+		}
+	})
+}
