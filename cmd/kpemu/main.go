@@ -1,0 +1,93 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/decryptd/decryptd/internal/kpemu"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// listFlag collects a repeatable string flag.
+type listFlag []string
+
+func (l *listFlag) String() string { return fmt.Sprint(len(*l), " value(s)") }
+func (l *listFlag) Set(s string) error {
+	if strings.TrimSpace(s) == "" {
+		return errors.New("empty value")
+	}
+	*l = append(*l, s)
+	return nil
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("kpemu", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var apiKeys listFlag
+	addr := fs.String("addr", "127.0.0.1:8200", "listen address (host:port)")
+	fs.Var(&apiKeys, "api-key", "an API key the IAM endpoint accepts (repeatable; default the built-in dev key "+kpemu.DefaultAPIKey+")")
+	instance := fs.String("instance-id", "", "Key Protect instance id (default a random UUID)")
+	createRoot := fs.String("create-root", "", "create a root key with this name at start and print its id")
+	tokenTTL := fs.Duration("token-ttl", time.Hour, "lifetime of issued IAM tokens (expires_in)")
+	rotateInterval := fs.Duration("rotate-interval", 0, "refuse a rotation within this long of the previous one (real service: 1h; 0 = off)")
+	cooldown := fs.Duration("action-cooldown", 0, "refuse enable/restore within this long of a state change (real service: 30s; 0 = off)")
+	purgeDelay := fs.Duration("purge-delay", 0, "refuse a purge within this long of the delete (real service: 4h; 0 = off)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "kpemu: unexpected arguments %q\n", fs.Args())
+		return 2
+	}
+
+	srv, err := kpemu.Listen(ctx, *addr, kpemu.Options{
+		InstanceID:     *instance,
+		APIKeys:        apiKeys,
+		TokenTTL:       *tokenTTL,
+		RotateInterval: *rotateInterval,
+		ActionCooldown: *cooldown,
+		PurgeDelay:     *purgeDelay,
+	})
+	if err != nil {
+		fmt.Fprintf(stderr, "kpemu: %v\n", err)
+		return 1
+	}
+	defer srv.Close()
+
+	fmt.Fprintf(stdout, "base_url: %s\n", srv.URL)
+	fmt.Fprintf(stdout, "token_url: %s\n", srv.TokenURL)
+	fmt.Fprintf(stdout, "instance_id: %s\n", srv.InstanceID())
+	if *createRoot != "" {
+		id, err := srv.CreateRootKey(*createRoot)
+		if err != nil {
+			fmt.Fprintf(stderr, "kpemu: create root key %q: %v\n", *createRoot, err)
+			return 1
+		}
+		fmt.Fprintf(stdout, "root_key_id: %s\n", id)
+	}
+	if len(apiKeys) == 0 {
+		// The built-in key is public (a constant in the source), so naming it
+		// leaks nothing; keys given on the command line are never printed.
+		fmt.Fprintf(stdout, "api_key: %s (built-in dev key; set DECRYPTD_KP_API_KEY to it)\n", kpemu.DefaultAPIKey)
+	} else {
+		fmt.Fprintf(stdout, "api_keys: %d accepted (as given with -api-key)\n", len(apiKeys))
+	}
+	fmt.Fprintln(stdout, "ready; in-memory only, keys are lost on exit")
+
+	<-ctx.Done()
+	fmt.Fprintln(stderr, "kpemu: stopping")
+	return 0
+}
