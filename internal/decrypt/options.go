@@ -11,7 +11,7 @@ import (
 const (
 	DefaultMaxMessageBytes = 256 << 10
 	// DefaultTopicPattern is Watson IoT's device event topic.
-	DefaultTopicPattern = "iot-2/type/+/id/{device_id}/evt/+/fmt/+"
+	DefaultTopicPattern  = "iot-2/type/+/id/{device_id}/evt/+/fmt/+"
 	DefaultReplayEntries = 1_000_000
 	DefaultReplayMaxAge  = 24 * time.Hour
 )

@@ -2,6 +2,7 @@ package decrypt
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"strconv"
 	"unicode/utf8"
@@ -240,6 +241,14 @@ func (s *scanner) str() (esc bool, err error) {
 	b := s.buf
 	s.pos++
 	for s.pos < len(b) {
+		// Skip plain ASCII eight bytes at a time: most of a message is
+		// base64 text and short names.
+		for s.pos+8 <= len(b) && plainASCII8(binary.LittleEndian.Uint64(b[s.pos:])) {
+			s.pos += 8
+		}
+		if s.pos >= len(b) {
+			break
+		}
 		c := b[s.pos]
 		switch {
 		case c == '"':
@@ -263,6 +272,23 @@ func (s *scanner) str() (esc bool, err error) {
 		}
 	}
 	return false, s.fail("unterminated string")
+}
+
+const (
+	lo8 = 0x0101010101010101
+	hi8 = 0x8080808080808080
+)
+
+// plainASCII8 reports whether none of the eight bytes of w is a quote, a
+// backslash, a control character or non-ASCII (SWAR: a byte test in each
+// lane's high bit, exact for "any byte matches").
+func plainASCII8(w uint64) bool {
+	ctl := (w - lo8*0x20) &^ w
+	quote := w ^ (lo8 * '"')
+	quote = (quote - lo8) &^ quote
+	bslash := w ^ (lo8 * '\\')
+	bslash = (bslash - lo8) &^ bslash
+	return (ctl|quote|bslash|w)&hi8 == 0
 }
 
 // escape validates one escape sequence at s.pos (the backslash).

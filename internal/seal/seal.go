@@ -105,12 +105,21 @@ func FieldAAD(dst []byte, deviceID string, ts int64, pointer string) []byte {
 // Pointer returns the RFC 6901 JSON Pointer of the given reference tokens
 // (member names as decoded, or array indices in decimal).
 func Pointer(tokens ...string) string {
-	var b strings.Builder
+	var b []byte
 	for _, t := range tokens {
-		b.WriteByte('/')
-		b.WriteString(strings.NewReplacer("~", "~0", "/", "~1").Replace(t))
+		b = append(b, '/')
+		for i := 0; i < len(t); i++ {
+			switch t[i] {
+			case '~':
+				b = append(b, '~', '0')
+			case '/':
+				b = append(b, '~', '1')
+			default:
+				b = append(b, t[i])
+			}
+		}
 	}
-	return b.String()
+	return string(b)
 }
 
 // Seal appends SEALED (nonce || ciphertext || tag) of plaintext under aad.
