@@ -1,0 +1,557 @@
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Config is the whole file. Field comments give each key's meaning; the
+// defaults are in Default and the rules in Validate. config.example.yaml at
+// the repository root documents every key.
+type Config struct {
+	MQTT       MQTT       `yaml:"mqtt" json:"mqtt"`
+	KMS        KMS        `yaml:"kms" json:"kms"`
+	Registry   Registry   `yaml:"registry" json:"registry"`
+	Cache      Cache      `yaml:"cache" json:"cache"`
+	Decrypt    Decrypt    `yaml:"decrypt" json:"decrypt"`
+	Sinks      []Sink     `yaml:"sinks" json:"sinks"`
+	DeadLetter DeadLetter `yaml:"dead_letter" json:"dead_letter"`
+	Metrics    Metrics    `yaml:"metrics" json:"metrics"`
+	Audit      Audit      `yaml:"audit" json:"audit"`
+	Log        Log        `yaml:"log" json:"log"`
+	// ShutdownTimeout bounds the whole graceful shutdown (default 30s).
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout" json:"shutdown_timeout"`
+}
+
+// MQTT is the consumer's broker connection.
+type MQTT struct {
+	// Brokers are tried in order: ssl:// (or tls://, mqtts://) for TLS,
+	// tcp:// (or mqtt://) only with AllowPlaintext. host:port required.
+	Brokers []string `yaml:"brokers" json:"brokers"`
+	// ClientID must be stable across restarts and unique per instance, so
+	// the broker keeps the session (default: the host name).
+	ClientID string `yaml:"client_id" json:"client_id"`
+	// Topics are MQTT topic filters to subscribe to.
+	Topics []string `yaml:"topics" json:"topics"`
+	// SharedGroup, when set, subscribes as $share/<group>/<filter> so that
+	// instances split the load.
+	SharedGroup string `yaml:"shared_group" json:"shared_group"`
+	TLS         TLS    `yaml:"tls" json:"tls"`
+	// AllowPlaintext permits tcp:// brokers (development only).
+	AllowPlaintext bool `yaml:"allow_plaintext" json:"allow_plaintext"`
+	// MaxInFlight bounds messages received but not yet acknowledged
+	// (default 100).
+	MaxInFlight int `yaml:"max_in_flight" json:"max_in_flight"`
+	// Workers is how many messages are decrypted at once (default 4).
+	Workers int `yaml:"workers" json:"workers"`
+	// UnsubscribeOnShutdown unsubscribes before disconnecting, so a
+	// persistent session stops queueing for this instance (default false:
+	// a restart picks up where it left off).
+	UnsubscribeOnShutdown bool `yaml:"unsubscribe_on_shutdown" json:"unsubscribe_on_shutdown"`
+	// KeepAlive is the MQTT keep-alive interval (default 30s).
+	KeepAlive time.Duration `yaml:"keep_alive" json:"keep_alive"`
+	// ConnectTimeout bounds one connection attempt (default 10s).
+	ConnectTimeout time.Duration `yaml:"connect_timeout" json:"connect_timeout"`
+}
+
+// TLS names the files of a TLS client: the CA bundle to trust (empty: the
+// system roots) and the client certificate and key for mutual TLS (both or
+// neither).
+type TLS struct {
+	CAFile     string `yaml:"ca_file" json:"ca_file"`
+	CertFile   string `yaml:"cert_file" json:"cert_file"`
+	KeyFile    string `yaml:"key_file" json:"key_file"`
+	ServerName string `yaml:"server_name" json:"server_name"`
+}
+
+// IsZero reports whether nothing is set.
+func (t TLS) IsZero() bool { return t == TLS{} }
+
+// KMS selects and configures the key management service.
+type KMS struct {
+	// Provider is "local" or "keyprotect".
+	Provider   string     `yaml:"provider" json:"provider"`
+	Local      LocalKMS   `yaml:"local" json:"local"`
+	KeyProtect KeyProtect `yaml:"keyprotect" json:"keyprotect"`
+}
+
+// Provider names.
+const (
+	ProviderLocal      = "local"
+	ProviderKeyProtect = "keyprotect"
+)
+
+// LocalKMS is the development provider: a root key held in a 0600 file.
+type LocalKMS struct {
+	RootKeyFile string `yaml:"root_key_file" json:"root_key_file"`
+}
+
+// KeyProtect configures IBM Key Protect. The API key is read from
+// APIKeyFile or the environment variable APIKeyEnv (exactly one), never
+// written here.
+type KeyProtect struct {
+	BaseURL string `yaml:"base_url" json:"base_url"`
+	// TokenURL is the IAM token endpoint (empty: the client's default,
+	// https://iam.cloud.ibm.com/oidc/token).
+	TokenURL   string `yaml:"token_url" json:"token_url"`
+	InstanceID string `yaml:"instance_id" json:"instance_id"`
+	RootKeyID  string `yaml:"root_key_id" json:"root_key_id"`
+	APIKeyFile string `yaml:"api_key_file" json:"api_key_file"`
+	APIKeyEnv  string `yaml:"api_key_env" json:"api_key_env"`
+	KeyRing    string `yaml:"key_ring" json:"key_ring"`
+	// Timeout bounds one API call attempt (default 30s).
+	Timeout time.Duration `yaml:"timeout" json:"timeout"`
+}
+
+// APIKey reads the API key from APIKeyFile or from the environment variable
+// APIKeyEnv looked up with env (os.LookupEnv when nil).
+func (k KeyProtect) APIKey(env func(string) (string, bool)) (Secret, error) {
+	switch {
+	case k.APIKeyFile != "":
+		s, err := ReadSecretFile(k.APIKeyFile)
+		if err != nil {
+			return Secret{}, fmt.Errorf("kms.keyprotect.api_key_file: %w", err)
+		}
+		return s, nil
+	case k.APIKeyEnv != "":
+		if env == nil {
+			env = os.LookupEnv
+		}
+		v, ok := env(k.APIKeyEnv)
+		if !ok || strings.TrimSpace(v) == "" {
+			return Secret{}, fmt.Errorf("kms.keyprotect.api_key_env: environment variable %s is not set", k.APIKeyEnv)
+		}
+		return NewSecret(strings.TrimSpace(v)), nil
+	}
+	return Secret{}, errors.New("kms.keyprotect: neither api_key_file nor api_key_env is set")
+}
+
+// Registry selects the DEK registry backend.
+type Registry struct {
+	// Driver is "file" or "postgres".
+	Driver string `yaml:"driver" json:"driver"`
+	// Path is the registry file (driver file).
+	Path string `yaml:"path" json:"path"`
+	// DSN is the PostgreSQL connection string (driver postgres). A password
+	// may only come from DECRYPTD_REGISTRY_DSN, PGPASSWORD or PGPASSFILE.
+	DSN Secret `yaml:"dsn" json:"dsn"`
+}
+
+// Registry drivers.
+const (
+	DriverFile     = "file"
+	DriverPostgres = "postgres"
+)
+
+// Cache configures the DEK cache (see package keycache).
+type Cache struct {
+	TTL                  time.Duration `yaml:"ttl" json:"ttl"`
+	RefreshAhead         time.Duration `yaml:"refresh_ahead" json:"refresh_ahead"`
+	StaleLimit           time.Duration `yaml:"stale_limit" json:"stale_limit"`
+	NegativeTTL          time.Duration `yaml:"negative_ttl" json:"negative_ttl"`
+	MaxEntries           int           `yaml:"max_entries" json:"max_entries"`
+	MaxConcurrentUnwraps int           `yaml:"max_concurrent_unwraps" json:"max_concurrent_unwraps"`
+}
+
+// Decrypt configures the decryption core.
+type Decrypt struct {
+	// MaxMessageBytes: larger messages are malformed (default 262144).
+	MaxMessageBytes int `yaml:"max_message_bytes" json:"max_message_bytes"`
+	// TopicPattern finds the device id in a topic: MQTT filter syntax with
+	// one level written {device_id} (default
+	// iot-2/type/+/id/{device_id}/evt/+/fmt/+); "off" disables the check.
+	TopicPattern string `yaml:"topic_pattern" json:"topic_pattern"`
+	// ReplayWindowEntries bounds the nonces remembered (default 100000).
+	ReplayWindowEntries int `yaml:"replay_window_entries" json:"replay_window_entries"`
+	// ReplayWindowAge is how long an accepted nonce is remembered
+	// (default 24h).
+	ReplayWindowAge time.Duration `yaml:"replay_window_age" json:"replay_window_age"`
+	// ClockSkew, when set, makes a message whose timestamp is further than
+	// this from now stale (default 0: off, since devices buffer offline).
+	ClockSkew time.Duration `yaml:"clock_skew" json:"clock_skew"`
+}
+
+// TopicPatternOff disables the topic/device check.
+const TopicPatternOff = "off"
+
+// Sink is one output. Type decides which fields apply; setting a field of
+// another type is an error.
+type Sink struct {
+	// Name labels the sink in metrics and logs (default: its type).
+	Name string `yaml:"name" json:"name"`
+	// Type is file, stdout, mqtt or http.
+	Type string `yaml:"type" json:"type"`
+
+	// file: JSON lines appended to Path, rotated at MaxBytes (default
+	// 100 MiB) keeping Keep old files (default 10), fsynced before
+	// acknowledging when Fsync (default true).
+	Path     string `yaml:"path,omitempty" json:"path,omitempty"`
+	MaxBytes int64  `yaml:"max_bytes,omitempty" json:"max_bytes,omitempty"`
+	Keep     int    `yaml:"keep,omitempty" json:"keep,omitempty"`
+	Fsync    *bool  `yaml:"fsync,omitempty" json:"fsync,omitempty"`
+
+	// stdout: Format json (one line per record, default) or pretty.
+	Format string `yaml:"format,omitempty" json:"format,omitempty"`
+
+	// mqtt: records published to Topic on Broker (same URL rules as
+	// mqtt.brokers), with TLS like mqtt.tls.
+	Broker string `yaml:"broker,omitempty" json:"broker,omitempty"`
+	Topic  string `yaml:"topic,omitempty" json:"topic,omitempty"`
+	TLS    TLS    `yaml:"tls,omitempty" json:"tls,omitempty"`
+
+	// http: records POSTed as a JSON array to URL (https, or http to a
+	// loopback host), at most BatchMax per request (default 100), each
+	// request bounded by Timeout (default 10s). AuthHeaderFile holds the
+	// Authorization header value; CAFile the CA bundle to trust.
+	URL            string        `yaml:"url,omitempty" json:"url,omitempty"`
+	AuthHeaderFile string        `yaml:"auth_header_file,omitempty" json:"auth_header_file,omitempty"`
+	CAFile         string        `yaml:"ca_file,omitempty" json:"ca_file,omitempty"`
+	BatchMax       int           `yaml:"batch_max,omitempty" json:"batch_max,omitempty"`
+	Timeout        time.Duration `yaml:"timeout,omitempty" json:"timeout,omitempty"`
+}
+
+// Sink types.
+const (
+	SinkFile   = "file"
+	SinkStdout = "stdout"
+	SinkMQTT   = "mqtt"
+	SinkHTTP   = "http"
+)
+
+// FsyncEnabled reports the effective fsync setting (true unless set false).
+func (s Sink) FsyncEnabled() bool { return s.Fsync == nil || *s.Fsync }
+
+// AuthHeader reads the Authorization header value from AuthHeaderFile; a
+// zero Secret when none is configured.
+func (s Sink) AuthHeader() (Secret, error) {
+	if s.AuthHeaderFile == "" {
+		return Secret{}, nil
+	}
+	v, err := ReadSecretFile(s.AuthHeaderFile)
+	if err != nil {
+		return Secret{}, fmt.Errorf("sink %s: auth_header_file: %w", s.Name, err)
+	}
+	return v, nil
+}
+
+// DeadLetter is where messages that cannot be decrypted are kept, as
+// received: a file (type file, Path, Fsync) or an MQTT topic (type mqtt,
+// Topic, and Broker/TLS when not the consumer's own connection).
+type DeadLetter struct {
+	Type   string `yaml:"type" json:"type"`
+	Path   string `yaml:"path,omitempty" json:"path,omitempty"`
+	Fsync  *bool  `yaml:"fsync,omitempty" json:"fsync,omitempty"`
+	Topic  string `yaml:"topic,omitempty" json:"topic,omitempty"`
+	Broker string `yaml:"broker,omitempty" json:"broker,omitempty"`
+	TLS    TLS    `yaml:"tls,omitempty" json:"tls,omitempty"`
+}
+
+// FsyncEnabled reports the effective fsync setting (true unless set false).
+func (d DeadLetter) FsyncEnabled() bool { return d.Fsync == nil || *d.Fsync }
+
+// Metrics configures the HTTP listener for /metrics, /healthz and /readyz.
+type Metrics struct {
+	// Listen is host:port (default 127.0.0.1:9464: loopback, so exposing
+	// metrics beyond the host is a deliberate choice).
+	Listen string `yaml:"listen" json:"listen"`
+}
+
+// Audit configures the hash-chained audit log of key access.
+type Audit struct {
+	Path string `yaml:"path" json:"path"`
+}
+
+// Log configures zap.
+type Log struct {
+	// Level is debug, info (default), warn or error.
+	Level string `yaml:"level" json:"level"`
+	// Format is json (default) or console.
+	Format string `yaml:"format" json:"format"`
+}
+
+// Defaults.
+const (
+	DefaultMaxInFlight         = 100
+	DefaultWorkers             = 4
+	DefaultKeepAlive           = 30 * time.Second
+	DefaultConnectTimeout      = 10 * time.Second
+	DefaultKeyProtectTimeout   = 30 * time.Second
+	DefaultCacheTTL            = time.Hour
+	DefaultRefreshAhead        = 5 * time.Minute
+	DefaultStaleLimit          = 6 * time.Hour
+	DefaultNegativeTTL         = 30 * time.Second
+	DefaultMaxEntries          = 100_000
+	DefaultMaxUnwraps          = 16
+	DefaultMaxMessageBytes     = 256 << 10
+	DefaultTopicPattern        = "iot-2/type/+/id/{device_id}/evt/+/fmt/+"
+	DefaultReplayWindowEntries = 100_000
+	DefaultReplayWindowAge     = 24 * time.Hour
+	DefaultSinkMaxBytes        = 100 << 20
+	DefaultSinkKeep            = 10
+	DefaultStdoutFormat        = "json"
+	DefaultHTTPBatchMax        = 100
+	DefaultHTTPTimeout         = 10 * time.Second
+	DefaultMetricsListen       = "127.0.0.1:9464"
+	DefaultLogLevel            = "info"
+	DefaultLogFormat           = "json"
+	DefaultShutdownTimeout     = 30 * time.Second
+)
+
+// Default returns a Config holding every default (mqtt.client_id is the host
+// name). It is not valid by itself: brokers, topics, kms, registry, sinks,
+// dead_letter and audit.path have no default.
+func Default() *Config {
+	c := &Config{}
+	c.applyDefaults()
+	return c
+}
+
+// maxFile bounds the config file; a real one is a few KiB.
+const maxFile = 1 << 20
+
+// EnvPrefix starts every environment override's name.
+const EnvPrefix = "DECRYPTD_"
+
+// Read loads the file at path like Load but does not validate, for a tool
+// that needs only part of the configuration (dekctl root create, before a
+// root key id exists). Most callers want Load.
+func Read(path string, env func(string) (string, bool)) (*Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxFile+1))
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	if len(data) > maxFile {
+		return nil, fmt.Errorf("config %s: larger than %d bytes", path, maxFile)
+	}
+	c, err := parse(data, env)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	abs, err := filepath.Abs(filepath.Dir(path))
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	c.resolvePaths(abs)
+	return c, nil
+}
+
+// Load reads the file at path, applies the environment overrides (env looks
+// a name up; os.LookupEnv in production, nil for none), fills defaults,
+// resolves relative paths against the file's directory and validates.
+func Load(path string, env func(string) (string, bool)) (*Config, error) {
+	c, err := Read(path, env)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Parse decodes data like Load, leaving relative paths as written (so
+// relative to the working directory), and validates.
+func Parse(data []byte, env func(string) (string, bool)) (*Config, error) {
+	c, err := parse(data, env)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func parse(data []byte, env func(string) (string, bool)) (*Config, error) {
+	c := &Config{}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	switch err := dec.Decode(c); {
+	case errors.Is(err, io.EOF):
+		// An empty file: defaults and environment only.
+	case err != nil:
+		return nil, cleanYAMLError(err)
+	default:
+		var extra yaml.Node
+		if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+			return nil, errors.New("yaml: more than one document (a second '---')")
+		}
+	}
+	// Checked before the environment is applied: a password is allowed
+	// there, never in the file.
+	if dsnHasPassword(c.Registry.DSN.Reveal()) {
+		return nil, errors.New("registry.dsn: holds a password; pass it via DECRYPTD_REGISTRY_DSN, PGPASSWORD or PGPASSFILE instead of the file")
+	}
+	if env != nil {
+		if err := applyEnv(c, env); err != nil {
+			return nil, err
+		}
+	}
+	c.applyDefaults()
+	return c, nil
+}
+
+// cleanYAMLError turns the decoder's Go type names into what the user
+// wrote: "field bogus not found in type config.MQTT" becomes
+// "unknown key "bogus"".
+func cleanYAMLError(err error) error {
+	var te *yaml.TypeError
+	if !errors.As(err, &te) {
+		if strings.HasPrefix(err.Error(), "yaml: ") {
+			return err
+		}
+		return fmt.Errorf("yaml: %w", err)
+	}
+	msgs := make([]string, 0, len(te.Errors))
+	for _, m := range te.Errors {
+		if i := strings.Index(m, "field "); i >= 0 && strings.Contains(m, " not found in type ") {
+			name := m[i+len("field "):]
+			name = name[:strings.Index(name, " not found in type ")]
+			m = m[:i] + fmt.Sprintf("unknown key %q", name)
+		}
+		m = strings.Replace(m, "into time.Duration", "into a duration (write a Go duration string such as 30s)", 1)
+		msgs = append(msgs, m)
+	}
+	return errors.New("yaml: " + strings.Join(msgs, "; "))
+}
+
+// dsnHasPassword recognises a password in a URL DSN
+// (postgres://u:pw@host/db) or a key=value DSN (password=pw).
+func dsnHasPassword(dsn string) bool {
+	if dsn == "" {
+		return false
+	}
+	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
+		rest := dsn[strings.Index(dsn, "://")+3:]
+		if at := strings.LastIndex(strings.SplitN(rest, "/", 2)[0], "@"); at >= 0 {
+			if strings.Contains(rest[:at], ":") {
+				return true
+			}
+		}
+		if q := strings.Index(rest, "?"); q >= 0 && strings.Contains("&"+rest[q+1:], "&password=") {
+			return true
+		}
+		return false
+	}
+	for _, f := range strings.Fields(dsn) {
+		if strings.HasPrefix(f, "password=") {
+			return true
+		}
+	}
+	return false
+}
+
+func (c *Config) applyDefaults() {
+	setS := func(p *string, v string) {
+		if *p == "" {
+			*p = v
+		}
+	}
+	setI := func(p *int, v int) {
+		if *p == 0 {
+			*p = v
+		}
+	}
+	setD := func(p *time.Duration, v time.Duration) {
+		if *p == 0 {
+			*p = v
+		}
+	}
+	if c.MQTT.ClientID == "" {
+		if h, err := os.Hostname(); err == nil && h != "" {
+			c.MQTT.ClientID = h
+		} else {
+			c.MQTT.ClientID = "decryptd"
+		}
+	}
+	setI(&c.MQTT.MaxInFlight, DefaultMaxInFlight)
+	setI(&c.MQTT.Workers, DefaultWorkers)
+	setD(&c.MQTT.KeepAlive, DefaultKeepAlive)
+	setD(&c.MQTT.ConnectTimeout, DefaultConnectTimeout)
+
+	c.KMS.KeyProtect.BaseURL = strings.TrimRight(c.KMS.KeyProtect.BaseURL, "/")
+	setD(&c.KMS.KeyProtect.Timeout, DefaultKeyProtectTimeout)
+
+	setD(&c.Cache.TTL, DefaultCacheTTL)
+	setD(&c.Cache.RefreshAhead, DefaultRefreshAhead)
+	setD(&c.Cache.StaleLimit, DefaultStaleLimit)
+	setD(&c.Cache.NegativeTTL, DefaultNegativeTTL)
+	setI(&c.Cache.MaxEntries, DefaultMaxEntries)
+	setI(&c.Cache.MaxConcurrentUnwraps, DefaultMaxUnwraps)
+
+	setI(&c.Decrypt.MaxMessageBytes, DefaultMaxMessageBytes)
+	setS(&c.Decrypt.TopicPattern, DefaultTopicPattern)
+	setI(&c.Decrypt.ReplayWindowEntries, DefaultReplayWindowEntries)
+	setD(&c.Decrypt.ReplayWindowAge, DefaultReplayWindowAge)
+
+	for i := range c.Sinks {
+		s := &c.Sinks[i]
+		setS(&s.Name, s.Type)
+		switch s.Type {
+		case SinkFile:
+			if s.MaxBytes == 0 {
+				s.MaxBytes = DefaultSinkMaxBytes
+			}
+			setI(&s.Keep, DefaultSinkKeep)
+			if s.Fsync == nil {
+				t := true
+				s.Fsync = &t
+			}
+		case SinkStdout:
+			setS(&s.Format, DefaultStdoutFormat)
+		case SinkHTTP:
+			setI(&s.BatchMax, DefaultHTTPBatchMax)
+			setD(&s.Timeout, DefaultHTTPTimeout)
+		}
+	}
+	if c.DeadLetter.Type == SinkFile && c.DeadLetter.Fsync == nil {
+		t := true
+		c.DeadLetter.Fsync = &t
+	}
+
+	setS(&c.Metrics.Listen, DefaultMetricsListen)
+	setS(&c.Log.Level, DefaultLogLevel)
+	setS(&c.Log.Format, DefaultLogFormat)
+	setD(&c.ShutdownTimeout, DefaultShutdownTimeout)
+}
+
+// resolvePaths makes every relative file path absolute against dir.
+func (c *Config) resolvePaths(dir string) {
+	abs := func(p *string) {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(dir, *p)
+		}
+	}
+	tls := func(t *TLS) {
+		abs(&t.CAFile)
+		abs(&t.CertFile)
+		abs(&t.KeyFile)
+	}
+	tls(&c.MQTT.TLS)
+	abs(&c.KMS.Local.RootKeyFile)
+	abs(&c.KMS.KeyProtect.APIKeyFile)
+	abs(&c.Registry.Path)
+	for i := range c.Sinks {
+		s := &c.Sinks[i]
+		abs(&s.Path)
+		tls(&s.TLS)
+		abs(&s.AuthHeaderFile)
+		abs(&s.CAFile)
+	}
+	abs(&c.DeadLetter.Path)
+	tls(&c.DeadLetter.TLS)
+	abs(&c.Audit.Path)
+}
