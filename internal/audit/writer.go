@@ -1,0 +1,220 @@
+package audit
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+)
+
+type options struct {
+	actor string
+	clock func() time.Time
+}
+
+// Option configures Open.
+type Option func(*options)
+
+// WithActor sets the actor of events that name none (default "decryptd").
+func WithActor(a string) Option { return func(o *options) { o.actor = a } }
+
+// WithClock sets the clock that stamps events without a Time (tests).
+func WithClock(now func() time.Time) Option { return func(o *options) { o.clock = now } }
+
+// Writer appends events to an audit log. Safe for concurrent use, and for
+// use alongside Writers in other processes on the same file.
+type Writer struct {
+	path string
+	opt  options
+
+	mu     sync.Mutex
+	f      *os.File
+	size   int64 // the file's size after our last append; -1: unknown
+	prev   string
+	seq    uint64
+	buf    []byte
+	closed bool
+}
+
+// Open opens (creating, mode 0600) the audit log at path and reads its last
+// line, so the next event continues the chain.
+func Open(ctx context.Context, path string, opts ...Option) (*Writer, error) {
+	o := options{actor: "decryptd", clock: time.Now}
+	for _, f := range opts {
+		f(&o)
+	}
+	if !validToken(o.actor) {
+		return nil, fmt.Errorf("%w: actor %q", ErrInvalidEvent, o.actor)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("audit log: %w", err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("audit log %s: %w", path, err)
+	}
+	if fi.Mode().Perm()&0o022 != 0 {
+		f.Close()
+		return nil, fmt.Errorf("audit log %s: mode %v lets group or others write it; chmod go-w", path, fi.Mode().Perm())
+	}
+	w := &Writer{path: path, opt: o, f: f, size: -1}
+	if err := flock(ctx, f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("audit log %s: lock: %w", path, err)
+	}
+	defer unlock(f)
+	if err := w.syncTail(); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return w, nil
+}
+
+// Append writes e as the next line and returns it as written (Seq, Prev,
+// Hash, Time, Actor filled in). It returns after the line is fsynced.
+func (w *Writer) Append(ctx context.Context, e Event) (Event, error) {
+	if e.Actor == "" {
+		e.Actor = w.opt.actor
+	}
+	if e.Time.IsZero() {
+		e.Time = w.opt.clock()
+	}
+	if err := e.normalise(); err != nil {
+		return Event{}, err
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return Event{}, errors.New("audit log: closed")
+	}
+	if err := flock(ctx, w.f); err != nil {
+		return Event{}, fmt.Errorf("audit log %s: lock: %w", w.path, err)
+	}
+	defer unlock(w.f)
+	fi, err := w.f.Stat()
+	if err != nil {
+		return Event{}, fmt.Errorf("audit log %s: %w", w.path, err)
+	}
+	if fi.Size() != w.size {
+		// Another process appended (or our last write failed half way).
+		if err := w.syncTail(); err != nil {
+			return Event{}, err
+		}
+	}
+	e.Seq, e.Prev = w.seq+1, w.prev
+	line, h, err := encodeLine(w.buf, &e)
+	if err != nil {
+		return Event{}, err
+	}
+	line = append(line, '\n')
+	w.buf = line
+	if _, err := w.f.Write(line); err != nil {
+		w.size = -1
+		return Event{}, fmt.Errorf("audit log %s: write: %w", w.path, err)
+	}
+	if err := w.f.Sync(); err != nil {
+		w.size = -1
+		return Event{}, fmt.Errorf("audit log %s: fsync: %w", w.path, err)
+	}
+	w.size += int64(len(line))
+	w.prev, w.seq, e.Hash = h, e.Seq, h
+	return e, nil
+}
+
+// Head returns the anchor of the last line this Writer knows of: keep it
+// elsewhere to detect truncation later (VerifyAnchor).
+func (w *Writer) Head() Anchor {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return Anchor{Seq: w.seq, Hash: w.prev}
+}
+
+// Close closes the file. Safe to call more than once.
+func (w *Writer) Close() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return nil
+	}
+	w.closed = true
+	return w.f.Close()
+}
+
+// syncTail reads the last whole line for seq and hash, first cutting away a
+// torn last line (a crashed writer's, never acknowledged). The caller holds
+// the file lock.
+func (w *Writer) syncTail() error {
+	fi, err := w.f.Stat()
+	if err != nil {
+		return fmt.Errorf("audit log %s: %w", w.path, err)
+	}
+	size := fi.Size()
+	if size == 0 {
+		w.size, w.seq, w.prev = 0, 0, zeroHash
+		return nil
+	}
+	n := min(size, int64(2*maxLine+2))
+	tail := make([]byte, n)
+	if _, err := w.f.ReadAt(tail, size-n); err != nil {
+		return fmt.Errorf("audit log %s: read tail: %w", w.path, err)
+	}
+	if tail[len(tail)-1] != '\n' {
+		cut := bytes.LastIndexByte(tail, '\n') + 1 // 0 if none
+		if cut == 0 && n < size {
+			return fmt.Errorf("audit log %s: last line longer than %d bytes", w.path, 2*maxLine)
+		}
+		keep := size - n + int64(cut)
+		if err := w.f.Truncate(keep); err != nil {
+			return fmt.Errorf("audit log %s: cut torn last line: %w", w.path, err)
+		}
+		if err := w.f.Sync(); err != nil {
+			return fmt.Errorf("audit log %s: fsync: %w", w.path, err)
+		}
+		return w.syncTail()
+	}
+	body := tail[:len(tail)-1]
+	start := bytes.LastIndexByte(body, '\n') + 1
+	if start == 0 && n < size {
+		return fmt.Errorf("audit log %s: last line longer than %d bytes", w.path, 2*maxLine)
+	}
+	e, err := parseLine(body[start:])
+	if err != nil {
+		// Appending onto a line that does not verify would hide the damage
+		// behind a fresh, valid-looking tail.
+		return fmt.Errorf("audit log %s: last line does not verify, refusing to append: %w", w.path, err)
+	}
+	w.size, w.seq, w.prev = size, e.Seq, e.Hash
+	return nil
+}
+
+// flock takes the exclusive lock, in short sleeps so that ctx can end the wait.
+func flock(ctx context.Context, f *os.File) error {
+	delay := 200 * time.Microsecond
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		switch {
+		case err == nil:
+			return nil
+		case errors.Is(err, syscall.EINTR):
+			continue
+		case !errors.Is(err, syscall.EWOULDBLOCK):
+			return err
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+		delay = min(delay*2, 10*time.Millisecond)
+	}
+}
+
+func unlock(f *os.File) { _ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN) }
