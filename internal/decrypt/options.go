@@ -33,7 +33,7 @@ type Options struct {
 	// ReplayEntries and ReplayMaxAge bound the replay window: the oldest
 	// accepted (key id, key version, nonce) triples are forgotten first once
 	// either bound is reached. 0 means the default (1,000,000 and 24 h).
-	// Memory is about 64 bytes per entry at most.
+	// Memory is about 80 bytes per entry (80 MB at the default bound).
 	ReplayEntries int
 	ReplayMaxAge  time.Duration
 	// ReplayDisabled turns the replay window off: no replay and no duplicate

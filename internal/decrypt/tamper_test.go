@@ -38,7 +38,6 @@ func newTamperKit(t *testing.T) *tamperKit {
 		env: seal.Envelope{DeviceID: "dev-a", Timestamp: 1700000000, KeyID: "group/ward-7", KeyVersion: "v1"}}
 }
 
-
 func (k *tamperKit) open(t *testing.T, payload []byte) (Record, error) {
 	t.Helper()
 	// No topic pattern match: the tamper table is about the tag alone.
