@@ -167,9 +167,11 @@ type Decrypt struct {
 	MaxMessageBytes int `yaml:"max_message_bytes" json:"max_message_bytes"`
 	// TopicPattern finds the device id in a topic: MQTT filter syntax with
 	// one level written {device_id} (default
-	// iot-2/type/+/id/{device_id}/evt/+/fmt/+); "off" disables the check.
+	// iot-2/type/+/id/{device_id}/evt/+/fmt/+). A topic the pattern does not
+	// match carries no device id and is not checked (package decrypt).
 	TopicPattern string `yaml:"topic_pattern" json:"topic_pattern"`
-	// ReplayWindowEntries bounds the nonces remembered (default 100000).
+	// ReplayWindowEntries bounds the nonces remembered (default 1000000,
+	// about 64 bytes each).
 	ReplayWindowEntries int `yaml:"replay_window_entries" json:"replay_window_entries"`
 	// ReplayWindowAge is how long an accepted nonce is remembered
 	// (default 24h).
@@ -178,9 +180,6 @@ type Decrypt struct {
 	// this from now stale (default 0: off, since devices buffer offline).
 	ClockSkew time.Duration `yaml:"clock_skew" json:"clock_skew"`
 }
-
-// TopicPatternOff disables the topic/device check.
-const TopicPatternOff = "off"
 
 // Sink is one output. Type decides which fields apply; setting a field of
 // another type is an error.
@@ -292,7 +291,7 @@ const (
 	DefaultMaxUnwraps          = 16
 	DefaultMaxMessageBytes     = 256 << 10
 	DefaultTopicPattern        = "iot-2/type/+/id/{device_id}/evt/+/fmt/+"
-	DefaultReplayWindowEntries = 100_000
+	DefaultReplayWindowEntries = 1_000_000
 	DefaultReplayWindowAge     = 24 * time.Hour
 	DefaultSinkMaxBytes        = 100 << 20
 	DefaultSinkKeep            = 10

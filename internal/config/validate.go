@@ -343,9 +343,6 @@ func (c *Config) validateCache(ck *checker) {
 // CheckTopicPattern checks a decrypt.topic_pattern: MQTT filter levels,
 // exactly one of which is {device_id}.
 func CheckTopicPattern(p string) string {
-	if p == TopicPatternOff {
-		return ""
-	}
 	levels := strings.Split(p, "/")
 	n := 0
 	for i, l := range levels {
@@ -362,7 +359,7 @@ func CheckTopicPattern(p string) string {
 		}
 	}
 	if n != 1 {
-		return "want exactly one level {device_id} (or off)"
+		return "want exactly one level {device_id}"
 	}
 	return ""
 }
