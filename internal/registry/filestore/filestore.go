@@ -318,9 +318,11 @@ func (s *Store) refresh(ctx context.Context, force bool) {
 		changes, err = s.reloadLocked(force)
 		unlock(s.lockf)
 	}
+	// Published under ioMu, so that two reloads cannot overtake each other
+	// and leave a watcher with an older state as the last word.
+	s.hub.Publish(changes...)
 	s.ioMu.Unlock()
 	s.noteErr(err)
-	s.hub.Publish(changes...)
 }
 
 func (s *Store) noteErr(err error) {
@@ -479,8 +481,8 @@ func (s *Store) write(ctx context.Context, op func(map[dek.Ref]registry.Entry) (
 		}
 	}
 	unlock(s.lockf)
+	s.hub.Publish(changes...) // under ioMu: see refresh
 	s.ioMu.Unlock()
-	s.hub.Publish(changes...)
 	if err != nil {
 		return registry.Entry{}, err
 	}
