@@ -234,6 +234,12 @@ func testWriteReadBack(t *testing.T, s Subject) {
 	write(t, s, a)
 	checkExact(t, s, a)
 	write(t, s, b)
+	// The batch is the caller's: a sink must not change it.
+	for i, r := range Records("b", 50) {
+		if b[i].ID != r.ID || b[i].DeviceID != r.DeviceID || string(b[i].JSON) != string(r.JSON) {
+			t.Fatalf("Write modified record %d of the caller's batch", i)
+		}
+	}
 	checkExact(t, s, append(a, b...))
 }
 
