@@ -1,0 +1,28 @@
+// Package keyops owns the operator's key lifecycle, the logic behind
+// dekctl: root key create/rotate/list, provisioning a device's DEK version
+// (and group membership), bulk import of existing DEKs, listing, revoking,
+// crypto-shredding, rewrapping after a root rotation, and checking the
+// audit log's hash chain.
+//
+// Promises:
+//
+//   - DEKs are made with the injected randomness (crypto/rand by default),
+//     wrapped at once with kms.DEKAAD binding their name, and wiped once
+//     wrapped. The one place a DEK leaves in the clear is the Credential that
+//     Provision returns, for factory provisioning of a device; the caller
+//     writes it (WriteCredential: a new file, mode 0600) and wipes it.
+//   - Every key operation, successful or not, appends one audit event per
+//     key version it touched (what, which key and root key version, result),
+//     never key material. An operation whose audit append fails reports the
+//     failure.
+//   - Changes go through registry.Store.Update, one entry at a time and
+//     atomically, so a daemon sharing the registry sees each change on its
+//     change feed (and drops a revoked or shredded key from its cache), and
+//     an interrupted rewrap resumes where it stopped: the registry itself is
+//     the progress record.
+//   - Errors: ErrInvalidArgument for a bad name or combination of arguments
+//     (a usage error), ErrNotFound when nothing matches, anything else is an
+//     operation failure. dekctl maps them to exit codes 2, 3 and 1.
+//
+// Ops is safe for concurrent use; Rewrap itself runs a few KMS calls at once.
+package keyops
