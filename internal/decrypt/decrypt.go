@@ -61,7 +61,7 @@ func New(keys KeyResolver, opts Options) (*Decryptor, error) {
 // before it goes back to the pool.
 type state struct {
 	msg  scanner // the message
-	sub  scanner // shape A metadata, then each plaintext
+	sub  scanner // each plaintext
 	refs []sealedRef
 	env  []byte // device id, timestamp digits, key id, key version (stable copies)
 	meta []byte // shape A record metadata
@@ -221,7 +221,10 @@ func (d *Decryptor) open(ctx context.Context, st *state, m Message) (Record, err
 	}
 
 	if d.win != nil {
-		if err := d.win.admit(st.keys, m.Dup, d.opts.Now().UnixNano()); err != nil {
+		// Ages count from the receive time: no second clock read per
+		// message, and a message retried after a transient fault keeps the
+		// age of its first receipt.
+		if err := d.win.admit(st.keys, m.Dup, received.UnixNano()); err != nil {
 			return Record{}, fmt.Errorf("%w: nonce already accepted under %s %s", err, rec.KeyID, rec.KeyVersion)
 		}
 		rec.rk0, rec.rkN = st.keys[0], len(st.keys)
@@ -306,7 +309,6 @@ func (st *state) parse(payload []byte) (envelope, error) {
 		return env, err
 	}
 	var dev, ts *member
-	var devScan *scanner
 	if ed := s.find("encrypted_data"); ed != nil {
 		env.shapeA = true
 		if ed.kind != kindString {
@@ -319,29 +321,25 @@ func (st *state) parse(payload []byte) (envelope, error) {
 		if md.kind != kindObject {
 			return env, errors.New("metadata: not an object")
 		}
-		sub := &st.sub
-		if _, _, err := sub.document(payload[md.val.start:md.val.end], true); err != nil {
-			return env, err // cannot happen: already scanned
-		}
-		dev, ts, devScan = sub.find("device_id"), sub.find("timestamp"), sub
+		dev, ts = findMember(s.meta, "device_id"), findMember(s.meta, "timestamp")
 		if dev == nil || ts == nil {
 			return env, errors.New("metadata: device_id and timestamp required")
 		}
 		meta := append(st.meta[:0], '{')
-		for i := range sub.top {
-			mb := &sub.top[i]
+		for i := range s.meta {
+			mb := &s.meta[i]
 			if string(mb.name) == "device_id" || string(mb.name) == "timestamp" {
 				continue
 			}
 			if len(meta) > 1 {
 				meta = append(meta, ',')
 			}
-			meta = append(meta, sub.buf[mb.start:mb.val.end]...)
+			meta = append(meta, s.buf[mb.start:mb.val.end]...)
 		}
 		st.meta = append(meta, '}')
 		st.refs = append(st.refs[:0], sealedRef{raw: ed.val, top: -1, text: s.stringValue(ed)})
 	} else {
-		dev, ts, devScan = s.find("device_id"), s.find("timestamp"), s
+		dev, ts = s.find("device_id"), s.find("timestamp")
 		if dev == nil || ts == nil {
 			return env, errors.New("device_id and timestamp required")
 		}
@@ -360,7 +358,7 @@ func (st *state) parse(payload []byte) (envelope, error) {
 	if dev.kind != kindString {
 		return env, errors.New("device_id: not a string")
 	}
-	v := devScan.stringValue(dev)
+	v := s.stringValue(dev)
 	if !validDeviceID(v) {
 		return env, errors.New("device_id: outside its alphabet or length")
 	}
@@ -369,7 +367,7 @@ func (st *state) parse(payload []byte) (envelope, error) {
 	if ts.kind != kindNumber {
 		return env, errors.New("timestamp: not a number")
 	}
-	tsText := devScan.buf[ts.val.start:ts.val.end]
+	tsText := s.buf[ts.val.start:ts.val.end]
 	t, err := parseTimestamp(tsText)
 	if err != nil {
 		return env, err

@@ -1,6 +1,7 @@
 package decrypt
 
 import (
+	"encoding/binary"
 	"sync"
 	"time"
 )
@@ -11,20 +12,27 @@ import (
 // false replay) out of reach for any realistic window.
 type replayKey [16]byte
 
+// home is the key's slot in a table of mask+1 slots. The key is already a
+// cryptographic digest, so its bits serve as the hash.
+func (k *replayKey) home(mask uint64) uint64 { return binary.LittleEndian.Uint64(k[:8]) & mask }
+
 // window remembers accepted triples, oldest first, bounded by count and
-// age. A FIFO ring holds insertion order and times; a map from key to
-// insertion sequence number answers lookups. The ring grows on demand up to
-// the bound, so a small deployment pays for what it uses.
+// age. A FIFO ring holds the keys and their acceptance times; an
+// open-addressing table (linear probing, at most half full) maps a key to
+// its ring slot. About 24 bytes of ring plus 8 to 16 of table per entry;
+// both grow on demand up to the bound, so a small deployment pays for what
+// it uses.
 type window struct {
 	mu     sync.Mutex
 	max    int
 	maxAge time.Duration
 
-	idx  map[replayKey]uint64 // key → sequence number of its slot
 	ring []slot
-	head int    // ring index of the oldest slot
-	n    int    // slots in use
-	next uint64 // sequence number of the next insert; slots hold next-n .. next-1
+	head int // ring index of the oldest slot
+	n    int // slots in use
+
+	table []uint32 // ring index + 1; 0 is an empty slot
+	mask  uint64
 }
 
 type slot struct {
@@ -33,7 +41,60 @@ type slot struct {
 }
 
 func newWindow(max int, maxAge time.Duration) *window {
-	return &window{max: max, maxAge: maxAge, idx: make(map[replayKey]uint64)}
+	return &window{max: max, maxAge: maxAge}
+}
+
+// lookup returns the table index holding k, or -1.
+func (w *window) lookup(k *replayKey) int {
+	if len(w.table) == 0 {
+		return -1
+	}
+	for i := k.home(w.mask); ; i = (i + 1) & w.mask {
+		v := w.table[i]
+		if v == 0 {
+			return -1
+		}
+		if w.ring[v-1].key == *k {
+			return int(i)
+		}
+	}
+}
+
+// lookupSlot returns the table index pointing at ring slot r, or -1 (the
+// slot was forgotten).
+func (w *window) lookupSlot(r int) int {
+	for i := w.ring[r].key.home(w.mask); ; i = (i + 1) & w.mask {
+		v := w.table[i]
+		if v == 0 {
+			return -1
+		}
+		if int(v-1) == r {
+			return int(i)
+		}
+	}
+}
+
+func (w *window) insert(r int) {
+	i := w.ring[r].key.home(w.mask)
+	for w.table[i] != 0 {
+		i = (i + 1) & w.mask
+	}
+	w.table[i] = uint32(r + 1)
+}
+
+// remove empties table slot i, shifting later entries of its probe run
+// back so that lookups need no tombstones.
+func (w *window) remove(i uint64) {
+	for j := (i + 1) & w.mask; w.table[j] != 0; j = (j + 1) & w.mask {
+		h := w.ring[w.table[j]-1].key.home(w.mask)
+		// The entry at j may move to i unless its home lies cyclically
+		// in (i, j].
+		if (j > i && (h <= i || h > j)) || (j < i && h <= i && h > j) {
+			w.table[i] = w.table[j]
+			i = j
+		}
+	}
+	w.table[i] = 0
 }
 
 // expire drops the oldest slots older than maxAge.
@@ -45,10 +106,8 @@ func (w *window) expire(now int64) {
 }
 
 func (w *window) evictHead() {
-	s := &w.ring[w.head]
-	seq := w.next - uint64(w.n)
-	if q, ok := w.idx[s.key]; ok && q == seq {
-		delete(w.idx, s.key)
+	if i := w.lookupSlot(w.head); i >= 0 {
+		w.remove(uint64(i))
 	}
 	w.head++
 	if w.head == len(w.ring) {
@@ -58,13 +117,9 @@ func (w *window) evictHead() {
 }
 
 // seen reports whether k was accepted and is still within the window.
-func (w *window) seen(k replayKey, now int64) bool {
-	q, ok := w.idx[k]
-	if !ok || q < w.next-uint64(w.n) {
-		return false
-	}
-	s := &w.ring[(w.head+int(q-(w.next-uint64(w.n))))%len(w.ring)]
-	return s.at >= now-int64(w.maxAge)
+func (w *window) seen(k *replayKey, now int64) bool {
+	i := w.lookup(k)
+	return i >= 0 && w.ring[w.table[i]-1].at >= now-int64(w.maxAge)
 }
 
 // admit checks keys against the window and, when none was accepted before
@@ -75,59 +130,92 @@ func (w *window) admit(keys []replayKey, dup bool, now int64) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.expire(now)
-	for i, k := range keys {
-		if w.seen(k, now) {
+	for i := range keys {
+		if w.seen(&keys[i], now) {
 			if dup {
 				return ErrDuplicate
 			}
 			return ErrReplay
 		}
 		for _, prev := range keys[:i] {
-			if prev == k {
+			if prev == keys[i] {
 				// The same nonce twice under one key in one message: a
 				// device reusing nonces, never a broker redelivery.
 				return ErrReplay
 			}
 		}
 	}
-	for _, k := range keys {
-		w.push(k, now)
+	for i := range keys {
+		w.push(&keys[i], now)
 	}
 	return nil
 }
 
-func (w *window) push(k replayKey, now int64) {
+func (w *window) push(k *replayKey, now int64) {
 	if w.n == len(w.ring) {
 		if len(w.ring) < w.max {
-			size := min(max(2*len(w.ring), 1024), w.max)
-			ring := make([]slot, size)
-			for i := range w.n {
-				ring[i] = w.ring[(w.head+i)%len(w.ring)]
-			}
-			w.ring, w.head = ring, 0
+			w.grow(min(max(2*len(w.ring), 1024), w.max))
 		} else {
 			w.evictHead()
 		}
 	}
-	w.ring[(w.head+w.n)%len(w.ring)] = slot{key: k, at: now}
-	w.idx[k] = w.next
-	w.next++
+	r := (w.head + w.n) % len(w.ring)
+	w.ring[r] = slot{key: *k, at: now}
 	w.n++
+	w.insert(r)
+}
+
+// grow moves the ring to size slots, oldest first, and rebuilds the table
+// at twice that or more (a power of two).
+func (w *window) grow(size int) {
+	old, oldTable := w.ring, w.table
+	w.ring = make([]slot, size)
+	// Forgotten slots are kept (they still count against the bound) but
+	// must not come back: remember which old slots the table points at.
+	live := make([]bool, len(old))
+	for _, v := range oldTable {
+		if v != 0 {
+			live[v-1] = true
+		}
+	}
+	tsize := 1
+	for tsize < 2*size {
+		tsize *= 2
+	}
+	w.table = make([]uint32, tsize)
+	w.mask = uint64(tsize - 1)
+	for i := range w.n {
+		r := (w.head + i) % len(old)
+		w.ring[i] = old[r]
+		if live[r] {
+			w.insert(i)
+		}
+	}
+	w.head = 0
 }
 
 // forget removes keys, so a redelivery of a message the caller could not
-// deliver is processed afresh. Its ring slots stay until they age out;
-// evictHead skips them because the map no longer points at them.
+// deliver is processed afresh. Their ring slots stay until they age out or
+// are pushed out; evictHead finds no table entry for them then.
 func (w *window) forget(keys []replayKey) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	for _, k := range keys {
-		delete(w.idx, k)
+	for i := range keys {
+		if t := w.lookup(&keys[i]); t >= 0 {
+			w.remove(uint64(t))
+		}
 	}
 }
 
+// len is the number of keys the window holds.
 func (w *window) len() int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return len(w.idx)
+	n := 0
+	for _, v := range w.table {
+		if v != 0 {
+			n++
+		}
+	}
+	return n
 }

@@ -83,12 +83,14 @@ type scanner struct {
 	depth   int
 	collect bool // message mode: record top-level members and sealed strings
 
-	names  [][]byte // member names of the objects currently open, innermost last
-	path   []pathSeg
-	arena  []byte // decoded names and strings; only ever appended to during one scan
-	top    []member
-	sealed []sealedRef
-	curTop int
+	names   [][]byte // member names of the objects currently open, innermost last
+	path    []pathSeg
+	arena   []byte // decoded names and strings; only ever appended to during one scan
+	top     []member
+	meta    []member // members of the top-level "metadata" object, if it is one
+	sealed  []sealedRef
+	curTop  int    // index the top-level member being scanned will have
+	curName []byte // and its name
 }
 
 // reset prepares the scanner for buf. It first wipes what the previous
@@ -99,6 +101,7 @@ func (s *scanner) reset(buf []byte, collect bool) {
 	clear(s.names)
 	clear(s.path)
 	clear(s.top)
+	clear(s.meta)
 	clear(s.sealed)
 	s.buf = buf
 	s.pos = 0
@@ -108,8 +111,9 @@ func (s *scanner) reset(buf []byte, collect bool) {
 	s.path = s.path[:0]
 	s.arena = s.arena[:0]
 	s.top = s.top[:0]
+	s.meta = s.meta[:0]
 	s.sealed = s.sealed[:0]
-	s.curTop = -1
+	s.curTop, s.curName = -1, nil
 }
 
 // release wipes the scanner and drops its references, for the pool.
@@ -138,15 +142,14 @@ func (s *scanner) document(buf []byte, collect bool) (valueKind, span, error) {
 	return k, span{start, end}, nil
 }
 
+// skipWS and str keep the position in a local: through the pointer the
+// compiler would load and store s.pos on every byte.
 func (s *scanner) skipWS() {
-	for s.pos < len(s.buf) {
-		switch s.buf[s.pos] {
-		case ' ', '\t', '\n', '\r':
-			s.pos++
-		default:
-			return
-		}
+	b, pos := s.buf, s.pos
+	for pos < len(b) && b[pos] <= ' ' && (b[pos] == ' ' || b[pos] == '\t' || b[pos] == '\n' || b[pos] == '\r') {
+		pos++
 	}
+	s.pos = pos
 }
 
 func (s *scanner) value() (valueKind, error) {
@@ -238,41 +241,54 @@ func (s *scanner) digits() int {
 // surrogates (\ud800 alone cannot be written in UTF-8, so neither the AAD
 // pointer nor a sink could carry it faithfully).
 func (s *scanner) str() (esc bool, err error) {
-	b := s.buf
-	s.pos++
-	for s.pos < len(b) {
-		// Skip plain ASCII eight bytes at a time: most of a message is
-		// base64 text and short names.
-		for s.pos+8 <= len(b) && plainASCII8(binary.LittleEndian.Uint64(b[s.pos:])) {
-			s.pos += 8
+	b, pos := s.buf, s.pos+1
+	for pos < len(b) {
+		// Skip plain ASCII sixteen, then eight, bytes at a time: most of a
+		// message is base64 text and short names.
+		for pos+16 <= len(b) && plainASCII8(binary.LittleEndian.Uint64(b[pos:pos+8])) &&
+			plainASCII8(binary.LittleEndian.Uint64(b[pos+8:pos+16])) {
+			pos += 16
 		}
-		if s.pos >= len(b) {
+		if pos+8 <= len(b) && plainASCII8(binary.LittleEndian.Uint64(b[pos:pos+8])) {
+			pos += 8
+		}
+		for pos < len(b) && plainByte[b[pos]] != 0 {
+			pos++
+		}
+		if pos >= len(b) {
 			break
 		}
-		c := b[s.pos]
+		c := b[pos]
 		switch {
 		case c == '"':
-			s.pos++
+			s.pos = pos + 1
 			return esc, nil
 		case c == '\\':
 			esc = true
+			s.pos = pos
 			if err := s.escape(); err != nil {
 				return false, err
 			}
+			pos = s.pos
 		case c < 0x20:
+			s.pos = pos
 			return false, s.fail("control character in string")
-		case c < utf8.RuneSelf:
-			s.pos++
 		default:
-			r, n := utf8.DecodeRune(b[s.pos:])
+			r, n := utf8.DecodeRune(b[pos:])
 			if r == utf8.RuneError && n == 1 {
+				s.pos = pos
 				return false, s.fail("invalid UTF-8 in string")
 			}
-			s.pos += n
+			pos += n
 		}
 	}
+	s.pos = pos
 	return false, s.fail("unterminated string")
 }
+
+// plainByte[c] is 1 for a byte a string holds as is: printable ASCII but
+// the quote and the backslash. A constant, so no package state.
+const plainByte = "\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x01\x01\x00\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x00\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"
 
 const (
 	lo8 = 0x0101010101010101
@@ -451,6 +467,9 @@ func (s *scanner) object() error {
 	}
 	s.pos++ // '{'
 	isTop := s.collect && s.depth == 1
+	// Shape A needs the members of metadata; catching them here saves a
+	// second scan.
+	isMeta := s.collect && s.depth == 2 && string(s.curName) == "metadata"
 	base := len(s.names)
 	var set map[string]struct{}
 	if s.collect {
@@ -500,18 +519,18 @@ func (s *scanner) object() error {
 				s.path[len(s.path)-1] = pathSeg{name: name}
 			}
 			if isTop {
-				s.curTop = len(s.top)
-				s.top = append(s.top, member{name: name, start: nameStart})
+				s.curTop, s.curName = len(s.top), name
 			}
 			valStart := s.pos
 			kind, err := s.value()
 			if err != nil {
 				return err
 			}
-			if isTop {
-				m := &s.top[len(s.top)-1]
-				m.val = span{valStart, s.pos}
-				m.kind = kind
+			switch {
+			case isTop:
+				s.top = append(s.top, member{name: name, start: nameStart, val: span{valStart, s.pos}, kind: kind})
+			case isMeta:
+				s.meta = append(s.meta, member{name: name, start: nameStart, val: span{valStart, s.pos}, kind: kind})
 			}
 			s.skipWS()
 			if s.pos >= len(s.buf) {
@@ -578,10 +597,12 @@ func (s *scanner) array() error {
 }
 
 // find returns the top-level member with the given decoded name.
-func (s *scanner) find(name string) *member {
-	for i := range s.top {
-		if string(s.top[i].name) == name {
-			return &s.top[i]
+func (s *scanner) find(name string) *member { return findMember(s.top, name) }
+
+func findMember(ms []member, name string) *member {
+	for i := range ms {
+		if string(ms[i].name) == name {
+			return &ms[i]
 		}
 	}
 	return nil
