@@ -114,10 +114,13 @@ func (o *MQTTOptions) validate() error {
 // MQTT is a Sink republishing each record (its JSON as the payload) to a
 // topic on a broker, at QoS 1. Write returns nil only once the broker sent
 // PUBACK for every record of the batch, i.e. took responsibility for it. A
-// connection lost during a Write fails the Write (the caller retries the
-// whole batch; records already acknowledged are published again, which the
-// stable record id makes harmless); the client reconnects on its own in the
-// background, and a Write while disconnected fails at once.
+// connection lost during a Write fails the Write within about 50 ms (the
+// caller retries the whole batch; records already acknowledged are
+// published again, which the stable record id makes harmless), unless
+// paho reconnected at once and the broker acknowledged the resent
+// publishes, in which case the batch is held and Write returns nil. The
+// client reconnects on its own in the background; a Write while
+// disconnected fails at once.
 type MQTT struct {
 	opts   MQTTOptions
 	client mqtt.Client

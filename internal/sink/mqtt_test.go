@@ -19,15 +19,16 @@ import (
 
 // proxy forwards TCP connections to a broker. Pause holds everything the
 // broker sends (PUBACKs) until Resume; Cut drops every connection, as a
-// network failure would.
+// network failure would; Refuse(true) drops new connections at once.
 type proxy struct {
 	ln     net.Listener
 	target string
 
-	mu     sync.Mutex
-	cond   *sync.Cond
-	paused bool
-	conns  []net.Conn
+	mu      sync.Mutex
+	cond    *sync.Cond
+	paused  bool
+	refused bool
+	conns   []net.Conn
 }
 
 func startProxy(t *testing.T, target string) *proxy {
@@ -54,6 +55,13 @@ func (p *proxy) accept() {
 		c, err := p.ln.Accept()
 		if err != nil {
 			return
+		}
+		p.mu.Lock()
+		refused := p.refused
+		p.mu.Unlock()
+		if refused {
+			c.Close()
+			continue
 		}
 		b, err := net.Dial("tcp", p.target)
 		if err != nil {
@@ -101,6 +109,12 @@ func (p *proxy) Resume() {
 	p.mu.Lock()
 	p.paused = false
 	p.cond.Broadcast()
+	p.mu.Unlock()
+}
+
+func (p *proxy) Refuse(on bool) {
+	p.mu.Lock()
+	p.refused = on
 	p.mu.Unlock()
 }
 
@@ -250,12 +264,14 @@ func TestMQTTConnectionLoss(t *testing.T) {
 	sub := subscribe(t, b, "loss/#")
 	s, p := mqttSink(t, b, "loss/{device_id}")
 
-	// Lost while waiting for PUBACKs: Write fails promptly, not at its
-	// deadline.
+	// Lost while waiting for PUBACKs, and not back: Write fails promptly,
+	// not at its deadline. (Had paho reconnected at once, it would resend
+	// the publishes and Write could rightly succeed on their PUBACKs.)
 	p.Pause()
 	done := make(chan error, 1)
 	go func() { done <- s.Write(t.Context(), sinktest.Records("lost", 3)) }()
 	time.Sleep(100 * time.Millisecond) // let the publishes go out
+	p.Refuse(true)
 	p.Cut()
 	p.Resume()
 	select {
@@ -269,6 +285,7 @@ func TestMQTTConnectionLoss(t *testing.T) {
 	}
 
 	// The sink reconnects by itself; the caller's retry then succeeds.
+	p.Refuse(false)
 	retry := sinktest.Records("lost", 3)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
