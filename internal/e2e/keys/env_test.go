@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/decryptd/decryptd/internal/audit"
 	"github.com/decryptd/decryptd/internal/decrypt"
 	"github.com/decryptd/decryptd/internal/dek"
 	"github.com/decryptd/decryptd/internal/keycache"
@@ -305,3 +306,24 @@ func newFakeClock() *fakeClock {
 
 func (c *fakeClock) Now() time.Time          { return time.Unix(0, c.ns.Load()) }
 func (c *fakeClock) Advance(d time.Duration) { c.ns.Add(int64(d)) }
+
+// auditRecorder writes the cache's unwrap events to the audit log, as the
+// daemon wires them: one line per KMS unwrap, never key material. Neither
+// keycache nor audit offers this adapter (keycache must not import audit);
+// the daemon's wiring needs the same few lines.
+func auditRecorder(t *testing.T, w *audit.Writer) keycache.AuditRecorder {
+	return keycache.AuditFunc(func(ctx context.Context, ev keycache.UnwrapEvent) {
+		if _, err := w.Append(ctx, audit.Event{
+			Action:         audit.ActionUnwrap,
+			KeyID:          ev.KeyID,
+			KeyVersion:     ev.Version,
+			RootKeyID:      ev.RootKeyID,
+			RootKeyVersion: ev.RootKeyVersion,
+			Result:         string(ev.Result),
+			DurationMS:     audit.Millis(ev.Duration),
+			Detail:         ev.Trigger,
+		}); err != nil {
+			t.Errorf("audit append of an unwrap: %v", err)
+		}
+	})
+}
