@@ -1,0 +1,66 @@
+package pipeline_test
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/decryptd/decryptd/internal/consumer"
+	"github.com/decryptd/decryptd/internal/pipeline"
+	"github.com/decryptd/decryptd/internal/sink"
+)
+
+// slowSink costs a fixed time per Write, like an fsync, whatever the batch
+// size.
+type slowSink struct {
+	name string
+	cost time.Duration
+}
+
+func (s slowSink) Name() string { return s.name }
+func (s slowSink) Write(ctx context.Context, batch []sink.Record) error {
+	time.Sleep(s.cost)
+	return nil
+}
+func (s slowSink) Flush(context.Context) error { return nil }
+func (s slowSink) Close(context.Context) error { return nil }
+
+// BenchmarkProcess measures messages through a sink whose every Write
+// costs 1ms (an fsync), with 64 concurrent callers (the consumer's
+// workers). max_batch_1 is what writing one record per Write would give;
+// compare the two in one run.
+func BenchmarkProcess(b *testing.B) {
+	for _, maxBatch := range []int{1, pipeline.DefaultMaxBatch} {
+		b.Run(fmt.Sprintf("max_batch_%d", maxBatch), func(b *testing.B) {
+			p, err := pipeline.New(pipeline.Options{
+				Opener:     newOpener(),
+				Sinks:      []sink.Sink{slowSink{"file", time.Millisecond}},
+				DeadLetter: slowSink{"dead_letter", time.Millisecond},
+				MaxBatch:   maxBatch,
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer p.Close(context.Background())
+			var n atomic.Int64
+			b.ReportAllocs()
+			b.SetParallelism(64 / max(1, testingProcs()))
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					i := n.Add(1)
+					m := consumer.Message{Topic: "t", Payload: []byte(fmt.Sprintf("ok:r%d", i))}
+					if err := p.Process(context.Background(), m); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		})
+	}
+}
+
+func testingProcs() int { return runtime.GOMAXPROCS(0) }

@@ -1,0 +1,536 @@
+package pipeline_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/decryptd/decryptd/internal/consumer"
+	"github.com/decryptd/decryptd/internal/decrypt"
+	"github.com/decryptd/decryptd/internal/pipeline"
+	"github.com/decryptd/decryptd/internal/sink"
+)
+
+type env struct {
+	p     *pipeline.Pipeline
+	op    *fakeOpener
+	a, b  *fakeSink
+	dl    *fakeSink
+	reg   *prometheus.Registry
+	close func()
+}
+
+var received = time.Date(2026, 11, 25, 20, 16, 1, 0, time.UTC)
+
+func newEnv(t *testing.T, mut func(*pipeline.Options)) *env {
+	t.Helper()
+	e := &env{op: newOpener(), a: newSink("a"), b: newSink("b"), dl: newSink("dead_letter"), reg: prometheus.NewRegistry()}
+	o := pipeline.Options{
+		Opener: e.op, Sinks: []sink.Sink{e.a, e.b}, DeadLetter: e.dl,
+		MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond,
+		Registerer: e.reg,
+		Now:        func() time.Time { return received.Add(2 * time.Second) },
+	}
+	if mut != nil {
+		mut(&o)
+	}
+	p, err := pipeline.New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.p = p
+	var once sync.Once
+	e.close = func() {
+		once.Do(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if err := p.Close(ctx); err != nil {
+				t.Errorf("Close: %v", err)
+			}
+		})
+	}
+	t.Cleanup(func() { e.close() })
+	return e
+}
+
+func msg(payload string) consumer.Message {
+	return consumer.Message{Topic: "t/" + strings.ReplaceAll(payload, ":", "/"), Payload: []byte(payload), ReceivedAt: received}
+}
+
+func process(t *testing.T, e *env, m consumer.Message) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := e.p.Process(ctx, m); err != nil {
+		t.Fatalf("Process(%s): %v", m.Payload, err)
+	}
+}
+
+// metric returns the value of the metric name whose labels include the
+// given name=value pairs, failing the test when there is none.
+func metric(t *testing.T, g prometheus.Gatherer, name string, labels ...string) float64 {
+	t.Helper()
+	mfs, err := g.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	next:
+		for _, m := range mf.GetMetric() {
+			for i := 0; i+1 < len(labels); i += 2 {
+				if !hasLabel(m, labels[i], labels[i+1]) {
+					continue next
+				}
+			}
+			switch {
+			case m.Counter != nil:
+				return m.Counter.GetValue()
+			case m.Gauge != nil:
+				return m.Gauge.GetValue()
+			case m.Histogram != nil:
+				return float64(m.Histogram.GetSampleCount())
+			}
+		}
+	}
+	t.Fatalf("no metric %s%v", name, labels)
+	return 0
+}
+
+func hasLabel(m *dto.Metric, name, value string) bool {
+	for _, l := range m.GetLabel() {
+		if l.GetName() == name {
+			return l.GetValue() == value
+		}
+	}
+	return false
+}
+
+func ids(rs []sink.Record) []string {
+	var out []string
+	for _, r := range rs {
+		out = append(out, r.ID)
+	}
+	return out
+}
+
+func TestDeliverToEverySink(t *testing.T) {
+	e := newEnv(t, nil)
+	process(t, e, msg("ok:r1"))
+	for _, s := range []*fakeSink{e.a, e.b} {
+		recs := s.records()
+		if len(recs) != 1 || recs[0].ID != "r1" || recs[0].DeviceID != "dev-r1" {
+			t.Fatalf("sink %s holds %v, want r1", s.name, ids(recs))
+		}
+		var got map[string]any
+		if err := json.Unmarshal(recs[0].JSON, &got); err != nil {
+			t.Fatalf("record JSON: %v", err)
+		}
+		if got["topic"] != "t/ok/r1" || got["received_at"] != "2026-11-25T20:16:01Z" {
+			t.Errorf("record %s", recs[0].JSON)
+		}
+	}
+	if n := len(e.dl.records()); n != 0 {
+		t.Errorf("dead letters: %d, want 0", n)
+	}
+	if v := metric(t, e.reg, "decryptd_records_delivered_total", "sink", "a"); v != 1 {
+		t.Errorf("delivered{a} = %v", v)
+	}
+	if v := metric(t, e.reg, "decryptd_messages_processed_total", "outcome", "delivered"); v != 1 {
+		t.Errorf("processed{delivered} = %v", v)
+	}
+	if v := metric(t, e.reg, "decryptd_end_to_end_latency_seconds"); v != 1 {
+		t.Errorf("end-to-end observations = %v", v)
+	}
+	if v := metric(t, e.reg, "decryptd_decrypt_duration_seconds"); v != 1 {
+		t.Errorf("decrypt duration observations = %v", v)
+	}
+}
+
+func TestMetricsPreRegistered(t *testing.T) {
+	e := newEnv(t, nil)
+	for _, r := range decrypt.Reasons() {
+		if v := metric(t, e.reg, "decryptd_decrypt_failures_total", "reason", r); v != 0 {
+			t.Errorf("failures{%s} = %v", r, v)
+		}
+		if v := metric(t, e.reg, "decryptd_dead_letters_total", "reason", r); v != 0 {
+			t.Errorf("dead_letters{%s} = %v", r, v)
+		}
+	}
+	for _, s := range []string{"a", "b", "dead_letter"} {
+		if v := metric(t, e.reg, "decryptd_sink_up", "sink", s); v != 1 {
+			t.Errorf("sink_up{%s} = %v", s, v)
+		}
+	}
+	metric(t, e.reg, "decryptd_transient_retries_total", "cause", "kms")
+	metric(t, e.reg, "decryptd_transient_retries_total", "cause", "sink")
+	metric(t, e.reg, "decryptd_duplicates_total")
+	if err := testutil.GatherAndCompare(e.reg, strings.NewReader(`
+# HELP decryptd_duplicates_total Broker redeliveries of messages already delivered, acknowledged again without a new record.
+# TYPE decryptd_duplicates_total counter
+decryptd_duplicates_total 0
+`), "decryptd_duplicates_total"); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestDeadLetterEveryReason(t *testing.T) {
+	for _, reason := range decrypt.Reasons() {
+		t.Run(reason, func(t *testing.T) {
+			e := newEnv(t, nil)
+			m := msg("fail:" + reason)
+			m.Dup = true
+			process(t, e, m)
+			if n := len(e.a.records()) + len(e.b.records()); n != 0 {
+				t.Fatalf("%d records reached the sinks", n)
+			}
+			dls := e.dl.records()
+			if len(dls) != 1 {
+				t.Fatalf("dead letters: %d, want 1", len(dls))
+			}
+			var got []sink.DeadLetter
+			for d, err := range sink.ReadDeadLetters(bytes.NewReader(append(dls[0].JSON, '\n'))) {
+				if err != nil {
+					t.Fatal(err)
+				}
+				got = append(got, d)
+			}
+			want := sink.DeadLetter{Reason: reason, Error: reason + ": detail of " + reason, Topic: m.Topic, ReceivedAt: received, Dup: true, Payload: m.Payload}
+			if len(got) != 1 || got[0].Reason != want.Reason || got[0].Error != want.Error || got[0].Topic != want.Topic ||
+				!got[0].ReceivedAt.Equal(want.ReceivedAt) || got[0].Dup != want.Dup || !bytes.Equal(got[0].Payload, want.Payload) {
+				t.Fatalf("dead letter %+v, want %+v", got, want)
+			}
+			if v := metric(t, e.reg, "decryptd_decrypt_failures_total", "reason", reason); v != 1 {
+				t.Errorf("failures{%s} = %v", reason, v)
+			}
+			if v := metric(t, e.reg, "decryptd_dead_letters_total", "reason", reason); v != 1 {
+				t.Errorf("dead_letters{%s} = %v", reason, v)
+			}
+			if v := metric(t, e.reg, "decryptd_messages_processed_total", "outcome", "dead_lettered"); v != 1 {
+				t.Errorf("processed{dead_lettered} = %v", v)
+			}
+		})
+	}
+}
+
+func TestDuplicateAcknowledged(t *testing.T) {
+	e := newEnv(t, nil)
+	process(t, e, msg("ok:r1"))
+	dup := msg("ok:r1")
+	dup.Dup = true
+	process(t, e, dup)
+	if got := ids(e.a.records()); len(got) != 1 {
+		t.Fatalf("sink a holds %v, want r1 once", got)
+	}
+	if n := len(e.dl.records()); n != 0 {
+		t.Fatalf("a duplicate was dead-lettered")
+	}
+	if v := metric(t, e.reg, "decryptd_duplicates_total"); v != 1 {
+		t.Errorf("duplicates = %v", v)
+	}
+	if v := metric(t, e.reg, "decryptd_messages_processed_total", "outcome", "duplicate"); v != 1 {
+		t.Errorf("processed{duplicate} = %v", v)
+	}
+}
+
+// A duplicate that arrives while the first copy is still on its way to a
+// stalled sink must not be acknowledged before the first copy's fate is
+// known; when the first copy is given up (and forgotten), the duplicate
+// is delivered instead.
+func TestDuplicateWaitsForFirstCopy(t *testing.T) {
+	e := newEnv(t, nil)
+	gate := make(chan struct{})
+	e.a.setGate(gate)
+	e.a.entered = make(chan struct{}, 8)
+
+	firstCtx, cancelFirst := context.WithCancel(context.Background())
+	defer cancelFirst()
+	firstDone := make(chan error, 1)
+	go func() { firstDone <- e.p.Process(firstCtx, msg("ok:r1")) }()
+	<-e.a.entered // the first copy's record is being written to a
+
+	dup := msg("ok:r1")
+	dup.Dup = true
+	dupDone := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		dupDone <- e.p.Process(ctx, dup)
+	}()
+	select {
+	case err := <-dupDone:
+		t.Fatalf("duplicate finished (%v) while the first copy was undelivered", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+
+	cancelFirst()
+	if err := <-firstDone; !errors.Is(err, context.Canceled) {
+		t.Fatalf("first copy: %v, want context.Canceled", err)
+	}
+	if got := e.op.forgot(); len(got) != 1 || got[0] != "r1" {
+		t.Fatalf("forgotten %v, want [r1]", got)
+	}
+	close(gate)
+	if err := <-dupDone; err != nil {
+		t.Fatalf("duplicate: %v", err)
+	}
+	// The duplicate was decrypted anew and delivered (the batcher may also
+	// have finished writing the first copy: sinks tolerate repeats).
+	waitFor(t, "r1 in sink b", func() bool { return len(e.b.records()) >= 1 })
+	if v := metric(t, e.reg, "decryptd_duplicates_total"); v != 0 {
+		t.Errorf("duplicates = %v, want 0 (the first copy was never delivered)", v)
+	}
+	if v := metric(t, e.reg, "decryptd_messages_processed_total", "outcome", "delivered"); v != 1 {
+		t.Errorf("processed{delivered} = %v, want 1", v)
+	}
+}
+
+func TestSinkDownBlocksThenDelivers(t *testing.T) {
+	e := newEnv(t, nil)
+	e.b.setFailures(1 << 30) // down until the test says otherwise
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		done <- e.p.Process(ctx, msg("ok:r1"))
+	}()
+	waitFor(t, "sink b to be seen down", func() bool {
+		return metric(t, e.reg, "decryptd_sink_up", "sink", "b") == 0 && metric(t, e.reg, "decryptd_sink_errors_total", "sink", "b") >= 3
+	})
+	select {
+	case err := <-done:
+		t.Fatalf("Process returned (%v) while sink b was down", err)
+	default:
+	}
+	e.b.setFailures(0)
+	if err := <-done; err != nil {
+		t.Fatalf("Process: %v", err)
+	}
+	for _, s := range []*fakeSink{e.a, e.b} {
+		if got := ids(s.records()); len(got) != 1 || got[0] != "r1" {
+			t.Errorf("sink %s holds %v, want [r1]", s.name, got)
+		}
+	}
+	if v := metric(t, e.reg, "decryptd_sink_up", "sink", "b"); v != 1 {
+		t.Errorf("sink_up{b} = %v after recovery", v)
+	}
+	if v := metric(t, e.reg, "decryptd_transient_retries_total", "cause", "sink"); v < 3 {
+		t.Errorf("retries{sink} = %v", v)
+	}
+	if n := len(e.dl.records()); n != 0 {
+		t.Errorf("a sink outage dead-lettered %d messages", n)
+	}
+}
+
+func TestTransientRetriedNeverDeadLettered(t *testing.T) {
+	e := newEnv(t, nil)
+	process(t, e, msg("transient:4:r1"))
+	if got := ids(e.a.records()); len(got) != 1 || got[0] != "r1" {
+		t.Fatalf("sink a holds %v, want [r1]", got)
+	}
+	if n := len(e.dl.records()); n != 0 {
+		t.Fatalf("dead letters: %d", n)
+	}
+	if v := metric(t, e.reg, "decryptd_transient_retries_total", "cause", "kms"); v != 4 {
+		t.Errorf("retries{kms} = %v, want 4", v)
+	}
+}
+
+func TestTransientUntilContextEnds(t *testing.T) {
+	e := newEnv(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	err := e.p.Process(ctx, msg("transient:1000000:r1"))
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Process: %v, want DeadlineExceeded", err)
+	}
+	if n := len(e.dl.records()); n != 0 {
+		t.Fatalf("dead letters: %d", n)
+	}
+}
+
+func TestCancelForgets(t *testing.T) {
+	e := newEnv(t, nil)
+	e.a.setGate(make(chan struct{})) // never opens
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.p.Process(ctx, msg("ok:r1")) }()
+	waitFor(t, "the record to reach the batchers", func() bool { return len(e.b.records()) == 1 })
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("Process: %v, want context.Canceled", err)
+	}
+	if got := e.op.forgot(); len(got) != 1 || got[0] != "r1" {
+		t.Fatalf("forgotten %v, want [r1]", got)
+	}
+	// Shutdown while sink a still stalls: Close gives up at its deadline.
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel2()
+	if err := e.p.Close(ctx2); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Close: %v, want DeadlineExceeded", err)
+	}
+	e.close = func() {}
+}
+
+func TestBatchingUnderConcurrency(t *testing.T) {
+	e := newEnv(t, func(o *pipeline.Options) { o.Linger = 50 * time.Millisecond })
+	gate := make(chan struct{})
+	e.a.setGate(gate)
+	e.a.entered = make(chan struct{}, 1)
+	const n = 64
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			errs <- e.p.Process(ctx, msg(fmt.Sprintf("ok:r%d", i)))
+		}()
+	}
+	<-e.a.entered
+	time.Sleep(20 * time.Millisecond) // let the others queue behind the stalled write
+	close(gate)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, s := range []*fakeSink{e.a, e.b} {
+		if got := len(s.records()); got != n {
+			t.Fatalf("sink %s holds %d records, want %d", s.name, got, n)
+		}
+		sizes := s.batchSizes()
+		if len(sizes) >= n/2 {
+			t.Errorf("sink %s: %d writes for %d records (%v): not batching", s.name, len(sizes), n, sizes)
+		}
+		if s.overlaps.Load() != 0 {
+			t.Errorf("sink %s: Write called concurrently", s.name)
+		}
+	}
+	if v := metric(t, e.reg, "decryptd_records_delivered_total", "sink", "a"); v != n {
+		t.Errorf("delivered{a} = %v", v)
+	}
+}
+
+func TestBatchNeverExceedsMax(t *testing.T) {
+	e := newEnv(t, func(o *pipeline.Options) { o.MaxBatch = 4; o.Linger = 20 * time.Millisecond })
+	var wg sync.WaitGroup
+	for i := range 40 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			process(t, e, msg(fmt.Sprintf("ok:r%d", i)))
+		}()
+	}
+	wg.Wait()
+	for _, n := range e.a.batchSizes() {
+		if n > 4 {
+			t.Fatalf("batch of %d, max 4", n)
+		}
+	}
+}
+
+func TestSinkRejectsOneRecord(t *testing.T) {
+	e := newEnv(t, func(o *pipeline.Options) { o.Linger = 50 * time.Millisecond })
+	e.b.reject["r3"] = true
+	gate := make(chan struct{})
+	e.b.setGate(gate)
+	var wg sync.WaitGroup
+	for i := range 6 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			process(t, e, msg(fmt.Sprintf("ok:r%d", i)))
+		}()
+	}
+	time.Sleep(20 * time.Millisecond)
+	close(gate)
+	wg.Wait()
+	if got := len(e.b.records()); got != 5 {
+		t.Errorf("sink b holds %d, want 5 (all but r3)", got)
+	}
+	if got := len(e.a.records()); got != 6 {
+		t.Errorf("sink a holds %d, want 6", got)
+	}
+	dls := e.dl.records()
+	if len(dls) != 1 || !bytes.Contains(dls[0].JSON, []byte(`"reason":"sink_rejected"`)) {
+		t.Fatalf("dead letters %v, want one sink_rejected", dls)
+	}
+	if v := metric(t, e.reg, "decryptd_dead_letters_total", "reason", "sink_rejected"); v != 1 {
+		t.Errorf("dead_letters{sink_rejected} = %v", v)
+	}
+}
+
+func TestMultilineRecordCompacted(t *testing.T) {
+	e := newEnv(t, nil)
+	process(t, e, msg("multiline:r1"))
+	recs := e.a.records()
+	if len(recs) != 1 {
+		t.Fatalf("records: %d", len(recs))
+	}
+	j := recs[0].JSON
+	if bytes.ContainsAny(j, "\r\n") {
+		t.Fatalf("record spans lines: %q", j)
+	}
+	if !bytes.Contains(j, []byte(`"data":{"id":"r1","n":98.60}`)) {
+		t.Fatalf("record %s: data not compacted with its number text", j)
+	}
+}
+
+func TestCloseFlushesAndRefuses(t *testing.T) {
+	e := newEnv(t, nil)
+	process(t, e, msg("ok:r1"))
+	e.close()
+	for _, s := range []*fakeSink{e.a, e.b, e.dl} {
+		if !s.flushed || !s.closed {
+			t.Errorf("sink %s: flushed %v closed %v", s.name, s.flushed, s.closed)
+		}
+	}
+	err := e.p.Process(context.Background(), msg("ok:r2"))
+	if !errors.Is(err, pipeline.ErrClosed) {
+		t.Fatalf("Process after Close: %v, want ErrClosed", err)
+	}
+}
+
+func TestNewValidates(t *testing.T) {
+	a := newSink("a")
+	cases := []struct {
+		name string
+		o    pipeline.Options
+		want string
+	}{
+		{"no opener", pipeline.Options{Sinks: []sink.Sink{a}, DeadLetter: newSink("d")}, "Opener"},
+		{"no sinks", pipeline.Options{Opener: newOpener(), DeadLetter: newSink("d")}, "Sinks"},
+		{"no dead letter", pipeline.Options{Opener: newOpener(), Sinks: []sink.Sink{a}}, "DeadLetter"},
+		{"same names", pipeline.Options{Opener: newOpener(), Sinks: []sink.Sink{a}, DeadLetter: newSink("a")}, "used twice"},
+		{"backoff order", pipeline.Options{Opener: newOpener(), Sinks: []sink.Sink{a}, DeadLetter: newSink("d"), MinBackoff: time.Second, MaxBackoff: time.Millisecond}, "MaxBackoff"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			p, err := pipeline.New(c.o)
+			if err == nil {
+				p.Close(context.Background())
+				t.Fatal("no error")
+			}
+			if !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("error %q does not name %s", err, c.want)
+			}
+		})
+	}
+}

@@ -1,0 +1,109 @@
+package pipeline_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/decryptd/decryptd/internal/decrypt"
+	"github.com/decryptd/decryptd/internal/pipeline"
+	"github.com/decryptd/decryptd/internal/sink"
+)
+
+func deadLetterLine(t *testing.T, reason, topic, payload string, dup bool) string {
+	t.Helper()
+	d := sink.DeadLetter{Reason: reason, Error: "x", Topic: topic, ReceivedAt: received, Dup: dup, Payload: []byte(payload)}
+	return string(d.Record().JSON)
+}
+
+func TestReplay(t *testing.T) {
+	// Every Open stands for one KMS unwrap here, so the summary's count is
+	// known: six messages, one opened twice more after transient faults,
+	// the duplicate once more after waiting for earlier deliveries.
+	var unwraps atomic.Uint64
+	e := newEnv(t, func(o *pipeline.Options) {
+		o.Opener = countingOpener{o.Opener, &unwraps}
+		o.KMSUnwraps = unwraps.Load
+	})
+	// r9 was delivered already: its DUP copy in the input is a duplicate.
+	process(t, e, msg("ok:r9"))
+	in := strings.Join([]string{
+		deadLetterLine(t, "unknown_key", "t/1", "ok:r1", false),
+		deadLetterLine(t, "unknown_key", "t/2", "ok:r2", false),
+		"not a dead letter",
+		deadLetterLine(t, "auth_failed", "t/3", "fail:auth_failed", false),
+		deadLetterLine(t, "malformed", "t/4", "fail:malformed", true),
+		deadLetterLine(t, "unknown_key", "t/9", "ok:r9", true),
+		"",
+		deadLetterLine(t, "unknown_key", "t/5", "transient:2:r5", false),
+	}, "\n") + "\n"
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	sum, err := pipeline.Replay(ctx, e.p, strings.NewReader(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]int{"processed": 6, "delivered": 3, "dead_lettered": 2, "duplicates": 1, "bad_lines": 1}
+	got := map[string]int{"processed": sum.Processed, "delivered": sum.Delivered, "dead_lettered": sum.DeadLettered, "duplicates": sum.Duplicates, "bad_lines": sum.BadLines}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s = %d, want %d", k, got[k], v)
+		}
+	}
+	if sum.KMSUnwraps != 9 {
+		t.Errorf("kms_unwraps = %d, want 9", sum.KMSUnwraps)
+	}
+	if sum.Reasons["auth_failed"] != 1 || sum.Reasons["malformed"] != 1 || sum.Reasons["replay"] != 0 {
+		t.Errorf("reasons %v", sum.Reasons)
+	}
+	if _, ok := sum.Reasons["sink_rejected"]; !ok {
+		t.Errorf("reasons %v: every reason should be listed", sum.Reasons)
+	}
+	b, _ := json.Marshal(sum)
+	for _, k := range []string{`"processed":6`, `"kms_unwraps":`, `"reasons":{`} {
+		if !strings.Contains(string(b), k) {
+			t.Errorf("summary JSON %s lacks %s", b, k)
+		}
+	}
+	// Records carry the original receive time; dead letters their topic.
+	recs := e.a.records()
+	if len(recs) != 4 { // r9 first, then r1, r2, r5
+		t.Fatalf("sink a holds %v", ids(recs))
+	}
+	for _, r := range recs {
+		if !strings.Contains(string(r.JSON), `"received_at":"2026-11-25T20:16:01Z"`) {
+			t.Errorf("record %s lost its receive time", r.JSON)
+		}
+	}
+}
+
+func TestReplayContextEnds(t *testing.T) {
+	e := newEnv(t, nil)
+	e.a.setGate(make(chan struct{})) // stalls forever
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	in := deadLetterLine(t, "unknown_key", "t/1", "ok:r1", false) + "\n"
+	_, err := pipeline.Replay(ctx, e.p, strings.NewReader(in))
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Replay: %v, want DeadlineExceeded", err)
+	}
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel2()
+	_ = e.p.Close(ctx2)
+	e.close = func() {}
+}
+
+type countingOpener struct {
+	pipeline.Opener
+	n *atomic.Uint64
+}
+
+func (c countingOpener) Open(ctx context.Context, m decrypt.Message) (decrypt.Record, error) {
+	c.n.Add(1)
+	return c.Opener.Open(ctx, m)
+}
