@@ -272,7 +272,7 @@ func (st *state) appendShapeBData(dst []byte, env envelope) []byte {
 	si := 0
 	for i := range s.top {
 		mb := &s.top[i]
-		if isEnvelopeName(mb.name) {
+		if isEnvelopeName(s.name(mb.name)) {
 			continue
 		}
 		if !first {
@@ -321,14 +321,14 @@ func (st *state) parse(payload []byte) (envelope, error) {
 		if md.kind != kindObject {
 			return env, errors.New("metadata: not an object")
 		}
-		dev, ts = findMember(s.meta, "device_id"), findMember(s.meta, "timestamp")
+		dev, ts = s.findIn(s.meta, "device_id"), s.findIn(s.meta, "timestamp")
 		if dev == nil || ts == nil {
 			return env, errors.New("metadata: device_id and timestamp required")
 		}
 		meta := append(st.meta[:0], '{')
 		for i := range s.meta {
 			mb := &s.meta[i]
-			if string(mb.name) == "device_id" || string(mb.name) == "timestamp" {
+			if n := s.name(mb.name); string(n) == "device_id" || string(n) == "timestamp" {
 				continue
 			}
 			if len(meta) > 1 {
@@ -345,7 +345,7 @@ func (st *state) parse(payload []byte) (envelope, error) {
 		}
 		st.refs = st.refs[:0]
 		for _, r := range s.sealed {
-			if !isEnvelopeName(s.top[r.top].name) {
+			if !isEnvelopeName(s.name(s.top[r.top].name)) {
 				st.refs = append(st.refs, r)
 			}
 		}

@@ -113,7 +113,7 @@ func FuzzShapeBWalk(f *testing.F) {
 			if str, _ := got.(string); str != sealedPrefix+string(r.text) {
 				t.Fatalf("pointer %q: %v, walker saw %q", r.ptr, got, r.text)
 			}
-			if !isEnvelopeName(s.top[r.top].name) {
+			if !isEnvelopeName(s.name(s.top[r.top].name)) {
 				env.sealed = append(env.sealed, r)
 			}
 		}

@@ -100,7 +100,7 @@ func (f *fakeKeys) ResolveKey(_ context.Context, keyID, keyVersion, deviceID str
 	if !ok {
 		return nil, dek.ErrUnknownKey
 	}
-	if strings.HasPrefix(keyID, "device/") && keyID != dek.DeviceKeyID(deviceID) {
+	if own, ok := strings.CutPrefix(keyID, "device/"); ok && own != deviceID {
 		return nil, dek.ErrUnknownKey
 	}
 	if k.devices != nil && !slices.Contains(k.devices, deviceID) {

@@ -494,6 +494,7 @@ func TestOptions(t *testing.T) {
 	}
 	bad := []Options{
 		{MaxMessageBytes: -1},
+		{MaxMessageBytes: 1<<30 + 1},
 		{ReplayEntries: -1},
 		{ReplayMaxAge: -time.Second},
 		{ClockSkew: -time.Second},

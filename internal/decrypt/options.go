@@ -16,6 +16,9 @@ const (
 	DefaultReplayMaxAge  = 24 * time.Hour
 )
 
+// maxMessageLimit bounds MaxMessageBytes: the scanner keeps 32-bit offsets.
+const maxMessageLimit = 1 << 30
+
 // Options tunes a Decryptor. The zero value means every default.
 type Options struct {
 	// MaxMessageBytes: a larger payload is malformed, refused before it is
@@ -53,8 +56,8 @@ type Options struct {
 
 func (o Options) withDefaults() (Options, error) {
 	var errs []error
-	if o.MaxMessageBytes < 0 {
-		errs = append(errs, errors.New("MaxMessageBytes: must not be negative"))
+	if o.MaxMessageBytes < 0 || o.MaxMessageBytes > maxMessageLimit {
+		errs = append(errs, fmt.Errorf("MaxMessageBytes: must be between 0 and %d", maxMessageLimit))
 	} else if o.MaxMessageBytes == 0 {
 		o.MaxMessageBytes = DefaultMaxMessageBytes
 	}
@@ -110,23 +113,22 @@ func parseTopicPattern(p string) (topicPattern, error) {
 }
 
 // deviceID returns the device id the topic carries, or ok=false when the
-// pattern does not match it. It does not allocate.
+// pattern does not match it. One pass over the topic, no allocation.
 func (tp topicPattern) deviceID(topic string) (id string, ok bool) {
-	rest := topic
-	more := true // whether rest still has a level to consume
+	pos := 0 // start of the next level; len(topic)+1 once every level is consumed
 	for _, l := range tp.levels {
 		if l == "#" {
 			return id, true
 		}
-		if !more {
+		if pos > len(topic) {
 			return "", false
 		}
-		var level string
-		if i := strings.IndexByte(rest, '/'); i >= 0 {
-			level, rest = rest[:i], rest[i+1:]
-		} else {
-			level, rest, more = rest, "", false
+		end := pos
+		for end < len(topic) && topic[end] != '/' {
+			end++
 		}
+		level := topic[pos:end]
+		pos = end + 1
 		switch l {
 		case "+":
 		case devicePlaceholder:
@@ -137,7 +139,7 @@ func (tp topicPattern) deviceID(topic string) (id string, ok bool) {
 			}
 		}
 	}
-	if more {
+	if pos <= len(topic) {
 		return "", false
 	}
 	return id, true

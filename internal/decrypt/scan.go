@@ -44,11 +44,25 @@ const (
 
 type span struct{ start, end int }
 
+// nameRef locates a decoded member name: in the document at off when
+// off >= 0 (the name has no escapes), else in the arena at ^off. Offsets
+// rather than slices keep the scanner's bookkeeping free of pointers: no
+// write barriers, nothing to clear for the garbage collector's sake.
+type nameRef struct{ off, n int32 }
+
+func (s *scanner) name(r nameRef) []byte {
+	if r.off >= 0 {
+		return s.buf[r.off : r.off+r.n]
+	}
+	o := ^r.off
+	return s.arena[o : o+r.n]
+}
+
 // member is one member of the scanned document's top-level object.
 type member struct {
-	name  []byte // decoded
-	start int    // offset of the name's opening quote
-	val   span   // raw value (strings include their quotes)
+	name  nameRef
+	start int  // offset of the name's opening quote
+	val   span // raw value (strings include their quotes)
 	kind  valueKind
 }
 
@@ -62,7 +76,7 @@ type sealedRef struct {
 }
 
 type pathSeg struct {
-	name  []byte
+	name  nameRef
 	index int
 	isIdx bool
 }
@@ -83,25 +97,21 @@ type scanner struct {
 	depth   int
 	collect bool // message mode: record top-level members and sealed strings
 
-	names   [][]byte // member names of the objects currently open, innermost last
+	names   []nameRef // member names of the objects currently open, innermost last
 	path    []pathSeg
 	arena   []byte // decoded names and strings; only ever appended to during one scan
 	top     []member
 	meta    []member // members of the top-level "metadata" object, if it is one
 	sealed  []sealedRef
-	curTop  int    // index the top-level member being scanned will have
-	curName []byte // and its name
+	curTop  int     // index the top-level member being scanned will have
+	curName nameRef // and its name
 }
 
 // reset prepares the scanner for buf. It first wipes what the previous
-// scan left: the arena may hold decoded plaintext strings, and the slices
-// point into the previous document.
+// scan left: the arena may hold decoded plaintext strings, and the sealed
+// references point into the previous document.
 func (s *scanner) reset(buf []byte, collect bool) {
 	clear(s.arena)
-	clear(s.names)
-	clear(s.path)
-	clear(s.top)
-	clear(s.meta)
 	clear(s.sealed)
 	s.buf = buf
 	s.pos = 0
@@ -113,7 +123,7 @@ func (s *scanner) reset(buf []byte, collect bool) {
 	s.top = s.top[:0]
 	s.meta = s.meta[:0]
 	s.sealed = s.sealed[:0]
-	s.curTop, s.curName = -1, nil
+	s.curTop, s.curName = -1, nameRef{}
 }
 
 // release wipes the scanner and drops its references, for the pool.
@@ -419,6 +429,32 @@ func (s *scanner) decoded(start, end int, esc bool) []byte {
 	return s.arena[n:len(s.arena):len(s.arena)]
 }
 
+// base64String skips the string at s.pos when it holds no escape, without
+// checking its characters: only for the value of a top-level
+// encrypted_data, whose text every outcome other than malformed decodes as
+// base64, and the decoder refuses every character that is not base64 (so
+// control characters and non-ASCII). The SEALED text is most of a shape A
+// message; this spares it a second pass.
+func (s *scanner) base64String() bool {
+	body := s.buf[s.pos+1:]
+	q := bytes.IndexByte(body, '"')
+	if q < 0 || bytes.IndexByte(body[:q], '\\') >= 0 {
+		return false
+	}
+	s.pos += q + 2
+	return true
+}
+
+// nameAt is decoded for a member name, as a nameRef.
+func (s *scanner) nameAt(start, end int, esc bool) nameRef {
+	if !esc {
+		return nameRef{int32(start + 1), int32(end - start - 2)}
+	}
+	n := len(s.arena)
+	s.arena = appendUnescaped(s.arena, s.buf[start+1:end-1])
+	return nameRef{^int32(n), int32(len(s.arena) - n)}
+}
+
 func (s *scanner) checkSealed(start int, esc bool) {
 	body := s.buf[start+1 : s.pos-1]
 	if len(body) < len(sealedPrefix) {
@@ -445,7 +481,7 @@ func (s *scanner) checkSealed(start int, esc bool) {
 			s.arena = strconv.AppendInt(s.arena, int64(seg.index), 10)
 			continue
 		}
-		for _, c := range seg.name {
+		for _, c := range s.name(seg.name) {
 			switch c {
 			case '~':
 				s.arena = append(s.arena, '~', '0')
@@ -469,7 +505,7 @@ func (s *scanner) object() error {
 	isTop := s.collect && s.depth == 1
 	// Shape A needs the members of metadata; catching them here saves a
 	// second scan.
-	isMeta := s.collect && s.depth == 2 && string(s.curName) == "metadata"
+	isMeta := s.collect && s.depth == 2 && string(s.name(s.curName)) == "metadata"
 	base := len(s.names)
 	var set map[string]struct{}
 	if s.collect {
@@ -489,7 +525,8 @@ func (s *scanner) object() error {
 			if err != nil {
 				return err
 			}
-			name := s.decoded(nameStart, s.pos, esc)
+			ref := s.nameAt(nameStart, s.pos, esc)
+			name := s.name(ref)
 			if set != nil {
 				if _, dup := set[string(name)]; dup {
 					return &scanError{off: nameStart, msg: "member name repeated"}
@@ -497,15 +534,15 @@ func (s *scanner) object() error {
 				set[string(name)] = struct{}{}
 			} else {
 				for _, prev := range s.names[base:] {
-					if bytes.Equal(prev, name) {
+					if bytes.Equal(s.name(prev), name) {
 						return &scanError{off: nameStart, msg: "member name repeated"}
 					}
 				}
-				s.names = append(s.names, name)
+				s.names = append(s.names, ref)
 				if len(s.names)-base > linearNames {
 					set = make(map[string]struct{}, 2*linearNames)
 					for _, prev := range s.names[base:] {
-						set[string(prev)] = struct{}{}
+						set[string(s.name(prev))] = struct{}{}
 					}
 				}
 			}
@@ -516,21 +553,23 @@ func (s *scanner) object() error {
 			s.pos++
 			s.skipWS()
 			if s.collect {
-				s.path[len(s.path)-1] = pathSeg{name: name}
+				s.path[len(s.path)-1] = pathSeg{name: ref}
 			}
 			if isTop {
-				s.curTop, s.curName = len(s.top), name
+				s.curTop, s.curName = len(s.top), ref
 			}
 			valStart := s.pos
-			kind, err := s.value()
-			if err != nil {
+			var kind valueKind
+			if isTop && s.pos < len(s.buf) && s.buf[s.pos] == '"' && string(name) == "encrypted_data" && s.base64String() {
+				kind = kindString
+			} else if kind, err = s.value(); err != nil {
 				return err
 			}
 			switch {
 			case isTop:
-				s.top = append(s.top, member{name: name, start: nameStart, val: span{valStart, s.pos}, kind: kind})
+				s.top = append(s.top, member{name: ref, start: nameStart, val: span{valStart, s.pos}, kind: kind})
 			case isMeta:
-				s.meta = append(s.meta, member{name: name, start: nameStart, val: span{valStart, s.pos}, kind: kind})
+				s.meta = append(s.meta, member{name: ref, start: nameStart, val: span{valStart, s.pos}, kind: kind})
 			}
 			s.skipWS()
 			if s.pos >= len(s.buf) {
@@ -597,11 +636,11 @@ func (s *scanner) array() error {
 }
 
 // find returns the top-level member with the given decoded name.
-func (s *scanner) find(name string) *member { return findMember(s.top, name) }
+func (s *scanner) find(name string) *member { return s.findIn(s.top, name) }
 
-func findMember(ms []member, name string) *member {
+func (s *scanner) findIn(ms []member, name string) *member {
 	for i := range ms {
-		if string(ms[i].name) == name {
+		if string(s.name(ms[i].name)) == name {
 			return &ms[i]
 		}
 	}

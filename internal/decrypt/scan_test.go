@@ -1,6 +1,8 @@
 package decrypt
 
 import (
+	"bytes"
+	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
 	"math/rand/v2"
@@ -141,6 +143,36 @@ func TestSealedPointers(t *testing.T) {
 		}
 		if got := string(s.sealed[i].text); got != w.text {
 			t.Errorf("sealed[%d] text %q, want %q", i, got, w.text)
+		}
+	}
+}
+
+// TestBase64 checks the SEALED text decoder against encoding/base64 on
+// every length and alphabet, and on what it must refuse.
+func TestBase64(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	for n := range 80 {
+		raw := make([]byte, n)
+		for i := range raw {
+			raw[i] = byte(rng.IntN(256))
+		}
+		for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
+			text := enc.EncodeToString(raw)
+			got, err := appendBase64([]byte("x"), []byte(text))
+			if n == 0 {
+				if err != nil || string(got) != "x" {
+					t.Fatalf("empty: %q %v", got, err)
+				}
+				continue
+			}
+			if err != nil || !bytes.Equal(got[1:], raw) || got[0] != 'x' {
+				t.Fatalf("%q: got %x, %v; want %x", text, got, err, raw)
+			}
+		}
+	}
+	for _, bad := range []string{"A", "AAAAA", "AA=", "AA=A", "A===", "AAA==", "=", "AA\nAA", "AA AA", "AB+-", "AB/_", "ab*c", "AAAA\x00", "AAé"} {
+		if got, err := appendBase64(nil, []byte(bad)); err == nil {
+			t.Errorf("%q accepted: %x", bad, got)
 		}
 	}
 }
