@@ -1,0 +1,9 @@
+// Command dekctl is the operator's key lifecycle tool for decryptd: root
+// keys, device provisioning, bulk import, listing, revocation,
+// crypto-shredding, rewrapping after a root rotation and audit log
+// verification. It reads the daemon's own configuration file, so both
+// agree on the KMS, the registry and the audit log.
+//
+// This package only parses arguments and wires the parts; the logic is in
+// internal/keyops. Run `dekctl help` for the commands and exit codes.
+package main
