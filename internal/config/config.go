@@ -107,7 +107,8 @@ type KeyProtect struct {
 	APIKeyFile string `yaml:"api_key_file" json:"api_key_file"`
 	APIKeyEnv  string `yaml:"api_key_env" json:"api_key_env"`
 	KeyRing    string `yaml:"key_ring" json:"key_ring"`
-	// Timeout bounds one API call attempt (default 30s).
+	// Timeout bounds each KMS call, the client's retries included (default
+	// 10s, as package keyprotect).
 	Timeout time.Duration `yaml:"timeout" json:"timeout"`
 }
 
@@ -282,7 +283,7 @@ const (
 	DefaultWorkers             = 4
 	DefaultKeepAlive           = 30 * time.Second
 	DefaultConnectTimeout      = 10 * time.Second
-	DefaultKeyProtectTimeout   = 30 * time.Second
+	DefaultKeyProtectTimeout   = 10 * time.Second
 	DefaultCacheTTL            = time.Hour
 	DefaultRefreshAhead        = 5 * time.Minute
 	DefaultStaleLimit          = 6 * time.Hour

@@ -101,7 +101,7 @@ func TestExampleKeyProtectBlock(t *testing.T) {
 	if err != nil {
 		t.Fatalf("keyprotect variant: %v", err)
 	}
-	if c.KMS.KeyProtect.APIKeyFile != "/etc/decryptd/keyprotect-api-key" || c.KMS.KeyProtect.Timeout != 30*time.Second {
+	if c.KMS.KeyProtect.APIKeyFile != "/etc/decryptd/keyprotect-api-key" || c.KMS.KeyProtect.Timeout != 10*time.Second {
 		t.Fatalf("keyprotect = %+v", c.KMS.KeyProtect)
 	}
 }
