@@ -96,12 +96,15 @@ func TestColdKeyOneUnwrap(t *testing.T) {
 func TestKMSOutage(t *testing.T) {
 	// The provider gives up on a dead KMS after 1 s, client retries included.
 	kp := newKP(t, time.Second)
-	store := openPG(t, newPGDSN(t))
+	dsn := newPGDSN(t)
+	store, operator := openPG(t, dsn), openPG(t, dsn)
 	clock := newFakeClock()
 	const ttl = time.Hour
+	logger, logs := observedLogger()
 	cache, reg := newCache(t, store, kp.p, keycache.Options{
-		Now: clock.Now, TTL: ttl, Jitter: -1, StaleLimit: 6 * time.Hour, UnwrapTimeout: 5 * time.Second,
+		Now: clock.Now, TTL: ttl, Jitter: -1, StaleLimit: 6 * time.Hour, UnwrapTimeout: 5 * time.Second, Logger: logger,
 	})
+	runCache(t, cache, logs)
 	d := newDecryptor(t, cache)
 
 	cachedAEAD := provision(t, store, kp.p, "device/vent-1", "v3")
@@ -153,6 +156,31 @@ func TestKMSOutage(t *testing.T) {
 		}
 		if rec.Data != nil {
 			t.Fatal("a record came out with the transient failure")
+		}
+	})
+
+	// Stale serving never outlives a revocation: revoked through another
+	// handle while the KMS is still down, the stale key stops at once.
+	t.Run("revoke while stale", func(t *testing.T) {
+		if _, err := operator.Update(context.Background(), "device/vent-1", "v3", func(e *registry.Entry) error {
+			e.State = dek.StateRevoked
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			_, err := cache.ResolveKey(context.Background(), "device/vent-1", "v3", "vent-1")
+			if errors.Is(err, dek.ErrRevoked) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("a stale key is still served 10 s after its revocation: %v", err)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		if v := metric(t, reg, "decryptd_dek_cache_stale_serving"); v != 0 {
+			t.Errorf("decryptd_dek_cache_stale_serving = %v after the revocation, want 0", v)
 		}
 	})
 

@@ -39,9 +39,10 @@ const apiKey = "e2e-keys-APIKEY-5c1e0b7a"
 // kpEnv is a Key Protect emulator on 127.0.0.1:0 with one root key, and the
 // real provider (keyprotect-go-client underneath) pointed at it.
 type kpEnv struct {
-	srv  *kpemu.Server
-	p    *keyprotect.Provider
-	root string
+	srv        *kpemu.Server
+	p          *keyprotect.Provider
+	root       string
+	apiKeyFile string
 }
 
 // newKP starts the emulator and the provider. timeout bounds each provider
@@ -73,7 +74,7 @@ func newKP(t *testing.T, timeout time.Duration) *kpEnv {
 		t.Fatalf("keyprotect.New: %v", err)
 	}
 	t.Cleanup(func() { p.Close() })
-	return &kpEnv{srv: srv, p: p, root: root}
+	return &kpEnv{srv: srv, p: p, root: root, apiKeyFile: keyFile}
 }
 
 // newLocal creates a local root key file (one version, "1") in a temporary
