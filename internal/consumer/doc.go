@@ -1,0 +1,52 @@
+// Package consumer is decryptd's MQTT intake (paho.mqtt.golang v1.5.1,
+// MQTT 3.1.1). It owns the transport only: connecting (mutual TLS, or plain
+// TCP where the operator allows it), subscribing, handing each message to a
+// Processor, and acknowledging. Decryption, sinks, dead-lettering and retries
+// belong to the Processor.
+//
+// # Delivery promise
+//
+// At least once, per topic in order:
+//
+//   - Every filter is subscribed at QoS 1, through $share/<group>/<filter>
+//     when a shared group is set, on a persistent session (clean session off)
+//     under a stable client id, so the broker keeps unacknowledged and queued
+//     messages for a replica that restarts. Subscriptions are renewed on every
+//     connection.
+//   - A message is acknowledged (PUBACK) only after Processor.Process
+//     returned nil for it, and acknowledgements leave in the order the
+//     messages arrived on their connection (MQTT-4.6.0-2): an acknowledgement
+//     waits until every earlier message of that connection is done. A message
+//     whose connection ended before its acknowledgement is redelivered by the
+//     broker with Dup set, so the Processor (its sinks) must tolerate
+//     repeats; paho drops acknowledgements for an ended connection.
+//   - Messages of one topic (the topic carries the device id) go to one
+//     worker and are processed one at a time in receive order; different
+//     topics are processed concurrently by a fixed pool of workers.
+//   - At most MaxInFlight messages are held between receipt and
+//     acknowledgement, so a slow sink slows intake instead of filling memory.
+//     The broker's window (max_inflight_messages) should be at or below it.
+//     Mosquitto 2.0.11 does not enforce that window reliably; when it sends
+//     more, paho's handler waits for a slot for at most half the keep-alive,
+//     then releases (neither processes nor acknowledges) the rest of that
+//     connection's messages and, once half the slots are free again, closes
+//     the connection so the broker redelivers them.
+//   - Shutdown stops intake first (later arrivals are neither processed nor
+//     acknowledged and come back after a restart), lets in-flight messages
+//     finish and acknowledges them, optionally unsubscribes (for a replica
+//     removed for good), and disconnects, all within one deadline; what is
+//     unfinished at the deadline stays unacknowledged.
+//
+// # Why the paho handler runs with OrderMatters(true)
+//
+// paho calls the handler either on its router goroutine in wire order
+// (OrderMatters true) or in a new goroutine per message (false). Per-topic
+// order and in-order acknowledgements both need wire order, which the
+// per-message goroutines lose to the scheduler. So the handler runs on the
+// router and only enqueues; it never calls Ack (a single acker goroutine
+// does) and blocks only in the bounded overflow case above, well inside the
+// keep-alive so paho's pings survive.
+//
+// A Consumer is safe for concurrent use: Run once, Ready and Shutdown from
+// any goroutine. Nothing here logs or exports payloads.
+package consumer

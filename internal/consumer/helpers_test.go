@@ -1,0 +1,207 @@
+package consumer
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/decryptd/decryptd/internal/testutil/mosquittotest"
+)
+
+// fakeProc records the messages it accepted, in the order it accepted them.
+// fn, if set, runs first; a non-nil error from it is returned as is.
+type fakeProc struct {
+	fn func(ctx context.Context, m Message) error
+
+	mu    sync.Mutex
+	calls []Message
+}
+
+func (p *fakeProc) Process(ctx context.Context, m Message) error {
+	if p.fn != nil {
+		if err := p.fn(ctx, m); err != nil {
+			return err
+		}
+	}
+	p.mu.Lock()
+	p.calls = append(p.calls, m)
+	p.mu.Unlock()
+	return nil
+}
+
+func (p *fakeProc) snapshot() []Message {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]Message(nil), p.calls...)
+}
+
+// count returns how often each payload was accepted.
+func (p *fakeProc) count() map[string]int {
+	n := map[string]int{}
+	for _, m := range p.snapshot() {
+		n[string(m.Payload)]++
+	}
+	return n
+}
+
+func (p *fakeProc) has(payload string) bool { return p.count()[payload] > 0 }
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+type harness struct {
+	t    *testing.T
+	b    *mosquittotest.Broker
+	pub  mqtt.Client
+	logs *observer.ObservedLogs
+	log  *zap.Logger
+}
+
+func newHarness(t *testing.T, o mosquittotest.Options) *harness {
+	t.Helper()
+	b := mosquittotest.Start(t, o)
+	core, logs := observer.New(zapcore.DebugLevel)
+	h := &harness{t: t, b: b, logs: logs, log: zap.New(core)}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, e := range logs.All() {
+				t.Logf("consumer log: %s %s %v", e.Level, e.Message, e.ContextMap())
+			}
+		}
+	})
+	po := mqtt.NewClientOptions().AddBroker(b.SSLURL).SetClientID("publisher").
+		SetTLSConfig(b.ClientTLS("publisher")).SetCleanSession(true).SetAutoReconnect(true)
+	h.pub = mqtt.NewClient(po)
+	if tok := h.pub.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("publisher connect: %v", tok.Error())
+	}
+	t.Cleanup(func() { h.pub.Disconnect(100) })
+	return h
+}
+
+// options returns consumer options for this broker with a client
+// certificate for id.
+func (h *harness) options(id string) Options {
+	return Options{
+		Brokers:     []string{h.b.SSLURL},
+		ClientID:    id,
+		Topics:      []string{"dev/+/evt"},
+		SharedGroup: "g",
+		TLS:         h.b.ClientTLS(id),
+		KeepAlive:   10 * time.Second,
+		Workers:     16,
+		Logger:      h.log.With(zap.String("test_consumer", id)),
+	}
+}
+
+// start runs c until the test ends and waits until it is ready.
+func (h *harness) start(c *Consumer) {
+	h.t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	h.t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			h.t.Error("Run did not return")
+		}
+	})
+	waitFor(h.t, "consumer ready", c.Ready)
+}
+
+// publish sends payloads in order at QoS 1 and waits for the broker to
+// have them all.
+func (h *harness) publish(topic string, payloads ...string) {
+	h.t.Helper()
+	toks := make([]mqtt.Token, 0, len(payloads))
+	for _, p := range payloads {
+		toks = append(toks, h.pub.Publish(topic, 1, false, p))
+	}
+	for _, tok := range toks {
+		if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			h.t.Fatalf("publish %s: %v", topic, tok.Error())
+		}
+	}
+}
+
+func topic(i int) string { return fmt.Sprintf("dev/d%03d/evt", i) }
+
+func seqPayloads(topic string, n int) []string {
+	p := make([]string, n)
+	for i := range p {
+		p[i] = fmt.Sprintf("%s#%04d", topic, i)
+	}
+	return p
+}
+
+// dropConnection closes the consumer's current network connection as a
+// network failure would; paho reconnects by itself.
+func dropConnection(c *Consumer) uint64 {
+	c.mu.Lock()
+	conn, gen := c.conn, c.gen
+	c.mu.Unlock()
+	conn.abort()
+	return gen
+}
+
+// waitReconnected waits for a connection newer than gen to be subscribed.
+func waitReconnected(t *testing.T, c *Consumer, gen uint64) {
+	t.Helper()
+	waitFor(t, "reconnect and resubscribe", func() bool { return c.currentGen() > gen && c.Ready() })
+}
+
+// barrier returns once the broker has processed everything the consumer's
+// client sent before it: a SUBSCRIBE (idempotent here) travels through the
+// same paho queue as PUBACKs, and the broker handles a client's packets in
+// order, so its SUBACK means earlier PUBACKs were taken.
+func barrier(t *testing.T, c *Consumer) {
+	t.Helper()
+	tok := c.client.Subscribe(c.filters[0], 1, nil)
+	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("barrier subscribe: %v", tok.Error())
+	}
+}
+
+// idle reports whether the consumer holds nothing: every message done and
+// acknowledged.
+func idle(c *Consumer) bool { return c.inUse.Load() == 0 && c.unacked.Load() == 0 }
+
+// distinctTopics returns n topics that route to n different workers.
+func distinctTopics(n, workers int) []string {
+	seen := map[int]bool{}
+	var out []string
+	for i := 0; len(out) < n; i++ {
+		tp := topic(i)
+		if w := route(tp, workers); !seen[w] {
+			seen[w] = true
+			out = append(out, tp)
+		}
+	}
+	return out
+}
+
+func hasLog(logs *observer.ObservedLogs, msg string, errPart func(string) bool) bool {
+	for _, e := range logs.FilterMessage(msg).All() {
+		if err, ok := e.ContextMap()["error"].(string); ok && errPart(err) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,275 @@
+package consumer
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/decryptd/decryptd/internal/pki"
+)
+
+// Defaults applied by New to zero-valued Options fields.
+const (
+	DefaultSharedGroup          = "decryptd" // for the config layer; New takes SharedGroup literally
+	DefaultKeepAlive            = 30 * time.Second
+	DefaultConnectTimeout       = 10 * time.Second
+	DefaultMaxReconnectInterval = 30 * time.Second
+	DefaultMaxInFlight          = 1024
+	DefaultWorkers              = 64
+	DefaultShutdownTimeout      = 15 * time.Second
+
+	// ClientIDEnv names the environment variable DefaultClientID reads.
+	ClientIDEnv = "DECRYPTD_MQTT_CLIENT_ID"
+
+	pingTimeout = 10 * time.Second
+)
+
+// Options configure a Consumer. The QoS is always 1 and the session always
+// persistent (clean session off); neither is configurable because the
+// delivery promise depends on both.
+type Options struct {
+	// Brokers are tried in order: ssl:// (also tls://, mqtts://, tcps://)
+	// with mutual TLS, or tcp:// (also mqtt://) only with AllowPlainTCP.
+	// Each needs an explicit port.
+	Brokers []string
+	// ClientID must be stable per replica and unique across replicas: the
+	// broker keeps the session (subscriptions and unacknowledged messages)
+	// under it and kicks an older connection using the same id. Empty means
+	// DefaultClientID().
+	ClientID string
+	// Topics are MQTT topic filters (wildcards allowed), subscribed at QoS 1.
+	Topics []string
+	// SharedGroup subscribes through $share/<SharedGroup>/<filter> so
+	// replicas split the load. Taken literally: empty means plain
+	// subscriptions (every replica gets every message); the configuration
+	// layer supplies DefaultSharedGroup.
+	SharedGroup string
+	// TLS is the client configuration for ssl:// brokers: RootCAs, a client
+	// certificate and a ServerName (when the broker URL's host is not the
+	// name in its certificate). MinVersion is raised to TLS 1.2 if lower.
+	// TLSFiles.Config builds one from PEM files.
+	TLS *tls.Config
+	// AllowPlainTCP permits tcp:// brokers (no encryption, no client
+	// certificate). Off by default; meant for a broker on the same host.
+	AllowPlainTCP bool
+	// Username and Password are optional (with use_identity_as_username the
+	// certificate CN is the username). Password is never logged.
+	Username string
+	Password string
+
+	KeepAlive            time.Duration // default DefaultKeepAlive
+	ConnectTimeout       time.Duration // TCP + TLS + CONNACK; default DefaultConnectTimeout
+	MaxReconnectInterval time.Duration // back-off cap; default DefaultMaxReconnectInterval
+	// MaxInFlight bounds the messages the consumer holds between receipt
+	// and acknowledgement (queued for a worker, being processed, or done
+	// and waiting for earlier messages to be acknowledged first). Set the
+	// broker's max_inflight_messages at or below it. Default
+	// DefaultMaxInFlight.
+	MaxInFlight int
+	// Workers is the number of processing goroutines; messages of one topic
+	// always go to the same worker. Default DefaultWorkers.
+	Workers int
+	// UnsubscribeOnShutdown unsubscribes before stopping, for a replica
+	// removed for good: otherwise the broker keeps queueing this replica's
+	// share of $share messages under its durable session until it returns.
+	UnsubscribeOnShutdown bool
+	// ShutdownTimeout bounds the shutdown Run performs when its context
+	// ends. Default DefaultShutdownTimeout. Shutdown uses its own context.
+	ShutdownTimeout time.Duration
+
+	Logger     *zap.Logger           // nil: no logging
+	Registerer prometheus.Registerer // nil: metrics are kept but not registered
+}
+
+// DefaultClientID returns $DECRYPTD_MQTT_CLIENT_ID, or else the host name,
+// which is stable for a Kubernetes StatefulSet pod or a VM but not for a
+// Deployment's pods (set the variable there, e.g. from the pod ordinal).
+func DefaultClientID() (string, error) {
+	if id := os.Getenv(ClientIDEnv); id != "" {
+		return id, nil
+	}
+	h, err := os.Hostname()
+	if err != nil {
+		return "", fmt.Errorf("consumer: client id: %w", err)
+	}
+	if h == "" {
+		return "", errors.New("consumer: client id: empty host name")
+	}
+	return h, nil
+}
+
+// TLSFiles names PEM files for mutual TLS (as written by internal/pki).
+type TLSFiles struct {
+	CAFile     string // CA certificate(s) that verify the broker
+	CertFile   string // client certificate
+	KeyFile    string // client private key
+	ServerName string // expected name in the broker certificate; empty: the URL's host
+}
+
+// Config loads the files and returns a client TLS configuration (TLS 1.2
+// minimum). The certificate and key are re-read at every handshake, so a
+// rotated client certificate is used on the next reconnect without a
+// restart; if re-reading fails the last good pair is used.
+func (f TLSFiles) Config() (*tls.Config, error) {
+	if f.CAFile == "" || f.CertFile == "" || f.KeyFile == "" {
+		return nil, errors.New("consumer: tls: ca, cert and key files are all required")
+	}
+	pool, err := pki.LoadPool(f.CAFile)
+	if err != nil {
+		return nil, fmt.Errorf("consumer: tls: %w", err)
+	}
+	first, err := tls.LoadX509KeyPair(f.CertFile, f.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("consumer: tls: load %s: %w", f.CertFile, err)
+	}
+	r := &certReloader{certFile: f.CertFile, keyFile: f.KeyFile, last: &first}
+	return &tls.Config{
+		MinVersion:           tls.VersionTLS12,
+		RootCAs:              pool,
+		ServerName:           f.ServerName,
+		GetClientCertificate: r.get,
+	}, nil
+}
+
+type certReloader struct {
+	certFile, keyFile string
+	mu                sync.Mutex
+	last              *tls.Certificate
+}
+
+func (r *certReloader) get(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+	c, err := tls.LoadX509KeyPair(r.certFile, r.keyFile)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err == nil {
+		r.last = &c
+	}
+	return r.last, nil
+}
+
+// withDefaults validates o and fills in defaults; it returns a copy.
+func (o Options) withDefaults() (Options, error) {
+	if len(o.Brokers) == 0 {
+		return o, errors.New("consumer: brokers: at least one is required")
+	}
+	for i, b := range o.Brokers {
+		u, err := url.Parse(b)
+		if err != nil {
+			return o, fmt.Errorf("consumer: brokers[%d]: %w", i, err)
+		}
+		if u.Port() == "" || u.Hostname() == "" {
+			return o, fmt.Errorf("consumer: brokers[%d]: %q needs host and port", i, b)
+		}
+		switch {
+		case isTLSScheme(u.Scheme):
+			if o.TLS == nil {
+				return o, fmt.Errorf("consumer: brokers[%d]: %s needs a TLS configuration", i, u.Scheme)
+			}
+		case isPlainScheme(u.Scheme):
+			if !o.AllowPlainTCP {
+				return o, fmt.Errorf("consumer: brokers[%d]: plain %s:// is not allowed (set AllowPlainTCP for a local broker)", i, u.Scheme)
+			}
+		default:
+			return o, fmt.Errorf("consumer: brokers[%d]: unsupported scheme %q (ssl or tcp)", i, u.Scheme)
+		}
+	}
+	if o.TLS != nil {
+		o.TLS = o.TLS.Clone()
+		if o.TLS.MinVersion < tls.VersionTLS12 {
+			o.TLS.MinVersion = tls.VersionTLS12
+		}
+	}
+	if o.ClientID == "" {
+		id, err := DefaultClientID()
+		if err != nil {
+			return o, err
+		}
+		o.ClientID = id
+	}
+	if len(o.Topics) == 0 {
+		return o, errors.New("consumer: topics: at least one filter is required")
+	}
+	if strings.ContainsAny(o.SharedGroup, "/+#") {
+		return o, fmt.Errorf("consumer: shared group %q: must not contain '/', '+' or '#'", o.SharedGroup)
+	}
+	for i, f := range o.Topics {
+		if err := validFilter(f); err != nil {
+			return o, fmt.Errorf("consumer: topics[%d]: %w", i, err)
+		}
+		if strings.HasPrefix(f, "$share/") || strings.HasPrefix(f, "$queue/") {
+			return o, fmt.Errorf("consumer: topics[%d]: %q: give the plain filter and set SharedGroup", i, f)
+		}
+	}
+	if o.KeepAlive <= 0 {
+		o.KeepAlive = DefaultKeepAlive
+	}
+	if o.KeepAlive < 2*time.Second {
+		return o, errors.New("consumer: keep alive: at least 2s")
+	}
+	if o.ConnectTimeout <= 0 {
+		o.ConnectTimeout = DefaultConnectTimeout
+	}
+	if o.MaxReconnectInterval <= 0 {
+		o.MaxReconnectInterval = DefaultMaxReconnectInterval
+	}
+	if o.MaxInFlight <= 0 {
+		o.MaxInFlight = DefaultMaxInFlight
+	}
+	if o.Workers <= 0 {
+		o.Workers = DefaultWorkers
+	}
+	if o.ShutdownTimeout <= 0 {
+		o.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	if o.Logger == nil {
+		o.Logger = zap.NewNop()
+	}
+	return o, nil
+}
+
+func isTLSScheme(s string) bool {
+	switch s {
+	case "ssl", "tls", "mqtts", "tcps":
+		return true
+	}
+	return false
+}
+
+func isPlainScheme(s string) bool { return s == "tcp" || s == "mqtt" }
+
+// validFilter checks an MQTT 3.1.1 topic filter (§4.7): non-empty, no NUL,
+// '+' and '#' only as a whole level, '#' only last.
+func validFilter(f string) error {
+	if f == "" {
+		return errors.New("empty topic filter")
+	}
+	if strings.ContainsRune(f, 0) {
+		return errors.New("topic filter contains NUL")
+	}
+	levels := strings.Split(f, "/")
+	for i, l := range levels {
+		if strings.Contains(l, "#") && (l != "#" || i != len(levels)-1) {
+			return fmt.Errorf("%q: '#' must be the whole last level", f)
+		}
+		if strings.Contains(l, "+") && l != "+" {
+			return fmt.Errorf("%q: '+' must be a whole level", f)
+		}
+	}
+	return nil
+}
+
+// subscription returns the filter as subscribed: $share/<group>/<filter>.
+func (o Options) subscription(filter string) string {
+	if o.SharedGroup == "" {
+		return filter
+	}
+	return "$share/" + o.SharedGroup + "/" + filter
+}
