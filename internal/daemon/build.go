@@ -34,15 +34,15 @@ const DeadLetterSinkName = "dead_letter"
 // parts is everything below the consumer, built in order; closers release
 // them in reverse.
 type parts struct {
-	cfg      *config.Config
-	log      *zap.Logger
-	audit    *audit.Writer
-	kms      kms.Provider
-	store    registry.Store
-	cache    *keycache.Cache
-	pipe     *pipeline.Pipeline
-	unwraps  atomic.Uint64
-	closers  []namedCloser
+	cfg     *config.Config
+	log     *zap.Logger
+	audit   *audit.Writer
+	kms     kms.Provider
+	store   registry.Store
+	cache   *keycache.Cache
+	pipe    *pipeline.Pipeline
+	unwraps atomic.Uint64
+	closers []namedCloser
 }
 
 type namedCloser struct {
@@ -358,4 +358,3 @@ func mkdirFor(path string) error {
 	}
 	return os.MkdirAll(filepath.Dir(path), 0o700)
 }
-

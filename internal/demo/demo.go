@@ -418,4 +418,3 @@ func printSummary(w io.Writer, s Summary) {
 	}
 	_, _ = io.WriteString(w, b.String())
 }
-

@@ -140,7 +140,7 @@ func (f *fleet) reading(d *device) ([]byte, error) {
 func (f *fleet) sendBad(ctx context.Context, round int) {
 	kinds := []struct {
 		reason, what string
-		make     func() (topic string, payload []byte, err error)
+		make         func() (topic string, payload []byte, err error)
 	}{
 		{"auth_failed", "tampered ciphertext", func() (string, []byte, error) {
 			d := f.devs[0]
