@@ -36,7 +36,7 @@ type Options struct {
 	// ReplayEntries and ReplayMaxAge bound the replay window: the oldest
 	// accepted (key id, key version, nonce) triples are forgotten first once
 	// either bound is reached. 0 means the default (1,000,000 and 24 h).
-	// Memory is about 80 bytes per entry (80 MB at the default bound).
+	// Memory is about 32 bytes per entry (32 MB at the default bound).
 	ReplayEntries int
 	ReplayMaxAge  time.Duration
 	// ReplayDisabled turns the replay window off: no replay and no duplicate
