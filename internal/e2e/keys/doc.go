@@ -11,8 +11,11 @@
 // while an uncached one fails transiently, a revocation made by another
 // registry handle seen within 2 s, messages still opening after a root
 // rotation and rewrap, key_revoked after a shred, a tamper-evident audit
-// log, and the spec's vectors decrypting after an import. They need the
-// PostgreSQL named by DECRYPTD_TEST_PG_DSN (default
-// postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable) and fail,
-// never skip, when it is missing.
+// log, and the spec's vectors decrypting after an import.
+//
+// The tests need the PostgreSQL named by DECRYPTD_TEST_PG_DSN (default
+// postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable; a fresh
+// database per test) and fail, never skip, when it is missing. Those that
+// drive dekctl build cmd/dekctl with the go command running the tests and
+// run the binary with a configuration file of its own, as an operator does.
 package keys

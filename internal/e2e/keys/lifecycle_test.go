@@ -6,6 +6,7 @@ import (
 	"crypto/cipher"
 	"errors"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -198,7 +199,7 @@ func TestRewrapAfterRootRotation(t *testing.T) {
 				if bytes.Equal(o.Wrapped.Ciphertext, e.Wrapped.Ciphertext) {
 					t.Errorf("%s: wrapped DEK unchanged by the rewrap", e.Ref())
 				}
-				if o.State != e.State || !equalStrings(o.Devices, e.Devices) {
+				if o.State != e.State || !slices.Equal(o.Devices, e.Devices) {
 					t.Errorf("%s: rewrap changed state %s -> %s or devices %v -> %v", e.Ref(), o.State, e.State, o.Devices, e.Devices)
 				}
 			}
@@ -219,18 +220,6 @@ func TestRewrapAfterRootRotation(t *testing.T) {
 			}
 		})
 	}
-}
-
-func equalStrings(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // TestShredRevokesMessages: after shred --device, every message under that
@@ -261,7 +250,7 @@ func TestShredRevokesMessages(t *testing.T) {
 			warm, _ := newCache(t, daemonStore, p.kms, keycache.Options{Logger: logger})
 			runCache(t, warm, logs)
 			d := newDecryptor(t, warm)
-			for _, m := range append(doomed[:len(doomed):len(doomed)], kept...) {
+			for _, m := range slices.Concat(doomed, kept) {
 				openOK(t, d, m)
 			}
 

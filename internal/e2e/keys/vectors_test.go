@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -114,7 +115,7 @@ func checkImported(t *testing.T, v vectorFile, entries []registry.Entry, rootID 
 			t.Errorf("%s@%s not in the registry", k.KeyID, k.KeyVersion)
 		case string(e.State) != k.State:
 			t.Errorf("%s: state %s, want %s", e.Ref(), e.State, k.State)
-		case !equalStrings(e.Devices, k.Devices):
+		case !slices.Equal(e.Devices, k.Devices):
 			t.Errorf("%s: devices %v, want %v", e.Ref(), e.Devices, k.Devices)
 		case e.Wrapped.RootKeyID != rootID || e.Wrapped.IsZero():
 			t.Errorf("%s: wrapped under %q (%d bytes), want root %s", e.Ref(), e.Wrapped.RootKeyID, len(e.Wrapped.Ciphertext), rootID)
