@@ -487,9 +487,10 @@ func (c *Consumer) work(q *workQueue) {
 		if !ok {
 			return
 		}
-		if e.gen != c.currentGen() {
+		if e.gen != c.currentGen() || c.procCtx.Err() != nil {
 			// Its connection is gone and the broker redelivers it on the
-			// new one; processing this copy would only duplicate work.
+			// new one (processing this copy would only duplicate work), or
+			// the shutdown deadline passed and it stays unacknowledged.
 			c.m.released.Inc()
 			c.unref(e)
 			continue

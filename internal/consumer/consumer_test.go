@@ -563,3 +563,60 @@ func TestBrokerRestart(t *testing.T) {
 	h.publish(topic(1), "after-restart")
 	waitFor(t, "message after broker restart", func() bool { return p.has("after-restart") })
 }
+
+// TestBrokerDownAtStart: Run keeps retrying the first connection (with
+// capped back-off) instead of failing, and becomes ready once the broker is
+// up.
+func TestBrokerDownAtStart(t *testing.T) {
+	h := newHarness(t, mosquittotest.Options{})
+	h.b.Stop()
+	p := &fakeProc{}
+	o := h.options("early")
+	o.MaxReconnectInterval = time.Second
+	c, err := New(o, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	waitFor(t, "a failed connect", func() bool { return h.logs.FilterMessage("connection to broker failed").Len() > 0 })
+	if c.Ready() {
+		t.Fatal("ready with the broker down")
+	}
+	h.b.Restart()
+	waitFor(t, "ready after the broker came up", c.Ready)
+	h.publish(topic(0), "hello")
+	waitFor(t, "message", func() bool { return p.has("hello") })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+}
+
+// TestProcessorErrorRetried: a Processor breaking its contract (an error
+// while its context is alive) gets the message again, in order, instead of
+// the message silently blocking every later acknowledgement.
+func TestProcessorErrorRetried(t *testing.T) {
+	h := newHarness(t, mosquittotest.Options{})
+	var failures atomic.Int64
+	p := &fakeProc{fn: func(_ context.Context, m Message) error {
+		if string(m.Payload) == "x0" && failures.Add(1) <= 2 {
+			return errors.New("transient")
+		}
+		return nil
+	}}
+	c, err := New(h.options("retry"), p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.start(c)
+	h.publish(topic(0), "x0", "x1")
+	waitFor(t, "both processed and acknowledged", func() bool { return len(p.count()) == 2 && idle(c) })
+	if got := p.snapshot(); string(got[0].Payload) != "x0" || string(got[1].Payload) != "x1" {
+		t.Fatalf("order %s, %s", got[0].Payload, got[1].Payload)
+	}
+	if n := h.logs.FilterMessage("processor failed before shutdown; retrying the message").Len(); n != 2 {
+		t.Fatalf("%d retries logged, want 2", n)
+	}
+}
