@@ -209,10 +209,47 @@ func (c *Cache) ResolveKey(ctx context.Context, keyID, keyVersion, deviceID stri
 				// not make every message wait for another attempt.
 				s.add(resMiss)
 				return nil, fmt.Errorf("keycache: %s: past stale limit, KMS or registry unreachable: %w", ref, dek.ErrUnavailable)
+			case now < v.staleUntil:
+				// Expired while idle, and nobody knows yet whether the KMS
+				// answers: reload, but do not hold the message for the
+				// whole KMS timeout if it does not.
+				return c.missOrStale(ctx, s, ref, deviceID, e, v)
 			}
 		}
 	}
 	return c.miss(ctx, s, ref, deviceID)
+}
+
+// missOrStale waits for the shared reload of an expired entry for at most
+// StaleWait, then serves the expired cipher (within its stale limit) while
+// the reload goes on in the background. The entry must still be the one in
+// the map: a revocation evicts it, and an evicted cipher is never served.
+func (c *Cache) missOrStale(ctx context.Context, s *shard, ref dek.Ref, deviceID string, e *entry, v *value) (cipher.AEAD, error) {
+	cl := c.startLoad(ref, "miss", deviceID)
+	timer := time.NewTimer(c.opts.StaleWait)
+	defer timer.Stop()
+	select {
+	case <-cl.done:
+		return c.finishMiss(s, ref, deviceID, cl)
+	case <-ctx.Done():
+		s.add(resMiss)
+		return nil, fmt.Errorf("keycache: waiting for %s: %w: %w", ref, dek.ErrUnavailable, context.Cause(ctx))
+	case <-timer.C:
+	}
+	s.mu.RLock()
+	still := s.m[ref] == e && e.v.Load() == v
+	s.mu.RUnlock()
+	if !still {
+		// Changed meanwhile (revoked, evicted or replaced): wait for the
+		// load like any miss.
+		return c.miss(ctx, s, ref, deviceID)
+	}
+	if !v.allows(ref.KeyID, deviceID) {
+		s.add(resDenied)
+		return nil, errDenied(ref, deviceID)
+	}
+	s.add(resStale)
+	return v.aead, nil
 }
 
 func errDenied(ref dek.Ref, deviceID string) error {
@@ -236,6 +273,11 @@ func (c *Cache) miss(ctx context.Context, s *shard, ref dek.Ref, deviceID string
 		s.add(resMiss)
 		return nil, fmt.Errorf("keycache: waiting for %s: %w: %w", ref, dek.ErrUnavailable, context.Cause(ctx))
 	}
+	return c.finishMiss(s, ref, deviceID, cl)
+}
+
+// finishMiss turns a finished shared load into the lookup's answer.
+func (c *Cache) finishMiss(s *shard, ref dek.Ref, deviceID string, cl *call) (cipher.AEAD, error) {
 	if cl.err != nil {
 		s.add(resMiss)
 		return nil, cl.err

@@ -819,3 +819,48 @@ func TestRealClock(t *testing.T) {
 		t.Errorf("lifetime on the real clock = %s", time.Duration(v.expiresAt-start))
 	}
 }
+
+// A key that expired while idle, looked up while the KMS hangs: the lookup
+// waits StaleWait, not the whole KMS timeout, and is served stale; a
+// revocation during the wait is still honoured.
+func TestIdleExpiredKeyDuringKMSHang(t *testing.T) {
+	const unwrapTimeout = 2 * time.Second
+	e := newEnv(t, func(o *Options) { o.StaleWait = 50 * time.Millisecond; o.UnwrapTimeout = unwrapTimeout })
+	e.startRun(t)
+	key := e.addKey("group/idle", "v1", dev)
+	if _, err := resolve(e, "group/idle", "v1", dev); err != nil {
+		t.Fatal(err)
+	}
+	release := make(chan struct{})
+	defer close(release)
+	e.kms.setHook(func(ctx context.Context) error {
+		select {
+		case <-release:
+			return nil
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %w", kms.ErrTransient, ctx.Err())
+		}
+	})
+	e.clock.Advance(DefaultTTL + time.Hour) // idle: no refresh-ahead ran
+
+	start := time.Now()
+	aead, err := resolve(e, "group/idle", "v1", dev)
+	if err != nil {
+		t.Fatalf("idle expired key with the KMS hanging: %v", err)
+	}
+	if waited := time.Since(start); waited >= unwrapTimeout/2 {
+		t.Errorf("lookup waited %v: it should give up on the reload after StaleWait", waited)
+	}
+	mustOpen(t, aead, key)
+	if got := requests(t, e.c, resStale); got != 1 {
+		t.Errorf("stale lookups = %d, want 1", got)
+	}
+
+	// Revoked while the reload still hangs: evicted, never served stale.
+	e.reg.update(dek.Ref{KeyID: "group/idle", Version: "v1"}, func(en *registry.Entry) { en.State = dek.StateRevoked })
+	e.reg.emit(registry.Change{Kind: registry.ChangeUpdated, KeyID: "group/idle", Version: "v1", State: dek.StateRevoked})
+	waitFor(t, "the revocation to evict", func() bool {
+		_, err := resolve(e, "group/idle", "v1", dev)
+		return errors.Is(err, dek.ErrRevoked)
+	})
+}

@@ -113,6 +113,10 @@ type Options struct {
 	// StaleRetry is the pause between background refresh attempts of an
 	// entry whose last refresh failed transiently (default 30s).
 	StaleRetry time.Duration
+	// StaleWait is how long a lookup of an entry that expired while idle
+	// waits for its reload before it is served stale, should the KMS be
+	// slow or down (default 1s). Within the stale limit only.
+	StaleWait time.Duration
 	// NegativeTTL is how long "the registry has no such version" (and a
 	// permanent KMS refusal) is remembered (default 30s).
 	NegativeTTL time.Duration
@@ -137,6 +141,7 @@ const (
 	DefaultRefreshAhead         = 5 * time.Minute
 	DefaultStaleLimit           = 6 * time.Hour
 	DefaultStaleRetry           = 30 * time.Second
+	DefaultStaleWait            = time.Second
 	DefaultNegativeTTL          = 30 * time.Second
 	DefaultMaxEntries           = 100_000
 	DefaultMaxConcurrentUnwraps = 16
@@ -174,6 +179,7 @@ func (o Options) withDefaults() (Options, error) {
 	setDur(&o.RefreshAhead, DefaultRefreshAhead)
 	setDur(&o.StaleLimit, DefaultStaleLimit)
 	setDur(&o.StaleRetry, DefaultStaleRetry)
+	setDur(&o.StaleWait, DefaultStaleWait)
 	setDur(&o.NegativeTTL, DefaultNegativeTTL)
 	setDur(&o.UnwrapTimeout, DefaultUnwrapTimeout)
 	switch {
@@ -197,7 +203,7 @@ func (o Options) withDefaults() (Options, error) {
 		v    time.Duration
 	}{
 		{"TTL", o.TTL}, {"RefreshAhead", o.RefreshAhead}, {"StaleLimit", o.StaleLimit},
-		{"StaleRetry", o.StaleRetry}, {"NegativeTTL", o.NegativeTTL}, {"UnwrapTimeout", o.UnwrapTimeout},
+		{"StaleRetry", o.StaleRetry}, {"StaleWait", o.StaleWait}, {"NegativeTTL", o.NegativeTTL}, {"UnwrapTimeout", o.UnwrapTimeout},
 	} {
 		if d.v < 0 {
 			return o, fmt.Errorf("keycache: Options.%s: must not be negative, got %s", d.name, d.v)
