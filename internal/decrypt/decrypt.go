@@ -309,19 +309,19 @@ func (st *state) parse(payload []byte) (envelope, error) {
 		return env, err
 	}
 	var dev, ts *member
-	if ed := s.find("encrypted_data"); ed != nil {
+	if ed := s.get(knownEncryptedData); ed != nil {
 		env.shapeA = true
 		if ed.kind != kindString {
 			return env, errors.New("encrypted_data: not a string")
 		}
-		md := s.find("metadata")
+		md := s.get(knownMetadata)
 		if md == nil {
 			return env, errors.New("metadata: missing")
 		}
 		if md.kind != kindObject {
 			return env, errors.New("metadata: not an object")
 		}
-		dev, ts = s.findIn(s.meta, "device_id"), s.findIn(s.meta, "timestamp")
+		dev, ts = s.get(knownMetaDeviceID), s.get(knownMetaTimestamp)
 		if dev == nil || ts == nil {
 			return env, errors.New("metadata: device_id and timestamp required")
 		}
@@ -339,7 +339,7 @@ func (st *state) parse(payload []byte) (envelope, error) {
 		st.meta = append(meta, '}')
 		st.refs = append(st.refs[:0], sealedRef{raw: ed.val, top: -1, text: s.stringValue(ed)})
 	} else {
-		dev, ts = s.find("device_id"), s.find("timestamp")
+		dev, ts = s.get(knownDeviceID), s.get(knownTimestamp)
 		if dev == nil || ts == nil {
 			return env, errors.New("device_id and timestamp required")
 		}
@@ -376,7 +376,7 @@ func (st *state) parse(payload []byte) (envelope, error) {
 	e = append(e, tsText...)
 	nTS := len(e)
 
-	kv := s.find("key_version")
+	kv := s.get(knownKeyVersion)
 	switch {
 	case kv != nil && kv.kind != kindString:
 		return env, errors.New("key_version: not a string")
@@ -392,7 +392,7 @@ func (st *state) parse(payload []byte) (envelope, error) {
 		return env, errors.New("key_version: missing, required with sealed fields")
 	}
 	nKV := len(e)
-	if ki := s.find("key_id"); ki != nil {
+	if ki := s.get(knownKeyID); ki != nil {
 		if ki.kind != kindString {
 			return env, errors.New("key_id: not a string")
 		}

@@ -496,6 +496,7 @@ func TestOptions(t *testing.T) {
 		{MaxMessageBytes: -1},
 		{MaxMessageBytes: 1<<30 + 1},
 		{ReplayEntries: -1},
+		{ReplayEntries: 1<<28 + 1},
 		{ReplayMaxAge: -time.Second},
 		{ClockSkew: -time.Second},
 		{TopicPattern: "iot-2/type/+/id/+/evt"},

@@ -19,6 +19,10 @@ const (
 // maxMessageLimit bounds MaxMessageBytes: the scanner keeps 32-bit offsets.
 const maxMessageLimit = 1 << 30
 
+// maxReplayEntries bounds ReplayEntries: the window's table has 32-bit
+// indices and at least twice as many slots as entries.
+const maxReplayEntries = 1 << 28
+
 // Options tunes a Decryptor. The zero value means every default.
 type Options struct {
 	// MaxMessageBytes: a larger payload is malformed, refused before it is
@@ -36,7 +40,7 @@ type Options struct {
 	// ReplayEntries and ReplayMaxAge bound the replay window: the oldest
 	// accepted (key id, key version, nonce) triples are forgotten first once
 	// either bound is reached. 0 means the default (1,000,000 and 24 h).
-	// Memory is about 32 bytes per entry (32 MB at the default bound).
+	// Memory is about 40 to 56 bytes per entry (40 MB at the default bound).
 	ReplayEntries int
 	ReplayMaxAge  time.Duration
 	// ReplayDisabled turns the replay window off: no replay and no duplicate
@@ -64,8 +68,8 @@ func (o Options) withDefaults() (Options, error) {
 	if o.TopicPattern == "" {
 		o.TopicPattern = DefaultTopicPattern
 	}
-	if o.ReplayEntries < 0 {
-		errs = append(errs, errors.New("ReplayEntries: must not be negative"))
+	if o.ReplayEntries < 0 || o.ReplayEntries > maxReplayEntries {
+		errs = append(errs, fmt.Errorf("ReplayEntries: must be between 0 and %d", maxReplayEntries))
 	} else if o.ReplayEntries == 0 {
 		o.ReplayEntries = DefaultReplayEntries
 	}

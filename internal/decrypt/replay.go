@@ -12,16 +12,18 @@ import (
 // false replay) out of reach for any realistic window.
 type replayKey [16]byte
 
-// home is the key's slot in a table of mask+1 slots. The key is already a
+// tag is the key's hash bits, kept in its table entry. The key is already a
 // cryptographic digest, so its bits serve as the hash.
-func (k *replayKey) home(mask uint64) uint64 { return binary.LittleEndian.Uint64(k[:8]) & mask }
+func (k *replayKey) tag() uint32 { return binary.LittleEndian.Uint32(k[:4]) }
 
 // window remembers accepted triples, oldest first, bounded by count and
 // age. A FIFO ring holds the keys and their acceptance times; an
 // open-addressing table (linear probing, at most half full) maps a key to
-// its ring slot. About 24 bytes of ring plus 8 to 16 of table per entry;
-// both grow on demand up to the bound, so a small deployment pays for what
-// it uses.
+// its ring slot. Each table entry carries the key's hash bits, so probing
+// and deleting touch the ring only to confirm a likely match: at a million
+// entries every touch is a cache miss. About 24 bytes of ring plus 16 to
+// 32 of table per entry; both grow on demand up to the bound, so a small
+// deployment pays for what it uses.
 type window struct {
 	mu     sync.Mutex
 	max    int
@@ -31,8 +33,14 @@ type window struct {
 	head int // ring index of the oldest slot
 	n    int // slots in use
 
-	table []uint32 // ring index + 1; 0 is an empty slot
-	mask  uint64
+	table []entry
+	mask  uint32
+}
+
+// entry is one table slot: ring index + 1 (0: empty) and the key's tag.
+type entry struct {
+	ref uint32
+	tag uint32
 }
 
 type slot struct {
@@ -49,12 +57,13 @@ func (w *window) lookup(k *replayKey) int {
 	if len(w.table) == 0 {
 		return -1
 	}
-	for i := k.home(w.mask); ; i = (i + 1) & w.mask {
-		v := w.table[i]
-		if v == 0 {
+	tag := k.tag()
+	for i := tag & w.mask; ; i = (i + 1) & w.mask {
+		e := w.table[i]
+		if e.ref == 0 {
 			return -1
 		}
-		if w.ring[v-1].key == *k {
+		if e.tag == tag && w.ring[e.ref-1].key == *k {
 			return int(i)
 		}
 	}
@@ -63,30 +72,31 @@ func (w *window) lookup(k *replayKey) int {
 // lookupSlot returns the table index pointing at ring slot r, or -1 (the
 // slot was forgotten).
 func (w *window) lookupSlot(r int) int {
-	for i := w.ring[r].key.home(w.mask); ; i = (i + 1) & w.mask {
-		v := w.table[i]
-		if v == 0 {
+	for i := w.ring[r].key.tag() & w.mask; ; i = (i + 1) & w.mask {
+		e := w.table[i]
+		if e.ref == 0 {
 			return -1
 		}
-		if int(v-1) == r {
+		if int(e.ref-1) == r {
 			return int(i)
 		}
 	}
 }
 
 func (w *window) insert(r int) {
-	i := w.ring[r].key.home(w.mask)
-	for w.table[i] != 0 {
+	tag := w.ring[r].key.tag()
+	i := tag & w.mask
+	for w.table[i].ref != 0 {
 		i = (i + 1) & w.mask
 	}
-	w.table[i] = uint32(r + 1)
+	w.table[i] = entry{ref: uint32(r + 1), tag: tag}
 }
 
 // remove empties table slot i, shifting later entries of its probe run
 // back so that lookups need no tombstones.
-func (w *window) remove(i uint64) {
-	for j := (i + 1) & w.mask; w.table[j] != 0; j = (j + 1) & w.mask {
-		h := w.ring[w.table[j]-1].key.home(w.mask)
+func (w *window) remove(i uint32) {
+	for j := (i + 1) & w.mask; w.table[j].ref != 0; j = (j + 1) & w.mask {
+		h := w.table[j].tag & w.mask
 		// The entry at j may move to i unless its home lies cyclically
 		// in (i, j].
 		if (j > i && (h <= i || h > j)) || (j < i && h <= i && h > j) {
@@ -94,7 +104,7 @@ func (w *window) remove(i uint64) {
 			i = j
 		}
 	}
-	w.table[i] = 0
+	w.table[i] = entry{}
 }
 
 // expire drops the oldest slots older than maxAge.
@@ -107,7 +117,7 @@ func (w *window) expire(now int64) {
 
 func (w *window) evictHead() {
 	if i := w.lookupSlot(w.head); i >= 0 {
-		w.remove(uint64(i))
+		w.remove(uint32(i))
 	}
 	w.head++
 	if w.head == len(w.ring) {
@@ -119,7 +129,7 @@ func (w *window) evictHead() {
 // seen reports whether k was accepted and is still within the window.
 func (w *window) seen(k *replayKey, now int64) bool {
 	i := w.lookup(k)
-	return i >= 0 && w.ring[w.table[i]-1].at >= now-int64(w.maxAge)
+	return i >= 0 && w.ring[w.table[i].ref-1].at >= now-int64(w.maxAge)
 }
 
 // admit checks keys against the window and, when none was accepted before
@@ -173,17 +183,17 @@ func (w *window) grow(size int) {
 	// Forgotten slots are kept (they still count against the bound) but
 	// must not come back: remember which old slots the table points at.
 	live := make([]bool, len(old))
-	for _, v := range oldTable {
-		if v != 0 {
-			live[v-1] = true
+	for _, e := range oldTable {
+		if e.ref != 0 {
+			live[e.ref-1] = true
 		}
 	}
 	tsize := 1
 	for tsize < 2*size {
 		tsize *= 2
 	}
-	w.table = make([]uint32, tsize)
-	w.mask = uint64(tsize - 1)
+	w.table = make([]entry, tsize)
+	w.mask = uint32(tsize - 1)
 	for i := range w.n {
 		r := (w.head + i) % len(old)
 		w.ring[i] = old[r]
@@ -202,7 +212,7 @@ func (w *window) forget(keys []replayKey) {
 	defer w.mu.Unlock()
 	for i := range keys {
 		if t := w.lookup(&keys[i]); t >= 0 {
-			w.remove(uint64(t))
+			w.remove(uint32(t))
 		}
 	}
 }
@@ -212,8 +222,8 @@ func (w *window) len() int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	n := 0
-	for _, v := range w.table {
-		if v != 0 {
+	for _, e := range w.table {
+		if e.ref != 0 {
 			n++
 		}
 	}

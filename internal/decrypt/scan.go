@@ -105,6 +105,41 @@ type scanner struct {
 	sealed  []sealedRef
 	curTop  int     // index the top-level member being scanned will have
 	curName nameRef // and its name
+
+	// Indices (+1, 0 = absent) of the members the envelope needs, noted
+	// as they are scanned so that lookups cost nothing.
+	known [numKnown]int
+}
+
+// The envelope's member names: top-level ones, then metadata's.
+const (
+	knownEncryptedData = iota
+	knownKeyVersion
+	knownKeyID
+	knownMetadata
+	knownDeviceID
+	knownTimestamp
+	knownMetaDeviceID
+	knownMetaTimestamp
+	numKnown
+)
+
+func knownTop(name []byte) int {
+	switch string(name) {
+	case "encrypted_data":
+		return knownEncryptedData
+	case "key_version":
+		return knownKeyVersion
+	case "key_id":
+		return knownKeyID
+	case "metadata":
+		return knownMetadata
+	case "device_id":
+		return knownDeviceID
+	case "timestamp":
+		return knownTimestamp
+	}
+	return -1
 }
 
 // reset prepares the scanner for buf. It first wipes what the previous
@@ -124,6 +159,7 @@ func (s *scanner) reset(buf []byte, collect bool) {
 	s.meta = s.meta[:0]
 	s.sealed = s.sealed[:0]
 	s.curTop, s.curName = -1, nameRef{}
+	s.known = [numKnown]int{}
 }
 
 // release wipes the scanner and drops its references, for the pool.
@@ -568,8 +604,17 @@ func (s *scanner) object() error {
 			switch {
 			case isTop:
 				s.top = append(s.top, member{name: ref, start: nameStart, val: span{valStart, s.pos}, kind: kind})
+				if k := knownTop(name); k >= 0 {
+					s.known[k] = len(s.top)
+				}
 			case isMeta:
 				s.meta = append(s.meta, member{name: ref, start: nameStart, val: span{valStart, s.pos}, kind: kind})
+				switch string(name) {
+				case "device_id":
+					s.known[knownMetaDeviceID] = len(s.meta)
+				case "timestamp":
+					s.known[knownMetaTimestamp] = len(s.meta)
+				}
 			}
 			s.skipWS()
 			if s.pos >= len(s.buf) {
@@ -636,15 +681,16 @@ func (s *scanner) array() error {
 }
 
 // find returns the top-level member with the given decoded name.
-func (s *scanner) find(name string) *member { return s.findIn(s.top, name) }
-
-func (s *scanner) findIn(ms []member, name string) *member {
-	for i := range ms {
-		if string(s.name(ms[i].name)) == name {
-			return &ms[i]
-		}
+// get returns the envelope member k (a known* constant), or nil.
+func (s *scanner) get(k int) *member {
+	i := s.known[k]
+	switch {
+	case i == 0:
+		return nil
+	case k >= knownMetaDeviceID:
+		return &s.meta[i-1]
 	}
-	return nil
+	return &s.top[i-1]
 }
 
 // stringValue decodes a top-level string member's value.

@@ -66,6 +66,25 @@ func BenchmarkZZParts(b *testing.B) {
 			w.admit(keys[i%8192:i%8192+1], false, now)
 		}
 	})
+	b.Run("window1M", func(b *testing.B) {
+		w := newWindow(1_000_000, time.Hour)
+		now := time.Now().UnixNano()
+		var k [1]replayKey
+		for i := range 1_000_000 {
+			sum := sha256.Sum256([]byte{byte(i), byte(i >> 8), byte(i >> 16), 1})
+			copy(k[0][:], sum[:])
+			w.admit(k[:], false, now)
+		}
+		keys := make([]replayKey, 1<<16)
+		for i := range keys {
+			sum := sha256.Sum256([]byte{byte(i), byte(i >> 8), 2})
+			copy(keys[i][:], sum[:])
+		}
+		b.ResetTimer()
+		for i := 0; b.Loop(); i++ {
+			w.admit(keys[i%len(keys):i%len(keys)+1], false, now)
+		}
+	})
 	b.Run("alloc2", func(b *testing.B) {
 		b.ReportAllocs()
 		var sink []byte
