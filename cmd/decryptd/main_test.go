@@ -19,9 +19,9 @@ func TestCommands(t *testing.T) {
 		t.Fatal(err)
 	}
 	cases := []struct {
-		name       string
-		args       []string
-		code       int
+		name        string
+		args        []string
+		code        int
 		out, errOut string
 	}{
 		{"check example config", []string{"check-config", "--config", "../../config.example.yaml"}, exitOK, "OK", ""},
