@@ -1,0 +1,693 @@
+package delivery_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/cipher"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/decryptd/decryptd/internal/audit"
+	"github.com/decryptd/decryptd/internal/config"
+	"github.com/decryptd/decryptd/internal/daemon"
+	"github.com/decryptd/decryptd/internal/dek"
+	"github.com/decryptd/decryptd/internal/keyops"
+	"github.com/decryptd/decryptd/internal/kms/local"
+	"github.com/decryptd/decryptd/internal/registry/filestore"
+	"github.com/decryptd/decryptd/internal/seal"
+	"github.com/decryptd/decryptd/internal/testutil/mosquittotest"
+)
+
+// topicFilter is what every daemon subscribes to (Watson IoT's layout).
+const topicFilter = "iot-2/type/+/id/+/evt/+/fmt/+"
+
+func topicOf(deviceID string) string {
+	return "iot-2/type/monitor/id/" + deviceID + "/evt/telemetry/fmt/json"
+}
+
+// fleet is a set of provisioned devices and the key files every daemon of
+// a test shares: one local root key, one file registry.
+type fleet struct {
+	dir      string
+	broker   *mosquittotest.Broker
+	rootKey  string
+	registry string
+	devices  []device
+}
+
+type device struct {
+	id, version string
+	aead        cipher.AEAD
+}
+
+// newFleet provisions n devices, each with a key of its own, through keyops
+// as dekctl does (local root key, file registry).
+func newFleet(t *testing.T, b *mosquittotest.Broker, n int) *fleet {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	f := &fleet{dir: dir, broker: b, rootKey: filepath.Join(dir, "root-key.json"), registry: filestorePath(dir)}
+	lp, err := local.Create(f.rootKey, "delivery-root")
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := filestore.Open(ctx, f.registry, filestore.WithoutFSNotify())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	aw, err := audit.Open(ctx, filepath.Join(dir, "dekctl-audit.log"), audit.WithActor("dekctl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer aw.Close()
+	ops, err := keyops.New(keyops.Options{KMS: lp, Roots: lp, Registry: store, Audit: aw, Operator: "e2e-delivery"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		id := fmt.Sprintf("dev-%04d", i)
+		cred, err := ops.Provision(ctx, keyops.ProvisionRequest{DeviceID: id})
+		if err != nil {
+			t.Fatalf("provision %s: %v", id, err)
+		}
+		aead, err := seal.NewAEAD(cred.DEK)
+		cred.Wipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.devices = append(f.devices, device{id: id, version: cred.KeyVersion, aead: aead})
+	}
+	return f
+}
+
+func filestorePath(dir string) string { return filepath.Join(dir, "registry.json") }
+
+// message seals reading seq of device seq mod len(devices) (shape A, its own
+// key) and returns its topic, its payload and the record id the spec gives
+// it: hex SHA-256 of key id, 0x00, key version, 0x00, nonce. The nonce is
+// drawn here and fed to the sealer, so the id is known without decrypting.
+func (f *fleet) message(seq int) (topic string, payload []byte, id string, err error) {
+	d := f.devices[seq%len(f.devices)]
+	nonce := make([]byte, seal.NonceSize)
+	if _, err := rand.Read(nonce); err != nil {
+		return "", nil, "", err
+	}
+	s := seal.New(bytes.NewReader(nonce))
+	readings := fmt.Sprintf(`{"seq":%d,"heart_rate":%d,"spo2":%d}`, seq, 60+seq%40, 93+seq%7)
+	payload, err = s.AppendShapeA(nil, d.aead, seal.Envelope{DeviceID: d.id, Timestamp: time.Now().Unix(), KeyVersion: d.version}, []byte(readings), []byte(`{"fw":"e2e"}`))
+	if err != nil {
+		return "", nil, "", err
+	}
+	h := sha256.New()
+	h.Write([]byte(dek.DeviceKeyID(d.id)))
+	h.Write([]byte{0})
+	h.Write([]byte(d.version))
+	h.Write([]byte{0})
+	h.Write(nonce)
+	return topicOf(d.id), payload, hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// publisher is a device gateway: one mutual-TLS connection publishing at
+// QoS 1.
+type publisher struct {
+	c mqtt.Client
+	f *fleet
+}
+
+func newPublisher(t *testing.T, f *fleet, name string) *publisher {
+	t.Helper()
+	o := mqtt.NewClientOptions().
+		AddBroker(f.broker.SSLURL).
+		SetClientID(name).
+		SetTLSConfig(f.broker.ClientTLS(name)).
+		SetCleanSession(true).
+		SetAutoReconnect(false).
+		SetConnectTimeout(10 * time.Second).
+		SetWriteTimeout(10 * time.Second)
+	c := mqtt.NewClient(o)
+	if tok := c.Connect(); !tok.WaitTimeout(15*time.Second) || tok.Error() != nil {
+		t.Fatalf("publisher %s: connect: %v", name, tok.Error())
+	}
+	t.Cleanup(func() { c.Disconnect(250) })
+	return &publisher{c: c, f: f}
+}
+
+// publish seals and publishes messages from..to-1, storing each record id in
+// ids[seq], with at most window PUBACKs outstanding. It returns once the
+// broker acknowledged every one. Safe to call from any goroutine.
+func (p *publisher) publish(from, to int, ids []string) error {
+	const window = 500
+	toks := make([]mqtt.Token, 0, window)
+	wait := func(tok mqtt.Token) error {
+		if !tok.WaitTimeout(30 * time.Second) {
+			return errors.New("publish: no PUBACK within 30s")
+		}
+		return tok.Error()
+	}
+	for seq := from; seq < to; seq++ {
+		topic, payload, id, err := p.f.message(seq)
+		if err != nil {
+			return err
+		}
+		ids[seq] = id
+		if len(toks) == window {
+			if err := wait(toks[0]); err != nil {
+				return fmt.Errorf("message %d: %w", seq-window, err)
+			}
+			toks = append(toks[:0], toks[1:]...)
+		}
+		toks = append(toks, p.c.Publish(topic, 1, false, payload))
+	}
+	for _, tok := range toks {
+		if err := wait(tok); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// replicaConfig is one daemon's part of a configuration file; the rest is
+// the fleet's (broker, keys, registry).
+type replicaConfig struct {
+	ClientID    string
+	MaxInFlight int    // default 100
+	Workers     int    // default 8
+	Sinks       string // the sinks list in YAML (indented two spaces); default: one file sink
+}
+
+// replicaFiles are the files a configuration names.
+type replicaFiles struct {
+	Config, Records, DeadLetter, Log string
+}
+
+// writeConfig writes a configuration file for one replica, as an operator
+// would, with a client certificate of its own, and returns its files.
+func (f *fleet) writeConfig(t *testing.T, rc replicaConfig) replicaFiles {
+	t.Helper()
+	if rc.MaxInFlight == 0 {
+		rc.MaxInFlight = 100
+	}
+	if rc.Workers == 0 {
+		rc.Workers = 8
+	}
+	dir := filepath.Join(f.dir, rc.ClientID)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	rf := replicaFiles{
+		Config:     filepath.Join(dir, "config.yaml"),
+		Records:    filepath.Join(dir, "records.jsonl"),
+		DeadLetter: filepath.Join(dir, "dead-letter.jsonl"),
+		Log:        filepath.Join(dir, "decryptd.log"),
+	}
+	if rc.Sinks == "" {
+		rc.Sinks = fmt.Sprintf("  - name: records\n    type: file\n    path: %q\n    fsync: true\n", rf.Records)
+	}
+	cert := f.broker.ClientCert("decryptd-" + rc.ClientID)
+	var b strings.Builder
+	fmt.Fprintf(&b, "mqtt:\n  brokers: [%q]\n  client_id: %q\n  topics: [%q]\n  shared_group: decryptd\n", f.broker.SSLURL, rc.ClientID, topicFilter)
+	fmt.Fprintf(&b, "  tls:\n    ca_file: %q\n    cert_file: %q\n    key_file: %q\n", cert.CA, cert.Cert, cert.Key)
+	fmt.Fprintf(&b, "  max_in_flight: %d\n  workers: %d\n  keep_alive: 10s\n  connect_timeout: 5s\n", rc.MaxInFlight, rc.Workers)
+	fmt.Fprintf(&b, "kms:\n  provider: local\n  local:\n    root_key_file: %q\n", f.rootKey)
+	fmt.Fprintf(&b, "registry:\n  driver: file\n  path: %q\n", f.registry)
+	fmt.Fprintf(&b, "sinks:\n%s", rc.Sinks)
+	fmt.Fprintf(&b, "dead_letter:\n  type: file\n  path: %q\n", rf.DeadLetter)
+	fmt.Fprintf(&b, "metrics:\n  listen: 127.0.0.1:0\n")
+	fmt.Fprintf(&b, "audit:\n  path: %q\n", filepath.Join(dir, "audit.log"))
+	fmt.Fprintf(&b, "log:\n  level: info\n  format: json\n")
+	fmt.Fprintf(&b, "shutdown_timeout: 15s\n")
+	if err := os.WriteFile(rf.Config, []byte(b.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return rf
+}
+
+func noEnv(string) (string, bool) { return "", false }
+
+// inProcess is a daemon run in the test process through daemon.New and Run.
+type inProcess struct {
+	files replicaFiles
+	addr  string
+	stop  func() error
+}
+
+// startInProcess loads the configuration file, runs the daemon until the
+// test ends (or stop) and waits until /readyz says ready.
+func startInProcess(t *testing.T, rf replicaFiles) *inProcess {
+	t.Helper()
+	cfg, err := config.Load(rf.Config, noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logf, err := os.OpenFile(rf.Log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(logf), zapcore.InfoLevel))
+	ctx, cancel := context.WithCancel(context.Background())
+	d, err := daemon.New(ctx, daemon.Options{Config: cfg, Logger: log, Registry: prometheus.NewRegistry(), Version: "e2e"})
+	if err != nil {
+		cancel()
+		logf.Close()
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	r := &inProcess{files: rf, addr: d.Addr().String()}
+	r.stop = sync.OnceValue(func() error {
+		cancel()
+		defer logf.Close()
+		select {
+		case err := <-done:
+			return err
+		case <-time.After(45 * time.Second):
+			return errors.New("daemon did not stop within 45s")
+		}
+	})
+	t.Cleanup(func() {
+		if err := r.stop(); err != nil {
+			t.Errorf("daemon %s: %v", rf.Config, err)
+		}
+		if t.Failed() {
+			t.Logf("daemon log %s:\n%s", rf.Log, tail(rf.Log, 16<<10))
+		}
+	})
+	waitReady(t, r.addr, func() bool { return false })
+	return r
+}
+
+// process is the decryptd binary run with `decryptd run --config F`.
+type process struct {
+	files replicaFiles
+	cmd   *exec.Cmd
+	addr  string
+	done  chan struct{}
+	err   error // of Wait, once done is closed
+}
+
+// startProcess runs bin with the configuration, learns its HTTP address
+// from its "serving" log line (metrics.listen is 127.0.0.1:0) and waits
+// until /readyz says ready.
+func startProcess(t *testing.T, bin string, rf replicaFiles) *process {
+	t.Helper()
+	logf, err := os.OpenFile(rf.Log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lw := &logWatcher{w: logf, addr: make(chan string, 1)}
+	cmd := exec.Command(bin, "run", "--config", rf.Config)
+	cmd.Env = cleanEnv()
+	cmd.Stdout, cmd.Stderr = logf, lw
+	// Its own process group: a ^C to go test reaches the test, whose
+	// cleanup stops the daemon.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		t.Fatal(err)
+	}
+	p := &process{files: rf, cmd: cmd, done: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		logf.Close()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		p.kill()
+		if t.Failed() {
+			t.Logf("decryptd log %s:\n%s", rf.Log, tail(rf.Log, 16<<10))
+		}
+	})
+	select {
+	case p.addr = <-lw.addr:
+	case <-p.done:
+		t.Fatalf("decryptd exited during start-up (%v); log:\n%s", p.err, tail(rf.Log, 8<<10))
+	case <-time.After(30 * time.Second):
+		t.Fatalf("decryptd logged no \"serving\" line within 30s; log:\n%s", tail(rf.Log, 8<<10))
+	}
+	waitReady(t, p.addr, p.exited)
+	return p
+}
+
+func (p *process) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// kill sends SIGKILL (no warning, no shutdown) and waits for the exit.
+func (p *process) kill() {
+	if p.exited() {
+		return
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.done
+}
+
+// terminate sends SIGTERM (graceful shutdown) and returns the exit error.
+func (p *process) terminate(timeout time.Duration) error {
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+		return p.err
+	case <-time.After(timeout):
+		p.kill()
+		return fmt.Errorf("no exit within %s of SIGTERM; killed", timeout)
+	}
+}
+
+// cleanEnv is the test's environment without DECRYPTD_* variables, so that
+// only the configuration file configures the daemon.
+func cleanEnv() []string {
+	var out []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, config.EnvPrefix) {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+// logWatcher copies the daemon's log to a file and reports the address of
+// its first "serving" line (zap JSON: {"msg":"serving","http":"host:port"}).
+type logWatcher struct {
+	mu   sync.Mutex
+	w    io.Writer
+	buf  []byte
+	addr chan string
+	sent bool
+}
+
+func (l *logWatcher) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if _, err := l.w.Write(p); err != nil {
+		return 0, err
+	}
+	if l.sent {
+		return len(p), nil
+	}
+	l.buf = append(l.buf, p...)
+	for {
+		i := bytes.IndexByte(l.buf, '\n')
+		if i < 0 {
+			break
+		}
+		var line struct {
+			Msg  string `json:"msg"`
+			HTTP string `json:"http"`
+		}
+		if json.Unmarshal(l.buf[:i], &line) == nil && line.Msg == "serving" && line.HTTP != "" {
+			l.addr <- line.HTTP
+			l.sent, l.buf = true, nil
+			break
+		}
+		l.buf = l.buf[i+1:]
+	}
+	return len(p), nil
+}
+
+// httpGet is a GET bounded by 5 s (a hung daemon must not hang the test).
+func httpGet(url string) (*http.Response, error) {
+	return (&http.Client{Timeout: 5 * time.Second}).Get(url)
+}
+
+// waitReady polls /readyz until 200, for at most 30 s.
+func waitReady(t *testing.T, addr string, exited func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	last := ""
+	for time.Now().Before(deadline) {
+		if exited() {
+			t.Fatalf("daemon on %s exited before it was ready", addr)
+		}
+		resp, err := httpGet("http://" + addr + "/readyz")
+		if err == nil {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+			last = fmt.Sprintf("%d %s", resp.StatusCode, strings.TrimSpace(string(body)))
+		} else {
+			last = err.Error()
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("daemon on %s not ready within 30s (last /readyz: %s)", addr, last)
+}
+
+// sinkFile is what a file sink holds: record ids in file order, and lines
+// that are not a record (a line torn by a killed process).
+type sinkFile struct {
+	ids  []string
+	torn int
+}
+
+func readSink(path string) (sinkFile, error) {
+	var s sinkFile
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return s, nil
+	}
+	if err != nil {
+		return s, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	for sc.Scan() {
+		var r struct {
+			ID string `json:"id"`
+		}
+		if json.Unmarshal(sc.Bytes(), &r) != nil || len(r.ID) != 64 {
+			s.torn++
+			continue
+		}
+		s.ids = append(s.ids, r.ID)
+	}
+	return s, sc.Err()
+}
+
+// countLines counts the newlines of a file: cheap enough to poll often.
+func countLines(path string) int {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	return bytes.Count(data, []byte{'\n'})
+}
+
+// missing returns the ids of want that are not in have.
+func missing(want []string, have map[string]int) []string {
+	var out []string
+	for _, id := range want {
+		if have[id] == 0 {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+func counts(ids []string) map[string]int {
+	m := make(map[string]int, len(ids))
+	for _, id := range ids {
+		m[id]++
+	}
+	return m
+}
+
+// waitUntil polls cond every 50 ms until it holds or timeout passes; then
+// it fails the test with cond's last status.
+func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		ok, status := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s (%s)", what, timeout, status)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// metrics is one scrape of /metrics in the text format.
+type metrics []sample
+
+type sample struct {
+	name   string
+	labels map[string]string
+	value  float64
+}
+
+func scrape(addr string) (metrics, error) {
+	resp, err := httpGet("http://" + addr + "/metrics")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET /metrics: %s", resp.Status)
+	}
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	return parseMetrics(string(body))
+}
+
+func mustScrape(t *testing.T, addr string) metrics {
+	t.Helper()
+	m, err := scrape(addr)
+	if err != nil {
+		t.Fatalf("scrape %s: %v", addr, err)
+	}
+	return m
+}
+
+// parseMetrics reads the Prometheus text format: comment lines are skipped,
+// every other line is name{labels} value [timestamp].
+func parseMetrics(text string) (metrics, error) {
+	var out metrics
+	for ln, line := range strings.Split(text, "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		s := sample{labels: map[string]string{}}
+		rest := line
+		if i := strings.IndexAny(line, "{ "); i > 0 && line[i] == '{' {
+			s.name = line[:i]
+			j, err := parseLabels(line[i+1:], s.labels)
+			if err != nil {
+				return nil, fmt.Errorf("metrics line %d: %w", ln+1, err)
+			}
+			rest = line[i+1+j:]
+		} else if i > 0 {
+			s.name, rest = line[:i], line[i:]
+		} else {
+			return nil, fmt.Errorf("metrics line %d: no value", ln+1)
+		}
+		fields := strings.Fields(rest)
+		if len(fields) == 0 {
+			return nil, fmt.Errorf("metrics line %d: no value", ln+1)
+		}
+		v, err := strconv.ParseFloat(fields[0], 64)
+		if err != nil {
+			return nil, fmt.Errorf("metrics line %d: %w", ln+1, err)
+		}
+		s.value = v
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+// parseLabels reads `k="v",k2="v2"}` into m and returns the bytes read.
+func parseLabels(s string, m map[string]string) (int, error) {
+	i := 0
+	for {
+		if i < len(s) && s[i] == '}' {
+			return i + 1, nil
+		}
+		eq := strings.IndexByte(s[i:], '=')
+		if eq < 0 || i+eq+1 >= len(s) || s[i+eq+1] != '"' {
+			return 0, errors.New("bad label")
+		}
+		name := strings.TrimSpace(s[i : i+eq])
+		i += eq + 2
+		var v strings.Builder
+		for ; i < len(s) && s[i] != '"'; i++ {
+			if s[i] == '\\' && i+1 < len(s) {
+				i++
+				switch s[i] {
+				case 'n':
+					v.WriteByte('\n')
+				default:
+					v.WriteByte(s[i])
+				}
+				continue
+			}
+			v.WriteByte(s[i])
+		}
+		if i >= len(s) {
+			return 0, errors.New("unterminated label value")
+		}
+		m[name] = v.String()
+		i++ // closing quote
+		if i < len(s) && s[i] == ',' {
+			i++
+		}
+	}
+}
+
+// has reports whether any sample of the metric exists.
+func (ms metrics) has(name string) bool {
+	for _, s := range ms {
+		if s.name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// sum adds the samples of the metric whose labels include the given
+// name=value pairs.
+func (ms metrics) sum(name string, labels ...string) float64 {
+	total := 0.0
+next:
+	for _, s := range ms {
+		if s.name != name {
+			continue
+		}
+		for i := 0; i+1 < len(labels); i += 2 {
+			if s.labels[labels[i]] != labels[i+1] {
+				continue next
+			}
+		}
+		total += s.value
+	}
+	return total
+}
+
+func tail(path string, max int) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Sprintf("(no log: %v)", err)
+	}
+	if len(data) > max {
+		data = data[len(data)-max:]
+		if i := bytes.IndexByte(data, '\n'); i >= 0 {
+			data = data[i+1:]
+		}
+		return "...\n" + string(data)
+	}
+	return string(data)
+}

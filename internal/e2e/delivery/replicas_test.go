@@ -1,0 +1,133 @@
+package delivery_test
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/decryptd/decryptd/internal/testutil/mosquittotest"
+)
+
+// Two replicas on one shared subscription take 20,000 messages between
+// them: every record is delivered (by id), none is lost, none is made up,
+// and each replica carries a real share of the load. Each replica's own
+// metrics agree with what its sink holds.
+func TestTwoReplicasSplitSharedSubscription(t *testing.T) {
+	const (
+		devices  = 200
+		messages = 20000
+		minShare = 0.20
+	)
+	// The broker's window stays below the daemons' max_in_flight, as the
+	// consumer asks (Mosquitto 2.0.11 may still overshoot it).
+	b := mosquittotest.Start(t, mosquittotest.Options{MaxInflight: 100})
+	f := newFleet(t, b, devices)
+	replicas := []*inProcess{
+		startInProcess(t, f.writeConfig(t, replicaConfig{ClientID: "replica-a", MaxInFlight: 256})),
+		startInProcess(t, f.writeConfig(t, replicaConfig{ClientID: "replica-b", MaxInFlight: 256})),
+	}
+
+	ids := make([]string, messages)
+	pub := newPublisher(t, f, "gateway-1")
+	t0 := time.Now()
+	if err := pub.publish(0, messages, ids); err != nil {
+		t.Fatalf("publish: %v", err)
+	}
+	pubDur := time.Since(t0)
+
+	// Poll cheaply (line counts) until the sinks hold as many lines as
+	// messages were sent, then by id until every record is there.
+	var sinks [2]sinkFile
+	var all map[string]int
+	waitUntil(t, 90*time.Second, "both sinks together hold every record", func() (bool, string) {
+		la, lb := countLines(replicas[0].files.Records), countLines(replicas[1].files.Records)
+		if la+lb < messages {
+			return false, fmt.Sprintf("%d + %d of %d lines", la, lb, messages)
+		}
+		for i, r := range replicas {
+			s, err := readSink(r.files.Records)
+			if err != nil {
+				return false, err.Error()
+			}
+			sinks[i] = s
+		}
+		all = counts(append(append([]string(nil), sinks[0].ids...), sinks[1].ids...))
+		return len(missing(ids, all)) == 0, fmt.Sprintf("%d distinct of %d", len(all), messages)
+	})
+	drained := time.Since(t0)
+
+	published := counts(ids)
+	if len(published) != messages {
+		t.Fatalf("publisher made %d distinct ids for %d messages", len(published), messages)
+	}
+	for id := range all {
+		if published[id] == 0 {
+			t.Errorf("record %s in a sink was never published", id)
+		}
+	}
+	lines := len(sinks[0].ids) + len(sinks[1].ids)
+	t.Logf("published %d in %s; all delivered after %s; sink lines %d + %d = %d, distinct %d, repeated %d",
+		messages, pubDur.Round(time.Millisecond), drained.Round(time.Millisecond),
+		len(sinks[0].ids), len(sinks[1].ids), lines, len(all), lines-len(all))
+
+	for i, r := range replicas {
+		s := sinks[i]
+		if s.torn != 0 {
+			t.Errorf("replica %d: %d lines of its sink are not records", i, s.torn)
+		}
+		distinct := len(counts(s.ids))
+		share := float64(distinct) / messages
+		t.Logf("replica %d (%s): %d records (%.1f%% of the messages)", i, r.addr, distinct, 100*share)
+		if share < minShare {
+			t.Errorf("replica %d took %.1f%% of the messages, want at least %.0f%%: the shared subscription did not split the load", i, 100*share, 100*minShare)
+		}
+	}
+
+	// Metrics, once every message is acknowledged (nothing held in flight).
+	for i, r := range replicas {
+		var m metrics
+		waitUntil(t, 20*time.Second, fmt.Sprintf("replica %d acknowledges everything", i), func() (bool, string) {
+			var err error
+			if m, err = scrape(r.addr); err != nil {
+				return false, err.Error()
+			}
+			n := m.sum("decryptd_inflight_messages")
+			return n == 0, fmt.Sprintf("decryptd_inflight_messages %v", n)
+		})
+		held := float64(len(sinks[i].ids))
+		delivered := m.sum("decryptd_messages_processed_total", "outcome", "delivered")
+		written := m.sum("decryptd_records_delivered_total", "sink", "records")
+		received := m.sum("decryptd_mqtt_messages_received_total")
+		dups := m.sum("decryptd_duplicates_total")
+		t.Logf("replica %d metrics: received %v, processed delivered %v, duplicate %v, records_delivered{records} %v, released %v, reconnects %v, kms unwraps %v",
+			i, received, delivered, dups, written,
+			m.sum("decryptd_mqtt_messages_released_total"), m.sum("decryptd_mqtt_reconnects_total"),
+			m.sum("decryptd_kms_requests_total", "operation", "unwrap"))
+		if written != held {
+			t.Errorf("replica %d: decryptd_records_delivered_total{sink=records} = %v, its sink holds %v records", i, written, held)
+		}
+		if delivered != held {
+			t.Errorf("replica %d: decryptd_messages_processed_total{outcome=delivered} = %v, its sink holds %v records", i, delivered, held)
+		}
+		if received < delivered+dups {
+			t.Errorf("replica %d: received %v messages but finished %v", i, received, delivered+dups)
+		}
+		for _, name := range []string{"decryptd_dead_letters_total", "decryptd_decrypt_failures_total"} {
+			if v := m.sum(name); v != 0 {
+				t.Errorf("replica %d: %s = %v, want 0 (every message is good)", i, name, v)
+			}
+		}
+		if v := m.sum("decryptd_kms_requests_total", "operation", "unwrap"); v > devices {
+			t.Errorf("replica %d: %v KMS unwraps for %d keys: the key cache should unwrap each key once", i, v, devices)
+		}
+		if v := m.sum("decryptd_mqtt_connection_up"); v != 1 {
+			t.Errorf("replica %d: decryptd_mqtt_connection_up = %v", i, v)
+		}
+	}
+
+	for i, r := range replicas {
+		if err := r.stop(); err != nil {
+			t.Errorf("replica %d: graceful stop: %v", i, err)
+		}
+	}
+}
