@@ -207,7 +207,7 @@ type Sink struct {
 	Topic  string `yaml:"topic,omitempty" json:"topic,omitempty"`
 	TLS    TLS    `yaml:"tls,omitempty" json:"tls,omitempty"`
 
-	// http: records POSTed as a JSON array to URL (https, or http to a
+	// http: records POSTed as NDJSON batches to URL (https, or http to a
 	// loopback host), at most BatchMax per request (default 100), each
 	// request bounded by Timeout (default 10s). AuthHeaderFile holds the
 	// Authorization header value; CAFile the CA bundle to trust.

@@ -11,3 +11,6 @@ func SetHTTPSleep(s *HTTP, f func(ctx context.Context, d time.Duration) error) {
 
 // ParseRetryAfter exposes parseRetryAfter to the tests.
 func ParseRetryAfter(v string, now time.Time) time.Duration { return parseRetryAfter(v, now) }
+
+// WithScheme exposes withScheme to the tests.
+func WithScheme(scheme, secret string) string { return withScheme(scheme, secret) }

@@ -244,10 +244,7 @@ func (s *HTTP) Write(ctx context.Context, batch []Record) error {
 			if err != nil {
 				return fmt.Errorf("http sink %q: auth_file: %w", s.opts.Name, err)
 			}
-			auth = v
-			if s.opts.AuthScheme != "" {
-				auth = s.opts.AuthScheme + " " + v
-			}
+			auth = withScheme(s.opts.AuthScheme, v)
 		}
 		wait, err := s.post(ctx, body, key, auth)
 		if err == nil {
@@ -427,3 +424,12 @@ func (f *secretFile) value() (string, error) {
 }
 
 var _ Sink = (*HTTP)(nil)
+
+// withScheme prefixes the secret with its scheme unless the file already
+// holds the whole header value ("Bearer abc" as well as "abc" work).
+func withScheme(scheme, secret string) string {
+	if scheme == "" || (len(secret) > len(scheme) && strings.EqualFold(secret[:len(scheme)], scheme) && secret[len(scheme)] == ' ') {
+		return secret
+	}
+	return scheme + " " + secret
+}

@@ -470,3 +470,17 @@ func TestParseRetryAfter(t *testing.T) {
 		}
 	}
 }
+
+func TestAuthSchemeNotDoubled(t *testing.T) {
+	for _, tc := range []struct{ scheme, secret, want string }{
+		{"Bearer", "abc", "Bearer abc"},
+		{"Bearer", "Bearer abc", "Bearer abc"},
+		{"Bearer", "bearer abc", "bearer abc"},
+		{"Bearer", "Bearerabc", "Bearer Bearerabc"},
+		{"", "Token xyz", "Token xyz"},
+	} {
+		if got := sink.WithScheme(tc.scheme, tc.secret); got != tc.want {
+			t.Errorf("WithScheme(%q, %q) = %q, want %q", tc.scheme, tc.secret, got, tc.want)
+		}
+	}
+}
