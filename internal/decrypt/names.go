@@ -1,6 +1,9 @@
 package decrypt
 
-import "errors"
+import (
+	"encoding/binary"
+	"errors"
+)
 
 // Name alphabets of the spec. Each check is a switch, not a lookup table,
 // so there is no package-level state.
@@ -83,10 +86,21 @@ func appendBase64(dst, text []byte) ([]byte, error) {
 		return dst, errors.New("bad base64: padding")
 	}
 	out := len(dst)
-	dst = grow(dst, n/4*3+2)
+	dst = grow(dst, n/4*3+4)
 	dst = dst[:out+n/4*3+(n%4*3)/4]
 	d := dst[out:]
 	var acc byte
+	// Eight characters make six bytes; the eight-byte store needs two
+	// bytes of slack past them, which grow reserved.
+	for len(src) >= 8 && cap(d) >= 8 {
+		a, b, c, e := b64Value[src[0]], b64Value[src[1]], b64Value[src[2]], b64Value[src[3]]
+		f, g, h, i := b64Value[src[4]], b64Value[src[5]], b64Value[src[6]], b64Value[src[7]]
+		acc |= a | b | c | e | f | g | h | i
+		v := uint64(a&63)<<58 | uint64(b&63)<<52 | uint64(c&63)<<46 | uint64(e&63)<<40 |
+			uint64(f&63)<<34 | uint64(g&63)<<28 | uint64(h&63)<<22 | uint64(i&63)<<16
+		binary.BigEndian.PutUint64(d[:8:cap(d)], v)
+		src, d = src[8:], d[6:]
+	}
 	for len(src) >= 4 && len(d) >= 3 {
 		a, b, c, e := b64Value[src[0]], b64Value[src[1]], b64Value[src[2]], b64Value[src[3]]
 		acc |= a | b | c | e

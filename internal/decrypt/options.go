@@ -117,33 +117,41 @@ func parseTopicPattern(p string) (topicPattern, error) {
 }
 
 // deviceID returns the device id the topic carries, or ok=false when the
-// pattern does not match it. One pass over the topic, no allocation.
+// pattern does not match it. It does not allocate; a literal level is one
+// comparison, a wildcard one search for '/'.
 func (tp topicPattern) deviceID(topic string) (id string, ok bool) {
-	pos := 0 // start of the next level; len(topic)+1 once every level is consumed
+	rest := topic
+	done := false // every level of the topic consumed
 	for _, l := range tp.levels {
 		if l == "#" {
 			return id, true
 		}
-		if pos > len(topic) {
+		if done {
 			return "", false
 		}
-		end := pos
-		for end < len(topic) && topic[end] != '/' {
-			end++
-		}
-		level := topic[pos:end]
-		pos = end + 1
+		var level string
 		switch l {
-		case "+":
-		case devicePlaceholder:
-			id = level
+		case "+", devicePlaceholder:
+			if i := strings.IndexByte(rest, '/'); i >= 0 {
+				level, rest = rest[:i], rest[i+1:]
+			} else {
+				level, rest, done = rest, "", true
+			}
+			if l != "+" {
+				id = level
+			}
 		default:
-			if level != l {
+			switch {
+			case len(rest) > len(l) && rest[len(l)] == '/' && rest[:len(l)] == l:
+				rest = rest[len(l)+1:]
+			case rest == l:
+				rest, done = "", true
+			default:
 				return "", false
 			}
 		}
 	}
-	if pos <= len(topic) {
+	if !done {
 		return "", false
 	}
 	return id, true
