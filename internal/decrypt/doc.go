@@ -42,5 +42,8 @@
 // envelope members, never sealed fields; two sealed values of one message
 // with the same nonce are a replay; a shape A record always has metadata
 // ({} when nothing but device_id and timestamp was there); a shape B record
-// without sealed values names no key.
+// without sealed values names no key and is not replay-checked (it has no
+// nonce); extra top-level members of a shape A message are ignored; the
+// unused low bits of a base64 text's last character are ignored, as
+// encoding/base64 does. Replay-window ages count from Message.ReceivedAt.
 package decrypt

@@ -229,6 +229,28 @@ func (s *scanner) value() (valueKind, error) {
 	return 0, s.fail("invalid character")
 }
 
+// member is value for a member's value, with the common scalars handled
+// here rather than one call deeper.
+func (s *scanner) member() (valueKind, error) {
+	if s.pos < len(s.buf) {
+		switch c := s.buf[s.pos]; {
+		case c == '"':
+			start := s.pos
+			esc, err := s.str()
+			if err != nil {
+				return 0, err
+			}
+			if s.collect {
+				s.checkSealed(start, esc)
+			}
+			return kindString, nil
+		case c >= '0' && c <= '9' || c == '-':
+			return kindNumber, s.number()
+		}
+	}
+	return s.value()
+}
+
 func (s *scanner) literal(lit string) error {
 	if len(s.buf)-s.pos < len(lit) || string(s.buf[s.pos:s.pos+len(lit)]) != lit {
 		return s.fail("invalid literal")
@@ -598,7 +620,7 @@ func (s *scanner) object() error {
 			var kind valueKind
 			if isTop && s.pos < len(s.buf) && s.buf[s.pos] == '"' && string(name) == "encrypted_data" && s.base64String() {
 				kind = kindString
-			} else if kind, err = s.value(); err != nil {
+			} else if kind, err = s.member(); err != nil {
 				return err
 			}
 			switch {
