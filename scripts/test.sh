@@ -15,6 +15,9 @@ if [ -n "$unformatted" ]; then echo "gofmt would change:"; echo "$unformatted"; 
 echo "== go vet"
 go vet ./...
 
+echo "== go mod tidy (no diff)"
+go mod tidy -diff
+
 echo "== fuzz (short run of every target, ${FUZZTIME:=10s} each)"
 for pkg in $(go list ./...); do
   dir=$(go list -f '{{.Dir}}' "$pkg")
