@@ -242,6 +242,13 @@ func (f *fleet) writeConfig(t *testing.T, rc replicaConfig) replicaFiles {
 	if err := os.WriteFile(rf.Config, []byte(b.String()), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// Registered before any daemon runs on this configuration, so it runs
+	// after they stopped: the log is complete, and shown once.
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("decryptd log %s:\n%s", rf.Log, tail(rf.Log, 16<<10))
+		}
+	})
 	return rf
 }
 
@@ -291,9 +298,6 @@ func startInProcess(t *testing.T, rf replicaFiles) *inProcess {
 		if err := r.stop(); err != nil {
 			t.Errorf("daemon %s: %v", rf.Config, err)
 		}
-		if t.Failed() {
-			t.Logf("daemon log %s:\n%s", rf.Log, tail(rf.Log, 16<<10))
-		}
 	})
 	waitReady(t, r.addr, func() bool { return false })
 	return r
@@ -334,12 +338,7 @@ func startProcess(t *testing.T, bin string, rf replicaFiles) *process {
 		logf.Close()
 		close(p.done)
 	}()
-	t.Cleanup(func() {
-		p.kill()
-		if t.Failed() {
-			t.Logf("decryptd log %s:\n%s", rf.Log, tail(rf.Log, 16<<10))
-		}
-	})
+	t.Cleanup(p.kill)
 	select {
 	case p.addr = <-lw.addr:
 	case <-p.done:
