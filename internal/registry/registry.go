@@ -3,6 +3,7 @@ package registry
 import (
 	"context"
 	"errors"
+	"slices"
 	"time"
 
 	"github.com/decryptd/decryptd/internal/dek"
@@ -24,6 +25,66 @@ type Entry struct {
 	UpdatedAt time.Time `json:"updated_at"`
 	// StateChangedAt is when State last changed (revocation, shred, ...).
 	StateChangedAt time.Time `json:"state_changed_at"`
+	// Rotation is the key-rotation bookkeeping of this version (package
+	// rotation). Zero for a version no rotation has touched.
+	Rotation Rotation `json:"rotation,omitzero"`
+}
+
+// Rotation tracks one version through a fleet key rotation. Versions keep
+// dek.State's four states; this is the extra that rotation needs: whether a
+// new version is still waiting for its device(s) to use it (Pending), the
+// rekey deliveries tried, when the version it supersedes is to be revoked,
+// and an approximate count of messages opened under it.
+type Rotation struct {
+	// Supersedes names the version of the same key this one replaces (set
+	// on a version made by a rotation).
+	Supersedes string `json:"supersedes,omitempty"`
+	// Pending: made by a rotation, delivered (or being delivered) to its
+	// device(s), not yet adopted. The backend already decrypts with it.
+	Pending bool `json:"pending,omitempty"`
+	// AdoptedAt: when the first message under this version (for a group
+	// key: from its last member) was decrypted.
+	AdoptedAt time.Time `json:"adopted_at,omitzero"`
+	// AdoptedBy: for a group key, the members seen using this version.
+	AdoptedBy []string `json:"adopted_by,omitempty"`
+	// RekeyAttempts and LastRekeyAt count the deliveries of this version's
+	// rekey message; RekeyFailures those the broker did not take.
+	RekeyAttempts int       `json:"rekey_attempts,omitempty"`
+	RekeyFailures int       `json:"rekey_failures,omitempty"`
+	LastRekeyAt   time.Time `json:"last_rekey_at,omitzero"`
+	// RevokeAfter, on a superseded (decrypt_only) version: when the grace
+	// period after its successor's adoption ends and it is revoked.
+	RevokeAfter time.Time `json:"revoke_after,omitzero"`
+	// Messages is an approximate count of messages decrypted under this
+	// version, summed from every replica's periodically flushed counters.
+	Messages uint64 `json:"messages,omitempty"`
+}
+
+// IsZero reports whether r holds nothing.
+func (r Rotation) IsZero() bool {
+	return r.Supersedes == "" && !r.Pending && r.AdoptedAt.IsZero() && len(r.AdoptedBy) == 0 &&
+		r.RekeyAttempts == 0 && r.RekeyFailures == 0 && r.LastRekeyAt.IsZero() && r.RevokeAfter.IsZero() && r.Messages == 0
+}
+
+// Equal reports whether r and o hold the same values.
+func (r Rotation) Equal(o Rotation) bool {
+	return r.Supersedes == o.Supersedes && r.Pending == o.Pending && r.AdoptedAt.Equal(o.AdoptedAt) &&
+		slices.Equal(r.AdoptedBy, o.AdoptedBy) && r.RekeyAttempts == o.RekeyAttempts &&
+		r.RekeyFailures == o.RekeyFailures && r.LastRekeyAt.Equal(o.LastRekeyAt) &&
+		r.RevokeAfter.Equal(o.RevokeAfter) && r.Messages == o.Messages
+}
+
+// stamped returns r with its times at the stores' precision.
+func (r Rotation) stamped() Rotation {
+	for _, t := range []*time.Time{&r.AdoptedAt, &r.LastRekeyAt, &r.RevokeAfter} {
+		if !t.IsZero() {
+			*t = stamp(*t)
+		}
+	}
+	if len(r.AdoptedBy) == 0 {
+		r.AdoptedBy = nil
+	}
+	return r
 }
 
 // Ref returns the entry's name.

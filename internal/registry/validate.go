@@ -85,6 +85,17 @@ func (e Entry) Validate() error {
 			seen[d] = struct{}{}
 		}
 	}
+	for i, d := range e.Rotation.AdoptedBy {
+		if !ValidDeviceID(d) {
+			return fmt.Errorf("%w: %s: rotation.adopted_by[%d] %q: want 1-128 of A-Z a-z 0-9 . _ : -", ErrInvalid, e.Ref(), i, clip(d))
+		}
+	}
+	if s := e.Rotation.Supersedes; s != "" && !ValidKeyVersion(s) {
+		return fmt.Errorf("%w: %s: rotation.supersedes %q: want 1-32 of A-Z a-z 0-9 . _ -", ErrInvalid, e.Ref(), clip(s))
+	}
+	if e.Rotation.RekeyAttempts < 0 || e.Rotation.RekeyFailures < 0 {
+		return fmt.Errorf("%w: %s: rotation counts must not be negative", ErrInvalid, e.Ref())
+	}
 	return nil
 }
 
@@ -100,6 +111,7 @@ func clip(s string) string {
 // Devices or ciphertext) cannot reach a store's own copy.
 func (e Entry) Clone() Entry {
 	e.Devices = slices.Clone(e.Devices)
+	e.Rotation.AdoptedBy = slices.Clone(e.Rotation.AdoptedBy)
 	e.Wrapped.Ciphertext = bytes.Clone(e.Wrapped.Ciphertext)
 	return e
 }
@@ -112,7 +124,7 @@ func SameContent(a, b Entry) bool {
 		a.Wrapped.RootKeyID == b.Wrapped.RootKeyID &&
 		a.Wrapped.RootKeyVersion == b.Wrapped.RootKeyVersion &&
 		bytes.Equal(a.Wrapped.Ciphertext, b.Wrapped.Ciphertext) &&
-		slices.Equal(a.Devices, b.Devices)
+		slices.Equal(a.Devices, b.Devices) && a.Rotation.Equal(b.Rotation)
 }
 
 // stamp is the precision every store keeps: PostgreSQL's timestamptz holds
@@ -136,6 +148,7 @@ func PrepareCreate(e Entry, now time.Time) (Entry, error) {
 		e.StateChangedAt = e.CreatedAt
 	}
 	e.CreatedAt, e.UpdatedAt, e.StateChangedAt = stamp(e.CreatedAt), stamp(e.UpdatedAt), stamp(e.StateChangedAt)
+	e.Rotation = e.Rotation.stamped()
 	if err := e.Validate(); err != nil {
 		return Entry{}, err
 	}
@@ -161,6 +174,7 @@ func ApplyUpdate(old Entry, now time.Time, fn func(*Entry) error) (next Entry, c
 		return Entry{}, false, fmt.Errorf("%w: %s: an update may not change created_at", ErrInvalid, old.Ref())
 	}
 	next.CreatedAt, next.UpdatedAt, next.StateChangedAt = old.CreatedAt, old.UpdatedAt, old.StateChangedAt
+	next.Rotation = next.Rotation.stamped()
 	if SameContent(old, next) {
 		return old, false, nil
 	}

@@ -2,6 +2,7 @@ package pgstore
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
@@ -156,16 +157,25 @@ func dbErr(op string, err error) error {
 	return fmt.Errorf("%s: %w", op, err)
 }
 
-const columns = `key_id, key_version, state, wrapped, root_key_id, root_key_version, devices, created_at, updated_at, state_changed_at`
+const columns = `key_id, key_version, state, wrapped, root_key_id, root_key_version, devices, created_at, updated_at, state_changed_at, rotation`
 
 func scanEntry(row pgx.Row) (registry.Entry, error) {
 	var (
-		e     registry.Entry
-		state string
+		e        registry.Entry
+		state    string
+		rotation []byte
 	)
 	if err := row.Scan(&e.KeyID, &e.Version, &state, &e.Wrapped.Ciphertext, &e.Wrapped.RootKeyID,
-		&e.Wrapped.RootKeyVersion, &e.Devices, &e.CreatedAt, &e.UpdatedAt, &e.StateChangedAt); err != nil {
+		&e.Wrapped.RootKeyVersion, &e.Devices, &e.CreatedAt, &e.UpdatedAt, &e.StateChangedAt, &rotation); err != nil {
 		return registry.Entry{}, err
+	}
+	if len(rotation) > 0 {
+		if err := json.Unmarshal(rotation, &e.Rotation); err != nil {
+			return registry.Entry{}, fmt.Errorf("stored entry %s@%s: rotation: %w", e.KeyID, e.Version, err)
+		}
+		if len(e.Rotation.AdoptedBy) == 0 {
+			e.Rotation.AdoptedBy = nil
+		}
 	}
 	e.State = dek.State(state)
 	if len(e.Devices) == 0 {
@@ -193,8 +203,12 @@ func args(e registry.Entry) []any {
 	if !e.Wrapped.IsZero() {
 		wrapped = e.Wrapped.Ciphertext
 	}
+	rotation, err := json.Marshal(e.Rotation)
+	if err != nil {
+		rotation = []byte("{}") // cannot happen: plain fields only
+	}
 	return []any{e.KeyID, e.Version, string(e.State), wrapped, e.Wrapped.RootKeyID,
-		e.Wrapped.RootKeyVersion, devices, e.CreatedAt, e.UpdatedAt, e.StateChangedAt}
+		e.Wrapped.RootKeyVersion, devices, e.CreatedAt, e.UpdatedAt, e.StateChangedAt, string(rotation)}
 }
 
 // Get returns one entry.
@@ -239,7 +253,7 @@ func (s *Store) Create(ctx context.Context, e registry.Entry) error {
 		return err
 	}
 	_, err = s.pool.Exec(ctx, "INSERT INTO decryptd_registry_entries ("+columns+
-		") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)", args(e)...)
+		") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)", args(e)...)
 	var pg *pgconn.PgError
 	if errors.As(err, &pg) && pg.Code == "23505" { // unique_violation
 		return fmt.Errorf("%s: %w", e.Ref(), registry.ErrExists)
@@ -279,8 +293,8 @@ func (s *Store) Update(ctx context.Context, keyID, version string, fn func(*regi
 	}
 	a := args(next)
 	if _, err := tx.Exec(ctx, `UPDATE decryptd_registry_entries SET state = $3, wrapped = $4, root_key_id = $5,
-		root_key_version = $6, devices = $7, updated_at = $8, state_changed_at = $9
-		WHERE key_id = $1 AND key_version = $2`, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[8], a[9]); err != nil {
+		root_key_version = $6, devices = $7, updated_at = $8, state_changed_at = $9, rotation = $10
+		WHERE key_id = $1 AND key_version = $2`, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[8], a[9], a[10]); err != nil {
 		return registry.Entry{}, dbErr(op, err)
 	}
 	if err := tx.Commit(ctx); err != nil {

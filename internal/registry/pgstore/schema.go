@@ -64,5 +64,9 @@ END $$;
 
 CREATE TRIGGER decryptd_registry_notify AFTER INSERT OR UPDATE OR DELETE ON decryptd_registry_entries
 	FOR EACH ROW EXECUTE FUNCTION decryptd_registry_notify();
+`}, {2, `
+-- Key rotation bookkeeping (registry.Rotation), one JSON document per
+-- version: additive, so a build that predates it keeps reading the table.
+ALTER TABLE decryptd_registry_entries ADD COLUMN rotation jsonb NOT NULL DEFAULT '{}';
 `}}
 }

@@ -103,6 +103,41 @@ func RunStoreContract(t *testing.T, open Opener) {
 	t.Run("WatchSameHandle", func(t *testing.T) { testWatchSameHandle(t, open) })
 	t.Run("WatchEndsWithContext", func(t *testing.T) { testWatchEndsWithContext(t, open) })
 	t.Run("CloseClosesWatch", func(t *testing.T) { testCloseClosesWatch(t, open) })
+	t.Run("RotationFields", func(t *testing.T) { testRotationFields(t, open) })
+}
+
+// testRotationFields: the rotation bookkeeping is stored, read back through
+// another handle, changed by Update (which counts it as a change) and
+// checked against the invariants.
+func testRotationFields(t *testing.T, open Opener) {
+	s, other := handles(t, open)
+	ctx := ctxT(t)
+	t0 := time.Date(2026, 1, 2, 3, 4, 5, 678901234, time.UTC)
+	e := NewEntry("group/g", "v2")
+	e.Devices = []string{"d1", "d2"}
+	e.Rotation = registry.Rotation{Supersedes: "v1", Pending: true, RekeyAttempts: 2, LastRekeyAt: t0, Messages: 1 << 40}
+	created := mustCreate(t, s, e)
+	if !created.Rotation.LastRekeyAt.Equal(t0.Truncate(time.Microsecond)) || created.Rotation.Supersedes != "v1" {
+		t.Fatalf("rotation not kept: %+v", created.Rotation)
+	}
+	got, err := s.Update(ctx, "group/g", "v2", func(x *registry.Entry) error {
+		x.Rotation.AdoptedBy = append(x.Rotation.AdoptedBy, "d1")
+		x.Rotation.Messages++
+		return nil
+	})
+	if err != nil || got.Rotation.Messages != created.Rotation.Messages+1 || got.UpdatedAt.Before(created.UpdatedAt) {
+		t.Fatalf("update: %v %+v", err, got.Rotation)
+	}
+	again, err := other().Get(ctx, "group/g", "v2")
+	if err != nil || !EqualEntries(again, got) || len(again.Rotation.AdoptedBy) != 1 || again.Rotation.Messages != 1<<40+1 {
+		t.Fatalf("read back: %v %+v", err, again.Rotation)
+	}
+	if _, err := s.Update(ctx, "group/g", "v2", func(x *registry.Entry) error {
+		x.Rotation.AdoptedBy = []string{"not valid"}
+		return nil
+	}); !errors.Is(err, registry.ErrInvalid) {
+		t.Fatalf("invalid adopted_by accepted: %v", err)
+	}
 }
 
 func testCreateGet(t *testing.T, open Opener) {
