@@ -90,7 +90,7 @@ func TestKilledReplicaRestartedLosesNothing(t *testing.T) {
 	var have map[string]int
 	waitUntil(t, 60*time.Second, "every published record in the sink", func() (bool, string) {
 		if n := countLines(rf.Records); n < messages {
-			return false, fmt.Sprintf("%d lines", n)
+			return false, fmt.Sprintf("%d lines for %d messages", n, messages)
 		}
 		s, err := readSink(rf.Records)
 		if err != nil {
