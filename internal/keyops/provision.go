@@ -134,6 +134,12 @@ func (op *Ops) provisionDevice(ctx context.Context, deviceID string) (Credential
 // createNext makes, wraps and stores the next version of keyID (active,
 // allowed for devices) and returns it with its DEK (caller wipes).
 func (op *Ops) createNext(ctx context.Context, keyID string, devices []string, why string) (registry.Entry, []byte, error) {
+	return op.createVersion(ctx, keyID, devices, registry.Rotation{}, audit.ActionProvision, why)
+}
+
+// createVersion is createNext with the new entry's rotation bookkeeping and
+// the audit action to record.
+func (op *Ops) createVersion(ctx context.Context, keyID string, devices []string, rot registry.Rotation, action audit.Action, why string) (registry.Entry, []byte, error) {
 	for try := 0; ; try++ {
 		es, err := op.versionsOf(ctx, keyID)
 		if err != nil {
@@ -148,16 +154,16 @@ func (op *Ops) createNext(ctx context.Context, keyID string, devices []string, w
 		w, err := op.o.KMS.Wrap(ctx, key, kms.DEKAAD(ref))
 		if err != nil {
 			clear(key)
-			aerr := op.record(ctx, audit.ActionProvision, ref, kms.Wrapped{}, start, err, why)
+			aerr := op.record(ctx, action, ref, kms.Wrapped{}, start, err, why)
 			return registry.Entry{}, nil, joinAudit(fmt.Errorf("wrap new DEK %s: %w", ref, err), aerr)
 		}
-		e := registry.Entry{KeyID: keyID, Version: ref.Version, State: dek.StateActive, Wrapped: w, Devices: devices, CreatedAt: op.o.Now()}
+		e := registry.Entry{KeyID: keyID, Version: ref.Version, State: dek.StateActive, Wrapped: w, Devices: devices, CreatedAt: op.o.Now(), Rotation: rot}
 		err = op.o.Registry.Create(ctx, e)
 		if errors.Is(err, registry.ErrExists) && try < maxCreateTries {
 			clear(key) // someone else took the name: start again
 			continue
 		}
-		aerr := op.record(ctx, audit.ActionProvision, ref, w, start, err, why)
+		aerr := op.record(ctx, action, ref, w, start, err, why)
 		if err != nil {
 			clear(key)
 			return registry.Entry{}, nil, joinAudit(fmt.Errorf("store %s: %w", ref, err), aerr)

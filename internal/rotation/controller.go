@@ -1,0 +1,570 @@
+package rotation
+
+import (
+	"context"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/decryptd/decryptd/internal/dek"
+	"github.com/decryptd/decryptd/internal/keyops"
+	"github.com/decryptd/decryptd/internal/kms"
+	"github.com/decryptd/decryptd/internal/registry"
+	"github.com/decryptd/decryptd/internal/rekey"
+)
+
+// Ops is what the controller needs of keyops; *keyops.Ops satisfies it.
+type Ops interface {
+	List(ctx context.Context) ([]registry.Entry, error)
+	RotateKey(ctx context.Context, keyID, why string) (registry.Entry, bool, error)
+	UnwrapForRekey(ctx context.Context, e registry.Entry, deviceID string) ([]byte, error)
+	NoteRekey(ctx context.Context, ref dek.Ref, failed bool) error
+	RevokeExpired(ctx context.Context, es []registry.Entry) ([]keyops.Outcome, error)
+	RootRotate(ctx context.Context, id string) (kms.RootKey, error)
+	Rewrap(ctx context.Context, progress keyops.RewrapProgress) (keyops.RewrapResult, error)
+}
+
+// RootState remembers when the root key was last rotated and whether the
+// rewrap that follows is done (PGState, FileState). Optional: without it
+// the controller does no root rotation.
+type RootState interface {
+	Load(ctx context.Context) (last time.Time, rewrapPending bool, err error)
+	Save(ctx context.Context, last time.Time, rewrapPending bool) error
+}
+
+// ControllerOptions configure a Controller.
+type ControllerOptions struct {
+	Policy    Policy
+	Ops       Ops       // required
+	Lease     Lease     // required
+	Publisher Publisher // required
+	RootState RootState // optional
+	// TopicPattern: rekey topic ({device_type}, {device_id}); default
+	// rekey.DefaultTopic. DeviceType fills {device_type} (default "device").
+	TopicPattern string
+	DeviceType   string
+	// Workers: rekeys made and sent at once (default 8).
+	Workers int
+	// LeaseRetry: how often a follower tries to take the lease (default 1s).
+	LeaseRetry time.Duration
+	Metrics    *Metrics
+	Logger     *zap.Logger
+	Now        func() time.Time
+	Rand       io.Reader
+}
+
+// Controller applies the policy while it holds the lease.
+type Controller struct {
+	o   ControllerOptions
+	log *zap.Logger
+
+	mu     sync.Mutex
+	leader bool
+	paused bool
+	tokens float64
+	last   time.Time // last budget refill
+	status Status
+}
+
+// Status is what the last scan found.
+type Status struct {
+	Leader     bool
+	Paused     bool
+	Keys       int
+	Pending    int
+	Stragglers []string // key ids
+	Rotated    int      // rotations started by the last scan
+	At         time.Time
+}
+
+// NewController checks o.
+func NewController(o ControllerOptions) (*Controller, error) {
+	if o.Ops == nil || o.Lease == nil || o.Publisher == nil {
+		return nil, errors.New("rotation: ControllerOptions.Ops, Lease and Publisher are required")
+	}
+	p, err := o.Policy.WithDefaults()
+	if err != nil {
+		return nil, err
+	}
+	o.Policy = p
+	if o.TopicPattern == "" {
+		o.TopicPattern = rekey.DefaultTopic
+	}
+	if o.DeviceType == "" {
+		o.DeviceType = "device"
+	}
+	if o.Workers <= 0 {
+		o.Workers = 8
+	}
+	if o.LeaseRetry <= 0 {
+		o.LeaseRetry = time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = zap.NewNop()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Rand == nil {
+		o.Rand = rand.Reader
+	}
+	if o.Metrics == nil {
+		o.Metrics, _ = NewMetrics(nil)
+	}
+	return &Controller{o: o, log: o.Logger.With(zap.String("component", "rotation"))}, nil
+}
+
+// Leader reports whether this controller holds the lease.
+func (c *Controller) Leader() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.leader
+}
+
+// Status returns what the last scan found.
+func (c *Controller) Status() Status {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := c.status
+	s.Leader, s.Paused = c.leader, c.paused
+	return s
+}
+
+// Run tries to lead until ctx ends; while leading, it scans every Tick.
+func (c *Controller) Run(ctx context.Context) error {
+	defer c.o.Lease.Release()
+	for ctx.Err() == nil {
+		lost, ok, err := c.o.Lease.TryAcquire(ctx)
+		if err != nil && ctx.Err() == nil {
+			c.log.Warn("rotation lease unavailable", zap.Error(err))
+		}
+		if !ok {
+			sleepCtx(ctx, c.o.LeaseRetry)
+			continue
+		}
+		c.lead(ctx, lost)
+	}
+	return nil
+}
+
+func (c *Controller) setLeader(on bool) {
+	c.mu.Lock()
+	c.leader = on
+	c.mu.Unlock()
+	v := 0.0
+	if on {
+		v = 1
+	}
+	c.o.Metrics.leader.Set(v)
+}
+
+func (c *Controller) lead(ctx context.Context, lost <-chan struct{}) {
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-lost:
+			cancel()
+		case <-lctx.Done():
+		}
+	}()
+	c.setLeader(true)
+	defer c.setLeader(false)
+	c.log.Info("rotation controller leading")
+	tick := time.NewTicker(c.o.Policy.Tick)
+	defer tick.Stop()
+	for {
+		if err := c.Scan(lctx); err != nil && lctx.Err() == nil {
+			c.o.Metrics.failures.WithLabelValues("scan").Inc()
+			c.log.Warn("rotation scan failed", zap.Error(err))
+		}
+		select {
+		case <-lctx.Done():
+			if ctx.Err() == nil {
+				c.log.Warn("rotation lease lost; following")
+			}
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+type keyView struct {
+	keyID   string
+	cur     registry.Entry
+	pending *registry.Entry
+}
+
+// Scan runs one pass of the policy. Exported for tests and `dekctl
+// rotate`'s immediate delivery; only call it while holding the lease.
+func (c *Controller) Scan(ctx context.Context) error {
+	now := c.o.Now()
+	p := c.o.Policy
+	es, err := c.o.Ops.List(ctx)
+	if err != nil {
+		return err
+	}
+	byKey := map[string][]registry.Entry{}
+	counts := map[dek.State]int{}
+	var order []string
+	devKeys := map[string]registry.Entry{} // device id -> its current own key
+	for _, e := range es {
+		counts[e.State]++
+		if _, ok := byKey[e.KeyID]; !ok {
+			order = append(order, e.KeyID)
+		}
+		byKey[e.KeyID] = append(byKey[e.KeyID], e)
+	}
+	for _, st := range []dek.State{dek.StateActive, dek.StateDecryptOnly, dek.StateRevoked, dek.StateShredded} {
+		c.o.Metrics.versions.WithLabelValues(string(st)).Set(float64(counts[st]))
+	}
+	var keys []keyView
+	for _, id := range order {
+		var kv keyView
+		kv.keyID = id
+		found := false
+		for i, e := range byKey[id] { // oldest first
+			if e.State != dek.StateActive {
+				continue
+			}
+			if e.Rotation.Pending {
+				kv.pending = &byKey[id][i]
+				continue
+			}
+			kv.cur, found = e, true
+		}
+		if !found {
+			continue
+		}
+		keys = append(keys, kv)
+		if d := deviceOfKey(id); d != "" {
+			devKeys[d] = kv.cur
+		}
+	}
+
+	// 1. Revoke what has served its grace period.
+	outs, err := c.o.Ops.RevokeExpired(ctx, es)
+	for _, o := range outs {
+		if o.Changed {
+			c.o.Metrics.revoked.Inc()
+		}
+	}
+	if err != nil {
+		c.o.Metrics.failures.WithLabelValues("revoke").Inc()
+		c.log.Warn("rotation: revoking expired versions failed", zap.Error(err))
+	}
+
+	// 2. Pending rotations: retry, count stragglers and failures.
+	var jobs []job
+	var stragglers []string
+	failing := 0
+	pending := 0
+	for _, kv := range keys {
+		if kv.pending == nil {
+			continue
+		}
+		pending++
+		r := kv.pending.Rotation
+		if now.Sub(kv.pending.CreatedAt) > p.RetryInterval && r.RekeyAttempts > 1 {
+			stragglers = append(stragglers, kv.keyID)
+		} else if r.RekeyFailures > 0 && r.RekeyFailures == r.RekeyAttempts {
+			failing++
+		}
+		if r.LastRekeyAt.IsZero() || now.Sub(r.LastRekeyAt) >= p.RetryInterval {
+			jobs = append(jobs, job{kv: kv, pending: *kv.pending})
+		}
+	}
+
+	// 3. Pause or resume the rollout.
+	ratio := 0.0
+	if pending > 0 {
+		ratio = float64(len(stragglers)+failing) / float64(pending)
+	}
+	c.mu.Lock()
+	wasPaused := c.paused
+	c.paused = pending >= p.PauseMinSample && ratio > p.PauseThreshold
+	paused := c.paused
+	c.mu.Unlock()
+	if paused != wasPaused {
+		if paused {
+			c.log.Error("rotation rollout paused: too many failed deliveries or stragglers",
+				zap.Int("pending", pending), zap.Int("stragglers", len(stragglers)), zap.Int("failing", failing))
+		} else {
+			c.log.Info("rotation rollout resumed")
+		}
+	}
+	c.o.Metrics.paused.Set(b2f(paused))
+	c.o.Metrics.pending.Set(float64(pending))
+	c.o.Metrics.stragglers.Set(float64(len(stragglers)))
+
+	// 4. Start rotations that are due, within the budget.
+	c.refill(now, len(keys))
+	type due struct {
+		kv      keyView
+		trigger string
+	}
+	var dues []due
+	for _, kv := range keys {
+		if kv.pending != nil {
+			continue
+		}
+		switch {
+		case kv.cur.Rotation.Messages >= p.MessageLimit:
+			dues = append(dues, due{kv, "messages"})
+		case now.Sub(kv.cur.CreatedAt) >= p.MaxAge:
+			dues = append(dues, due{kv, "age"})
+		}
+	}
+	sort.SliceStable(dues, func(i, j int) bool { return dues[i].kv.cur.CreatedAt.Before(dues[j].kv.cur.CreatedAt) })
+	started := 0
+	for _, d := range dues {
+		if ctx.Err() != nil {
+			break
+		}
+		if d.trigger == "age" {
+			if paused || !c.take() {
+				continue
+			}
+		}
+		e, created, err := c.o.Ops.RotateKey(ctx, d.kv.keyID, "policy: "+d.trigger)
+		if err != nil {
+			c.o.Metrics.failures.WithLabelValues("rotate").Inc()
+			c.log.Warn("rotation: starting a rotation failed", zap.String("key_id", d.kv.keyID), zap.Error(err))
+			continue
+		}
+		if created {
+			started++
+			c.o.Metrics.rotationsStarted.WithLabelValues(d.trigger).Inc()
+		}
+		jobs = append(jobs, job{kv: d.kv, pending: e})
+	}
+
+	// 5. Deliver.
+	c.deliver(ctx, jobs, devKeys)
+
+	// 6. Root key schedule and rewrap.
+	c.rootSchedule(ctx, now)
+
+	c.mu.Lock()
+	c.status = Status{Keys: len(keys), Pending: pending, Stragglers: stragglers, Rotated: started, At: now}
+	c.mu.Unlock()
+	return ctx.Err()
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// refill adds the budget accrued since the last scan: SharePerWindow of
+// the keys per ShareWindow, at most one window's worth (at least one key).
+func (c *Controller) refill(now time.Time, keys int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p := c.o.Policy
+	limit := p.SharePerWindow * float64(keys)
+	if c.last.IsZero() {
+		c.tokens, c.last = limit, now
+		return
+	}
+	c.tokens += limit * float64(now.Sub(c.last)) / float64(p.ShareWindow)
+	c.tokens = min(c.tokens, max(limit, 1))
+	c.last = now
+}
+
+func (c *Controller) take() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.tokens < 1 {
+		return false
+	}
+	c.tokens--
+	return true
+}
+
+type job struct {
+	kv      keyView
+	pending registry.Entry
+}
+
+func (c *Controller) deliver(ctx context.Context, jobs []job, devKeys map[string]registry.Entry) {
+	ch := make(chan job)
+	var wg sync.WaitGroup
+	for range min(c.o.Workers, max(len(jobs), 1)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range ch {
+				c.sendJob(ctx, j, devKeys)
+			}
+		}()
+	}
+	for _, j := range jobs {
+		select {
+		case ch <- j:
+		case <-ctx.Done():
+		}
+	}
+	close(ch)
+	wg.Wait()
+}
+
+// sendJob sends the pending version's rekey to its device, or to every
+// group member that has not adopted it, and records the attempt.
+func (c *Controller) sendJob(ctx context.Context, j job, devKeys map[string]registry.Entry) {
+	type target struct {
+		device string
+		wrap   registry.Entry
+	}
+	var ts []target
+	if d := deviceOfKey(j.kv.keyID); d != "" {
+		ts = append(ts, target{d, j.kv.cur})
+	} else {
+		for _, d := range j.pending.Devices {
+			if contains(j.pending.Rotation.AdoptedBy, d) {
+				continue
+			}
+			w, ok := devKeys[d]
+			if !ok {
+				w = j.kv.cur // a member without a key of its own holds the group's
+			}
+			ts = append(ts, target{d, w})
+		}
+	}
+	if len(ts) == 0 {
+		return
+	}
+	newKey, err := c.o.Ops.UnwrapForRekey(ctx, j.pending, ts[0].device)
+	failed := false
+	if err != nil {
+		failed = true
+		c.log.Warn("rotation: unwrapping the new version failed", zap.String("key_id", j.kv.keyID), zap.Error(err))
+	} else {
+		for _, t := range ts {
+			if err := c.sendOne(ctx, j.pending, newKey, t.device, t.wrap); err != nil {
+				failed = true
+				c.log.Warn("rotation: rekey delivery failed", zap.String("key_id", j.kv.keyID), zap.String("device_id", t.device), zap.Error(err))
+			}
+		}
+		clear(newKey)
+	}
+	if failed {
+		c.o.Metrics.rekeysFailed.Inc()
+		c.o.Metrics.failures.WithLabelValues("rekey").Inc()
+	}
+	if err := c.o.Ops.NoteRekey(context.WithoutCancel(ctx), j.pending.Ref(), failed); err != nil {
+		c.log.Warn("rotation: recording a rekey attempt failed", zap.Error(err))
+	}
+}
+
+func (c *Controller) sendOne(ctx context.Context, pending registry.Entry, newKey []byte, deviceID string, wrap registry.Entry) error {
+	wk, err := c.o.Ops.UnwrapForRekey(ctx, wrap, deviceID)
+	if err != nil {
+		return err
+	}
+	aead, err := gcm(wk)
+	clear(wk)
+	if err != nil {
+		return err
+	}
+	h := rekey.Header{DeviceID: deviceID, KeyID: pending.KeyID, NewVersion: pending.Version,
+		WrapKeyID: wrap.KeyID, WrapKeyVersion: wrap.Version}
+	msg, err := rekey.Seal(c.o.Rand, aead, h, newKey, c.o.Now())
+	if err != nil {
+		return err
+	}
+	topic := rekey.Topic(c.o.TopicPattern, c.o.DeviceType, deviceID)
+	if err := c.o.Publisher.Publish(ctx, topic, msg); err != nil {
+		return fmt.Errorf("publish: %w", err)
+	}
+	c.o.Metrics.rekeysSent.Inc()
+	return nil
+}
+
+func gcm(key []byte) (cipher.AEAD, error) {
+	b, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, err
+	}
+	return cipher.NewGCM(b)
+}
+
+// rootSchedule rotates the root key when its policy age is reached, and
+// runs (or resumes) the rewrap of every DEK after it, counting failures.
+func (c *Controller) rootSchedule(ctx context.Context, now time.Time) {
+	if c.o.RootState == nil || c.o.Policy.RootRotationOff {
+		return
+	}
+	last, rewrapPending, err := c.o.RootState.Load(ctx)
+	if err != nil {
+		c.log.Warn("rotation: reading the root rotation state failed", zap.Error(err))
+		return
+	}
+	if last.IsZero() {
+		// First run: the schedule starts now.
+		_ = c.o.RootState.Save(ctx, now, false)
+		return
+	}
+	if now.Sub(last) >= c.o.Policy.RootMaxAge {
+		if _, err := c.o.Ops.RootRotate(ctx, ""); err != nil {
+			c.o.Metrics.failures.WithLabelValues("root_rotate").Inc()
+			c.log.Error("rotation: root key rotation failed", zap.Error(err))
+			return
+		}
+		c.log.Info("rotation: root key rotated; rewrapping every DEK")
+		last, rewrapPending = now, true
+		if err := c.o.RootState.Save(ctx, last, true); err != nil {
+			c.log.Error("rotation: saving the root rotation state failed", zap.Error(err))
+		}
+	}
+	if !rewrapPending {
+		return
+	}
+	res, err := c.RewrapNow(ctx)
+	if err != nil {
+		c.log.Error("rotation: rewrap after root rotation incomplete; retried next scan",
+			zap.Int("failed", len(res.Failures)), zap.Int("rewrapped", res.Rewrapped), zap.Error(err))
+		return
+	}
+	_ = c.o.RootState.Save(ctx, last, false)
+}
+
+// RewrapNow runs the (resumable) rewrap once and counts its failures in
+// the metrics.
+func (c *Controller) RewrapNow(ctx context.Context) (keyops.RewrapResult, error) {
+	res, err := c.o.Ops.Rewrap(ctx, nil)
+	if n := len(res.Failures); n > 0 {
+		c.o.Metrics.rewrapFailures.Add(float64(n))
+		c.o.Metrics.failures.WithLabelValues("rewrap").Inc()
+	}
+	c.o.Metrics.rewrapFailing.Set(b2f(err != nil))
+	return res, err
+}
+
+// KeyIDsOf names what `dekctl rotate` selects: a device's key, a group's,
+// or every key with an active version.
+func KeyIDsOf(es []registry.Entry, device, group string, all bool) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, e := range es {
+		if e.State != dek.StateActive || seen[e.KeyID] {
+			continue
+		}
+		if all || (device != "" && e.KeyID == dek.DeviceKeyID(device)) || (group != "" && e.KeyID == "group/"+strings.TrimPrefix(group, "group/")) {
+			seen[e.KeyID] = true
+			out = append(out, e.KeyID)
+		}
+	}
+	return out
+}
