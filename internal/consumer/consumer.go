@@ -388,6 +388,9 @@ func (c *Consumer) drain(ctx context.Context) {
 func (c *Consumer) onMessage(_ mqtt.Client, pm mqtt.Message) {
 	now := time.Now()
 	c.m.received.Inc()
+	if pm.Duplicate() {
+		c.m.redelivered.Inc()
+	}
 	c.lastRecv.Store(now.UnixNano())
 
 	c.mu.Lock()

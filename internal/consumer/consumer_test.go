@@ -97,11 +97,12 @@ func TestMetricsRegistered(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n != 7 {
-		t.Fatalf("%d metrics, want 7", n)
+	if n != 8 {
+		t.Fatalf("%d metrics, want 8", n)
 	}
 	for _, name := range []string{"decryptd_mqtt_messages_received_total", "decryptd_mqtt_connection_up", "decryptd_mqtt_reconnects_total",
-		"decryptd_inflight_messages", "decryptd_mqtt_ack_latency_seconds", "decryptd_mqtt_unacked_messages", "decryptd_mqtt_messages_released_total"} {
+		"decryptd_inflight_messages", "decryptd_mqtt_ack_latency_seconds", "decryptd_mqtt_unacked_messages", "decryptd_mqtt_messages_released_total",
+		"decryptd_mqtt_messages_redelivered_total"} {
 		if c, _ := testutil.GatherAndCount(reg, name); c != 1 {
 			t.Errorf("metric %s missing", name)
 		}
@@ -420,6 +421,9 @@ func TestRedeliveryAfterKill(t *testing.T) {
 		if !m.Dup {
 			t.Errorf("%s redelivered without Dup", m.Payload)
 		}
+	}
+	if got := testutil.ToFloat64(c2.m.redelivered); got != n {
+		t.Errorf("redelivered counter = %v, want %d", got, n)
 	}
 }
 

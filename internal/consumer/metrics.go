@@ -7,10 +7,11 @@ import (
 )
 
 type metrics struct {
-	received   prometheus.Counter
-	reconnects prometheus.Counter
-	released   prometheus.Counter
-	ackLatency prometheus.Histogram
+	received    prometheus.Counter
+	redelivered prometheus.Counter
+	reconnects  prometheus.Counter
+	released    prometheus.Counter
+	ackLatency  prometheus.Histogram
 }
 
 // newMetrics creates the consumer's metrics; the gauges read live state
@@ -20,6 +21,10 @@ func newMetrics(reg prometheus.Registerer, up, inflight, unacked func() float64)
 		received: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "decryptd_mqtt_messages_received_total",
 			Help: "PUBLISH packets delivered to the consumer by the broker, redeliveries included.",
+		}),
+		redelivered: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "decryptd_mqtt_messages_redelivered_total",
+			Help: "Messages the broker sent again with the DUP flag (unacknowledged before a reconnect or restart); records they yield repeat an earlier record id.",
 		}),
 		reconnects: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "decryptd_mqtt_reconnects_total",
@@ -39,7 +44,7 @@ func newMetrics(reg prometheus.Registerer, up, inflight, unacked func() float64)
 		return m, nil
 	}
 	for _, c := range []prometheus.Collector{
-		m.received, m.reconnects, m.released, m.ackLatency,
+		m.received, m.redelivered, m.reconnects, m.released, m.ackLatency,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "decryptd_mqtt_connection_up",
 			Help: "1 while the MQTT connection is open, else 0.",
