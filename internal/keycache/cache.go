@@ -248,6 +248,14 @@ func (c *Cache) missOrStale(ctx context.Context, s *shard, ref dek.Ref, deviceID
 		s.add(resDenied)
 		return nil, errDenied(ref, deviceID)
 	}
+	// Treat the silent KMS as failing: the next lookups are served stale at
+	// once (and counted so) instead of each waiting StaleWait again; the
+	// load still running clears this when it succeeds.
+	e.retryAt.Store(c.clock() + int64(c.opts.StaleRetry))
+	if !e.failing.Swap(true) {
+		c.log.Warn("KMS or registry slow to answer, serving the cached DEK past its lifetime",
+			zap.String("key_id", ref.KeyID), zap.String("key_version", ref.Version))
+	}
 	s.add(resStale)
 	return v.aead, nil
 }
