@@ -1,0 +1,147 @@
+// Command decryptd-bench runs decryptd's benchmark harness (package
+// internal/bench): the end-to-end drain of a backlog by decryptd against
+// a bare MQTT subscriber, and the cold start against the Key Protect
+// emulator. It writes the results as JSON and the chart as SVG, and prints
+// a summary. scripts/bench.sh (make bench) runs it after the Go
+// micro-benchmarks, whose output it takes with -micro.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/decryptd/decryptd/internal/bench"
+)
+
+func main() { os.Exit(run()) }
+
+func run() int {
+	var do bench.DrainOptions
+	var co bench.ColdStartOptions
+	fs := flag.NewFlagSet("decryptd-bench", flag.ContinueOnError)
+	drain := fs.Bool("drain", true, "run the drain benchmark")
+	cold := fs.Bool("cold", true, "run the cold start benchmark")
+	fs.IntVar(&do.Messages, "messages", 200_000, "drain: backlog size per drain")
+	fs.IntVar(&do.Devices, "devices", 5_000, "drain: devices, one key each")
+	fs.IntVar(&do.Rounds, "rounds", 2, "drain: pairs of drains (bare, then decryptd)")
+	fs.IntVar(&do.Workers, "workers", 64, "drain: decryptd mqtt.workers")
+	fs.IntVar(&do.MaxInFlight, "max-in-flight", 1024, "drain: decryptd mqtt.max_in_flight")
+	fs.IntVar(&do.BrokerInflight, "broker-inflight", 0, "drain: Mosquitto max_inflight_messages for both drainers (default: -max-in-flight)")
+	fs.IntVar(&do.Autosave, "autosave", 60, "drain: Mosquitto autosave_interval in seconds")
+	fs.StringVar(&do.ProfileDir, "profile-dir", "", "drain: write a CPU profile of each timed drain into this directory")
+	fs.IntVar(&co.Devices, "cold-devices", 20_000, "cold start: devices, one key and one first message each")
+	fs.DurationVar(&co.KMSLatency, "cold-latency", 20*time.Millisecond, "cold start: Key Protect emulator latency")
+	fs.IntVar(&co.MaxConcurrentUnwraps, "cold-cap", 16, "cold start: cache.max_concurrent_unwraps")
+	fs.IntVar(&co.Workers, "cold-workers", 64, "cold start: decryptd mqtt.workers")
+	fs.IntVar(&co.MaxInFlight, "cold-max-in-flight", 1024, "cold start: decryptd mqtt.max_in_flight (and the broker's window)")
+	micro := fs.String("micro", "", "file holding `go test -bench` output to include in the results")
+	out := fs.String("out", "", "write the results as JSON to this file")
+	svg := fs.String("svg", "", "write the drain chart (SVG) to this file")
+	dir := fs.String("dir", "", "working directory (default: a new temporary one, removed at the end)")
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "decryptd-bench: unexpected arguments %q\n", fs.Args())
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := runBench(ctx, fs, *drain, *cold, do, co, *micro, *out, *svg, *dir); err != nil {
+		fmt.Fprintln(os.Stderr, "decryptd-bench:", err)
+		return 1
+	}
+	return 0
+}
+
+func runBench(ctx context.Context, fs *flag.FlagSet, drain, cold bool, do bench.DrainOptions, co bench.ColdStartOptions, micro, out, svg, dir string) error {
+	if dir == "" {
+		d, err := os.MkdirTemp("", "decryptd-bench-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(d)
+		dir = d
+	}
+	zc := zap.NewProductionConfig()
+	zc.Level = zap.NewAtomicLevelAt(zapcore.WarnLevel)
+	log, err := zc.Build()
+	if err != nil {
+		return err
+	}
+	defer func() { _ = log.Sync() }()
+
+	res := &bench.Results{Date: time.Now().UTC(), Command: commandLine(fs), Machine: bench.DescribeMachine()}
+	if micro != "" {
+		f, err := os.Open(micro)
+		if err != nil {
+			return err
+		}
+		res.Micro, err = bench.ParseGoBench(f)
+		f.Close()
+		if err != nil {
+			return err
+		}
+	}
+	if drain {
+		do.Dir, do.Progress, do.Logger = filepath.Join(dir, "drain"), os.Stderr, log.With(zap.String("bench", "drain"))
+		if res.Drain, err = bench.Drain(ctx, do); err != nil {
+			return fmt.Errorf("drain: %w", err)
+		}
+	}
+	if cold {
+		co.Dir, co.Progress, co.Logger = filepath.Join(dir, "cold"), os.Stderr, log.With(zap.String("bench", "cold start"))
+		if res.ColdStart, err = bench.ColdStart(ctx, co); err != nil {
+			return fmt.Errorf("cold start: %w", err)
+		}
+	}
+	if out != "" {
+		data, err := json.MarshalIndent(res, "", "  ")
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(out, append(data, '\n'), 0o644); err != nil {
+			return err
+		}
+	}
+	if svg != "" && res.Drain != nil {
+		f, err := os.Create(svg)
+		if err != nil {
+			return err
+		}
+		if err := res.WriteSVG(f); err != nil {
+			f.Close()
+			return err
+		}
+		if err := f.Close(); err != nil {
+			return err
+		}
+	}
+	fmt.Println()
+	res.WriteSummary(os.Stdout)
+	return nil
+}
+
+// commandLine records how the run was made: the flags that were set.
+func commandLine(fs *flag.FlagSet) string {
+	parts := []string{"decryptd-bench"}
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "micro", "out", "svg", "dir", "profile-dir":
+			return // paths, not parameters
+		}
+		parts = append(parts, "-"+f.Name+"="+f.Value.String())
+	})
+	return strings.Join(parts, " ")
+}

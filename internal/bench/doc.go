@@ -1,0 +1,32 @@
+// Package bench is decryptd's benchmark harness behind cmd/decryptd-bench
+// and scripts/bench.sh (make bench). It owns the measurements that need
+// real parts, which go test -bench cannot set up fairly:
+//
+//   - Drain: a backlog (200,000 messages of about 300 bytes from 5,000
+//     devices by default) queued at QoS 1 in a persistent session on a
+//     local Mosquitto started by the harness (mutual TLS, one config for
+//     both sides), then drained by a bare paho subscriber that only counts
+//     and acknowledges (the transport's limit) and by decryptd, in process,
+//     into an fsynced file sink. Both sides alternate (bare, decryptd, bare,
+//     decryptd, ...), each on a fresh backlog in its own session, and the
+//     ratio is taken from medians of the same run. It reports messages per
+//     second, latency from the device timestamp (milliseconds) to receipt
+//     and to the sink, CPU time per message (getrusage of this process, the
+//     broker apart), peak RSS and the KMS unwraps decryptd made.
+//   - Cold start: one first message from each of N devices, decryptd
+//     unwrapping through the real Key Protect provider against the
+//     emulator (internal/kpemu) answering after a set latency. It reports
+//     the unwraps, the most unwrap requests the emulator held at once, the
+//     time until every key is cached, and the memory the cached keys take
+//     above the idle daemon.
+//
+// Set-up shortcuts, none of them in the measured part: the fleet's keys are
+// provisioned with fleet.Bulk (dekctl provision's semantics) into a file
+// registry written in one go, and the provisioning audit events are
+// counted instead of written (the daemon under test writes its own audit
+// log, fsyncs included).
+//
+// The harness is a tool, not a test: it needs /usr/sbin/mosquitto, writes
+// only under its working directory, listens only on 127.0.0.1 and stops
+// the processes it started.
+package bench
