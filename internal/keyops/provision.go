@@ -134,16 +134,19 @@ func (op *Ops) provisionDevice(ctx context.Context, deviceID string) (Credential
 // createNext makes, wraps and stores the next version of keyID (active,
 // allowed for devices) and returns it with its DEK (caller wipes).
 func (op *Ops) createNext(ctx context.Context, keyID string, devices []string, why string) (registry.Entry, []byte, error) {
-	return op.createVersion(ctx, keyID, devices, registry.Rotation{}, audit.ActionProvision, why)
+	return op.createVersion(ctx, keyID, nil, devices, registry.Rotation{}, audit.ActionProvision, why)
 }
 
 // createVersion is createNext with the new entry's rotation bookkeeping and
 // the audit action to record.
-func (op *Ops) createVersion(ctx context.Context, keyID string, devices []string, rot registry.Rotation, action audit.Action, why string) (registry.Entry, []byte, error) {
+func (op *Ops) createVersion(ctx context.Context, keyID string, known []registry.Entry, devices []string, rot registry.Rotation, action audit.Action, why string) (registry.Entry, []byte, error) {
 	for try := 0; ; try++ {
-		es, err := op.versionsOf(ctx, keyID)
-		if err != nil {
-			return registry.Entry{}, nil, err
+		es := known
+		if es == nil || try > 0 {
+			var err error
+			if es, err = op.versionsOf(ctx, keyID); err != nil {
+				return registry.Entry{}, nil, err
+			}
 		}
 		ref := dek.Ref{KeyID: keyID, Version: nextVersion(es)}
 		start := op.o.Now()

@@ -63,13 +63,26 @@ func currentOf(es []registry.Entry, keyID string) (cur registry.Entry, pending *
 // that each export of a DEK is its own audit event. Needs KMS, Registry,
 // Audit.
 func (op *Ops) RotateKey(ctx context.Context, keyID, why string) (e registry.Entry, created bool, err error) {
+	return op.RotateKeyFrom(ctx, keyID, nil, why)
+}
+
+// RotateKeyFrom is RotateKey given the key's versions as the caller last
+// listed them (oldest first; nil: read them), so that a controller rotating
+// many keys does not list the registry once per key. A stale list costs
+// nothing worse than a retry: the version name is taken atomically.
+func (op *Ops) RotateKeyFrom(ctx context.Context, keyID string, versions []registry.Entry, why string) (e registry.Entry, created bool, err error) {
 	if !registry.ValidKeyID(keyID) {
 		return registry.Entry{}, false, invalid("key id %q: want 1-200 of A-Z a-z 0-9 . _ : / -", clip(keyID))
 	}
 	if err := op.needKMS(); err != nil {
 		return registry.Entry{}, false, err
 	}
-	cur, pending, err := op.Current(ctx, keyID)
+	if versions == nil {
+		if versions, err = op.versionsOf(ctx, keyID); err != nil {
+			return registry.Entry{}, false, err
+		}
+	}
+	cur, pending, err := currentOf(versions, keyID)
 	if err != nil {
 		return registry.Entry{}, false, err
 	}
@@ -80,7 +93,7 @@ func (op *Ops) RotateKey(ctx context.Context, keyID, why string) (e registry.Ent
 	if why != "" {
 		detail += ": " + why
 	}
-	e, key, err := op.createVersion(ctx, keyID, slices.Clone(cur.Devices),
+	e, key, err := op.createVersion(ctx, keyID, versions, slices.Clone(cur.Devices),
 		registry.Rotation{Supersedes: cur.Version, Pending: true}, audit.ActionRotate, detail)
 	clear(key)
 	if err != nil {
@@ -193,38 +206,38 @@ func (op *Ops) Adopt(ctx context.Context, ref dek.Ref, deviceID string, grace ti
 	return false, nil
 }
 
-// Supersede demotes every active version of e's key older than e (e being
-// adopted) to decrypt_only, revoked after grace counted from e's adoption.
+// supersede demotes the version e supersedes (Rotation.Supersedes) to
+// decrypt_only, revoked after grace counted from e's adoption.
 func (op *Ops) supersede(ctx context.Context, e registry.Entry, grace time.Duration) error {
-	es, err := op.versionsOf(ctx, e.KeyID)
-	if err != nil {
-		return err
+	if e.Rotation.Supersedes == "" {
+		return nil
 	}
 	revokeAt := e.Rotation.AdoptedAt.Add(grace)
-	var errs []error
-	for _, o := range es {
-		if o.Version == e.Version || !o.CreatedAt.Before(e.CreatedAt) || o.State != dek.StateActive {
-			continue
+	start := op.o.Now()
+	changed := false
+	got, err := op.o.Registry.Update(ctx, e.KeyID, e.Rotation.Supersedes, func(cur *registry.Entry) error {
+		changed = false
+		if cur.State == dek.StateActive {
+			cur.State = dek.StateDecryptOnly
+			cur.Rotation.RevokeAfter = revokeAt
+			cur.Rotation.Pending = false
+			changed = true
 		}
-		start := op.o.Now()
-		got, err := op.o.Registry.Update(ctx, o.KeyID, o.Version, func(cur *registry.Entry) error {
-			if cur.State == dek.StateActive {
-				cur.State = dek.StateDecryptOnly
-				cur.Rotation.RevokeAfter = revokeAt
-				cur.Rotation.Pending = false
-			}
-			return nil
-		})
-		if err != nil {
-			got = o
-		}
-		aerr := op.record(ctx, audit.ActionRotate, o.Ref(), got.Wrapped, start, err,
-			"active -> decrypt_only, superseded by "+e.Version+", revoke after "+revokeAt.UTC().Format(time.RFC3339))
-		if err := joinAudit(err, aerr); err != nil {
-			errs = append(errs, fmt.Errorf("supersede %s: %w", o.Ref(), err))
-		}
+		return nil
+	})
+	if errors.Is(err, registry.ErrNotFound) {
+		return nil
 	}
-	return errors.Join(errs...)
+	if err == nil && !changed {
+		return nil
+	}
+	ref := dek.Ref{KeyID: e.KeyID, Version: e.Rotation.Supersedes}
+	aerr := op.record(ctx, audit.ActionRotate, ref, got.Wrapped, start, err,
+		"active -> decrypt_only, superseded by "+e.Version+", revoke after "+revokeAt.UTC().Format(time.RFC3339))
+	if err := joinAudit(err, aerr); err != nil {
+		return fmt.Errorf("supersede %s: %w", ref, err)
+	}
+	return nil
 }
 
 // RevokeExpired revokes every decrypt_only version whose grace period has

@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -25,7 +26,7 @@ import (
 // Ops is what the controller needs of keyops; *keyops.Ops satisfies it.
 type Ops interface {
 	List(ctx context.Context) ([]registry.Entry, error)
-	RotateKey(ctx context.Context, keyID, why string) (registry.Entry, bool, error)
+	RotateKeyFrom(ctx context.Context, keyID string, versions []registry.Entry, why string) (registry.Entry, bool, error)
 	UnwrapForRekey(ctx context.Context, e registry.Entry, deviceID string) ([]byte, error)
 	NoteRekey(ctx context.Context, ref dek.Ref, failed bool) error
 	RevokeExpired(ctx context.Context, es []registry.Entry) ([]keyops.Outcome, error)
@@ -325,31 +326,15 @@ func (c *Controller) Scan(ctx context.Context) error {
 		}
 	}
 	sort.SliceStable(dues, func(i, j int) bool { return dues[i].kv.cur.CreatedAt.Before(dues[j].kv.cur.CreatedAt) })
-	started := 0
 	for _, d := range dues {
-		if ctx.Err() != nil {
-			break
-		}
-		if d.trigger == "age" {
-			if paused || !c.take() {
-				continue
-			}
-		}
-		e, created, err := c.o.Ops.RotateKey(ctx, d.kv.keyID, "policy: "+d.trigger)
-		if err != nil {
-			c.o.Metrics.failures.WithLabelValues("rotate").Inc()
-			c.log.Warn("rotation: starting a rotation failed", zap.String("key_id", d.kv.keyID), zap.Error(err))
+		if d.trigger == "age" && (paused || !c.take()) {
 			continue
 		}
-		if created {
-			started++
-			c.o.Metrics.rotationsStarted.WithLabelValues(d.trigger).Inc()
-		}
-		jobs = append(jobs, job{kv: d.kv, pending: e})
+		jobs = append(jobs, job{kv: d.kv, trigger: d.trigger, versions: byKey[d.kv.keyID]})
 	}
 
-	// 5. Deliver.
-	c.deliver(ctx, jobs, devKeys)
+	// 5. Start the rotations and deliver.
+	started := c.deliver(ctx, jobs, devKeys)
 
 	// 6. Root key schedule and rewrap.
 	c.rootSchedule(ctx, now)
@@ -394,11 +379,16 @@ func (c *Controller) take() bool {
 }
 
 type job struct {
-	kv      keyView
-	pending registry.Entry
+	kv       keyView
+	pending  registry.Entry
+	trigger  string           // set: start the rotation first
+	versions []registry.Entry // the key's versions, for trigger
 }
 
-func (c *Controller) deliver(ctx context.Context, jobs []job, devKeys map[string]registry.Entry) {
+// deliver runs the jobs on the workers and returns how many rotations it
+// started.
+func (c *Controller) deliver(ctx context.Context, jobs []job, devKeys map[string]registry.Entry) int {
+	var started atomic.Int64
 	ch := make(chan job)
 	var wg sync.WaitGroup
 	for range min(c.o.Workers, max(len(jobs), 1)) {
@@ -406,6 +396,19 @@ func (c *Controller) deliver(ctx context.Context, jobs []job, devKeys map[string
 		go func() {
 			defer wg.Done()
 			for j := range ch {
+				if j.trigger != "" {
+					e, created, err := c.o.Ops.RotateKeyFrom(ctx, j.kv.keyID, j.versions, "policy: "+j.trigger)
+					if err != nil {
+						c.o.Metrics.failures.WithLabelValues("rotate").Inc()
+						c.log.Warn("rotation: starting a rotation failed", zap.String("key_id", j.kv.keyID), zap.Error(err))
+						continue
+					}
+					if created {
+						started.Add(1)
+						c.o.Metrics.rotationsStarted.WithLabelValues(j.trigger).Inc()
+					}
+					j.pending = e
+				}
 				c.sendJob(ctx, j, devKeys)
 			}
 		}()
@@ -418,6 +421,7 @@ func (c *Controller) deliver(ctx context.Context, jobs []job, devKeys map[string
 	}
 	close(ch)
 	wg.Wait()
+	return int(started.Load())
 }
 
 // sendJob sends the pending version's rekey to its device, or to every

@@ -256,7 +256,7 @@ func (t *Tracker) Run(ctx context.Context) error {
 		return err
 	}
 	var wg sync.WaitGroup
-	for range 2 {
+	for range 8 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

@@ -1,0 +1,471 @@
+package rotation_test
+
+import (
+	"context"
+	"crypto/cipher"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/decryptd/decryptd/internal/audit"
+	"github.com/decryptd/decryptd/internal/decrypt"
+	"github.com/decryptd/decryptd/internal/dek"
+	"github.com/decryptd/decryptd/internal/keycache"
+	"github.com/decryptd/decryptd/internal/keyops"
+	"github.com/decryptd/decryptd/internal/kms"
+	"github.com/decryptd/decryptd/internal/kms/local"
+	"github.com/decryptd/decryptd/internal/registry"
+	"github.com/decryptd/decryptd/internal/registry/pgstore"
+	"github.com/decryptd/decryptd/internal/rekey"
+	"github.com/decryptd/decryptd/internal/rotation"
+	"github.com/decryptd/decryptd/internal/seal"
+	"github.com/decryptd/decryptd/internal/testutil/mosquittotest"
+	"github.com/decryptd/decryptd/internal/testutil/pgtest"
+)
+
+// simDevice is one simulated device: the DEKs it holds by version (old and
+// new during a transition) and the version it seals under.
+type simDevice struct {
+	id       string
+	mu       sync.Mutex
+	keys     map[string]cipher.AEAD
+	current  string
+	offline  atomic.Bool
+	late     []byte // sealed under v1 at the start, sent after the switch
+	lateSent atomic.Bool
+}
+
+func (d *simDevice) handleRekey(payload []byte) error {
+	m, err := rekey.Parse(payload)
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if m.DeviceID != d.id || m.KeyID != dek.DeviceKeyID(d.id) {
+		return errors.New("not for this device")
+	}
+	if _, have := d.keys[m.NewVersion]; have {
+		return nil // a repeat
+	}
+	wrap, ok := d.keys[m.WrapKeyVersion]
+	if !ok {
+		return errors.New("wrapping key not held")
+	}
+	k, err := m.Open(wrap)
+	if err != nil {
+		return err
+	}
+	a, err := seal.NewAEAD(k)
+	clear(k)
+	if err != nil {
+		return err
+	}
+	d.keys[m.NewVersion] = a
+	d.current = m.NewVersion
+	return nil
+}
+
+func (d *simDevice) message(s *seal.Sealer, seq int) ([]byte, error) {
+	d.mu.Lock()
+	v := d.current
+	a := d.keys[v]
+	d.mu.Unlock()
+	return s.AppendShapeA(nil, a, seal.Envelope{DeviceID: d.id, Timestamp: time.Now().Unix(), KeyVersion: v},
+		[]byte(fmt.Sprintf(`{"seq":%d}`, seq)), nil)
+}
+
+func topicOf(id string) string { return "iot-2/type/monitor/id/" + id + "/evt/telemetry/fmt/json" }
+
+type env struct {
+	store *pgstore.Store
+	ops   *keyops.Ops
+	kms   *local.Provider
+	aud   *audit.Writer
+	dsn   string
+}
+
+func newEnv(t *testing.T, now func() time.Time) *env {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	dir := t.TempDir()
+	dsn := pgtest.New(t)
+	store, err := pgstore.Open(ctx, dsn, pgstore.WithMaxConns(32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	lp, err := local.Create(filepath.Join(dir, "root-key.json"), "test-root")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The audit log fsyncs every event; on tmpfs that costs nothing, so
+	// the test measures rotation, not the disk.
+	shm, err := os.MkdirTemp("/dev/shm", "rotation-test-")
+	if err != nil {
+		shm = dir
+	} else {
+		t.Cleanup(func() { os.RemoveAll(shm) })
+	}
+	aw, err := audit.Open(ctx, filepath.Join(shm, "audit.log"), audit.WithActor("test"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { aw.Close() })
+	ops, err := keyops.New(keyops.Options{KMS: lp, Roots: lp, Registry: store, Audit: aw, Now: now, RewrapWorkers: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &env{store: store, ops: ops, kms: lp, aud: aw, dsn: dsn}
+}
+
+func waitFor(t *testing.T, what string, limit time.Duration, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	last := time.Now()
+	for {
+		ok, detail := cond()
+		if ok {
+			return
+		}
+		if time.Since(last) > 5*time.Second {
+			t.Logf("waiting for %s: %s", what, detail)
+			last = time.Now()
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s: %s", limit, what, detail)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestFleetRotation rotates a simulated fleet of 1,000 devices under a
+// policy shortened to seconds, through the real Mosquitto (rekeys at QoS 2
+// on the devices' command topics, telemetry at QoS 1) and PostgreSQL. Every
+// online device adopts its new version; its old one turns decrypt_only, a
+// message sealed under it before the rotation and delivered late still
+// decrypts, and it is revoked after the grace period. 5% of the devices are
+// kept offline: they get the rekey again every retry interval, are reported
+// as stragglers, and rotate once they come back. No message fails to
+// decrypt throughout.
+func TestFleetRotation(t *testing.T) {
+	const (
+		nDevices = 1000
+		nOffline = 50
+		grace    = 5 * time.Second
+		retry    = 1500 * time.Millisecond
+	)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+
+	// Devices were provisioned two hours ago; the policy's max age is one
+	// hour, so every v1 is due and every v2 is not.
+	past := func() time.Time { return time.Now().Add(-2 * time.Hour) }
+	prov := newEnv(t, past)
+	ops, err := keyops.New(keyops.Options{KMS: prov.kms, Roots: prov.kms, Registry: prov.store, Audit: prov.aud})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sealer := seal.New(rand.Reader)
+	t0 := time.Now()
+	devices := make([]*simDevice, nDevices)
+	byID := map[string]*simDevice{}
+	var wg sync.WaitGroup
+	errs := make(chan error, nDevices)
+	for w := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < nDevices; i += 16 {
+				id := fmt.Sprintf("dev-%04d", i)
+				// Provisioned directly (wrap and create, as keyops does, without
+				// its per-device registry listing) to keep the setup quick.
+				key := make([]byte, keyops.DEKSize)
+				rand.Read(key)
+				ref := dek.Ref{KeyID: dek.DeviceKeyID(id), Version: "v1"}
+				wr, err := prov.kms.Wrap(ctx, key, kms.DEKAAD(ref))
+				if err == nil {
+					err = prov.store.Create(ctx, registry.Entry{KeyID: ref.KeyID, Version: "v1", State: dek.StateActive, Wrapped: wr, CreatedAt: past()})
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+				a, err := seal.NewAEAD(key)
+				clear(key)
+				if err != nil {
+					errs <- err
+					return
+				}
+				cred := keyops.Credential{DeviceID: id, KeyID: ref.KeyID, KeyVersion: "v1"}
+				d := &simDevice{id: id, keys: map[string]cipher.AEAD{cred.KeyVersion: a}, current: cred.KeyVersion}
+				if d.late, err = d.message(sealer, -1); err != nil {
+					errs <- err
+					return
+				}
+				d.offline.Store(i < nOffline)
+				devices[i] = d
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	for _, d := range devices {
+		byID[d.id] = d
+	}
+	t.Logf("provisioned %d devices in %s", nDevices, time.Since(t0).Round(time.Millisecond))
+
+	b := mosquittotest.Start(t, mosquittotest.Options{})
+	connect := func(cn string, onConnect func(mqtt.Client)) mqtt.Client {
+		o := mqtt.NewClientOptions().AddBroker(b.SSLURL).SetClientID(cn).SetTLSConfig(b.ClientTLS(cn)).
+			SetOrderMatters(false).SetCleanSession(true).SetAutoReconnect(true)
+		if onConnect != nil {
+			o.SetOnConnectHandler(onConnect)
+		}
+		c := mqtt.NewClient(o)
+		if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatalf("connect %s: %v", cn, tok.Error())
+		}
+		t.Cleanup(func() { c.Disconnect(100) })
+		return c
+	}
+
+	// Backend side: key cache over the registry and KMS, the decryption
+	// core, the adoption tracker.
+	cache, err := keycache.New(keycache.Options{Registry: prov.store, KMS: prov.kms, Changes: prov.store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cache.Close()
+	dec, err := decrypt.New(cache, decrypt.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := rotation.NewMetrics(nil)
+	tracker, err := rotation.NewTracker(rotation.TrackerOptions{Registry: prov.store, Adopter: ops, Grace: grace, Metrics: metrics, FlushInterval: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	opener := rotation.ObservingOpener{Opener: dec, Tracker: tracker}
+	runCtx, stop := context.WithCancel(ctx)
+	var bg sync.WaitGroup
+	defer func() { stop(); bg.Wait() }()
+	bg.Add(2)
+	go func() { defer bg.Done(); cache.Run(runCtx) }()
+	go func() { defer bg.Done(); tracker.Run(runCtx) }()
+
+	var (
+		recMu    sync.Mutex
+		records  = map[string]bool{}
+		byVer    = map[string]int{}
+		failures = map[string]int{}
+	)
+	connect("backend", func(c mqtt.Client) {
+		c.Subscribe("iot-2/type/+/id/+/evt/+/fmt/+", 1, func(_ mqtt.Client, m mqtt.Message) {
+			for {
+				rec, err := opener.Open(runCtx, decrypt.Message{Topic: m.Topic(), Payload: m.Payload()})
+				if errors.Is(err, decrypt.ErrTransient) && runCtx.Err() == nil {
+					time.Sleep(50 * time.Millisecond)
+					continue
+				}
+				recMu.Lock()
+				if err != nil {
+					failures[decrypt.Reason(err)]++
+				} else {
+					records[rec.ID] = true
+					byVer[rec.KeyVersion]++
+				}
+				recMu.Unlock()
+				return
+			}
+		}).Wait()
+	})
+
+	pubc := connect("fleet-pub", nil)
+	var published atomic.Int64
+	publish := func(d *simDevice, payload []byte) {
+		pubc.Publish(topicOf(d.id), 1, false, payload).Wait()
+		published.Add(1)
+	}
+
+	// Device side: one connection carries every device's command topic.
+	var rekeysSeen, rekeysBad atomic.Int64
+	connect("fleet-cmd", func(c mqtt.Client) {
+		c.Subscribe("iot-2/type/+/id/+/cmd/rekey/fmt/json", 2, func(_ mqtt.Client, m mqtt.Message) {
+			rekeysSeen.Add(1)
+			var id string
+			if _, err := fmt.Sscanf(m.Topic(), "iot-2/type/monitor/id/%s", &id); err != nil {
+				rekeysBad.Add(1)
+				return
+			}
+			id = id[:len(id)-len("/cmd/rekey/fmt/json")]
+			d := byID[id]
+			if d == nil || d.offline.Load() {
+				return // offline: the message never reaches it
+			}
+			had := d.current
+			if err := d.handleRekey(m.Payload()); err != nil {
+				rekeysBad.Add(1)
+			}
+			if had == "v1" && d.current != "v1" && !d.lateSent.Swap(true) {
+				// A reading buffered under v1 before the switch, delivered
+				// a second later: within the grace period.
+				go func() {
+					time.Sleep(time.Second)
+					publish(d, d.late)
+				}()
+			}
+		}).Wait()
+	})
+	bg.Add(1)
+	go func() { // telemetry: every online device, once a second
+		defer bg.Done()
+		for seq := 0; runCtx.Err() == nil; seq++ {
+			for _, d := range devices {
+				if d.offline.Load() {
+					continue
+				}
+				msg, err := d.message(sealer, seq)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				publish(d, msg)
+			}
+			sleepCtx(runCtx, time.Second)
+		}
+	}()
+
+	// The controller, leading through the PostgreSQL lease.
+	pub, err := rotation.NewMQTTPublisher(ctx, rotation.MQTTOptions{Brokers: []string{b.SSLURL}, ClientID: "rotation", TLS: b.ClientTLS("rotation")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+	ctl, err := rotation.NewController(rotation.ControllerOptions{
+		Policy: rotation.Policy{MaxAge: time.Hour, GracePeriod: grace, SharePerWindow: 0.5, ShareWindow: 2 * time.Second,
+			RetryInterval: retry, PauseThreshold: 0.9, Tick: 250 * time.Millisecond, RootRotationOff: true},
+		Ops: ops, Lease: &rotation.PGLease{DSN: prov.dsn}, Publisher: pub, TopicPattern: rekey.DefaultTopic,
+		DeviceType: "monitor", Metrics: metrics, Workers: 16,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bg.Add(1)
+	go func() { defer bg.Done(); ctl.Run(runCtx) }()
+
+	state := func() (adopted, pending, v1Active, v1DecryptOnly, v1Revoked int) {
+		es, err := prov.store.List(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range es {
+			switch {
+			case e.Version == "v2" && !e.Rotation.AdoptedAt.IsZero():
+				adopted++
+			case e.Version == "v2" && e.Rotation.Pending:
+				pending++
+			case e.Version == "v1" && e.State == dek.StateActive:
+				v1Active++
+			case e.Version == "v1" && e.State == dek.StateDecryptOnly:
+				v1DecryptOnly++
+			case e.Version == "v1" && e.State == dek.StateRevoked:
+				v1Revoked++
+			}
+		}
+		return
+	}
+
+	// 1. Every online device adopts v2; v1 of those turns decrypt_only.
+	start := time.Now()
+	waitFor(t, "every online device to adopt", 45*time.Second, func() (bool, string) {
+		a, p, act, do, rv := state()
+		return a == nDevices-nOffline && do+rv == nDevices-nOffline,
+			fmt.Sprintf("adopted %d pending %d v1 active %d decrypt_only %d revoked %d", a, p, act, do, rv)
+	})
+	t.Logf("950 devices adopted in %s", time.Since(start).Round(time.Millisecond))
+
+	// 3. The offline devices are retried and reported as stragglers.
+	waitFor(t, "50 stragglers", 20*time.Second, func() (bool, string) {
+		s := ctl.Status()
+		return len(s.Stragglers) == nOffline, fmt.Sprintf("stragglers %d pending %d", len(s.Stragglers), s.Pending)
+	})
+	for _, k := range ctl.Status().Stragglers {
+		if id := k[len("device/"):]; !byID[id].offline.Load() {
+			t.Fatalf("%s reported as a straggler but online", id)
+		}
+	}
+	_, _, act, _, _ := state()
+	if act != nOffline {
+		t.Fatalf("stragglers' v1 must stay active: %d active", act)
+	}
+
+	// 4. They come back: first their buffered v1 messages, then the next
+	// retry's rekey, then they adopt.
+	for _, d := range devices[:nOffline] {
+		d.lateSent.Store(true)
+		publish(d, d.late)
+		d.offline.Store(false)
+	}
+	waitFor(t, "every device to adopt", 30*time.Second, func() (bool, string) {
+		a, p, act, do, rv := state()
+		return a == nDevices && act == 0, fmt.Sprintf("adopted %d pending %d v1 active %d decrypt_only %d revoked %d", a, p, act, do, rv)
+	})
+
+	// 5. After the grace period every v1 is revoked.
+	waitFor(t, "every v1 revoked", 30*time.Second, func() (bool, string) {
+		a, p, act, do, rv := state()
+		return rv == nDevices, fmt.Sprintf("adopted %d pending %d v1 active %d decrypt_only %d revoked %d", a, p, act, do, rv)
+	})
+
+	// 6. Nothing lost, nothing failed.
+	stop()
+	bg.Wait()
+	waitFor(t, "every published message opened", 20*time.Second, func() (bool, string) {
+		recMu.Lock()
+		defer recMu.Unlock()
+		return len(records)+sumMap(failures) >= int(published.Load()), fmt.Sprintf("%d of %d", len(records)+sumMap(failures), published.Load())
+	})
+	recMu.Lock()
+	defer recMu.Unlock()
+	if len(failures) > 0 {
+		t.Fatalf("messages failed: %v", failures)
+	}
+	if len(records) != int(published.Load()) {
+		t.Fatalf("%d records for %d messages", len(records), published.Load())
+	}
+	if byVer["v1"] < nDevices || byVer["v2"] == 0 {
+		t.Fatalf("records by version: %v", byVer)
+	}
+	if rekeysBad.Load() != 0 {
+		t.Fatalf("%d rekey messages did not open on a device", rekeysBad.Load())
+	}
+	t.Logf("messages %d (by version %v), rekeys seen by devices %d", published.Load(), byVer, rekeysSeen.Load())
+}
+
+func sumMap(m map[string]int) int {
+	n := 0
+	for _, v := range m {
+		n += v
+	}
+	return n
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
