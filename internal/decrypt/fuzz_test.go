@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/decryptd/decryptd/internal/testutil/vectors"
 )
 
 // FuzzOpen feeds arbitrary messages to Open with the vectors' keys: no
@@ -17,7 +19,7 @@ import (
 // valid JSON, and the same input gives the same outcome again (a duplicate
 // when it was accepted under a key).
 func FuzzOpen(f *testing.F) {
-	v := loadVectors(f)
+	v := vectors.Load(f)
 	keys := vectorKeys(f, v)
 	for _, c := range v.Cases {
 		f.Add(c.Topic, []byte(c.Message), false)
@@ -81,7 +83,7 @@ func checkRecord(t *testing.T, rec *Record) {
 // record data it rebuilds is the message less its envelope members, with
 // each sealed string replaced by the value given for it.
 func FuzzShapeBWalk(f *testing.F) {
-	v := loadVectors(f)
+	v := vectors.Load(f)
 	for _, c := range v.Cases {
 		if !strings.Contains(c.Message, `"encrypted_data"`) {
 			f.Add([]byte(c.Message))

@@ -3,9 +3,6 @@ package decrypt
 import (
 	"context"
 	"crypto/cipher"
-	"encoding/hex"
-	"encoding/json"
-	"os"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -13,51 +10,8 @@ import (
 
 	"github.com/decryptd/decryptd/internal/dek"
 	"github.com/decryptd/decryptd/internal/seal"
+	"github.com/decryptd/decryptd/internal/testutil/vectors"
 )
-
-// vectorsPath is the repository's copy of the public vectors, read as is.
-const vectorsPath = "../../testdata/envelope-v1.json"
-
-type vectorKey struct {
-	KeyID      string   `json:"key_id"`
-	KeyVersion string   `json:"key_version"`
-	DEKHex     string   `json:"dek_hex"`
-	State      string   `json:"state"`
-	Devices    []string `json:"devices"`
-}
-
-type vectorCase struct {
-	Name    string `json:"name"`
-	Topic   string `json:"topic"`
-	Message string `json:"message"`
-	Expect  struct {
-		OK     bool                       `json:"ok"`
-		Reason string                     `json:"reason"`
-		Record map[string]json.RawMessage `json:"record"`
-	} `json:"expect"`
-}
-
-type vectorFile struct {
-	Spec  string       `json:"spec"`
-	Keys  []vectorKey  `json:"keys"`
-	Cases []vectorCase `json:"cases"`
-}
-
-func loadVectors(tb testing.TB) vectorFile {
-	tb.Helper()
-	raw, err := os.ReadFile(vectorsPath)
-	if err != nil {
-		tb.Fatalf("read vectors: %v", err)
-	}
-	var v vectorFile
-	if err := json.Unmarshal(raw, &v); err != nil {
-		tb.Fatalf("parse vectors: %v", err)
-	}
-	if v.Spec != "envelope-v1" || len(v.Keys) == 0 || len(v.Cases) == 0 {
-		tb.Fatalf("vectors: unexpected content (spec %q, %d keys, %d cases)", v.Spec, len(v.Keys), len(v.Cases))
-	}
-	return v
-}
 
 type keyRef struct{ id, version string }
 
@@ -112,19 +66,13 @@ func (f *fakeKeys) ResolveKey(_ context.Context, keyID, keyVersion, deviceID str
 	return k.aead, nil
 }
 
-func vectorKeys(tb testing.TB, v vectorFile) *fakeKeys {
+// vectorKeys holds the vector file's keys, with their states and device
+// lists.
+func vectorKeys(tb testing.TB, v vectors.File) *fakeKeys {
 	tb.Helper()
 	f := newFakeKeys()
 	for _, k := range v.Keys {
-		b, err := hex.DecodeString(k.DEKHex)
-		if err != nil {
-			tb.Fatalf("key %s %s: %v", k.KeyID, k.KeyVersion, err)
-		}
-		st, err := dek.ParseState(k.State)
-		if err != nil {
-			tb.Fatal(err)
-		}
-		f.add(tb, k.KeyID, k.KeyVersion, b, st, k.Devices...)
+		f.add(tb, k.KeyID, k.KeyVersion, k.DEK(), k.State, k.Devices...)
 	}
 	return f
 }

@@ -2,8 +2,6 @@ package keys_test
 
 import (
 	"context"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -14,6 +12,7 @@ import (
 	"github.com/decryptd/decryptd/internal/keyops"
 	"github.com/decryptd/decryptd/internal/kms"
 	"github.com/decryptd/decryptd/internal/registry"
+	"github.com/decryptd/decryptd/internal/testutil/vectors"
 )
 
 // TestVectorsAfterImport: importing the spec vectors' keys, then decrypting
@@ -22,11 +21,7 @@ import (
 // the dekctl binary (`dekctl import --file`), each with the local root key
 // and with Key Protect via the emulator, on the PostgreSQL registry.
 func TestVectorsAfterImport(t *testing.T) {
-	v := loadVectors(t)
-	vectorsAbs, err := filepath.Abs(vectorsPath)
-	if err != nil {
-		t.Fatal(err)
-	}
+	v := vectors.Load(t)
 	bin := buildDekctl(t)
 
 	type kmsSetup struct {
@@ -58,10 +53,7 @@ func TestVectorsAfterImport(t *testing.T) {
 
 				switch importer {
 				case "keyops":
-					data, err := os.ReadFile(vectorsPath)
-					if err != nil {
-						t.Fatal(err)
-					}
+					data := v.Bytes()
 					keys, err := keyops.ParseImport(data)
 					clear(data)
 					if err != nil {
@@ -78,7 +70,7 @@ func TestVectorsAfterImport(t *testing.T) {
 				case "dekctl":
 					auditLog.Close() // dekctl writes the log itself
 					d := newDekctl(t, bin, k.section, dsn, auditPath)
-					out := d.must(t, "import", "--file", vectorsAbs)
+					out := d.must(t, "import", "--file", v.Path)
 					if !strings.Contains(out, "imported 4 key versions") {
 						t.Errorf("dekctl import said %q", out)
 					}
@@ -99,7 +91,7 @@ func TestVectorsAfterImport(t *testing.T) {
 
 // checkImported: the registry holds exactly the vector keys, in their
 // states and with their device lists, wrapped under rootID.
-func checkImported(t *testing.T, v vectorFile, entries []registry.Entry, rootID string) {
+func checkImported(t *testing.T, v vectors.File, entries []registry.Entry, rootID string) {
 	t.Helper()
 	got := map[dek.Ref]registry.Entry{}
 	for _, e := range entries {
@@ -113,7 +105,7 @@ func checkImported(t *testing.T, v vectorFile, entries []registry.Entry, rootID 
 		switch {
 		case !ok:
 			t.Errorf("%s@%s not in the registry", k.KeyID, k.KeyVersion)
-		case string(e.State) != k.State:
+		case e.State != k.State:
 			t.Errorf("%s: state %s, want %s", e.Ref(), e.State, k.State)
 		case !slices.Equal(e.Devices, k.Devices):
 			t.Errorf("%s: devices %v, want %v", e.Ref(), e.Devices, k.Devices)
