@@ -98,13 +98,14 @@ func (f *fleet) run(ctx context.Context, interval time.Duration) {
 }
 
 func (f *fleet) publish(ctx context.Context, topic string, payload []byte) bool {
-	tok := f.client.Publish(topic, 1, false, payload)
-	select {
-	case <-tok.Done():
-		return tok.Error() == nil
-	case <-ctx.Done():
+	if ctx.Err() != nil {
 		return false
 	}
+	tok := f.client.Publish(topic, 1, false, payload)
+	// Wait for the PUBACK even when ctx ends meanwhile: a message the broker
+	// took is on its way to the daemon and must be in the fleet's tally, or
+	// the summary would disagree with the daemon's counts.
+	return tok.WaitTimeout(10*time.Second) && tok.Error() == nil
 }
 
 func (f *fleet) now(d *device) int64 {
