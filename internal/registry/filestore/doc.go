@@ -26,4 +26,8 @@
 // A reload diffs the old and new index into precise Created and Updated
 // changes; if an entry disappeared (a file restored from backup) it emits
 // Reset. Writes through a handle notify its own watchers directly.
+//
+// Bulk: CreateMany (registry.BulkCreator) adds a whole batch in one locked
+// rewrite of the file, all or nothing, where Create rewrites the file once
+// per entry; provisioning a fleet goes through it.
 package filestore

@@ -425,12 +425,12 @@ func (s *Store) Create(ctx context.Context, e registry.Entry) error {
 	if err != nil {
 		return err
 	}
-	_, err = s.write(ctx, func(index map[dek.Ref]registry.Entry) (registry.Entry, *registry.Change, error) {
+	_, err = s.write(ctx, func(index map[dek.Ref]registry.Entry) (registry.Entry, []registry.Change, error) {
 		if _, ok := index[e.Ref()]; ok {
 			return registry.Entry{}, nil, fmt.Errorf("%s: %w", e.Ref(), registry.ErrExists)
 		}
 		index[e.Ref()] = e
-		return e, &registry.Change{Kind: registry.ChangeCreated, KeyID: e.KeyID, Version: e.Version, State: e.State}, nil
+		return e, []registry.Change{{Kind: registry.ChangeCreated, KeyID: e.KeyID, Version: e.Version, State: e.State}}, nil
 	})
 	return err
 }
@@ -439,7 +439,7 @@ func (s *Store) Create(ctx context.Context, e registry.Entry) error {
 // file as it is now (re-read under the lock), and saves the result.
 func (s *Store) Update(ctx context.Context, keyID, version string, fn func(*registry.Entry) error) (registry.Entry, error) {
 	ref := dek.Ref{KeyID: keyID, Version: version}
-	return s.write(ctx, func(index map[dek.Ref]registry.Entry) (registry.Entry, *registry.Change, error) {
+	return s.write(ctx, func(index map[dek.Ref]registry.Entry) (registry.Entry, []registry.Change, error) {
 		old, ok := index[ref]
 		if !ok {
 			return registry.Entry{}, nil, fmt.Errorf("%s: %w", ref, registry.ErrNotFound)
@@ -449,13 +449,13 @@ func (s *Store) Update(ctx context.Context, keyID, version string, fn func(*regi
 			return next, nil, err
 		}
 		index[ref] = next
-		return next, &registry.Change{Kind: registry.ChangeUpdated, KeyID: keyID, Version: version, State: next.State}, nil
+		return next, []registry.Change{{Kind: registry.ChangeUpdated, KeyID: keyID, Version: version, State: next.State}}, nil
 	})
 }
 
 // write runs op on a copy of the current index under the exclusive lock and,
-// when op reports a change, writes the file and publishes it.
-func (s *Store) write(ctx context.Context, op func(map[dek.Ref]registry.Entry) (registry.Entry, *registry.Change, error)) (registry.Entry, error) {
+// when op reports changes, writes the file once and publishes them.
+func (s *Store) write(ctx context.Context, op func(map[dek.Ref]registry.Entry) (registry.Entry, []registry.Change, error)) (registry.Entry, error) {
 	if s.closed.Load() {
 		return registry.Entry{}, registry.ErrClosed
 	}
@@ -472,11 +472,11 @@ func (s *Store) write(ctx context.Context, op func(map[dek.Ref]registry.Entry) (
 		s.mu.RLock()
 		index := maps.Clone(s.index)
 		s.mu.RUnlock()
-		var ch *registry.Change
-		result, ch, err = op(index)
-		if err == nil && ch != nil {
+		var chs []registry.Change
+		result, chs, err = op(index)
+		if err == nil && len(chs) > 0 {
 			if err = s.writeFile(index); err == nil {
-				changes = append(changes, *ch)
+				changes = append(changes, chs...)
 			}
 		}
 	}
@@ -492,10 +492,7 @@ func (s *Store) write(ctx context.Context, op func(map[dek.Ref]registry.Entry) (
 // writeFile replaces the registry with index atomically and adopts it as the
 // loaded index. The caller holds ioMu and the exclusive lock.
 func (s *Store) writeFile(index map[dek.Ref]registry.Entry) error {
-	doc := fileDoc{Format: Format, Entries: slices.Collect(maps.Values(index))}
-	if doc.Entries == nil {
-		doc.Entries = []registry.Entry{}
-	}
+	doc := fileDoc{Format: Format, Entries: slices.AppendSeq(make([]registry.Entry, 0, len(index)), maps.Values(index))}
 	sortEntries(doc.Entries)
 	data, err := json.MarshalIndent(doc, "", "  ")
 	if err != nil {

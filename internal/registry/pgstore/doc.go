@@ -24,6 +24,14 @@
 // listener pings the server every 15 s, so a silently dead connection is
 // noticed too.
 //
+// Bulk: CreateMany (registry.BulkCreator) streams a batch with COPY in one
+// transaction, all or nothing. Its rows do not notify one by one: the
+// transaction sets decryptd.notify = 'batch', which the row trigger honours
+// (migration 3), and sends instead a few notifications with op
+// "insert_batch" naming some 200 keys each, which Watch turns back into one
+// ChangeCreated per key. A build without migration 3's parser reads them as
+// Reset.
+//
 // Errors from the server are reduced to their SQLSTATE and message: a
 // constraint violation's detail would quote the failing row, wrapped DEK
 // included, and must not reach a log.

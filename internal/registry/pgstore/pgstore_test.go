@@ -2,6 +2,7 @@ package pgstore
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -231,4 +232,93 @@ func BenchmarkGet(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+func TestParseNotificationBatch(t *testing.T) {
+	created := func(id, ver string, st dek.State) registry.Change {
+		return registry.Change{Kind: registry.ChangeCreated, KeyID: id, Version: ver, State: st}
+	}
+	reset := []registry.Change{{Kind: registry.ChangeReset}}
+	for _, tc := range []struct {
+		name string
+		in   string
+		want []registry.Change
+	}{
+		{"batch", `{"op":"insert_batch","keys":[["device/a","v1","active"],["group/g","v7","decrypt_only"]]}`,
+			[]registry.Change{created("device/a", "v1", dek.StateActive), created("group/g", "v7", dek.StateDecryptOnly)}},
+		{"empty batch", `{"op":"insert_batch","keys":[]}`, []registry.Change{}},
+		{"bad key id", `{"op":"insert_batch","keys":[["device/a","v1","active"],["a b","v1","active"]]}`, reset},
+		{"bad state", `{"op":"insert_batch","keys":[["device/a","v1","paused"]]}`, reset},
+		{"short triple", `{"op":"insert_batch","keys":[["device/a","v1"]]}`, reset},
+		{"not json", `{"op":"insert_batch",`, reset},
+		{"single row", `{"op":"insert","key_id":"k","key_version":"v1","state":"active"}`, []registry.Change{created("k", "v1", dek.StateActive)}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := parseNotification(tc.in)
+			if len(got) != len(tc.want) {
+				t.Fatalf("got %+v, want %+v", got, tc.want)
+			}
+			for i := range got {
+				if got[i] != tc.want[i] {
+					t.Fatalf("got %+v, want %+v", got, tc.want)
+				}
+			}
+		})
+	}
+}
+
+// Batch payloads stay under PostgreSQL's limit and name every entry once.
+func TestBatchPayloads(t *testing.T) {
+	es := make([]registry.Entry, 5000)
+	for i := range es {
+		es[i] = registrytest.NewEntry(fmt.Sprintf("device/%s-%05d", strings.Repeat("x", i%180), i), strings.Repeat("v", 1+i%32))
+	}
+	payloads, err := batchPayloads(es)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := 0
+	for _, p := range payloads {
+		if len(p) >= 8000 || len(p) > maxPayload {
+			t.Fatalf("payload of %d bytes", len(p))
+		}
+		for _, c := range parseNotification(p) {
+			if c.Kind != registry.ChangeCreated || c.KeyID != es[seen].KeyID || c.Version != es[seen].Version {
+				t.Fatalf("change %d: %+v, want %s", seen, c, es[seen].Ref())
+			}
+			seen++
+		}
+	}
+	if seen != len(es) {
+		t.Fatalf("%d of %d entries named", seen, len(es))
+	}
+	t.Logf("%d entries in %d notifications", len(es), len(payloads))
+}
+
+func FuzzParseNotification(f *testing.F) {
+	f.Add(`{"op":"insert_batch","keys":[["device/a","v1","active"]]}`)
+	f.Add(`{"op":"insert","key_id":"k","key_version":"v1","state":"active"}`)
+	f.Add(`{"op":"insert_batch","keys":[[]]}`)
+	f.Fuzz(func(t *testing.T, p string) {
+		for _, c := range parseNotification(p) {
+			if c.Kind == registry.ChangeReset {
+				if c.KeyID != "" || c.Version != "" {
+					t.Fatalf("reset names a key: %+v", c)
+				}
+				continue
+			}
+			if !registry.ValidKeyID(c.KeyID) || !registry.ValidKeyVersion(c.Version) || !c.State.Valid() {
+				t.Fatalf("invalid change accepted: %+v", c)
+			}
+		}
+	})
+}
+
+func BenchmarkCreateMany10k(b *testing.B) {
+	registrytest.BenchmarkCreateMany(b, func(b *testing.B) registry.Store { return openT(b, pgtest.New(b)) })
+}
+
+// BenchmarkCreateEach1k: the baseline, 1,000 entries one Create at a time.
+func BenchmarkCreateEach1k(b *testing.B) {
+	registrytest.BenchmarkCreateEach(b, func(b *testing.B) registry.Store { return openT(b, pgtest.New(b)) }, 1000)
 }

@@ -68,5 +68,22 @@ CREATE TRIGGER decryptd_registry_notify AFTER INSERT OR UPDATE OR DELETE ON decr
 -- Key rotation bookkeeping (registry.Rotation), one JSON document per
 -- version: additive, so a build that predates it keeps reading the table.
 ALTER TABLE decryptd_registry_entries ADD COLUMN rotation jsonb NOT NULL DEFAULT '{}';
+`}, {3, `
+-- Bulk creation (Store.CreateMany) notifies in batches of many keys per
+-- notification rather than one per row: it sets decryptd.notify to 'batch'
+-- for its own transaction, which this trigger honours. Every other writer
+-- leaves it unset and notifies per row as before.
+CREATE OR REPLACE FUNCTION decryptd_registry_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+	r decryptd_registry_entries;
+BEGIN
+	IF current_setting('decryptd.notify', true) = 'batch' THEN
+		RETURN NULL;
+	END IF;
+	IF TG_OP = 'DELETE' THEN r := OLD; ELSE r := NEW; END IF;
+	PERFORM pg_notify('decryptd_registry', json_build_object(
+		'op', lower(TG_OP), 'key_id', r.key_id, 'key_version', r.key_version, 'state', r.state)::text);
+	RETURN NULL;
+END $$;
 `}}
 }

@@ -134,7 +134,7 @@ func (s *Store) receive(conn *pgx.Conn) error {
 		cancel()
 		switch {
 		case err == nil:
-			s.hub.Publish(parsePayload(n.Payload))
+			s.hub.Publish(parseNotification(n.Payload)...)
 		case s.lctx.Err() != nil:
 			return s.lctx.Err()
 		case errors.Is(err, context.DeadlineExceeded):

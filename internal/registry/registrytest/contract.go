@@ -104,6 +104,7 @@ func RunStoreContract(t *testing.T, open Opener) {
 	t.Run("WatchEndsWithContext", func(t *testing.T) { testWatchEndsWithContext(t, open) })
 	t.Run("CloseClosesWatch", func(t *testing.T) { testCloseClosesWatch(t, open) })
 	t.Run("RotationFields", func(t *testing.T) { testRotationFields(t, open) })
+	t.Run("Bulk", func(t *testing.T) { runBulkIfImplemented(t, open) })
 }
 
 // testRotationFields: the rotation bookkeeping is stored, read back through

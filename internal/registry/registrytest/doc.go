@@ -4,5 +4,7 @@
 // backend that passes it behaves like every other one: CRUD and its
 // sentinels, the invariants, atomic Update under concurrency from two
 // handles, List order, and a Watch that sees a change made through another
-// handle within 2 seconds.
+// handle within 2 seconds. For a store that implements
+// registry.BulkCreator it also runs RunBulkContract (10,000 entries in one
+// call, all or nothing, watchers told), and BenchmarkCreateMany measures it.
 package registrytest
