@@ -32,7 +32,9 @@
 // Append takes an exclusive flock on the file, checks by its size that no one
 // else appended since its last write (else re-reads the last line for seq and
 // hash), writes the line with one write(2) and fsyncs before returning. An
-// event is in the log once Append returned nil. A line torn by a crash (no
+// event is in the log once Append returned nil. AppendMany does the same
+// for a batch (a fleet's provisioning): one lock, one write, one fsync, the
+// lines chained in order; a crash mid-write leaves a prefix of the batch. A line torn by a crash (no
 // final newline) was never acknowledged; the next writer truncates it away
 // before appending, so the chain continues from the last whole line.
 // The file is created 0600; a file that group or others may write is refused.
