@@ -45,6 +45,7 @@ func run() int {
 	fs.IntVar(&co.MaxConcurrentUnwraps, "cold-cap", 16, "cold start: cache.max_concurrent_unwraps")
 	fs.IntVar(&co.Workers, "cold-workers", 64, "cold start: decryptd mqtt.workers")
 	fs.IntVar(&co.MaxInFlight, "cold-max-in-flight", 1024, "cold start: decryptd mqtt.max_in_flight (and the broker's window)")
+	auditDir := fs.String("audit-dir", "", "diagnostic: put decryptd's audit logs in this directory (e.g. a tmpfs) instead of beside its sinks")
 	micro := fs.String("micro", "", "file holding `go test -bench` output to include in the results")
 	out := fs.String("out", "", "write the results as JSON to this file")
 	svg := fs.String("svg", "", "write the drain chart (SVG) to this file")
@@ -58,6 +59,7 @@ func run() int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	do.AuditDir, co.AuditDir = *auditDir, *auditDir
 	if err := runBench(ctx, fs, *drain, *cold, do, co, *micro, *out, *svg, *dir); err != nil {
 		fmt.Fprintln(os.Stderr, "decryptd-bench:", err)
 		return 1

@@ -35,8 +35,10 @@ type ColdStartOptions struct {
 	// that enough first messages are in progress at once to reach the cap).
 	Workers, MaxInFlight int
 	PublishConns         int
-	Progress             io.Writer
-	Logger               *zap.Logger
+	// AuditDir: as DrainOptions.AuditDir.
+	AuditDir string
+	Progress io.Writer
+	Logger   *zap.Logger
 }
 
 func (o *ColdStartOptions) defaults() {
@@ -212,6 +214,9 @@ func ColdStart(ctx context.Context, o ColdStartOptions) (*ColdStartResult, error
 	cfg.KMS = config.KMS{Provider: config.ProviderKeyProtect, KeyProtect: config.KeyProtect{
 		BaseURL: kpCfg.BaseURL, TokenURL: kpCfg.TokenURL, InstanceID: kpCfg.InstanceID, RootKeyID: rootID,
 		APIKeyEnv: apiKeyEnv, Timeout: config.DefaultKeyProtectTimeout}}
+	if o.AuditDir != "" {
+		cfg.Audit.Path = filepath.Join(o.AuditDir, "audit-cold.log")
+	}
 	cfg.Cache.MaxConcurrentUnwraps = o.MaxConcurrentUnwraps
 	cfg.Cache.MaxEntries = max(cfg.Cache.MaxEntries, o.Devices)
 	if err := cfg.Validate(); err != nil {

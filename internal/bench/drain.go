@@ -48,6 +48,10 @@ type DrainOptions struct {
 	// Autosave is Mosquitto's autosave_interval in seconds (default 60,
 	// the production setting of docs/mqtt-notes §5).
 	Autosave int
+	// AuditDir, when set, holds decryptd's audit log instead of its working
+	// directory: a diagnostic (a tmpfs there shows what the audit log's
+	// fsync per KMS unwrap costs), never the default.
+	AuditDir string
 	// ProfileDir, when set, receives a CPU profile of each drain
 	// (<side>-<round>.pprof), taken over the timed part only.
 	ProfileDir string
@@ -119,6 +123,11 @@ type DrainRun struct {
 	// SinkBatch is the mean records per write of the records sink (one
 	// fsync each).
 	SinkBatch float64 `json:"sink_batch_mean,omitempty"`
+	// InFlightMean and InFlightMax sample decryptd_inflight_messages (held
+	// between receipt and acknowledgement) every 100 ms: how much of the
+	// windows (broker and max_in_flight) the drain actually used.
+	InFlightMean float64 `json:"in_flight_mean,omitempty"`
+	InFlightMax  float64 `json:"in_flight_max,omitempty"`
 	// SinkWriteMS is the mean duration of one records sink write (the
 	// write and its fsync).
 	SinkWriteMS float64 `json:"sink_write_mean_ms,omitempty"`
@@ -370,6 +379,9 @@ func drainDaemon(ctx context.Context, b *Broker, client pki.Files, id string, o 
 	records := filepath.Join(dir, "records.jsonl")
 	cfg := daemonConfig(dir, b.URL, client, id, o.Workers, o.MaxInFlight, regFile)
 	cfg.KMS = config.KMS{Provider: config.ProviderLocal, Local: config.LocalKMS{RootKeyFile: rootFile}}
+	if o.AuditDir != "" {
+		cfg.Audit.Path = filepath.Join(o.AuditDir, fmt.Sprintf("audit-drain-%d.log", round))
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
@@ -395,6 +407,18 @@ func drainDaemon(ctx context.Context, b *Broker, client pki.Files, id string, o 
 	runCtx, stopRun := context.WithCancel(context.WithoutCancel(ctx))
 	runErr := make(chan error, 1)
 	go func() { runErr <- d.Run(runCtx) }()
+	if o.ProfileDir != "" {
+		// Where the goroutines wait: early on, while keys are being
+		// loaded, and later, in the steady state of a long drain.
+		for _, at := range []time.Duration{1500 * time.Millisecond, 10 * time.Second} {
+			time.AfterFunc(at, func() {
+				if f, err := os.Create(filepath.Join(o.ProfileDir, fmt.Sprintf("goroutines-%d-at-%s.txt", round, at))); err == nil {
+					_ = pprof.Lookup("goroutine").WriteTo(f, 1)
+					f.Close()
+				}
+			})
+		}
+	}
 	stopProgress := reportEvery(o.Progress, time.Second, func() string {
 		k := tail.lines.Load()
 		return fmt.Sprintf("%s: drained %d/%d (%.0f msg/s)", label, k, o.Messages, float64(k)/time.Since(start).Seconds())
@@ -414,7 +438,16 @@ func drainDaemon(ctx context.Context, b *Broker, client pki.Files, id string, o 
 	// acknowledgement count until every message is acknowledged.
 	deadline := time.Now().Add(10 * time.Minute)
 	var end time.Time
+	var inflightSum, inflightMax float64
+	var inflightN int
+	nextSample := time.Now()
 	for {
+		if time.Now().After(nextSample) {
+			if v, err := metricSum(reg, "decryptd_inflight_messages"); err == nil {
+				inflightSum, inflightN, inflightMax = inflightSum+v, inflightN+1, max(inflightMax, v)
+			}
+			nextSample = nextSample.Add(100 * time.Millisecond)
+		}
 		if err := tail.poll(start); err != nil {
 			_ = shutdown()
 			return nil, err
@@ -445,6 +478,9 @@ func drainDaemon(ctx context.Context, b *Broker, client pki.Files, id string, o 
 		KMSUnwraps: d.KMSUnwraps(),
 	}
 	run.Rate = float64(o.Messages) / run.Seconds
+	if inflightN > 0 {
+		run.InFlightMean, run.InFlightMax = inflightSum/float64(inflightN), inflightMax
+	}
 	run.Delivered, _ = metricSum(reg, "decryptd_records_delivered_total")
 	run.DeadLetters, _ = metricSum(reg, "decryptd_dead_letters_total")
 	run.Duplicates, _ = metricSum(reg, "decryptd_duplicates_total")

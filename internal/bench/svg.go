@@ -2,6 +2,7 @@ package bench
 
 import (
 	"fmt"
+	"html"
 	"io"
 	"math"
 	"strings"
@@ -134,7 +135,7 @@ func (r *Results) WriteSVG(w io.Writer) error {
 		{colDec, "5,3", "decryptd: → record in the sink file"},
 	})
 	fmt.Fprintf(&s, `<text x="%d" y="%d" text-anchor="middle" font-size="10" fill="#555">A backlog is queued, then drained: latency is dominated by the wait in the queue. One line per run; %d CPUs (%s), Mosquitto %s, %s.</text>`+"\n",
-		width/2, height-8, r.Machine.CPUs, r.Machine.CPUModel, r.Machine.Mosquitto, r.Machine.GoVersion)
+		width/2, height-8, r.Machine.CPUs, html.EscapeString(r.Machine.CPUModel), html.EscapeString(r.Machine.Mosquitto), html.EscapeString(r.Machine.GoVersion))
 	s.WriteString("</svg>\n")
 	_, err := io.WriteString(w, s.String())
 	return err
