@@ -27,6 +27,7 @@ type Config struct {
 	Metrics    Metrics    `yaml:"metrics" json:"metrics"`
 	Audit      Audit      `yaml:"audit" json:"audit"`
 	Log        Log        `yaml:"log" json:"log"`
+	Rotation   Rotation   `yaml:"rotation" json:"rotation"`
 	// ShutdownTimeout bounds the whole graceful shutdown (default 30s).
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout" json:"shutdown_timeout"`
 }
@@ -277,6 +278,79 @@ type Log struct {
 	Format string `yaml:"format" json:"format"`
 }
 
+// Rotation configures fleet key rotation (package rotation): every replica
+// watches adoption and counts messages per DEK version; the one holding
+// the rotation lease (a PostgreSQL advisory lock, or a lock file next to
+// the registry file) rotates what is due and delivers the new versions to
+// the devices as rekey messages (docs/rekey-v1.md). Off by default.
+type Rotation struct {
+	// Enabled turns rotation on (default false: the daemon behaves exactly
+	// as without this section).
+	Enabled bool `yaml:"enabled" json:"enabled"`
+	// MaxDEKAge: a DEK version older than this is rotated (default 720h).
+	MaxDEKAge time.Duration `yaml:"max_dek_age" json:"max_dek_age"`
+	// GracePeriod: how long a superseded version keeps decrypting after the
+	// device adopted its successor, then it is revoked (default 72h).
+	GracePeriod time.Duration `yaml:"grace_period" json:"grace_period"`
+	// SharePerDay: the share of the fleet's keys whose age-driven rotation
+	// may start per 24 hours, 0 to 1 (default 0.10).
+	SharePerDay float64 `yaml:"share_per_day" json:"share_per_day"`
+	// RetryInterval: a rekey not yet adopted is sent again this long after
+	// the last attempt; a device still silent after the first retry is a
+	// straggler (default 6h).
+	RetryInterval time.Duration `yaml:"retry_interval" json:"retry_interval"`
+	// MessageLimit: a version under which this many messages were
+	// decrypted is rotated early, whatever its age (default 2147483648 =
+	// 2^31; at most 2^32, NIST SP 800-38D's bound for random nonces).
+	MessageLimit uint64 `yaml:"message_limit" json:"message_limit"`
+	// PauseThreshold: no new rotation starts while more than this share of
+	// the pending ones are stragglers or failed delivery (default 0.2),
+	// once PauseMinSample are pending (default 20).
+	PauseThreshold float64 `yaml:"pause_threshold" json:"pause_threshold"`
+	PauseMinSample int     `yaml:"pause_min_sample" json:"pause_min_sample"`
+	// CommandTopic is where a device's rekey is published: {device_type}
+	// and {device_id} are replaced (default Watson IoT's command topic,
+	// DefaultCommandTopic).
+	CommandTopic string `yaml:"command_topic" json:"command_topic"`
+	// DeviceType fills {device_type} in CommandTopic: the registry does not
+	// record device types, so the fleet's one type is named here (default
+	// monitor).
+	DeviceType string `yaml:"device_type" json:"device_type"`
+	// RotateRootKey: the leader also rotates the root key every
+	// RootKeyMaxAge and rewraps every DEK under it (default true; false
+	// when the KMS rotates it by its own policy).
+	RotateRootKey *bool `yaml:"rotate_root_key,omitempty" json:"rotate_root_key,omitempty"`
+	// RootKeyMaxAge: age of the root key's newest version at which it is
+	// rotated (default 8760h).
+	RootKeyMaxAge time.Duration `yaml:"root_key_max_age" json:"root_key_max_age"`
+	// Tick: how often the leader looks at the registry (default 10s).
+	Tick time.Duration `yaml:"tick" json:"tick"`
+	// FlushInterval: how often each replica adds its per-version message
+	// counts to the registry (default 5m).
+	FlushInterval time.Duration `yaml:"flush_interval" json:"flush_interval"`
+}
+
+// RootRotationEnabled reports the effective rotate_root_key (true unless
+// set false).
+func (r Rotation) RootRotationEnabled() bool { return r.RotateRootKey == nil || *r.RotateRootKey }
+
+// Rotation defaults.
+const (
+	DefaultRotationMaxDEKAge      = 720 * time.Hour
+	DefaultRotationGracePeriod    = 72 * time.Hour
+	DefaultRotationSharePerDay    = 0.10
+	DefaultRotationRetryInterval  = 6 * time.Hour
+	DefaultRotationMessageLimit   = uint64(1) << 31
+	DefaultRotationPauseThreshold = 0.2
+	DefaultRotationPauseMinSample = 20
+	// DefaultCommandTopic equals rekey.DefaultTopic (docs/rekey-v1.md).
+	DefaultCommandTopic          = "iot-2/type/{device_type}/id/{device_id}/cmd/rekey/fmt/json"
+	DefaultRotationDeviceType    = "monitor"
+	DefaultRotationRootKeyMaxAge = 8760 * time.Hour
+	DefaultRotationTick          = 10 * time.Second
+	DefaultRotationFlushInterval = 5 * time.Minute
+)
+
 // Defaults.
 const (
 	DefaultMaxInFlight         = 100
@@ -521,6 +595,30 @@ func (c *Config) applyDefaults() {
 		t := true
 		c.DeadLetter.Fsync = &t
 	}
+
+	r := &c.Rotation
+	setD(&r.MaxDEKAge, DefaultRotationMaxDEKAge)
+	setD(&r.GracePeriod, DefaultRotationGracePeriod)
+	if r.SharePerDay == 0 {
+		r.SharePerDay = DefaultRotationSharePerDay
+	}
+	setD(&r.RetryInterval, DefaultRotationRetryInterval)
+	if r.MessageLimit == 0 {
+		r.MessageLimit = DefaultRotationMessageLimit
+	}
+	if r.PauseThreshold == 0 {
+		r.PauseThreshold = DefaultRotationPauseThreshold
+	}
+	setI(&r.PauseMinSample, DefaultRotationPauseMinSample)
+	setS(&r.CommandTopic, DefaultCommandTopic)
+	setS(&r.DeviceType, DefaultRotationDeviceType)
+	if r.RotateRootKey == nil {
+		t := true
+		r.RotateRootKey = &t
+	}
+	setD(&r.RootKeyMaxAge, DefaultRotationRootKeyMaxAge)
+	setD(&r.Tick, DefaultRotationTick)
+	setD(&r.FlushInterval, DefaultRotationFlushInterval)
 
 	setS(&c.Metrics.Listen, DefaultMetricsListen)
 	setS(&c.Log.Level, DefaultLogLevel)

@@ -112,6 +112,18 @@ func setFromString(v reflect.Value, s string) error {
 			return fmt.Errorf("want an integer, got %q", clip(s))
 		}
 		v.SetInt(n)
+	case reflect.Uint64:
+		n, err := strconv.ParseUint(strings.TrimSpace(s), 10, 64)
+		if err != nil {
+			return fmt.Errorf("want a non-negative integer, got %q", clip(s))
+		}
+		v.SetUint(n)
+	case reflect.Float64:
+		f, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
+		if err != nil {
+			return fmt.Errorf("want a number, got %q", clip(s))
+		}
+		v.SetFloat(f)
 	case reflect.Pointer:
 		if v.Type().Elem().Kind() != reflect.Bool {
 			return fmt.Errorf("unsupported type %s", v.Type())

@@ -70,6 +70,7 @@ func (c *Config) Validate() error {
 	c.validateDecrypt(&ck)
 	c.validateSinks(&ck)
 	c.validateDeadLetter(&ck)
+	c.validateRotation(&ck)
 	if err := checkListen(c.Metrics.Listen); err != "" {
 		ck.add("metrics.listen", "%s", err)
 	}
@@ -533,4 +534,74 @@ func checkListen(s string) string {
 		return fmt.Sprintf("port %q: want 0-65535", clip(port))
 	}
 	return ""
+}
+
+// maxMessageLimit is NIST SP 800-38D's bound on messages under one
+// AES-GCM key with random 96-bit nonces.
+const maxMessageLimit = uint64(1) << 32
+
+func (c *Config) validateRotation(ck *checker) {
+	r := c.Rotation
+	positive(ck, "rotation.max_dek_age", r.MaxDEKAge)
+	positive(ck, "rotation.grace_period", r.GracePeriod)
+	if !(r.SharePerDay > 0 && r.SharePerDay <= 1) {
+		ck.add("rotation.share_per_day", "want more than 0 and at most 1, got %g", r.SharePerDay)
+	}
+	positive(ck, "rotation.retry_interval", r.RetryInterval)
+	if r.MessageLimit > maxMessageLimit {
+		ck.add("rotation.message_limit", "at most 4294967296 (2^32, NIST SP 800-38D with random nonces), got %d", r.MessageLimit)
+	}
+	if !(r.PauseThreshold > 0 && r.PauseThreshold <= 1) {
+		ck.add("rotation.pause_threshold", "want more than 0 and at most 1, got %g", r.PauseThreshold)
+	}
+	if r.PauseMinSample < 1 {
+		ck.add("rotation.pause_min_sample", "must be positive, got %d", r.PauseMinSample)
+	}
+	if p := checkCommandTopic(r.CommandTopic); p != "" {
+		ck.add("rotation.command_topic", "%s", p)
+	}
+	if !validTopicLevel(r.DeviceType) {
+		ck.add("rotation.device_type", "want 1-64 of A-Z a-z 0-9 . _ - (one topic level), got %q", clip(r.DeviceType))
+	}
+	positive(ck, "rotation.root_key_max_age", r.RootKeyMaxAge)
+	positive(ck, "rotation.tick", r.Tick)
+	positive(ck, "rotation.flush_interval", r.FlushInterval)
+	if r.Tick > 0 && r.RetryInterval > 0 && r.Tick > r.RetryInterval {
+		ck.add("rotation.tick", "must not be longer than rotation.retry_interval (%s), got %s", r.RetryInterval, r.Tick)
+	}
+}
+
+// checkCommandTopic checks a rotation.command_topic: a topic to publish to
+// once {device_type} and {device_id} are filled, with {device_id} exactly
+// once as a whole level.
+func checkCommandTopic(p string) string {
+	n := 0
+	for _, l := range strings.Split(p, "/") {
+		switch {
+		case l == "{device_id}":
+			n++
+		case l == "{device_type}":
+		case strings.ContainsAny(l, "{}"):
+			return fmt.Sprintf("level %q: only {device_type} and {device_id} may be replaced, as whole levels", clip(l))
+		}
+	}
+	if n != 1 {
+		return "want exactly one level {device_id}"
+	}
+	filled := strings.NewReplacer("{device_type}", "t", "{device_id}", "d").Replace(p)
+	return topicName(filled)
+}
+
+// validTopicLevel reports whether s is a safe topic level (a device type).
+func validTopicLevel(s string) bool {
+	if len(s) == 0 || len(s) > 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		ch := s[i]
+		if !(ch >= 'a' && ch <= 'z' || ch >= 'A' && ch <= 'Z' || ch >= '0' && ch <= '9' || ch == '.' || ch == '_' || ch == '-') {
+			return false
+		}
+	}
+	return true
 }
