@@ -49,6 +49,7 @@ func run() int {
 	micro := fs.String("micro", "", "file holding `go test -bench` output to include in the results")
 	out := fs.String("out", "", "write the results as JSON to this file")
 	svg := fs.String("svg", "", "write the drain chart (SVG) to this file")
+	render := fs.String("render", "", "run nothing: read this results JSON and write -svg and the summary from it")
 	dir := fs.String("dir", "", "working directory (default: a new temporary one, removed at the end)")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return 2
@@ -60,6 +61,13 @@ func run() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	do.AuditDir, co.AuditDir = *auditDir, *auditDir
+	if *render != "" {
+		if err := renderOnly(*render, *svg); err != nil {
+			fmt.Fprintln(os.Stderr, "decryptd-bench:", err)
+			return 1
+		}
+		return 0
+	}
 	if err := runBench(ctx, fs, *drain, *cold, do, co, *micro, *out, *svg, *dir); err != nil {
 		fmt.Fprintln(os.Stderr, "decryptd-bench:", err)
 		return 1
@@ -118,19 +126,42 @@ func runBench(ctx context.Context, fs *flag.FlagSet, drain, cold bool, do bench.
 		}
 	}
 	if svg != "" && res.Drain != nil {
-		f, err := os.Create(svg)
-		if err != nil {
-			return err
-		}
-		if err := res.WriteSVG(f); err != nil {
-			f.Close()
-			return err
-		}
-		if err := f.Close(); err != nil {
+		if err := writeSVG(res, svg); err != nil {
 			return err
 		}
 	}
 	fmt.Println()
+	res.WriteSummary(os.Stdout)
+	return nil
+}
+
+func writeSVG(res *bench.Results, path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := res.WriteSVG(f); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// renderOnly redraws the chart and reprints the summary of an earlier run.
+func renderOnly(resultsFile, svg string) error {
+	data, err := os.ReadFile(resultsFile)
+	if err != nil {
+		return err
+	}
+	var res bench.Results
+	if err := json.Unmarshal(data, &res); err != nil {
+		return fmt.Errorf("%s: %w", resultsFile, err)
+	}
+	if svg != "" && res.Drain != nil {
+		if err := writeSVG(&res, svg); err != nil {
+			return err
+		}
+	}
 	res.WriteSummary(os.Stdout)
 	return nil
 }

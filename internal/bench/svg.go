@@ -17,7 +17,7 @@ func (r *Results) WriteSVG(w io.Writer) error {
 		return fmt.Errorf("bench: no drain results to chart")
 	}
 	const (
-		width, height = 960, 440
+		width, height = 960, 480
 		colBare       = "#3566b8"
 		colDec        = "#e07b1a"
 	)
