@@ -25,6 +25,7 @@ import (
 	"github.com/decryptd/decryptd/internal/registry"
 	"github.com/decryptd/decryptd/internal/registry/filestore"
 	"github.com/decryptd/decryptd/internal/registry/pgstore"
+	"github.com/decryptd/decryptd/internal/rotation"
 	"github.com/decryptd/decryptd/internal/sink"
 )
 
@@ -41,6 +42,7 @@ type parts struct {
 	store   registry.Store
 	cache   *keycache.Cache
 	pipe    *pipeline.Pipeline
+	rot     *rotationParts // nil unless rotation.enabled
 	unwraps atomic.Uint64
 	closers []namedCloser
 }
@@ -148,6 +150,16 @@ func build(ctx context.Context, o *Options) (_ *parts, err error) {
 		return nil, err
 	}
 
+	var opener pipeline.Opener = dec
+	if cfg.Rotation.Enabled {
+		if p.rot, err = p.buildRotation(o); err != nil {
+			return nil, fmt.Errorf("rotation: %w", err)
+		}
+		// Every record that opened is observed (adoption, message counts).
+		opener = rotation.ObservingOpener{Opener: dec, Tracker: p.rot.tracker}
+		p.onClose("rotation publisher", func() error { p.rot.publisher.Close(); return nil })
+	}
+
 	sinks, err := p.buildSinks(ctx, o)
 	if err != nil {
 		return nil, err
@@ -157,7 +169,7 @@ func build(ctx context.Context, o *Options) (_ *parts, err error) {
 		return nil, err
 	}
 	p.pipe, err = pipeline.New(pipeline.Options{
-		Opener: dec, Sinks: sinks, DeadLetter: dl,
+		Opener: opener, Sinks: sinks, DeadLetter: dl,
 		KMSUnwraps: p.unwraps.Load,
 		Registerer: o.Registry, Logger: o.Logger,
 	})
@@ -166,7 +178,7 @@ func build(ctx context.Context, o *Options) (_ *parts, err error) {
 	}
 	// From here on the pipeline's Close flushes and closes the sinks; the
 	// closers registered for them on the error path go.
-	p.closers = keepOnly(p.closers, "audit log", "kms keyprotect", "registry", "key cache")
+	p.closers = keepOnly(p.closers, "audit log", "kms keyprotect", "registry", "key cache", "rotation publisher")
 	return p, nil
 }
 

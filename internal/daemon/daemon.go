@@ -203,6 +203,24 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 		return nil
 	})
+	// Rotation (rotation.enabled): the tracker runs until the consumer has
+	// stopped (it observes the last in-flight records, then flushes its
+	// counts); the controller stops leading as soon as shutdown starts.
+	// Both end before the registry and the audit log close.
+	var rotWG sync.WaitGroup
+	tctx, stopTracker := context.WithCancel(context.WithoutCancel(gctx))
+	defer stopTracker()
+	if r := d.parts.rot; r != nil {
+		rotWG.Add(2)
+		go func() {
+			defer rotWG.Done()
+			r.runTracker(tctx)
+		}()
+		go func() {
+			defer rotWG.Done()
+			_ = r.controller.Run(gctx)
+		}()
+	}
 	g.Go(func() error {
 		<-gctx.Done()
 		d.stopping.Store(true)
@@ -211,6 +229,14 @@ func (d *Daemon) Run(ctx context.Context) error {
 		defer cancel()
 		if err := d.consumer.Shutdown(sctx); err != nil {
 			fail(err)
+		}
+		stopTracker()
+		rotDone := make(chan struct{})
+		go func() { rotWG.Wait(); close(rotDone) }()
+		select {
+		case <-rotDone:
+		case <-sctx.Done():
+			fail(errors.New("rotation: did not stop within the shutdown deadline"))
 		}
 		if err := d.closeParts(sctx); err != nil {
 			fail(err)
@@ -322,6 +348,10 @@ func Replay(ctx context.Context, o Options, in io.Reader) (pipeline.Summary, err
 			}
 		}
 	}
+	// A replay observes nothing for rotation: no tracker runs here.
+	cfg := *o.Config
+	cfg.Rotation.Enabled = false
+	o.Config = &cfg
 	p, err := build(ctx, &o)
 	if err != nil {
 		return pipeline.Summary{}, err

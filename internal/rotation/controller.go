@@ -35,11 +35,18 @@ type Ops interface {
 }
 
 // RootState remembers when the root key was last rotated and whether the
-// rewrap that follows is done (PGState, FileState). Optional: without it
-// the controller does no root rotation.
+// rewrap that follows is done (KMSRootState derives both from the KMS and
+// the registry). Optional: without it the controller does no root
+// rotation.
 type RootState interface {
 	Load(ctx context.Context) (last time.Time, rewrapPending bool, err error)
 	Save(ctx context.Context, last time.Time, rewrapPending bool) error
+}
+
+// entriesLoader is a RootState that can use the registry listing the scan
+// already made instead of listing it again.
+type entriesLoader interface {
+	LoadFrom(ctx context.Context, es []registry.Entry) (last time.Time, rewrapPending bool, err error)
 }
 
 // ControllerOptions configure a Controller.
@@ -49,6 +56,9 @@ type ControllerOptions struct {
 	Lease     Lease     // required
 	Publisher Publisher // required
 	RootState RootState // optional
+	// RootKeyID names the root key to rotate (empty: the only one there
+	// is; Key Protect: the configured one).
+	RootKeyID string
 	// TopicPattern: rekey topic ({device_type}, {device_id}); default
 	// rekey.DefaultTopic. DeviceType fills {device_type} (default "device").
 	TopicPattern string
@@ -337,7 +347,7 @@ func (c *Controller) Scan(ctx context.Context) error {
 	started := c.deliver(ctx, jobs, devKeys)
 
 	// 6. Root key schedule and rewrap.
-	c.rootSchedule(ctx, now)
+	c.rootSchedule(ctx, now, es)
 
 	c.mu.Lock()
 	c.status = Status{Keys: len(keys), Pending: pending, Stragglers: stragglers, Rotated: started, At: now}
@@ -360,7 +370,9 @@ func (c *Controller) refill(now time.Time, keys int) {
 	p := c.o.Policy
 	limit := p.SharePerWindow * float64(keys)
 	if c.last.IsZero() {
-		c.tokens, c.last = limit, now
+		// A full window's budget from the start (at least one key, so a
+		// fleet of fewer than 1/share keys is not held back for days).
+		c.tokens, c.last = max(limit, 1), now
 		return
 	}
 	c.tokens += limit * float64(now.Sub(c.last)) / float64(p.ShareWindow)
@@ -506,11 +518,18 @@ func gcm(key []byte) (cipher.AEAD, error) {
 
 // rootSchedule rotates the root key when its policy age is reached, and
 // runs (or resumes) the rewrap of every DEK after it, counting failures.
-func (c *Controller) rootSchedule(ctx context.Context, now time.Time) {
+func (c *Controller) rootSchedule(ctx context.Context, now time.Time, es []registry.Entry) {
 	if c.o.RootState == nil || c.o.Policy.RootRotationOff {
 		return
 	}
-	last, rewrapPending, err := c.o.RootState.Load(ctx)
+	var last time.Time
+	var rewrapPending bool
+	var err error
+	if l, ok := c.o.RootState.(entriesLoader); ok {
+		last, rewrapPending, err = l.LoadFrom(ctx, es)
+	} else {
+		last, rewrapPending, err = c.o.RootState.Load(ctx)
+	}
 	if err != nil {
 		c.log.Warn("rotation: reading the root rotation state failed", zap.Error(err))
 		return
@@ -521,7 +540,7 @@ func (c *Controller) rootSchedule(ctx context.Context, now time.Time) {
 		return
 	}
 	if now.Sub(last) >= c.o.Policy.RootMaxAge {
-		if _, err := c.o.Ops.RootRotate(ctx, ""); err != nil {
+		if _, err := c.o.Ops.RootRotate(ctx, c.o.RootKeyID); err != nil {
 			c.o.Metrics.failures.WithLabelValues("root_rotate").Inc()
 			c.log.Error("rotation: root key rotation failed", zap.Error(err))
 			return

@@ -3,6 +3,7 @@ package keyprotect
 import (
 	"context"
 	"slices"
+	"time"
 
 	kp "github.com/IBM/keyprotect-go-client"
 
@@ -117,4 +118,32 @@ func (p *Provider) ListRoots(ctx context.Context) ([]kms.RootKey, error) {
 			return out, nil
 		}
 	}
+}
+
+// NewestRootVersion names the configured root key's newest version and
+// when it was made (its last rotation, or its creation), for the root key
+// schedule of fleet rotation (rotation.RootClock).
+func (p *Provider) NewestRootVersion(ctx context.Context) (rootKeyID, version string, created time.Time, err error) {
+	id := p.rootID
+	k, err := call(ctx, p, "describe", id, func(ctx context.Context) (*kp.Key, error) {
+		return p.client.GetKeyMetadata(ctx, id)
+	}, nil)
+	if err != nil {
+		return "", "", time.Time{}, err
+	}
+	vs, err := p.versions(ctx, k.ID)
+	if err != nil {
+		return "", "", time.Time{}, err
+	}
+	if len(vs) > 0 {
+		version = vs[len(vs)-1]
+	}
+	switch {
+	case k.LastRotateDate != nil:
+		created = *k.LastRotateDate
+	case k.CreationDate != nil:
+		created = *k.CreationDate
+	}
+	// Wrap names the root as configured (id or alias): so does this.
+	return id, version, created, nil
 }

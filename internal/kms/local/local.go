@@ -99,6 +99,7 @@ type Provider struct {
 	name     string
 	versions []version // oldest first; the last one wraps
 	created  []string  // version ids, for RootKey
+	madeAt   time.Time // when the newest version was made
 }
 
 var (
@@ -310,7 +311,20 @@ func (p *Provider) reload() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.id, p.name, p.versions, p.created, p.loaded = kf.RootKeyID, kf.Name, vs, ids, id
+	p.madeAt = kf.Versions[len(kf.Versions)-1].Created
 	return nil
+}
+
+// NewestRootVersion names the wrapping root key version and when it was
+// made (re-reading the file if another process rotated it), for the root
+// key schedule of fleet rotation (rotation.RootClock).
+func (p *Provider) NewestRootVersion(ctx context.Context) (rootKeyID, version string, created time.Time, err error) {
+	if err := p.refreshIfChanged(); err != nil {
+		return "", "", time.Time{}, fmt.Errorf("local root version: %w", err)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.id, p.versions[len(p.versions)-1].id, p.madeAt, nil
 }
 
 // refreshIfChanged reloads when the file is no longer the one we loaded.
