@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/decryptd/decryptd/internal/keyops"
 	"github.com/decryptd/decryptd/internal/registry"
@@ -73,6 +74,19 @@ Commands:
   rewrap                        after a root rotation, rewrap every DEK still
                                 under an older root version; resumable (run it
                                 again after an interruption or failure)
+  rotate --device ID | --group NAME | --all
+                                start a rotation now: the key's next version is
+                                created active and pending (one already pending
+                                is kept); the running daemon's rotation
+                                controller (rotation.enabled) sends it to the
+                                device(s), which adopt it with their next
+                                message
+  rotation status [--json] [--chart FILE.png]
+                                the fleet's rotation state: keys current,
+                                pending, stragglers; versions by state; the
+                                age distribution of the current versions (a
+                                text histogram; --chart also writes it as a
+                                PNG bar chart)
   audit verify [--file FILE]    check the audit log's hash chain (default: the
                                 configured audit.path)
   help                          this text
@@ -101,7 +115,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 }
 
 func runContext(ctx context.Context, args []string, stdout, stderr io.Writer, env func(string) (string, bool)) int {
-	c := &cli{stdout: stdout, stderr: stderr, env: env}
+	c := &cli{stdout: stdout, stderr: stderr, env: env, now: time.Now}
 	if v, ok := env("DECRYPTD_CONFIG"); ok && v != "" {
 		c.configPath = v
 	} else {
@@ -136,6 +150,7 @@ func (c *cli) exit(err error) int {
 type cli struct {
 	stdout, stderr io.Writer
 	env            func(string) (string, bool)
+	now            func() time.Time
 	configPath     string
 }
 
@@ -196,6 +211,10 @@ func (c *cli) dispatch(ctx context.Context, args []string) error {
 		return c.rewrap(ctx, rest)
 	case "audit":
 		return c.audit(ctx, rest)
+	case "rotate":
+		return c.rotate(ctx, rest)
+	case "rotation":
+		return c.rotationCmd(ctx, rest)
 	}
 	return usagef("unknown command %q", cmd)
 }

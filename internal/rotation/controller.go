@@ -285,7 +285,7 @@ func (c *Controller) Scan(ctx context.Context) error {
 		}
 		pending++
 		r := kv.pending.Rotation
-		if now.Sub(kv.pending.CreatedAt) > p.RetryInterval && r.RekeyAttempts > 1 {
+		if isStraggler(*kv.pending, now, p.RetryInterval) {
 			stragglers = append(stragglers, kv.keyID)
 		} else if r.RekeyFailures > 0 && r.RekeyFailures == r.RekeyAttempts {
 			failing++
