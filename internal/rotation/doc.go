@@ -35,6 +35,18 @@
 // idempotent and the registry is the only progress record, so a new leader
 // continues where the old one stopped.
 //
+// Root key. With a RootState the leader also rotates the root key every
+// Policy.RootMaxAge and rewraps every DEK under the new version, retrying
+// failures at every scan (counted and flagged in the metrics). KMSRootState
+// keeps no state of its own: the last rotation is the KMS's creation time
+// of the root key's newest version (RootClock: the local and Key Protect
+// providers), and a rewrap is pending while any DEK in the registry is
+// under an older version, so a rotation made by hand is finished too.
+//
+// Status. Summarize computes what `dekctl rotation status` shows (keys
+// current, pending, stragglers, due; versions by state; the age
+// distribution of the current versions) with the controller's own rules.
+//
 // Metrics (labels from fixed sets only) are listed in metrics.go. Nothing
 // here logs or exports key material; rekey payloads carry DEKs only sealed.
 package rotation
