@@ -47,6 +47,9 @@ type Options struct {
 	Now func() time.Time
 	// RewrapWorkers is how many rewraps run at once (default 4).
 	RewrapWorkers int
+	// ProvisionWorkers is how many KMS calls and registry writes
+	// ProvisionMany runs at once (default 16).
+	ProvisionWorkers int
 }
 
 // Ops runs key operations.
