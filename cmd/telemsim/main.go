@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	"github.com/decryptd/decryptd/internal/fleet"
 	"github.com/decryptd/decryptd/internal/keyops"
 	"github.com/decryptd/decryptd/internal/pki"
+	"github.com/decryptd/decryptd/internal/rekey"
 )
 
 // Exit codes, for scripts.
@@ -75,6 +77,8 @@ type options struct {
 	seed                uint64
 	seedSet             bool
 	jsonOut, quiet      bool
+	rekey               bool
+	rekeyTopic          string
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
@@ -118,6 +122,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		o.seedSet = true
 		return err
 	})
+	fs.BoolVar(&o.rekey, "rekey", true, "take rekeys (docs/rekey-v1.md) on the devices' command topics and seal under the new DEK from then on, as devices do when decryptd rotates their keys")
+	fs.StringVar(&o.rekeyTopic, "rekey-topic", "", "command topic pattern of rekeys, {device_type} and {device_id} replaced (default: the config's rotation.command_topic, else "+rekey.DefaultTopic+")")
 	fs.BoolVar(&o.jsonOut, "json", false, "print the summary as JSON on stdout")
 	fs.BoolVar(&o.quiet, "quiet", false, "no progress lines")
 	if err := fs.Parse(args); err != nil {
@@ -218,6 +224,29 @@ func simulate(ctx context.Context, o *options, stdout, stderr io.Writer, env fun
 		return exitFailed, err
 	}
 	defer pub.Close()
+	var rekeys struct {
+		sync.Mutex
+		installed, refused int
+	}
+	if o.rekey {
+		pattern := o.rekeyTopic
+		if pattern == "" && cfg != nil {
+			pattern = cfg.Rotation.CommandTopic
+		}
+		err := pub.SubscribeRekeys(f, pattern, func(id, version string, installed bool, err error) {
+			rekeys.Lock()
+			defer rekeys.Unlock()
+			switch {
+			case err != nil:
+				rekeys.refused++
+			case installed:
+				rekeys.installed++
+			}
+		})
+		if err != nil {
+			return exitFailed, err
+		}
+	}
 
 	bad, err := fleet.ParseBadMix(o.bad)
 	if err != nil {
@@ -249,12 +278,17 @@ func simulate(ctx context.Context, o *options, stdout, stderr io.Writer, env fun
 	if err != nil {
 		return exitFailed, err
 	}
+	rekeys.Lock()
+	installed, refused := rekeys.installed, rekeys.refused
+	rekeys.Unlock()
 	if o.jsonOut {
 		out := struct {
 			fleet.Summary
 			Seed            uint64            `json:"seed"`
 			ExpectedReasons map[string]uint64 `json:"expected_reasons"`
-		}{sum, ropts.Seed, sum.ExpectedReasons()}
+			RekeysInstalled int               `json:"rekeys_installed"`
+			RekeysRefused   int               `json:"rekeys_refused"`
+		}{sum, ropts.Seed, sum.ExpectedReasons(), installed, refused}
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		if err := enc.Encode(out); err != nil {
@@ -263,6 +297,9 @@ func simulate(ctx context.Context, o *options, stdout, stderr io.Writer, env fun
 	} else {
 		sum.Text(stdout)
 		fmt.Fprintf(stdout, "seed         %d\n", ropts.Seed)
+		if o.rekey {
+			fmt.Fprintf(stdout, "rekeys       %d installed, %d refused\n", installed, refused)
+		}
 	}
 	if sum.Errors > 0 || sum.Unacknowledged > 0 {
 		return exitFailed, fmt.Errorf("%d publishes failed, %d unacknowledged", sum.Errors, sum.Unacknowledged)

@@ -14,6 +14,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/decryptd/decryptd/internal/dek"
 	"github.com/decryptd/decryptd/internal/keyops"
@@ -25,17 +26,43 @@ import (
 // that names none.
 const DefaultDeviceType = "monitor"
 
-// Device is one simulated device: its name, the DEK version it seals under
+// Device is one simulated device: its name, the DEK version it was given
 // and that DEK as a ready cipher (the raw key is wiped once the cipher is
-// built). Devices sharing a group key share one AEAD.
+// built). Devices sharing a group key share one AEAD. A device that
+// received a rekey (Fleet.Rekey) seals under its newest version: Current
+// says which.
 type Device struct {
 	ID         string
 	Type       string // Watson IoT device type, a topic level
 	KeyID      string // device/<ID>, or group/<name> for a group key
-	KeyVersion string
+	KeyVersion string // as provisioned
 	AEAD       cipher.AEAD
 
 	topic string
+
+	mu      sync.Mutex
+	rekeyed map[string]cipher.AEAD // versions of KeyID installed by rekeys
+	current string                 // newest installed ("": KeyVersion)
+}
+
+// Current returns the version the device seals under and its cipher.
+func (d *Device) Current() (version string, aead cipher.AEAD) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.current == "" {
+		return d.KeyVersion, d.AEAD
+	}
+	return d.current, d.rekeyed[d.current]
+}
+
+// key returns the device's cipher for version of its key.
+func (d *Device) key(version string) cipher.AEAD {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if version == d.KeyVersion {
+		return d.AEAD
+	}
+	return d.rekeyed[version]
 }
 
 // Topic is the device's Watson IoT event topic,
@@ -52,11 +79,14 @@ func TopicFor(deviceType, deviceID string) string {
 	return "iot-2/type/" + deviceType + "/id/" + deviceID + "/evt/telemetry/fmt/json"
 }
 
-// Fleet is a set of devices with their keys in memory. It is read-only once
-// built and safe for concurrent use; it also resolves its own keys
-// (ResolveKey), for tests that open what the fleet sent.
+// Fleet is a set of devices with their keys in memory. Its devices are
+// fixed once built; their keys change only by rekeys (Rekey). It is safe
+// for concurrent use; it also resolves its own keys (ResolveKey), for
+// tests that open what the fleet sent.
 type Fleet struct {
 	devices []*Device
+	byID    map[string]*Device
+	mu      sync.RWMutex // byRef: rekeys add versions
 	byRef   map[dek.Ref]*fleetKey
 }
 
@@ -81,7 +111,7 @@ func NewFleet(creds []keyops.Credential, deviceType string) (*Fleet, error) {
 	if !validTopicLevel(deviceType) {
 		return nil, fmt.Errorf("fleet: device type %q: want 1-64 of A-Z a-z 0-9 . _ -", deviceType)
 	}
-	f := &Fleet{byRef: make(map[dek.Ref]*fleetKey)}
+	f := &Fleet{byRef: make(map[dek.Ref]*fleetKey), byID: make(map[string]*Device, len(creds))}
 	seen := make(map[string]struct{}, len(creds))
 	for i, c := range creds {
 		if !registry.ValidDeviceID(c.DeviceID) || !registry.ValidKeyID(c.KeyID) || !registry.ValidKeyVersion(c.KeyVersion) {
@@ -105,6 +135,7 @@ func NewFleet(creds []keyops.Credential, deviceType string) (*Fleet, error) {
 		d := &Device{ID: c.DeviceID, Type: deviceType, KeyID: c.KeyID, KeyVersion: c.KeyVersion, AEAD: k.aead}
 		d.topic = TopicFor(deviceType, d.ID)
 		f.devices = append(f.devices, d)
+		f.byID[d.ID] = d
 	}
 	return f, nil
 }
@@ -118,13 +149,19 @@ func (f *Fleet) Device(i int) *Device { return f.devices[i] }
 // Devices returns the devices (a copy of the slice; the devices are shared).
 func (f *Fleet) Devices() []*Device { return slices.Clone(f.devices) }
 
-// Keys is the number of distinct DEK versions the fleet seals under.
-func (f *Fleet) Keys() int { return len(f.byRef) }
+// Keys is the number of distinct DEK versions the fleet holds.
+func (f *Fleet) Keys() int {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return len(f.byRef)
+}
 
 // ResolveKey implements decrypt.KeyResolver over the fleet's own keys: a
 // version the fleet does not hold, or one the device does not use, is
 // dek.ErrUnknownKey.
 func (f *Fleet) ResolveKey(_ context.Context, keyID, keyVersion, deviceID string) (cipher.AEAD, error) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
 	k := f.byRef[dek.Ref{KeyID: keyID, Version: keyVersion}]
 	if k == nil {
 		return nil, fmt.Errorf("%s@%s: %w", keyID, keyVersion, dek.ErrUnknownKey)

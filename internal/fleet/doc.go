@@ -24,6 +24,12 @@
 //     iot-2/type/<type>/id/<id>/evt/telemetry/fmt/json and always on the
 //     same connection, so its messages stay in order, with a bound on the
 //     publishes awaiting PUBACK per connection.
+//   - Rekeys: devices implement docs/rekey-v1.md. Fleet.Rekey installs a
+//     rekey on its device (opened with the version it is sealed under, the
+//     old versions kept, new messages sealed under the new one; repeats
+//     are no-ops, anything else refused), and Publisher.SubscribeRekeys
+//     takes them at QoS 2 on every device's command topic over the first
+//     connection, so a simulated fleet follows decryptd's key rotation.
 //   - Load: Run paces the fleet with a token bucket on the monotonic clock
 //     (total rate = devices × per-device rate, or unlimited for a backlog),
 //     holds the messages of a share of devices while they are offline and

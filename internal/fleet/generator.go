@@ -262,12 +262,18 @@ func (g *Generator) Next(d *Device, ts int64) (Message, error) {
 // Good makes a good message of d at ts without drawing a kind (offline
 // bursts) and without keeping it for replays.
 func (g *Generator) Good(d *Device, ts int64) (Message, error) {
-	return g.message(d, ts, d.KeyVersion)
+	return g.message(d, ts, "")
 }
 
+// message seals a message of d under version ("": the device's current
+// one, which a rekey may have changed).
 func (g *Generator) message(d *Device, ts int64, version string) (Message, error) {
-	if d.AEAD == nil {
+	cur, aead := d.Current()
+	if aead == nil {
 		return Message{}, errors.New("fleet: device without a key")
+	}
+	if version == "" {
+		version = cur
 	}
 	g.seq++
 	env := seal.Envelope{DeviceID: d.ID, Timestamp: ts, KeyVersion: version}
@@ -303,12 +309,12 @@ func (g *Generator) message(d *Device, ts int64, version string) (Message, error
 		meta = append(meta, `{"fw":"1.4.2","seq":`...)
 		meta = strconv.AppendUint(meta, g.seq, 10)
 		meta = append(meta, '}')
-		buf, err = g.sealer.AppendShapeA(buf, d.AEAD, env, readings, meta)
+		buf, err = g.sealer.AppendShapeA(buf, aead, env, readings, meta)
 		clear(readings)
 	} else {
 		pidJSON := []byte(`"` + pid + `"`)
 		mrn := []byte(`"MRN-` + pid[2:] + `"`)
-		buf, err = g.sealer.AppendShapeB(buf, d.AEAD, env, []seal.Field{
+		buf, err = g.sealer.AppendShapeB(buf, aead, env, []seal.Field{
 			{Name: "temperature", Value: tempText},
 			{Name: "heart_rate", Value: strconv.AppendInt(nil, int64(hr), 10)},
 			{Name: "spo2", Value: strconv.AppendInt(nil, int64(spo2), 10)},

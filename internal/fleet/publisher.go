@@ -59,6 +59,9 @@ type PublisherOptions struct {
 type Publisher struct {
 	opts  PublisherOptions
 	conns []*pubConn
+
+	subMu sync.Mutex
+	subs  []subscription // on connection 0 (SubscribeRekeys)
 }
 
 type pubConn struct {
@@ -122,6 +125,9 @@ func NewPublisher(ctx context.Context, opts PublisherOptions) (*Publisher, error
 			SetWriteTimeout(opts.AckTimeout)
 		if opts.TLS != nil {
 			co.SetTLSConfig(opts.TLS.Clone())
+		}
+		if i == 0 {
+			co.SetOnConnectHandler(p.resubscribe)
 		}
 		c := mqtt.NewClient(co)
 		tok := c.Connect()
