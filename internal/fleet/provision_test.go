@@ -332,9 +332,7 @@ func (a *countAuditor) Append(_ context.Context, e audit.Event) (audit.Event, er
 
 // TestProvision100k: 100,000 devices provision in reasonable time, with
 // keys of their own into a registry with a bulk path (CreateMany), and with
-// group keys of 10,000 devices into the real file registry (one Create per
-// group: the file registry rewrites its whole file per Create, see
-// BulkCreator).
+// group keys of 10,000 devices into the real file registry.
 func TestProvision100k(t *testing.T) {
 	const n = 100_000
 	tests := []struct {
