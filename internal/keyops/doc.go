@@ -20,6 +20,11 @@
 //     change feed (and drops a revoked or shredded key from its cache), and
 //     an interrupted rewrap resumes where it stopped: the registry itself is
 //     the progress record.
+//   - Fleets: ProvisionMany provisions many devices with Provision's rules
+//     from one registry listing, wrapping in parallel, creating every new
+//     version in one registry.BulkCreator.CreateMany (all or nothing) and
+//     appending the audit events in batches (BatchAuditor); one event per
+//     key version touched, as always.
 //   - Errors: ErrInvalidArgument for a bad name or combination of arguments
 //     (a usage error), ErrNotFound when nothing matches, anything else is an
 //     operation failure. dekctl maps them to exit codes 2, 3 and 1.
