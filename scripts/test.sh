@@ -23,7 +23,19 @@ for pkg in $(go list ./...); do
   dir=$(go list -f '{{.Dir}}' "$pkg")
   for target in $(grep -ho '^func Fuzz[A-Za-z0-9_]*' "$dir"/*_test.go 2>/dev/null | sed 's/^func //' | sort -u); do
     echo "-- $pkg $target"
-    go test -run='^$' -fuzz="^${target}\$" -fuzztime="$FUZZTIME" -fuzzminimizetime=5s "$pkg" 2>&1 | tail -n 3
+    out=$(mktemp)
+    if ! go test -run='^$' -fuzz="^${target}\$" -fuzztime="$FUZZTIME" -fuzzminimizetime=5s "$pkg" >"$out" 2>&1; then
+      cat "$out"
+      # A crasher is written to testdata/fuzz/<target>/: that fails the run.
+      # Without one the fuzzer itself broke down (a worker hung or was
+      # killed on a loaded machine): try once more before failing.
+      if [ -n "$(find "$dir/testdata/fuzz/$target" -newer "$out" -type f 2>/dev/null)" ]; then
+        echo "fuzz: $target found a failing input (kept in $dir/testdata/fuzz/$target)"; exit 1
+      fi
+      echo "fuzz: $target stopped without a failing input; running it again"
+      go test -run='^$' -fuzz="^${target}\$" -fuzztime="$FUZZTIME" -fuzzminimizetime=5s "$pkg" >"$out" 2>&1 || { cat "$out"; exit 1; }
+    fi
+    tail -n 2 "$out"; rm -f "$out"
   done
 done
 
