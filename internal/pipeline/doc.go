@@ -27,11 +27,15 @@
 //     failed and was forgotten, the duplicate is decrypted and delivered
 //     instead.
 //
-// Batching: each sink has one batcher goroutine that collects the records
-// of concurrent Process calls (up to MaxBatch, lingering at most Linger, and
-// not at all once every call in progress has handed its record over) and
-// writes them in one Write, then releases every waiter. One fsync then
-// covers a whole batch.
+// Batching (group commit): each sink has a collector goroutine that takes
+// the records of concurrent Process calls at any time, and one writer
+// goroutine that writes one batch at a time (a sink's Write is never called
+// concurrently) and then releases every waiter of that batch. While the
+// writer writes and fsyncs a batch, the collector gathers the next one;
+// when the writer is done it takes everything gathered meanwhile (up to
+// MaxBatch) at once. When the writer is idle, a batch leaves after at most
+// Linger, or at once when every call in progress has handed its record
+// over. One fsync then covers a whole batch, and intake never stalls on it.
 //
 // Nothing here logs or exports a payload, plaintext or key; metric labels
 // come from fixed sets (reason, sink name, cause, outcome). Logs record

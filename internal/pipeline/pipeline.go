@@ -34,7 +34,7 @@ var ErrClosed = errors.New("pipeline: closed")
 
 // Defaults of Options.
 const (
-	DefaultMaxBatch   = 256
+	DefaultMaxBatch   = 1024
 	DefaultLinger     = 5 * time.Millisecond
 	DefaultMinBackoff = 100 * time.Millisecond
 	DefaultMaxBackoff = 10 * time.Second
@@ -54,7 +54,7 @@ type Options struct {
 	// received (sink.DeadLetter records).
 	DeadLetter sink.Sink
 
-	// MaxBatch bounds the records of one sink Write (default 256).
+	// MaxBatch bounds the records of one sink Write (default 1024).
 	MaxBatch int
 	// Linger is the longest a batcher waits for more records once it holds
 	// one, while other Process calls are still on their way (default 5ms).

@@ -534,3 +534,77 @@ func TestNewValidates(t *testing.T) {
 		})
 	}
 }
+
+// startStalled gates sink a, starts n Process calls and returns once the
+// first one's record is being written to a and every one has been handed
+// to both batchers: sink b, which Process sends to after a, holds them all
+// while a's first write still stalls. Each call's error arrives on the
+// returned channel.
+func startStalled(t *testing.T, e *env, n int) (gate chan struct{}, errs chan error) {
+	t.Helper()
+	gate = make(chan struct{})
+	e.a.setGate(gate)
+	e.a.entered = make(chan struct{}, 1)
+	errs = make(chan error, n)
+	run := func(i int) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		errs <- e.p.Process(ctx, msg(fmt.Sprintf("ok:r%d", i)))
+	}
+	go run(0)
+	<-e.a.entered
+	for i := 1; i < n; i++ {
+		go run(i)
+	}
+	waitFor(t, "every record handed over while sink a's write stalls", func() bool { return len(e.b.records()) == n })
+	return gate, errs
+}
+
+// Group commit: records keep being taken while a batch is written, and the
+// ones that arrived during the write share the next one.
+func TestGroupCommitCollectsDuringWrite(t *testing.T) {
+	e := newEnv(t, nil)
+	const n = 11
+	gate, errs := startStalled(t, e, n)
+	select {
+	case err := <-errs:
+		t.Fatalf("a Process call returned (%v) before sink a wrote its record", err)
+	default:
+	}
+	close(gate)
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := e.a.batchSizes(); len(got) != 2 || got[0] != 1 || got[1] != n-1 {
+		t.Errorf("sink a batches %v, want [1 %d]: the records taken during the first write go in one", got, n-1)
+	}
+	if e.a.overlaps.Load() != 0 || e.b.overlaps.Load() != 0 {
+		t.Error("Write called concurrently")
+	}
+}
+
+// Close while a write stalls and more records wait behind it: every one is
+// written before the sinks are closed, and every caller is answered.
+func TestCloseWritesPending(t *testing.T) {
+	e := newEnv(t, nil)
+	const n = 9
+	gate, errs := startStalled(t, e, n)
+	closed := make(chan struct{})
+	go func() { e.close(); close(closed) }()
+	time.Sleep(10 * time.Millisecond) // let Close begin while a stalls
+	close(gate)
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatalf("Process: %v", err)
+		}
+	}
+	<-closed
+	if got := len(e.a.records()); got != n {
+		t.Fatalf("sink a holds %d records, want %d", got, n)
+	}
+	if !e.a.closed {
+		t.Error("sink a not closed")
+	}
+}
