@@ -41,3 +41,30 @@ func PrepareCreateMany(es []Entry, now time.Time) ([]Entry, error) {
 	}
 	return out, nil
 }
+
+// BulkUpdater is the optional bulk path of Store.Update: re-provisioning a
+// fleet demotes every device's previous version, which one Update each
+// would make a whole-file rewrite per device on the file store.
+type BulkUpdater interface {
+	// UpdateMany applies fn to each named entry as Update does (the same
+	// rules, timestamps and no-op detection), all in one atomic step: every
+	// changed entry is saved, or none. It fails with ErrNotFound naming an
+	// entry that does not exist, with ErrInvalid if refs names one twice,
+	// and with fn's error, unwrapped, if fn fails for any entry. It returns
+	// the entries as stored, in the order of refs. Each changed entry
+	// reaches watchers as a ChangeUpdated, or is covered by a ChangeReset.
+	UpdateMany(ctx context.Context, refs []dek.Ref, fn func(*Entry) error) ([]Entry, error)
+}
+
+// CheckRefs is the shared argument check of BulkUpdater.UpdateMany: every
+// ref named once.
+func CheckRefs(refs []dek.Ref) error {
+	seen := make(map[dek.Ref]int, len(refs))
+	for i, r := range refs {
+		if j, dup := seen[r]; dup {
+			return fmt.Errorf("%w: refs[%d]: %s also refs[%d]", ErrInvalid, i, r, j)
+		}
+		seen[r] = i
+	}
+	return nil
+}

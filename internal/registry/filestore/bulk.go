@@ -44,3 +44,49 @@ func (s *Store) CreateMany(ctx context.Context, es []registry.Entry) error {
 	})
 	return err
 }
+
+var _ registry.BulkUpdater = (*Store)(nil)
+
+// UpdateMany applies fn to every entry of refs in one locked rewrite of the
+// file, on the file as it is now, all or nothing; see registry.BulkUpdater.
+// Watchers get a ChangeUpdated per changed entry (or a ChangeReset, as for
+// CreateMany).
+func (s *Store) UpdateMany(ctx context.Context, refs []dek.Ref, fn func(*registry.Entry) error) ([]registry.Entry, error) {
+	if s.closed.Load() {
+		return nil, registry.ErrClosed
+	}
+	if err := registry.CheckRefs(refs); err != nil {
+		return nil, err
+	}
+	if len(refs) == 0 {
+		return nil, nil
+	}
+	out := make([]registry.Entry, len(refs))
+	_, err := s.write(ctx, func(index map[dek.Ref]registry.Entry) (registry.Entry, []registry.Change, error) {
+		now := s.opt.clock()
+		var changes []registry.Change
+		for i, ref := range refs {
+			old, ok := index[ref]
+			if !ok {
+				return registry.Entry{}, nil, fmt.Errorf("refs[%d]: %s: %w", i, ref, registry.ErrNotFound)
+			}
+			next, changed, err := registry.ApplyUpdate(old, now, fn)
+			if err != nil {
+				return registry.Entry{}, nil, err
+			}
+			out[i] = next
+			if changed {
+				index[ref] = next
+				changes = append(changes, registry.Change{Kind: registry.ChangeUpdated, KeyID: ref.KeyID, Version: ref.Version, State: next.State})
+			}
+		}
+		return registry.Entry{}, changes, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	for i := range out {
+		out[i] = out[i].Clone()
+	}
+	return out, nil
+}

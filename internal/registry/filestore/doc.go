@@ -27,7 +27,8 @@
 // changes; if an entry disappeared (a file restored from backup) it emits
 // Reset. Writes through a handle notify its own watchers directly.
 //
-// Bulk: CreateMany (registry.BulkCreator) adds a whole batch in one locked
-// rewrite of the file, all or nothing, where Create rewrites the file once
-// per entry; provisioning a fleet goes through it.
+// Bulk: CreateMany (registry.BulkCreator) adds a whole batch, and UpdateMany
+// (registry.BulkUpdater) changes one, in one locked rewrite of the file, all
+// or nothing, where Create and Update rewrite the file once per entry;
+// provisioning a fleet goes through them.
 package filestore

@@ -30,7 +30,10 @@
 // (migration 3), and sends instead a few notifications with op
 // "insert_batch" naming some 200 keys each, which Watch turns back into one
 // ChangeCreated per key. A build without migration 3's parser reads them as
-// Reset.
+// Reset. UpdateMany (registry.BulkUpdater) locks the batch's rows FOR UPDATE
+// in key order, applies the update function to each, writes the changed
+// rows back through COPY into a temporary table and one UPDATE, and
+// notifies the same way ("update_batch").
 //
 // Errors from the server are reduced to their SQLSTATE and message: a
 // constraint violation's detail would quote the failing row, wrapped DEK

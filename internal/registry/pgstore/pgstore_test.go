@@ -252,6 +252,9 @@ func TestParseNotificationBatch(t *testing.T) {
 		{"short triple", `{"op":"insert_batch","keys":[["device/a","v1"]]}`, reset},
 		{"not json", `{"op":"insert_batch",`, reset},
 		{"single row", `{"op":"insert","key_id":"k","key_version":"v1","state":"active"}`, []registry.Change{created("k", "v1", dek.StateActive)}},
+		{"update batch", `{"op":"update_batch","keys":[["device/a","v1","decrypt_only"]]}`,
+			[]registry.Change{{Kind: registry.ChangeUpdated, KeyID: "device/a", Version: "v1", State: dek.StateDecryptOnly}}},
+		{"unknown batch", `{"op":"delete_batch","keys":[["device/a","v1","active"]]}`, reset},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got := parseNotification(tc.in)
@@ -273,7 +276,7 @@ func TestBatchPayloads(t *testing.T) {
 	for i := range es {
 		es[i] = registrytest.NewEntry(fmt.Sprintf("device/%s-%05d", strings.Repeat("x", i%180), i), strings.Repeat("v", 1+i%32))
 	}
-	payloads, err := batchPayloads(es)
+	payloads, err := batchPayloads(opInsertBatch, es)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,5 +6,6 @@
 // handles, List order, and a Watch that sees a change made through another
 // handle within 2 seconds. For a store that implements
 // registry.BulkCreator it also runs RunBulkContract (10,000 entries in one
-// call, all or nothing, watchers told), and BenchmarkCreateMany measures it.
+// call, all or nothing, watchers told) and, for a registry.BulkUpdater,
+// UpdateMany's; BenchmarkCreateMany measures the bulk path.
 package registrytest
