@@ -59,8 +59,9 @@ type groupJoin struct {
 // Unlike a Provision per device, it lists the registry once, wraps the new
 // DEKs Options.ProvisionWorkers at a time, stores them in one CreateMany
 // when the registry is a registry.BulkCreator (else one Create each,
-// ProvisionWorkers at a time), and appends the audit events with one
-// AppendMany per step when the Auditor is a BatchAuditor. If another writer
+// ProvisionWorkers at a time), demotes the superseded versions in one
+// UpdateMany when it is a registry.BulkUpdater, and appends the audit
+// events with one AppendMany per step when the Auditor is a BatchAuditor. If another writer
 // takes one of the picked version names meanwhile, CreateMany fails as a
 // whole and ProvisionMany plans again from a fresh listing, as Provision
 // does.
@@ -78,7 +79,7 @@ type groupJoin struct {
 // as DEKs are made, with the number of requests served so far, and with
 // (len(reqs), len(reqs)) once all is stored and recorded.
 // Needs KMS, Registry, Audit. The caller wipes the Credentials.
-func (op *Ops) ProvisionMany(ctx context.Context, reqs []ProvisionRequest, progress func(done, total int)) (creds []Credential, err error) {
+func (op *Ops) ProvisionMany(ctx context.Context, reqs []ProvisionRequest, progress func(done, total int)) ([]Credential, error) {
 	if err := op.needKMS(); err != nil {
 		return nil, err
 	}
@@ -127,7 +128,7 @@ type errRetry struct{ err error }
 func (e errRetry) Error() string { return e.err.Error() }
 func (e errRetry) Unwrap() error { return e.err }
 
-func (op *Ops) provisionManyOnce(ctx context.Context, reqs []ProvisionRequest, made map[dek.Ref]*newVersion, rep *reporter, lastTry bool) (creds []Credential, err error) {
+func (op *Ops) provisionManyOnce(ctx context.Context, reqs []ProvisionRequest, made map[dek.Ref]*newVersion, rep *reporter, lastTry bool) ([]Credential, error) {
 	all, err := op.o.Registry.List(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("list registry: %w", err)
@@ -223,7 +224,7 @@ func (op *Ops) provisionManyOnce(ctx context.Context, reqs []ProvisionRequest, m
 	for _, j := range joins {
 		keys[j.active.Ref()] = j.key
 	}
-	creds = make([]Credential, len(reqs))
+	creds := make([]Credential, len(reqs))
 	for i, r := range reqs {
 		ref := credKey[i]
 		creds[i] = Credential{DeviceID: r.DeviceID, KeyID: ref.KeyID, KeyVersion: ref.Version, DEK: slices.Clone(keys[ref])}
@@ -325,7 +326,9 @@ func (op *Ops) storeVersions(ctx context.Context, create []*newVersion, lastTry 
 }
 
 // demoteSuperseded moves the versions that were active before each new
-// device version to decrypt_only, recording one rotate event each.
+// device version to decrypt_only, recording one rotate event each: in one
+// UpdateMany when the registry is a registry.BulkUpdater (all or none),
+// else one Update each.
 func (op *Ops) demoteSuperseded(ctx context.Context, create []*newVersion) error {
 	type demotion struct {
 		e    registry.Entry
@@ -337,6 +340,32 @@ func (op *Ops) demoteSuperseded(ctx context.Context, create []*newVersion) error
 			todo = append(todo, demotion{e, v.ref.Version})
 		}
 	}
+	demoteFn := func(cur *registry.Entry) error {
+		if cur.State == dek.StateActive {
+			cur.State = dek.StateDecryptOnly
+		}
+		return nil
+	}
+	if bu, ok := op.o.Registry.(registry.BulkUpdater); ok && len(todo) > 0 {
+		refs := make([]dek.Ref, len(todo))
+		for i, d := range todo {
+			refs[i] = d.e.Ref()
+		}
+		start := op.o.Now()
+		got, err := bu.UpdateMany(ctx, refs, demoteFn)
+		events := make([]audit.Event, len(todo))
+		for i, d := range todo {
+			w := d.e.Wrapped
+			if err == nil {
+				w = got[i].Wrapped
+			}
+			events[i] = op.newEvent(audit.ActionRotate, d.e.Ref(), w, start, err, "active -> decrypt_only, superseded by "+d.keep)
+		}
+		if err != nil {
+			err = fmt.Errorf("demote %d superseded versions: %w", len(todo), err)
+		}
+		return joinAudit(err, op.appendEvents(ctx, events))
+	}
 	var (
 		mu     sync.Mutex
 		events []audit.Event
@@ -346,12 +375,7 @@ func (op *Ops) demoteSuperseded(ctx context.Context, create []*newVersion) error
 	_ = op.parallel(ctx, len(todo), func(ctx context.Context, i int) error {
 		d := todo[i]
 		start := op.o.Now()
-		got, err := op.o.Registry.Update(ctx, d.e.KeyID, d.e.Version, func(cur *registry.Entry) error {
-			if cur.State == dek.StateActive {
-				cur.State = dek.StateDecryptOnly
-			}
-			return nil
-		})
+		got, err := op.o.Registry.Update(ctx, d.e.KeyID, d.e.Version, demoteFn)
 		if err != nil {
 			got = d.e
 		}
