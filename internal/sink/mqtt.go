@@ -12,6 +12,7 @@ import (
 	"unicode/utf8"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/eclipse/paho.mqtt.golang/packets"
 )
 
 // DeviceIDPlaceholder in MQTTOptions.Topic is replaced by each record's
@@ -148,9 +149,14 @@ func NewMQTT(ctx context.Context, opts MQTTOptions) (*MQTT, error) {
 	co := mqtt.NewClientOptions().
 		AddBroker(opts.Broker).
 		SetClientID(opts.ClientID).
-		// A publisher has no subscriptions to keep; paho still resends
-		// unacknowledged publishes after a reconnect.
+		// A publisher has no subscriptions to keep.
 		SetCleanSession(true).
+		// Keep no outgoing packets for paho to resend after a reconnect: a
+		// Write that lost its connection fails and the caller retries the
+		// whole batch, so a resend adds nothing, and paho v1.5.1's resend
+		// races with the dying connection's writer (it flips the packet's
+		// DUP bit while the old goroutine may still be encoding it).
+		SetStore(discardStore{}).
 		SetOrderMatters(false).
 		SetKeepAlive(opts.KeepAlive).
 		SetPingTimeout(10 * time.Second).
@@ -299,3 +305,14 @@ func (s *MQTT) Close(ctx context.Context) error {
 }
 
 var _ Sink = (*MQTT)(nil)
+
+// discardStore is an mqtt.Store that keeps nothing (see NewMQTT).
+type discardStore struct{}
+
+func (discardStore) Open()                             {}
+func (discardStore) Put(string, packets.ControlPacket) {}
+func (discardStore) Get(string) packets.ControlPacket  { return nil }
+func (discardStore) All() []string                     { return nil }
+func (discardStore) Del(string)                        {}
+func (discardStore) Close()                            {}
+func (discardStore) Reset()                            {}
