@@ -32,7 +32,11 @@
 // Append takes an exclusive flock on the file, checks by its size that no one
 // else appended since its last write (else re-reads the last line for seq and
 // hash), writes the line with one write(2) and fsyncs before returning. An
-// event is in the log once Append returned nil. AppendMany does the same
+// event is in the log once Append returned nil. Concurrent appends of one
+// Writer are committed in groups: those that arrive while a group is being
+// written and fsynced are written together next, under one lock, with one
+// write(2) and one fsync, each caller still returning only once its own
+// lines are durable. AppendMany does the same
 // for a batch (a fleet's provisioning): one lock, one write, one fsync, the
 // lines chained in order; a crash mid-write leaves a prefix of the batch. A line torn by a crash (no
 // final newline) was never acknowledged; the next writer truncates it away

@@ -27,16 +27,30 @@ func WithClock(now func() time.Time) Option { return func(o *options) { o.clock 
 
 // Writer appends events to an audit log. Safe for concurrent use, and for
 // use alongside Writers in other processes on the same file.
+//
+// Concurrent appends are committed in groups: the appends queued while one
+// group is written and fsynced are written together by the next (one
+// flock, one write(2), one fsync), so N concurrent unwraps cost about two
+// fsyncs instead of N in a row. Each call still returns only once its own
+// lines are durable.
 type Writer struct {
 	path string
 	opt  options
 
-	mu     sync.Mutex
+	// lead is the group commit's baton (capacity 1): its holder takes every
+	// queued request and commits them; the others wait for their answer or
+	// for the baton, whichever comes first.
+	lead  chan struct{}
+	qmu   sync.Mutex
+	queue []*request
+
+	mu     sync.Mutex // the file state below; held by the leader while it writes
 	f      *os.File
 	size   int64 // the file's size after our last append; -1: unknown
 	prev   string
 	seq    uint64
-	buf    []byte
+	buf    []byte // one encoded line
+	batch  []byte // a group's lines
 	closed bool
 }
 
@@ -63,7 +77,7 @@ func Open(ctx context.Context, path string, opts ...Option) (*Writer, error) {
 		f.Close()
 		return nil, fmt.Errorf("audit log %s: mode %v lets group or others write it; chmod go-w", path, fi.Mode().Perm())
 	}
-	w := &Writer{path: path, opt: o, f: f, size: -1}
+	w := &Writer{path: path, opt: o, f: f, size: -1, lead: make(chan struct{}, 1)}
 	if err := flock(ctx, f); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("audit log %s: lock: %w", path, err)
@@ -88,43 +102,11 @@ func (w *Writer) Append(ctx context.Context, e Event) (Event, error) {
 	if err := e.normalise(); err != nil {
 		return Event{}, err
 	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.closed {
-		return Event{}, errors.New("audit log: closed")
-	}
-	if err := flock(ctx, w.f); err != nil {
-		return Event{}, fmt.Errorf("audit log %s: lock: %w", w.path, err)
-	}
-	defer unlock(w.f)
-	fi, err := w.f.Stat()
-	if err != nil {
-		return Event{}, fmt.Errorf("audit log %s: %w", w.path, err)
-	}
-	if fi.Size() != w.size {
-		// Another process appended (or our last write failed half way).
-		if err := w.syncTail(); err != nil {
-			return Event{}, err
-		}
-	}
-	e.Seq, e.Prev = w.seq+1, w.prev
-	line, h, err := encodeLine(w.buf, &e)
+	out, err := w.commit(ctx, []Event{e})
 	if err != nil {
 		return Event{}, err
 	}
-	line = append(line, '\n')
-	w.buf = line
-	if _, err := w.f.Write(line); err != nil {
-		w.size = -1
-		return Event{}, fmt.Errorf("audit log %s: write: %w", w.path, err)
-	}
-	if err := w.f.Sync(); err != nil {
-		w.size = -1
-		return Event{}, fmt.Errorf("audit log %s: fsync: %w", w.path, err)
-	}
-	w.size += int64(len(line))
-	w.prev, w.seq, e.Hash = h, e.Seq, h
-	return e, nil
+	return out[0], nil
 }
 
 // AppendMany writes events as consecutive lines and returns them as written,
@@ -152,49 +134,150 @@ func (w *Writer) AppendMany(ctx context.Context, events []Event) ([]Event, error
 		}
 		out[i] = e
 	}
+	return w.commit(ctx, out)
+}
+
+// request is one Append or AppendMany waiting for its group: events, once
+// normalised; out and err, set before done is closed.
+type request struct {
+	ctx    context.Context
+	events []Event
+	out    []Event
+	err    error
+	done   chan struct{}
+}
+
+// commit queues events (normalised, consecutive in the log) and returns
+// them as written once they are durable. The caller that takes the baton
+// writes every queued request in one group; the others wait for it.
+func (w *Writer) commit(ctx context.Context, events []Event) ([]Event, error) {
+	r := &request{ctx: ctx, events: events, done: make(chan struct{})}
+	w.qmu.Lock()
+	w.queue = append(w.queue, r)
+	w.qmu.Unlock()
+	for {
+		select {
+		case <-r.done:
+			return r.out, r.err
+		case w.lead <- struct{}{}:
+		}
+		select {
+		case <-r.done: // answered by the leader before us
+		default:
+			w.writeGroup(r)
+		}
+		<-w.lead
+		select {
+		case <-r.done:
+			return r.out, r.err
+		default:
+			// Our lock attempt failed on our own context and someone
+			// else's request went first: wait again.
+		}
+	}
+}
+
+// writeGroup, called with the baton, commits every queued request. The
+// file lock is taken under the leader's context: if that fails, only the
+// leader's own request (me) is answered, and the others stay queued for
+// the next leader, so one caller's cancelled context fails no one else.
+func (w *Writer) writeGroup(me *request) {
+	w.qmu.Lock()
+	group := w.queue
+	w.queue = nil
+	w.qmu.Unlock()
+	answer := func(rs []*request, err error) {
+		for _, r := range rs {
+			if err != nil {
+				r.out, r.err = nil, err
+			}
+			close(r.done)
+		}
+	}
+	requeue := func(rs []*request) {
+		w.qmu.Lock()
+		w.queue = append(rs, w.queue...)
+		w.qmu.Unlock()
+	}
+
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.closed {
-		return nil, errors.New("audit log: closed")
+		answer(group, errors.New("audit log: closed"))
+		return
 	}
-	if err := flock(ctx, w.f); err != nil {
-		return nil, fmt.Errorf("audit log %s: lock: %w", w.path, err)
+	if err := flock(me.ctx, w.f); err != nil {
+		others := make([]*request, 0, len(group))
+		for _, r := range group {
+			if r != me {
+				others = append(others, r)
+			}
+		}
+		requeue(others)
+		answer([]*request{me}, fmt.Errorf("audit log %s: lock: %w", w.path, err))
+		return
 	}
 	defer unlock(w.f)
 	fi, err := w.f.Stat()
 	if err != nil {
-		return nil, fmt.Errorf("audit log %s: %w", w.path, err)
+		answer(group, fmt.Errorf("audit log %s: %w", w.path, err))
+		return
 	}
 	if fi.Size() != w.size {
+		// Another process appended (or our last write failed half way).
 		if err := w.syncTail(); err != nil {
-			return nil, err
+			answer(group, err)
+			return
 		}
 	}
 	seq, prev := w.seq, w.prev
-	var batch []byte
-	for i := range out {
-		seq++
-		out[i].Seq, out[i].Prev = seq, prev
-		line, h, err := encodeLine(w.buf, &out[i])
-		if err != nil {
-			return nil, err
+	batch := w.batch[:0]
+	written := group[:0:0]
+	for _, r := range group {
+		// A request whose line cannot be encoded fails alone; the chain
+		// goes on from the request before it.
+		s0, p0, n0 := seq, prev, len(batch)
+		out := make([]Event, len(r.events))
+		var rerr error
+		for i, e := range r.events {
+			seq++
+			e.Seq, e.Prev = seq, prev
+			line, h, err := encodeLine(w.buf, &e)
+			if err != nil {
+				rerr = err
+				break
+			}
+			w.buf = line
+			batch = append(batch, line...)
+			batch = append(batch, '\n')
+			e.Hash, prev = h, h
+			out[i] = e
 		}
-		w.buf = line
-		batch = append(batch, line...)
-		batch = append(batch, '\n')
-		out[i].Hash, prev = h, h
+		if rerr != nil {
+			seq, prev, batch = s0, p0, batch[:n0]
+			answer([]*request{r}, rerr)
+			continue
+		}
+		r.out = out
+		written = append(written, r)
+	}
+	w.batch = batch[:0]
+	if len(written) == 0 {
+		return
 	}
 	if _, err := w.f.Write(batch); err != nil {
 		w.size = -1
-		return nil, fmt.Errorf("audit log %s: write: %w", w.path, err)
+		answer(written, fmt.Errorf("audit log %s: write: %w", w.path, err))
+		return
 	}
 	if err := w.f.Sync(); err != nil {
 		w.size = -1
-		return nil, fmt.Errorf("audit log %s: fsync: %w", w.path, err)
+		answer(written, fmt.Errorf("audit log %s: fsync: %w", w.path, err))
+		return
 	}
 	w.size += int64(len(batch))
 	w.prev, w.seq = prev, seq
-	return out, nil
+	answer(written, nil)
 }
 
 // Head returns the anchor of the last line this Writer knows of: keep it
