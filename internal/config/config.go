@@ -49,9 +49,12 @@ type MQTT struct {
 	// AllowPlaintext permits tcp:// brokers (development only).
 	AllowPlaintext bool `yaml:"allow_plaintext" json:"allow_plaintext"`
 	// MaxInFlight bounds messages received but not yet acknowledged
-	// (default 100).
+	// (default 1024, the consumer's own). The broker's window (Mosquitto's
+	// max_inflight_messages) should be at or below it.
 	MaxInFlight int `yaml:"max_in_flight" json:"max_in_flight"`
-	// Workers is how many messages are decrypted at once (default 4).
+	// Workers is how many messages are processed at once (default 256).
+	// Each holds its message until every sink has its record durably, so
+	// the records one sink fsync can cover are bounded by Workers.
 	Workers int `yaml:"workers" json:"workers"`
 	// UnsubscribeOnShutdown unsubscribes before disconnecting, so a
 	// persistent session stops queueing for this instance (default false:
@@ -353,8 +356,8 @@ const (
 
 // Defaults.
 const (
-	DefaultMaxInFlight         = 100
-	DefaultWorkers             = 4
+	DefaultMaxInFlight         = 1024
+	DefaultWorkers             = 256
 	DefaultKeepAlive           = 30 * time.Second
 	DefaultConnectTimeout      = 10 * time.Second
 	DefaultKeyProtectTimeout   = 10 * time.Second
