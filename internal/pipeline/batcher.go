@@ -65,9 +65,9 @@ func (p *Pipeline) newBatcher(s sink.Sink) *batcher {
 // run is the collector. It keeps pending (jobs taken, not yet handed to
 // the writer) and hands them over when the writer is idle and either the
 // writer has just finished a batch (they waited a whole write already),
-// MaxBatch are pending, every Process call under way has handed its
-// record over (nobody else can join soon), or the first of them has
-// lingered Linger.
+// MaxBatch are pending, or, with a positive Linger, every Process call
+// under way has handed its record over (nobody else can join soon) or the
+// first of them has lingered Linger; with Linger 0, at once.
 func (b *batcher) run() {
 	defer close(b.exited)
 	go b.writeLoop()
@@ -87,7 +87,7 @@ func (b *batcher) run() {
 	)
 	for {
 		ready := len(pending) > 0 && !writing &&
-			(justFinished || lingered || stopping || len(pending) >= maxBatch ||
+			(justFinished || lingered || stopping || b.p.o.Linger == 0 || len(pending) >= maxBatch ||
 				int64(len(pending)) >= b.p.active.Load())
 		if ready {
 			n := min(len(pending), maxBatch)
@@ -112,7 +112,7 @@ func (b *batcher) run() {
 				return
 			}
 		}
-		if len(pending) > 0 && !writing && !lingering && !lingered && !stopping {
+		if len(pending) > 0 && !writing && !lingering && !lingered && !stopping && b.p.o.Linger > 0 {
 			timer.Reset(b.p.o.Linger)
 			lingering = true
 		}

@@ -33,9 +33,10 @@
 // concurrently) and then releases every waiter of that batch. While the
 // writer writes and fsyncs a batch, the collector gathers the next one;
 // when the writer is done it takes everything gathered meanwhile (up to
-// MaxBatch) at once. When the writer is idle, a batch leaves after at most
-// Linger, or at once when every call in progress has handed its record
-// over. One fsync then covers a whole batch, and intake never stalls on it.
+// MaxBatch) at once. When the writer is idle, a record is written at once
+// (or, with a positive Linger, after at most Linger, or as soon as every
+// call in progress has handed its record over). One fsync then covers a
+// whole batch, and intake never stalls on it.
 //
 // Nothing here logs or exports a payload, plaintext or key; metric labels
 // come from fixed sets (reason, sink name, cause, outcome). Logs record

@@ -35,7 +35,6 @@ var ErrClosed = errors.New("pipeline: closed")
 // Defaults of Options.
 const (
 	DefaultMaxBatch   = 1024
-	DefaultLinger     = 5 * time.Millisecond
 	DefaultMinBackoff = 100 * time.Millisecond
 	DefaultMaxBackoff = 10 * time.Second
 )
@@ -56,8 +55,12 @@ type Options struct {
 
 	// MaxBatch bounds the records of one sink Write (default 1024).
 	MaxBatch int
-	// Linger is the longest a batcher waits for more records once it holds
-	// one, while other Process calls are still on their way (default 5ms).
+	// Linger, when positive, is the longest an idle batcher waits for more
+	// records once it holds one, while other Process calls are still on
+	// their way. Default 0: an idle batcher writes at once, and the records
+	// that arrive during that write share the next one (group commit), so
+	// batches grow with the load by themselves; lingering only adds latency
+	// unless a sink charges per Write more than per record.
 	Linger time.Duration
 	// MinBackoff and MaxBackoff bound the wait between retries of a
 	// transient fault, doubling from MinBackoff, with jitter (defaults 100ms
@@ -120,9 +123,6 @@ func New(o Options) (*Pipeline, error) {
 	}
 	if o.MaxBatch == 0 {
 		o.MaxBatch = DefaultMaxBatch
-	}
-	if o.Linger == 0 {
-		o.Linger = DefaultLinger
 	}
 	if o.MinBackoff == 0 {
 		o.MinBackoff = DefaultMinBackoff
