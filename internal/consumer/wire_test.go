@@ -710,8 +710,9 @@ func BenchmarkWire(b *testing.B) {
 			c := w.wrap(counted)
 			defer c.Close()
 			done := make(chan error, 1)
+			n := int64(4 * b.N)
 			go func() {
-				_, err := io.CopyN(io.Discard, srv, int64(4*b.N))
+				_, err := io.CopyN(io.Discard, srv, n)
 				done <- err
 			}()
 			p := puback(1)
@@ -739,8 +740,9 @@ func BenchmarkWire(b *testing.B) {
 			b.Run(fmt.Sprintf("read/per_record=%d/%s", perRecord, w.name), func(b *testing.B) {
 				cc, srv := tlsPair(b)
 				record := bytes.Repeat(one.Bytes(), perRecord)
+				n := b.N // the goroutine may outlive this run; b.N changes for the next
 				go func() {
-					for sent := 0; sent < b.N; sent += perRecord {
+					for sent := 0; sent < n; sent += perRecord {
 						if _, err := srv.Write(record); err != nil {
 							return // the benchmark has ended and closed it
 						}
