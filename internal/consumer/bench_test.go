@@ -14,7 +14,13 @@ import (
 
 type countProc struct{ n atomic.Int64 }
 
-func (p *countProc) Process(context.Context, Message) error { p.n.Add(1); return nil }
+func (p *countProc) Process(_ context.Context, _ Message, done func(error)) { p.n.Add(1); done(nil) }
+
+func (p *countProc) TryProcess(_ context.Context, _ Message, done func(error)) bool {
+	p.n.Add(1)
+	done(nil)
+	return true
+}
 
 // BenchmarkConsume measures end-to-end intake through a real Mosquitto over
 // mutual TLS: b.N messages (100 B, QoS 1, 100 topics) are queued in the

@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"net"
 	"net/url"
 	"sync"
@@ -19,19 +18,31 @@ import (
 // Message is one MQTT message as handed to the Processor.
 type Message struct {
 	Topic      string
-	Payload    []byte // owned by the Processor for the duration of Process; do not modify
+	Payload    []byte // the Processor's until it calls done; do not modify
 	Dup        bool   // the broker marked it as a redelivery
 	ReceivedAt time.Time
 }
 
-// Processor takes a message to its destinations. Process blocks until the
-// message may be acknowledged (nil: every sink, or the dead-letter sink,
-// holds it, or it is a known duplicate) or ctx ends (non-nil: it is never
+// Processor takes messages to their destinations.
+//
+// Process starts taking m there and calls done exactly once: nil when m
+// may be acknowledged (every sink, or the dead-letter sink, holds it, or it
+// is a known duplicate), non-nil only when ctx ended (m is never
 // acknowledged and the broker redelivers it). It retries transient failures
-// itself. Calls for messages of one topic never overlap and come in receive
-// order; calls for different topics run concurrently.
+// itself. It may return before calling done (the message is then on its
+// way, e.g. in a sink's next batch) and may block meanwhile (a key being
+// loaded); done may run on any goroutine and must not block.
+//
+// TryProcess is Process for the intake's own goroutine, which must not
+// block: it returns false, having done nothing, when m would have to wait,
+// and the consumer then calls Process on a worker.
+//
+// Calls for messages of one topic never overlap and come in receive order,
+// so whatever a Processor hands on during a call keeps that order; calls
+// for different topics run concurrently.
 type Processor interface {
-	Process(ctx context.Context, m Message) error
+	Process(ctx context.Context, m Message, done func(error))
+	TryProcess(ctx context.Context, m Message, done func(error)) bool
 }
 
 // Errors returned by the Consumer.
@@ -92,11 +103,54 @@ type Consumer struct {
 
 // entry is one admitted message.
 type entry struct {
+	c          *Consumer
 	msg        mqtt.Message
 	gen        uint64
 	receivedAt time.Time
-	done       atomic.Bool  // Process returned nil
-	refs       atomic.Int32 // worker side + acknowledgement side
+	done       atomic.Bool  // the Processor finished it: it may be acknowledged
+	refs       atomic.Int32 // processing side + acknowledgement side
+
+	// call is the state of the Processor call under way: callRunning,
+	// then callReturned or callFailedInCall, whichever comes first.
+	call    atomic.Int32
+	callErr error
+	backoff time.Duration
+}
+
+const (
+	callRunning = iota
+	callReturned
+	callFailedInCall
+)
+
+func (e *entry) message() Message {
+	return Message{Topic: e.msg.Topic(), Payload: e.msg.Payload(), Dup: e.msg.Duplicate(), ReceivedAt: e.receivedAt}
+}
+
+// finish is the Processor's done for e.
+func (e *entry) finish(err error) {
+	c := e.c
+	if err != nil && c.procCtx.Err() == nil {
+		// A Processor returns an error only when its context ended; one
+		// that does otherwise breaks that contract, and the message is
+		// retried rather than left blocking every later acknowledgement
+		// until a reconnect: in the worker, in order, when the call has
+		// not returned yet, otherwise on its own after a back-off.
+		e.callErr = err
+		if e.call.CompareAndSwap(callRunning, callFailedInCall) {
+			return
+		}
+		c.retryLater(e)
+		return
+	}
+	if err == nil {
+		e.done.Store(true)
+		select {
+		case c.ackWake <- struct{}{}:
+		default:
+		}
+	}
+	c.unref(e)
 }
 
 // New validates the options and prepares a Consumer; it does not connect.
@@ -406,8 +460,9 @@ func (c *Consumer) onMessage(_ mqtt.Client, pm mqtt.Message) {
 		c.m.released.Inc()
 		return
 	}
-	e := &entry{msg: pm, gen: gen, receivedAt: now}
+	e := &entry{c: c, msg: pm, gen: gen, receivedAt: now}
 	e.refs.Store(2)
+	e.call.Store(callReturned) // a failure reported by TryProcess's done is retried on its own
 	c.mu.Lock()
 	if c.stopping || c.gen != gen {
 		c.mu.Unlock()
@@ -419,7 +474,17 @@ func (c *Consumer) onMessage(_ mqtt.Client, pm mqtt.Message) {
 	c.ackq = append(c.ackq, e)
 	c.unacked.Add(1)
 	c.mu.Unlock()
-	c.queues[route(pm.Topic(), len(c.queues))].push(e)
+	q := c.queues[route(pm.Topic(), len(c.queues))]
+	// Fast path: nothing of this worker's topics is waiting or being
+	// processed (so this message cannot overtake one of its topic), and
+	// the Processor can take it without blocking (its key is cached):
+	// take it here, with no hand-off to another goroutine.
+	if q.busy.Load() == 0 && c.proc.TryProcess(c.procCtx, e.message(), e.finish) {
+		c.m.inline.Inc()
+		return
+	}
+	q.busy.Add(1)
+	q.push(e)
 }
 
 func (c *Consumer) acquire(conn *trackedConn) bool {
@@ -496,39 +561,51 @@ func (c *Consumer) work(q *workQueue) {
 			// the shutdown deadline passed and it stays unacknowledged.
 			c.m.released.Inc()
 			c.unref(e)
+			q.busy.Add(-1)
 			continue
 		}
-		m := Message{Topic: e.msg.Topic(), Payload: e.msg.Payload(), Dup: e.msg.Duplicate(), ReceivedAt: e.receivedAt}
-		if c.process(m) == nil {
-			e.done.Store(true)
-			select {
-			case c.ackWake <- struct{}{}:
-			default:
-			}
-		}
-		c.unref(e)
+		c.process(e)
+		// Only now may a later message of these topics take the fast
+		// path: whatever this call handed on went first.
+		q.busy.Add(-1)
 	}
 }
 
-// process calls the Processor. A Processor returns an error only when its
-// context ended; one that returns early breaks that contract, and the
-// message is retried here (same worker, so order holds) rather than left
-// blocking every later acknowledgement until a reconnect.
-func (c *Consumer) process(m Message) error {
+// process runs the Processor on e in this worker, retrying in place (so
+// order holds) when it fails e before returning.
+func (c *Consumer) process(e *entry) {
 	backoff := 100 * time.Millisecond
 	for {
-		err := c.proc.Process(c.procCtx, m)
-		if err == nil || c.procCtx.Err() != nil {
-			return err
+		e.call.Store(callRunning)
+		c.proc.Process(c.procCtx, e.message(), e.finish)
+		if e.call.CompareAndSwap(callRunning, callReturned) {
+			return // done was called, or will be
 		}
-		c.log.Error("processor failed before shutdown; retrying the message", zap.Error(err), zap.Duration("backoff", backoff))
+		c.log.Error("processor failed before shutdown; retrying the message", zap.Error(e.callErr), zap.Duration("backoff", backoff))
 		select {
 		case <-time.After(backoff):
 		case <-c.procCtx.Done():
-			return c.procCtx.Err()
+			c.unref(e) // stays unacknowledged
+			return
 		}
 		backoff = min(2*backoff, 5*time.Second)
 	}
+}
+
+// retryLater runs the Processor on e again after a back-off, on its own
+// goroutine: e failed after its call returned, when later messages of its
+// topic may already be on their way, so in-place order cannot be kept.
+func (c *Consumer) retryLater(e *entry) {
+	e.backoff = min(max(2*e.backoff, 100*time.Millisecond), 5*time.Second)
+	c.log.Error("processor failed before shutdown; retrying the message", zap.Error(e.callErr), zap.Duration("backoff", e.backoff))
+	time.AfterFunc(e.backoff, func() {
+		if c.procCtx.Err() != nil {
+			c.unref(e)
+			return
+		}
+		e.call.Store(callReturned) // from now on every failure retries here
+		c.proc.Process(c.procCtx, e.message(), e.finish)
+	})
 }
 
 // acker sends acknowledgements in receive order: only the finished prefix
@@ -764,6 +841,9 @@ type workQueue struct {
 	mu    sync.Mutex
 	items []*entry
 	wake  chan struct{}
+	// busy counts the messages queued here or in their Processor call;
+	// the intake takes its fast path only while it is zero.
+	busy atomic.Int64
 }
 
 func (q *workQueue) push(e *entry) {
@@ -795,10 +875,15 @@ func (q *workQueue) pop(quit <-chan struct{}) (*entry, bool) {
 	}
 }
 
+// route picks a topic's worker: FNV-1a, inline so that it costs no
+// allocation per message.
 func route(topic string, n int) int {
-	h := fnv.New32a()
-	_, _ = h.Write([]byte(topic))
-	return int(h.Sum32() % uint32(n))
+	h := uint32(2166136261)
+	for i := 0; i < len(topic); i++ {
+		h ^= uint32(topic[i])
+		h *= 16777619
+	}
+	return int(h % uint32(n))
 }
 
 func b2f(b bool) float64 {

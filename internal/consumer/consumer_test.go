@@ -97,12 +97,12 @@ func TestMetricsRegistered(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n != 8 {
-		t.Fatalf("%d metrics, want 8", n)
+	if n != 9 {
+		t.Fatalf("%d metrics, want 9", n)
 	}
 	for _, name := range []string{"decryptd_mqtt_messages_received_total", "decryptd_mqtt_connection_up", "decryptd_mqtt_reconnects_total",
 		"decryptd_inflight_messages", "decryptd_mqtt_ack_latency_seconds", "decryptd_mqtt_unacked_messages", "decryptd_mqtt_messages_released_total",
-		"decryptd_mqtt_messages_redelivered_total"} {
+		"decryptd_mqtt_messages_redelivered_total", "decryptd_mqtt_messages_fast_path_total"} {
 		if c, _ := testutil.GatherAndCount(reg, name); c != 1 {
 			t.Errorf("metric %s missing", name)
 		}
@@ -286,6 +286,59 @@ func TestPerTopicOrder(t *testing.T) {
 			t.Fatalf("topic %s: %s processed after %s", m.Topic, m.Payload, prev)
 		}
 		last[m.Topic] = string(m.Payload)
+	}
+}
+
+// TestPerTopicOrderMixedPaths: some messages are taken on the intake
+// goroutine (TryProcess), others declined and processed, slowly, by a
+// worker; a message of a topic never overtakes an earlier one that went to
+// a worker.
+func TestPerTopicOrderMixedPaths(t *testing.T) {
+	h := newHarness(t, mosquittotest.Options{})
+	p := &fakeProc{
+		fn: func(context.Context, Message) error {
+			time.Sleep(time.Duration(rand.IntN(300)) * time.Microsecond)
+			return nil
+		},
+		// About one in four, fixed by the payload's last digit.
+		decline: func(m Message) bool { return m.Payload[len(m.Payload)-1]%4 == 0 },
+	}
+	o := h.options("mixed")
+	o.Workers = 4
+	o.MaxInFlight = 64
+	c, err := New(o, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.start(c)
+
+	const topics, per = 8, 150
+	var wg sync.WaitGroup
+	for i := range topics {
+		wg.Add(1)
+		go func() { defer wg.Done(); h.publish(topic(i), seqPayloads(topic(i), per)...) }()
+	}
+	wg.Wait()
+	waitFor(t, "all processed and acknowledged", func() bool { return len(p.count()) == topics*per && idle(c) })
+
+	last := map[string]string{}
+	for _, m := range p.snapshot() {
+		if m.Dup {
+			continue
+		}
+		if prev, ok := last[m.Topic]; ok && string(m.Payload) <= prev {
+			t.Fatalf("topic %s: %s processed after %s", m.Topic, m.Payload, prev)
+		}
+		last[m.Topic] = string(m.Payload)
+	}
+	p.mu.Lock()
+	inline, all := p.inline, len(p.calls)
+	p.mu.Unlock()
+	if inline == 0 || inline == all {
+		t.Fatalf("%d of %d messages on the intake goroutine: the test needs both paths", inline, all)
+	}
+	if v := testutil.ToFloat64(c.m.inline); int(v) != inline {
+		t.Errorf("fast path metric %v, want %d", v, inline)
 	}
 }
 

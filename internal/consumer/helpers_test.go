@@ -19,12 +19,42 @@ import (
 // fn, if set, runs first; a non-nil error from it is returned as is.
 type fakeProc struct {
 	fn func(ctx context.Context, m Message) error
+	// decline, if set, decides which messages TryProcess leaves to a
+	// worker (which then runs fn); the others are taken on the intake.
+	decline func(m Message) bool
 
-	mu    sync.Mutex
-	calls []Message
+	mu     sync.Mutex
+	calls  []Message
+	inline int // calls taken by TryProcess while decline is set
 }
 
-func (p *fakeProc) Process(ctx context.Context, m Message) error {
+// Process runs the call on the worker and reports it before returning.
+func (p *fakeProc) Process(ctx context.Context, m Message, done func(error)) {
+	done(p.process(ctx, m))
+}
+
+// TryProcess declines while fn is set (fn may block), so that the worker
+// runs it; otherwise it takes the message on the intake goroutine.
+func (p *fakeProc) TryProcess(ctx context.Context, m Message, done func(error)) bool {
+	switch {
+	case p.decline != nil:
+		if p.decline(m) {
+			return false
+		}
+		p.mu.Lock()
+		p.calls = append(p.calls, m)
+		p.inline++
+		p.mu.Unlock()
+		done(nil)
+		return true
+	case p.fn != nil:
+		return false
+	}
+	done(p.process(ctx, m))
+	return true
+}
+
+func (p *fakeProc) process(ctx context.Context, m Message) error {
 	if p.fn != nil {
 		if err := p.fn(ctx, m); err != nil {
 			return err

@@ -11,6 +11,7 @@ type metrics struct {
 	redelivered prometheus.Counter
 	reconnects  prometheus.Counter
 	released    prometheus.Counter
+	inline      prometheus.Counter
 	ackLatency  prometheus.Histogram
 }
 
@@ -34,6 +35,10 @@ func newMetrics(reg prometheus.Registerer, up, inflight, unacked func() float64)
 			Name: "decryptd_mqtt_messages_released_total",
 			Help: "Messages received but neither processed nor acknowledged (shutdown, connection loss, broker over its window); the broker redelivers them.",
 		}),
+		inline: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "decryptd_mqtt_messages_fast_path_total",
+			Help: "Messages the intake goroutine processed itself (key cached, none of the topic's messages waiting); the others went to a worker.",
+		}),
 		ackLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "decryptd_mqtt_ack_latency_seconds",
 			Help:    "Time from receiving a message to handing its PUBACK to the client.",
@@ -44,7 +49,7 @@ func newMetrics(reg prometheus.Registerer, up, inflight, unacked func() float64)
 		return m, nil
 	}
 	for _, c := range []prometheus.Collector{
-		m.received, m.redelivered, m.reconnects, m.released, m.ackLatency,
+		m.received, m.redelivered, m.reconnects, m.released, m.inline, m.ackLatency,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "decryptd_mqtt_connection_up",
 			Help: "1 while the MQTT connection is open, else 0.",

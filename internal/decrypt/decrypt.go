@@ -2,6 +2,7 @@ package decrypt
 
 import (
 	"context"
+	"crypto/cipher"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -103,13 +104,31 @@ func (d *Decryptor) Open(ctx context.Context, m Message) (Record, error) {
 		return Record{}, fmt.Errorf("%w: %d bytes, over the %d-byte limit", ErrMalformed, len(m.Payload), d.opts.MaxMessageBytes)
 	}
 	st := d.pool.Get().(*state)
-	rec, err := d.open(ctx, st, m)
+	rec, err := d.open(ctx, st, m, false)
 	st.wipe()
 	d.pool.Put(st)
 	return rec, err
 }
 
-func (d *Decryptor) open(ctx context.Context, st *state, m Message) (Record, error) {
+// TryOpen is Open that never waits: when the message's key is not cached
+// (or the resolver is not a CachedKeyResolver) it returns ErrWouldBlock
+// having recorded nothing, and Open, which may wait for the KMS, decides.
+// Every other answer is Open's.
+func (d *Decryptor) TryOpen(m Message) (Record, error) {
+	if _, ok := d.keys.(CachedKeyResolver); !ok {
+		return Record{}, ErrWouldBlock
+	}
+	if len(m.Payload) > d.opts.MaxMessageBytes {
+		return Record{}, fmt.Errorf("%w: %d bytes, over the %d-byte limit", ErrMalformed, len(m.Payload), d.opts.MaxMessageBytes)
+	}
+	st := d.pool.Get().(*state)
+	rec, err := d.open(context.Background(), st, m, true)
+	st.wipe()
+	d.pool.Put(st)
+	return rec, err
+}
+
+func (d *Decryptor) open(ctx context.Context, st *state, m Message, noWait bool) (Record, error) {
 	env, err := st.parse(m.Payload)
 	if err != nil {
 		return Record{}, fmt.Errorf("%w: %v", ErrMalformed, err)
@@ -161,7 +180,15 @@ func (d *Decryptor) open(ctx context.Context, st *state, m Message) (Record, err
 	rec.KeyID, o = strs[o:o+len(env.keyID)], o+len(env.keyID)
 	rec.KeyVersion = strs[o:]
 
-	aead, err := d.keys.ResolveKey(ctx, rec.KeyID, rec.KeyVersion, rec.DeviceID)
+	var aead cipher.AEAD
+	if noWait {
+		aead, err = d.keys.(CachedKeyResolver).ResolveCachedKey(rec.KeyID, rec.KeyVersion, rec.DeviceID)
+		if errors.Is(err, dek.ErrWouldWait) {
+			return Record{}, ErrWouldBlock
+		}
+	} else {
+		aead, err = d.keys.ResolveKey(ctx, rec.KeyID, rec.KeyVersion, rec.DeviceID)
+	}
 	switch {
 	case err == nil && aead == nil:
 		return Record{}, fmt.Errorf("%w: key resolver returned no cipher for %s %s", ErrTransient, rec.KeyID, rec.KeyVersion)

@@ -27,6 +27,10 @@ var (
 	// dek.ErrUnavailable, or the resolver's unclassified error). The caller
 	// retries the message later and never dead-letters it.
 	ErrTransient = errors.New("transient")
+	// ErrWouldBlock: TryOpen could not decide without waiting (the key is
+	// not cached, or the resolver cannot answer without waiting). Nothing
+	// was recorded; Open decides.
+	ErrWouldBlock = errors.New("would block")
 )
 
 // reasonOrder pairs each reason sentinel with its name, in the spec's

@@ -20,3 +20,12 @@ import (
 type KeyResolver interface {
 	ResolveKey(ctx context.Context, keyID, keyVersion, deviceID string) (cipher.AEAD, error)
 }
+
+// CachedKeyResolver is a KeyResolver that can also answer without waiting
+// (the key cache implements it). ResolveCachedKey returns what ResolveKey
+// would, or an error wrapping dek.ErrWouldWait when ResolveKey would wait
+// for a load. TryOpen needs it.
+type CachedKeyResolver interface {
+	KeyResolver
+	ResolveCachedKey(keyID, keyVersion, deviceID string) (cipher.AEAD, error)
+}

@@ -53,6 +53,10 @@ var (
 	ErrUnknownKey  = errors.New("unknown key")
 	ErrRevoked     = errors.New("key revoked")
 	ErrUnavailable = errors.New("key temporarily unavailable")
+	// ErrWouldWait: a lookup asked not to wait found no usable cached
+	// answer; the same lookup allowed to wait would load the key (and may
+	// then succeed). Not a verdict on the key.
+	ErrWouldWait = errors.New("key not cached; resolving it would wait")
 )
 
 // ParseState turns the text form back into a State, refusing anything else.

@@ -166,6 +166,33 @@ func (c *Cache) shardFor(keyID string) *shard {
 // shard and does not allocate; a miss waits for one shared load, or until
 // ctx ends.
 func (c *Cache) ResolveKey(ctx context.Context, keyID, keyVersion, deviceID string) (cipher.AEAD, error) {
+	aead, err := c.ResolveCachedKey(keyID, keyVersion, deviceID)
+	if !errors.Is(err, dek.ErrWouldWait) {
+		return aead, err
+	}
+	ref := dek.Ref{KeyID: keyID, Version: keyVersion}
+	s := c.shardFor(keyID)
+	s.mu.RLock()
+	e := s.m[ref]
+	s.mu.RUnlock()
+	if e != nil && e.kind == kindKey {
+		if v := e.v.Load(); c.clock() < v.staleUntil {
+			// Expired while idle, and nobody knows yet whether the KMS
+			// answers: reload, but do not hold the message for the
+			// whole KMS timeout if it does not.
+			return c.missOrStale(ctx, s, ref, deviceID, e, v)
+		}
+	}
+	return c.miss(ctx, s, ref, deviceID)
+}
+
+// ResolveCachedKey is ResolveKey that never waits: it answers from the
+// cache (a hit, a stale serve, a cached verdict) or returns an error
+// wrapping dek.ErrWouldWait, without starting a load, when ResolveKey would
+// have to wait for the registry or the KMS. The caller can then hand the
+// message to a goroutine that may block, so that a thread that must not
+// (the MQTT intake) decrypts every message whose key is cached itself.
+func (c *Cache) ResolveCachedKey(keyID, keyVersion, deviceID string) (cipher.AEAD, error) {
 	ref := dek.Ref{KeyID: keyID, Version: keyVersion}
 	s := c.shardFor(keyID)
 	s.mu.RLock()
@@ -209,15 +236,10 @@ func (c *Cache) ResolveKey(ctx context.Context, keyID, keyVersion, deviceID stri
 				// not make every message wait for another attempt.
 				s.add(resMiss)
 				return nil, fmt.Errorf("keycache: %s: past stale limit, KMS or registry unreachable: %w", ref, dek.ErrUnavailable)
-			case now < v.staleUntil:
-				// Expired while idle, and nobody knows yet whether the KMS
-				// answers: reload, but do not hold the message for the
-				// whole KMS timeout if it does not.
-				return c.missOrStale(ctx, s, ref, deviceID, e, v)
 			}
 		}
 	}
-	return c.miss(ctx, s, ref, deviceID)
+	return nil, fmt.Errorf("keycache: %s: %w", ref, dek.ErrWouldWait)
 }
 
 // missOrStale waits for the shared reload of an expired entry for at most

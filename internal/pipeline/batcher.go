@@ -3,6 +3,7 @@ package pipeline
 import (
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -10,42 +11,35 @@ import (
 	"github.com/decryptd/decryptd/internal/sink"
 )
 
-// job is one record handed to one batcher; the batcher answers on done
-// (buffered, so a waiter that left never blocks it).
+// job is one record handed to one batcher for one delivery; the batcher
+// answers d (idx: which of d's sinks it is).
 type job struct {
-	rec  sink.Record
-	idx  int
-	done chan<- answer
-}
-
-type answer struct {
+	rec sink.Record
+	d   *delivery
 	idx int
-	err error
 }
 
-// batcher owns one sink and commits its records in groups. Two goroutines:
-// the collector (run) takes jobs at any time, also while a batch is being
-// written, and the writer (writeLoop) writes one batch at a time, so the
-// sink's Write is never called concurrently. When the writer finishes a
-// batch it takes everything collected meanwhile (up to MaxBatch) at once:
-// the records that arrived during one write + fsync share the next one,
-// instead of waiting for the batcher to come back for them.
+// batcher owns one sink and commits its records in groups (group commit).
+// Deliveries append their jobs under a mutex at any time, also while a
+// batch is being written; one writer goroutine (run) writes one batch at a
+// time, so the sink's Write is never called concurrently, and answers
+// every job of it. When the writer finishes a batch it takes everything
+// appended meanwhile (up to MaxBatch) at once: the records that arrived
+// during one write + fsync share the next one. Appending never blocks and
+// wakes the writer only when it is idle, so a busy pipeline costs no
+// goroutine hand-off per record.
 type batcher struct {
 	p    *Pipeline
 	s    sink.Sink
 	name string
-	// in is unbuffered on purpose: a send succeeds only when the collector
-	// takes the job, so a job can never be stranded in a buffer after the
-	// batcher has exited. The collector is never blocked by a write, so a
-	// send waits only for the collector's loop.
-	in     chan *job
-	exited chan struct{}
-	log    *zap.Logger
+	log  *zap.Logger
 
-	// work hands a batch to the writer; finished hands its slice back once
-	// every job in it has been answered.
-	work     chan []*job
-	finished chan []*job
+	mu      sync.Mutex
+	pending []job
+	idle    bool // the writer waits for add's wake-up
+	closed  bool // the writer has exited: add refuses, so no job is ever stranded
+	wake    chan struct{}
+	exited  chan struct{}
 
 	down bool          // owned by the writer
 	recs []sink.Record // owned by the writer
@@ -54,142 +48,145 @@ type batcher struct {
 func (p *Pipeline) newBatcher(s sink.Sink) *batcher {
 	return &batcher{
 		p: p, s: s, name: s.Name(),
-		in:       make(chan *job),
-		exited:   make(chan struct{}),
-		log:      p.log.With(zap.String("sink", s.Name())),
-		work:     make(chan []*job),
-		finished: make(chan []*job),
+		log:    p.log.With(zap.String("sink", s.Name())),
+		wake:   make(chan struct{}, 1),
+		exited: make(chan struct{}),
 	}
 }
 
-// run is the collector. It keeps pending (jobs taken, not yet handed to
-// the writer) and hands them over when the writer is idle and either the
-// writer has just finished a batch (they waited a whole write already),
-// MaxBatch are pending, or, with a positive Linger, every Process call
-// under way has handed its record over (nobody else can join soon) or the
-// first of them has lingered Linger; with Linger 0, at once.
+// add queues j for the next batch. It returns false, taking nothing, once
+// the batcher has stopped.
+func (b *batcher) add(j job) bool {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return false
+	}
+	b.pending = append(b.pending, j)
+	wake := b.idle
+	b.mu.Unlock()
+	if wake {
+		select {
+		case b.wake <- struct{}{}:
+		default:
+		}
+	}
+	return true
+}
+
+// run is the writer. An idle writer writes a record at once (or, with a
+// positive Linger, after at most Linger, or as soon as every delivery under
+// way has handed its record over); a writer coming back from a write takes
+// what gathered meanwhile at once, since those records waited a whole
+// write already. After Close's stop it writes what is pending and exits.
 func (b *batcher) run() {
 	defer close(b.exited)
-	go b.writeLoop()
-	defer close(b.work) // after the last batch is answered: the writer exits
-
 	maxBatch := b.p.o.MaxBatch
+	linger := b.p.o.Linger
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
-	var (
-		pending, spare []*job
-		writing        bool // the writer holds a batch
-		lingering      bool // timer runs for pending's first job
-		lingered       bool // it fired
-		justFinished   bool // pending collected during the last write
-		stopping       bool
-	)
+	var batch []job
+	stopping := false
 	for {
-		ready := len(pending) > 0 && !writing &&
-			(justFinished || lingered || stopping || b.p.o.Linger == 0 || len(pending) >= maxBatch ||
-				int64(len(pending)) >= b.p.active.Load())
-		if ready {
-			n := min(len(pending), maxBatch)
-			batch := pending[:n]
-			pending = append(spare[:0], pending[n:]...)
-			spare = nil
-			if lingering {
-				timer.Stop()
-			}
-			lingering, lingered, justFinished = false, false, false
-			b.work <- batch // the writer is idle: it takes it at once
-			writing = true
-			continue
-		}
-		if stopping && !writing && len(pending) == 0 {
-			// Take whatever senders are still waiting; exit once none is.
-			select {
-			case j := <-b.in:
-				pending = append(pending, j)
-				continue
-			default:
+		b.mu.Lock()
+		fromIdle := false
+		for len(b.pending) == 0 {
+			if stopping {
+				b.closed = true
+				b.mu.Unlock()
 				return
 			}
+			stopping = b.wait(nil)
+			fromIdle = true
 		}
-		if len(pending) > 0 && !writing && !lingering && !lingered && !stopping && b.p.o.Linger > 0 {
-			timer.Reset(b.p.o.Linger)
-			lingering = true
+		if linger > 0 && fromIdle && !stopping {
+			deadline := time.Now().Add(linger)
+			for len(b.pending) < maxBatch && int64(len(b.pending)) < b.p.active.Load() {
+				left := time.Until(deadline)
+				if left <= 0 {
+					break
+				}
+				timer.Reset(left)
+				if b.wait(timer.C) {
+					stopping = true
+					break
+				}
+			}
+			timer.Stop()
 		}
-		var stop <-chan struct{}
-		if !stopping {
-			stop = b.p.stop
+		n := min(len(b.pending), maxBatch)
+		if n == len(b.pending) {
+			batch, b.pending = b.pending, batch[:0]
+		} else {
+			batch = append(batch[:0], b.pending[:n]...)
+			k := copy(b.pending, b.pending[n:])
+			clear(b.pending[k:])
+			b.pending = b.pending[:k]
 		}
-		select {
-		case j := <-b.in:
-			pending = append(pending, j)
-		case buf := <-b.finished:
-			clear(buf)
-			spare = buf[:0]
-			writing = false
-			justFinished = len(pending) > 0
-		case <-timer.C:
-			lingering, lingered = false, true
-		case <-stop:
-			stopping = true
-		}
-	}
-}
-
-// writeLoop is the writer: one batch at a time, every job answered before
-// the slice goes back to the collector.
-func (b *batcher) writeLoop() {
-	for batch := range b.work {
+		b.mu.Unlock()
 		b.flush(batch)
-		b.finished <- batch
+		clear(batch)
 	}
 }
 
-// flush writes the batch and answers every job in it.
-func (b *batcher) flush(batch []*job) {
-	b.recs = b.recs[:0]
-	for _, j := range batch {
-		b.recs = append(b.recs, j.rec)
+// wait releases b.mu until add wakes the writer, the timer fires or the
+// pipeline stops (then it returns true); b.mu is held again on return.
+func (b *batcher) wait(timer <-chan time.Time) (stop bool) {
+	b.idle = true
+	b.mu.Unlock()
+	select {
+	case <-b.wake:
+	case <-timer:
+	case <-b.p.stop:
+		stop = true
 	}
-	err := b.write(b.recs)
-	if errors.Is(err, sink.ErrBadRecord) && len(batch) > 1 {
-		// The sink checks the whole batch before writing any of it: find
-		// the records it refuses, write the others.
-		for _, j := range batch {
-			j.done <- answer{j.idx, b.write([]sink.Record{j.rec})}
-		}
-	} else {
-		for _, j := range batch {
-			j.done <- answer{j.idx, err}
-		}
-	}
-	clear(b.recs)
+	b.mu.Lock()
+	b.idle = false
+	return stop
 }
 
-// write writes recs, retrying every failure but sink.ErrBadRecord until it
-// succeeds or the pipeline's write context ends.
-func (b *batcher) write(recs []sink.Record) error {
+// flush writes the batch, retrying every failure but sink.ErrBadRecord
+// until it succeeds, nobody waits for its records any more, or the
+// pipeline's write context ends, and answers every job in it.
+func (b *batcher) flush(batch []job) {
 	m := b.p.m
-	for attempt := 0; ; attempt++ {
+	for attempt := 0; len(batch) > 0; attempt++ {
+		b.recs = b.recs[:0]
+		for i := range batch {
+			b.recs = append(b.recs, batch[i].rec)
+		}
 		t0 := time.Now()
-		err := b.s.Write(b.p.writeCtx, recs)
+		err := b.s.Write(b.p.writeCtx, b.recs)
 		m.sinkWrite.WithLabelValues(b.name).Observe(time.Since(t0).Seconds())
+		clear(b.recs)
 		if err == nil {
-			m.sinkBatch.WithLabelValues(b.name).Observe(float64(len(recs)))
-			m.delivered.WithLabelValues(b.name).Add(float64(len(recs)))
+			m.sinkBatch.WithLabelValues(b.name).Observe(float64(len(batch)))
+			m.delivered.WithLabelValues(b.name).Add(float64(len(batch)))
 			if b.down {
 				b.down = false
 				m.sinkUp.WithLabelValues(b.name).Set(1)
 				b.log.Info("sink back up", zap.Int("attempts", attempt+1))
 			}
-			return nil
+			answerAll(batch, nil)
+			return
 		}
 		m.sinkErrors.WithLabelValues(b.name).Inc()
 		if errors.Is(err, sink.ErrBadRecord) {
-			return err
+			if len(batch) == 1 {
+				answerAll(batch, err)
+				return
+			}
+			// The sink checks the whole batch before writing any of it:
+			// find the records it refuses, write the others.
+			for i := range batch {
+				b.flush(batch[i : i+1])
+			}
+			return
 		}
 		if b.p.writeCtx.Err() != nil {
-			return fmt.Errorf("pipeline: sink %s: gave up at shutdown: %w", b.name, err)
+			answerAll(batch, fmt.Errorf("pipeline: sink %s: gave up at shutdown: %w", b.name, err))
+			return
 		}
 		if !b.down {
 			b.down = true
@@ -197,8 +194,52 @@ func (b *batcher) write(recs []sink.Record) error {
 			b.log.Warn("sink down; holding its records and retrying", zap.Error(err))
 		}
 		m.retries.WithLabelValues(causeSink).Inc()
-		if serr := sleep(b.p.writeCtx, b.p.backoff(attempt)); serr != nil {
-			return fmt.Errorf("pipeline: sink %s: gave up at shutdown: %w", b.name, err)
+		batch = dropAbandoned(batch)
+		if serr := b.sleep(batch, b.p.backoff(attempt)); serr != nil {
+			answerAll(batch, fmt.Errorf("pipeline: sink %s: gave up at shutdown: %w", b.name, err))
+			return
 		}
+		batch = dropAbandoned(batch)
+	}
+}
+
+// sleep waits d before the next attempt, or less when the first record
+// still waited for is abandoned meanwhile (its delivery's context ended);
+// it fails only when the pipeline's write context ends.
+func (b *batcher) sleep(batch []job, d time.Duration) error {
+	if len(batch) == 0 {
+		return nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-batch[0].d.ctx.Done():
+		return nil
+	case <-b.p.writeCtx.Done():
+		return b.p.writeCtx.Err()
+	}
+}
+
+// dropAbandoned answers, and removes from a batch being retried, the jobs
+// whose delivery's context has ended: their messages will not be
+// acknowledged, so writing them is no longer owed.
+func dropAbandoned(batch []job) []job {
+	kept := batch[:0]
+	for _, j := range batch {
+		if err := j.d.ctx.Err(); err != nil {
+			j.d.answer(j.idx, fmt.Errorf("pipeline: waiting for the sinks: %w", err))
+			continue
+		}
+		kept = append(kept, j)
+	}
+	clear(batch[len(kept):])
+	return kept
+}
+
+func answerAll(batch []job, err error) {
+	for _, j := range batch {
+		j.d.answer(j.idx, err)
 	}
 }

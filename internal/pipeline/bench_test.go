@@ -53,7 +53,7 @@ func BenchmarkProcess(b *testing.B) {
 				for pb.Next() {
 					i := n.Add(1)
 					m := consumer.Message{Topic: "t", Payload: []byte(fmt.Sprintf("ok:r%d", i))}
-					if err := p.Process(context.Background(), m); err != nil {
+					if err := handle(p, context.Background(), m); err != nil {
 						b.Error(err)
 						return
 					}

@@ -6,37 +6,47 @@
 //
 // Delivery promise:
 //
-//   - Process returns nil only when every sink holds the record, or the
+//   - Process (and TryProcess) hand a message on and report it through a
+//     done callback: nil only when every sink holds the record, or the
 //     dead-letter sink holds the message, or the message is a duplicate of
-//     one already delivered. Otherwise it blocks; it returns an error only
-//     when its context ends, and then the message must not be acknowledged
-//     (the broker redelivers it). Nothing is dropped.
+//     one already delivered; an error only when the message's context
+//     ended or the pipeline closed, and then the message must not be
+//     acknowledged (the broker redelivers it). Nothing is dropped. The call
+//     itself returns as soon as the message no longer needs the caller's
+//     goroutine (its record queued for the sinks' next batch), so a caller
+//     does not wait for a write and fsync; Handle waits for done.
+//   - TryProcess never blocks: it declines (returns false, having done
+//     nothing) a message whose key is not cached, a transient fault, or a
+//     possible duplicate, for the caller to pass to Process on a goroutine
+//     that may wait.
+//   - Records reach each sink in the order the calls handed them over.
 //   - Transient faults are retried, never dead-lettered: a key that cannot
-//     be resolved for now (KMS down) and a sink that fails a write are both
-//     retried with capped, jittered exponential back-off until they succeed
-//     or the context ends. While a sink is down, Process blocks, so the
+//     be resolved for now (KMS down) is retried inside Process, and a sink
+//     that fails a write is retried by its batcher, both with capped,
+//     jittered exponential back-off, until they succeed or the message's
+//     context ends. While a sink is down, done is not called, so the
 //     consumer's bound on in-flight messages slows intake instead of
 //     filling memory.
 //   - A record a sink refuses for good (sink.ErrBadRecord) is dead-lettered
 //     under the reason "sink_rejected"; the other sinks still get it.
-//   - When Process gives up because its context ended after the record was
-//     accepted, it calls Opener.Forget, so the broker's redelivery is
-//     decrypted again instead of being taken for a duplicate or a replay.
+//   - A record that is not delivered after all (its context ended while
+//     its sink failed, or Close's deadline passed) is given to
+//     Opener.Forget, so the broker's redelivery is decrypted again instead
+//     of being taken for a duplicate or a replay.
 //   - A duplicate (the decryptor's ErrDuplicate) is acknowledged only once
 //     every delivery that started before it has finished: if the first copy
 //     failed and was forgotten, the duplicate is decrypted and delivered
 //     instead.
 //
-// Batching (group commit): each sink has a collector goroutine that takes
-// the records of concurrent Process calls at any time, and one writer
-// goroutine that writes one batch at a time (a sink's Write is never called
-// concurrently) and then releases every waiter of that batch. While the
-// writer writes and fsyncs a batch, the collector gathers the next one;
-// when the writer is done it takes everything gathered meanwhile (up to
-// MaxBatch) at once. When the writer is idle, a record is written at once
-// (or, with a positive Linger, after at most Linger, or as soon as every
-// call in progress has handed its record over). One fsync then covers a
-// whole batch, and intake never stalls on it.
+// Batching (group commit): each sink has one writer goroutine that writes
+// one batch at a time (a sink's Write is never called concurrently) and
+// then answers every record of it. Calls append their records to the
+// sink's pending list at any time, also while a batch is written; when the
+// writer is done it takes everything gathered meanwhile (up to MaxBatch) at
+// once. An idle writer writes at once (or, with a positive Linger, after at
+// most Linger, or as soon as every call in progress has handed its record
+// over). One fsync then covers a whole batch, and intake never stalls on
+// it; appending wakes the writer only when it is idle.
 //
 // Nothing here logs or exports a payload, plaintext or key; metric labels
 // come from fixed sets (reason, sink name, cause, outcome). Logs record

@@ -11,7 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/decryptd/decryptd/internal/consumer"
 	"github.com/decryptd/decryptd/internal/decrypt"
+	"github.com/decryptd/decryptd/internal/pipeline"
 	"github.com/decryptd/decryptd/internal/sink"
 )
 
@@ -43,6 +45,15 @@ func reasonErr(reason string) error {
 		}
 	}
 	panic("unknown reason " + reason)
+}
+
+// TryOpen declines what could wait (transient payloads, DUP copies, as a
+// key not cached would), and opens the rest as Open does.
+func (f *fakeOpener) TryOpen(m decrypt.Message) (decrypt.Record, error) {
+	if strings.HasPrefix(string(m.Payload), "transient:") || m.Dup {
+		return decrypt.Record{}, decrypt.ErrWouldBlock
+	}
+	return f.Open(context.Background(), m)
 }
 
 func (f *fakeOpener) Open(ctx context.Context, m decrypt.Message) (decrypt.Record, error) {
@@ -225,4 +236,10 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
+}
+
+// process runs m through p and waits, as the consumer's worker would.
+func handle(p *pipeline.Pipeline, ctx context.Context, m consumer.Message) error {
+	_, err := p.Handle(ctx, m)
+	return err
 }

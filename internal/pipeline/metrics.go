@@ -41,6 +41,9 @@ type metrics struct {
 	sinkUp        *prometheus.GaugeVec
 	retries       *prometheus.CounterVec
 	deadLetterSet map[string]bool
+
+	// processed's children, looked up once: they count every message.
+	processedDelivered, processedDeadLettered, processedDuplicate prometheus.Counter
 }
 
 // deadLetterReasons is every reason a message may be dead-lettered under.
@@ -102,9 +105,9 @@ func newMetrics(reg prometheus.Registerer, sinkNames []string) (*metrics, error)
 		}, []string{"cause"}),
 		deadLetterSet: map[string]bool{},
 	}
-	for _, o := range []string{OutcomeDelivered, OutcomeDeadLettered, OutcomeDuplicate} {
-		m.processed.WithLabelValues(o)
-	}
+	m.processedDelivered = m.processed.WithLabelValues(OutcomeDelivered)
+	m.processedDeadLettered = m.processed.WithLabelValues(OutcomeDeadLettered)
+	m.processedDuplicate = m.processed.WithLabelValues(OutcomeDuplicate)
 	for _, r := range decrypt.Reasons() {
 		m.failures.WithLabelValues(r)
 	}

@@ -26,6 +26,9 @@ import (
 // delivered.
 type Opener interface {
 	Open(ctx context.Context, m decrypt.Message) (decrypt.Record, error)
+	// TryOpen is Open that never waits: decrypt.ErrWouldBlock when Open
+	// would wait for a key.
+	TryOpen(m decrypt.Message) (decrypt.Record, error)
 	Forget(r decrypt.Record)
 }
 
@@ -188,53 +191,143 @@ type Result struct {
 	Reason  string // the dead-letter reason, for OutcomeDeadLettered
 }
 
-// Process takes one message to the sinks or the dead-letter sink. It
-// returns nil when the message may be acknowledged, or ctx's error (or
-// ErrClosed) when it may not.
-func (p *Pipeline) Process(ctx context.Context, m consumer.Message) error {
-	_, err := p.process(ctx, decrypt.Message{Topic: m.Topic, Payload: m.Payload, Dup: m.Dup, ReceivedAt: m.ReceivedAt})
-	return err
+// Process takes m towards the sinks (or the dead-letter sink) and calls
+// done exactly once: nil when m may be acknowledged, ctx's error or
+// ErrClosed when it may not. Process returns as soon as m no longer needs
+// the calling goroutine: it blocks while m's key is loaded, a transient
+// fault is retried or a duplicate waits for its first copy, but not while
+// the sinks write and fsync, so one goroutine can keep many messages in
+// flight. done may run on another goroutine, before or after Process
+// returns, and must not block. m.Payload must stay untouched until done.
+// Records reach each sink in the order of the Process (and TryProcess)
+// calls that handed them over.
+func (p *Pipeline) Process(ctx context.Context, m consumer.Message, done func(error)) {
+	p.submit(ctx, toDecrypt(m), func(_ Result, err error) { done(err) })
 }
 
-func (p *Pipeline) process(ctx context.Context, m decrypt.Message) (Result, error) {
-	ticket := p.flight.begin()
-	defer p.flight.end(ticket)
-	p.active.Add(1)
-	defer p.active.Add(-1)
+// TryProcess is Process for a caller that must never block (the MQTT
+// intake's own goroutine): when m would have to wait (its key is not
+// cached, a transient fault, a possible duplicate) it returns false having
+// done nothing, and the caller hands m to Process on a goroutine that may
+// wait. Otherwise it returns true and done is called as for Process; ctx
+// bounds only how long a failing sink retries m.
+func (p *Pipeline) TryProcess(ctx context.Context, m consumer.Message, done func(error)) bool {
+	dm := toDecrypt(m)
+	t0 := time.Now()
+	rec, err := p.o.Opener.TryOpen(dm)
+	if errors.Is(err, decrypt.ErrWouldBlock) || errors.Is(err, decrypt.ErrTransient) || errors.Is(err, decrypt.ErrDuplicate) {
+		return false
+	}
+	p.m.decryptDur.Observe(time.Since(t0).Seconds())
+	d := p.begin(ctx, dm, func(_ Result, err error) { done(err) })
+	p.opened(d, rec, err)
+	return true
+}
 
+// Handle is Process that waits: it returns what became of m once done, or
+// ctx's error when ctx ends first (a record already handed to a sink may
+// still be written then; m must not be acknowledged).
+func (p *Pipeline) Handle(ctx context.Context, m consumer.Message) (Result, error) {
+	return p.handle(ctx, toDecrypt(m))
+}
+
+func (p *Pipeline) handle(ctx context.Context, m decrypt.Message) (Result, error) {
+	type outcome struct {
+		res Result
+		err error
+	}
+	ch := make(chan outcome, 1)
+	p.submit(ctx, m, func(r Result, err error) { ch <- outcome{r, err} })
+	select {
+	case o := <-ch:
+		return o.res, o.err
+	case <-ctx.Done():
+		return Result{}, fmt.Errorf("pipeline: waiting for the sinks: %w", ctx.Err())
+	}
+}
+
+func toDecrypt(m consumer.Message) decrypt.Message {
+	return decrypt.Message{Topic: m.Topic, Payload: m.Payload, Dup: m.Dup, ReceivedAt: m.ReceivedAt}
+}
+
+// delivery is one message on its way: decrypted and handed to the sinks,
+// or to the dead-letter sink, until each has answered. Batchers answer on
+// their own goroutines; the last answer finishes it.
+type delivery struct {
+	p      *Pipeline
+	ctx    context.Context // a batcher retrying a failed write gives up on it when this ends
+	m      decrypt.Message
+	ticket uint64
+	fin    func(Result, error)
+
+	rec    decrypt.Record
+	hasRec bool   // rec was accepted by the Opener: Forget it if it is not delivered
+	buf    []byte // rec's JSON, wiped once every sink is done with it
+	dead   bool   // the job out is a dead letter
+	reason string // its reason
+
+	pending atomic.Int32
+	err1    error   // the answer of the only sink
+	errs    []error // the answers of several sinks
+}
+
+func (p *Pipeline) begin(ctx context.Context, m decrypt.Message, fin func(Result, error)) *delivery {
+	p.active.Add(1)
+	return &delivery{p: p, ctx: ctx, m: m, ticket: p.flight.begin(), fin: fin}
+}
+
+// finish ends d: its ticket, then the caller's callback.
+func (d *delivery) finish(res Result, err error) {
+	d.p.flight.end(d.ticket)
+	d.p.active.Add(-1)
+	d.fin(res, err)
+}
+
+func (p *Pipeline) submit(ctx context.Context, m decrypt.Message, fin func(Result, error)) {
+	d := p.begin(ctx, m, fin)
 	waited := false
 	for {
 		rec, err := p.open(ctx, m)
-		switch {
-		case err == nil:
-			return p.deliver(ctx, m, rec)
-		case errors.Is(err, decrypt.ErrDuplicate):
-			if waited {
-				p.m.duplicates.Inc()
-				p.m.processed.WithLabelValues(OutcomeDuplicate).Inc()
-				return Result{Outcome: OutcomeDuplicate}, nil
-			}
+		if errors.Is(err, decrypt.ErrDuplicate) && !waited {
 			// The first copy may still be on its way to the sinks, and may
 			// yet fail and be forgotten: acknowledge this copy only once
 			// every delivery that started before it has finished, then ask
 			// the decryptor again.
-			if err := p.flight.waitBefore(ctx, ticket); err != nil {
-				return Result{}, err
+			if werr := p.flight.waitBefore(ctx, d.ticket); werr != nil {
+				d.finish(Result{}, werr)
+				return
 			}
 			waited = true
 			continue
 		}
-		reason := decrypt.Reason(err)
-		if reason == "" {
-			// Only a context end leaves open without a record or a reason.
-			return Result{}, err
-		}
-		p.m.failures.WithLabelValues(reason).Inc()
-		if reason == "key_revoked" {
-			p.logOnce("message under a revoked key", err)
-		}
-		return p.deadLetter(ctx, m, reason, err.Error())
+		p.opened(d, rec, err)
+		return
 	}
+}
+
+// opened takes d on from the Opener's answer.
+func (p *Pipeline) opened(d *delivery, rec decrypt.Record, err error) {
+	switch {
+	case err == nil:
+		p.deliver(d, rec)
+		return
+	case errors.Is(err, decrypt.ErrDuplicate):
+		p.m.duplicates.Inc()
+		p.m.processedDuplicate.Inc()
+		d.finish(Result{Outcome: OutcomeDuplicate}, nil)
+		return
+	}
+	reason := decrypt.Reason(err)
+	if reason == "" {
+		// Only a context end leaves open without a record or a reason.
+		d.finish(Result{}, err)
+		return
+	}
+	p.m.failures.WithLabelValues(reason).Inc()
+	if reason == "key_revoked" {
+		p.logOnce("message under a revoked key", err)
+	}
+	p.deadLetter(d, reason, err.Error())
 }
 
 // open calls the Opener, retrying transient faults until ctx ends.
@@ -262,8 +355,8 @@ func (p *Pipeline) open(ctx context.Context, m decrypt.Message) (decrypt.Record,
 	}
 }
 
-// deliver hands rec to every sink and waits until each holds it.
-func (p *Pipeline) deliver(ctx context.Context, m decrypt.Message, rec decrypt.Record) (Result, error) {
+// deliver hands rec to every sink; the last sink's answer finishes d.
+func (p *Pipeline) deliver(d *delivery, rec decrypt.Record) {
 	buf := rec.AppendJSON(make([]byte, 0, 320+len(rec.Data)+len(rec.Metadata)+len(rec.Topic)))
 	if bytes.ContainsAny(buf, "\r\n") {
 		// A plaintext or message sent pretty-printed: line breaks outside
@@ -278,11 +371,69 @@ func (p *Pipeline) deliver(ctx context.Context, m decrypt.Message, rec decrypt.R
 	}
 	clear(rec.Data)
 	clear(rec.Metadata)
+	d.rec, d.hasRec, d.buf = rec, true, buf
+	if len(p.batchers) > 1 {
+		d.errs = make([]error, len(p.batchers))
+	}
+	d.pending.Store(int32(len(p.batchers)))
 	sr := sink.Record{ID: rec.ID, DeviceID: rec.DeviceID, JSON: buf}
-	errs, err := p.send(ctx, p.batchers, sr)
-	if err != nil {
-		p.o.Opener.Forget(rec)
-		return Result{}, err
+	for i, b := range p.batchers {
+		if !b.add(job{rec: sr, d: d, idx: i}) {
+			d.answer(i, ErrClosed)
+		}
+	}
+}
+
+// deadLetter hands m as received, with its reason, to the dead-letter
+// sink; its answer finishes d.
+func (p *Pipeline) deadLetter(d *delivery, reason, errText string) {
+	if len(errText) > maxErrorText {
+		errText = errText[:maxErrorText] + "..."
+	}
+	m := d.m
+	received := m.ReceivedAt
+	if received.IsZero() {
+		received = p.o.Now()
+	}
+	dl := sink.DeadLetter{Reason: reason, Error: errText, Topic: m.Topic, ReceivedAt: received.UTC(), Dup: m.Dup, Payload: m.Payload}
+	d.dead, d.reason = true, reason
+	d.err1, d.errs = nil, nil
+	d.pending.Store(1)
+	if !p.dead.add(job{rec: dl.Record(), d: d}) {
+		d.answer(0, ErrClosed)
+	}
+}
+
+// answer records a batcher's answer for d (nil: the sink holds the record)
+// and, with the last one, takes d on.
+func (d *delivery) answer(idx int, err error) {
+	if d.errs != nil {
+		d.errs[idx] = err
+	} else {
+		d.err1 = err
+	}
+	if d.pending.Add(-1) != 0 {
+		return
+	}
+	p := d.p
+	if d.dead {
+		if err != nil {
+			// A dead letter the sink refuses for good (sink.ErrBadRecord)
+			// would be a bug in the dead-letter encoding; retrying cannot
+			// help, and dropping would lose the message: it stays
+			// unacknowledged.
+			d.forget()
+			d.finish(Result{}, err)
+			return
+		}
+		p.m.deadLetters.WithLabelValues(d.reason).Inc()
+		p.m.processedDeadLettered.Inc()
+		d.finish(Result{Outcome: OutcomeDeadLettered, Reason: d.reason}, nil)
+		return
+	}
+	errs := d.errs
+	if errs == nil {
+		errs = []error{d.err1}
 	}
 	var rejected []error
 	for i, e := range errs {
@@ -291,79 +442,39 @@ func (p *Pipeline) deliver(ctx context.Context, m decrypt.Message, rec decrypt.R
 		case errors.Is(e, sink.ErrBadRecord):
 			rejected = append(rejected, fmt.Errorf("sink %s: %w", p.batchers[i].name, e))
 		default:
-			// The batcher gave up: the pipeline is closing.
-			p.o.Opener.Forget(rec)
-			return Result{}, e
+			// The batcher gave up: the pipeline is closing, or nobody
+			// waits for the record any more.
+			d.forget()
+			d.finish(Result{}, e)
+			return
 		}
 	}
+	// Every sink is done with the record: no batcher refers to it any more.
+	clear(d.buf)
+	d.buf = nil
 	if len(rejected) > 0 {
-		res, err := p.deadLetter(ctx, m, ReasonSinkRejected, errors.Join(rejected...).Error())
-		if err != nil {
-			p.o.Opener.Forget(rec)
-		}
-		return res, err
+		p.deadLetter(d, ReasonSinkRejected, errors.Join(rejected...).Error())
+		return
 	}
-	// Every sink holds the record and no batcher refers to it any more.
-	clear(buf)
-	if lat := p.o.Now().Sub(rec.Time()); lat >= 0 {
+	if lat := p.o.Now().Sub(d.rec.Time()); lat >= 0 {
 		p.m.e2e.Observe(lat.Seconds())
 	} else {
 		p.m.e2e.Observe(0) // a device clock ahead of ours
 	}
-	p.m.processed.WithLabelValues(OutcomeDelivered).Inc()
-	return Result{Outcome: OutcomeDelivered}, nil
+	p.m.processedDelivered.Inc()
+	d.finish(Result{Outcome: OutcomeDelivered}, nil)
 }
 
-// deadLetter keeps m as received, with its reason, in the dead-letter sink.
-func (p *Pipeline) deadLetter(ctx context.Context, m decrypt.Message, reason, errText string) (Result, error) {
-	if len(errText) > maxErrorText {
-		errText = errText[:maxErrorText] + "..."
+// forget takes an undelivered record out of the replay window, so that the
+// broker's redelivery is decrypted again instead of being taken for a
+// duplicate or a replay.
+func (d *delivery) forget() {
+	if d.hasRec {
+		d.p.o.Opener.Forget(d.rec)
+		d.hasRec = false
 	}
-	received := m.ReceivedAt
-	if received.IsZero() {
-		received = p.o.Now()
-	}
-	d := sink.DeadLetter{Reason: reason, Error: errText, Topic: m.Topic, ReceivedAt: received.UTC(), Dup: m.Dup, Payload: m.Payload}
-	errs, err := p.send(ctx, []*batcher{p.dead}, d.Record())
-	if err == nil {
-		err = errs[0]
-	}
-	if err != nil {
-		// A dead letter the sink refuses for good (sink.ErrBadRecord) would
-		// be a bug in the dead-letter encoding; retrying cannot help, and
-		// dropping would lose the message: it stays unacknowledged.
-		return Result{}, err
-	}
-	p.m.deadLetters.WithLabelValues(reason).Inc()
-	p.m.processed.WithLabelValues(OutcomeDeadLettered).Inc()
-	return Result{Outcome: OutcomeDeadLettered, Reason: reason}, nil
-}
-
-// send hands r to each batcher and waits for each one's answer. err is
-// non-nil when ctx ended or the pipeline closed first; errs[i] is the
-// answer of bs[i] otherwise.
-func (p *Pipeline) send(ctx context.Context, bs []*batcher, r sink.Record) ([]error, error) {
-	done := make(chan answer, len(bs))
-	for i, b := range bs {
-		j := &job{rec: r, idx: i, done: done}
-		select {
-		case b.in <- j:
-		case <-b.exited:
-			return nil, ErrClosed
-		case <-ctx.Done():
-			return nil, fmt.Errorf("pipeline: waiting for sink %s: %w", b.name, ctx.Err())
-		}
-	}
-	errs := make([]error, len(bs))
-	for range bs {
-		select {
-		case a := <-done:
-			errs[a.idx] = a.err
-		case <-ctx.Done():
-			return nil, fmt.Errorf("pipeline: waiting for the sinks: %w", ctx.Err())
-		}
-	}
-	return errs, nil
+	clear(d.buf)
+	d.buf = nil
 }
 
 // logOnce logs a state worth a line once per distinct error text (bounded).

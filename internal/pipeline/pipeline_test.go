@@ -71,7 +71,7 @@ func process(t *testing.T, e *env, m consumer.Message) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := e.p.Process(ctx, m); err != nil {
+	if err := handle(e.p, ctx, m); err != nil {
 		t.Fatalf("Process(%s): %v", m.Payload, err)
 	}
 }
@@ -251,15 +251,15 @@ func TestDuplicateAcknowledged(t *testing.T) {
 // is delivered instead.
 func TestDuplicateWaitsForFirstCopy(t *testing.T) {
 	e := newEnv(t, nil)
-	gate := make(chan struct{})
-	e.a.setGate(gate)
-	e.a.entered = make(chan struct{}, 8)
+	e.a.setFailures(1 << 30) // the first copy cannot be written to a
 
 	firstCtx, cancelFirst := context.WithCancel(context.Background())
 	defer cancelFirst()
 	firstDone := make(chan error, 1)
-	go func() { firstDone <- e.p.Process(firstCtx, msg("ok:r1")) }()
-	<-e.a.entered // the first copy's record is being written to a
+	go func() { firstDone <- handle(e.p, firstCtx, msg("ok:r1")) }()
+	waitFor(t, "sink a to fail the first copy", func() bool {
+		return metric(t, e.reg, "decryptd_sink_errors_total", "sink", "a") >= 1
+	})
 
 	dup := msg("ok:r1")
 	dup.Dup = true
@@ -267,7 +267,7 @@ func TestDuplicateWaitsForFirstCopy(t *testing.T) {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		dupDone <- e.p.Process(ctx, dup)
+		dupDone <- handle(e.p, ctx, dup)
 	}()
 	select {
 	case err := <-dupDone:
@@ -275,20 +275,25 @@ func TestDuplicateWaitsForFirstCopy(t *testing.T) {
 	case <-time.After(50 * time.Millisecond):
 	}
 
+	// Nobody waits for the first copy any more: the retrying batcher gives
+	// it up and the decryptor forgets it.
 	cancelFirst()
 	if err := <-firstDone; !errors.Is(err, context.Canceled) {
 		t.Fatalf("first copy: %v, want context.Canceled", err)
 	}
-	if got := e.op.forgot(); len(got) != 1 || got[0] != "r1" {
-		t.Fatalf("forgotten %v, want [r1]", got)
-	}
-	close(gate)
+	waitFor(t, "the first copy to be forgotten", func() bool {
+		got := e.op.forgot()
+		return len(got) == 1 && got[0] == "r1"
+	})
+	e.a.setFailures(0)
 	if err := <-dupDone; err != nil {
 		t.Fatalf("duplicate: %v", err)
 	}
-	// The duplicate was decrypted anew and delivered (the batcher may also
-	// have finished writing the first copy: sinks tolerate repeats).
-	waitFor(t, "r1 in sink b", func() bool { return len(e.b.records()) >= 1 })
+	// The duplicate was decrypted anew and delivered (sink b also holds
+	// the first copy: sinks tolerate repeats).
+	if got := ids(e.a.records()); len(got) != 1 || got[0] != "r1" {
+		t.Errorf("sink a holds %v, want [r1]", got)
+	}
 	if v := metric(t, e.reg, "decryptd_duplicates_total"); v != 0 {
 		t.Errorf("duplicates = %v, want 0 (the first copy was never delivered)", v)
 	}
@@ -304,7 +309,7 @@ func TestSinkDownBlocksThenDelivers(t *testing.T) {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		done <- e.p.Process(ctx, msg("ok:r1"))
+		done <- handle(e.p, ctx, msg("ok:r1"))
 	}()
 	waitFor(t, "sink b to be seen down", func() bool {
 		return metric(t, e.reg, "decryptd_sink_up", "sink", "b") == 0 && metric(t, e.reg, "decryptd_sink_errors_total", "sink", "b") >= 3
@@ -352,7 +357,7 @@ func TestTransientUntilContextEnds(t *testing.T) {
 	e := newEnv(t, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
-	err := e.p.Process(ctx, msg("transient:1000000:r1"))
+	err := handle(e.p, ctx, msg("transient:1000000:r1"))
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Process: %v, want DeadlineExceeded", err)
 	}
@@ -361,25 +366,46 @@ func TestTransientUntilContextEnds(t *testing.T) {
 	}
 }
 
+// TestCancelForgets: a record a sink cannot take is given up once nobody
+// waits for it (its context ended) and forgotten, so that the broker's
+// redelivery is decrypted again; a sink write still hanging at Close's
+// deadline is given up too.
 func TestCancelForgets(t *testing.T) {
 	e := newEnv(t, nil)
-	e.a.setGate(make(chan struct{})) // never opens
+	e.a.setFailures(1 << 30)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- e.p.Process(ctx, msg("ok:r1")) }()
+	go func() { done <- handle(e.p, ctx, msg("ok:r1")) }()
 	waitFor(t, "the record to reach the batchers", func() bool { return len(e.b.records()) == 1 })
 	cancel()
 	if err := <-done; !errors.Is(err, context.Canceled) {
 		t.Fatalf("Process: %v, want context.Canceled", err)
 	}
-	if got := e.op.forgot(); len(got) != 1 || got[0] != "r1" {
-		t.Fatalf("forgotten %v, want [r1]", got)
-	}
-	// Shutdown while sink a still stalls: Close gives up at its deadline.
+	waitFor(t, "r1 to be forgotten", func() bool {
+		got := e.op.forgot()
+		return len(got) == 1 && got[0] == "r1"
+	})
+
+	// Shutdown while sink a stalls in a write: Close gives up at its
+	// deadline, and the stalled record is forgotten as well.
+	e.a.setFailures(0)
+	e.a.setGate(make(chan struct{})) // never opens
+	e.a.mu.Lock()
+	e.a.entered = make(chan struct{}, 1)
+	e.a.mu.Unlock()
+	done2 := make(chan error, 1)
+	go func() { done2 <- handle(e.p, context.Background(), msg("ok:r2")) }()
+	<-e.a.entered
 	ctx2, cancel2 := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel2()
 	if err := e.p.Close(ctx2); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Close: %v, want DeadlineExceeded", err)
+	}
+	if err := <-done2; err == nil {
+		t.Fatal("r2 reported delivered although sink a never wrote it")
+	}
+	if got := e.op.forgot(); len(got) != 2 || got[1] != "r2" {
+		t.Fatalf("forgotten %v, want [r1 r2]", got)
 	}
 	e.close = func() {}
 }
@@ -398,7 +424,7 @@ func TestBatchingUnderConcurrency(t *testing.T) {
 			defer wg.Done()
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			errs <- e.p.Process(ctx, msg(fmt.Sprintf("ok:r%d", i)))
+			errs <- handle(e.p, ctx, msg(fmt.Sprintf("ok:r%d", i)))
 		}()
 	}
 	<-e.a.entered
@@ -502,7 +528,7 @@ func TestCloseFlushesAndRefuses(t *testing.T) {
 			t.Errorf("sink %s: flushed %v closed %v", s.name, s.flushed, s.closed)
 		}
 	}
-	err := e.p.Process(context.Background(), msg("ok:r2"))
+	err := handle(e.p, context.Background(), msg("ok:r2"))
 	if !errors.Is(err, pipeline.ErrClosed) {
 		t.Fatalf("Process after Close: %v, want ErrClosed", err)
 	}
@@ -549,7 +575,7 @@ func startStalled(t *testing.T, e *env, n int) (gate chan struct{}, errs chan er
 	run := func(i int) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		errs <- e.p.Process(ctx, msg(fmt.Sprintf("ok:r%d", i)))
+		errs <- handle(e.p, ctx, msg(fmt.Sprintf("ok:r%d", i)))
 	}
 	go run(0)
 	<-e.a.entered

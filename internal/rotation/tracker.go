@@ -157,6 +157,7 @@ func (t *Tracker) queueAdoption(s *trackerShard, v *verState, ref dek.Ref, devic
 type ObservingOpener struct {
 	Opener interface {
 		Open(ctx context.Context, m decrypt.Message) (decrypt.Record, error)
+		TryOpen(m decrypt.Message) (decrypt.Record, error)
 		Forget(r decrypt.Record)
 	}
 	Tracker *Tracker
@@ -165,6 +166,16 @@ type ObservingOpener struct {
 // Open opens m and observes the record.
 func (o ObservingOpener) Open(ctx context.Context, m decrypt.Message) (decrypt.Record, error) {
 	rec, err := o.Opener.Open(ctx, m)
+	if err == nil {
+		o.Tracker.Observe(rec.KeyID, rec.KeyVersion, rec.DeviceID)
+	}
+	return rec, err
+}
+
+// TryOpen opens m without waiting and observes the record; Observe never
+// blocks either.
+func (o ObservingOpener) TryOpen(m decrypt.Message) (decrypt.Record, error) {
+	rec, err := o.Opener.TryOpen(m)
 	if err == nil {
 		o.Tracker.Observe(rec.KeyID, rec.KeyVersion, rec.DeviceID)
 	}
