@@ -68,6 +68,7 @@ type Consumer struct {
 	inUse    atomic.Int64
 	idleWake chan struct{} // signalled when inUse drops to zero
 
+	lanes   []*lane
 	queues  []*workQueue
 	ackWake chan struct{}
 	ackBuf  []*entry // owned by the acker goroutine
@@ -106,6 +107,7 @@ type entry struct {
 	c          *Consumer
 	msg        mqtt.Message
 	gen        uint64
+	route      uint32 // hash of the topic: picks its lane and its worker
 	receivedAt time.Time
 	done       atomic.Bool  // the Processor finished it: it may be acknowledged
 	refs       atomic.Int32 // processing side + acknowledgement side
@@ -184,6 +186,10 @@ func New(o Options, p Processor) (*Consumer, error) {
 	for i := range c.queues {
 		c.queues[i] = &workQueue{wake: make(chan struct{}, 1)}
 	}
+	c.lanes = make([]*lane, o.Lanes)
+	for i := range c.lanes {
+		c.lanes[i] = &lane{wake: make(chan struct{}, 1)}
+	}
 	po := mqtt.NewClientOptions()
 	for _, b := range o.Brokers {
 		po.AddBroker(b)
@@ -247,10 +253,13 @@ func (c *Consumer) Run(ctx context.Context) error {
 		return ErrAlreadyRunning
 	}
 	c.running = true
-	c.wg.Add(len(c.queues) + 1)
+	c.wg.Add(len(c.queues) + len(c.lanes) + 1)
 	c.mu.Unlock()
 	for _, q := range c.queues {
 		go c.work(q)
+	}
+	for _, l := range c.lanes {
+		go c.runLane(l)
 	}
 	go c.acker()
 
@@ -460,7 +469,7 @@ func (c *Consumer) onMessage(_ mqtt.Client, pm mqtt.Message) {
 		c.m.released.Inc()
 		return
 	}
-	e := &entry{c: c, msg: pm, gen: gen, receivedAt: now}
+	e := &entry{c: c, msg: pm, gen: gen, route: hashTopic(pm.Topic()), receivedAt: now}
 	e.refs.Store(2)
 	e.call.Store(callReturned) // a failure reported by TryProcess's done is retried on its own
 	c.mu.Lock()
@@ -474,12 +483,35 @@ func (c *Consumer) onMessage(_ mqtt.Client, pm mqtt.Message) {
 	c.ackq = append(c.ackq, e)
 	c.unacked.Add(1)
 	c.mu.Unlock()
-	q := c.queues[route(pm.Topic(), len(c.queues))]
-	// Fast path: nothing of this worker's topics is waiting or being
-	// processed (so this message cannot overtake one of its topic), and
-	// the Processor can take it without blocking (its key is cached):
-	// take it here, with no hand-off to another goroutine.
-	if q.busy.Load() == 0 && c.proc.TryProcess(c.procCtx, e.message(), e.finish) {
+	c.lanes[e.route%uint32(len(c.lanes))].push(e)
+}
+
+// runLane takes the messages of one lane, in receive order, a whole
+// backlog at a time.
+func (c *Consumer) runLane(l *lane) {
+	defer c.wg.Done()
+	var batch []*entry
+	for {
+		var ok bool
+		batch, ok = l.take(batch, c.quit)
+		if !ok {
+			return
+		}
+		for i, e := range batch {
+			c.dispatch(e)
+			batch[i] = nil
+		}
+	}
+}
+
+// dispatch hands e to the Processor without waiting when it can: nothing
+// of its worker's topics is waiting or being processed (so e cannot
+// overtake one of its topic) and the Processor takes it without blocking
+// (its key is cached). Otherwise e goes to its topic's worker, and later
+// messages of the topic queue behind it.
+func (c *Consumer) dispatch(e *entry) {
+	q := c.queues[e.route%uint32(len(c.queues))]
+	if q.busy.Load() == 0 && c.procCtx.Err() == nil && c.proc.TryProcess(c.procCtx, e.message(), e.finish) {
 		c.m.inline.Inc()
 		return
 	}
@@ -679,7 +711,8 @@ func (c *Consumer) dial(u *url.URL, _ mqtt.ClientOptions) (net.Conn, error) {
 		}
 		conn = tc
 	}
-	tracked := &trackedConn{Conn: conn, closed: make(chan struct{})}
+	// wireConn: one write for many PUBACKs, buffered reads (see there).
+	tracked := &trackedConn{Conn: newWireConn(conn), closed: make(chan struct{})}
 
 	c.overflowConn.Store(nil)
 	c.mu.Lock()
@@ -875,15 +908,61 @@ func (q *workQueue) pop(quit <-chan struct{}) (*entry, bool) {
 	}
 }
 
-// route picks a topic's worker: FNV-1a, inline so that it costs no
-// allocation per message.
-func route(topic string, n int) int {
+// hashTopic picks a topic's lane and worker: FNV-1a, inline so that it
+// costs no allocation per message.
+func hashTopic(topic string) uint32 {
 	h := uint32(2166136261)
 	for i := 0; i < len(topic); i++ {
 		h ^= uint32(topic[i])
 		h *= 16777619
 	}
-	return int(h % uint32(n))
+	return h
+}
+
+// lane is the FIFO between the intake (paho's router goroutine) and one
+// lane goroutine. The lane takes everything queued at once, and the intake
+// wakes it only when it waits, so a busy lane costs no goroutine hand-off
+// per message.
+type lane struct {
+	mu    sync.Mutex
+	items []*entry
+	idle  bool
+	wake  chan struct{}
+}
+
+func (l *lane) push(e *entry) {
+	l.mu.Lock()
+	l.items = append(l.items, e)
+	wake := l.idle
+	l.idle = false
+	l.mu.Unlock()
+	if wake {
+		select {
+		case l.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// take returns everything queued, in order, reusing buf; it waits while
+// nothing is, and returns false once quit is closed.
+func (l *lane) take(buf []*entry, quit <-chan struct{}) ([]*entry, bool) {
+	for {
+		l.mu.Lock()
+		if len(l.items) > 0 {
+			items := l.items
+			l.items = buf[:0]
+			l.mu.Unlock()
+			return items, true
+		}
+		l.idle = true
+		l.mu.Unlock()
+		select {
+		case <-l.wake:
+		case <-quit:
+			return nil, false
+		}
+	}
 }
 
 func b2f(b bool) float64 {

@@ -219,7 +219,7 @@ func distinctTopics(n, workers int) []string {
 	var out []string
 	for i := 0; len(out) < n; i++ {
 		tp := topic(i)
-		if w := route(tp, workers); !seen[w] {
+		if w := int(hashTopic(tp) % uint32(workers)); !seen[w] {
 			seen[w] = true
 			out = append(out, tp)
 		}

@@ -1,6 +1,7 @@
 package consumer
 
 import (
+	"runtime"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -74,9 +75,16 @@ type Options struct {
 	// broker's max_inflight_messages at or below it. Default
 	// DefaultMaxInFlight.
 	MaxInFlight int
-	// Workers is the number of processing goroutines; messages of one topic
-	// always go to the same worker. Default DefaultWorkers.
+	// Workers is the number of goroutines that process messages which may
+	// wait (a key being loaded); messages of one topic always go to the
+	// same worker. Default DefaultWorkers.
 	Workers int
+	// Lanes is the number of goroutines that take messages from the intake
+	// and hand the ones that need no waiting to the Processor themselves
+	// (TryProcess), so that decryption runs beside paho's reading instead
+	// of on its one router goroutine; messages of one topic always go to
+	// the same lane. Default: GOMAXPROCS-1, at least 1.
+	Lanes int
 	// UnsubscribeOnShutdown unsubscribes before stopping, for a replica
 	// removed for good: otherwise the broker keeps queueing this replica's
 	// share of $share messages under its durable session until it returns.
@@ -222,6 +230,9 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.MaxInFlight <= 0 {
 		o.MaxInFlight = DefaultMaxInFlight
+	}
+	if o.Lanes <= 0 {
+		o.Lanes = max(runtime.GOMAXPROCS(0)-1, 1)
 	}
 	if o.Workers <= 0 {
 		o.Workers = DefaultWorkers
