@@ -1,12 +1,12 @@
 package consumer
 
 import (
-	"runtime"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"net/url"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
