@@ -88,6 +88,12 @@ func (c *Config) Validate() error {
 		ck.add("log.format", "must be json or console, got %q", clip(c.Log.Format))
 	}
 	positive(&ck, "shutdown_timeout", c.ShutdownTimeout)
+	if c.Batch.MaxRecords < 1 {
+		ck.add("batch.max_records", "must be at least 1, got %d", c.Batch.MaxRecords)
+	}
+	if c.Batch.Linger < 0 || c.Batch.Linger > time.Second {
+		ck.add("batch.linger", "must be between 0s and 1s, got %s", c.Batch.Linger)
+	}
 	if len(ck.probs) == 0 {
 		return nil
 	}

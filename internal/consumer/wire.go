@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -115,8 +116,18 @@ func (w *wireConn) flush() {
 	defer close(w.done)
 	w.mu.Lock()
 	for {
-		for len(w.pending) == 0 && !w.closing {
-			w.more.Wait()
+		if len(w.pending) == 0 && !w.closing {
+			for len(w.pending) == 0 && !w.closing {
+				w.more.Wait()
+			}
+			// Woken by the first packet of what is often a burst (the
+			// acknowledgements of a whole sink batch): let the writer
+			// append the rest before taking it. Without other runnable
+			// goroutines this returns at once, so a lone packet is not
+			// delayed.
+			w.mu.Unlock()
+			runtime.Gosched()
+			w.mu.Lock()
 		}
 		if len(w.pending) == 0 { // closing, all written
 			w.mu.Unlock()

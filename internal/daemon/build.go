@@ -170,6 +170,7 @@ func build(ctx context.Context, o *Options) (_ *parts, err error) {
 	}
 	p.pipe, err = pipeline.New(pipeline.Options{
 		Opener: opener, Sinks: sinks, DeadLetter: dl,
+		MaxBatch: cfg.Batch.MaxRecords, Linger: cfg.Batch.Linger,
 		KMSUnwraps: p.unwraps.Load,
 		Registerer: o.Registry, Logger: o.Logger,
 	})
