@@ -22,6 +22,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/decryptd/decryptd/internal/bench"
+	"github.com/decryptd/decryptd/internal/config"
 )
 
 func main() { os.Exit(run()) }
@@ -29,22 +30,25 @@ func main() { os.Exit(run()) }
 func run() int {
 	var do bench.DrainOptions
 	var co bench.ColdStartOptions
+	// decryptd's own defaults, so that the benchmark measures what an
+	// operator gets without setting them.
+	def := config.Default()
 	fs := flag.NewFlagSet("decryptd-bench", flag.ContinueOnError)
 	drain := fs.Bool("drain", true, "run the drain benchmark")
 	cold := fs.Bool("cold", true, "run the cold start benchmark")
 	fs.IntVar(&do.Messages, "messages", 200_000, "drain: backlog size per drain")
 	fs.IntVar(&do.Devices, "devices", 5_000, "drain: devices, one key each")
 	fs.IntVar(&do.Rounds, "rounds", 2, "drain: pairs of drains (bare, then decryptd)")
-	fs.IntVar(&do.Workers, "workers", 64, "drain: decryptd mqtt.workers")
-	fs.IntVar(&do.MaxInFlight, "max-in-flight", 1024, "drain: decryptd mqtt.max_in_flight")
+	fs.IntVar(&do.Workers, "workers", def.MQTT.Workers, "drain: decryptd mqtt.workers")
+	fs.IntVar(&do.MaxInFlight, "max-in-flight", def.MQTT.MaxInFlight, "drain: decryptd mqtt.max_in_flight")
 	fs.IntVar(&do.BrokerInflight, "broker-inflight", 0, "drain: Mosquitto max_inflight_messages for both drainers (default: -max-in-flight)")
 	fs.IntVar(&do.Autosave, "autosave", 60, "drain: Mosquitto autosave_interval in seconds")
 	fs.StringVar(&do.ProfileDir, "profile-dir", "", "drain: write a CPU profile of each timed drain into this directory")
 	fs.IntVar(&co.Devices, "cold-devices", 20_000, "cold start: devices, one key and one first message each")
 	fs.DurationVar(&co.KMSLatency, "cold-latency", 20*time.Millisecond, "cold start: Key Protect emulator latency")
-	fs.IntVar(&co.MaxConcurrentUnwraps, "cold-cap", 16, "cold start: cache.max_concurrent_unwraps")
-	fs.IntVar(&co.Workers, "cold-workers", 64, "cold start: decryptd mqtt.workers")
-	fs.IntVar(&co.MaxInFlight, "cold-max-in-flight", 1024, "cold start: decryptd mqtt.max_in_flight (and the broker's window)")
+	fs.IntVar(&co.MaxConcurrentUnwraps, "cold-cap", def.Cache.MaxConcurrentUnwraps, "cold start: cache.max_concurrent_unwraps")
+	fs.IntVar(&co.Workers, "cold-workers", def.MQTT.Workers, "cold start: decryptd mqtt.workers")
+	fs.IntVar(&co.MaxInFlight, "cold-max-in-flight", def.MQTT.MaxInFlight, "cold start: decryptd mqtt.max_in_flight (and the broker's window)")
 	auditDir := fs.String("audit-dir", "", "diagnostic: put decryptd's audit logs in this directory (e.g. a tmpfs) instead of beside its sinks")
 	micro := fs.String("micro", "", "file holding `go test -bench` output to include in the results")
 	out := fs.String("out", "", "write the results as JSON to this file")

@@ -31,8 +31,9 @@ type ColdStartOptions struct {
 	// MaxConcurrentUnwraps is the key cache's cap (default the
 	// configuration's, 16).
 	MaxConcurrentUnwraps int
-	// Workers and MaxInFlight as for the drain (defaults 64 and 1024, so
-	// that enough first messages are in progress at once to reach the cap).
+	// Workers and MaxInFlight as for the drain (defaults the
+	// configuration's, which keep enough first messages in progress at once
+	// to reach the cap).
 	Workers, MaxInFlight int
 	PublishConns         int
 	// AuditDir: as DrainOptions.AuditDir.
@@ -51,11 +52,12 @@ func (o *ColdStartOptions) defaults() {
 	if o.MaxConcurrentUnwraps <= 0 {
 		o.MaxConcurrentUnwraps = config.DefaultMaxUnwraps
 	}
+	def := config.Default().MQTT
 	if o.Workers <= 0 {
-		o.Workers = 64
+		o.Workers = def.Workers
 	}
 	if o.MaxInFlight <= 0 {
-		o.MaxInFlight = 1024
+		o.MaxInFlight = def.MaxInFlight
 	}
 	if o.PublishConns <= 0 {
 		o.PublishConns = 8
@@ -271,7 +273,7 @@ func ColdStart(ctx context.Context, o ColdStartOptions) (*ColdStartResult, error
 	deadline := time.Now().Add(30 * time.Minute)
 	var cached time.Duration
 	for {
-		if err := tail.poll(start); err != nil {
+		if err := tail.poll(); err != nil {
 			_ = shutdown()
 			return nil, err
 		}

@@ -17,6 +17,7 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/zap"
 
 	"github.com/decryptd/decryptd/internal/config"
@@ -72,11 +73,14 @@ func (o *DrainOptions) defaults() {
 	if o.PublishConns <= 0 {
 		o.PublishConns = 8
 	}
+	// The daemon's own defaults, so that the benchmark runs what an
+	// operator gets without setting them.
+	def := config.Default().MQTT
 	if o.Workers <= 0 {
-		o.Workers = config.DefaultWorkers
+		o.Workers = def.Workers
 	}
 	if o.MaxInFlight <= 0 {
-		o.MaxInFlight = config.DefaultMaxInFlight
+		o.MaxInFlight = def.MaxInFlight
 	}
 	if o.BrokerInflight <= 0 {
 		o.BrokerInflight = o.MaxInFlight
@@ -107,8 +111,9 @@ type DrainRun struct {
 	PeakRSS int64 `json:"peak_rss_bytes"`
 	// Receipt is the latency from the message's timestamp to its receipt
 	// by the drainer's MQTT client. Sink (decryptd) is to the record being
-	// written to the sink file, seen by polling its size every 2 ms; the
-	// batch's fsync follows.
+	// written to the sink file, seen by the harness taking the file's size
+	// every 2 ms (the line is seen at the first size that holds its end);
+	// the batch's fsync follows.
 	Receipt Latency  `json:"latency_receipt"`
 	Sink    *Latency `json:"latency_sink,omitempty"`
 	// HistP50/HistP99 (decryptd) estimate the same from the daemon's own
@@ -370,7 +375,8 @@ func drainBare(ctx context.Context, b *Broker, tc *tls.Config, id string, n int,
 // configuration made in code as an operator would write it: mutual TLS,
 // shared subscription, local KMS, the file registry, a file sink and a
 // dead-letter file both fsynced per batch, the audit log. It is done
-// when the sink file holds n records and n messages were acknowledged.
+// when the records sink has acknowledged holding n records and n messages
+// were acknowledged to the broker.
 func drainDaemon(ctx context.Context, b *Broker, client pki.Files, id string, o DrainOptions, rootFile, regFile string, round int, label string) (*DrainRun, error) {
 	dir := filepath.Join(o.Dir, fmt.Sprintf("decryptd-%d", round))
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -390,12 +396,12 @@ func drainDaemon(ctx context.Context, b *Broker, client pki.Files, id string, o 
 	if err != nil {
 		return nil, fmt.Errorf("daemon.New: %w", err)
 	}
-	tail, err := openTail(records)
+	sizes, err := openSizeTimeline(records)
 	if err != nil {
 		_ = d.Close(context.Background())
 		return nil, err
 	}
-	defer tail.close()
+	defer sizes.close()
 
 	settle()
 	if err := resetPeakRSS(); err != nil {
@@ -419,8 +425,12 @@ func drainDaemon(ctx context.Context, b *Broker, client pki.Files, id string, o 
 			})
 		}
 	}
+	// The records sink's delivered count as of the loop's last gather: the
+	// progress line reads it rather than gathering (or reading the file)
+	// itself.
+	var delivered atomic.Int64
 	stopProgress := reportEvery(o.Progress, time.Second, func() string {
-		k := tail.lines.Load()
+		k := delivered.Load()
 		return fmt.Sprintf("%s: drained %d/%d (%.0f msg/s)", label, k, o.Messages, float64(k)/time.Since(start).Seconds())
 	})
 	shutdown := func() error {
@@ -434,39 +444,64 @@ func drainDaemon(ctx context.Context, b *Broker, client pki.Files, id string, o 
 		}
 	}
 
-	// Poll the sink file until it holds every record, then the daemon's
-	// acknowledgement count until every message is acknowledged.
-	deadline := time.Now().Add(10 * time.Minute)
+	// Wait until the records sink has acknowledged every record and every
+	// message was acknowledged to the broker. This loop runs in the process
+	// whose CPU is charged to decryptd, so it does little: every 2 ms one
+	// lseek of the sink file, to record the timeline of its size (the file
+	// is read once, after the drain, to date each line by it), and a gather
+	// of the daemon's registry, which costs hundreds of µs, only every
+	// 100 ms (the in-flight sample) and, as the end nears, at half the time
+	// the remaining records should take at the recent pace: a dozen more
+	// gathers, with the end seen within about a poll.
+	deadline := start.Add(10 * time.Minute)
 	var end time.Time
 	var inflightSum, inflightMax float64
 	var inflightN int
-	nextSample := time.Now()
+	var last drainGauges
+	var gatherErr error
+	var rate float64 // records/s delivered over the last window of at least 100 ms
+	from, fromAt := drainGauges{}, start
+	nextSample, nextCheck := start, start
 	for {
-		if time.Now().After(nextSample) {
-			if v, err := metricSum(reg, "decryptd_inflight_messages"); err == nil {
-				inflightSum, inflightN, inflightMax = inflightSum+v, inflightN+1, max(inflightMax, v)
-			}
-			nextSample = nextSample.Add(100 * time.Millisecond)
-		}
-		if err := tail.poll(start); err != nil {
+		if err := sizes.poll(start); err != nil {
 			_ = shutdown()
 			return nil, err
 		}
-		if tail.lines.Load() >= int64(o.Messages) {
-			if acked, _ := metricSum(reg, "decryptd_mqtt_ack_latency_seconds"); acked >= float64(o.Messages) {
-				end = time.Now()
-				break
+		now := time.Now()
+		sample, check := !now.Before(nextSample), !now.Before(nextCheck)
+		for !nextSample.After(now) {
+			nextSample = nextSample.Add(sampleEvery)
+		}
+		if sample || check {
+			g, err := gatherDrain(reg)
+			gatherErr = err
+			if err == nil {
+				last = g
+				delivered.Store(int64(g.delivered))
+				if g.delivered >= float64(o.Messages) && g.acked >= float64(o.Messages) {
+					end = time.Now()
+					break
+				}
+				if sample {
+					inflightSum, inflightN, inflightMax = inflightSum+g.inflight, inflightN+1, max(inflightMax, g.inflight)
+				}
+				if span := now.Sub(fromAt); span >= sampleEvery {
+					rate = (g.delivered - from.delivered) / span.Seconds()
+					from, fromAt = g, now
+				}
 			}
+			nextCheck = now.Add(checkIn(float64(o.Messages)-last.delivered, rate))
 		}
 		if err := ctx.Err(); err != nil {
 			_ = shutdown()
 			return nil, err
 		}
-		if time.Now().After(deadline) {
+		if now.After(deadline) {
 			_ = shutdown()
-			return nil, fmt.Errorf("sink holds %d of %d records after 10 minutes", tail.lines.Load(), o.Messages)
+			return nil, fmt.Errorf("after 10 minutes the sink acknowledged %.0f of %d records and %.0f messages were acknowledged (last gather: %v)",
+				last.delivered, o.Messages, last.acked, gatherErr)
 		}
-		time.Sleep(2 * time.Millisecond)
+		time.Sleep(pollEvery)
 	}
 	cpu1, bcpu1 := cpuTime(), procCPU(b.Pid())
 	peak := peakRSS()
@@ -485,8 +520,8 @@ func drainDaemon(ctx context.Context, b *Broker, client pki.Files, id string, o 
 	run.DeadLetters, _ = metricSum(reg, "decryptd_dead_letters_total")
 	run.Duplicates, _ = metricSum(reg, "decryptd_duplicates_total")
 	run.Released, _ = metricSum(reg, "decryptd_mqtt_messages_released_total")
-	run.SinkBatch = histogramMean(reg, "decryptd_sink_batch_records", "records")
-	run.SinkWriteMS = histogramMean(reg, "decryptd_sink_write_duration_seconds", "records") * 1000
+	run.SinkBatch = histogramMean(reg, "decryptd_sink_batch_records", recordsSink)
+	run.SinkWriteMS = histogramMean(reg, "decryptd_sink_write_duration_seconds", recordsSink) * 1000
 	if bounds, cum, err := histogram(reg, "decryptd_end_to_end_latency_seconds"); err == nil {
 		run.HistP50MS = histogramQuantile(.5, bounds, cum) * 1000
 		run.HistP99MS = histogramQuantile(.99, bounds, cum) * 1000
@@ -494,9 +529,12 @@ func drainDaemon(ctx context.Context, b *Broker, client pki.Files, id string, o 
 	if err := shutdown(); err != nil {
 		return nil, fmt.Errorf("daemon shutdown: %w", err)
 	}
-	receipt, sink, err := recordLatencies(records, tail.timeline, start)
+	receipt, sink, lines, err := recordLatencies(records, sizes.samples, start)
 	if err != nil {
 		return nil, err
+	}
+	if lines < int64(o.Messages) {
+		return nil, fmt.Errorf("sink file holds %d records, the sink acknowledged %.0f", lines, last.delivered)
 	}
 	run.Receipt, run.Sink = receipt, &sink
 	return run, nil
@@ -517,8 +555,9 @@ func daemonConfig(dir, brokerURL string, client pki.Files, id string, workers, m
 	cfg.MQTT.TLS = config.TLS{CAFile: client.CA, CertFile: client.Cert, KeyFile: client.Key, ServerName: "127.0.0.1"}
 	cfg.MQTT.Workers, cfg.MQTT.MaxInFlight = workers, maxInFlight
 	cfg.Registry = config.Registry{Driver: config.DriverFile, Path: regFile}
-	// Large enough that the file never rotates under the tail below.
-	cfg.Sinks = []config.Sink{{Name: "records", Type: config.SinkFile, Path: filepath.Join(dir, "records.jsonl"), MaxBytes: 16 << 30, Keep: 1, Fsync: &on}}
+	// Large enough that the file never rotates under the harness following
+	// it by its size.
+	cfg.Sinks = []config.Sink{{Name: recordsSink, Type: config.SinkFile, Path: filepath.Join(dir, "records.jsonl"), MaxBytes: 16 << 30, Keep: 1, Fsync: &on}}
 	cfg.DeadLetter = config.DeadLetter{Type: config.SinkFile, Path: filepath.Join(dir, "dead-letter.jsonl"), Fsync: &on}
 	cfg.Metrics.Listen = "127.0.0.1:0"
 	cfg.Audit.Path = filepath.Join(dir, "audit.log")
@@ -526,19 +565,109 @@ func daemonConfig(dir, brokerURL string, client pki.Files, id string, workers, m
 	return cfg
 }
 
-// tailer counts the lines of a growing file and keeps, for each poll that
-// saw new lines, when it saw them: line k was written no later than the
-// first sample whose count exceeds k.
-type tailer struct {
-	f        *os.File
-	buf      []byte
-	lines    atomic.Int64
-	timeline []sample
+// The drain loop's periods: the sink file's size is taken every pollEvery;
+// the daemon's registry is gathered every sampleEvery (and more often only
+// near the end, see checkIn).
+const (
+	pollEvery   = 2 * time.Millisecond
+	sampleEvery = 100 * time.Millisecond
+)
+
+// recordsSink is the name of the sink the drain waits on.
+const recordsSink = "records"
+
+// checkIn is how long the drain loop waits before gathering again to see
+// whether it is done: half the time the remaining records take at rate,
+// between pollEvery and sampleEvery. Halving keeps the gathers near the
+// end few while the end is still seen within a poll or two; once every
+// record is delivered (the acknowledgements follow the sink's fsync) it is
+// every poll. Without a rate (nothing delivered yet, or a stall) it is
+// sampleEvery.
+func checkIn(remaining, rate float64) time.Duration {
+	if remaining <= 0 {
+		return pollEvery
+	}
+	if rate <= 0 {
+		return sampleEvery
+	}
+	half := time.Duration(remaining / rate / 2 * float64(time.Second))
+	return min(max(half, pollEvery), sampleEvery)
 }
 
-type sample struct {
-	at    time.Duration // since the drain started
-	lines int64
+// drainGauges is what one gather of the daemon's registry tells the drain
+// loop.
+type drainGauges struct {
+	delivered float64 // records the records sink acknowledged holding
+	acked     float64 // messages acknowledged to the broker
+	inflight  float64 // messages held between receipt and acknowledgement
+}
+
+// gatherDrain reads them; a family not exported yet counts as zero.
+func gatherDrain(g prometheus.Gatherer) (drainGauges, error) {
+	var d drainGauges
+	mfs, err := g.Gather()
+	if err != nil {
+		return d, fmt.Errorf("gather metrics: %w", err)
+	}
+	for _, mf := range mfs {
+		switch mf.GetName() {
+		case "decryptd_records_delivered_total":
+			d.delivered = familySum(mf, "sink", recordsSink)
+		case "decryptd_mqtt_ack_latency_seconds":
+			d.acked = familySum(mf, "", "")
+		case "decryptd_inflight_messages":
+			d.inflight = familySum(mf, "", "")
+		}
+	}
+	return d, nil
+}
+
+// sizeTimeline follows a growing file by its size alone, one lseek a poll
+// and nothing read, keeping a sample each time the size changed. After the
+// drain, the line ending at offset e was seen (could first have been read
+// whole) at the first sample whose size reaches e.
+type sizeTimeline struct {
+	f       *os.File
+	size    int64
+	samples []sizeSample
+}
+
+type sizeSample struct {
+	at   time.Duration // since the drain started
+	size int64         // bytes
+}
+
+func openSizeTimeline(path string) (*sizeTimeline, error) {
+	// The sink creates the file in daemon.New.
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("open sink file: %w", err)
+	}
+	// Room for a long drain's samples, so that the loop does not grow it.
+	return &sizeTimeline{f: f, samples: make([]sizeSample, 0, 1<<14)}, nil
+}
+
+func (t *sizeTimeline) poll(start time.Time) error {
+	n, err := t.f.Seek(0, io.SeekEnd)
+	if err != nil {
+		return fmt.Errorf("sink file size: %w", err)
+	}
+	if n != t.size {
+		t.size = n
+		t.samples = append(t.samples, sizeSample{at: time.Since(start), size: n})
+	}
+	return nil
+}
+
+func (t *sizeTimeline) close() { t.f.Close() }
+
+// tailer counts the lines of a growing file by reading what was appended
+// since its last poll. The cold start waits on it; the drain does not
+// (sizeTimeline), since these reads would be charged to decryptd's CPU.
+type tailer struct {
+	f     *os.File
+	buf   []byte
+	lines atomic.Int64
 }
 
 func openTail(path string) (*tailer, error) {
@@ -550,48 +679,45 @@ func openTail(path string) (*tailer, error) {
 	return &tailer{f: f, buf: make([]byte, 1<<20)}, nil
 }
 
-func (t *tailer) poll(start time.Time) error {
-	var n int64
+func (t *tailer) poll() error {
 	for {
 		k, err := t.f.Read(t.buf)
-		n += int64(bytes.Count(t.buf[:k], []byte{'\n'}))
+		t.lines.Add(int64(bytes.Count(t.buf[:k], []byte{'\n'})))
 		if err == io.EOF || k == 0 {
-			break
+			return nil
 		}
 		if err != nil {
 			return fmt.Errorf("read sink file: %w", err)
 		}
 	}
-	if n > 0 {
-		total := t.lines.Add(n)
-		t.timeline = append(t.timeline, sample{at: time.Since(start), lines: total})
-	}
-	return nil
 }
 
 func (t *tailer) close() { t.f.Close() }
 
-// recordLatencies reads the records back: timestamp to received_at (the
-// daemon's receipt), and timestamp to the time the tail first saw the
-// line.
-func recordLatencies(path string, timeline []sample, start time.Time) (receipt, sink Latency, err error) {
+// recordLatencies reads the records back once, after the drain: it counts
+// them, and takes from each the latency from its timestamp to received_at
+// (the daemon's receipt) and to when the harness saw the line, the first
+// of samples whose size reaches the line's end.
+func recordLatencies(path string, samples []sizeSample, start time.Time) (receipt, sink Latency, lines int64, err error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return receipt, sink, err
+		return receipt, sink, 0, err
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	sc.Split(scanRawLines)
 	var rec, snk []float64
-	var k int64
-	ti := 0
+	var end int64 // the current line's end offset, its newline included
+	si := 0
 	for sc.Scan() {
 		line := sc.Bytes()
-		ts := timestampOf(line) // the record's "timestamp" member, as sent
-		for ti < len(timeline) && timeline[ti].lines <= k {
-			ti++
+		lines++
+		end += int64(len(line))
+		for si < len(samples) && samples[si].size < end {
+			si++
 		}
-		k++
+		ts := timestampOf(line) // the record's "timestamp" member, as sent
 		if ts == 0 {
 			continue
 		}
@@ -604,15 +730,27 @@ func recordLatencies(path string, timeline []sample, start time.Time) (receipt, 
 				}
 			}
 		}
-		if ti < len(timeline) {
-			seen := start.Add(timeline[ti].at)
+		if si < len(samples) {
+			seen := start.Add(samples[si].at)
 			snk = append(snk, float64(seen.Sub(sent).Microseconds())/1000)
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return receipt, sink, err
+		return receipt, sink, lines, fmt.Errorf("read sink file: %w", err)
 	}
-	return summarise(rec), summarise(snk), nil
+	return summarise(rec), summarise(snk), lines, nil
+}
+
+// scanRawLines is bufio.ScanLines keeping each line's bytes as they are,
+// newline included, so that their lengths add up to file offsets.
+func scanRawLines(data []byte, atEOF bool) (advance int, token []byte, err error) {
+	if i := bytes.IndexByte(data, '\n'); i >= 0 {
+		return i + 1, data[:i+1], nil
+	}
+	if atEOF && len(data) > 0 {
+		return len(data), data, nil
+	}
+	return 0, nil, nil
 }
 
 // metricSum adds up every sample of a counter or gauge family, or the
@@ -623,23 +761,41 @@ func metricSum(g prometheus.Gatherer, name string) (float64, error) {
 		return 0, err
 	}
 	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
+		if mf.GetName() == name {
+			return familySum(mf, "", ""), nil
 		}
-		sum := 0.0
-		for _, m := range mf.GetMetric() {
-			switch {
-			case m.Counter != nil:
-				sum += m.GetCounter().GetValue()
-			case m.Gauge != nil:
-				sum += m.GetGauge().GetValue()
-			case m.Histogram != nil:
-				sum += float64(m.GetHistogram().GetSampleCount())
-			}
-		}
-		return sum, nil
 	}
 	return 0, fmt.Errorf("metric %s not found", name)
+}
+
+// familySum adds up the samples of a counter or gauge family, or the
+// sample counts of a histogram family, over the series labelled
+// label=value (every series when label is empty).
+func familySum(mf *dto.MetricFamily, label, value string) float64 {
+	sum := 0.0
+	for _, m := range mf.GetMetric() {
+		if label != "" && !hasLabel(m, label, value) {
+			continue
+		}
+		switch {
+		case m.Counter != nil:
+			sum += m.GetCounter().GetValue()
+		case m.Gauge != nil:
+			sum += m.GetGauge().GetValue()
+		case m.Histogram != nil:
+			sum += float64(m.GetHistogram().GetSampleCount())
+		}
+	}
+	return sum
+}
+
+func hasLabel(m *dto.Metric, name, value string) bool {
+	for _, l := range m.GetLabel() {
+		if l.GetName() == name && l.GetValue() == value {
+			return true
+		}
+	}
+	return false
 }
 
 // histogram returns the cumulative buckets of a one-series histogram,
@@ -679,12 +835,7 @@ func histogramMean(g prometheus.Gatherer, name, sinkName string) float64 {
 			continue
 		}
 		for _, m := range mf.GetMetric() {
-			match := sinkName == ""
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "sink" && l.GetValue() == sinkName {
-					match = true
-				}
-			}
+			match := sinkName == "" || hasLabel(m, "sink", sinkName)
 			if h := m.GetHistogram(); match && h != nil && h.GetSampleCount() > 0 {
 				return h.GetSampleSum() / float64(h.GetSampleCount())
 			}
