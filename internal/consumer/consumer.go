@@ -12,6 +12,7 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/eclipse/paho.mqtt.golang/packets"
 	"go.uber.org/zap"
 )
 
@@ -197,6 +198,12 @@ func New(o Options, p Processor) (*Consumer, error) {
 	po.SetClientID(o.ClientID).
 		SetCleanSession(false). // the broker keeps unacknowledged messages for a restarted replica
 		SetAutoAckDisabled(true).
+		// paho's default MemoryStore records every received QoS 1 message
+		// and deletes it at its PUBACK (a locked map, twice per message),
+		// for a resend on reconnect that only QoS 2 and publishing use; the
+		// consumer does neither, and the broker's session is what keeps
+		// unacknowledged messages.
+		SetStore(discardStore{}).
 		// OrderMatters(true): the handler runs on paho's router goroutine in
 		// wire order, which is what per-topic order and in-order PUBACKs
 		// need; with false each message gets its own goroutine and the
@@ -971,3 +978,14 @@ func b2f(b bool) float64 {
 	}
 	return 0
 }
+
+// discardStore is an mqtt.Store that keeps nothing (see New).
+type discardStore struct{}
+
+func (discardStore) Open()                             {}
+func (discardStore) Put(string, packets.ControlPacket) {}
+func (discardStore) Get(string) packets.ControlPacket  { return nil }
+func (discardStore) All() []string                     { return nil }
+func (discardStore) Del(string)                        {}
+func (discardStore) Close()                            {}
+func (discardStore) Reset()                            {}
