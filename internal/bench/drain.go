@@ -136,6 +136,13 @@ type DrainRun struct {
 	// SinkWriteMS is the mean duration of one records sink write (the
 	// write and its fsync).
 	SinkWriteMS float64 `json:"sink_write_mean_ms,omitempty"`
+	// AckLatencyMS is the mean time from receipt to the PUBACK handed to
+	// the client (decryptd_mqtt_ack_latency_seconds): how long a message
+	// holds one of the broker's in-flight slots inside decryptd.
+	AckLatencyMS float64 `json:"ack_latency_mean_ms,omitempty"`
+	// DecryptUS is the mean duration of one decryption
+	// (decryptd_decrypt_duration_seconds), key lookup included.
+	DecryptUS   float64 `json:"decrypt_mean_us,omitempty"`
 	PublishRate float64 `json:"publish_msg_per_s"`
 	PayloadAvg  float64 `json:"payload_avg_bytes"`
 }
@@ -522,6 +529,8 @@ func drainDaemon(ctx context.Context, b *Broker, client pki.Files, id string, o 
 	run.Released, _ = metricSum(reg, "decryptd_mqtt_messages_released_total")
 	run.SinkBatch = histogramMean(reg, "decryptd_sink_batch_records", recordsSink)
 	run.SinkWriteMS = histogramMean(reg, "decryptd_sink_write_duration_seconds", recordsSink) * 1000
+	run.AckLatencyMS = histogramMean(reg, "decryptd_mqtt_ack_latency_seconds", "") * 1000
+	run.DecryptUS = histogramMean(reg, "decryptd_decrypt_duration_seconds", "") * 1e6
 	if bounds, cum, err := histogram(reg, "decryptd_end_to_end_latency_seconds"); err == nil {
 		run.HistP50MS = histogramQuantile(.5, bounds, cum) * 1000
 		run.HistP99MS = histogramQuantile(.99, bounds, cum) * 1000

@@ -69,11 +69,12 @@ type Consumer struct {
 	inUse    atomic.Int64
 	idleWake chan struct{} // signalled when inUse drops to zero
 
-	lanes   []*lane
-	queues  []*workQueue
-	ackWake chan struct{}
-	ackBuf  []*entry // owned by the acker goroutine
-	unacked atomic.Int64
+	lanes    []*lane
+	queues   []*workQueue
+	ackWake  chan struct{}
+	ackBuf   []*entry // owned by the acker goroutine
+	ackBytes []byte   // owned by the acker goroutine
+	unacked  atomic.Int64
 
 	mu            sync.Mutex
 	gen           uint64       // connection generation, bumped on every successful dial
@@ -675,23 +676,47 @@ func (c *Consumer) ackPrefix() bool {
 	clear(c.ackq[:n])
 	c.ackq = c.ackq[n:]
 	c.unacked.Add(int64(-n))
-	gen := c.gen
+	gen, conn := c.gen, c.conn
 	c.mu.Unlock()
-	for i, e := range c.ackBuf {
-		// An Ack for a connection that has ended is dropped by paho
-		// (v1.5.1); the broker redelivers the message on the new one.
-		e.msg.Ack()
-		if e.gen == gen {
-			c.m.ackLatency.Observe(time.Since(e.receivedAt).Seconds())
+	if n == 0 {
+		return false
+	}
+	// The PUBACKs of the whole prefix, in order, in one write on the
+	// connection the messages came in on. paho writes each of its own
+	// packets with a single Write too, and wireConn keeps whole Writes
+	// apart, so the two never interleave. Going through paho's Ack would
+	// cost, per message, a packet, a channel hand-off to its writer and a
+	// Write call. Messages of an ended connection are not acknowledged:
+	// the broker redelivers them on the new one.
+	buf := c.ackBytes[:0]
+	now := time.Now()
+	for _, e := range c.ackBuf {
+		if e.gen == gen && e.msg.Qos() > 0 {
+			id := e.msg.MessageID()
+			buf = append(buf, pubackType, 2, byte(id>>8), byte(id))
+			c.m.ackLatency.Observe(now.Sub(e.receivedAt).Seconds())
 		}
+	}
+	if len(buf) > 0 && conn != nil {
+		// A failed write means the connection is ending; paho sees that
+		// too, reconnects, and the broker redelivers.
+		_, _ = conn.Write(buf)
+	}
+	c.ackBytes = buf[:0]
+	// Only now, with the acknowledgements queued ahead of anything paho
+	// writes later (a DISCONNECT at shutdown), may the slots free up.
+	for i, e := range c.ackBuf {
 		if c.ackHook != nil {
 			c.ackHook(Message{Topic: e.msg.Topic(), Payload: e.msg.Payload(), Dup: e.msg.Duplicate(), ReceivedAt: e.receivedAt})
 		}
 		c.unref(e)
 		c.ackBuf[i] = nil
 	}
-	return n > 0
+	return true
 }
+
+// pubackType is the first byte of an MQTT 3.1.1 PUBACK (type 4, no flags).
+const pubackType = 0x40
 
 // dial opens the network connection for paho (CustomOpenConnectionFn). It
 // runs for every connection attempt, after paho's previous connection has

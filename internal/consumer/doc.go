@@ -19,7 +19,11 @@
 //     waits until every earlier message of that connection is done. A message
 //     whose connection ended before its acknowledgement is redelivered by the
 //     broker with Dup set, so the Processor (its sinks) must tolerate
-//     repeats; paho drops acknowledgements for an ended connection.
+//     repeats; no acknowledgement is sent for an ended connection.
+//   - The consumer writes the PUBACKs itself, a whole finished prefix in one
+//     write on the connection's wireConn (paho's own packets are single
+//     writes too, so they never interleave), rather than one paho Ack per
+//     message; wireConn then groups writes made while one is in progress.
 //   - Messages of one topic (the topic carries the device id) are handed
 //     to the Processor one at a time in receive order. The intake
 //     goroutine hands a message over itself (Processor.TryProcess, which
@@ -52,7 +56,7 @@
 // order and in-order acknowledgements both need wire order, which the
 // per-message goroutines lose to the scheduler. So the handler runs on the
 // router and either hands the message over without blocking or enqueues
-// it; it never calls Ack (a single acker goroutine does) and blocks only in
+// it; it never acknowledges (a single acker goroutine does) and blocks only in
 // the bounded overflow case above, well inside the keep-alive so paho's
 // pings survive. Taking cached-key messages on the router costs no
 // goroutine hand-off per message, which at 100k messages per second is
