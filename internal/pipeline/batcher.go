@@ -36,8 +36,9 @@ type batcher struct {
 
 	mu      sync.Mutex
 	pending []job
-	idle    bool // the writer waits for add's wake-up
-	closed  bool // the writer has exited: add refuses, so no job is ever stranded
+	firstAt time.Time // when pending's first job came (set only with a positive Linger)
+	idle    bool      // the writer waits for add's wake-up
+	closed  bool      // the writer has exited: add refuses, so no job is ever stranded
 	wake    chan struct{}
 	exited  chan struct{}
 
@@ -62,6 +63,9 @@ func (b *batcher) add(j job) bool {
 		b.mu.Unlock()
 		return false
 	}
+	if len(b.pending) == 0 && b.p.o.Linger > 0 {
+		b.firstAt = time.Now()
+	}
 	b.pending = append(b.pending, j)
 	wake := b.idle
 	b.mu.Unlock()
@@ -74,11 +78,12 @@ func (b *batcher) add(j job) bool {
 	return true
 }
 
-// run is the writer. An idle writer writes a record at once (or, with a
-// positive Linger, after at most Linger, or as soon as every delivery under
-// way has handed its record over); a writer coming back from a write takes
-// what gathered meanwhile at once, since those records waited a whole
-// write already. After Close's stop it writes what is pending and exits.
+// run is the writer. It writes the pending records at once, or, with a
+// positive Linger, once MaxBatch are pending, or every delivery under way
+// has handed its record over (nobody else can join soon: a lone message is
+// written at once), or the oldest pending record has waited Linger. While
+// it writes, the next batch gathers. After Close's stop it writes what is
+// pending and exits.
 func (b *batcher) run() {
 	defer close(b.exited)
 	maxBatch := b.p.o.MaxBatch
@@ -90,7 +95,6 @@ func (b *batcher) run() {
 	stopping := false
 	for {
 		b.mu.Lock()
-		fromIdle := false
 		for len(b.pending) == 0 {
 			if stopping {
 				b.closed = true
@@ -98,22 +102,22 @@ func (b *batcher) run() {
 				return
 			}
 			stopping = b.wait(nil)
-			fromIdle = true
 		}
-		if linger > 0 && fromIdle && !stopping {
-			deadline := time.Now().Add(linger)
+		if linger > 0 && !stopping {
+			deadline := b.firstAt.Add(linger)
 			for len(b.pending) < maxBatch && int64(len(b.pending)) < b.p.active.Load() {
 				left := time.Until(deadline)
 				if left <= 0 {
 					break
 				}
 				timer.Reset(left)
-				if b.wait(timer.C) {
+				stop := b.wait(timer.C)
+				timer.Stop()
+				if stop {
 					stopping = true
 					break
 				}
 			}
-			timer.Stop()
 		}
 		n := min(len(b.pending), maxBatch)
 		if n == len(b.pending) {
@@ -123,6 +127,7 @@ func (b *batcher) run() {
 			k := copy(b.pending, b.pending[n:])
 			clear(b.pending[k:])
 			b.pending = b.pending[:k]
+			b.firstAt = time.Now() // the rest waited a little; close enough
 		}
 		b.mu.Unlock()
 		b.flush(batch)

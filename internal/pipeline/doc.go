@@ -43,10 +43,11 @@
 // then answers every record of it. Calls append their records to the
 // sink's pending list at any time, also while a batch is written; when the
 // writer is done it takes everything gathered meanwhile (up to MaxBatch) at
-// once. An idle writer writes at once (or, with a positive Linger, after at
-// most Linger, or as soon as every call in progress has handed its record
-// over). One fsync then covers a whole batch, and intake never stalls on
-// it; appending wakes the writer only when it is idle.
+// once. With a positive Linger a record waits up to Linger for others to
+// join its batch while other deliveries are still on their way (a lone
+// record is written at once). One fsync then covers a whole batch, and
+// intake never stalls on it; appending wakes the writer only when it is
+// idle.
 //
 // Nothing here logs or exports a payload, plaintext or key; metric labels
 // come from fixed sets (reason, sink name, cause, outcome). Logs record
