@@ -99,6 +99,8 @@ type Pipeline struct {
 	active atomic.Int64
 	flight tracker
 
+	bufs sync.Pool // *[]byte for records' JSON, see getBuf
+
 	kmsDown atomic.Bool
 	seenMu  sync.Mutex
 	seen    map[string]struct{} // revoked-key errors already logged
@@ -203,7 +205,7 @@ type Result struct {
 // Records reach each sink in the order of the Process (and TryProcess)
 // calls that handed them over.
 func (p *Pipeline) Process(ctx context.Context, m consumer.Message, done func(error)) {
-	p.submit(ctx, toDecrypt(m), func(_ Result, err error) { done(err) })
+	p.submit(ctx, toDecrypt(m), done, nil)
 }
 
 // TryProcess is Process for a caller that must never block (the MQTT
@@ -220,7 +222,7 @@ func (p *Pipeline) TryProcess(ctx context.Context, m consumer.Message, done func
 		return false
 	}
 	p.m.decryptDur.Observe(time.Since(t0).Seconds())
-	d := p.begin(ctx, dm, func(_ Result, err error) { done(err) })
+	d := p.begin(ctx, dm, done, nil)
 	p.opened(d, rec, err)
 	return true
 }
@@ -238,7 +240,7 @@ func (p *Pipeline) handle(ctx context.Context, m decrypt.Message) (Result, error
 		err error
 	}
 	ch := make(chan outcome, 1)
-	p.submit(ctx, m, func(r Result, err error) { ch <- outcome{r, err} })
+	p.submit(ctx, m, nil, func(r Result, err error) { ch <- outcome{r, err} })
 	select {
 	case o := <-ch:
 		return o.res, o.err
@@ -259,33 +261,38 @@ type delivery struct {
 	ctx    context.Context // a batcher retrying a failed write gives up on it when this ends
 	m      decrypt.Message
 	ticket uint64
-	fin    func(Result, error)
+	done   func(error)         // the consumer's callback, or
+	fin    func(Result, error) // Handle's
 
 	rec    decrypt.Record
-	hasRec bool   // rec was accepted by the Opener: Forget it if it is not delivered
-	buf    []byte // rec's JSON, wiped once every sink is done with it
-	dead   bool   // the job out is a dead letter
-	reason string // its reason
+	hasRec bool    // rec was accepted by the Opener: Forget it if it is not delivered
+	buf    *[]byte // rec's JSON, wiped and recycled once every sink is done with it
+	dead   bool    // the job out is a dead letter
+	reason string  // its reason
 
 	pending atomic.Int32
 	err1    error   // the answer of the only sink
 	errs    []error // the answers of several sinks
 }
 
-func (p *Pipeline) begin(ctx context.Context, m decrypt.Message, fin func(Result, error)) *delivery {
+func (p *Pipeline) begin(ctx context.Context, m decrypt.Message, done func(error), fin func(Result, error)) *delivery {
 	p.active.Add(1)
-	return &delivery{p: p, ctx: ctx, m: m, ticket: p.flight.begin(), fin: fin}
+	return &delivery{p: p, ctx: ctx, m: m, ticket: p.flight.begin(), done: done, fin: fin}
 }
 
 // finish ends d: its ticket, then the caller's callback.
 func (d *delivery) finish(res Result, err error) {
 	d.p.flight.end(d.ticket)
 	d.p.active.Add(-1)
-	d.fin(res, err)
+	if d.done != nil {
+		d.done(err)
+	} else {
+		d.fin(res, err)
+	}
 }
 
-func (p *Pipeline) submit(ctx context.Context, m decrypt.Message, fin func(Result, error)) {
-	d := p.begin(ctx, m, fin)
+func (p *Pipeline) submit(ctx context.Context, m decrypt.Message, done func(error), fin func(Result, error)) {
+	d := p.begin(ctx, m, done, fin)
 	waited := false
 	for {
 		rec, err := p.open(ctx, m)
@@ -358,7 +365,8 @@ func (p *Pipeline) open(ctx context.Context, m decrypt.Message) (decrypt.Record,
 
 // deliver hands rec to every sink; the last sink's answer finishes d.
 func (p *Pipeline) deliver(d *delivery, rec decrypt.Record) {
-	buf := rec.AppendJSON(make([]byte, 0, 320+len(rec.Data)+len(rec.Metadata)+len(rec.Topic)))
+	bp := p.getBuf(320 + len(rec.Data) + len(rec.Metadata) + len(rec.Topic))
+	buf := rec.AppendJSON(*bp)
 	if bytes.ContainsAny(buf, "\r\n") {
 		// A plaintext or message sent pretty-printed: line breaks outside
 		// strings are insignificant in JSON (inside them they are
@@ -370,9 +378,10 @@ func (p *Pipeline) deliver(d *delivery, rec decrypt.Record) {
 			buf = c.Bytes()
 		}
 	}
+	*bp = buf // grown, or replaced by the compacted copy: the buffer to recycle
 	clear(rec.Data)
 	clear(rec.Metadata)
-	d.rec, d.hasRec, d.buf = rec, true, buf
+	d.rec, d.hasRec, d.buf = rec, true, bp
 	if len(p.batchers) > 1 {
 		d.errs = make([]error, len(p.batchers))
 	}
@@ -451,7 +460,7 @@ func (d *delivery) answer(idx int, err error) {
 		}
 	}
 	// Every sink is done with the record: no batcher refers to it any more.
-	clear(d.buf)
+	p.putBuf(d.buf)
 	d.buf = nil
 	if len(rejected) > 0 {
 		p.deadLetter(d, ReasonSinkRejected, errors.Join(rejected...).Error())
@@ -474,8 +483,36 @@ func (d *delivery) forget() {
 		d.p.o.Opener.Forget(d.rec)
 		d.hasRec = false
 	}
-	clear(d.buf)
+	d.p.putBuf(d.buf)
 	d.buf = nil
+}
+
+// getBuf returns an empty buffer for a record's JSON, with room for n
+// bytes; putBuf wipes it (it held plaintext) and keeps it for the next
+// record. Records are similar in size, so a pool saves an allocation of a
+// few hundred bytes per message.
+func (p *Pipeline) getBuf(n int) *[]byte {
+	if b, ok := p.bufs.Get().(*[]byte); ok {
+		if cap(*b) < n {
+			*b = make([]byte, 0, n)
+		}
+		*b = (*b)[:0]
+		return b
+	}
+	b := make([]byte, 0, max(n, 512))
+	return &b
+}
+
+func (p *Pipeline) putBuf(b *[]byte) {
+	if b == nil {
+		return
+	}
+	clear(*b)
+	if cap(*b) > 64<<10 {
+		return // an outsized record: let it go
+	}
+	*b = (*b)[:0]
+	p.bufs.Put(b)
 }
 
 // logOnce logs a state worth a line once per distinct error text (bounded).
