@@ -77,9 +77,10 @@ type Consumer struct {
 	unacked  atomic.Int64
 
 	mu            sync.Mutex
-	gen           uint64       // connection generation, bumped on every successful dial
-	conn          *trackedConn // connection of gen
-	ackq          []*entry     // receive order of gen's admitted, unacknowledged messages
+	gen           uint64        // connection generation, bumped on every successful dial
+	genNow        atomic.Uint64 // gen, readable without mu (lanes, per message)
+	conn          *trackedConn  // connection of gen
+	ackq          []*entry      // receive order of gen's admitted, unacknowledged messages
 	stopping      bool
 	subscribedGen uint64 // gen whose subscriptions succeeded
 
@@ -518,6 +519,13 @@ func (c *Consumer) runLane(l *lane) {
 // (its key is cached). Otherwise e goes to its topic's worker, and later
 // messages of the topic queue behind it.
 func (c *Consumer) dispatch(e *entry) {
+	if e.gen != c.genNow.Load() {
+		// Its connection is gone and the broker redelivers it on the new
+		// one: processing this copy would only duplicate work.
+		c.m.released.Inc()
+		c.unref(e) // the processing side; the acknowledgement side was voided by dial
+		return
+	}
 	q := c.queues[e.route%uint32(len(c.queues))]
 	if q.busy.Load() == 0 && c.procCtx.Err() == nil && c.proc.TryProcess(c.procCtx, e.message(), e.finish) {
 		c.m.inline.Inc()
@@ -749,13 +757,14 @@ func (c *Consumer) dial(u *url.URL, _ mqtt.ClientOptions) (net.Conn, error) {
 	c.overflowConn.Store(nil)
 	c.mu.Lock()
 	c.gen++
+	c.genNow.Store(c.gen)
 	c.conn = tracked
 	stale := c.ackq
 	c.ackq = nil
 	c.unacked.Store(0)
 	c.mu.Unlock()
-	// The previous connection's unacknowledged messages are void here: paho
-	// drops their acks and the broker redelivers them on this connection.
+	// The previous connection's unacknowledged messages are void here: the
+	// acker skips them and the broker redelivers them on this connection.
 	for _, e := range stale {
 		c.unref(e)
 	}
