@@ -53,9 +53,12 @@ type MQTT struct {
 	// (default 1024, the consumer's own). The broker's window (Mosquitto's
 	// max_inflight_messages) should be at or below it.
 	MaxInFlight int `yaml:"max_in_flight" json:"max_in_flight"`
-	// Workers is how many messages are processed at once (default 256).
-	// Each holds its message until every sink has its record durably, so
-	// the records one sink fsync can cover are bounded by Workers.
+	// Workers is how many messages that must wait for their key (a load
+	// from the registry and the KMS) are processed at once (default 256).
+	// Messages whose key is cached never wait here: the intake decrypts
+	// them itself. A worker moves on once its message's record is queued
+	// for the sinks, so Workers bounds the key loads a cold start runs at
+	// once (cache.max_concurrent_unwraps bounds the KMS calls among them).
 	Workers int `yaml:"workers" json:"workers"`
 	// UnsubscribeOnShutdown unsubscribes before disconnecting, so a
 	// persistent session stops queueing for this instance (default false:
