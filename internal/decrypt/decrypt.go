@@ -112,7 +112,8 @@ func (d *Decryptor) Open(ctx context.Context, m Message) (Record, error) {
 
 // TryOpen is Open that never waits: when the message's key is not cached
 // (or the resolver is not a CachedKeyResolver) it returns ErrWouldBlock
-// having recorded nothing, and Open, which may wait for the KMS, decides.
+// having recorded nothing (it asks the resolver to start loading the key),
+// and Open, which may wait for the KMS, decides.
 // Every other answer is Open's.
 func (d *Decryptor) TryOpen(m Message) (Record, error) {
 	if _, ok := d.keys.(CachedKeyResolver); !ok {
@@ -182,8 +183,11 @@ func (d *Decryptor) open(ctx context.Context, st *state, m Message, noWait bool)
 
 	var aead cipher.AEAD
 	if noWait {
-		aead, err = d.keys.(CachedKeyResolver).ResolveCachedKey(rec.KeyID, rec.KeyVersion, rec.DeviceID)
+		ck := d.keys.(CachedKeyResolver)
+		aead, err = ck.ResolveCachedKey(rec.KeyID, rec.KeyVersion, rec.DeviceID)
 		if errors.Is(err, dek.ErrWouldWait) {
+			// Whoever goes on to Open finds the key sooner.
+			ck.PrefetchKey(rec.KeyID, rec.KeyVersion, rec.DeviceID)
 			return Record{}, ErrWouldBlock
 		}
 	} else {

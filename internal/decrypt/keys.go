@@ -24,8 +24,10 @@ type KeyResolver interface {
 // CachedKeyResolver is a KeyResolver that can also answer without waiting
 // (the key cache implements it). ResolveCachedKey returns what ResolveKey
 // would, or an error wrapping dek.ErrWouldWait when ResolveKey would wait
-// for a load. TryOpen needs it.
+// for a load; PrefetchKey then starts that load without waiting for it.
+// TryOpen needs it.
 type CachedKeyResolver interface {
 	KeyResolver
 	ResolveCachedKey(keyID, keyVersion, deviceID string) (cipher.AEAD, error)
+	PrefetchKey(keyID, keyVersion, deviceID string)
 }

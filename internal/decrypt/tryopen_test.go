@@ -27,8 +27,9 @@ type cachedKeys struct {
 	mu     sync.Mutex
 	loaded map[keyRef]bool
 
-	waits atomic.Int64 // ResolveKey calls
-	tries atomic.Int64 // ResolveCachedKey calls
+	waits      atomic.Int64 // ResolveKey calls
+	tries      atomic.Int64 // ResolveCachedKey calls
+	prefetches atomic.Int64 // PrefetchKey calls (the fake loads nothing ahead)
 }
 
 func newCachedKeys(keys *fakeKeys, all bool) *cachedKeys {
@@ -53,6 +54,8 @@ func (c *cachedKeys) ResolveCachedKey(keyID, keyVersion, deviceID string) (ciphe
 	}
 	return c.keys.ResolveKey(context.Background(), keyID, keyVersion, deviceID)
 }
+
+func (c *cachedKeys) PrefetchKey(string, string, string) { c.prefetches.Add(1) }
 
 var _ CachedKeyResolver = (*cachedKeys)(nil)
 
@@ -130,7 +133,7 @@ func TestTryOpenWouldWaitLeavesNoTrace(t *testing.T) {
 			ck.mu.Lock()
 			clear(ck.loaded)
 			ck.mu.Unlock()
-			waits := ck.waits.Load()
+			waits, prefetches := ck.waits.Load(), ck.prefetches.Load()
 			entries := d.win.len()
 
 			for _, dup := range []bool{false, true, false} {
@@ -147,6 +150,9 @@ func TestTryOpenWouldWaitLeavesNoTrace(t *testing.T) {
 			}
 			if ck.waits.Load() != waits {
 				t.Fatal("TryOpen called ResolveKey")
+			}
+			if got := ck.prefetches.Load() - prefetches; got != 3 {
+				t.Fatalf("%d prefetches for 3 declined TryOpens, want 3 (each asks for the key to be loaded)", got)
 			}
 
 			// Open loads the key and accepts the message: not a replay.

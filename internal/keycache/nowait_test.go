@@ -394,3 +394,47 @@ func TestResolveCachedKeyKMSDown(t *testing.T) {
 	}
 	mustOpen(t, aead, key)
 }
+
+// PrefetchKey starts the load a miss would wait for, without waiting, and
+// only then: one load for many prefetches of one version, none for a key
+// already cached, and ResolveKey joins it.
+func TestPrefetchKey(t *testing.T) {
+	e := newEnv(t, nil)
+	key := e.addKey("group/a", "v1", dev)
+	release := make(chan struct{})
+	e.kms.setHook(func(ctx context.Context) error {
+		select {
+		case <-release:
+			return nil
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %w", kms.ErrTransient, ctx.Err())
+		}
+	})
+	for range 5 {
+		e.c.PrefetchKey("group/a", "v1", dev) // returns at once: the KMS is held
+	}
+	waitFor(t, "the prefetched unwrap to start", func() bool { return e.kms.calls.Load() == 1 })
+	if n := inFlight(e.c); n != 1 {
+		t.Fatalf("%d loads in flight after 5 prefetches of one version, want 1", n)
+	}
+	loaded := make(chan error, 1)
+	go func() {
+		_, err := resolve(e, "group/a", "v1", dev)
+		loaded <- err
+	}()
+	close(release)
+	if err := <-loaded; err != nil {
+		t.Fatalf("ResolveKey after the prefetch: %v", err)
+	}
+	settle(t, e, "group/a")
+	aead, err := e.c.ResolveCachedKey("group/a", "v1", dev)
+	if err != nil {
+		t.Fatalf("after the prefetched load: %v", err)
+	}
+	mustOpen(t, aead, key)
+	e.c.PrefetchKey("group/a", "v1", dev) // cached: nothing to do
+	settle(t, e, "group/a")
+	if got := askedOf(e); got != (asked{1, 1, 1}) {
+		t.Fatalf("registry reads, unwraps, audit events = %+v, want one each", got)
+	}
+}
