@@ -38,7 +38,7 @@ func run() int {
 	cold := fs.Bool("cold", true, "run the cold start benchmark")
 	fs.IntVar(&do.Messages, "messages", 200_000, "drain: backlog size per drain")
 	fs.IntVar(&do.Devices, "devices", 5_000, "drain: devices, one key each")
-	fs.IntVar(&do.Rounds, "rounds", 2, "drain: pairs of drains (bare, then decryptd)")
+	fs.IntVar(&do.Rounds, "rounds", 3, "drain: pairs of drains (bare, then decryptd); the ratio is of the medians")
 	fs.IntVar(&do.Workers, "workers", def.MQTT.Workers, "drain: decryptd mqtt.workers")
 	fs.IntVar(&do.MaxInFlight, "max-in-flight", def.MQTT.MaxInFlight, "drain: decryptd mqtt.max_in_flight")
 	fs.IntVar(&do.BrokerInflight, "broker-inflight", 0, "drain: Mosquitto max_inflight_messages for both drainers (default: -max-in-flight)")

@@ -40,7 +40,7 @@ type DrainOptions struct {
 	Dir          string // working directory (broker, keys, sinks)
 	Messages     int    // backlog size per drain (default 200,000)
 	Devices      int    // distinct devices and keys (default 5,000)
-	Rounds       int    // a,b pairs (default 2)
+	Rounds       int    // a,b pairs (default 3: a median of three)
 	PublishConns int    // publisher connections (default 8)
 	// Workers and MaxInFlight are decryptd's mqtt.workers and
 	// mqtt.max_in_flight; BrokerInflight is Mosquitto's
@@ -68,7 +68,7 @@ func (o *DrainOptions) defaults() {
 		o.Devices = 5_000
 	}
 	if o.Rounds <= 0 {
-		o.Rounds = 2
+		o.Rounds = 3
 	}
 	if o.PublishConns <= 0 {
 		o.PublishConns = 8
