@@ -7,6 +7,6 @@ test:
 	./scripts/test.sh
 
 # Micro-benchmarks, the drain against a bare subscriber and the cold start;
-# figures in docs/bench/ (see BENCHMARKS.md). About 6 minutes on 2 cores.
+# figures in docs/bench/ (see BENCHMARKS.md). About a minute on 2 cores.
 bench:
 	./scripts/bench.sh
