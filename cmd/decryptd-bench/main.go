@@ -23,6 +23,7 @@ import (
 
 	"github.com/decryptd/decryptd/internal/bench"
 	"github.com/decryptd/decryptd/internal/config"
+	"github.com/decryptd/decryptd/internal/daemon"
 )
 
 func main() { os.Exit(run()) }
@@ -62,6 +63,8 @@ func run() int {
 		fmt.Fprintf(os.Stderr, "decryptd-bench: unexpected arguments %q\n", fs.Args())
 		return 2
 	}
+	// The daemon runs in this process, with the Ps it would have.
+	daemon.RaiseProcs(os.LookupEnv)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	do.AuditDir, co.AuditDir = *auditDir, *auditDir

@@ -180,6 +180,9 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) int {
 		return exitUsage
 	}
 	defer log.Sync()
+	if before, after := daemon.RaiseProcs(os.LookupEnv); after != before {
+		log.Info("GOMAXPROCS raised so that fsyncs do not stall intake", zap.Int("from", before), zap.Int("to", after))
+	}
 	if err := daemon.Run(ctx, daemon.Options{Config: cfg, Logger: log, Version: version()}); err != nil {
 		log.Error("decryptd failed", zap.Error(err))
 		return exitFailed
@@ -260,6 +263,7 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		ctx, cancel = context.WithTimeout(ctx, *d)
 		defer cancel()
 	}
+	daemon.RaiseProcs(os.LookupEnv)
 	if _, err := demo.Run(ctx, demo.Options{Stdout: stdout, Stderr: stderr, Listen: *listen, Version: version(), Dir: *dir}); err != nil {
 		fmt.Fprintf(stderr, "decryptd demo: %v\n", err)
 		return exitFailed
