@@ -44,6 +44,7 @@ func run() int {
 	fs.IntVar(&do.MaxInFlight, "max-in-flight", def.MQTT.MaxInFlight, "drain: decryptd mqtt.max_in_flight")
 	fs.IntVar(&do.BrokerInflight, "broker-inflight", 0, "drain: Mosquitto max_inflight_messages for both drainers (default: -max-in-flight)")
 	fs.IntVar(&do.Autosave, "autosave", 60, "drain: Mosquitto autosave_interval in seconds")
+	fs.StringVar(&do.BrokerCPUs, "broker-cpus", "", "drain: run Mosquitto on these CPUs (taskset -c list); start the bench under taskset on the others")
 	fs.StringVar(&do.ProfileDir, "profile-dir", "", "drain: write a CPU profile of each timed drain into this directory")
 	fs.IntVar(&co.Devices, "cold-devices", 20_000, "cold start: devices, one key and one first message each")
 	fs.DurationVar(&co.KMSLatency, "cold-latency", 20*time.Millisecond, "cold start: Key Protect emulator latency")

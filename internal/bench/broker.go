@@ -34,6 +34,10 @@ type BrokerOptions struct {
 	// Autosave is autosave_interval in seconds: how often Mosquitto writes
 	// its whole persistence file while anything changed.
 	Autosave int
+	// CPUs, when set, is a taskset(1) CPU list Mosquitto runs on (e.g. "1"),
+	// so that it does not share CPUs with the drainer started under
+	// "taskset -c 0".
+	CPUs string
 }
 
 // Broker is a Mosquitto process with one mutual-TLS listener on 127.0.0.1,
@@ -46,6 +50,7 @@ type Broker struct {
 	Server  pki.Files
 	LogFile string
 	conf    string
+	cpus    string
 	cmd     *exec.Cmd
 	exited  chan struct{}
 }
@@ -70,7 +75,7 @@ func StartBroker(o BrokerOptions) (*Broker, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &Broker{CA: ca, Server: srv, LogFile: filepath.Join(o.Dir, "mosquitto.log"), conf: filepath.Join(o.Dir, "mosquitto.conf")}
+	b := &Broker{CA: ca, Server: srv, LogFile: filepath.Join(o.Dir, "mosquitto.log"), conf: filepath.Join(o.Dir, "mosquitto.conf"), cpus: o.CPUs}
 	var lastErr error
 	for attempt := 0; attempt < 5; attempt++ {
 		port, err := freePort()
@@ -119,6 +124,9 @@ func (b *Broker) start(port int) error {
 	}
 	off, _ := logf.Seek(0, 2)
 	cmd := exec.Command(MosquittoBinary, "-c", b.conf)
+	if b.cpus != "" {
+		cmd = exec.Command("taskset", "-c", b.cpus, MosquittoBinary, "-c", b.conf)
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Its own process group: a ^C reaches the bench, which stops the broker.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

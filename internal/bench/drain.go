@@ -11,6 +11,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"runtime"
 	"runtime/pprof"
 	"sync/atomic"
 	"time"
@@ -49,6 +50,10 @@ type DrainOptions struct {
 	// Autosave is Mosquitto's autosave_interval in seconds (default 60,
 	// the production setting of docs/mqtt-notes §5).
 	Autosave int
+	// BrokerCPUs, when set, pins Mosquitto to these CPUs (taskset -c);
+	// start the bench itself under taskset on the others to give each its
+	// own CPUs.
+	BrokerCPUs string
 	// AuditDir, when set, holds decryptd's audit log instead of its working
 	// directory: a diagnostic (a tmpfs there shows what the audit log's
 	// fsync per KMS unwrap costs), never the default.
@@ -156,6 +161,8 @@ type DrainResult struct {
 	MaxInFlight    int        `json:"max_in_flight"`
 	BrokerInflight int        `json:"broker_max_inflight_messages"`
 	Autosave       int        `json:"broker_autosave_interval_s"`
+	BrokerCPUs     string     `json:"broker_cpus,omitempty"`
+	GOMAXPROCS     int        `json:"gomaxprocs"`
 	Runs           []DrainRun `json:"runs"`
 	BareMedian     float64    `json:"bare_median_msg_per_s"`
 	DecryptdMedian float64    `json:"decryptd_median_msg_per_s"`
@@ -179,7 +186,7 @@ func Drain(ctx context.Context, o DrainOptions) (*DrainResult, error) {
 			fmt.Fprintf(o.Progress, format+"\n", args...)
 		}
 	}
-	b, err := StartBroker(BrokerOptions{Dir: filepath.Join(o.Dir, "broker"), MaxInflight: o.BrokerInflight, MaxQueued: 2*o.Messages + 1000, Autosave: o.Autosave})
+	b, err := StartBroker(BrokerOptions{Dir: filepath.Join(o.Dir, "broker"), MaxInflight: o.BrokerInflight, MaxQueued: 2*o.Messages + 1000, Autosave: o.Autosave, CPUs: o.BrokerCPUs})
 	if err != nil {
 		return nil, err
 	}
@@ -212,7 +219,8 @@ func Drain(ctx context.Context, o DrainOptions) (*DrainResult, error) {
 	say("drain: provisioned %d device keys (local KMS, file registry written in one go) in %s", o.Devices, time.Since(start).Round(time.Millisecond))
 
 	res := &DrainResult{Messages: o.Messages, Devices: o.Devices, DistinctKeys: f.Keys(), Workers: o.Workers,
-		MaxInFlight: o.MaxInFlight, BrokerInflight: o.BrokerInflight, Autosave: o.Autosave, UnwrapsMatch: true}
+		MaxInFlight: o.MaxInFlight, BrokerInflight: o.BrokerInflight, Autosave: o.Autosave, UnwrapsMatch: true,
+		BrokerCPUs: o.BrokerCPUs, GOMAXPROCS: runtime.GOMAXPROCS(0)}
 	var bare, dec []float64
 	for r := 1; r <= o.Rounds; r++ {
 		for _, side := range []string{"bare", "decryptd"} {
