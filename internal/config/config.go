@@ -175,11 +175,11 @@ type Cache struct {
 type Batch struct {
 	// MaxRecords bounds the records of one sink write (default 1024).
 	MaxRecords int `yaml:"max_records" json:"max_records"`
-	// Linger is the longest a sink that has caught up waits for more
-	// records before it writes, while other messages are still on their
-	// way to it (default 2ms; a lone message is written at once). Longer
-	// batches cost fewer writes and fsyncs per record; the wait adds to
-	// the latency of delivery and acknowledgement.
+	// Linger is the longest a record waits for others to join its sink
+	// batch, unless the batch reaches MaxRecords first (default 2ms; a
+	// message alone in flight is written at once). Larger batches cost
+	// fewer writes and fsyncs per record; the wait adds up to Linger to the
+	// latency of delivery and acknowledgement.
 	Linger time.Duration `yaml:"linger" json:"linger"`
 }
 

@@ -38,9 +38,12 @@ type batcher struct {
 	pending []job
 	firstAt time.Time // when pending's first job came (set only with a positive Linger)
 	idle    bool      // the writer waits for add's wake-up
-	closed  bool      // the writer has exited: add refuses, so no job is ever stranded
-	wake    chan struct{}
-	exited  chan struct{}
+	// lingering: the writer waits for its batch to fill (full) or its
+	// oldest record to have waited Linger; add wakes it only when full.
+	lingering bool
+	closed    bool // the writer has exited: add refuses, so no job is ever stranded
+	wake      chan struct{}
+	exited    chan struct{}
 
 	down bool          // owned by the writer
 	recs []sink.Record // owned by the writer
@@ -67,7 +70,8 @@ func (b *batcher) add(j job) bool {
 		b.firstAt = time.Now()
 	}
 	b.pending = append(b.pending, j)
-	wake := b.idle
+	// A lingering writer needs waking only once its batch may go out.
+	wake := b.idle || (b.lingering && b.full())
 	b.mu.Unlock()
 	if wake {
 		select {
@@ -79,11 +83,10 @@ func (b *batcher) add(j job) bool {
 }
 
 // run is the writer. It writes the pending records at once, or, with a
-// positive Linger, once MaxBatch are pending, or every delivery under way
-// has handed its record over (nobody else can join soon: a lone message is
-// written at once), or the oldest pending record has waited Linger. While
-// it writes, the next batch gathers. After Close's stop it writes what is
-// pending and exits.
+// positive Linger, once MaxBatch are pending, or the oldest pending record
+// has waited Linger (a lone record of the only delivery under way goes at
+// once). While it writes, the next batch gathers. After Close's stop it
+// writes what is pending and exits.
 func (b *batcher) run() {
 	defer close(b.exited)
 	maxBatch := b.p.o.MaxBatch
@@ -105,13 +108,15 @@ func (b *batcher) run() {
 		}
 		if linger > 0 && !stopping {
 			deadline := b.firstAt.Add(linger)
-			for len(b.pending) < maxBatch && int64(len(b.pending)) < b.p.active.Load() {
+			for !b.full() {
 				left := time.Until(deadline)
 				if left <= 0 {
 					break
 				}
 				timer.Reset(left)
+				b.lingering = true
 				stop := b.wait(timer.C)
+				b.lingering = false
 				timer.Stop()
 				if stop {
 					stopping = true
@@ -135,10 +140,22 @@ func (b *batcher) run() {
 	}
 }
 
+// full reports whether the pending batch should go out without lingering
+// further: MaxBatch records, or a lone record of the only delivery under
+// way (nothing else can join it soon). A batch of several records
+// lingers its whole Linger even when every delivery under way has handed
+// its record over: under load the next messages are already on their way
+// from the broker, and on a virtual disk one fsync costs as much CPU as
+// decrypting a hundred messages. Called with b.mu held.
+func (b *batcher) full() bool {
+	n := len(b.pending)
+	return n >= b.p.o.MaxBatch || (n == 1 && b.p.active.Load() <= 1)
+}
+
 // wait releases b.mu until add wakes the writer, the timer fires or the
 // pipeline stops (then it returns true); b.mu is held again on return.
 func (b *batcher) wait(timer <-chan time.Time) (stop bool) {
-	b.idle = true
+	b.idle = !b.lingering
 	b.mu.Unlock()
 	select {
 	case <-b.wake:

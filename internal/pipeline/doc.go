@@ -44,8 +44,8 @@
 // sink's pending list at any time, also while a batch is written; when the
 // writer is done it takes everything gathered meanwhile (up to MaxBatch) at
 // once. With a positive Linger a record waits up to Linger for others to
-// join its batch while other deliveries are still on their way (a lone
-// record is written at once). One fsync then covers a whole batch, and
+// join its batch (a lone record of the only delivery under way is written
+// at once). One fsync then covers a whole batch, and
 // intake never stalls on it; appending wakes the writer only when it is
 // idle.
 //

@@ -58,13 +58,14 @@ type Options struct {
 
 	// MaxBatch bounds the records of one sink Write (default 1024).
 	MaxBatch int
-	// Linger, when positive, is the longest a record waits for more to
-	// join its batch while other deliveries are still on their way (a lone
-	// record is written at once). Default 0: the writer takes what is
-	// pending whenever it is free, and the records that arrive during a
-	// write share the next one (group commit), so batches grow with the
-	// load by themselves; a Linger makes them larger still, for fewer
-	// writes and fsyncs per record at the cost of that much latency.
+	// Linger, when positive, is the longest a record waits for others to
+	// join its batch, unless the batch reaches MaxBatch first; a lone record
+	// of the only delivery under way is written at once. Default 0: the
+	// writer takes what is pending whenever it is free, and the records
+	// that arrive during a write share the next one (group commit), so
+	// batches grow with the load by themselves; a Linger makes them larger
+	// still, for fewer writes and fsyncs per record at the cost of up to
+	// that much latency.
 	Linger time.Duration
 	// MinBackoff and MaxBackoff bound the wait between retries of a
 	// transient fault, doubling from MinBackoff, with jitter (defaults 100ms

@@ -634,3 +634,41 @@ func TestCloseWritesPending(t *testing.T) {
 		t.Error("sink a not closed")
 	}
 }
+
+// TestLingerLoneAndFull: with a Linger far longer than the test may take,
+// a lone message is still written at once, and a batch goes out as soon as
+// it holds MaxBatch records; neither waits for the Linger.
+func TestLingerLoneAndFull(t *testing.T) {
+	e := newEnv(t, func(o *pipeline.Options) { o.Linger = time.Hour; o.MaxBatch = 4 })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := handle(e.p, ctx, msg("ok:lone")); err != nil {
+		t.Fatalf("lone message: %v (it waited for the linger)", err)
+	}
+
+	// Hold sink a in the write of another lone record while four more
+	// gather: they fill a batch, which goes out when the write returns.
+	gate := make(chan struct{})
+	e.a.setGate(gate)
+	e.a.mu.Lock()
+	e.a.entered = make(chan struct{}, 8)
+	e.a.mu.Unlock()
+	errs := make(chan error, 5)
+	go func() { errs <- handle(e.p, ctx, msg("ok:held")) }()
+	<-e.a.entered
+	for i := range 4 {
+		go func() { errs <- handle(e.p, ctx, msg(fmt.Sprintf("ok:f%d", i))) }()
+	}
+	waitFor(t, "four records gathered behind the held write", func() bool {
+		return len(e.b.records()) >= 5 // b is not held: it has them, so a has them pending
+	})
+	close(gate)
+	for range 5 {
+		if err := <-errs; err != nil {
+			t.Fatalf("%v (a full batch waited for the linger)", err)
+		}
+	}
+	if got := len(e.a.records()); got != 6 {
+		t.Fatalf("sink a holds %d records, want 6", got)
+	}
+}
