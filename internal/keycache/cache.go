@@ -374,6 +374,18 @@ func (c *Cache) startLoad(ref dek.Ref, trigger, deviceID string) *call {
 		return cl
 	}
 	cl := &call{done: make(chan struct{})}
+	if trigger == "miss" {
+		// The load this lookup missed may have published its answer and
+		// left c.flight between the lookup and now: a load it publishes
+		// first and leaves c.flight under c.mu after, so under c.mu one of
+		// the two is seen, and a key is never unwrapped twice for
+		// lookups that raced its load.
+		if v, ok, err := c.cachedAnswer(ref); ok {
+			cl.val, cl.err = v, err
+			close(cl.done)
+			return cl
+		}
+	}
 	if c.closed {
 		cl.err = fmt.Errorf("keycache: %s: cache closed: %w", ref, dek.ErrUnavailable)
 		close(cl.done)
@@ -390,6 +402,24 @@ func (c *Cache) startLoad(ref dek.Ref, trigger, deviceID string) *call {
 		close(cl.done)
 	}()
 	return cl
+}
+
+// cachedAnswer is what the cache holds for ref while it needs no load: a
+// key within its lifetime, or a negative answer within its own.
+func (c *Cache) cachedAnswer(ref dek.Ref) (v *value, ok bool, err error) {
+	s := c.shardFor(ref.KeyID)
+	s.mu.RLock()
+	e := s.m[ref]
+	s.mu.RUnlock()
+	if e == nil {
+		return nil, false, nil
+	}
+	now := c.clock()
+	if e.kind != kindKey {
+		return nil, now < e.until, e.err
+	}
+	v = e.v.Load()
+	return v, now < v.expiresAt, nil
 }
 
 // outcome is what the registry and the KMS said about one version.

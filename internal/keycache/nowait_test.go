@@ -438,3 +438,30 @@ func TestPrefetchKey(t *testing.T) {
 		t.Fatalf("registry reads, unwraps, audit events = %+v, want one each", got)
 	}
 }
+
+// A miss that lost the race with the load it missed (the load published
+// and left the in-flight set between the lookup and its startLoad) gets
+// the published answer instead of unwrapping the key a second time.
+func TestStartLoadAfterRacedLoad(t *testing.T) {
+	e := newEnv(t, nil)
+	e.addKey("group/a", "v1", dev)
+	if _, err := resolve(e, "group/a", "v1", dev); err != nil {
+		t.Fatal(err)
+	}
+	settle(t, e, "group/a")
+	before := askedOf(e)
+	cl := e.c.startLoad(dek.Ref{KeyID: "group/a", Version: "v1"}, "miss", dev)
+	<-cl.done
+	if cl.err != nil || cl.val == nil {
+		t.Fatalf("startLoad of a cached key: err %v, value %v", cl.err, cl.val != nil)
+	}
+	settle(t, e, "group/a")
+	if got := askedOf(e); got != before {
+		t.Fatalf("startLoad of a cached key asked registry/KMS/audit: %+v, before %+v", got, before)
+	}
+	// A refresh is a deliberate reload and still loads.
+	<-e.c.startLoad(dek.Ref{KeyID: "group/a", Version: "v1"}, "refresh", "").done
+	if got := e.kms.calls.Load(); got != before.unwraps+1 {
+		t.Fatalf("refresh: %d unwraps, want %d", got, before.unwraps+1)
+	}
+}
