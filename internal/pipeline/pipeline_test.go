@@ -656,6 +656,10 @@ func TestLingerLoneAndFull(t *testing.T) {
 	errs := make(chan error, 5)
 	go func() { errs <- handle(e.p, ctx, msg("ok:held")) }()
 	<-e.a.entered
+	// b (not held) has written it too, alone: had the four begun before it
+	// reached b, it would have lingered there with them (a batch of several
+	// lingers until full or its Linger), and the last of them after it.
+	waitFor(t, "b to write the held record", func() bool { return len(e.b.records()) == 2 })
 	for i := range 4 {
 		go func() { errs <- handle(e.p, ctx, msg(fmt.Sprintf("ok:f%d", i))) }()
 	}
