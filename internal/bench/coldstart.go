@@ -52,13 +52,7 @@ func (o *ColdStartOptions) defaults() {
 	if o.MaxConcurrentUnwraps <= 0 {
 		o.MaxConcurrentUnwraps = config.DefaultMaxUnwraps
 	}
-	def := config.Default().MQTT
-	if o.Workers <= 0 {
-		o.Workers = def.Workers
-	}
-	if o.MaxInFlight <= 0 {
-		o.MaxInFlight = def.MaxInFlight
-	}
+	daemonDefaults(&o.Workers, &o.MaxInFlight)
 	if o.PublishConns <= 0 {
 		o.PublishConns = 8
 	}

@@ -78,15 +78,7 @@ func (o *DrainOptions) defaults() {
 	if o.PublishConns <= 0 {
 		o.PublishConns = 8
 	}
-	// The daemon's own defaults, so that the benchmark runs what an
-	// operator gets without setting them.
-	def := config.Default().MQTT
-	if o.Workers <= 0 {
-		o.Workers = def.Workers
-	}
-	if o.MaxInFlight <= 0 {
-		o.MaxInFlight = def.MaxInFlight
-	}
+	daemonDefaults(&o.Workers, &o.MaxInFlight)
 	if o.BrokerInflight <= 0 {
 		o.BrokerInflight = o.MaxInFlight
 	}
@@ -95,6 +87,19 @@ func (o *DrainOptions) defaults() {
 	}
 	if o.Logger == nil {
 		o.Logger = zap.NewNop()
+	}
+}
+
+// daemonDefaults fills unset mqtt.workers and mqtt.max_in_flight with the
+// daemon's own defaults, so that a benchmark runs what an operator gets
+// without setting them.
+func daemonDefaults(workers, maxInFlight *int) {
+	def := config.Default().MQTT
+	if *workers <= 0 {
+		*workers = def.Workers
+	}
+	if *maxInFlight <= 0 {
+		*maxInFlight = def.MaxInFlight
 	}
 }
 

@@ -12,8 +12,9 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
-	"github.com/eclipse/paho.mqtt.golang/packets"
 	"go.uber.org/zap"
+
+	"github.com/decryptd/decryptd/internal/mqttstore"
 )
 
 // Message is one MQTT message as handed to the Processor.
@@ -205,7 +206,7 @@ func New(o Options, p Processor) (*Consumer, error) {
 		// for a resend on reconnect that only QoS 2 and publishing use; the
 		// consumer does neither, and the broker's session is what keeps
 		// unacknowledged messages.
-		SetStore(discardStore{}).
+		SetStore(mqttstore.Discard{}).
 		// OrderMatters(true): the handler runs on paho's router goroutine in
 		// wire order, which is what per-topic order and in-order PUBACKs
 		// need; with false each message gets its own goroutine and the
@@ -1012,14 +1013,3 @@ func b2f(b bool) float64 {
 	}
 	return 0
 }
-
-// discardStore is an mqtt.Store that keeps nothing (see New).
-type discardStore struct{}
-
-func (discardStore) Open()                             {}
-func (discardStore) Put(string, packets.ControlPacket) {}
-func (discardStore) Get(string) packets.ControlPacket  { return nil }
-func (discardStore) All() []string                     { return nil }
-func (discardStore) Del(string)                        {}
-func (discardStore) Close()                            {}
-func (discardStore) Reset()                            {}

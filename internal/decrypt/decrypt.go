@@ -100,14 +100,7 @@ type envelope struct {
 // spec's order, and everything that can be checked without a key is checked
 // before the key is looked up.
 func (d *Decryptor) Open(ctx context.Context, m Message) (Record, error) {
-	if len(m.Payload) > d.opts.MaxMessageBytes {
-		return Record{}, fmt.Errorf("%w: %d bytes, over the %d-byte limit", ErrMalformed, len(m.Payload), d.opts.MaxMessageBytes)
-	}
-	st := d.pool.Get().(*state)
-	rec, err := d.open(ctx, st, m, false)
-	st.wipe()
-	d.pool.Put(st)
-	return rec, err
+	return d.openPooled(ctx, m, false)
 }
 
 // TryOpen is Open that never waits: when the message's key is not cached
@@ -119,11 +112,17 @@ func (d *Decryptor) TryOpen(m Message) (Record, error) {
 	if _, ok := d.keys.(CachedKeyResolver); !ok {
 		return Record{}, ErrWouldBlock
 	}
+	return d.openPooled(context.Background(), m, true)
+}
+
+// openPooled is Open and TryOpen: the size check, then open with pooled
+// scratch space, wiped before it goes back.
+func (d *Decryptor) openPooled(ctx context.Context, m Message, noWait bool) (Record, error) {
 	if len(m.Payload) > d.opts.MaxMessageBytes {
 		return Record{}, fmt.Errorf("%w: %d bytes, over the %d-byte limit", ErrMalformed, len(m.Payload), d.opts.MaxMessageBytes)
 	}
 	st := d.pool.Get().(*state)
-	rec, err := d.open(context.Background(), st, m, true)
+	rec, err := d.open(ctx, st, m, noWait)
 	st.wipe()
 	d.pool.Put(st)
 	return rec, err

@@ -187,16 +187,15 @@ func (c *Cache) ResolveKey(ctx context.Context, keyID, keyVersion, deviceID stri
 }
 
 // PrefetchKey starts, without waiting, the shared load ResolveKey would wait
-// for when ResolveCachedKey answers dek.ErrWouldWait (and does nothing
-// otherwise), so that the goroutine that goes on to ResolveKey finds the
-// key loaded, or its load under way, sooner. A cold start then loads the
+// for; call it when ResolveCachedKey has answered dek.ErrWouldWait. It joins
+// a load under way and does nothing for a key cached meanwhile (startLoad
+// looks), so that the goroutine that goes on to ResolveKey finds the key
+// loaded, or its load under way, sooner. A cold start then loads the
 // keys of every message in flight at once, bounded by
 // MaxConcurrentUnwraps, instead of as many as there are goroutines that
 // may wait; the load is audited like any miss.
 func (c *Cache) PrefetchKey(keyID, keyVersion, deviceID string) {
-	if _, err := c.ResolveCachedKey(keyID, keyVersion, deviceID); errors.Is(err, dek.ErrWouldWait) {
-		c.startLoad(dek.Ref{KeyID: keyID, Version: keyVersion}, "miss", deviceID)
-	}
+	c.startLoad(dek.Ref{KeyID: keyID, Version: keyVersion}, "miss", deviceID)
 }
 
 // ResolveCachedKey is ResolveKey that never waits: it answers from the

@@ -272,8 +272,8 @@ type delivery struct {
 	reason string  // its reason
 
 	pending atomic.Int32
-	err1    error   // the answer of the only sink
-	errs    []error // the answers of several sinks
+	errs    []error  // each sink's answer, by index
+	errBuf  [1]error // errs' storage with one sink: no allocation per message
 }
 
 func (p *Pipeline) begin(ctx context.Context, m decrypt.Message, done func(error), fin func(Result, error)) *delivery {
@@ -383,7 +383,9 @@ func (p *Pipeline) deliver(d *delivery, rec decrypt.Record) {
 	clear(rec.Data)
 	clear(rec.Metadata)
 	d.rec, d.hasRec, d.buf = rec, true, bp
-	if len(p.batchers) > 1 {
+	if len(p.batchers) == 1 {
+		d.errs = d.errBuf[:]
+	} else {
 		d.errs = make([]error, len(p.batchers))
 	}
 	d.pending.Store(int32(len(p.batchers)))
@@ -408,7 +410,8 @@ func (p *Pipeline) deadLetter(d *delivery, reason, errText string) {
 	}
 	dl := sink.DeadLetter{Reason: reason, Error: errText, Topic: m.Topic, ReceivedAt: received.UTC(), Dup: m.Dup, Payload: m.Payload}
 	d.dead, d.reason = true, reason
-	d.err1, d.errs = nil, nil
+	d.errBuf[0] = nil
+	d.errs = d.errBuf[:]
 	d.pending.Store(1)
 	if !p.dead.add(job{rec: dl.Record(), d: d}) {
 		d.answer(0, ErrClosed)
@@ -418,11 +421,7 @@ func (p *Pipeline) deadLetter(d *delivery, reason, errText string) {
 // answer records a batcher's answer for d (nil: the sink holds the record)
 // and, with the last one, takes d on.
 func (d *delivery) answer(idx int, err error) {
-	if d.errs != nil {
-		d.errs[idx] = err
-	} else {
-		d.err1 = err
-	}
+	d.errs[idx] = err
 	if d.pending.Add(-1) != 0 {
 		return
 	}
@@ -442,12 +441,8 @@ func (d *delivery) answer(idx int, err error) {
 		d.finish(Result{Outcome: OutcomeDeadLettered, Reason: d.reason}, nil)
 		return
 	}
-	errs := d.errs
-	if errs == nil {
-		errs = []error{d.err1}
-	}
 	var rejected []error
-	for i, e := range errs {
+	for i, e := range d.errs {
 		switch {
 		case e == nil:
 		case errors.Is(e, sink.ErrBadRecord):

@@ -12,7 +12,8 @@ import (
 	"unicode/utf8"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
-	"github.com/eclipse/paho.mqtt.golang/packets"
+
+	"github.com/decryptd/decryptd/internal/mqttstore"
 )
 
 // DeviceIDPlaceholder in MQTTOptions.Topic is replaced by each record's
@@ -156,7 +157,7 @@ func NewMQTT(ctx context.Context, opts MQTTOptions) (*MQTT, error) {
 		// whole batch, so a resend adds nothing, and paho v1.5.1's resend
 		// races with the dying connection's writer (it flips the packet's
 		// DUP bit while the old goroutine may still be encoding it).
-		SetStore(discardStore{}).
+		SetStore(mqttstore.Discard{}).
 		SetOrderMatters(false).
 		SetKeepAlive(opts.KeepAlive).
 		SetPingTimeout(10 * time.Second).
@@ -305,14 +306,3 @@ func (s *MQTT) Close(ctx context.Context) error {
 }
 
 var _ Sink = (*MQTT)(nil)
-
-// discardStore is an mqtt.Store that keeps nothing (see NewMQTT).
-type discardStore struct{}
-
-func (discardStore) Open()                             {}
-func (discardStore) Put(string, packets.ControlPacket) {}
-func (discardStore) Get(string) packets.ControlPacket  { return nil }
-func (discardStore) All() []string                     { return nil }
-func (discardStore) Del(string)                        {}
-func (discardStore) Close()                            {}
-func (discardStore) Reset()                            {}
