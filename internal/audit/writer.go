@@ -9,6 +9,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/decryptd/decryptd/internal/fileperm"
 )
 
 type options struct {
@@ -73,9 +75,9 @@ func Open(ctx context.Context, path string, opts ...Option) (*Writer, error) {
 		f.Close()
 		return nil, fmt.Errorf("audit log %s: %w", path, err)
 	}
-	if fi.Mode().Perm()&0o022 != 0 {
+	if err := fileperm.Private(path, fi.Mode()); err != nil {
 		f.Close()
-		return nil, fmt.Errorf("audit log %s: mode %v lets group or others write it; chmod go-w", path, fi.Mode().Perm())
+		return nil, fmt.Errorf("audit log %w", err)
 	}
 	w := &Writer{path: path, opt: o, f: f, size: -1, lead: make(chan struct{}, 1)}
 	if err := flock(ctx, f); err != nil {
