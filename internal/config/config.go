@@ -479,7 +479,7 @@ func parse(data []byte, env func(string) (string, bool)) (*Config, error) {
 	case errors.Is(err, io.EOF):
 		// An empty file: defaults and environment only.
 	case err != nil:
-		return nil, cleanYAMLError(err)
+		return nil, withKeyPaths(cleanYAMLError(err), data)
 	default:
 		var extra yaml.Node
 		if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
