@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/decryptd/decryptd/internal/kpemu"
+	buildversion "github.com/decryptd/decryptd/internal/version"
 )
 
 func main() {
@@ -33,6 +34,15 @@ func (l *listFlag) Set(s string) error {
 	return nil
 }
 
+const usageText = `kpemu: a local emulator of IBM Key Protect's REST API (and its IAM token
+endpoint) for trying decryptd's keyprotect provider without an IBM Cloud
+account. In memory only: keys are lost on exit.
+
+Usage: kpemu [flags]     (no commands; stops on SIGINT or SIGTERM)
+
+Flags:
+`
+
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("kpemu", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -45,8 +55,21 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	rotateInterval := fs.Duration("rotate-interval", 0, "refuse a rotation within this long of the previous one (real service: 1h; 0 = off)")
 	cooldown := fs.Duration("action-cooldown", 0, "refuse enable/restore within this long of a state change (real service: 30s; 0 = off)")
 	purgeDelay := fs.Duration("purge-delay", 0, "refuse a purge within this long of the delete (real service: 4h; 0 = off)")
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	fs.Usage = func() {} // help goes to stdout below, errors to stderr
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(stdout, usageText)
+			fs.SetOutput(stdout)
+			fs.PrintDefaults()
+			return 0
+		}
+		fmt.Fprintln(stderr, "Run 'kpemu --help' for usage.")
 		return 2
+	}
+	if *showVersion {
+		fmt.Fprintln(stdout, buildversion.Line("kpemu"))
+		return 0
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "kpemu: unexpected arguments %q\n", fs.Args())

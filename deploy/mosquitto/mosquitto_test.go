@@ -23,7 +23,9 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/decryptd/decryptd/internal/audit"
 	"github.com/decryptd/decryptd/internal/config"
@@ -403,7 +405,9 @@ rotation: {enabled: true, tick: 200ms, retry_interval: 1h, device_type: monitor,
 	}
 	reg := prometheus.NewRegistry()
 	dctx, stop := context.WithCancel(ctx)
-	d, err := daemon.New(dctx, daemon.Options{Config: cfg, Logger: zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)), Registry: reg, Version: "acl-test"})
+	obs, logs := observer.New(zap.InfoLevel)
+	log := zap.New(zapcore.NewTee(obs, zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)).Core()))
+	d, err := daemon.New(dctx, daemon.Options{Config: cfg, Logger: log, Registry: reg, Version: "acl-test"})
 	if err != nil {
 		stop()
 		t.Fatal(err)
@@ -414,6 +418,15 @@ rotation: {enabled: true, tick: 200ms, retry_interval: 1h, device_type: monitor,
 		stop()
 		if err := <-done; err != nil {
 			t.Errorf("daemon: %v", err)
+		}
+		// The shutdown line gives its deadline as a duration, and a clean
+		// stop with rotation on reports no error.
+		l := logs.FilterMessage("shutting down").All()
+		if len(l) != 1 || l[0].ContextMap()["deadline"] != "30s" {
+			t.Errorf("shutting down lines %v, want one with deadline \"30s\"", l)
+		}
+		if n := logs.FilterMessage("stopped with errors").Len(); n != 0 {
+			t.Errorf("stopped with errors: %v", logs.FilterMessage("stopped with errors").All())
 		}
 	}()
 	waitFor(t, "decryptd ready (connected and subscribed)", 20*time.Second, func() bool {

@@ -224,7 +224,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	g.Go(func() error {
 		<-gctx.Done()
 		d.stopping.Store(true)
-		d.log.Info("shutting down", zap.Duration("deadline", d.o.Config.ShutdownTimeout))
+		// The deadline as a duration string ("30s"): zap's JSON encoder
+		// would write a bare number of seconds.
+		d.log.Info("shutting down", zap.Stringer("deadline", d.o.Config.ShutdownTimeout))
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.o.Config.ShutdownTimeout)
 		defer cancel()
 		if err := d.consumer.Shutdown(sctx); err != nil {
@@ -233,10 +235,16 @@ func (d *Daemon) Run(ctx context.Context) error {
 		stopTracker()
 		rotDone := make(chan struct{})
 		go func() { rotWG.Wait(); close(rotDone) }()
-		select {
-		case <-rotDone:
-		case <-sctx.Done():
-			fail(errors.New("rotation: did not stop within the shutdown deadline"))
+		if d.parts.rot != nil {
+			select {
+			case <-rotDone:
+			default:
+				select {
+				case <-rotDone:
+				case <-sctx.Done():
+					fail(errors.New("rotation: did not stop within the shutdown deadline"))
+				}
+			}
 		}
 		if err := d.closeParts(sctx); err != nil {
 			fail(err)
