@@ -399,7 +399,7 @@ func (c *Controller) noteWaiting(reason string, until time.Time, held int) {
 	}
 	fields := []zap.Field{zap.Int("due", held), zap.String("reason", reason)}
 	if !until.IsZero() {
-		fields = append(fields, zap.Time("until", until))
+		fields = append(fields, zap.String("until", until.UTC().Format(time.RFC3339)))
 	}
 	c.log.Info("rotation due keys waiting", fields...)
 }

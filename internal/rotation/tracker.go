@@ -366,7 +366,7 @@ func (t *Tracker) adoptedLog(ctx context.Context, r adoptReq) {
 		return
 	}
 	t.log.Info("rotation version decrypt_only", zap.String("key_id", r.ref.KeyID), zap.String("key_version", e.Rotation.Supersedes),
-		zap.String("superseded_by", r.ref.Version), zap.Time("revoke_after", e.Rotation.AdoptedAt.Add(t.o.Grace)),
+		zap.String("superseded_by", r.ref.Version), zap.String("revoke_after", e.Rotation.AdoptedAt.Add(t.o.Grace).UTC().Format(time.RFC3339)),
 		zap.String("reason", "superseded; late and buffered messages still decrypt until the grace period ends"))
 }
 
