@@ -119,7 +119,9 @@ func build(ctx context.Context, o *Options) (_ *parts, err error) {
 		}
 		p.store, err = filestore.Open(ctx, cfg.Registry.Path, filestore.WithLogger(o.Logger.With(zap.String("component", "registry"))))
 	case config.DriverPostgres:
-		p.store, err = pgstore.Open(ctx, cfg.Registry.DSN.Reveal(), pgstore.WithLogger(o.Logger.With(zap.String("component", "registry"))))
+		p.store, err = retryStart(ctx, o.Logger, "registry postgres", func(ctx context.Context) (registry.Store, error) {
+			return pgstore.Open(ctx, cfg.Registry.DSN.Reveal(), pgstore.WithLogger(o.Logger.With(zap.String("component", "registry"))))
+		}, pgPermanent)
 	default:
 		err = fmt.Errorf("registry.driver %q: not supported", cfg.Registry.Driver)
 	}
