@@ -30,8 +30,8 @@ type fleet struct {
 	// sentUnder counts good messages by device and key version
 	// ("monitor-001 v2").
 	sentUnder map[string]int
-	last []byte         // a good message already sent, for the replay
-	seq  int
+	last      []byte // a good message already sent, for the replay
+	seq       int
 }
 
 func newFleet(ctx context.Context, brokerURL string, tc *tls.Config, devs []*device, out io.Writer) (*fleet, error) {
