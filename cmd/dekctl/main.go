@@ -114,11 +114,17 @@ func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(fo
 func run(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	return runContext(ctx, args, stdout, stderr, os.LookupEnv)
+	return runEnviron(ctx, args, stdout, stderr, os.LookupEnv, os.Environ)
 }
 
 func runContext(ctx context.Context, args []string, stdout, stderr io.Writer, env func(string) (string, bool)) int {
-	c := &cli{stdout: stdout, stderr: stderr, env: env, now: time.Now}
+	return runEnviron(ctx, args, stdout, stderr, env, nil)
+}
+
+// runEnviron is runContext that also refuses DECRYPTD_* variables of
+// environ that set no key (config.CheckEnv), as the daemon does.
+func runEnviron(ctx context.Context, args []string, stdout, stderr io.Writer, env func(string) (string, bool), environ func() []string) int {
+	c := &cli{stdout: stdout, stderr: stderr, env: env, environ: environ, now: time.Now}
 	if v, ok := env("DECRYPTD_CONFIG"); ok && v != "" {
 		c.configPath = v
 	} else {
@@ -157,6 +163,7 @@ func (c *cli) exit(err error) int {
 type cli struct {
 	stdout, stderr io.Writer
 	env            func(string) (string, bool)
+	environ        func() []string // nil: no check of unknown DECRYPTD_* variables
 	now            func() time.Time
 	configPath     string
 }

@@ -330,3 +330,15 @@ func TestHelpAndVersion(t *testing.T) {
 		})
 	}
 }
+
+// TestUnknownVariable: dekctl, like the daemon, refuses a DECRYPTD_*
+// variable that sets no key, naming the nearest one.
+func TestUnknownVariable(t *testing.T) {
+	_, cfg := setup(t, "")
+	var out, errOut bytes.Buffer
+	environ := func() []string { return []string{"DECRYPTD_REGISTRY_PTH=x"} }
+	code := runEnviron(context.Background(), []string{"--config", cfg, "list"}, &out, &errOut, func(string) (string, bool) { return "", false }, environ)
+	if code != exitFailed || !strings.Contains(errOut.String(), "DECRYPTD_REGISTRY_PTH: sets no configuration key; did you mean DECRYPTD_REGISTRY_PATH?") {
+		t.Fatalf("exit %d, stderr %q", code, errOut.String())
+	}
+}
