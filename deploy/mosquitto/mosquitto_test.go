@@ -292,6 +292,28 @@ func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
 	}
 }
 
+// labelled is the value of the counter name{label=value}.
+func labelled(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == label && l.GetValue() == value {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
+}
+
 func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	t.Helper()
 	mfs, err := reg.Gather()
@@ -316,7 +338,9 @@ func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
 // A's events through its shared subscription and publishes rekeys that A
 // receives, opens and adopts, its next record arriving under the new
 // version; a client with decryptd's identity reads no command topic and
-// publishes no event.
+// publishes no event. The two rotations, started as dekctl rotate does,
+// count in decryptd_rotation_started_total{trigger="operator"}, and the
+// daemon's shutdown line gives its deadline as a duration.
 func TestShippedACL(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
@@ -467,6 +491,10 @@ rotation: {enabled: true, tick: 200ms, retry_interval: 1h, device_type: monitor,
 	waitFor(t, "both rekeys delivered", 20*time.Second, func() bool {
 		return len(a.messages(cmdTopic("dev-a"))) == 1 && len(bb.messages(cmdTopic("dev-b"))) == 1
 	})
+	// The two operator rotations are counted as such, once each.
+	if n := labelled(t, reg, "decryptd_rotation_started_total", "trigger", "operator"); n != 2 {
+		t.Fatalf("decryptd_rotation_started_total{trigger=operator} = %v after two operator rotations, want 2", n)
+	}
 	// B got decryptd's rekey and nothing else (not A's forgery).
 	if m, err := rekey.Parse(bb.messages(cmdTopic("dev-b"))[0]); err != nil || m.DeviceID != "dev-b" {
 		t.Fatalf("dev-b's command topic carried %q (%v), want its rekey only", bb.messages(cmdTopic("dev-b"))[0], err)
