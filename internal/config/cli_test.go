@@ -106,6 +106,27 @@ func TestCheckFiles(t *testing.T) {
 	}
 }
 
+// TestReadSecretFileMode: a secret file readable by others is refused at
+// run time too (the rule check-config applies); group-readable passes.
+func TestReadSecretFileMode(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "api-key")
+	if err := os.WriteFile(p, []byte("k\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		mode os.FileMode
+		ok   bool
+	}{{0o600, true}, {0o440, true}, {0o644, false}, {0o660, false}} {
+		if err := os.Chmod(p, tc.mode); err != nil {
+			t.Fatal(err)
+		}
+		s, err := ReadSecretFile(p)
+		if (err == nil) != tc.ok || (err == nil && s.Reveal() != "k") {
+			t.Errorf("mode %04o: %v, want ok %v", tc.mode, err, tc.ok)
+		}
+	}
+}
+
 // FuzzKeyPaths: for any document and any decoder message, naming key
 // paths neither panics nor loses or invents a problem, and each problem
 // keeps its line.

@@ -20,6 +20,7 @@ const (
 	rolePublic                 // read; a CA bundle or certificate (fileperm.Public)
 	roleOutput                 // written, appended to; may not exist yet (fileperm.Private)
 	roleStore                  // the registry file: written, may not exist yet; holds only wrapped DEKs
+	roleRootKey                // read; the local root key: its owner only (package kms/local refuses more)
 )
 
 type namedFile struct {
@@ -45,7 +46,7 @@ func (c *Config) files() []namedFile {
 	tls("mqtt.tls", c.MQTT.TLS)
 	switch c.KMS.Provider {
 	case ProviderLocal:
-		add("kms.local.root_key_file", c.KMS.Local.RootKeyFile, roleSecret)
+		add("kms.local.root_key_file", c.KMS.Local.RootKeyFile, roleRootKey)
 	case ProviderKeyProtect:
 		add("kms.keyprotect.api_key_file", c.KMS.KeyProtect.APIKeyFile, roleSecret)
 	}
@@ -110,6 +111,10 @@ func checkFile(f namedFile) string {
 		rule = fileperm.Public(f.path, fi.Mode())
 	case roleOutput:
 		rule = fileperm.Private(f.path, fi.Mode())
+	case roleRootKey:
+		if p := fi.Mode().Perm(); p&0o077 != 0 {
+			return fmt.Sprintf("%s: mode %04o: the local root key file must be accessible to its owner only (chmod 600 %s); the local KMS refuses it otherwise", f.path, p, f.path)
+		}
 	}
 	if rule != nil {
 		return rule.Error()
