@@ -549,6 +549,10 @@ func sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
+// closeGrace is how long Close, called after its deadline, waits for
+// writers to exit before reporting unwritten batches.
+const closeGrace = 250 * time.Millisecond
+
 // Close stops the pipeline once intake has stopped: each batcher writes
 // what it still holds (retrying until ctx ends), then every sink is
 // flushed and closed. Later Process calls fail with ErrClosed. Errors are
@@ -560,7 +564,17 @@ func (p *Pipeline) Close(ctx context.Context) error {
 		go func() { p.wg.Wait(); close(done) }()
 		var errs []error
 		// Finished batchers win over a deadline already past, so that a
-		// healthy sink is never reported as holding unwritten batches.
+		// healthy sink is never reported as holding unwritten batches: when
+		// an earlier shutdown step used up the deadline, writers holding
+		// nothing still get a moment to exit.
+		if ctx.Err() != nil {
+			t := time.NewTimer(closeGrace)
+			select {
+			case <-done:
+			case <-t.C:
+			}
+			t.Stop()
+		}
 		select {
 		case <-done:
 		default:
