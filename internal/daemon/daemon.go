@@ -236,6 +236,16 @@ func (d *Daemon) Run(ctx context.Context) error {
 		rotDone := make(chan struct{})
 		go func() { rotWG.Wait(); close(rotDone) }()
 		if d.parts.rot != nil {
+			if sctx.Err() != nil {
+				// The consumer used the deadline up: the tracker, told to
+				// stop just now, still gets a moment to flush and exit.
+				t := time.NewTimer(250 * time.Millisecond)
+				select {
+				case <-rotDone:
+				case <-t.C:
+				}
+				t.Stop()
+			}
 			select {
 			case <-rotDone:
 			default:
