@@ -86,6 +86,10 @@ type Controller struct {
 	// none waited), so that the line is written when it changes, not every
 	// scan.
 	waiting string
+	// takenUp: operator rotations already counted by this controller, so
+	// that a delivery whose attempt could not be recorded (the registry
+	// failed) is not counted again at the next scan.
+	takenUp map[dek.Ref]bool
 }
 
 // Status is what the last scan found.
@@ -283,6 +287,23 @@ func (c *Controller) Scan(ctx context.Context) error {
 		c.log.Warn("rotation: revoking expired versions failed", zap.Error(err))
 	}
 
+	// Forget counted operator rotations that are pending no more.
+	c.mu.Lock()
+	if len(c.takenUp) > 0 {
+		still := map[dek.Ref]bool{}
+		for _, kv := range keys {
+			if kv.pending != nil {
+				still[kv.pending.Ref()] = true
+			}
+		}
+		for ref := range c.takenUp {
+			if !still[ref] {
+				delete(c.takenUp, ref)
+			}
+		}
+	}
+	c.mu.Unlock()
+
 	// 2. Pending rotations: retry, count stragglers and failures.
 	var jobs []job
 	var stragglers []string
@@ -435,7 +456,7 @@ func (c *Controller) deliver(ctx context.Context, jobs []job, devKeys map[string
 						c.startedLog(e, j.trigger, j.reason)
 					}
 					j.pending = e
-				} else if j.pending.Rotation.Trigger == keyops.TriggerOperator && j.pending.Rotation.RekeyAttempts == 0 {
+				} else if j.pending.Rotation.Trigger == keyops.TriggerOperator && j.pending.Rotation.RekeyAttempts == 0 && c.takeUp(j.pending.Ref()) {
 					// Started by dekctl rotate, which only writes the
 					// registry: counted and logged once, when the leader
 					// takes it up for its first delivery.
@@ -454,6 +475,20 @@ func (c *Controller) deliver(ctx context.Context, jobs []job, devKeys map[string
 	close(ch)
 	wg.Wait()
 	return int(started.Load())
+}
+
+// takeUp reports whether ref was not counted yet, and marks it counted.
+func (c *Controller) takeUp(ref dek.Ref) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.takenUp[ref] {
+		return false
+	}
+	if c.takenUp == nil {
+		c.takenUp = map[dek.Ref]bool{}
+	}
+	c.takenUp[ref] = true
+	return true
 }
 
 // startedLog counts a rotation started and writes its info line.
