@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/cipher"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -381,6 +382,20 @@ func TestShippedACL(t *testing.T) {
 	}
 	store.Close()
 	aw.Close()
+
+	// No certificate, no connection (mutual TLS only, no anonymous
+	// clients, no plain listener).
+	{
+		o := mqtt.NewClientOptions().AddBroker(b.url).SetClientID("anonymous").SetAutoReconnect(false).
+			SetConnectTimeout(5 * time.Second).
+			SetTLSConfig(&tls.Config{RootCAs: b.ca.Pool(), ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12})
+		c := mqtt.NewClient(o)
+		tok := c.Connect()
+		if tok.WaitTimeout(10*time.Second) && tok.Error() == nil {
+			c.Disconnect(0)
+			t.Fatal("a client without a certificate connected")
+		}
+	}
 
 	// The devices connect first, so that they are subscribed before any
 	// rekey is published.
