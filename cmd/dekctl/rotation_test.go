@@ -244,6 +244,15 @@ func TestStatusSaysWhyDueKeysWait(t *testing.T) {
 			if want := "next start at 2026-03-02T10:00:00Z (in 22h)"; !strings.Contains(b.String(), want) {
 				t.Fatalf("status text lacks %q:\n%s", want, b.String())
 			}
+			js, err := json.Marshal(statusJSON{FleetStatus: st})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, want := range []string{`"waiting":"the share per window is spent`, `"wait_until":"2026-03-02T10:00:00Z"`, `"budget":{"limit":1,"used":1,"next_at":"2026-03-02T10:00:00Z"}`} {
+				if !strings.Contains(string(js), want) {
+					t.Fatalf("status JSON lacks %s:\n%s", want, js)
+				}
+			}
 		})
 	}
 }
