@@ -14,38 +14,18 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"go.uber.org/zap"
 
+	"github.com/decryptd/decryptd/internal/intake"
 	"github.com/decryptd/decryptd/internal/mqttstore"
 )
 
-// Message is one MQTT message as handed to the Processor.
-type Message struct {
-	Topic      string
-	Payload    []byte // the Processor's until it calls done; do not modify
-	Dup        bool   // the broker marked it as a redelivery
-	ReceivedAt time.Time
-}
+// Source is what the consumer sets as intake.Message.Source.
+const Source = "mqtt"
 
-// Processor takes messages to their destinations.
-//
-// Process starts taking m there and calls done exactly once: nil when m
-// may be acknowledged (every sink, or the dead-letter sink, holds it, or it
-// is a known duplicate), non-nil only when ctx ended (m is never
-// acknowledged and the broker redelivers it). It retries transient failures
-// itself. It may return before calling done (the message is then on its
-// way, e.g. in a sink's next batch) and may block meanwhile (a key being
-// loaded); done may run on any goroutine and must not block.
-//
-// TryProcess is Process for the intake's own goroutine, which must not
-// block: it returns false, having done nothing, when m would have to wait,
-// and the consumer then calls Process on a worker.
-//
-// Calls for messages of one topic never overlap and come in receive order,
-// so whatever a Processor hands on during a call keeps that order; calls
-// for different topics run concurrently.
-type Processor interface {
-	Process(ctx context.Context, m Message, done func(error))
-	TryProcess(ctx context.Context, m Message, done func(error)) bool
-}
+// Processor is what the consumer hands messages to (intake.Processor; see
+// its promises).
+type Processor = intake.Processor
+
+var _ intake.Input = (*Consumer)(nil)
 
 // Errors returned by the Consumer.
 var (
@@ -62,6 +42,7 @@ type Consumer struct {
 	m       *metrics
 	client  mqtt.Client
 	filters []string // as subscribed ($share/... applied)
+	pattern intake.TopicPattern
 
 	// slots is the MaxInFlight semaphore: a message takes a slot when
 	// admitted and frees it when it is both finished by its worker and
@@ -103,7 +84,7 @@ type Consumer struct {
 	overflowConn atomic.Pointer[trackedConn] // connection releasing messages after an overflow
 	// ackHook, if set (tests), is called after each acknowledgement is handed
 	// to the client, in acknowledgement order.
-	ackHook func(Message)
+	ackHook func(intake.Message)
 }
 
 // entry is one admitted message.
@@ -129,8 +110,12 @@ const (
 	callFailedInCall
 )
 
-func (e *entry) message() Message {
-	return Message{Topic: e.msg.Topic(), Payload: e.msg.Payload(), Dup: e.msg.Duplicate(), ReceivedAt: e.receivedAt}
+// message is e as the Processor sees it. The device id is read from the
+// topic here, on the lane or worker, not on paho's router goroutine.
+func (e *entry) message() intake.Message {
+	topic := e.msg.Topic()
+	id, _ := e.c.pattern.DeviceID(topic)
+	return intake.Message{Source: Source, Topic: topic, DeviceID: id, Payload: e.msg.Payload(), Redelivered: e.msg.Duplicate(), ReceivedAt: e.receivedAt}
 }
 
 // finish is the Processor's done for e.
@@ -183,6 +168,11 @@ func New(o Options, p Processor) (*Consumer, error) {
 		overflowWait: max(o.KeepAlive/2, time.Second),
 	}
 	c.procCtx, c.procCancel = context.WithCancel(context.Background())
+	if o.TopicPattern != "" {
+		if c.pattern, err = intake.ParseTopicPattern(o.TopicPattern); err != nil {
+			return nil, fmt.Errorf("consumer: %w", err)
+		}
+	}
 	for _, f := range o.Topics {
 		c.filters = append(c.filters, o.subscription(f))
 	}
@@ -716,7 +706,7 @@ func (c *Consumer) ackPrefix() bool {
 	// writes later (a DISCONNECT at shutdown), may the slots free up.
 	for i, e := range c.ackBuf {
 		if c.ackHook != nil {
-			c.ackHook(Message{Topic: e.msg.Topic(), Payload: e.msg.Payload(), Dup: e.msg.Duplicate(), ReceivedAt: e.receivedAt})
+			c.ackHook(e.message())
 		}
 		c.unref(e)
 		c.ackBuf[i] = nil

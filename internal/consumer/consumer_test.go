@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/decryptd/decryptd/internal/intake"
 	"github.com/decryptd/decryptd/internal/testutil/mosquittotest"
 )
 
@@ -145,6 +146,7 @@ func TestDeliverAndAck(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	o := h.options("c1")
 	o.Registerer = reg
+	o.TopicPattern = "dev/{device_id}/evt"
 	c, err := New(o, p)
 	if err != nil {
 		t.Fatal(err)
@@ -157,6 +159,13 @@ func TestDeliverAndAck(t *testing.T) {
 	}
 	waitFor(t, "all messages processed", func() bool { return len(p.count()) == topics*per })
 	waitFor(t, "all messages acknowledged", func() bool { return idle(c) })
+	// The input says where each message came from and which device sent
+	// it (from the topic, through Options.TopicPattern).
+	for _, m := range p.snapshot() {
+		if want := strings.Split(m.Topic, "/")[1]; m.DeviceID != want || m.Source != Source {
+			t.Fatalf("message on %s: device id %q, source %q; want %q, %q", m.Topic, m.DeviceID, m.Source, want, Source)
+		}
+	}
 	if got := testutil.ToFloat64(c.m.received); got != topics*per {
 		t.Errorf("received_total %v, want %d", got, topics*per)
 	}
@@ -208,7 +217,7 @@ func TestBoundedInFlight(t *testing.T) {
 			h := newHarness(t, mosquittotest.Options{MaxInflight: tc.brokerWindow})
 			release := make(chan struct{})
 			var cur, peak atomic.Int64
-			p := &fakeProc{fn: func(ctx context.Context, m Message) error {
+			p := &fakeProc{fn: func(ctx context.Context, m intake.Message) error {
 				if n := cur.Add(1); n > peak.Load() {
 					peak.Store(n) // only this goroutine raises it past n; races lose lower values only
 				}
@@ -255,7 +264,7 @@ func TestBoundedInFlight(t *testing.T) {
 
 func TestPerTopicOrder(t *testing.T) {
 	h := newHarness(t, mosquittotest.Options{})
-	p := &fakeProc{fn: func(context.Context, Message) error {
+	p := &fakeProc{fn: func(context.Context, intake.Message) error {
 		time.Sleep(time.Duration(rand.IntN(200)) * time.Microsecond)
 		return nil
 	}}
@@ -286,11 +295,11 @@ func publishSequences(h *harness, topics, per int) {
 
 // checkPerTopicOrder fails unless every topic's first deliveries came in
 // the order of their numbered payloads.
-func checkPerTopicOrder(t *testing.T, calls []Message) {
+func checkPerTopicOrder(t *testing.T, calls []intake.Message) {
 	t.Helper()
 	last := map[string]string{}
 	for _, m := range calls {
-		if m.Dup {
+		if m.Redelivered {
 			continue
 		}
 		if prev, ok := last[m.Topic]; ok && string(m.Payload) <= prev {
@@ -307,12 +316,12 @@ func checkPerTopicOrder(t *testing.T, calls []Message) {
 func TestPerTopicOrderMixedPaths(t *testing.T) {
 	h := newHarness(t, mosquittotest.Options{})
 	p := &fakeProc{
-		fn: func(context.Context, Message) error {
+		fn: func(context.Context, intake.Message) error {
 			time.Sleep(time.Duration(rand.IntN(300)) * time.Microsecond)
 			return nil
 		},
 		// About one in four, fixed by the payload's last digit.
-		decline: func(m Message) bool { return m.Payload[len(m.Payload)-1]%4 == 0 },
+		decline: func(m intake.Message) bool { return m.Payload[len(m.Payload)-1]%4 == 0 },
 	}
 	o := h.options("mixed")
 	o.Workers = 4
@@ -346,8 +355,8 @@ func TestAckOrder(t *testing.T) {
 	var blockTopic atomic.Value
 	blockTopic.Store(topics[0])
 	release := make(chan struct{})
-	p := &fakeProc{fn: func(ctx context.Context, m Message) error {
-		if m.Topic == blockTopic.Load() && !m.Dup {
+	p := &fakeProc{fn: func(ctx context.Context, m intake.Message) error {
+		if m.Topic == blockTopic.Load() && !m.Redelivered {
 			select {
 			case <-release:
 			case <-ctx.Done():
@@ -364,7 +373,7 @@ func TestAckOrder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.ackHook = func(m Message) {
+	c.ackHook = func(m intake.Message) {
 		ackMu.Lock()
 		acked = append(acked, string(m.Payload))
 		ackMu.Unlock()
@@ -419,7 +428,7 @@ func TestAckOrder(t *testing.T) {
 		waitFor(t, "all acknowledged", func() bool { return idle(c) })
 		var redelivered []string
 		for _, m := range p.snapshot() {
-			if m.Dup {
+			if m.Redelivered {
 				redelivered = append(redelivered, string(m.Payload))
 			}
 		}
@@ -436,7 +445,7 @@ func TestAckOrder(t *testing.T) {
 func TestRedeliveryAfterKill(t *testing.T) {
 	h := newHarness(t, mosquittotest.Options{})
 	var entered atomic.Int64
-	stuck := &fakeProc{fn: func(ctx context.Context, m Message) error {
+	stuck := &fakeProc{fn: func(ctx context.Context, m intake.Message) error {
 		entered.Add(1)
 		<-ctx.Done()
 		return ctx.Err()
@@ -466,7 +475,7 @@ func TestRedeliveryAfterKill(t *testing.T) {
 	h.start(c2)
 	waitFor(t, "redelivery", func() bool { return len(p2.count()) == n })
 	for _, m := range p2.snapshot() {
-		if !m.Dup {
+		if !m.Redelivered {
 			t.Errorf("%s redelivered without Dup", m.Payload)
 		}
 	}
@@ -520,7 +529,7 @@ func TestSharedSubscriptionSplit(t *testing.T) {
 func TestGracefulShutdown(t *testing.T) {
 	h := newHarness(t, mosquittotest.Options{})
 	var started atomic.Int64
-	p1 := &fakeProc{fn: func(ctx context.Context, m Message) error {
+	p1 := &fakeProc{fn: func(ctx context.Context, m intake.Message) error {
 		started.Add(1)
 		time.Sleep(50 * time.Millisecond)
 		return nil
@@ -652,7 +661,7 @@ func TestBrokerDownAtStart(t *testing.T) {
 func TestProcessorErrorRetried(t *testing.T) {
 	h := newHarness(t, mosquittotest.Options{})
 	var failures atomic.Int64
-	p := &fakeProc{fn: func(_ context.Context, m Message) error {
+	p := &fakeProc{fn: func(_ context.Context, m intake.Message) error {
 		if string(m.Payload) == "x0" && failures.Add(1) <= 2 {
 			return errors.New("transient")
 		}

@@ -12,30 +12,31 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/decryptd/decryptd/internal/intake"
 	"github.com/decryptd/decryptd/internal/testutil/mosquittotest"
 )
 
 // fakeProc records the messages it accepted, in the order it accepted them.
 // fn, if set, runs first; a non-nil error from it is returned as is.
 type fakeProc struct {
-	fn func(ctx context.Context, m Message) error
+	fn func(ctx context.Context, m intake.Message) error
 	// decline, if set, decides which messages TryProcess leaves to a
 	// worker (which then runs fn); the others are taken on the intake.
-	decline func(m Message) bool
+	decline func(m intake.Message) bool
 
 	mu     sync.Mutex
-	calls  []Message
+	calls  []intake.Message
 	inline int // calls taken by TryProcess while decline is set
 }
 
 // Process runs the call on the worker and reports it before returning.
-func (p *fakeProc) Process(ctx context.Context, m Message, done func(error)) {
+func (p *fakeProc) Process(ctx context.Context, m intake.Message, done func(error)) {
 	done(p.process(ctx, m))
 }
 
 // TryProcess declines while fn is set (fn may block), so that the worker
 // runs it; otherwise it takes the message on the intake goroutine.
-func (p *fakeProc) TryProcess(ctx context.Context, m Message, done func(error)) bool {
+func (p *fakeProc) TryProcess(ctx context.Context, m intake.Message, done func(error)) bool {
 	switch {
 	case p.decline != nil:
 		if p.decline(m) {
@@ -54,7 +55,7 @@ func (p *fakeProc) TryProcess(ctx context.Context, m Message, done func(error)) 
 	return true
 }
 
-func (p *fakeProc) process(ctx context.Context, m Message) error {
+func (p *fakeProc) process(ctx context.Context, m intake.Message) error {
 	if p.fn != nil {
 		if err := p.fn(ctx, m); err != nil {
 			return err
@@ -66,10 +67,10 @@ func (p *fakeProc) process(ctx context.Context, m Message) error {
 	return nil
 }
 
-func (p *fakeProc) snapshot() []Message {
+func (p *fakeProc) snapshot() []intake.Message {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return append([]Message(nil), p.calls...)
+	return append([]intake.Message(nil), p.calls...)
 }
 
 // count returns how often each payload was accepted.

@@ -48,6 +48,10 @@ type Options struct {
 	ClientID string
 	// Topics are MQTT topic filters (wildcards allowed), subscribed at QoS 1.
 	Topics []string
+	// TopicPattern says where a topic carries the device id
+	// (intake.ParseTopicPattern); each message's intake.Message.DeviceID is
+	// read from its topic with it. Empty: no message carries a device id.
+	TopicPattern string
 	// SharedGroup subscribes through $share/<SharedGroup>/<filter> so
 	// replicas split the load. Taken literally: empty means plain
 	// subscriptions (every replica gets every message); the configuration

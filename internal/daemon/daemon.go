@@ -119,7 +119,8 @@ func New(ctx context.Context, o Options) (_ *Daemon, err error) {
 	m := o.Config.MQTT
 	d.consumer, err = consumer.New(consumer.Options{
 		Brokers: m.Brokers, ClientID: m.ClientID, Topics: m.Topics, SharedGroup: m.SharedGroup,
-		TLS: tc, AllowPlainTCP: m.AllowPlaintext,
+		TopicPattern: o.Config.Decrypt.TopicPattern,
+		TLS:          tc, AllowPlainTCP: m.AllowPlaintext,
 		KeepAlive: m.KeepAlive, ConnectTimeout: m.ConnectTimeout,
 		MaxInFlight: m.MaxInFlight, Workers: m.Workers,
 		UnsubscribeOnShutdown: m.UnsubscribeOnShutdown,

@@ -2,7 +2,7 @@
 // decrypts each message (through an Opener, the decryption core), hands the
 // record to every configured sink, or the message as received to the
 // dead-letter sink, and says when the message may be acknowledged. It
-// implements consumer.Processor.
+// implements intake.Processor.
 //
 // Delivery promise:
 //

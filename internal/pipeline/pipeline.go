@@ -14,8 +14,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
-	"github.com/decryptd/decryptd/internal/consumer"
 	"github.com/decryptd/decryptd/internal/decrypt"
+	"github.com/decryptd/decryptd/internal/intake"
 	"github.com/decryptd/decryptd/internal/sink"
 )
 
@@ -87,7 +87,7 @@ type Options struct {
 }
 
 // Pipeline is the processor between intake and sinks. Create it with New;
-// it implements consumer.Processor.
+// it implements intake.Processor.
 type Pipeline struct {
 	o        Options
 	m        *metrics
@@ -114,7 +114,7 @@ type Pipeline struct {
 	closeErr  error
 }
 
-var _ consumer.Processor = (*Pipeline)(nil)
+var _ intake.Processor = (*Pipeline)(nil)
 
 // New validates o, registers the metrics and starts one batcher per sink.
 func New(o Options) (*Pipeline, error) {
@@ -205,8 +205,8 @@ type Result struct {
 // returns, and must not block. m.Payload must stay untouched until done.
 // Records reach each sink in the order of the Process (and TryProcess)
 // calls that handed them over.
-func (p *Pipeline) Process(ctx context.Context, m consumer.Message, done func(error)) {
-	p.submit(ctx, toDecrypt(m), done, nil)
+func (p *Pipeline) Process(ctx context.Context, m intake.Message, done func(error)) {
+	p.submit(ctx, m, done, nil)
 }
 
 // TryProcess is Process for a caller that must never block (the MQTT
@@ -215,15 +215,14 @@ func (p *Pipeline) Process(ctx context.Context, m consumer.Message, done func(er
 // done nothing, and the caller hands m to Process on a goroutine that may
 // wait. Otherwise it returns true and done is called as for Process; ctx
 // bounds only how long a failing sink retries m.
-func (p *Pipeline) TryProcess(ctx context.Context, m consumer.Message, done func(error)) bool {
-	dm := toDecrypt(m)
+func (p *Pipeline) TryProcess(ctx context.Context, m intake.Message, done func(error)) bool {
 	t0 := time.Now()
-	rec, err := p.o.Opener.TryOpen(dm)
+	rec, err := p.o.Opener.TryOpen(m)
 	if errors.Is(err, decrypt.ErrWouldBlock) || errors.Is(err, decrypt.ErrTransient) || errors.Is(err, decrypt.ErrDuplicate) {
 		return false
 	}
 	p.m.decryptDur.Observe(time.Since(t0).Seconds())
-	d := p.begin(ctx, dm, done, nil)
+	d := p.begin(ctx, m, done, nil)
 	p.opened(d, rec, err)
 	return true
 }
@@ -231,8 +230,8 @@ func (p *Pipeline) TryProcess(ctx context.Context, m consumer.Message, done func
 // Handle is Process that waits: it returns what became of m once done, or
 // ctx's error when ctx ends first (a record already handed to a sink may
 // still be written then; m must not be acknowledged).
-func (p *Pipeline) Handle(ctx context.Context, m consumer.Message) (Result, error) {
-	return p.handle(ctx, toDecrypt(m))
+func (p *Pipeline) Handle(ctx context.Context, m intake.Message) (Result, error) {
+	return p.handle(ctx, m)
 }
 
 func (p *Pipeline) handle(ctx context.Context, m decrypt.Message) (Result, error) {
@@ -248,10 +247,6 @@ func (p *Pipeline) handle(ctx context.Context, m decrypt.Message) (Result, error
 	case <-ctx.Done():
 		return Result{}, fmt.Errorf("pipeline: waiting for the sinks: %w", ctx.Err())
 	}
-}
-
-func toDecrypt(m consumer.Message) decrypt.Message {
-	return decrypt.Message{Topic: m.Topic, Payload: m.Payload, Dup: m.Dup, ReceivedAt: m.ReceivedAt}
 }
 
 // delivery is one message on its way: decrypted and handed to the sinks,
@@ -408,7 +403,8 @@ func (p *Pipeline) deadLetter(d *delivery, reason, errText string) {
 	if received.IsZero() {
 		received = p.o.Now()
 	}
-	dl := sink.DeadLetter{Reason: reason, Error: errText, Topic: m.Topic, ReceivedAt: received.UTC(), Dup: m.Dup, Payload: m.Payload}
+	dl := sink.DeadLetter{Reason: reason, Error: errText, Message: m}
+	dl.ReceivedAt = received.UTC()
 	d.dead, d.reason = true, reason
 	d.errBuf[0] = nil
 	d.errs = d.errBuf[:]

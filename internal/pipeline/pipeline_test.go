@@ -15,8 +15,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 
-	"github.com/decryptd/decryptd/internal/consumer"
 	"github.com/decryptd/decryptd/internal/decrypt"
+	"github.com/decryptd/decryptd/internal/intake"
 	"github.com/decryptd/decryptd/internal/pipeline"
 	"github.com/decryptd/decryptd/internal/sink"
 )
@@ -63,11 +63,11 @@ func newEnv(t *testing.T, mut func(*pipeline.Options)) *env {
 	return e
 }
 
-func msg(payload string) consumer.Message {
-	return consumer.Message{Topic: "t/" + strings.ReplaceAll(payload, ":", "/"), Payload: []byte(payload), ReceivedAt: received}
+func msg(payload string) intake.Message {
+	return intake.Message{Topic: "t/" + strings.ReplaceAll(payload, ":", "/"), Payload: []byte(payload), ReceivedAt: received}
 }
 
-func process(t *testing.T, e *env, m consumer.Message) {
+func process(t *testing.T, e *env, m intake.Message) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -191,7 +191,7 @@ func TestDeadLetterEveryReason(t *testing.T) {
 		t.Run(reason, func(t *testing.T) {
 			e := newEnv(t, nil)
 			m := msg("fail:" + reason)
-			m.Dup = true
+			m.Redelivered = true
 			process(t, e, m)
 			if n := len(e.a.records()) + len(e.b.records()); n != 0 {
 				t.Fatalf("%d records reached the sinks", n)
@@ -207,9 +207,9 @@ func TestDeadLetterEveryReason(t *testing.T) {
 				}
 				got = append(got, d)
 			}
-			want := sink.DeadLetter{Reason: reason, Error: reason + ": detail of " + reason, Topic: m.Topic, ReceivedAt: received, Dup: true, Payload: m.Payload}
+			want := sink.DeadLetter{Reason: reason, Error: reason + ": detail of " + reason, Message: intake.Message{Topic: m.Topic, ReceivedAt: received, Redelivered: true, Payload: m.Payload}}
 			if len(got) != 1 || got[0].Reason != want.Reason || got[0].Error != want.Error || got[0].Topic != want.Topic ||
-				!got[0].ReceivedAt.Equal(want.ReceivedAt) || got[0].Dup != want.Dup || !bytes.Equal(got[0].Payload, want.Payload) {
+				!got[0].ReceivedAt.Equal(want.ReceivedAt) || got[0].Redelivered != want.Redelivered || !bytes.Equal(got[0].Payload, want.Payload) {
 				t.Fatalf("dead letter %+v, want %+v", got, want)
 			}
 			if v := metric(t, e.reg, "decryptd_decrypt_failures_total", "reason", reason); v != 1 {
@@ -229,7 +229,7 @@ func TestDuplicateAcknowledged(t *testing.T) {
 	e := newEnv(t, nil)
 	process(t, e, msg("ok:r1"))
 	dup := msg("ok:r1")
-	dup.Dup = true
+	dup.Redelivered = true
 	process(t, e, dup)
 	if got := ids(e.a.records()); len(got) != 1 {
 		t.Fatalf("sink a holds %v, want r1 once", got)
@@ -262,7 +262,7 @@ func TestDuplicateWaitsForFirstCopy(t *testing.T) {
 	})
 
 	dup := msg("ok:r1")
-	dup.Dup = true
+	dup.Redelivered = true
 	dupDone := make(chan error, 1)
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

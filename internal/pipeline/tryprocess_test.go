@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/decryptd/decryptd/internal/consumer"
 	"github.com/decryptd/decryptd/internal/decrypt"
+	"github.com/decryptd/decryptd/internal/intake"
 	"github.com/decryptd/decryptd/internal/pipeline"
 	"github.com/decryptd/decryptd/internal/sink"
 )
@@ -86,8 +86,8 @@ func (e *env) opens(payload string) int {
 	return e.op.opens[payload]
 }
 
-func dupOf(m consumer.Message) consumer.Message {
-	m.Dup = true
+func dupOf(m intake.Message) intake.Message {
+	m.Redelivered = true
 	return m
 }
 
@@ -95,7 +95,7 @@ func TestTryProcess(t *testing.T) {
 	cases := []struct {
 		name    string
 		accept  []string // payloads processed (and accepted) before
-		m       consumer.Message
+		m       intake.Message
 		tryErr  error // forces TryOpen's answer
 		taken   bool
 		records []string // in each sink afterwards
@@ -177,8 +177,8 @@ func TestTryProcess(t *testing.T) {
 				if len(dls) != 1 {
 					t.Fatalf("dead letters: %d, want 1", len(dls))
 				}
-				if d := deadLetter(t, dls[0].JSON); d.Reason != c.dead || string(d.Payload) != payload || d.Dup != c.m.Dup {
-					t.Errorf("dead letter reason %s, payload %q, dup %v; want %s, %q, %v", d.Reason, d.Payload, d.Dup, c.dead, payload, c.m.Dup)
+				if d := deadLetter(t, dls[0].JSON); d.Reason != c.dead || string(d.Payload) != payload || d.Redelivered != c.m.Redelivered {
+					t.Errorf("dead letter reason %s, payload %q, dup %v; want %s, %q, %v", d.Reason, d.Payload, d.Redelivered, c.dead, payload, c.m.Redelivered)
 				}
 			}
 			wantProcessed := processedBefore + 1 // the probe's DUP copy
@@ -251,7 +251,7 @@ func TestTryProcessMixedOrder(t *testing.T) {
 		} else {
 			want = append(want, id)
 		}
-		m := consumer.Message{Topic: "t/order", Payload: []byte(payload), ReceivedAt: received}
+		m := intake.Message{Topic: "t/order", Payload: []byte(payload), ReceivedAt: received}
 		done := dc.done(id)
 		// Every other message goes straight to Process; the rest try
 		// first, as the intake does.

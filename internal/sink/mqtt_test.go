@@ -12,6 +12,7 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/decryptd/decryptd/internal/intake"
 	"github.com/decryptd/decryptd/internal/sink"
 	"github.com/decryptd/decryptd/internal/sink/sinktest"
 	"github.com/decryptd/decryptd/internal/testutil/mosquittotest"
@@ -220,7 +221,7 @@ func TestMQTTTopics(t *testing.T) {
 	t.Run("fixed_dead_letter_topic", func(t *testing.T) {
 		sub := subscribe(t, b, "dead/#")
 		s, _ := mqttSink(t, b, "dead/letters")
-		dl := sink.DeadLetter{Reason: "auth_failed", Topic: "iot-2/x", Payload: []byte("raw")}
+		dl := sink.DeadLetter{Reason: "auth_failed", Message: intake.Message{Topic: "iot-2/x", Payload: []byte("raw")}}
 		if err := s.Write(t.Context(), []sink.Record{dl.Record()}); err != nil {
 			t.Fatal(err)
 		}
