@@ -25,6 +25,7 @@ import (
 	"github.com/decryptd/decryptd/internal/daemon"
 	"github.com/decryptd/decryptd/internal/kms/local"
 	"github.com/decryptd/decryptd/internal/pki"
+	"github.com/decryptd/decryptd/internal/sink"
 )
 
 // The topic filter both drainers subscribe to, through one shared
@@ -579,7 +580,7 @@ func daemonConfig(dir, brokerURL string, client pki.Files, id string, workers, m
 	cfg.Registry = config.Registry{Driver: config.DriverFile, Path: regFile}
 	// Large enough that the file never rotates under the harness following
 	// it by its size.
-	cfg.Sinks = []config.Sink{{Name: recordsSink, Type: config.SinkFile, Path: filepath.Join(dir, "records.jsonl"), MaxBytes: 16 << 30, Keep: 1, Fsync: &on}}
+	cfg.Sinks = []config.Sink{{Name: recordsSink, Type: config.SinkFile, Config: &sink.FileConfig{Path: filepath.Join(dir, "records.jsonl"), MaxBytes: 16 << 30, Keep: 1, Fsync: &on}}}
 	cfg.DeadLetter = config.DeadLetter{Type: config.SinkFile, Path: filepath.Join(dir, "dead-letter.jsonl"), Fsync: &on}
 	cfg.Metrics.Listen = "127.0.0.1:0"
 	cfg.Audit.Path = filepath.Join(dir, "audit.log")

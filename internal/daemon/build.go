@@ -5,7 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"net/url"
+	"io"
 	"os"
 	"path/filepath"
 	"sync/atomic"
@@ -14,14 +14,12 @@ import (
 
 	"github.com/decryptd/decryptd/internal/audit"
 	"github.com/decryptd/decryptd/internal/config"
-	"github.com/decryptd/decryptd/internal/consumer"
 	"github.com/decryptd/decryptd/internal/decrypt"
 	"github.com/decryptd/decryptd/internal/keycache"
 	"github.com/decryptd/decryptd/internal/kms"
 	"github.com/decryptd/decryptd/internal/kms/keyprotect"
 	"github.com/decryptd/decryptd/internal/kms/local"
 	"github.com/decryptd/decryptd/internal/pipeline"
-	"github.com/decryptd/decryptd/internal/pki"
 	"github.com/decryptd/decryptd/internal/registry"
 	"github.com/decryptd/decryptd/internal/registry/filestore"
 	"github.com/decryptd/decryptd/internal/registry/pgstore"
@@ -30,7 +28,7 @@ import (
 )
 
 // DeadLetterSinkName labels the dead-letter sink in metrics and logs.
-const DeadLetterSinkName = "dead_letter"
+const DeadLetterSinkName = config.DeadLetterSinkName
 
 // parts is everything below the consumer, built in order; closers release
 // them in reverse.
@@ -160,39 +158,22 @@ func build(ctx context.Context, o *Options) (_ *parts, err error) {
 		p.onClose("rotation publisher", func() error { p.rot.publisher.Close(); return nil })
 	}
 
-	sinks, err := p.buildSinks(ctx, o)
-	if err != nil {
-		return nil, err
-	}
-	dl, err := p.buildDeadLetter(ctx, o)
+	sinks, err := buildSinks(ctx, cfg, o.Stdout)
 	if err != nil {
 		return nil, err
 	}
 	p.pipe, err = pipeline.New(pipeline.Options{
-		Opener: opener, Sinks: sinks, DeadLetter: dl,
+		Opener: opener, Sinks: sinks[1:], DeadLetter: sinks[0],
 		MaxBatch: cfg.Batch.MaxRecords, Linger: cfg.Batch.Linger,
 		KMSUnwraps: p.unwraps.Load,
 		Registerer: o.Registry, Logger: o.Logger,
 	})
 	if err != nil {
+		closeSinks(sinks)
 		return nil, err
 	}
-	// From here on the pipeline's Close flushes and closes the sinks; the
-	// closers registered for them on the error path go.
-	p.closers = keepOnly(p.closers, "audit log", "kms keyprotect", "registry", "key cache", "rotation publisher")
+	// From here on the pipeline's Close flushes and closes the sinks.
 	return p, nil
-}
-
-func keepOnly(cs []namedCloser, names ...string) []namedCloser {
-	var out []namedCloser
-	for _, c := range cs {
-		for _, n := range names {
-			if c.name == n {
-				out = append(out, c)
-			}
-		}
-	}
-	return out
 }
 
 // recordUnwrap writes one key cache unwrap to the audit log and counts it.
@@ -212,156 +193,48 @@ func (p *parts) recordUnwrap(ctx context.Context, ev keycache.UnwrapEvent) {
 	}
 }
 
-func (p *parts) buildSinks(ctx context.Context, o *Options) ([]sink.Sink, error) {
+// buildSinks builds the dead-letter sink, then every configured sink, each
+// through its type's configuration (sink.Config.New); the dead-letter sink
+// comes first in the result. On error, what was built is closed.
+func buildSinks(ctx context.Context, cfg *config.Config, stdout io.Writer) (_ []sink.Sink, err error) {
+	dl, probs := cfg.DeadLetterSink()
+	if len(probs) > 0 {
+		return nil, fmt.Errorf("dead_letter: %w", &config.ValidationError{Problems: probs})
+	}
+	entries := append([]config.Sink{dl}, cfg.Sinks...)
 	var out []sink.Sink
-	for i, s := range p.cfg.Sinks {
-		var sk sink.Sink
-		var err error
-		switch s.Type {
-		case config.SinkFile:
-			sk, err = sink.NewFile(sink.FileOptions{Name: s.Name, Path: s.Path, Fsync: fsyncPolicy(s.FsyncEnabled()), MaxBytes: s.MaxBytes, Keep: s.Keep})
-		case config.SinkStdout:
-			f := sink.JSONLines
-			if s.Format == "pretty" {
-				f = sink.Pretty
-			}
-			sk, err = sink.NewStdout(sink.StdoutOptions{Name: s.Name, Writer: o.Stdout, Format: f})
-		case config.SinkMQTT:
-			var tc *tls.Config
-			if tc, err = tlsConfig(s.TLS); err == nil {
-				sk, err = sink.NewMQTT(ctx, sink.MQTTOptions{
-					Name: s.Name, Broker: s.Broker, AllowPlain: isPlain(s.Broker), TLS: tc,
-					ClientID: p.cfg.MQTT.ClientID + "-sink-" + s.Name, Topic: s.Topic,
-				})
-			}
-		case config.SinkHTTP:
-			var h *sink.HTTP
-			h, err = sink.NewHTTP(sink.HTTPOptions{
-				Name: s.Name, URL: s.URL, AllowPlainHTTP: scheme(s.URL) == "http",
-				CAFile: s.CAFile, AuthFile: s.AuthHeaderFile, RequestTimeout: s.Timeout,
-			})
-			if err == nil {
-				sk = chunked{Sink: h, max: s.BatchMax}
-			}
-		default:
-			err = fmt.Errorf("type %q: not supported", s.Type)
-		}
+	defer func() {
 		if err != nil {
-			return nil, fmt.Errorf("sinks[%d] (%s): %w", i, s.Name, err)
+			closeSinks(out)
 		}
-		p.onClose("sink "+s.Name, func() error { return sk.Close(context.Background()) })
-		out = append(out, sk)
+	}()
+	for i, e := range entries {
+		if e.Config == nil {
+			return nil, fmt.Errorf("sinks[%d] (%s): type %q: not registered", i-1, e.Name, e.Type)
+		}
+		env := cfg.SinkEnv(cfg.SinkClientID(e.Name))
+		env.Stdout = stdout
+		s, err := e.Config.New(ctx, e.Name, env)
+		if err != nil {
+			if i == 0 {
+				return nil, fmt.Errorf("dead_letter: %w", err)
+			}
+			return nil, fmt.Errorf("sinks[%d] (%s): %w", i-1, e.Name, err)
+		}
+		out = append(out, s)
 	}
 	return out, nil
 }
 
-func (p *parts) buildDeadLetter(ctx context.Context, o *Options) (sink.Sink, error) {
-	d := p.cfg.DeadLetter
-	var sk sink.Sink
-	var err error
-	switch d.Type {
-	case config.SinkFile:
-		if err := mkdirFor(d.Path); err != nil {
-			return nil, err
-		}
-		sk, err = sink.NewFile(sink.FileOptions{Name: DeadLetterSinkName, Path: d.Path, Fsync: fsyncPolicy(d.FsyncEnabled())})
-	case config.SinkMQTT:
-		broker, t := d.Broker, d.TLS
-		if broker == "" {
-			broker = p.cfg.MQTT.Brokers[0]
-		}
-		if t.IsZero() {
-			t = p.cfg.MQTT.TLS
-		}
-		var tc *tls.Config
-		if tc, err = tlsConfig(t); err == nil {
-			sk, err = sink.NewMQTT(ctx, sink.MQTTOptions{
-				Name: DeadLetterSinkName, Broker: broker, AllowPlain: isPlain(broker), TLS: tc,
-				ClientID: p.cfg.MQTT.ClientID + "-dead-letter", Topic: d.Topic,
-			})
-		}
-	default:
-		err = fmt.Errorf("type %q: not supported", d.Type)
+func closeSinks(sinks []sink.Sink) {
+	for _, s := range sinks {
+		_ = s.Close(context.Background())
 	}
-	if err != nil {
-		return nil, fmt.Errorf("dead_letter: %w", err)
-	}
-	p.onClose("dead-letter sink", func() error { return sk.Close(context.Background()) })
-	return sk, nil
-}
-
-// fsyncPolicy maps the configuration's fsync switch: on, every batch is
-// fsynced before its messages are acknowledged; off, the file is fsynced
-// in the background at least every second (a crash of the machine, not of
-// the process, may lose that second).
-func fsyncPolicy(on bool) sink.FsyncPolicy {
-	if on {
-		return sink.FsyncBatch
-	}
-	return sink.FsyncInterval
-}
-
-// chunked splits a Write into Writes of at most max records (an HTTP
-// receiver's batch limit). A failed chunk fails the whole Write, which the
-// pipeline retries whole: the receiver may see earlier chunks again, as it
-// may after any retry (records carry stable ids).
-type chunked struct {
-	sink.Sink
-	max int
-}
-
-func (c chunked) Write(ctx context.Context, batch []sink.Record) error {
-	if c.max <= 0 {
-		return c.Sink.Write(ctx, batch)
-	}
-	for len(batch) > 0 {
-		n := min(c.max, len(batch))
-		if err := c.Sink.Write(ctx, batch[:n]); err != nil {
-			return err
-		}
-		batch = batch[n:]
-	}
-	return nil
 }
 
 // tlsConfig builds a client TLS configuration from the configuration's
-// file names: the CA bundle (empty: system roots), an optional client
-// certificate (re-read at each handshake, through consumer.TLSFiles, when
-// all three files are given).
-func tlsConfig(t config.TLS) (*tls.Config, error) {
-	if t.CAFile != "" && t.CertFile != "" && t.KeyFile != "" {
-		return consumer.TLSFiles{CAFile: t.CAFile, CertFile: t.CertFile, KeyFile: t.KeyFile, ServerName: t.ServerName}.Config()
-	}
-	c := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: t.ServerName}
-	if t.CAFile != "" {
-		pool, err := pki.LoadPool(t.CAFile)
-		if err != nil {
-			return nil, err
-		}
-		c.RootCAs = pool
-	}
-	if t.CertFile != "" {
-		pair, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("tls: load %s: %w", t.CertFile, err)
-		}
-		c.Certificates = []tls.Certificate{pair}
-	}
-	return c, nil
-}
-
-func scheme(u string) string {
-	p, err := url.Parse(u)
-	if err != nil {
-		return ""
-	}
-	return p.Scheme
-}
-
-func isPlain(broker string) bool {
-	s := scheme(broker)
-	return s == "tcp" || s == "mqtt"
-}
+// file names (tlsfiles.Client.Config).
+func tlsConfig(t config.TLS) (*tls.Config, error) { return t.Config() }
 
 // mkdirFor makes the parent directory of path (0700), so a fresh
 // installation's var/ works without a manual step.
