@@ -32,6 +32,20 @@ type Opener interface {
 	Forget(r decrypt.Record)
 }
 
+// RecordEncoder is implemented by a sink that encodes the records it
+// receives itself, for instance under a per-sink field policy (fields
+// dropped, hashed or pseudonymized): the pipeline hands that sink what
+// AppendRecord appended to dst instead of the record's standard JSON
+// (decrypt.Record.AppendJSON), which the other sinks share. It is called
+// once per record, on the goroutine delivering it, before the plaintext is
+// wiped, and must not keep rec; dst is a recycled buffer, wiped once the
+// sink has written it. An error refuses the record for that sink only, as
+// sink.ErrBadRecord does (dead-lettered as sink_rejected). The output must
+// be one line of JSON, like every record.
+type RecordEncoder interface {
+	AppendRecord(dst []byte, rec *decrypt.Record) ([]byte, error)
+}
+
 // ErrClosed is returned by Process once Close has stopped the pipeline.
 var ErrClosed = errors.New("pipeline: closed")
 
@@ -99,6 +113,9 @@ type Pipeline struct {
 	// it holds as many records as there are calls that could send one.
 	active atomic.Int64
 	flight tracker
+	// encoders: some sink is a RecordEncoder, so records are encoded per
+	// sink as well (deliver); without, one encoding is shared.
+	encoders bool
 
 	bufs sync.Pool // *[]byte for records' JSON, see getBuf
 
@@ -176,7 +193,9 @@ func New(o Options) (*Pipeline, error) {
 	p.flight.active = map[uint64]struct{}{}
 	p.writeCtx, p.cancel = context.WithCancel(context.Background())
 	for _, s := range o.Sinks {
-		p.batchers = append(p.batchers, p.newBatcher(s))
+		b := p.newBatcher(s)
+		p.encoders = p.encoders || b.enc != nil
+		p.batchers = append(p.batchers, b)
 	}
 	p.dead = p.newBatcher(o.DeadLetter)
 	for _, b := range append(append([]*batcher(nil), p.batchers...), p.dead) {
@@ -261,10 +280,11 @@ type delivery struct {
 	fin    func(Result, error) // Handle's
 
 	rec    decrypt.Record
-	hasRec bool    // rec was accepted by the Opener: Forget it if it is not delivered
-	buf    *[]byte // rec's JSON, wiped and recycled once every sink is done with it
-	dead   bool    // the job out is a dead letter
-	reason string  // its reason
+	hasRec bool      // rec was accepted by the Opener: Forget it if it is not delivered
+	buf    *[]byte   // rec's JSON, wiped and recycled once every sink is done with it
+	own    []*[]byte // by sink: the record as its RecordEncoder wrote it (nil without encoders)
+	dead   bool      // the job out is a dead letter
+	reason string    // its reason
 
 	pending atomic.Int32
 	errs    []error  // each sink's answer, by index
@@ -375,6 +395,10 @@ func (p *Pipeline) deliver(d *delivery, rec decrypt.Record) {
 		}
 	}
 	*bp = buf // grown, or replaced by the compacted copy: the buffer to recycle
+	var encErrs []error
+	if p.encoders {
+		d.own, encErrs = p.encodeOwn(&rec)
+	}
 	clear(rec.Data)
 	clear(rec.Metadata)
 	d.rec, d.hasRec, d.buf = rec, true, bp
@@ -386,10 +410,50 @@ func (p *Pipeline) deliver(d *delivery, rec decrypt.Record) {
 	d.pending.Store(int32(len(p.batchers)))
 	sr := sink.Record{ID: rec.ID, DeviceID: rec.DeviceID, JSON: buf}
 	for i, b := range p.batchers {
-		if !b.add(job{rec: sr, d: d, idx: i}) {
+		r := sr
+		if d.own != nil && b.enc != nil {
+			if encErrs[i] != nil {
+				d.answer(i, encErrs[i])
+				continue
+			}
+			r.JSON = *d.own[i]
+		}
+		if !b.add(job{rec: r, d: d, idx: i}) {
 			d.answer(i, ErrClosed)
 		}
 	}
+}
+
+// encodeOwn runs each RecordEncoder sink's encoding of rec into a buffer
+// of its own; errs[i] is sink i's refusal (sink.ErrBadRecord).
+func (p *Pipeline) encodeOwn(rec *decrypt.Record) (own []*[]byte, errs []error) {
+	own = make([]*[]byte, len(p.batchers))
+	errs = make([]error, len(p.batchers))
+	for i, b := range p.batchers {
+		if b.enc == nil {
+			continue
+		}
+		bp := p.getBuf(320 + len(rec.Data) + len(rec.Metadata) + len(rec.Topic))
+		out, err := b.enc.AppendRecord(*bp, rec)
+		*bp = out
+		own[i] = bp
+		if err == nil && (len(out) == 0 || bytes.ContainsAny(out, "\r\n")) {
+			err = errors.New("not one line of JSON")
+		}
+		if err != nil {
+			errs[i] = fmt.Errorf("encode record: %w: %w", sink.ErrBadRecord, err)
+		}
+	}
+	return own, errs
+}
+
+// putOwn recycles the buffers of encodeOwn.
+func (d *delivery) putOwn() {
+	for i, bp := range d.own {
+		d.p.putBuf(bp)
+		d.own[i] = nil
+	}
+	d.own = nil
 }
 
 // deadLetter hands m as received, with its reason, to the dead-letter
@@ -454,6 +518,7 @@ func (d *delivery) answer(idx int, err error) {
 	// Every sink is done with the record: no batcher refers to it any more.
 	p.putBuf(d.buf)
 	d.buf = nil
+	d.putOwn()
 	if len(rejected) > 0 {
 		p.deadLetter(d, ReasonSinkRejected, errors.Join(rejected...).Error())
 		return
@@ -477,6 +542,7 @@ func (d *delivery) forget() {
 	}
 	d.p.putBuf(d.buf)
 	d.buf = nil
+	d.putOwn()
 }
 
 // getBuf returns an empty buffer for a record's JSON, with room for n
