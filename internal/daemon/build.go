@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 	"sync/atomic"
 
 	"go.uber.org/zap"
@@ -17,14 +15,11 @@ import (
 	"github.com/decryptd/decryptd/internal/decrypt"
 	"github.com/decryptd/decryptd/internal/keycache"
 	"github.com/decryptd/decryptd/internal/kms"
-	"github.com/decryptd/decryptd/internal/kms/keyprotect"
-	"github.com/decryptd/decryptd/internal/kms/local"
 	"github.com/decryptd/decryptd/internal/pipeline"
 	"github.com/decryptd/decryptd/internal/registry"
-	"github.com/decryptd/decryptd/internal/registry/filestore"
-	"github.com/decryptd/decryptd/internal/registry/pgstore"
 	"github.com/decryptd/decryptd/internal/rotation"
 	"github.com/decryptd/decryptd/internal/sink"
+	"github.com/decryptd/decryptd/internal/wire"
 )
 
 // DeadLetterSinkName labels the dead-letter sink in metrics and logs.
@@ -66,67 +61,63 @@ func (p *parts) closeAll() error {
 	return errors.Join(errs...)
 }
 
-// build makes every part below the consumer. On error, what was built is
-// released.
+// build makes every part below the inputs, from the leaves up: the
+// stores (audit log, KMS, registry), the key cache, the opener (decryptor,
+// observed by rotation when enabled), the sinks and the pipeline. On error,
+// what was built is released.
 func build(ctx context.Context, o *Options) (_ *parts, err error) {
-	cfg := o.Config
-	p := &parts{cfg: cfg, log: o.Logger}
+	p := &parts{cfg: o.Config, log: o.Logger}
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, p.closeAll())
 		}
 	}()
-
-	if err := mkdirFor(cfg.Audit.Path); err != nil {
+	if err := p.openStores(ctx, o); err != nil {
 		return nil, err
 	}
-	aw, err := audit.Open(ctx, cfg.Audit.Path, audit.WithActor("decryptd"))
+	if err := p.buildCache(o); err != nil {
+		return nil, err
+	}
+	opener, err := p.buildOpener(o)
 	if err != nil {
 		return nil, err
+	}
+	if err := p.buildPipeline(ctx, o, opener); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// openStores opens the audit log, the KMS provider and the registry
+// (package wire, as every binary does).
+func (p *parts) openStores(ctx context.Context, o *Options) error {
+	cfg := p.cfg
+	aw, err := wire.OpenAudit(ctx, cfg.Audit.Path, "decryptd")
+	if err != nil {
+		return err
 	}
 	p.audit = aw
 	p.onClose("audit log", aw.Close)
 
-	switch cfg.KMS.Provider {
-	case config.ProviderLocal:
-		lp, err := local.Open(cfg.KMS.Local.RootKeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("kms local: %w", err)
-		}
-		p.kms = lp
-	case config.ProviderKeyProtect:
-		k := cfg.KMS.KeyProtect
-		getenv := func(name string) string { v, _ := o.env(name); return v }
-		kp, err := keyprotect.New(ctx, keyprotect.Config{
-			BaseURL: k.BaseURL, TokenURL: k.TokenURL, InstanceID: k.InstanceID, RootKeyID: k.RootKeyID,
-			APIKeyFile: k.APIKeyFile, APIKeyEnv: k.APIKeyEnv, Timeout: k.Timeout, KeyRing: k.KeyRing,
-		}, keyprotect.WithGetenv(getenv))
-		if err != nil {
-			return nil, fmt.Errorf("kms keyprotect: %w", err)
-		}
-		p.kms = kp
-		p.onClose("kms keyprotect", kp.Close)
-	default:
-		return nil, fmt.Errorf("kms.provider %q: not supported", cfg.KMS.Provider)
-	}
-
-	switch cfg.Registry.Driver {
-	case config.DriverFile:
-		if err := mkdirFor(cfg.Registry.Path); err != nil {
-			return nil, err
-		}
-		p.store, err = filestore.Open(ctx, cfg.Registry.Path, filestore.WithLogger(o.Logger.With(zap.String("component", "registry"))))
-	case config.DriverPostgres:
-		p.store, err = pgstore.Open(ctx, cfg.Registry.DSN.Reveal(), pgstore.WithLogger(o.Logger.With(zap.String("component", "registry"))))
-	default:
-		err = fmt.Errorf("registry.driver %q: not supported", cfg.Registry.Driver)
-	}
+	k, err := wire.OpenKMS(ctx, cfg.KMS, wire.KMSOptions{Getenv: func(name string) string { v, _ := o.env(name); return v }})
 	if err != nil {
-		return nil, fmt.Errorf("registry: %w", err)
+		return err
+	}
+	p.kms = k.Provider
+	p.onClose("kms", k.Close)
+
+	p.store, err = wire.OpenRegistry(ctx, cfg.Registry, wire.RegistryOptions{
+		Logger: o.Logger.With(zap.String("component", "registry")), Watch: true,
+	})
+	if err != nil {
+		return err
 	}
 	p.onClose("registry", p.store.Close)
+	return nil
+}
 
-	c := cfg.Cache
+func (p *parts) buildCache(o *Options) (err error) {
+	c := p.cfg.Cache
 	p.cache, err = keycache.New(keycache.Options{
 		Registry: p.store, KMS: p.kms, Changes: p.store,
 		Audit:      keycache.AuditFunc(p.recordUnwrap),
@@ -135,11 +126,17 @@ func build(ctx context.Context, o *Options) (_ *parts, err error) {
 		MaxEntries: c.MaxEntries, MaxConcurrentUnwraps: c.MaxConcurrentUnwraps,
 	})
 	if err != nil {
-		return nil, err
+		return err
 	}
 	p.onClose("key cache", p.cache.Close)
+	return nil
+}
 
-	d := cfg.Decrypt
+// buildOpener makes the decryptor; with rotation enabled, every record
+// that opens is observed by the rotation tracker (adoption, message
+// counts).
+func (p *parts) buildOpener(o *Options) (pipeline.Opener, error) {
+	d := p.cfg.Decrypt
 	dec, err := decrypt.New(p.cache, decrypt.Options{
 		MaxMessageBytes: d.MaxMessageBytes, TopicPattern: d.TopicPattern,
 		ReplayEntries: d.ReplayWindowEntries, ReplayMaxAge: d.ReplayWindowAge, ClockSkew: d.ClockSkew,
@@ -147,33 +144,34 @@ func build(ctx context.Context, o *Options) (_ *parts, err error) {
 	if err != nil {
 		return nil, err
 	}
-
-	var opener pipeline.Opener = dec
-	if cfg.Rotation.Enabled {
-		if p.rot, err = p.buildRotation(o); err != nil {
-			return nil, fmt.Errorf("rotation: %w", err)
-		}
-		// Every record that opened is observed (adoption, message counts).
-		opener = rotation.ObservingOpener{Opener: dec, Tracker: p.rot.tracker}
-		p.onClose("rotation publisher", func() error { p.rot.publisher.Close(); return nil })
+	if !p.cfg.Rotation.Enabled {
+		return dec, nil
 	}
+	if p.rot, err = p.buildRotation(o); err != nil {
+		return nil, fmt.Errorf("rotation: %w", err)
+	}
+	p.onClose("rotation publisher", func() error { p.rot.publisher.Close(); return nil })
+	return rotation.ObservingOpener{Opener: dec, Tracker: p.rot.tracker}, nil
+}
 
-	sinks, err := buildSinks(ctx, cfg, o.Stdout)
+// buildPipeline builds the sinks and the pipeline, which from then on
+// owns them (its Close flushes and closes them).
+func (p *parts) buildPipeline(ctx context.Context, o *Options, opener pipeline.Opener) error {
+	sinks, err := buildSinks(ctx, p.cfg, o.Stdout)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	p.pipe, err = pipeline.New(pipeline.Options{
 		Opener: opener, Sinks: sinks[1:], DeadLetter: sinks[0],
-		MaxBatch: cfg.Batch.MaxRecords, Linger: cfg.Batch.Linger,
+		MaxBatch: p.cfg.Batch.MaxRecords, Linger: p.cfg.Batch.Linger,
 		KMSUnwraps: p.unwraps.Load,
 		Registerer: o.Registry, Logger: o.Logger,
 	})
 	if err != nil {
 		closeSinks(sinks)
-		return nil, err
+		return err
 	}
-	// From here on the pipeline's Close flushes and closes the sinks.
-	return p, nil
+	return nil
 }
 
 // recordUnwrap writes one key cache unwrap to the audit log and counts it.
@@ -235,12 +233,3 @@ func closeSinks(sinks []sink.Sink) {
 // tlsConfig builds a client TLS configuration from the configuration's
 // file names (tlsfiles.Client.Config).
 func tlsConfig(t config.TLS) (*tls.Config, error) { return t.Config() }
-
-// mkdirFor makes the parent directory of path (0700), so a fresh
-// installation's var/ works without a manual step.
-func mkdirFor(path string) error {
-	if path == "" {
-		return nil
-	}
-	return os.MkdirAll(filepath.Dir(path), 0o700)
-}
