@@ -472,3 +472,17 @@ func contains(list []string, s string) bool {
 	}
 	return false
 }
+
+func TestInputType(t *testing.T) {
+	c, err := Parse([]byte(base), noEnv)
+	if err != nil || c.Input.Type != InputMQTT {
+		t.Fatalf("default input: %+v, %v", c.Input, err)
+	}
+	if _, err := Parse([]byte(base+"input: {type: mqtt}\n"), noEnv); err != nil {
+		t.Fatalf("input.type mqtt: %v", err)
+	}
+	_, err = Parse([]byte(base+"input: {type: kafka}\n"), noEnv)
+	if err == nil || !strings.Contains(err.Error(), `input.type: must be mqtt, got "kafka"`) {
+		t.Fatalf("unknown input type: %v", err)
+	}
+}
