@@ -395,13 +395,14 @@ func (p *Pipeline) deliver(d *delivery, rec decrypt.Record) {
 		}
 	}
 	*bp = buf // grown, or replaced by the compacted copy: the buffer to recycle
+	d.rec, d.hasRec, d.buf = rec, true, bp
 	var encErrs []error
 	if p.encoders {
-		d.own, encErrs = p.encodeOwn(&rec)
+		// &d.rec, not &rec: rec stays on the stack.
+		d.own, encErrs = p.encodeOwn(&d.rec)
 	}
 	clear(rec.Data)
 	clear(rec.Metadata)
-	d.rec, d.hasRec, d.buf = rec, true, bp
 	if len(p.batchers) == 1 {
 		d.errs = d.errBuf[:]
 	} else {
