@@ -18,6 +18,7 @@ import (
 
 	"github.com/decryptd/decryptd/internal/intake"
 	"github.com/decryptd/decryptd/internal/testutil/mosquittotest"
+	"github.com/decryptd/decryptd/internal/testutil/wait"
 )
 
 func TestOptionsValidation(t *testing.T) {
@@ -125,13 +126,13 @@ func TestMutualTLSRequired(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- c.Run(ctx) }()
-	waitFor(t, "connect failure logged", func() bool {
+	wait.For(t, "connect failure logged", func() bool {
 		return hasLog(h.logs, "connect failed", func(s string) bool { return mosquittotest.RefusedTLS(errors.New(s)) })
 	})
 	if c.Ready() {
 		t.Fatal("ready without a client certificate")
 	}
-	waitFor(t, "broker to log the missing certificate", func() bool {
+	wait.For(t, "broker to log the missing certificate", func() bool {
 		return strings.Contains(h.b.Log(), "peer did not return a certificate")
 	})
 	cancel()
@@ -157,8 +158,8 @@ func TestDeliverAndAck(t *testing.T) {
 	for i := range topics {
 		h.publish(topic(i), seqPayloads(topic(i), per)...)
 	}
-	waitFor(t, "all messages processed", func() bool { return len(p.count()) == topics*per })
-	waitFor(t, "all messages acknowledged", func() bool { return idle(c) })
+	wait.For(t, "all messages processed", func() bool { return len(p.count()) == topics*per })
+	wait.For(t, "all messages acknowledged", func() bool { return idle(c) })
 	// The input says where each message came from and which device sent
 	// it (from the topic, through Options.TopicPattern).
 	for _, m := range p.snapshot() {
@@ -184,7 +185,7 @@ func TestDeliverAndAck(t *testing.T) {
 	for i := range topics {
 		h.publish(topic(i), "marker-"+topic(i))
 	}
-	waitFor(t, "markers", func() bool {
+	wait.For(t, "markers", func() bool {
 		for i := range topics {
 			if !p.has("marker-" + topic(i)) {
 				return false
@@ -243,7 +244,7 @@ func TestBoundedInFlight(t *testing.T) {
 			for i := range n {
 				h.publish(topic(i), fmt.Sprintf("m%02d", i))
 			}
-			waitFor(t, "10 messages in the processor", func() bool { return cur.Load() == 10 })
+			wait.For(t, "10 messages in the processor", func() bool { return cur.Load() == 10 })
 			// Intake stays stopped while the processor is blocked.
 			deadline := time.Now().Add(700 * time.Millisecond)
 			for time.Now().Before(deadline) {
@@ -253,8 +254,8 @@ func TestBoundedInFlight(t *testing.T) {
 				time.Sleep(5 * time.Millisecond)
 			}
 			close(release)
-			waitFor(t, "all messages processed", func() bool { return len(p.count()) == n })
-			waitFor(t, "all acknowledged", func() bool { return idle(c) })
+			wait.For(t, "all messages processed", func() bool { return len(p.count()) == n })
+			wait.For(t, "all acknowledged", func() bool { return idle(c) })
 			if got := peak.Load(); got > 10 {
 				t.Fatalf("%d concurrent Process calls, MaxInFlight is 10", got)
 			}
@@ -278,7 +279,7 @@ func TestPerTopicOrder(t *testing.T) {
 	h.start(c)
 
 	publishSequences(h, 8, 150)
-	waitFor(t, "all processed", func() bool { return len(p.count()) == 8*150 })
+	wait.For(t, "all processed", func() bool { return len(p.count()) == 8*150 })
 	checkPerTopicOrder(t, p.snapshot())
 }
 
@@ -333,7 +334,7 @@ func TestPerTopicOrderMixedPaths(t *testing.T) {
 	h.start(c)
 
 	publishSequences(h, 8, 150)
-	waitFor(t, "all processed and acknowledged", func() bool { return len(p.count()) == 8*150 && idle(c) })
+	wait.For(t, "all processed and acknowledged", func() bool { return len(p.count()) == 8*150 && idle(c) })
 	checkPerTopicOrder(t, p.snapshot())
 	p.mu.Lock()
 	inline, all := p.inline, len(p.calls)
@@ -387,13 +388,13 @@ func TestAckOrder(t *testing.T) {
 			want = append(want, fmt.Sprintf("a%d", i))
 			h.publish(tp, want[i])
 		}
-		waitFor(t, "the other five processed", func() bool { return len(p.count()) == 5 })
+		wait.For(t, "the other five processed", func() bool { return len(p.count()) == 5 })
 		time.Sleep(100 * time.Millisecond) // give a wrongly eager acker the chance to ack
 		if got := ackedNow(); len(got) != 0 {
 			t.Fatalf("acknowledged %v while the first message was unfinished", got)
 		}
 		close(release)
-		waitFor(t, "all acknowledged", func() bool { return idle(c) })
+		wait.For(t, "all acknowledged", func() bool { return idle(c) })
 		if got := ackedNow(); !slices.Equal(got, want) {
 			t.Fatalf("acknowledged %v, want receive order %v", got, want)
 		}
@@ -408,8 +409,8 @@ func TestAckOrder(t *testing.T) {
 		for i, tp := range topics {
 			h.publish(tp, fmt.Sprintf("b%d", i))
 		}
-		waitFor(t, "b0..b2 acknowledged", func() bool { return len(ackedNow()) == 3 })
-		waitFor(t, "b4, b5 processed", func() bool { return p.has("b4") && p.has("b5") })
+		wait.For(t, "b0..b2 acknowledged", func() bool { return len(ackedNow()) == 3 })
+		wait.For(t, "b4, b5 processed", func() bool { return p.has("b4") && p.has("b5") })
 		barrier(t, c) // the broker holds the three PUBACKs
 		gen := dropConnection(c)
 		waitReconnected(t, c, gen)
@@ -417,7 +418,7 @@ func TestAckOrder(t *testing.T) {
 		for _, tp := range topics {
 			h.publish(tp, "marker-"+tp)
 		}
-		waitFor(t, "markers", func() bool {
+		wait.For(t, "markers", func() bool {
 			for _, tp := range topics {
 				if !p.has("marker-" + tp) {
 					return false
@@ -425,7 +426,7 @@ func TestAckOrder(t *testing.T) {
 			}
 			return true
 		})
-		waitFor(t, "all acknowledged", func() bool { return idle(c) })
+		wait.For(t, "all acknowledged", func() bool { return idle(c) })
 		var redelivered []string
 		for _, m := range p.snapshot() {
 			if m.Redelivered {
@@ -459,7 +460,7 @@ func TestRedeliveryAfterKill(t *testing.T) {
 	for i := range n {
 		h.publish(topic(i), fmt.Sprintf("k%02d", i))
 	}
-	waitFor(t, "all held", func() bool { return c1.inUse.Load() == n })
+	wait.For(t, "all held", func() bool { return c1.inUse.Load() == n })
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
 	err = c1.Shutdown(ctx)
@@ -473,7 +474,7 @@ func TestRedeliveryAfterKill(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.start(c2)
-	waitFor(t, "redelivery", func() bool { return len(p2.count()) == n })
+	wait.For(t, "redelivery", func() bool { return len(p2.count()) == n })
 	for _, m := range p2.snapshot() {
 		if !m.Redelivered {
 			t.Errorf("%s redelivered without Dup", m.Payload)
@@ -515,7 +516,7 @@ func TestSharedSubscriptionSplit(t *testing.T) {
 		}
 		return u
 	}
-	waitFor(t, "all 2000 messages", func() bool { return len(union()) == topics*per })
+	wait.For(t, "all 2000 messages", func() bool { return len(union()) == topics*per })
 	a, b := len(pa.count()), len(pb.count())
 	if a == 0 || b == 0 {
 		t.Fatalf("split %d/%d: both replicas should get a share", a, b)
@@ -547,7 +548,7 @@ func TestGracefulShutdown(t *testing.T) {
 	for i := range n {
 		h.publish(topic(i), fmt.Sprintf("g%02d", i))
 	}
-	waitFor(t, "processing under way", func() bool { return started.Load() >= 10 })
+	wait.For(t, "processing under way", func() bool { return started.Load() >= 10 })
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := c1.Shutdown(ctx); err != nil {
@@ -567,11 +568,11 @@ func TestGracefulShutdown(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.start(c2)
-	waitFor(t, "the rest", func() bool { return len(first)+len(p2.count()) >= n })
+	wait.For(t, "the rest", func() bool { return len(first)+len(p2.count()) >= n })
 	for i := range n {
 		h.publish(topic(i), "marker")
 	}
-	waitFor(t, "markers", func() bool { return p2.count()["marker"] == n })
+	wait.For(t, "markers", func() bool { return p2.count()["marker"] == n })
 	for k := range p2.count() {
 		if first[k] > 0 {
 			t.Errorf("%s was finished before shutdown and delivered again", k)
@@ -607,7 +608,7 @@ func TestUnsubscribeOnShutdown(t *testing.T) {
 	}
 	const n = 100
 	h.publish(topic(0), seqPayloads(topic(0), n)...)
-	waitFor(t, "replica-b gets all", func() bool { return len(pb.count()) == n })
+	wait.For(t, "replica-b gets all", func() bool { return len(pb.count()) == n })
 }
 
 func TestBrokerRestart(t *testing.T) {
@@ -622,7 +623,7 @@ func TestBrokerRestart(t *testing.T) {
 	h.b.Restart()
 	waitReconnected(t, c, gen)
 	h.publish(topic(1), "after-restart")
-	waitFor(t, "message after broker restart", func() bool { return p.has("after-restart") })
+	wait.For(t, "message after broker restart", func() bool { return p.has("after-restart") })
 }
 
 // TestBrokerDownAtStart: Run keeps retrying the first connection (with
@@ -641,14 +642,14 @@ func TestBrokerDownAtStart(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- c.Run(ctx) }()
-	waitFor(t, "a failed connect", func() bool { return h.logs.FilterMessage("connection to broker failed").Len() > 0 })
+	wait.For(t, "a failed connect", func() bool { return h.logs.FilterMessage("connection to broker failed").Len() > 0 })
 	if c.Ready() {
 		t.Fatal("ready with the broker down")
 	}
 	h.b.Restart()
-	waitFor(t, "ready after the broker came up", c.Ready)
+	wait.For(t, "ready after the broker came up", c.Ready)
 	h.publish(topic(0), "hello")
-	waitFor(t, "message", func() bool { return p.has("hello") })
+	wait.For(t, "message", func() bool { return p.has("hello") })
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatalf("Run: %v", err)
@@ -673,7 +674,7 @@ func TestProcessorErrorRetried(t *testing.T) {
 	}
 	h.start(c)
 	h.publish(topic(0), "x0", "x1")
-	waitFor(t, "both processed and acknowledged", func() bool { return len(p.count()) == 2 && idle(c) })
+	wait.For(t, "both processed and acknowledged", func() bool { return len(p.count()) == 2 && idle(c) })
 	if got := p.snapshot(); string(got[0].Payload) != "x0" || string(got[1].Payload) != "x1" {
 		t.Fatalf("order %s, %s", got[0].Payload, got[1].Payload)
 	}

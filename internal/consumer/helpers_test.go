@@ -14,6 +14,7 @@ import (
 
 	"github.com/decryptd/decryptd/internal/intake"
 	"github.com/decryptd/decryptd/internal/testutil/mosquittotest"
+	"github.com/decryptd/decryptd/internal/testutil/wait"
 )
 
 // fakeProc records the messages it accepted, in the order it accepted them.
@@ -84,17 +85,6 @@ func (p *fakeProc) count() map[string]int {
 
 func (p *fakeProc) has(payload string) bool { return p.count()[payload] > 0 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 type harness struct {
 	t    *testing.T
 	b    *mosquittotest.Broker
@@ -154,7 +144,7 @@ func (h *harness) start(c *Consumer) {
 			h.t.Error("Run did not return")
 		}
 	})
-	waitFor(h.t, "consumer ready", c.Ready)
+	wait.For(h.t, "consumer ready", c.Ready)
 }
 
 // publish sends payloads in order at QoS 1 and waits for the broker to
@@ -195,7 +185,7 @@ func dropConnection(c *Consumer) uint64 {
 // waitReconnected waits for a connection newer than gen to be subscribed.
 func waitReconnected(t *testing.T, c *Consumer, gen uint64) {
 	t.Helper()
-	waitFor(t, "reconnect and resubscribe", func() bool { return c.currentGen() > gen && c.Ready() })
+	wait.For(t, "reconnect and resubscribe", func() bool { return c.currentGen() > gen && c.Ready() })
 }
 
 // barrier returns once the broker has processed everything the consumer's

@@ -8,8 +8,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"testing"
-	"time"
 
 	"github.com/decryptd/decryptd/internal/decrypt"
 	"github.com/decryptd/decryptd/internal/intake"
@@ -224,18 +222,6 @@ func (s *fakeSink) batchSizes() []int {
 		out = append(out, len(b))
 	}
 	return out
-}
-
-// waitFor polls cond every few milliseconds for up to 10 s.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
 }
 
 // process runs m through p and waits, as the consumer's worker would.

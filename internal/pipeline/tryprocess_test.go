@@ -13,6 +13,8 @@ import (
 	"github.com/decryptd/decryptd/internal/intake"
 	"github.com/decryptd/decryptd/internal/pipeline"
 	"github.com/decryptd/decryptd/internal/sink"
+	"github.com/decryptd/decryptd/internal/testutil/metrictest"
+	"github.com/decryptd/decryptd/internal/testutil/wait"
 )
 
 // tryOpener is fakeOpener whose TryOpen answers tryErr when set, for the
@@ -131,7 +133,7 @@ func TestTryProcess(t *testing.T) {
 			}
 			payload := string(c.m.Payload)
 			opensBefore := e.opens(payload)
-			durBefore := metric(t, e.reg, "decryptd_decrypt_duration_seconds")
+			durBefore := metrictest.Value(t, e.reg, "decryptd_decrypt_duration_seconds")
 			processedBefore := processedTotal(t, e)
 
 			dc := newDoneCounter()
@@ -145,7 +147,7 @@ func TestTryProcess(t *testing.T) {
 				if got := e.opens(payload); got != opensBefore {
 					t.Errorf("opens of %s: %d, was %d: a declined TryProcess opened it", payload, got, opensBefore)
 				}
-				if got := metric(t, e.reg, "decryptd_decrypt_duration_seconds"); got != durBefore {
+				if got := metrictest.Value(t, e.reg, "decryptd_decrypt_duration_seconds"); got != durBefore {
 					t.Errorf("decrypt duration observations: %v, was %v", got, durBefore)
 				}
 			}
@@ -212,7 +214,7 @@ func processedTotal(t *testing.T, e *env) float64 {
 	t.Helper()
 	var n float64
 	for _, o := range []string{pipeline.OutcomeDelivered, pipeline.OutcomeDeadLettered, pipeline.OutcomeDuplicate} {
-		n += metric(t, e.reg, "decryptd_messages_processed_total", "outcome", o)
+		n += metrictest.Value(t, e.reg, "decryptd_messages_processed_total", "outcome", o)
 	}
 	return n
 }
@@ -273,7 +275,7 @@ func TestTryProcessMixedOrder(t *testing.T) {
 	if declined == 0 || declined == tried {
 		t.Fatalf("TryProcess declined %d of %d calls: the test needs both kinds", declined, tried)
 	}
-	waitFor(t, "sink b to hold every record while a stalls", func() bool { return len(e.b.records()) == len(want) })
+	wait.For(t, "sink b to hold every record while a stalls", func() bool { return len(e.b.records()) == len(want) })
 	close(gate)
 	dc.wait(t, n)
 	e.close()
