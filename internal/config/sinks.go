@@ -18,6 +18,11 @@ import (
 // DeadLetterSinkName names the dead-letter sink in metrics and logs.
 const DeadLetterSinkName = "dead_letter"
 
+// isCommonSinkKey reports whether key is one every sinks entry has,
+// whatever its type (read into Sink's own fields, not the type's Config).
+// A setting common to every sink type goes here and on Sink.
+func isCommonSinkKey(key string) bool { return key == "name" || key == "type" }
+
 // UnmarshalYAML reads name and type and keeps the entry for the sink type
 // registry to decode (decodeSinks).
 func (s *Sink) UnmarshalYAML(n *yaml.Node) error {
@@ -85,7 +90,7 @@ func decodeEntry(reg *sink.Registry, typ string, n *yaml.Node) (cfg sink.Config,
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k := n.Content[i]
 		switch {
-		case k.Value == "name" || k.Value == "type":
+		case isCommonSinkKey(k.Value):
 		case own[k.Value]:
 			body.Content = append(body.Content, k, n.Content[i+1])
 		case known[k.Value]:
