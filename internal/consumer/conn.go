@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/decryptd/decryptd/internal/mqttstore"
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"go.uber.org/zap"
 )
@@ -237,4 +238,53 @@ func (t *trackedConn) Write(p []byte) (int, error) {
 		err = errAborted
 	}
 	return n, err
+}
+
+// pahoOptions configures paho for the consumer's promises: a persistent
+// session, manual acknowledgement, no store, wire-order handling, and the
+// consumer's own dialing, subscribing and reconnect policy.
+func (c *Consumer) pahoOptions() *mqtt.ClientOptions {
+	o := c.o
+	po := mqtt.NewClientOptions()
+	for _, b := range o.Brokers {
+		po.AddBroker(b)
+	}
+	po.SetClientID(o.ClientID).
+		SetCleanSession(false). // the broker keeps unacknowledged messages for a restarted replica
+		SetAutoAckDisabled(true).
+		// paho's default MemoryStore records every received QoS 1 message
+		// and deletes it at its PUBACK (a locked map, twice per message),
+		// for a resend on reconnect that only QoS 2 and publishing use; the
+		// consumer does neither, and the broker's session is what keeps
+		// unacknowledged messages.
+		SetStore(mqttstore.Discard{}).
+		// OrderMatters(true): the handler runs on paho's router goroutine in
+		// wire order, which is what per-topic order and in-order PUBACKs
+		// need; with false each message gets its own goroutine and the
+		// scheduler reorders them. The handler therefore must not block; see
+		// onMessage for the one bounded exception.
+		SetOrderMatters(true).
+		// Before Connect: a persistent session delivers queued messages
+		// before any SUBSCRIBE registers a route, and paho never acks a
+		// message no handler took.
+		SetDefaultPublishHandler(c.onMessage).
+		SetOnConnectHandler(c.onConnect).
+		SetConnectionNotificationHandler(c.onNotify).
+		SetCustomOpenConnectionFn(c.dial).
+		SetProtocolVersion(4). // no silent fall back to 3.1 after a refused connect
+		SetKeepAlive(o.KeepAlive).
+		SetPingTimeout(pingTimeout).
+		SetConnectTimeout(o.ConnectTimeout).
+		SetAutoReconnect(true).
+		SetMaxReconnectInterval(o.MaxReconnectInterval).
+		SetConnectRetry(false). // Run retries the first connect itself, so it can be cancelled
+		SetResumeSubs(false)    // subscriptions are renewed in onConnect instead
+	if o.TLS != nil {
+		po.SetTLSConfig(o.TLS)
+	}
+	if o.Username != "" {
+		po.SetUsername(o.Username)
+		po.SetPassword(o.Password)
+	}
+	return po
 }

@@ -12,7 +12,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/decryptd/decryptd/internal/intake"
-	"github.com/decryptd/decryptd/internal/mqttstore"
 )
 
 // Source is what the consumer sets as intake.Message.Source.
@@ -124,48 +123,7 @@ func New(o Options, p Processor) (*Consumer, error) {
 	for i := range c.lanes {
 		c.lanes[i] = &lane{wake: make(chan struct{}, 1)}
 	}
-	po := mqtt.NewClientOptions()
-	for _, b := range o.Brokers {
-		po.AddBroker(b)
-	}
-	po.SetClientID(o.ClientID).
-		SetCleanSession(false). // the broker keeps unacknowledged messages for a restarted replica
-		SetAutoAckDisabled(true).
-		// paho's default MemoryStore records every received QoS 1 message
-		// and deletes it at its PUBACK (a locked map, twice per message),
-		// for a resend on reconnect that only QoS 2 and publishing use; the
-		// consumer does neither, and the broker's session is what keeps
-		// unacknowledged messages.
-		SetStore(mqttstore.Discard{}).
-		// OrderMatters(true): the handler runs on paho's router goroutine in
-		// wire order, which is what per-topic order and in-order PUBACKs
-		// need; with false each message gets its own goroutine and the
-		// scheduler reorders them. The handler therefore must not block; see
-		// onMessage for the one bounded exception.
-		SetOrderMatters(true).
-		// Before Connect: a persistent session delivers queued messages
-		// before any SUBSCRIBE registers a route, and paho never acks a
-		// message no handler took.
-		SetDefaultPublishHandler(c.onMessage).
-		SetOnConnectHandler(c.onConnect).
-		SetConnectionNotificationHandler(c.onNotify).
-		SetCustomOpenConnectionFn(c.dial).
-		SetProtocolVersion(4). // no silent fall back to 3.1 after a refused connect
-		SetKeepAlive(o.KeepAlive).
-		SetPingTimeout(pingTimeout).
-		SetConnectTimeout(o.ConnectTimeout).
-		SetAutoReconnect(true).
-		SetMaxReconnectInterval(o.MaxReconnectInterval).
-		SetConnectRetry(false). // Run retries the first connect itself, so it can be cancelled
-		SetResumeSubs(false)    // subscriptions are renewed in onConnect instead
-	if o.TLS != nil {
-		po.SetTLSConfig(o.TLS)
-	}
-	if o.Username != "" {
-		po.SetUsername(o.Username)
-		po.SetPassword(o.Password)
-	}
-	c.client = mqtt.NewClient(po)
+	c.client = mqtt.NewClient(c.pahoOptions())
 	c.m, err = newMetrics(o.Registerer,
 		func() float64 { return b2f(c.client.IsConnectionOpen()) },
 		func() float64 { return float64(c.inUse.Load()) },
