@@ -15,7 +15,9 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/decryptd/decryptd/internal/config"
+	"github.com/decryptd/decryptd/internal/fleet"
 	"github.com/decryptd/decryptd/internal/kms/local"
+	"github.com/decryptd/decryptd/internal/pki"
 )
 
 // The topic filter both drainers subscribe to, through one shared
@@ -217,41 +219,14 @@ func Drain(ctx context.Context, o DrainOptions) (*DrainResult, error) {
 	res := &DrainResult{Messages: o.Messages, Devices: o.Devices, DistinctKeys: f.Keys(), Workers: o.Workers,
 		MaxInFlight: o.MaxInFlight, BrokerInflight: o.BrokerInflight, Autosave: o.Autosave, UnwrapsMatch: true,
 		BrokerCPUs: o.BrokerCPUs, GOMAXPROCS: runtime.GOMAXPROCS(0)}
+	ds := &drainSetup{o: o, b: b, pubTLS: pubTLS, drainTLS: drainTLS, drainFiles: drainFiles, f: f, rootFile: rootFile, regFile: regFile, say: say}
 	var bare, dec []float64
 	for r := 1; r <= o.Rounds; r++ {
 		for _, side := range []string{"bare", "decryptd"} {
-			id := fmt.Sprintf("bench-%s-%d", side, r)
-			label := fmt.Sprintf("round %d/%d %s", r, o.Rounds, side)
-			if err := prepareSession(b.URL, drainTLS, id); err != nil {
-				return nil, err
-			}
-			pstart := time.Now()
-			sent, err := publishBacklog(ctx, b.URL, pubTLS, f, o.Messages, o.PublishConns, uint64(r*10), o.Progress, label)
+			run, err := ds.round(ctx, side, r)
 			if err != nil {
 				return nil, err
 			}
-			prate := float64(o.Messages) / time.Since(pstart).Seconds()
-			say("%s: backlog of %d messages (%.0f B average) queued at %.0f msg/s", label, o.Messages, float64(sent)/float64(o.Messages), prate)
-			var run *DrainRun
-			stopProfile, err := startProfile(o.ProfileDir, fmt.Sprintf("%s-%d", side, r))
-			if err != nil {
-				return nil, err
-			}
-			if side == "bare" {
-				run, err = drainBare(ctx, b, drainTLS, id, o.Messages, o.Progress, label)
-			} else {
-				run, err = drainDaemon(ctx, b, drainFiles, id, o, rootFile, regFile, r, label)
-			}
-			stopProfile()
-			if err != nil {
-				return nil, fmt.Errorf("%s: %w", label, err)
-			}
-			if err := wipeSession(b.URL, drainTLS, id); err != nil {
-				return nil, err
-			}
-			run.Round, run.PublishRate, run.PayloadAvg = r, prate, float64(sent)/float64(o.Messages)
-			say("%s: drained %d in %.2f s = %.0f msg/s, %.1f µs CPU/msg, latency p50 %.0f ms p99 %.0f ms, peak RSS %d MiB",
-				label, run.Messages, run.Seconds, run.Rate, run.CPUPerMsgUS, run.Receipt.P50, run.Receipt.P99, run.PeakRSS>>20)
 			if side == "bare" {
 				bare = append(bare, run.Rate)
 			} else {
@@ -313,4 +288,55 @@ func wipeSession(url string, tc *tls.Config, id string) error {
 	}
 	c.Disconnect(250)
 	return nil
+}
+
+// drainSetup is what every round of Drain shares: the broker, the TLS of
+// the publisher and of the drainers, the fleet and its keys.
+type drainSetup struct {
+	o                DrainOptions
+	b                *Broker
+	pubTLS, drainTLS *tls.Config
+	drainFiles       pki.Files
+	f                *fleet.Fleet
+	rootFile         string
+	regFile          string
+	say              func(format string, args ...any)
+}
+
+// round queues a fresh backlog in side's session ("bare" or "decryptd")
+// and drains it.
+func (s *drainSetup) round(ctx context.Context, side string, r int) (*DrainRun, error) {
+	id := fmt.Sprintf("bench-%s-%d", side, r)
+	label := fmt.Sprintf("round %d/%d %s", r, s.o.Rounds, side)
+	if err := prepareSession(s.b.URL, s.drainTLS, id); err != nil {
+		return nil, err
+	}
+	pstart := time.Now()
+	sent, err := publishBacklog(ctx, s.b.URL, s.pubTLS, s.f, s.o.Messages, s.o.PublishConns, uint64(r*10), s.o.Progress, label)
+	if err != nil {
+		return nil, err
+	}
+	prate := float64(s.o.Messages) / time.Since(pstart).Seconds()
+	s.say("%s: backlog of %d messages (%.0f B average) queued at %.0f msg/s", label, s.o.Messages, float64(sent)/float64(s.o.Messages), prate)
+	var run *DrainRun
+	stopProfile, err := startProfile(s.o.ProfileDir, fmt.Sprintf("%s-%d", side, r))
+	if err != nil {
+		return nil, err
+	}
+	if side == "bare" {
+		run, err = drainBare(ctx, s.b, s.drainTLS, id, s.o.Messages, s.o.Progress, label)
+	} else {
+		run, err = drainDaemon(ctx, s.b, s.drainFiles, id, s.o, s.rootFile, s.regFile, r, label)
+	}
+	stopProfile()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", label, err)
+	}
+	if err := wipeSession(s.b.URL, s.drainTLS, id); err != nil {
+		return nil, err
+	}
+	run.Round, run.PublishRate, run.PayloadAvg = r, prate, float64(sent)/float64(s.o.Messages)
+	s.say("%s: drained %d in %.2f s = %.0f msg/s, %.1f µs CPU/msg, latency p50 %.0f ms p99 %.0f ms, peak RSS %d MiB",
+		label, run.Messages, run.Seconds, run.Rate, run.CPUPerMsgUS, run.Receipt.P50, run.Receipt.P99, run.PeakRSS>>20)
+	return run, nil
 }
