@@ -486,3 +486,12 @@ func TestInputType(t *testing.T) {
 		t.Fatalf("unknown input type: %v", err)
 	}
 }
+
+// A sinks entry written as a YAML alias is the entry it names.
+func TestSinkAlias(t *testing.T) {
+	text := strings.Replace(base, "  - {name: out, type: file, path: /k/out.jsonl}\n", "  - &out {name: out, type: file, path: /k/out.jsonl}\n  - *out\n", 1)
+	_, err := Parse([]byte(text), noEnv)
+	if err == nil || !strings.Contains(err.Error(), `sinks[1].name: "out" already names sinks[0]`) {
+		t.Fatalf("err = %v", err)
+	}
+}

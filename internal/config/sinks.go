@@ -26,6 +26,9 @@ func isCommonSinkKey(key string) bool { return key == "name" || key == "type" }
 // UnmarshalYAML reads name and type and keeps the entry for the sink type
 // registry to decode (decodeSinks).
 func (s *Sink) UnmarshalYAML(n *yaml.Node) error {
+	for n.Kind == yaml.AliasNode && n.Alias != nil {
+		n = n.Alias
+	}
 	if n.Kind != yaml.MappingNode {
 		return fmt.Errorf("line %d: a sink is a mapping of keys (name, type, and the type's own)", n.Line)
 	}
