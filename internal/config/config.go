@@ -56,7 +56,8 @@ const (
 // with (sinktypes.Registry() unless ParseWith was given another).
 func (c *Config) SinkTypes() *sink.Registry {
 	if c.sinkTypes == nil {
-		c.sinkTypes = sinktypes.Registry()
+		// Not stored: a Config is read concurrently once loaded.
+		return sinktypes.Registry()
 	}
 	return c.sinkTypes
 }
