@@ -26,4 +26,9 @@
 // operation call counters; Server adds a listener on 127.0.0.1:0 that counts
 // new TCP connections (keep-alive reuse is observable) and can refuse
 // connections outright. Everything is safe for concurrent use.
+//
+// Files by job: emulator.go (options, routing, IAM, authorization),
+// model.go (keys, versions, states, aliases), ciphertext.go (the opaque
+// wrap format), wire.go (JSON shapes, refusal envelopes), handlers.go (one
+// function per Key Protect route), faults.go and server.go.
 package kpemu

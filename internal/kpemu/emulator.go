@@ -4,9 +4,6 @@ import (
 	"crypto/rand"
 	"crypto/subtle"
 	"encoding/hex"
-	"encoding/json"
-	"fmt"
-	"io"
 	mrand "math/rand/v2"
 	"net/http"
 	"strings"
@@ -320,79 +317,6 @@ func (e *Emulator) serveToken(w http.ResponseWriter, r *http.Request) {
 		"expires_in":    int64(e.opts.TokenTTL / time.Second),
 		"expiration":    exp.Unix(),
 	})
-}
-
-func writeIAMError(w http.ResponseWriter, status int, code, msg string) {
-	writeJSON(w, status, map[string]any{
-		"errorCode":    code,
-		"errorMessage": msg,
-		"context":      map[string]string{"requestId": newUUID()},
-	})
-}
-
-// reason is one entry of an error's reasons list.
-type reason struct {
-	Code     string `json:"code"`
-	Message  string `json:"message"`
-	Status   int    `json:"status"`
-	MoreInfo string `json:"moreInfo"`
-	Target   *struct {
-		Type string `json:"type"`
-		Name string `json:"name"`
-	} `json:"target,omitempty"`
-}
-
-func newReason(status int, code, msg string) *reason {
-	return &reason{Code: code, Message: msg, Status: status, MoreInfo: moreInfo}
-}
-
-func (r *reason) withTarget(field string) *reason {
-	r.Target = &struct {
-		Type string `json:"type"`
-		Name string `json:"name"`
-	}{"field", field}
-	return r
-}
-
-// writeError writes the Key Protect error envelope (§1.5).
-func writeError(w http.ResponseWriter, status int, msg string, rs *reason) {
-	res := map[string]any{"errorMsg": msg}
-	if rs != nil {
-		res["reasons"] = []*reason{rs}
-	}
-	writeJSON(w, status, map[string]any{
-		"metadata":  map[string]any{"collectionType": errType, "collectionTotal": 1},
-		"resources": []any{res},
-	})
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		http.Error(w, "internal error", http.StatusInternalServerError)
-		return
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Content-Length", fmt.Sprint(len(b)))
-	w.WriteHeader(status)
-	w.Write(b)
-}
-
-// readBody decodes an optional JSON body: empty and "null" leave v as is.
-func readBody(r *http.Request, v any) error {
-	b, err := io.ReadAll(r.Body)
-	if err != nil {
-		return err
-	}
-	if len(strings.TrimSpace(string(b))) == 0 {
-		return nil
-	}
-	return json.Unmarshal(b, v)
-}
-
-func badBody(w http.ResponseWriter) {
-	writeError(w, http.StatusBadRequest, "Bad Request: The request body could not be parsed. Please see 'reasons' for more details (BAD_BODY_ERR)",
-		newReason(http.StatusBadRequest, "BAD_BODY_ERR", "Invalid body data was passed: Please ensure the data passed had valid formatting with no invalid characters"))
 }
 
 func randomHex(n int) string {
