@@ -8,9 +8,19 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 )
 
 func (e *Emulator) createKey(w http.ResponseWriter, r *http.Request, _ string) {
+	e.create(w, r, false)
+}
+
+// createKeyWithPolicies is POST keys_with_policy_overrides.
+func (e *Emulator) createKeyWithPolicies(w http.ResponseWriter, r *http.Request, _ string) {
+	e.create(w, r, true)
+}
+
+func (e *Emulator) create(w http.ResponseWriter, r *http.Request, withPolicies bool) {
 	var env keysEnvelope
 	if err := readBody(r, &env); err != nil || len(env.Resources) != 1 {
 		badBody(w)
@@ -21,7 +31,7 @@ func (e *Emulator) createKey(w http.ResponseWriter, r *http.Request, _ string) {
 	if ring == "" {
 		ring = defaultRingID
 	}
-	k, err := e.newKey(req, ring)
+	k, err := e.newKey(req, ring, withPolicies)
 	var fe *fieldError
 	switch {
 	case errors.As(err, &fe):
@@ -330,7 +340,7 @@ func (e *Emulator) rotate(w http.ResponseWriter, r *http.Request, id string) {
 	}
 	k.versions = append(k.versions, v)
 	k.lastRotate = ptr(now)
-	k.updated = now
+	k.updated = ptr(now)
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -342,7 +352,7 @@ func (e *Emulator) disable(w http.ResponseWriter, r *http.Request, id string) {
 	}
 	defer e.mu.Unlock()
 	now := e.now()
-	k.state, k.updated, k.lastStateChange = StateSuspended, now, now
+	k.state, k.updated, k.lastStateChange = StateSuspended, ptr(now), now
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -358,7 +368,7 @@ func (e *Emulator) enable(w http.ResponseWriter, r *http.Request, id string) {
 		tooEarly(w)
 		return
 	}
-	k.state, k.updated, k.lastStateChange = StateActive, now, now
+	k.state, k.updated, k.lastStateChange = StateActive, ptr(now), now
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -377,7 +387,7 @@ func (e *Emulator) deleteKey(w http.ResponseWriter, r *http.Request, id string) 
 		return
 	}
 	now := e.now()
-	k.state, k.updated, k.lastStateChange, k.deletionDate = StateDestroyed, now, now, ptr(now)
+	k.state, k.updated, k.lastStateChange, k.deletionDate = StateDestroyed, ptr(now), now, ptr(now)
 	j := e.render(k, false)
 	e.mu.Unlock()
 	if strings.Contains(r.Header.Get("Prefer"), "return=representation") {
@@ -406,7 +416,7 @@ func (e *Emulator) restoreKey(w http.ResponseWriter, r *http.Request, id string)
 		tooEarly(w)
 		return
 	}
-	k.state, k.updated, k.lastStateChange, k.deletionDate = StateActive, now, now, nil
+	k.state, k.updated, k.lastStateChange, k.deletionDate = StateActive, ptr(now), now, nil
 	j := e.render(k, false)
 	e.mu.Unlock()
 	writeKeys(w, http.StatusCreated, j)
@@ -443,5 +453,87 @@ func (e *Emulator) purgeKey(w http.ResponseWriter, r *http.Request, id string) {
 		writeKeys(w, http.StatusOK, j)
 		return
 	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// maxAliases is the service's limit of aliases per key.
+const maxAliases = 5
+
+type aliasJSON struct {
+	KeyID        string     `json:"keyId"`
+	Alias        string     `json:"alias"`
+	CreatedBy    string     `json:"createdBy"`
+	CreationDate *time.Time `json:"creationDate"`
+}
+
+func splitAliasRoute(idAlias string) (id, alias string) {
+	id, alias, _ = strings.Cut(idAlias, "/")
+	return id, alias
+}
+
+// createAlias is POST keys/{id}/aliases/{alias} (key_alias.go): 201 with
+// the alias; 409 KEY_ALIAS_NOT_UNIQUE_ERR when another key holds it.
+func (e *Emulator) createAlias(w http.ResponseWriter, r *http.Request, idAlias string) {
+	id, alias := splitAliasRoute(idAlias)
+	if !aliasRE.MatchString(alias) || uuidRE.MatchString(alias) {
+		invalidField(w, "alias", "2 to 90 letters, digits, '-' or '_', not a UUID")
+		return
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	k := e.lookupLocked(id)
+	switch {
+	case k == nil:
+		notFound(w)
+		return
+	case k.state == StateDestroyed:
+		gone(w, "alias")
+		return
+	}
+	if holder, taken := e.aliases[alias]; taken && holder != k.id {
+		writeError(w, http.StatusConflict, "Conflict: Alias could not be created: Please see 'reasons' for more details (KEY_ALIAS_NOT_UNIQUE_ERR)",
+			newReason(http.StatusConflict, "KEY_ALIAS_NOT_UNIQUE_ERR", "One or more aliases are already associated with a key in the instance"))
+		return
+	}
+	if !slices.Contains(k.aliases, alias) {
+		if len(k.aliases) >= maxAliases {
+			writeError(w, http.StatusBadRequest, "Bad Request: Alias could not be created: Please see 'reasons' for more details (KEY_ALIAS_QUOTA_ERR)",
+				newReason(http.StatusBadRequest, "KEY_ALIAS_QUOTA_ERR", "A key can have at most 5 aliases"))
+			return
+		}
+		k.aliases = append(k.aliases, alias)
+		e.aliases[alias] = k.id
+	}
+	var env struct {
+		Metadata struct {
+			CollectionType  string `json:"collectionType"`
+			CollectionTotal int    `json:"collectionTotal"`
+		} `json:"metadata"`
+		Resources []aliasJSON `json:"resources"`
+	}
+	env.Metadata.CollectionType = "application/vnd.ibm.kms.alias+json"
+	env.Metadata.CollectionTotal = 1
+	env.Resources = []aliasJSON{{KeyID: k.id, Alias: alias, CreatedBy: "kpemu", CreationDate: utc(e.now())}}
+	writeJSON(w, http.StatusCreated, env)
+}
+
+// deleteAlias is DELETE keys/{id}/aliases/{alias}: 204, or 404 when the
+// key does not hold that alias.
+func (e *Emulator) deleteAlias(w http.ResponseWriter, r *http.Request, idAlias string) {
+	id, alias := splitAliasRoute(idAlias)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	k := e.lookupLocked(id)
+	if k == nil {
+		notFound(w)
+		return
+	}
+	if !slices.Contains(k.aliases, alias) {
+		writeError(w, http.StatusNotFound, "Not Found: Alias could not be deleted: Please see 'reasons' for more details (KEY_ALIAS_NOT_FOUND_ERR)",
+			newReason(http.StatusNotFound, "KEY_ALIAS_NOT_FOUND_ERR", "The alias does not exist for this key"))
+		return
+	}
+	k.aliases = slices.DeleteFunc(k.aliases, func(a string) bool { return a == alias })
+	delete(e.aliases, alias)
 	w.WriteHeader(http.StatusNoContent)
 }

@@ -46,7 +46,11 @@ type key struct {
 	payload               []byte // standard keys only; GET returns it
 	state                 int
 	keyRing               string
-	created, updated      time.Time
+	created               time.Time
+	updated               *time.Time      // nil until the key first changes (the service sets no lastUpdateDate on create)
+	rotation              *rotationPolicy // the key's rotation policy, nil when it has none
+	dualAuth              *bool           // the key's dualAuthDelete policy, nil when unset
+	policyCreated         time.Time
 	lastRotate            *time.Time
 	lastStateChange       time.Time
 	expiration            *time.Time
@@ -102,7 +106,7 @@ var uuidRE = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[
 // CreateRootKey makes a generated root key directly (no HTTP, no counters),
 // for cmd/kpemu and test setup. It returns the key id.
 func (e *Emulator) CreateRootKey(name string) (string, error) {
-	k, err := e.newKey(keyJSON{Name: name}, defaultRingID)
+	k, err := e.newKey(keyJSON{Name: name}, defaultRingID, false)
 	if err != nil {
 		return "", err
 	}
@@ -125,8 +129,11 @@ type fieldError struct{ field, msg string }
 
 func (f *fieldError) Error() string { return f.field + ": " + f.msg }
 
-// newKey validates a create request and stores the key.
-func (e *Emulator) newKey(req keyJSON, ring string) (*key, error) {
+// newKey validates a create request and stores the key. withPolicies is
+// keys_with_policy_overrides: the request's rotation and dualAuthDelete
+// replace the instance's policies (absent means none); otherwise a root
+// key inherits the instance's enabled policies.
+func (e *Emulator) newKey(req keyJSON, ring string, withPolicies bool) (*key, error) {
 	if n := len(req.Name); n < 2 || n > 90 {
 		return nil, &fieldError{"name", "a string of 2 to 90 characters"}
 	}
@@ -136,6 +143,13 @@ func (e *Emulator) newKey(req keyJSON, ring string) (*key, error) {
 	for _, a := range req.Aliases {
 		if !aliasRE.MatchString(a) || uuidRE.MatchString(a) {
 			return nil, &fieldError{"aliases", "2 to 90 letters, digits, '-' or '_', not a UUID"}
+		}
+	}
+	var rot *rotationPolicy
+	if withPolicies && req.Rotation != nil {
+		var err error
+		if rot, err = mergeRotation(nil, req.Rotation); err != nil {
+			return nil, err
 		}
 	}
 	if req.EncryptedNonce != "" || req.IV != "" {
@@ -161,7 +175,7 @@ func (e *Emulator) newKey(req keyJSON, ring string) (*key, error) {
 		aliases: slices.Clone(req.Aliases), tags: slices.Clone(req.Tags),
 		extractable: req.Extractable, imported: imported,
 		state: StateActive, keyRing: ring,
-		created: now, updated: now, lastStateChange: now, expiration: req.Expiration,
+		created: now, lastStateChange: now, expiration: req.Expiration,
 	}
 	if k.extractable {
 		k.payload = material
@@ -175,6 +189,18 @@ func (e *Emulator) newKey(req keyJSON, ring string) (*key, error) {
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	switch {
+	case withPolicies:
+		k.rotation = rot
+		if req.DualAuthDelete != nil {
+			k.dualAuth = ptr(req.DualAuthDelete.Enabled)
+		}
+	case !k.extractable:
+		k.rotation, k.dualAuth = e.inheritedPoliciesLocked()
+	}
+	if k.rotation != nil || k.dualAuth != nil {
+		k.policyCreated = now
+	}
 	for _, a := range k.aliases {
 		if _, taken := e.aliases[a]; taken {
 			return nil, errAliasTaken

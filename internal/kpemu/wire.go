@@ -45,6 +45,7 @@ type keyJSON struct {
 	EncryptionAlgorithm string          `json:"encryptionAlgorithm,omitempty"`
 	EncryptedNonce      string          `json:"encryptedNonce,omitempty"`
 	IV                  string          `json:"iv,omitempty"`
+	Rotation            *rotationJSON   `json:"rotation,omitempty"`
 	DualAuthDelete      *struct {
 		Enabled bool `json:"enabled"`
 	} `json:"dualAuthDelete,omitempty"`
@@ -85,13 +86,19 @@ func (e *Emulator) render(k *key, withPayload bool) keyJSON {
 	j := keyJSON{
 		ID: k.id, Name: k.name, Description: k.description, Type: keyType,
 		Tags: k.tags, Aliases: k.aliases, AlgorithmType: "AES", CreatedBy: "kpemu",
-		CreationDate: utc(k.created), LastUpdateDate: utc(k.updated),
-		KeyRingID: k.keyRing, Extractable: k.extractable, Imported: k.imported,
+		CreationDate: utc(k.created),
+		KeyRingID:    k.keyRing, Extractable: k.extractable, Imported: k.imported,
 		State: k.effectiveState(now), CRN: e.crn(k.id),
 		Deleted: ptr(k.state == StateDestroyed),
 		DualAuthDelete: &struct {
 			Enabled bool `json:"enabled"`
 		}{},
+	}
+	if k.updated != nil {
+		j.LastUpdateDate = utc(*k.updated)
+	}
+	if k.rotation != nil {
+		j.Rotation = k.rotation.json()
 	}
 	if k.lastRotate != nil {
 		j.LastRotateDate = utc(*k.lastRotate)
