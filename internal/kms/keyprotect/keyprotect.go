@@ -87,9 +87,13 @@ type Provider struct {
 	idle    interface{ CloseIdleConnections() }
 }
 
+// What a Key Protect Provider declares (kms.CapabilitiesOf).
 var (
-	_ kms.Provider    = (*Provider)(nil)
-	_ kms.RootManager = (*Provider)(nil)
+	_ kms.Provider      = (*Provider)(nil)
+	_ kms.RootManager   = (*Provider)(nil)
+	_ kms.RootDescriber = (*Provider)(nil)
+	_ kms.RootClock     = (*Provider)(nil)
+	_ kms.RootNamer     = (*Provider)(nil)
 )
 
 // New builds a provider. It reads the API key but makes no network call:
