@@ -205,3 +205,25 @@ func TestTLS(t *testing.T) {
 		t.Fatalf("reset over TLS: %v (%T), want a transport error", err, err)
 	}
 }
+
+// FuzzFaultsJSON: whatever the control endpoint is sent, Faults either
+// refuses it or yields faults within their documented ranges.
+func FuzzFaultsJSON(f *testing.F) {
+	f.Add(`{"outage":"hang","latency":"2s","fail_rate":0.5,"fail_status":503}`)
+	f.Add(`{"iam_outage":"reset","iam_fail_next":3}`)
+	f.Add(`{"latency":"-1s"}`)
+	f.Fuzz(func(t *testing.T, body string) {
+		var j FaultsJSON
+		if json.Unmarshal([]byte(body), &j) != nil {
+			return
+		}
+		fs, err := j.Faults()
+		if err != nil {
+			return
+		}
+		if fs.Latency < 0 || fs.FailRate < 0 || fs.FailRate > 1 || fs.FailNext < 0 || fs.IAMFailNext < 0 ||
+			(fs.FailStatus != 0 && (fs.FailStatus < 400 || fs.FailStatus > 599)) || fs.Outage > OutageReset || fs.IAMOutage > OutageReset {
+			t.Fatalf("accepted %s as %+v", body, fs)
+		}
+	})
+}
