@@ -16,7 +16,9 @@
 // its own; never enforced), and no lastUpdateDate until a key changes. It
 // checks the Authorization bearer token (only tokens its own IAM endpoint
 // issued, until they expire) and the Bluemix-Instance header; it requires
-// no Content-Type. Timing rules of the real service (one rotation per hour, 30 s between a
+// no Content-Type. Not emulated: ListKeys' filter, search and sort
+// (ignored, so a superset comes back), secure import, key rings beyond the
+// header, registrations and KMIP. Timing rules of the real service (one rotation per hour, 30 s between a
 // state change and enable/restore, 4 h before purge) are options, off by
 // default so tests can rotate twice; so is the service's rate limiting
 // (Options.RateLimit: 429 with Retry-After).
