@@ -46,6 +46,7 @@
 // Files by job: emulator.go (options, routing, IAM, authorization),
 // model.go (keys, versions, states, aliases), ciphertext.go (the opaque
 // wrap format), wire.go (JSON shapes, refusal envelopes), handlers.go (one
-// function per Key Protect route), policies.go (key and instance
-// policies), ratelimit.go, faults.go, control.go, tls.go and server.go.
+// function per key route), aliases.go (alias routes), policies.go (key and
+// instance policies), ratelimit.go, faults.go, control.go (the fault
+// control over HTTP), tls.go (the CA) and server.go.
 package kpemu
