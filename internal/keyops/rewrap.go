@@ -37,12 +37,6 @@ type RewrapResult struct {
 // errChanged aborts an Update whose entry moved under us.
 var errChanged = errors.New("entry changed during rewrap")
 
-// describer is the optional, cheaper way to learn one root key's newest
-// version (keyprotect.Provider has it).
-type describer interface {
-	DescribeRoot(ctx context.Context, id string) (kms.RootKey, error)
-}
-
 // Rewrap moves every non-shredded entry whose wrapped DEK is under an older
 // root key version to the newest one (kms.Provider.Rewrap), after a root
 // rotation. Each entry is updated on its own, atomically and only if it did
@@ -144,7 +138,7 @@ func (op *Ops) newestRootVersions(ctx context.Context, es []registry.Entry) (map
 	if len(ids) == 0 {
 		return out, nil
 	}
-	if d, ok := op.o.Roots.(describer); ok {
+	if d := kms.CapabilitiesOf(op.o.Roots).Describe; d != nil { // cheaper: one root key at a time
 		for id := range ids {
 			rk, err := d.DescribeRoot(ctx, id)
 			if err != nil {

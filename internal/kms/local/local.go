@@ -102,9 +102,14 @@ type Provider struct {
 	madeAt   time.Time // when the newest version was made
 }
 
+// What a local Provider declares (kms.CapabilitiesOf): root management,
+// the root clock and the wrapping root's name; no single-root describe
+// (ListRoots is as cheap: the file holds one root key).
 var (
 	_ kms.Provider    = (*Provider)(nil)
 	_ kms.RootManager = (*Provider)(nil)
+	_ kms.RootClock   = (*Provider)(nil)
+	_ kms.RootNamer   = (*Provider)(nil)
 )
 
 // Open loads the root key file at path. It refuses a file that group or
@@ -317,7 +322,7 @@ func (p *Provider) reload() error {
 
 // NewestRootVersion names the wrapping root key version and when it was
 // made (re-reading the file if another process rotated it), for the root
-// key schedule of fleet rotation (rotation.RootClock).
+// key schedule of fleet rotation (kms.RootClock).
 func (p *Provider) NewestRootVersion(ctx context.Context) (rootKeyID, version string, created time.Time, err error) {
 	if err := p.refreshIfChanged(); err != nil {
 		return "", "", time.Time{}, fmt.Errorf("local root version: %w", err)
