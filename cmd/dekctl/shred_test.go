@@ -1,10 +1,15 @@
 package main
 
 import (
+	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/decryptd/decryptd/internal/kpemu"
 )
 
 // dekctl root retire and shred --complete with the local provider and the
@@ -64,6 +69,63 @@ func TestShredCompleteLocal(t *testing.T) {
 	for _, action := range []string{`"action":"root_retire"`, `"action":"shred_complete"`, `"action":"shred"`} {
 		if !strings.Contains(string(log), action) {
 			t.Fatalf("audit log lacks %s", action)
+		}
+	}
+}
+
+// shred --complete with Key Protect (the emulator): the old key is deleted,
+// the DEKs live on under the replacement, which the configuration then names.
+func TestShredCompleteKeyProtect(t *testing.T) {
+	srv, err := kpemu.Start(context.Background(), kpemu.Options{APIKeys: []string{"test-api-key"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "config.yaml")
+	text := strings.Replace(testConfig, "  provider: local\n  local: {root_key_file: var/root-key.json}\n",
+		"  provider: keyprotect\n  keyprotect:\n    base_url: "+srv.URL+"\n    token_url: "+srv.TokenURL+
+			"\n    instance_id: "+srv.InstanceID()+"\n    api_key_env: DEKCTL_TEST_KP_KEY\n    timeout: 5s\n", 1)
+	if err := os.WriteFile(cfg, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"DECRYPTD_CONFIG": cfg, "DEKCTL_TEST_KP_KEY": "test-api-key"}
+	r := runT(t, env, "root", "create", "--name", "decryptd-test")
+	id := regexp.MustCompile(`created root key (\S+)`).FindStringSubmatch(r.stdout)[1]
+	env["DECRYPTD_KMS_KEYPROTECT_ROOT_KEY_ID"] = id
+	for _, d := range []string{"d1", "d2"} {
+		if r := runT(t, env, "provision", "--device", d, "--out", filepath.Join(dir, d+".json")); r.code != 0 {
+			t.Fatalf("provision: %+v", r)
+		}
+	}
+	if r := runT(t, env, "root", "retire", "--version", id); r.code != exitFailed || !strings.Contains(r.stderr, "cannot delete one version") {
+		t.Fatalf("retire a version of the configured key: %+v", r)
+	}
+	r = runT(t, env, "shred", "--complete", "--device", "d1")
+	if r.code != 0 || !strings.Contains(r.stdout, "moved DEKs to the replacement root key") || !strings.Contains(r.stdout, "set kms.keyprotect.root_key_id") {
+		t.Fatalf("shred --complete: %+v", r)
+	}
+	repl := regexp.MustCompile(`replacement root key (\S+)`).FindStringSubmatch(r.stdout)[1]
+	if state, ok := srv.KeyState(id); !ok || state != kpemu.StateDestroyed {
+		t.Fatalf("old key state %d, want destroyed", state)
+	}
+	env["DECRYPTD_KMS_KEYPROTECT_ROOT_KEY_ID"] = repl
+	for _, args := range [][]string{
+		{"provision", "--device", "d3", "--out", filepath.Join(dir, "d3.json")},
+		{"audit", "verify"},
+	} {
+		if r := runT(t, env, args...); r.code != 0 {
+			t.Fatalf("dekctl %v after the switch: %+v", args, r)
+		}
+	}
+	r = runT(t, env, "list", "--json")
+	var infos []map[string]any
+	if err := json.Unmarshal([]byte(r.stdout), &infos); err != nil {
+		t.Fatal(err)
+	}
+	for _, in := range infos {
+		if in["state"] != "shredded" && in["root_key_id"] != repl {
+			t.Fatalf("not under the replacement: %v", in)
 		}
 	}
 }

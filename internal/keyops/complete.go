@@ -62,7 +62,7 @@ func (op *Ops) ShredComplete(ctx context.Context, sel Selector, progress RewrapP
 		return res, err
 	}
 	if _, err := op.retirer(); err != nil {
-		return res, err
+		return res, err // before shredding anything
 	}
 	var err error
 	res.Shredded, err = op.Shred(ctx, sel)
@@ -86,8 +86,16 @@ func (op *Ops) ShredComplete(ctx context.Context, sel Selector, progress RewrapP
 		}
 	}
 
+	retirer, err := op.retirer()
+	if err != nil {
+		return res, err
+	}
 	if replacer, ok := op.o.KMS.(kms.RootReplacer); ok {
-		err = op.moveToReplacement(ctx, replacer, present, live, &res, progress)
+		var moved kms.Provider
+		moved, err = op.moveToReplacement(ctx, replacer, present, live, &res, progress)
+		if r, ok := moved.(kms.RootRetirer); ok {
+			retirer = r // it wraps under the replacement, so the old key may go
+		}
 	} else {
 		err = op.rotateAndRewrap(ctx, present, live, &res, progress)
 	}
@@ -100,7 +108,7 @@ func (op *Ops) ShredComplete(ctx context.Context, sel Selector, progress RewrapP
 		if gone[v] {
 			continue // destroyed with an earlier one (a whole Key Protect key)
 		}
-		rr, err := op.RootRetire(ctx, v.RootKeyID, v.Version)
+		rr, err := op.rootRetire(ctx, retirer, v.RootKeyID, v.Version)
 		if err != nil {
 			return res, err
 		}
@@ -191,7 +199,7 @@ func replacementName(id string) string { return "decryptd-replaces-" + id }
 
 // moveToReplacement moves every DEK under a root key holding a doomed
 // version to that key's replacement (created once, found again by name).
-func (op *Ops) moveToReplacement(ctx context.Context, replacer kms.RootReplacer, roots []kms.RootKey, live []kms.RootVersion, res *CompleteResult, progress RewrapProgress) error {
+func (op *Ops) moveToReplacement(ctx context.Context, replacer kms.RootReplacer, roots []kms.RootKey, live []kms.RootVersion, res *CompleteResult, progress RewrapProgress) (kms.Provider, error) {
 	var old []string
 	for _, v := range live {
 		if !slices.Contains(old, v.RootKeyID) {
@@ -199,10 +207,10 @@ func (op *Ops) moveToReplacement(ctx context.Context, replacer kms.RootReplacer,
 		}
 	}
 	if len(old) > 1 {
-		return invalid("the shredded versions were wrapped under %d root keys; shred them one root key at a time", len(old))
+		return nil, invalid("the shredded versions were wrapped under %d root keys; shred them one root key at a time", len(old))
 	}
 	if len(old) == 0 {
-		return nil
+		return nil, nil
 	}
 	oldID := old[0]
 	var target kms.RootKey
@@ -214,7 +222,7 @@ func (op *Ops) moveToReplacement(ctx context.Context, replacer kms.RootReplacer,
 	if target.ID == "" {
 		var err error
 		if target, err = op.RootCreate(ctx, replacementName(oldID)); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	res.Replacement = target.ID
@@ -229,7 +237,7 @@ func (op *Ops) moveToReplacement(ctx context.Context, replacer kms.RootReplacer,
 	}
 	all, err := op.o.Registry.List(ctx)
 	if err != nil {
-		return fmt.Errorf("list registry: %w", err)
+		return nil, fmt.Errorf("list registry: %w", err)
 	}
 	todo := entriesUnder(all, versions)
 	for _, e := range all {
@@ -238,6 +246,7 @@ func (op *Ops) moveToReplacement(ctx context.Context, replacer kms.RootReplacer,
 		}
 	}
 	res.Rewrap.Todo = len(todo)
-	res.Rewrap, err = op.rewrapEntries(ctx, replacer.WithRootKey(target.ID), todo, res.Rewrap, progress)
-	return err
+	moved := replacer.WithRootKey(target.ID)
+	res.Rewrap, err = op.rewrapEntries(ctx, moved, todo, res.Rewrap, progress)
+	return moved, err
 }

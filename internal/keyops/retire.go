@@ -85,8 +85,13 @@ func (op *Ops) RootRetire(ctx context.Context, rootKeyID, version string) (Retir
 		if rootKeyID, err = op.onlyRoot(ctx); err != nil {
 			return res, err
 		}
-		res.RootKeyID = rootKeyID
 	}
+	return op.rootRetire(ctx, r, rootKeyID, version)
+}
+
+// rootRetire is RootRetire through r.
+func (op *Ops) rootRetire(ctx context.Context, r kms.RootRetirer, rootKeyID, version string) (RetireResult, error) {
+	res := RetireResult{RootKeyID: rootKeyID, Version: version}
 	start := op.o.Now()
 	at := kms.Wrapped{RootKeyID: rootKeyID, RootKeyVersion: version}
 	fail := func(err error, detail string) (RetireResult, error) {
