@@ -14,7 +14,8 @@ var _ registry.Purger = (*Store)(nil)
 // in the page's free space when no live tuple is moved over them (found
 // with pageinspect's get_raw_page). VACUUM FULL holds an ACCESS EXCLUSIVE
 // lock on the table while it runs: daemons' registry reads (cache misses)
-// and dekctl wait for it, about a second per 100,000 entries.
+// and dekctl wait for it, about a second per 100,000 entries (0.8-1.2 s
+// measured for 100,000 entries, 33 MB with indexes).
 //
 // VACUUM cannot run inside a transaction block; it runs on a pool
 // connection on its own. It needs the table's owner (the role that ran
