@@ -113,6 +113,15 @@ func (op *Ops) rootRetire(ctx context.Context, r kms.RootRetirer, rootKeyID, ver
 		return fail(err, "destroys "+scopeText(scope))
 	}
 	res.Destroyed = scope
+	// A DEK wrapped under the scope between the check and the retirement
+	// (a daemon wrapping under a key it still thinks current) is lost with
+	// it; say so loudly, while Key Protect can still restore the key.
+	late, lerr := op.wrappedUnder(ctx, scope)
+	if lerr == nil && len(late) > 0 {
+		err := fmt.Errorf("%w: %d DEKs were wrapped under it while it was retired, e.g. %s: they no longer unwrap (Key Protect: restore the key within 30 days, then rerun)", ErrInUse, len(late), late[0])
+		aerr := op.record(ctx, ActionRootRetire, dek.Ref{}, at, start, err, "destroyed "+scopeText(scope)+"; "+countOf(len(late), "DEK")+" wrapped under it meanwhile")
+		return res, joinAudit(err, aerr)
+	}
 	aerr := op.record(ctx, ActionRootRetire, dek.Ref{}, at, start, nil, "destroyed "+scopeText(scope))
 	return res, aerr
 }

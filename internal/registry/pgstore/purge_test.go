@@ -2,8 +2,11 @@ package pgstore
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -106,5 +109,98 @@ WHERE position(decode(md5('50') || md5('50'), 'hex') IN get_raw_page('t', 'main'
 	}
 	if n := count(); n != 0 {
 		t.Fatalf("after VACUUM FULL %d pages hold row 50's old bytes", n)
+	}
+}
+
+// A transaction whose snapshot predates the shred can still see the dead
+// row version, and VACUUM FULL keeps it: PurgeDestroyed waits, then fails
+// with ErrOldSnapshot naming the session; once it ends, a rerun purges.
+func TestPurgeDestroyedOlderSnapshot(t *testing.T) {
+	ctx := context.Background()
+	dsn := pgtest.New(t)
+	s := openT(t, dsn)
+	s.purgeWait = 300 * time.Millisecond
+	e := registrytest.NewEntry("device/d1", "v1")
+	if err := s.Create(ctx, e); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(ctx, "CREATE EXTENSION IF NOT EXISTS pageinspect"); err != nil {
+		t.Fatalf("pageinspect (needs a superuser DSN in %s): %v", pgtest.EnvDSN, err)
+	}
+	old, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close(context.Background())
+	tx, err := old.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	// The snapshot is taken by the first query; not of the registry table,
+	// whose lock would make VACUUM FULL wait (that case: lock_timeout).
+	if err := tx.QueryRow(ctx, "SELECT count(*) FROM pg_class").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Update(ctx, "device/d1", "v1", registrytest.Shred); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.PurgeDestroyed(ctx); !errors.Is(err, ErrOldSnapshot) || !strings.Contains(err.Error(), "session pid") {
+		t.Fatalf("purge under an older snapshot: %v, want ErrOldSnapshot naming the session", err)
+	}
+	if got := rawPagesHolding(t, conn, e.Wrapped.Ciphertext); got != 1 {
+		t.Fatalf("under the older snapshot %d pages hold the bytes, want 1 (kept for it)", got)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.PurgeDestroyed(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := rawPagesHolding(t, conn, e.Wrapped.Ciphertext); got != 0 {
+		t.Fatalf("after the rerun %d pages hold the bytes", got)
+	}
+}
+
+// A transaction that read the table holds a lock VACUUM FULL must wait for;
+// the purge gives up after lock_timeout instead of queueing every reader
+// behind it, and the store keeps serving.
+func TestPurgeDestroyedLockTimeout(t *testing.T) {
+	ctx := context.Background()
+	dsn := pgtest.New(t)
+	s := openT(t, dsn)
+	s.purgeWait = 100 * time.Millisecond
+	if err := s.Create(ctx, registrytest.NewEntry("device/d1", "v1")); err != nil {
+		t.Fatal(err)
+	}
+	holder, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close(context.Background())
+	tx, err := holder.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	var n int
+	if err := tx.QueryRow(ctx, "SELECT count(*) FROM decryptd_registry_entries").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, err = s.PurgeDestroyed(ctx)
+	if err == nil || !strings.Contains(err.Error(), "lock") {
+		t.Fatalf("purge behind a table lock: %v, want a lock timeout", err)
+	}
+	if d := time.Since(start); d > 20*time.Second {
+		t.Fatalf("gave up after %v", d)
+	}
+	if _, err := s.Get(ctx, "device/d1", "v1"); err != nil {
+		t.Fatalf("store after the failed purge: %v", err)
 	}
 }
