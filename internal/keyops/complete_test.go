@@ -2,6 +2,7 @@ package keyops
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"os"
 	"path/filepath"
@@ -111,6 +112,11 @@ func TestShredCompleteBackupUseless(t *testing.T) {
 		}
 	}
 
+	d1, err := e.store.Get(ctx, "device/d1", "v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	destroyed := base64.StdEncoding.EncodeToString(d1.Wrapped.Ciphertext)
 	var calls int
 	res, err := e.ops.ShredComplete(ctx, Selector{DeviceID: "d1"}, func(done, total, failed int) { calls++ })
 	if err != nil {
@@ -123,6 +129,22 @@ func TestShredCompleteBackupUseless(t *testing.T) {
 	}
 	if got := e.kms.RootKey().Versions; len(got) != 1 || got[0] != "2" {
 		t.Fatalf("root versions after: %v, want [2]", got)
+	}
+
+	// The file registry keeps no earlier copy: no file left in its
+	// directory (registry, lock, temporary files) holds the destroyed bytes.
+	files, _ := os.ReadDir(e.dir)
+	for _, f := range files {
+		b, err := os.ReadFile(filepath.Join(e.dir, f.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(string(b), destroyed) {
+			t.Fatalf("%s still holds the destroyed wrapped DEK", f.Name())
+		}
+	}
+	if !strings.Contains(string(before), destroyed) {
+		t.Fatal("the backup does not hold the wrapped DEK: the check above cannot fail")
 	}
 
 	// The backup restored, with the current root key file (a fresh open, as
