@@ -32,8 +32,9 @@ var (
 // deadline) that wraps and rewraps under root key id instead of the
 // configured one; Rewrap through it moves a DEK from any root key to id.
 func (p *Provider) WithRootKey(id string) kms.Provider {
-	q := &Provider{client: p.client, rootID: id, timeout: p.timeout, sem: p.sem, apiKey: p.apiKey, idle: p.idle}
-	return q
+	q := *p // every field shared (the client, the call slots), but the root
+	q.rootID = id
+	return &q
 }
 
 // RetireScope is every version of the key holding version: Key Protect
