@@ -9,8 +9,8 @@
 // and removed by the next Open. The file and its lock are mode 0600; Open
 // refuses a registry file that group or others may read.
 //
-// Concurrency (flock and atomic replace: internal/fsutil): writers of every process take an exclusive flock on a sidecar
-// "<file>.lock" and re-read the file under it before applying their change,
+// Concurrency: writers of every process take an exclusive flock on a sidecar
+// "<file>.lock" (internal/fsutil, as the atomic replace) and re-read the file under it before applying their change,
 // so an Update is atomic across processes; readers reload under a shared
 // lock. Within one handle a mutex serialises the lock, because flock locks
 // belong to the open file, not to the goroutine.
