@@ -31,6 +31,9 @@ func (c *cli) rootRetire(ctx context.Context, args []string) error {
 			return err
 		}
 		fmt.Fprintf(c.stdout, "retired %s: DEKs wrapped under it, in any copy of the registry, can no longer be unwrapped\n", versionsText(res.Destroyed))
+		if w.cfg.KMS.Provider == config.ProviderKeyProtect {
+			kpPurgeHint(c, res.Destroyed)
+		}
 		return nil
 	})
 }
@@ -74,6 +77,7 @@ func (c *cli) shredComplete(ctx context.Context, sel keyops.Selector) error {
 			return fmt.Errorf("%w\nshred --complete is resumable: run the same command again", err)
 		}
 		if res.Replacement != "" {
+			kpPurgeHint(c, res.Retired)
 			fmt.Fprintf(c.stdout, "NEXT: set kms.keyprotect.root_key_id: %s (or DECRYPTD_KMS_KEYPROTECT_ROOT_KEY_ID) and restart the daemons; new DEKs cannot be wrapped under the deleted key\n", res.Replacement)
 		}
 		fmt.Fprintln(c.stdout, "NEXT: take a new registry backup now; backups taken before this run no longer unwrap any DEK that was under the retired root versions (docs/crypto-shredding.md)")
@@ -87,4 +91,13 @@ func versionsText(vs []kms.RootVersion) string {
 		parts[i] = v.RootKeyID + " version " + v.Version
 	}
 	return "root key " + strings.Join(parts, ", ")
+}
+
+// kpPurgeHint says how a deleted Key Protect key becomes final.
+func kpPurgeHint(c *cli, vs []kms.RootVersion) {
+	if len(vs) == 0 {
+		return
+	}
+	fmt.Fprintf(c.stdout, "NOTE: Key Protect keeps the deleted key %s restorable for 30 days and purges it after 90; to make it final sooner, purge it 4 hours after the delete (ibmcloud kp key purge %s)\n",
+		vs[0].RootKeyID, vs[0].RootKeyID)
 }
