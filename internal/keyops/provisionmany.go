@@ -120,6 +120,48 @@ func (op *Ops) provisionManyOnce(ctx context.Context, reqs []ProvisionRequest, m
 	if err != nil {
 		return nil, fmt.Errorf("list registry: %w", err)
 	}
+	create, joins, credKey := planProvision(all, reqs)
+	defer func() {
+		for _, j := range joins {
+			clear(j.key)
+		}
+	}()
+
+	if err := op.makeKeys(ctx, create, made, rep); err != nil {
+		return nil, err
+	}
+	if err := op.storeVersions(ctx, create, lastTry); err != nil {
+		return nil, err
+	}
+	if err := op.demoteSuperseded(ctx, create); err != nil {
+		return nil, err
+	}
+	if err := op.joinGroups(ctx, joins); err != nil {
+		return nil, err
+	}
+
+	keys := make(map[dek.Ref][]byte, len(create)+len(joins))
+	for _, v := range create {
+		keys[v.ref] = v.key
+	}
+	for _, j := range joins {
+		keys[j.active.Ref()] = j.key
+	}
+	creds := make([]Credential, len(reqs))
+	for i, r := range reqs {
+		ref := credKey[i]
+		creds[i] = Credential{DeviceID: r.DeviceID, KeyID: ref.KeyID, KeyVersion: ref.Version, DEK: slices.Clone(keys[ref])}
+	}
+	return creds, nil
+}
+
+// makeKeys gives every version of create a fresh DEK, wrapped, reusing one
+// made by an earlier attempt under the same name.
+
+// planProvision works out what one ProvisionMany attempt does, from a
+// registry listing: the versions to create, the active group versions to
+// join, and the key each request gets.
+func planProvision(all []registry.Entry, reqs []ProvisionRequest) (create []*newVersion, joins []*groupJoin, credKey []dek.Ref) {
 	byKey := make(map[string][]registry.Entry)
 	for _, e := range all {
 		byKey[e.KeyID] = append(byKey[e.KeyID], e)
@@ -129,14 +171,9 @@ func (op *Ops) provisionManyOnce(ctx context.Context, reqs []ProvisionRequest, m
 		slices.SortStableFunc(es, func(a, b registry.Entry) int { return a.CreatedAt.Compare(b.CreatedAt) })
 	}
 
-	// Plan: the versions to create, and the active group versions to join.
-	var (
-		create  []*newVersion
-		joins   []*groupJoin
-		newOf   = map[string]*newVersion{} // group key id -> its new version
-		joinOf  = map[string]*groupJoin{}
-		credKey = make([]dek.Ref, len(reqs))
-	)
+	newOf := map[string]*newVersion{} // group key id -> its new version
+	joinOf := map[string]*groupJoin{}
+	credKey = make([]dek.Ref, len(reqs))
 	for i, r := range reqs {
 		if r.Group == "" {
 			keyID := dek.DeviceKeyID(r.DeviceID)
@@ -185,39 +222,5 @@ func (op *Ops) provisionManyOnce(ctx context.Context, reqs []ProvisionRequest, m
 		joins = append(joins, j)
 		credKey[i] = active.Ref()
 	}
-	defer func() {
-		for _, j := range joins {
-			clear(j.key)
-		}
-	}()
-
-	if err := op.makeKeys(ctx, create, made, rep); err != nil {
-		return nil, err
-	}
-	if err := op.storeVersions(ctx, create, lastTry); err != nil {
-		return nil, err
-	}
-	if err := op.demoteSuperseded(ctx, create); err != nil {
-		return nil, err
-	}
-	if err := op.joinGroups(ctx, joins); err != nil {
-		return nil, err
-	}
-
-	keys := make(map[dek.Ref][]byte, len(create)+len(joins))
-	for _, v := range create {
-		keys[v.ref] = v.key
-	}
-	for _, j := range joins {
-		keys[j.active.Ref()] = j.key
-	}
-	creds := make([]Credential, len(reqs))
-	for i, r := range reqs {
-		ref := credKey[i]
-		creds[i] = Credential{DeviceID: r.DeviceID, KeyID: ref.KeyID, KeyVersion: ref.Version, DEK: slices.Clone(keys[ref])}
-	}
-	return creds, nil
+	return create, joins, credKey
 }
-
-// makeKeys gives every version of create a fresh DEK, wrapped, reusing one
-// made by an earlier attempt under the same name.
