@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/decryptd/decryptd/internal/kpemu"
+	"github.com/decryptd/decryptd/internal/testutil/pgtest"
 )
 
 // dekctl root retire and shred --complete with the local provider and the
@@ -127,5 +128,34 @@ func TestShredCompleteKeyProtect(t *testing.T) {
 		if in["state"] != "shredded" && in["root_key_id"] != repl {
 			t.Fatalf("not under the replacement: %v", in)
 		}
+	}
+}
+
+// shred --complete with the PostgreSQL registry: the run ends with the
+// purge (VACUUM FULL) and the audit chain verifies.
+func TestShredCompletePostgres(t *testing.T) {
+	_, cfg := setup(t, "")
+	env := map[string]string{
+		"DECRYPTD_CONFIG":          cfg,
+		"DECRYPTD_REGISTRY_DRIVER": "postgres",
+		"DECRYPTD_REGISTRY_PATH":   "",
+		"DECRYPTD_REGISTRY_DSN":    pgtest.New(t),
+	}
+	for _, args := range [][]string{
+		{"root", "create"},
+		{"provision", "--device", "d1", "--out", "-"},
+		{"provision", "--device", "d2", "--out", "-"},
+	} {
+		if r := runT(t, env, args...); r.code != 0 {
+			t.Fatalf("dekctl %v: %+v", args, r)
+		}
+	}
+	r := runT(t, env, "shred", "--complete", "--device", "d1")
+	if r.code != 0 || !strings.Contains(r.stdout, "registry purged: VACUUM (FULL, ANALYZE) decryptd_registry_entries") ||
+		!strings.Contains(r.stdout, "retired root key") {
+		t.Fatalf("shred --complete: %+v", r)
+	}
+	if r := runT(t, env, "audit", "verify"); r.code != 0 {
+		t.Fatalf("audit verify: %+v", r)
 	}
 }
