@@ -71,6 +71,12 @@ func (op *Ops) Rewrap(ctx context.Context, progress RewrapProgress) (RewrapResul
 		todo = append(todo, e)
 	}
 	res.Todo = len(todo)
+	return op.rewrapEntries(ctx, op.o.KMS, todo, res, progress)
+}
+
+// rewrapEntries rewraps todo with p, RewrapWorkers at a time, counting into
+// res (whose Entries and Todo the caller set).
+func (op *Ops) rewrapEntries(ctx context.Context, p kms.Provider, todo []registry.Entry, res RewrapResult, progress RewrapProgress) (RewrapResult, error) {
 	if progress == nil {
 		progress = func(int, int, int) {}
 	}
@@ -87,7 +93,7 @@ func (op *Ops) Rewrap(ctx context.Context, progress RewrapProgress) (RewrapResul
 		go func() {
 			defer wg.Done()
 			for e := range next {
-				changed, rewrapped, err := op.rewrapOne(ctx, e)
+				changed, rewrapped, err := op.rewrapOne(ctx, p, e)
 				mu.Lock()
 				done++
 				switch {
@@ -165,10 +171,10 @@ func (op *Ops) newestRootVersions(ctx context.Context, es []registry.Entry) (map
 // rewrapOne rewraps e's DEK outside any registry lock (a KMS call may be
 // slow), then stores the result only if the entry still holds what was
 // rewrapped.
-func (op *Ops) rewrapOne(ctx context.Context, e registry.Entry) (changed, rewrapped bool, err error) {
+func (op *Ops) rewrapOne(ctx context.Context, p kms.Provider, e registry.Entry) (changed, rewrapped bool, err error) {
 	ref := e.Ref()
 	start := op.o.Now()
-	nw, err := op.o.KMS.Rewrap(ctx, e.Wrapped, kms.DEKAAD(ref))
+	nw, err := p.Rewrap(ctx, e.Wrapped, kms.DEKAAD(ref))
 	if err != nil {
 		aerr := op.record(ctx, audit.ActionRewrap, ref, e.Wrapped, start, err, "from root version "+e.Wrapped.RootKeyVersion)
 		return false, false, joinAudit(err, aerr)

@@ -408,8 +408,9 @@ func (p *Provider) seal(id string, v version, dek []byte, aad []string) (kms.Wra
 	return kms.Wrapped{RootKeyID: id, RootKeyVersion: v.id, Ciphertext: out}, nil
 }
 
-// Unwrap opens w. A version this provider does not know triggers one reload
-// (another process may have rotated) before it fails with ErrUnknownVersion.
+// Unwrap opens w. The file is reloaded first when another process replaced
+// it (rotated, or retired a version); a version it does not hold fails with
+// ErrUnknownVersion.
 func (p *Provider) Unwrap(ctx context.Context, w kms.Wrapped, aad []string) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("local unwrap: %w: %w", kms.ErrTransient, err)
@@ -425,14 +426,15 @@ func (p *Provider) Unwrap(ctx context.Context, w kms.Wrapped, aad []string) ([]b
 	return dek, nil
 }
 
+// lookup finds w's root version, after a stat of the file (one syscall
+// per unwrap, which only cache misses make): a version retired by another
+// process (dekctl root retire) must stop unwrapping at once, not at the
+// next rotation.
 func (p *Provider) lookup(w kms.Wrapped) (version, error) {
-	id, v, ok := p.find(w.RootKeyVersion)
-	if !ok {
-		if err := p.refreshIfChanged(); err != nil {
-			return version{}, err
-		}
-		id, v, ok = p.find(w.RootKeyVersion)
+	if err := p.refreshIfChanged(); err != nil {
+		return version{}, err
 	}
+	id, v, ok := p.find(w.RootKeyVersion)
 	if w.RootKeyID != id {
 		return version{}, fmt.Errorf("%w: wrapped under %q, file holds %q", ErrWrongRoot, w.RootKeyID, id)
 	}
