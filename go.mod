@@ -6,6 +6,7 @@ require (
 	github.com/IBM/keyprotect-go-client v0.17.3
 	github.com/eclipse/paho.mqtt.golang v1.5.1
 	github.com/fsnotify/fsnotify v1.10.1
+	github.com/grafana/grafana-foundation-sdk/go v0.0.22
 	github.com/jackc/pgx/v5 v5.12.0
 	github.com/mochi-mqtt/server/v2 v2.7.9
 	github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring v0.95.2
