@@ -291,6 +291,13 @@ func TestAlerts(t *testing.T) {
 		{"up but no replica connected", "DecryptdNotReady", `
   up{job="decryptd",instance="a"} 1x90
   decryptd_mqtt_connection_up{instance="a"} 0x90`, 5 * time.Minute, 6 * time.Minute},
+		{"one replica down beside a healthy one", "DecryptdReplicaDown", `
+  up{job="decryptd",instance="a"} 1x90
+  up{job="decryptd",instance="b"} 1x20 0x70
+  decryptd_mqtt_connection_up{instance="a"} 1x90`, 30 * time.Minute, 32 * time.Minute},
+		{"one replica disconnected", "DecryptdReplicaDown", `
+  up{job="decryptd",instance="a"} 1x90
+  decryptd_mqtt_connection_up{instance="a"} 1x20 0x70`, 30 * time.Minute, 31 * time.Minute},
 		{"auth failures", "DecryptdAuthFailures", `
   decryptd_decrypt_failures_total{instance="a",reason="auth_failed"} 0+60x90`, 10 * time.Minute, 16 * time.Minute},
 		{"dead letters above 1%", "DecryptdDeadLetters", `
