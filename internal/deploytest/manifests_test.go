@@ -394,3 +394,89 @@ func TestStrictDecodeRefuses(t *testing.T) {
 		}
 	}
 }
+
+// TestWiring: the objects find each other: the Service, PDB,
+// NetworkPolicy and the spread constraints select the pods, the
+// ServiceMonitor selects the Service and scrapes a port it has, the probes
+// use the container's metrics port, the pod's service account exists.
+func TestWiring(t *testing.T) {
+	matches := func(sel, lbls map[string]string) bool {
+		if len(sel) == 0 {
+			return false
+		}
+		for k, v := range sel {
+			if lbls[k] != v {
+				return false
+			}
+		}
+		return true
+	}
+	for _, dir := range kustomizations {
+		t.Run(dir, func(t *testing.T) {
+			objs := build(t, dir)
+			sts := decryptdStatefulSet(t, objs)
+			pod := sts.Spec.Template.Labels
+			if !matches(sts.Spec.Selector.MatchLabels, pod) {
+				t.Error("the StatefulSet's selector does not select its pods")
+			}
+			svc, ok := find[*corev1.Service](objs, "Service", "decryptd")
+			if !ok || !matches(svc.Spec.Selector, pod) || sts.Spec.ServiceName != svc.Name {
+				t.Error("the Service does not govern and select the pods")
+			}
+			pdb, _ := find[*policyv1.PodDisruptionBudget](objs, "PodDisruptionBudget", "decryptd")
+			if pdb == nil || !matches(pdb.Spec.Selector.MatchLabels, pod) {
+				t.Error("the PodDisruptionBudget does not select the pods")
+			}
+			np, _ := find[*networkingv1.NetworkPolicy](objs, "NetworkPolicy", "decryptd")
+			if np == nil || !matches(np.Spec.PodSelector.MatchLabels, pod) {
+				t.Error("the NetworkPolicy does not select the pods")
+			}
+			for _, c := range sts.Spec.Template.Spec.TopologySpreadConstraints {
+				if c.LabelSelector == nil || !matches(c.LabelSelector.MatchLabels, pod) {
+					t.Errorf("spread over %s does not count the pods", c.TopologyKey)
+				}
+			}
+			if _, ok := find[*corev1.ServiceAccount](objs, "ServiceAccount", sts.Spec.Template.Spec.ServiceAccountName); !ok {
+				t.Errorf("no ServiceAccount %q", sts.Spec.Template.Spec.ServiceAccountName)
+			}
+			c := decryptdContainer(t, sts)
+			var metricsPort bool
+			for _, p := range c.Ports {
+				metricsPort = metricsPort || (p.Name == "metrics" && p.ContainerPort == 9464)
+			}
+			if !metricsPort {
+				t.Error("the container has no port metrics (9464)")
+			}
+			for name, p := range map[string]*corev1.Probe{"startup": c.StartupProbe, "liveness": c.LivenessProbe, "readiness": c.ReadinessProbe} {
+				if p == nil || p.HTTPGet == nil || p.HTTPGet.Port.String() != "metrics" {
+					t.Errorf("%s probe does not use the metrics port", name)
+				}
+			}
+			sm, ok := find[*monitoringv1.ServiceMonitor](objs, "ServiceMonitor", "decryptd")
+			if !ok {
+				if dir != "overlays/dev" {
+					t.Error("no ServiceMonitor")
+				}
+				return
+			}
+			if !matches(sm.Spec.Selector.MatchLabels, svc.Labels) {
+				t.Error("the ServiceMonitor does not select the Service")
+			}
+			for _, ep := range sm.Spec.Endpoints {
+				var found bool
+				for _, sp := range svc.Spec.Ports {
+					found = found || sp.Name == ep.Port
+				}
+				if !found {
+					t.Errorf("the ServiceMonitor scrapes port %q, which the Service lacks", ep.Port)
+				}
+			}
+			if dir == "overlays/production" {
+				pr, _ := find[*monitoringv1.PrometheusRule](objs, "PrometheusRule", "decryptd")
+				if sm.Labels["release"] == "" || pr == nil || pr.Labels["release"] == "" {
+					t.Error("production: the ServiceMonitor and PrometheusRule lack the release label Prometheus selects on")
+				}
+			}
+		})
+	}
+}
