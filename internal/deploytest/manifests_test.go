@@ -278,6 +278,28 @@ func TestConfigRollout(t *testing.T) {
 		if ref != cm.Name {
 			t.Errorf("%s: the StatefulSet mounts ConfigMap %q, the generated one is %q", dir, ref, cm.Name)
 		}
+		// Every ConfigMap any workload mounts (the dev broker's too) is
+		// generated, hashed and in the build.
+		built := map[string]bool{}
+		for _, o := range objs {
+			if o.kind == "ConfigMap" {
+				built[o.name] = true
+			}
+		}
+		for _, o := range objs {
+			s, ok := o.obj.(*appsv1.StatefulSet)
+			if !ok {
+				continue
+			}
+			for _, v := range s.Spec.Template.Spec.Volumes {
+				if v.ConfigMap == nil {
+					continue
+				}
+				if !built[v.ConfigMap.Name] || !regexp.MustCompile(`-[a-z0-9]{10}$`).MatchString(v.ConfigMap.Name) {
+					t.Errorf("%s: %s mounts ConfigMap %q: not a generated (hashed) ConfigMap of the build", dir, s.Name, v.ConfigMap.Name)
+				}
+			}
+		}
 	}
 }
 
