@@ -126,29 +126,44 @@ func runDaemon(t *testing.T) *liveRun {
 		}
 	}
 
-	on := true
+	// The configuration as an operator writes it (YAML, not Go structs:
+	// the file format is the contract).
 	client := b.ClientCert("decryptd")
-	cfg := config.Default()
-	cfg.MQTT.Brokers = []string{b.SSLURL}
-	cfg.MQTT.ClientID = "decryptd-0"
-	cfg.MQTT.Topics = []string{"iot-2/type/+/id/+/evt/+/fmt/+"}
-	cfg.MQTT.SharedGroup = "decryptd"
-	cfg.MQTT.TLS = config.TLS{CAFile: client.CA, CertFile: client.Cert, KeyFile: client.Key}
-	cfg.MQTT.KeepAlive = 5 * time.Second
-	cfg.KMS = config.KMS{Provider: config.ProviderLocal, Local: config.LocalKMS{RootKeyFile: filepath.Join(dir, "root-key.json")}}
-	cfg.Registry = config.Registry{Driver: config.DriverFile, Path: regPath}
-	cfg.Sinks = []config.Sink{{Name: "records", Type: config.SinkFile, Path: filepath.Join(dir, "records.jsonl"),
-		MaxBytes: config.DefaultSinkMaxBytes, Keep: config.DefaultSinkKeep, Fsync: &on}}
-	cfg.DeadLetter = config.DeadLetter{Type: config.SinkFile, Path: filepath.Join(dir, "dead-letter.jsonl"), Fsync: &on}
-	cfg.Metrics.Listen = "127.0.0.1:0"
-	cfg.Audit.Path = filepath.Join(dir, "audit.log")
-	cfg.ShutdownTimeout = 10 * time.Second
-	cfg.Rotation = config.Rotation{Enabled: true, MaxDEKAge: time.Hour, GracePeriod: 3 * time.Second, SharePerDay: 1,
-		RetryInterval: 5 * time.Second, MessageLimit: config.DefaultRotationMessageLimit, PauseThreshold: 0.9, PauseMinSample: 20,
-		CommandTopic: config.DefaultCommandTopic, DeviceType: "monitor", RotateRootKey: new(bool),
-		RootKeyMaxAge: config.DefaultRotationRootKeyMaxAge, Tick: 200 * time.Millisecond, FlushInterval: 500 * time.Millisecond}
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
+	yml := fmt.Sprintf(`
+mqtt:
+  brokers: [%q]
+  client_id: decryptd-0
+  topics: [iot-2/type/+/id/+/evt/+/fmt/+]
+  shared_group: decryptd
+  keep_alive: 5s
+  tls: {ca_file: %q, cert_file: %q, key_file: %q}
+kms:
+  provider: local
+  local: {root_key_file: %q}
+registry: {driver: file, path: %q}
+sinks:
+  - {name: records, type: file, path: %q, fsync: true}
+dead_letter: {type: file, path: %q, fsync: true}
+metrics: {listen: "127.0.0.1:0"}
+audit: {path: %q}
+shutdown_timeout: 10s
+rotation:
+  enabled: true
+  max_dek_age: 1h
+  grace_period: 3s
+  share_per_day: 1
+  retry_interval: 5s
+  pause_threshold: 0.9
+  pause_min_sample: 20
+  device_type: monitor
+  rotate_root_key: false
+  tick: 200ms
+  flush_interval: 500ms
+`, b.SSLURL, client.CA, client.Cert, client.Key, filepath.Join(dir, "root-key.json"), regPath,
+		filepath.Join(dir, "records.jsonl"), filepath.Join(dir, "dead-letter.jsonl"), filepath.Join(dir, "audit.log"))
+	cfg, err := config.Parse([]byte(yml), nil)
+	if err != nil {
+		t.Fatalf("configuration: %v\n%s", err, yml)
 	}
 
 	reg := prometheus.NewRegistry()
