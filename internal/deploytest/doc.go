@@ -11,7 +11,11 @@
 //     runs as 65532 with fsGroupChangePolicy OnRootMismatch, without a
 //     service-account token, with a startupProbe, spread over nodes, with
 //     pinned images, a hashed ConfigMap, and GOMEMLIMIT and a memory limit
-//     derived from its configuration's memory budget (MemoryBudget);
+//     derived from its configuration's memory budget (MemoryBudget); the
+//     objects select and reach each other (TestWiring); the Dockerfile
+//     pins its bases and runs as 65532; the data volume keeps an audit log
+//     the writer accepts across restarts under the kubelet's fsGroup
+//     handling (TestDataVolumeAcrossRestarts);
 //   - every PromQL expression of the rules and of every dashboard panel
 //     parses, and every metric they name is in a live daemon's /metrics
 //     after a run that rotates a key and dead-letters messages; promlint
