@@ -147,6 +147,21 @@ func TestLiveDaemon(t *testing.T) {
 		}
 	})
 
+	// Labels come from small fixed sets: never a device id, a key id or a
+	// key version (one series per device would not scale to a fleet).
+	t.Run("no per-device or per-key label", func(t *testing.T) {
+		for _, line := range strings.Split(string(last), "\n") {
+			if strings.HasPrefix(line, "#") {
+				continue
+			}
+			for _, id := range []string{"pump-", "ghost-", "device/", `="v1"`, `="v2"`} {
+				if strings.Contains(line, id) {
+					t.Errorf("a series carries a device or key label: %s", line)
+				}
+			}
+		}
+	})
+
 	// Target labels Prometheus adds; up is the scrape's own series.
 	targetLabels := map[string]bool{"job": true, "instance": true}
 	checkExpr := func(t *testing.T, where, expr string) {

@@ -409,3 +409,37 @@ func TestOldRulesWereWrong(t *testing.T) {
 		}
 	}
 }
+
+// TestRunbookPanels: a panel a runbook sends the reader to ("Keys
+// dashboard, "KMS latency p99"") exists on that dashboard.
+func TestRunbookPanels(t *testing.T) {
+	data, err := os.ReadFile(runbooksFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	titles := map[string]map[string]bool{}
+	for file, panels := range loadDashboards(t) {
+		board := strings.TrimSuffix(file, ".json")
+		titles[board] = map[string]bool{}
+		for _, p := range panels {
+			titles[board][p.Title] = true
+		}
+	}
+	text := strings.Join(strings.Fields(string(data)), " ")
+	refs := regexp.MustCompile(`(?i)\b(overview|keys|rotation) dashboard[^.;(]*`)
+	quoted := regexp.MustCompile(`"([^"]+)"`)
+	n := 0
+	for _, m := range refs.FindAllStringSubmatch(text, -1) {
+		board := strings.ToLower(m[1])
+		for _, q := range quoted.FindAllStringSubmatch(m[0], -1) {
+			n++
+			if !titles[board][q[1]] {
+				t.Errorf("docs/runbooks.md names panel %q of the %s dashboard, which has no such panel", q[1], board)
+			}
+		}
+	}
+	if n == 0 {
+		t.Fatal("found no panel reference in docs/runbooks.md")
+	}
+	t.Logf("%d panel references checked", n)
+}
