@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"html"
 	"math"
 	"os"
 	"path/filepath"
@@ -266,4 +267,21 @@ func hasValue(ss []seriesData) bool {
 		}
 	}
 	return false
+}
+
+// TestPicturesCurrent: the committed pictures (docs/dashboards) show every
+// panel of the committed dashboards, so a dashboard changed without
+// redrawing them fails here.
+func TestPicturesCurrent(t *testing.T) {
+	for file, panels := range loadDashboards(t) {
+		svg, err := os.ReadFile(filepath.Join("../../docs/dashboards", strings.TrimSuffix(file, ".json")+".svg"))
+		if err != nil {
+			t.Fatalf("%v (draw it: DECRYPTD_DASHBOARD_PICTURES=$PWD/docs/dashboards go test -run TestLiveDaemon ./internal/deploytest)", err)
+		}
+		for _, p := range panels {
+			if !bytes.Contains(svg, []byte(">"+html.EscapeString(p.Title)+"<")) {
+				t.Errorf("docs/dashboards picture of %s lacks panel %q: redraw it", file, p.Title)
+			}
+		}
+	}
 }
