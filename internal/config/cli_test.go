@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -72,16 +73,29 @@ func TestCheckFiles(t *testing.T) {
 		}
 		return p
 	}
-	c := Default()
-	c.KMS.Provider = ProviderKeyProtect
-	c.KMS.KeyProtect.APIKeyFile = write("api-key", 0o644)
-	c.MQTT.TLS = TLS{CAFile: write("ca.pem", 0o666), CertFile: write("cert.pem", 0o644), KeyFile: write("key.pem", 0o440)}
-	c.Registry = Registry{Driver: DriverFile, Path: filepath.Join(dir, "new", "registry.json")}
-	c.Sinks = []Sink{{Type: SinkStdout}, {Type: SinkFile, Path: write("records.jsonl", 0o640)},
-		{Type: SinkHTTP, AuthHeaderFile: filepath.Join(dir, "missing")}}
-	c.DeadLetter = DeadLetter{Type: SinkFile, Path: filepath.Join(dir, "dead-letter.jsonl")}
-	c.Audit.Path = write("audit.log", 0o600)
-	err := c.CheckFiles()
+	text := fmt.Sprintf(`
+mqtt:
+  brokers: [ssl://127.0.0.1:8883]
+  topics: [a/+]
+  tls: {ca_file: %q, cert_file: %q, key_file: %q}
+kms:
+  provider: keyprotect
+  keyprotect: {base_url: "https://kms.example", instance_id: i, root_key_id: r, api_key_file: %q}
+registry: {driver: file, path: %q}
+sinks:
+  - {name: console, type: stdout}
+  - {name: records, type: file, path: %q}
+  - {name: ehr, type: http, url: "https://ehr.example/v1", auth_header_file: %q, ca_file: %q}
+dead_letter: {type: file, path: %q}
+audit: {path: %q}
+`, write("ca.pem", 0o666), write("cert.pem", 0o644), write("key.pem", 0o440), write("api-key", 0o644),
+		filepath.Join(dir, "new", "registry.json"), write("records.jsonl", 0o640), filepath.Join(dir, "missing"),
+		write("ehr-ca.pem", 0o644), filepath.Join(dir, "dead-letter.jsonl"), write("audit.log", 0o600))
+	c, err := Parse([]byte(text), noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = c.CheckFiles()
 	var ve *ValidationError
 	if !errors.As(err, &ve) {
 		t.Fatalf("CheckFiles: %v", err)

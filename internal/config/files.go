@@ -6,9 +6,12 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"reflect"
+	"strings"
 	"syscall"
 
 	"github.com/decryptd/decryptd/internal/fileperm"
+	"github.com/decryptd/decryptd/internal/sink"
 )
 
 // fileRole says what decryptd does with a file the configuration names,
@@ -16,11 +19,11 @@ import (
 type fileRole int
 
 const (
-	roleSecret fileRole = iota // read; a key or credential (fileperm.Secret)
-	rolePublic                 // read; a CA bundle or certificate (fileperm.Public)
-	roleOutput                 // written, appended to; may not exist yet (fileperm.Private)
-	roleStore                  // the registry file: written, may not exist yet; holds only wrapped DEKs
-	roleRootKey                // read; the local root key: its owner only (package kms/local refuses more)
+	roleSecret  fileRole = iota // read; a key or credential (fileperm.Secret)
+	rolePublic                  // read; a CA bundle or certificate (fileperm.Public)
+	roleOutput                  // written, appended to; may not exist yet (fileperm.Private)
+	roleStore                   // the registry file: written, may not exist yet; holds only wrapped DEKs
+	roleRootKey                 // read; the local root key: its owner only (package kms/local refuses more)
 )
 
 type namedFile struct {
@@ -54,13 +57,9 @@ func (c *Config) files() []namedFile {
 		add("registry.path", c.Registry.Path, roleStore)
 	}
 	for i, s := range c.Sinks {
-		p := fmt.Sprintf("sinks[%d]", i)
-		if s.Type == SinkFile {
-			add(p+".path", s.Path, roleOutput)
+		for _, f := range sinkFiles(s.Config) {
+			add(fmt.Sprintf("sinks[%d].%s", i, f.key), f.path, roleOfSinkKey(f.key))
 		}
-		tls(p+".tls", s.TLS)
-		add(p+".auth_header_file", s.AuthHeaderFile, roleSecret)
-		add(p+".ca_file", s.CAFile, rolePublic)
 	}
 	if c.DeadLetter.Type == SinkFile {
 		add("dead_letter.path", c.DeadLetter.Path, roleOutput)
@@ -156,4 +155,60 @@ func checkCreatable(path string) string {
 		}
 		dir = parent
 	}
+}
+
+type sinkFile struct{ key, path string }
+
+// sinkFiles lists the files a sink type's configuration names, whatever
+// the type: the fields its ResolvePaths hands over, named by their YAML
+// keys ("path", "tls.key_file"), found by address in the config struct.
+func sinkFiles(cfg sink.Config) []sinkFile {
+	pr, ok := cfg.(sink.PathResolver)
+	if !ok {
+		return nil
+	}
+	named := map[*string]bool{}
+	pr.ResolvePaths(func(p *string) { named[p] = true })
+	v := reflect.ValueOf(cfg)
+	if v.Kind() != reflect.Pointer || v.Elem().Kind() != reflect.Struct {
+		return nil
+	}
+	var out []sinkFile
+	var walk func(v reflect.Value, prefix string)
+	walk = func(v reflect.Value, prefix string) {
+		t := v.Type()
+		for i := 0; i < t.NumField(); i++ {
+			tag := strings.Split(t.Field(i).Tag.Get("yaml"), ",")[0]
+			if tag == "" || tag == "-" || !t.Field(i).IsExported() {
+				continue
+			}
+			f := v.Field(i)
+			switch {
+			case f.Kind() == reflect.String && f.CanAddr():
+				if p := f.Addr().Interface().(*string); named[p] && *p != "" {
+					out = append(out, sinkFile{prefix + tag, *p})
+				}
+			case f.Kind() == reflect.Struct:
+				walk(f, prefix+tag+".")
+			}
+		}
+	}
+	walk(v.Elem(), "")
+	return out
+}
+
+// roleOfSinkKey says how a file a sink names is checked, by its key:
+// "path" is written (a file sink's records); keys and credentials
+// (key_file, *auth*, *secret*, *password*, *token*) are secrets; the rest
+// (ca_file, cert_file) are public inputs.
+func roleOfSinkKey(key string) fileRole {
+	last := key[strings.LastIndex(key, ".")+1:]
+	switch {
+	case last == "path":
+		return roleOutput
+	case strings.HasSuffix(last, "key_file") || strings.Contains(last, "auth") || strings.Contains(last, "secret") ||
+		strings.Contains(last, "password") || strings.Contains(last, "token"):
+		return roleSecret
+	}
+	return rolePublic
 }

@@ -42,7 +42,10 @@ func keysAtLine(data []byte) map[int][]string {
 	return out
 }
 
-var lineRef = regexp.MustCompile(`line (\d+): `)
+var (
+	lineRef     = regexp.MustCompile(`line (\d+): `)
+	entryPrefix = regexp.MustCompile(`^[a-z_]+\[\d+\]: `)
+)
 
 // withKeyPaths turns the decoder's "yaml: line N: problem; line M: ..."
 // into a *ValidationError whose fields are key paths ("mqtt.bogus (line
@@ -52,7 +55,11 @@ func withKeyPaths(err error, data []byte) error {
 	if err == nil {
 		return nil
 	}
-	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	msg := err.Error()
+	if m := entryPrefix.FindString(msg); m != "" {
+		msg = msg[len(m):] // "sinks[1]: yaml: line 9: ...": the line names the key
+	}
+	msg = strings.TrimPrefix(msg, "yaml: ")
 	parts := strings.Split(msg, "; ")
 	paths := keysAtLine(data)
 	var probs []FieldError
