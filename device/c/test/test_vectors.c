@@ -330,7 +330,39 @@ static void state(const char *dir) {
     passed++;
 }
 
+/* decide: the rekey decision for many messages at one device state, for a
+ * differential test against another implementation. stdin: the state as
+ * JSON (a vector's "device") on the first line, then one message per line
+ * in hex. stdout: one line per message, the outcome name (and the new
+ * DEK's hex when installed). */
+static int decide(void) {
+    static char line[4 * REKEY_MAX + 64];
+    static uint8_t msg[2 * REKEY_MAX + 32];
+    if (!fgets(line, sizeof line, stdin)) return 2;
+    jnode *d = json_parse(line, strlen(line), NULL);
+    dev_state s;
+    if (!d || state_of(d, &s)) return 2;
+    json_free(d);
+    while (fgets(line, sizeof line, stdin)) {
+        size_t l = strcspn(line, "\n");
+        line[l] = 0;
+        if (l % 2 || l / 2 > sizeof msg) return 2;
+        if (l && hex_decode(line, msg, l / 2)) return 2;
+        rk_msg m;
+        rk_outcome o = rekey_take(&s, (const char *)msg, l / 2, &m);
+        if (o == RK_INSTALLED) {
+            char hex[2 * DEK_SIZE + 1];
+            hex_encode(m.new_dek, DEK_SIZE, hex);
+            printf("%s %s\n", rk_outcome_name(o), hex);
+        } else {
+            printf("%s\n", rk_outcome_name(o));
+        }
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc == 2 && !strcmp(argv[1], "--decide")) return decide();
     if (argc != 4) { fprintf(stderr, "usage: test_vectors ENVELOPE.json REKEY.json TMPDIR\n"); return 2; }
     envelope(argv[1]);
     rekeys(argv[2]);

@@ -52,7 +52,7 @@ func build(t *testing.T) string {
 		t.Fatalf("libraries missing (%s): %s", strings.TrimSpace(string(out)), installHint)
 	}
 	out := t.TempDir()
-	cmd := exec.Command("make", "-C", filepath.Join(repoRoot(t), "device", "c"), "OUT="+out, "CC=gcc", "all")
+	cmd := exec.Command("make", "-j4", "-C", filepath.Join(repoRoot(t), "device", "c"), "OUT="+out, "CC=gcc", "all")
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("building the C device: %v\n%s", err, b)
 	}
