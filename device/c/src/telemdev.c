@@ -45,7 +45,8 @@ static int usage(void) {
             "                [--shape A|B|AB] [--interval-ms 1000] [--count N] [--after-rekey N]\n"
             "                [--buffer-first] [--timeout S] [--keepalive 60]\n"
             "       telemdev --state FILE --credential FILE --init-only\n"
-            "                (load the credential into the key state, then exit)\n");
+            "                (load the credential into the key state, replacing keys and\n"
+            "                floors: provisioning and re-provisioning; then exit)\n");
     return 2;
 }
 
@@ -151,6 +152,14 @@ int main(int argc, char **argv) {
     device d;
     memset(&d, 0, sizeof d);
     if (parse_args(argc, argv, &d.o)) return usage();
+    if (d.o.init_only) { /* loading a credential (re)provisions: keys and floors replaced */
+        if (!d.o.cred || state_from_credential(&d.s, d.o.cred) || state_save(&d.s, d.o.state_path)) {
+            fprintf(stderr, "telemdev: cannot load the credential into %s\n", d.o.state_path);
+            return 1;
+        }
+        state_wipe(&d.s);
+        return 0;
+    }
     int rc = state_load(&d.s, d.o.state_path);
     if (rc == STATE_ROLLED_BACK) {
         fprintf(stderr, "telemdev: key state is older than its anti-rollback floor (restored from a backup?): re-provision this device\n");
@@ -162,7 +171,6 @@ int main(int argc, char **argv) {
             return 1;
         }
     }
-    if (d.o.init_only) { state_wipe(&d.s); return 0; }
     snprintf(d.evt_topic, sizeof d.evt_topic, "iot-2/type/%s/id/%s/evt/%s/fmt/json", d.o.type, d.s.device_id, d.o.event);
     snprintf(d.cmd_topic, sizeof d.cmd_topic, "iot-2/type/%s/id/%s/cmd/rekey/fmt/json", d.o.type, d.s.device_id);
     signal(SIGINT, on_signal);

@@ -151,7 +151,9 @@ func poll(t *testing.T, what string, limit time.Duration, cond func() bool) {
 // checked), saves its state, seals under v2, then sends a message it held
 // under v1. decryptd delivers v1 and v2 records, dead-letters nothing, and
 // marks v2 adopted. A key file then restored from the copy taken before
-// the rekey (the floor kept) makes the device refuse to run: re-provision.
+// the rekey (the floor kept) makes the device refuse to run (exit 3);
+// re-provisioned (a new credential, v3, loaded with --init-only) it runs
+// again.
 func TestCDeviceInterop(t *testing.T) {
 	bin := build(t)
 	const devID = "c-pump-1"
@@ -356,5 +358,34 @@ func TestCDeviceInterop(t *testing.T) {
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.ExitCode() != 3 || !strings.Contains(string(msg), "re-provision") {
 		t.Fatalf("a device restored from backup: %v, %s; want exit 3 asking for re-provisioning", err, msg)
+	}
+
+	// Re-provisioned (dekctl provision: a new version, v3), the device
+	// loads the new credential and runs again.
+	aw2, err := audit.Open(ctx, filepath.Join(dir, "dekctl-audit.log"), audit.WithActor("dekctl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ops2, err := keyops.New(keyops.Options{KMS: lp, Roots: lp, Registry: store, Audit: aw2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cred2, err := ops2.Provision(ctx, keyops.ProvisionRequest{DeviceID: devID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cred2Path := filepath.Join(dir, "credential-"+devID+"-2.json")
+	err = keyops.WriteCredential(cred2Path, io.Discard, cred2)
+	cred2.Wipe()
+	aw2.Close()
+	if err != nil || cred2.KeyVersion != "v3" {
+		t.Fatalf("re-provision: %v, version %s", err, cred2.KeyVersion)
+	}
+	if out, err := exec.Command(filepath.Join(bin, "telemdev"), "--state", statePath, "--credential", cred2Path, "--init-only").CombinedOutput(); err != nil {
+		t.Fatalf("loading the new credential: %v %s", err, out)
+	}
+	rerun := append(args[:len(args):len(args)], "--count", "2", "--shape", "A")
+	if out, err := exec.CommandContext(ctx, filepath.Join(bin, "telemdev"), rerun...).CombinedOutput(); err != nil || !strings.Contains(string(out), "sent v3 ") {
+		t.Fatalf("the re-provisioned device: %v\n%s", err, out)
 	}
 }
