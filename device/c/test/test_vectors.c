@@ -7,6 +7,7 @@
  * case's device state decides as `expect` says. State: keys survive a save
  * and load; a key file restored from an older copy is detected. */
 #include <inttypes.h>
+#include <openssl/evp.h>
 #include <openssl/sha.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -146,12 +147,13 @@ static const char *classify(const jnode *keys, const char *topic, const char *ms
     if (r) goto out;
     /* replay window: (key id, version, nonce) of each sealed value */
     uint8_t digest[32];
-    SHA256_CTX c;
-    SHA256_Init(&c);
-    SHA256_Update(&c, topic, strlen(topic));
-    SHA256_Update(&c, "", 1);
-    SHA256_Update(&c, msg, mlen);
-    SHA256_Final(digest, &c);
+    EVP_MD_CTX *c = EVP_MD_CTX_new();
+    EVP_DigestInit_ex(c, EVP_sha256(), NULL);
+    EVP_DigestUpdate(c, topic, strlen(topic));
+    EVP_DigestUpdate(c, "", 1);
+    EVP_DigestUpdate(c, msg, mlen);
+    EVP_DigestFinal_ex(c, digest, NULL);
+    EVP_MD_CTX_free(c);
     for (int i = 0; i < *nvals; i++)
         for (int w = 0; w < nwindow; w++)
             if (!strcmp(window[w].kid, kid) && !strcmp(window[w].ver, ver) && !memcmp(window[w].nonce, vals[i].sealed, NONCE_SIZE)) {
