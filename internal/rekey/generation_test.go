@@ -111,3 +111,31 @@ func TestSealRefusesBadGeneration(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+// FuzzTake: whatever arrives, Take never installs a generation at or below
+// the floor, nor one without a generation once the floor is set, and a
+// repeat or a refusal carries no key.
+func FuzzTake(f *testing.F) {
+	cases := publishedCases(f).Cases
+	for _, c := range cases {
+		f.Add([]byte(c.Message), uint8(0))
+	}
+	f.Fuzz(func(t *testing.T, msg []byte, which uint8) {
+		c := cases[int(which)%len(cases)]
+		k := keyring{t, c.Device}
+		tk, err := rekey.Take(msg, k)
+		if err != nil || tk.Repeat {
+			if tk.DEK != nil {
+				t.Fatal("a key came with a refusal or a repeat")
+			}
+			return
+		}
+		floor := k.Floor(tk.KeyID)
+		if (tk.Generation == 0 && floor > 0) || (tk.Generation > 0 && tk.Generation <= floor) {
+			t.Fatalf("installed generation %d at floor %d", tk.Generation, floor)
+		}
+		if len(tk.DEK) != rekey.DEKSize {
+			t.Fatal("installed without a key")
+		}
+	})
+}
