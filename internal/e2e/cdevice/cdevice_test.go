@@ -325,6 +325,32 @@ func TestCDeviceInterop(t *testing.T) {
 	if g := byVersion(); g["v1"] != sent["v1"] || g["v2"] != sent["v2"] {
 		t.Fatalf("records by version %v, device sent %v", g, sent)
 	}
+	// Both shapes came through, their sealed fields opened.
+	shapes := map[string]bool{}
+	data, _ := os.ReadFile(recPath)
+	for _, l := range bytes.Split(bytes.TrimSpace(data), []byte("\n")) {
+		var r struct {
+			Data struct {
+				PatientID string `json:"patient_id"`
+				SpO2      int    `json:"spo2"`
+				Location  struct {
+					Lat float64 `json:"lat"`
+				} `json:"location"`
+			} `json:"data"`
+		}
+		if json.Unmarshal(l, &r) != nil || r.Data.PatientID != "P-0012345" {
+			continue
+		}
+		if r.Data.SpO2 == 97 {
+			shapes["A"] = true
+		}
+		if r.Data.Location.Lat == 37.7749 {
+			shapes["B"] = true
+		}
+	}
+	if !shapes["A"] || !shapes["B"] {
+		t.Fatalf("records of shapes %v, want A and B with their sealed fields opened", shapes)
+	}
 	if dl, _ := os.ReadFile(dlPath); len(bytes.TrimSpace(dl)) > 0 {
 		t.Fatalf("dead letters: %s", dl)
 	}
