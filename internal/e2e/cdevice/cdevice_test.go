@@ -27,6 +27,7 @@ import (
 	"github.com/decryptd/decryptd/internal/kms/local"
 	"github.com/decryptd/decryptd/internal/registry/filestore"
 	"github.com/decryptd/decryptd/internal/rekey"
+	"github.com/decryptd/decryptd/internal/sink"
 	"github.com/decryptd/decryptd/internal/testutil/mosquittotest"
 )
 
@@ -233,8 +234,9 @@ func TestCDeviceInterop(t *testing.T) {
 	cfg.KMS = config.KMS{Provider: config.ProviderLocal, Local: config.LocalKMS{RootKeyFile: filepath.Join(dir, "root-key.json")}}
 	cfg.Registry = config.Registry{Driver: config.DriverFile, Path: regPath}
 	on := true
-	cfg.Sinks = []config.Sink{{Name: "records", Type: config.SinkFile, Path: filepath.Join(dir, "records.jsonl"),
-		MaxBytes: config.DefaultSinkMaxBytes, Keep: config.DefaultSinkKeep, Fsync: &on}}
+	recPath := filepath.Join(dir, "records.jsonl")
+	cfg.Sinks = []config.Sink{{Name: "records", Type: config.SinkFile, Config: &sink.FileConfig{Path: recPath,
+		MaxBytes: config.DefaultSinkMaxBytes, Keep: config.DefaultSinkKeep, Fsync: &on}}}
 	cfg.DeadLetter = config.DeadLetter{Type: config.SinkFile, Path: filepath.Join(dir, "dead-letter.jsonl"), Fsync: &on}
 	cfg.Metrics.Listen = "127.0.0.1:0"
 	cfg.Audit.Path = filepath.Join(dir, "audit.log")
@@ -303,7 +305,7 @@ func TestCDeviceInterop(t *testing.T) {
 	}
 
 	// decryptd delivers every message the device sent, by version.
-	recPath, dlPath := cfg.Sinks[0].Path, cfg.DeadLetter.Path
+	dlPath := cfg.DeadLetter.Path
 	byVersion := func() map[string]int {
 		got := map[string]int{}
 		data, _ := os.ReadFile(recPath)
