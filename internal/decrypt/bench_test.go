@@ -44,10 +44,12 @@ func BenchmarkDecrypt(b *testing.B) {
 			b.Fatal(err)
 		}
 		var k [1]replayKey
+		var dg msgDigest
 		for i := range DefaultReplayEntries {
 			binary.LittleEndian.PutUint64(k[0][:8], uint64(i)*0x9e3779b97f4a7c15)
 			binary.LittleEndian.PutUint64(k[0][8:], uint64(i))
-			if err := d.win.admit(k[:], false, time.Now().UnixNano()); err != nil {
+			binary.LittleEndian.PutUint64(dg[:8], uint64(i))
+			if err := d.win.admit(k[:], &dg, time.Now().UnixNano()); err != nil {
 				b.Fatal(err)
 			}
 		}
