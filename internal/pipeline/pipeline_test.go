@@ -67,6 +67,12 @@ func msg(payload string) consumer.Message {
 	return consumer.Message{Topic: "t/" + strings.ReplaceAll(payload, ":", "/"), Payload: []byte(payload), ReceivedAt: received}
 }
 
+// moved is m on another topic: not an exact repeat of m.
+func moved(m consumer.Message) consumer.Message {
+	m.Topic = "elsewhere/" + m.Topic
+	return m
+}
+
 func process(t *testing.T, e *env, m consumer.Message) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -178,9 +184,10 @@ func TestMetricsPreRegistered(t *testing.T) {
 	metric(t, e.reg, "decryptd_transient_retries_total", "cause", "sink")
 	metric(t, e.reg, "decryptd_duplicates_total")
 	if err := testutil.GatherAndCompare(e.reg, strings.NewReader(`
-# HELP decryptd_duplicates_total Broker redeliveries of messages already delivered, acknowledged again without a new record.
+# HELP decryptd_duplicates_total Exact repeats of messages already delivered, acknowledged again without a new record, by cause: redelivery (the broker's, DUP set), repeat (the device sent it again, e.g. a QoS 1 resend).
 # TYPE decryptd_duplicates_total counter
-decryptd_duplicates_total 0
+decryptd_duplicates_total{cause="redelivery"} 0
+decryptd_duplicates_total{cause="repeat"} 0
 `), "decryptd_duplicates_total"); err != nil {
 		t.Error(err)
 	}
@@ -225,23 +232,44 @@ func TestDeadLetterEveryReason(t *testing.T) {
 	}
 }
 
+// Exact repeats of a delivered message, the broker's (DUP) and the
+// device's (no DUP, amendment 1), are acknowledged and counted by cause,
+// never delivered again nor dead-lettered; the same payload on another
+// topic is a replay.
 func TestDuplicateAcknowledged(t *testing.T) {
 	e := newEnv(t, nil)
 	process(t, e, msg("ok:r1"))
 	dup := msg("ok:r1")
 	dup.Dup = true
-	process(t, e, dup)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, c := range []struct {
+		m     consumer.Message
+		cause string
+	}{{dup, pipeline.DuplicateRedelivery}, {msg("ok:r1"), pipeline.DuplicateRepeat}, {msg("ok:r1"), pipeline.DuplicateRepeat}} {
+		res, err := e.p.Handle(ctx, c.m)
+		if err != nil || res.Outcome != pipeline.OutcomeDuplicate || res.Cause != c.cause {
+			t.Fatalf("Handle(dup=%v) = %+v, %v; want a duplicate, cause %s", c.m.Dup, res, err, c.cause)
+		}
+	}
 	if got := ids(e.a.records()); len(got) != 1 {
 		t.Fatalf("sink a holds %v, want r1 once", got)
 	}
 	if n := len(e.dl.records()); n != 0 {
 		t.Fatalf("a duplicate was dead-lettered")
 	}
-	if v := metric(t, e.reg, "decryptd_duplicates_total"); v != 1 {
-		t.Errorf("duplicates = %v", v)
+	if v := metric(t, e.reg, "decryptd_duplicates_total", "cause", "redelivery"); v != 1 {
+		t.Errorf("duplicates{redelivery} = %v, want 1", v)
 	}
-	if v := metric(t, e.reg, "decryptd_messages_processed_total", "outcome", "duplicate"); v != 1 {
+	if v := metric(t, e.reg, "decryptd_duplicates_total", "cause", "repeat"); v != 2 {
+		t.Errorf("duplicates{repeat} = %v, want 2", v)
+	}
+	if v := metric(t, e.reg, "decryptd_messages_processed_total", "outcome", "duplicate"); v != 3 {
 		t.Errorf("processed{duplicate} = %v", v)
+	}
+	res, err := e.p.Handle(ctx, moved(msg("ok:r1")))
+	if err != nil || res.Outcome != pipeline.OutcomeDeadLettered || res.Reason != "replay" {
+		t.Fatalf("the payload on another topic: %+v, %v; want dead-lettered as replay", res, err)
 	}
 }
 
@@ -250,6 +278,14 @@ func TestDuplicateAcknowledged(t *testing.T) {
 // known; when the first copy is given up (and forgotten), the duplicate
 // is delivered instead.
 func TestDuplicateWaitsForFirstCopy(t *testing.T) {
+	for _, dupFlag := range []bool{true, false} {
+		t.Run(fmt.Sprintf("dup=%v", dupFlag), func(t *testing.T) { duplicateWaitsForFirstCopy(t, dupFlag) })
+	}
+}
+
+// duplicateWaitsForFirstCopy: a broker redelivery (DUP) or a device's
+// resend (no DUP) of a message whose first copy is still on its way.
+func duplicateWaitsForFirstCopy(t *testing.T, dupFlag bool) {
 	e := newEnv(t, nil)
 	e.a.setFailures(1 << 30) // the first copy cannot be written to a
 
@@ -262,7 +298,7 @@ func TestDuplicateWaitsForFirstCopy(t *testing.T) {
 	})
 
 	dup := msg("ok:r1")
-	dup.Dup = true
+	dup.Dup = dupFlag
 	dupDone := make(chan error, 1)
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -294,8 +330,10 @@ func TestDuplicateWaitsForFirstCopy(t *testing.T) {
 	if got := ids(e.a.records()); len(got) != 1 || got[0] != "r1" {
 		t.Errorf("sink a holds %v, want [r1]", got)
 	}
-	if v := metric(t, e.reg, "decryptd_duplicates_total"); v != 0 {
-		t.Errorf("duplicates = %v, want 0 (the first copy was never delivered)", v)
+	for _, cause := range pipeline.DuplicateCauses() {
+		if v := metric(t, e.reg, "decryptd_duplicates_total", "cause", cause); v != 0 {
+			t.Errorf("duplicates{%s} = %v, want 0 (the first copy was never delivered)", cause, v)
+		}
 	}
 	if v := metric(t, e.reg, "decryptd_messages_processed_total", "outcome", "delivered"); v != 1 {
 		t.Errorf("processed{delivered} = %v, want 1", v)
