@@ -3,7 +3,6 @@ package decrypt
 import (
 	"crypto/sha256"
 	"encoding/binary"
-	"hash"
 	"math/bits"
 	"sync"
 	"time"
@@ -20,21 +19,17 @@ type replayKey [16]byte
 // different message reusing its nonce (a replay).
 type msgDigest [16]byte
 
-// digester computes msgDigests with one reusable SHA-256 state.
-type digester struct {
-	h   hash.Hash
-	sum [sha256.Size]byte
-}
+// digester computes msgDigests in a reusable buffer (no allocation).
+type digester struct{ buf []byte }
 
 func (g *digester) digest(topic string, payload []byte) msgDigest {
-	if g.h == nil {
-		g.h = sha256.New()
-	}
-	g.h.Reset()
-	g.h.Write([]byte(topic))
-	g.h.Write([]byte{0})
-	g.h.Write(payload)
-	return msgDigest(g.h.Sum(g.sum[:0])[:len(msgDigest{})])
+	b := append(g.buf[:0], topic...)
+	b = append(b, 0)
+	b = append(b, payload...)
+	sum := sha256.Sum256(b)
+	clear(b) // a payload is not plaintext, but keep scratch clean all the same
+	g.buf = b
+	return msgDigest(sum[:len(msgDigest{})])
 }
 
 // Layout of the window (see doc.go for what it promises).
@@ -224,6 +219,11 @@ func (w *window) push(k *replayKey, d *msgDigest, now int64) {
 		s = &w.gens[w.cur%windowGens]
 		w.held -= len(*s)
 		*s = (*s)[:0]
+	}
+	if cap(*s) == 0 {
+		// A generation's room is taken once, when it is first used, and
+		// reused from then on.
+		*s = make([]wentry, 0, w.genCap)
 	}
 	x := len(*s)
 	*s = append(*s, wentry{key: *k, digest: *d, at: now})
