@@ -73,7 +73,6 @@ type state struct {
 	out  []byte
 	keys []replayKey
 	pts  []span // each sealed value's plaintext JSON value, in bin
-	dg   digester
 }
 
 func (st *state) wipe() {
@@ -151,7 +150,7 @@ func (d *Decryptor) open(ctx context.Context, st *state, m Message, noWait bool)
 		// Ages count from the receive time: no second clock read per
 		// message, and a message retried after a transient fault keeps the
 		// age of its first receipt.
-		dg := st.dg.digest(m.Topic, m.Payload)
+		dg := d.win.dg.digest(m.Topic, m.Payload)
 		if err := d.win.admit(st.keys, &dg, received.UnixNano()); err != nil {
 			return Record{}, fmt.Errorf("%w: nonce already accepted under %s %s", err, rec.KeyID, rec.KeyVersion)
 		}

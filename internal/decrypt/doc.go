@@ -13,9 +13,10 @@
 //     bad_plaintext, replay), as sentinel errors for errors.Is and Reason;
 //     everything that needs no key is checked before the key is looked up;
 //   - the replay window of accepted (key id, key version, nonce) triples,
-//     each with a digest of its message (SHA-256 of topic 0x00 payload, 16
-//     bytes; amendment 1), in memory, bounded by entries and age, consulted
-//     only once the tag has verified so forgeries cannot poison it;
+//     each with a digest of its message (a 128-bit keyed hash of topic
+//     0x00 payload, amendment 1; replay.go says why not the spec's example,
+//     SHA-256), in memory, bounded by entries and age, consulted only once
+//     the tag has verified so forgeries cannot poison it;
 //   - the record: its stable id and its JSON form (Record.AppendJSON).
 //
 // Keys come through KeyResolver (the key cache implements it). A resolver
@@ -54,8 +55,9 @@
 // 128-bit triple digest (and then the message digest) of the entry it
 // points at, so a fingerprint collision costs one more memory read and
 // never turns a new message into a replay or a duplicate. The remaining
-// false "seen" is a collision of the 128-bit triple digest, and a false
-// duplicate one of the 128-bit message digest: out of reach. Memory is
+// false "seen" is a collision of the 128-bit triple digest (SHA-256), and
+// a false duplicate one of the 128-bit keyed message digest, whose seeds
+// never leave the process: out of reach. Memory is
 // about 40 bytes per entry plus 4 to 8 of table (about 50 MB at the
 // default bound), grown on demand.
 //
