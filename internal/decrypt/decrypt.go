@@ -422,7 +422,7 @@ func (st *state) parse(payload []byte) (envelope, error) {
 		return env, errors.New("device_id: not a string")
 	}
 	v := s.stringValue(dev)
-	if !validDeviceID(v) {
+	if !dek.ValidDeviceID(v) {
 		return env, errors.New("device_id: outside its alphabet or length")
 	}
 	e = append(e, v...)
@@ -445,7 +445,7 @@ func (st *state) parse(payload []byte) (envelope, error) {
 		return env, errors.New("key_version: not a string")
 	case kv != nil:
 		v := s.stringValue(kv)
-		if !validKeyVersion(v) {
+		if !dek.ValidKeyVersion(v) {
 			return env, errors.New("key_version: outside its alphabet or length")
 		}
 		e = append(e, v...)
@@ -460,12 +460,12 @@ func (st *state) parse(payload []byte) (envelope, error) {
 			return env, errors.New("key_id: not a string")
 		}
 		v := s.stringValue(ki)
-		if !validKeyID(v) {
+		if !dek.ValidKeyID(v) {
 			return env, errors.New("key_id: outside its alphabet or length")
 		}
 		e = append(e, v...)
 	} else {
-		e = append(e, "device/"...)
+		e = append(e, dek.DeviceKeyPrefix...)
 		e = append(e, e[:nDev]...)
 	}
 	st.env = e

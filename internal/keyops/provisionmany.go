@@ -447,7 +447,8 @@ func (op *Ops) joinGroups(ctx context.Context, joins []*groupJoin) error {
 func provisionWhy(v *newVersion) string {
 	switch {
 	case v.devices == nil:
-		return "device " + v.ref.KeyID[len("device/"):]
+		d, _ := dek.DeviceOfKeyID(v.ref.KeyID)
+		return "device " + d
 	case len(v.devices) == 1:
 		return "group created for device " + v.devices[0]
 	}

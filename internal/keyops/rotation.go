@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/decryptd/decryptd/internal/audit"
@@ -270,4 +269,4 @@ func (op *Ops) RevokeExpired(ctx context.Context, es []registry.Entry) ([]Outcom
 }
 
 // IsGroupKey reports whether keyID is a group key (not device/<id>).
-func IsGroupKey(keyID string) bool { return !strings.HasPrefix(keyID, "device/") }
+func IsGroupKey(keyID string) bool { return !dek.IsDeviceKeyID(keyID) }
