@@ -131,26 +131,30 @@ func (d *Decryptor) openPooled(ctx context.Context, m Message, noWait bool) (Rec
 }
 
 func (d *Decryptor) open(ctx context.Context, st *state, m Message, noWait bool) (Record, error) {
-	env, received, err := d.checkEnvelope(st, m)
+	var env envelope
+	received, err := d.checkEnvelope(st, m, &env)
 	if err != nil {
 		return Record{}, err
 	}
 	if len(env.sealed) == 0 {
 		return st.plainRecord(m, received, env), nil
 	}
-	rec := st.newRecord(m, received, env)
+	// rec is filled in place (a Record is a few hundred bytes: no copies).
+	var rec Record
+	st.newRecord(&rec, m, received, &env)
 	aead, err := d.resolve(ctx, &rec, noWait)
 	if err != nil {
 		return Record{}, err
 	}
-	if err := st.openSealed(aead, env, &rec); err != nil {
+	if err := st.openSealed(aead, &env, &rec); err != nil {
 		return Record{}, err
 	}
 	if d.win != nil {
 		// Ages count from the receive time: no second clock read per
 		// message, and a message retried after a transient fault keeps the
 		// age of its first receipt.
-		dg := d.win.dg.digest(m.Topic, m.Payload)
+		var dg msgDigest
+		dg, st.aad = d.win.dg.digest(st.aad, m.Topic, m.Payload)
 		if err := d.win.admit(st.keys, &dg, received.UnixNano()); err != nil {
 			return Record{}, fmt.Errorf("%w: nonce already accepted under %s %s", err, rec.KeyID, rec.KeyVersion)
 		}
@@ -173,15 +177,16 @@ func (d *Decryptor) open(ctx context.Context, st *state, m Message, noWait bool)
 }
 
 // checkEnvelope runs every check that needs no key, in the spec's order:
-// malformed, topic_mismatch, stale. It returns the envelope and the
-// receive time.
-func (d *Decryptor) checkEnvelope(st *state, m Message) (envelope, time.Time, error) {
-	env, err := st.parse(m.Payload)
+// malformed, topic_mismatch, stale. It fills env and returns the receive
+// time.
+func (d *Decryptor) checkEnvelope(st *state, m Message, env *envelope) (time.Time, error) {
+	var err error
+	*env, err = st.parse(m.Payload)
 	if err != nil {
-		return env, time.Time{}, fmt.Errorf("%w: %v", ErrMalformed, err)
+		return time.Time{}, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
 	if id, ok := d.topic.deviceID(m.Topic); ok && id != string(env.deviceID) {
-		return env, time.Time{}, fmt.Errorf("%w: topic carries device %q, message device_id is %q", ErrTopicMismatch, id, env.deviceID)
+		return time.Time{}, fmt.Errorf("%w: topic carries device %q, message device_id is %q", ErrTopicMismatch, id, env.deviceID)
 	}
 	received := m.ReceivedAt
 	if received.IsZero() {
@@ -189,16 +194,16 @@ func (d *Decryptor) checkEnvelope(st *state, m Message) (envelope, time.Time, er
 	}
 	if skew := d.opts.ClockSkew; skew > 0 {
 		if diff := timestampTime(env.ts).Sub(received); diff > skew || diff < -skew {
-			return env, time.Time{}, fmt.Errorf("%w: timestamp %s is %s from receive time, window %s", ErrStale, env.tsText, diff.Round(time.Second), skew)
+			return time.Time{}, fmt.Errorf("%w: timestamp %s is %s from receive time, window %s", ErrStale, env.tsText, diff.Round(time.Second), skew)
 		}
 	}
-	return env, received, nil
+	return received, nil
 }
 
 // newRecord computes what needs no key: each sealed value's replay key
 // (st.keys) and the record's id and names, all its strings in one
-// allocation.
-func (st *state) newRecord(m Message, received time.Time, env envelope) Record {
+// allocation, into rec.
+func (st *state) newRecord(rec *Record, m Message, received time.Time, env *envelope) {
 	st.keys = st.keys[:0]
 	var id [sha256.Size]byte
 	for i := range env.sealed {
@@ -222,11 +227,10 @@ func (st *state) newRecord(m Message, received time.Time, env envelope) Record {
 	st.out = out
 	strs := string(out)
 	o := 2 * sha256.Size
-	rec := Record{ID: strs[:o], Topic: m.Topic, ReceivedAt: received, Timestamp: env.ts}
+	rec.ID, rec.Topic, rec.ReceivedAt, rec.Timestamp = strs[:o], m.Topic, received, env.ts
 	rec.DeviceID, o = strs[o:o+len(env.deviceID)], o+len(env.deviceID)
 	rec.KeyID, o = strs[o:o+len(env.keyID)], o+len(env.keyID)
 	rec.KeyVersion = strs[o:]
-	return rec
 }
 
 // resolve looks up rec's key: unknown_key, key_revoked, ErrTransient, or
@@ -269,7 +273,7 @@ func (d *Decryptor) resolve(ctx context.Context, rec *Record, noWait bool) (ciph
 // openSealed opens every sealed value in place, then checks every
 // plaintext (auth_failed comes before bad_plaintext in the spec's order),
 // leaving each plaintext's JSON value in st.pts.
-func (st *state) openSealed(aead cipher.AEAD, env envelope, rec *Record) error {
+func (st *state) openSealed(aead cipher.AEAD, env *envelope, rec *Record) error {
 	st.pts = st.pts[:0]
 	for i := range env.sealed {
 		sp := env.sealed[i].bin
