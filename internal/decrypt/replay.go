@@ -102,6 +102,7 @@ type window struct {
 	genCap  int
 	gens    [windowGens][]wentry
 	cur     uint64 // current generation; gens[cur%windowGens] takes new entries
+	curSlot int    // cur % windowGens
 	held    int    // entries in held generations (forgotten ones included)
 	idxBits uint   // slot bits of an entry's index
 	fpShift uint   // idxBits + genBits: a slot's fingerprint is v >> fpShift
@@ -229,10 +230,11 @@ func (w *window) admit(keys []replayKey, d *msgDigest, now int64) error {
 }
 
 func (w *window) push(k *replayKey, d *msgDigest, now int64) {
-	s := &w.gens[w.cur%windowGens]
+	s := &w.gens[w.curSlot]
 	if len(*s) == w.genCap {
 		w.cur++
-		s = &w.gens[w.cur%windowGens]
+		w.curSlot = int(w.cur % windowGens)
+		s = &w.gens[w.curSlot]
 		w.held -= len(*s)
 		*s = (*s)[:0]
 	}
