@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/decryptd/decryptd/internal/audit"
+	"github.com/decryptd/decryptd/internal/intake"
 	"github.com/decryptd/decryptd/internal/keyops"
 	"github.com/decryptd/decryptd/internal/kms/local"
 	"github.com/decryptd/decryptd/internal/registry/filestore"
@@ -51,8 +52,8 @@ log: {level: error}
 	var in bytes.Buffer
 	wantOK, wantDup, wantReasons := 0, 0, map[string]int{}
 	for _, c := range v.Cases {
-		d := sink.DeadLetter{Reason: "unknown_key", Error: "before the keys were imported", Topic: c.Topic,
-			ReceivedAt: time.Date(2026, 12, 4, 12, 0, 0, 0, time.UTC), Payload: []byte(c.Message)}
+		d := sink.DeadLetter{Reason: "unknown_key", Error: "before the keys were imported", Message: intake.Message{Topic: c.Topic,
+			ReceivedAt: time.Date(2026, 12, 4, 12, 0, 0, 0, time.UTC), Payload: []byte(c.Message)}}
 		in.Write(d.Record().JSON)
 		in.WriteByte('\n')
 		switch {

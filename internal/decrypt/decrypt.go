@@ -12,27 +12,24 @@ import (
 	"time"
 
 	"github.com/decryptd/decryptd/internal/dek"
+	"github.com/decryptd/decryptd/internal/intake"
 )
 
-// Message is one MQTT message as received.
-type Message struct {
-	Topic   string
-	Payload []byte
-	// Dup is the MQTT DUP flag: the broker is redelivering it. Open does
-	// not look at it (an exact repeat is a duplicate with or without it);
-	// callers count duplicates by it.
-	Dup bool
-	// ReceivedAt is when the daemon received it (the record's received_at
-	// and the stale check's reference); zero means Options.Now() at Open.
-	ReceivedAt time.Time
-}
+// Message is one message as an input received it (intake.Message). The
+// decryptor reads Topic (the record's topic, part of the message digest,
+// and the device id when the input determined none), DeviceID (checked
+// against the payload's device_id), Payload and ReceivedAt (the record's
+// received_at and the stale check's reference; zero means Options.Now() at
+// Open). It does not read Redelivered: an exact repeat is a duplicate with
+// or without it (amendment 1); callers count duplicates by it.
+type Message = intake.Message
 
 // Decryptor turns messages into records or failure reasons. It is safe for
 // concurrent use.
 type Decryptor struct {
 	keys  KeyResolver
 	opts  Options
-	topic topicPattern
+	topic intake.TopicPattern
 	win   *window // nil when the replay window is disabled
 	pool  sync.Pool
 }
@@ -47,7 +44,7 @@ func New(keys KeyResolver, opts Options) (*Decryptor, error) {
 	if err != nil {
 		return nil, fmt.Errorf("decrypt: %w", err)
 	}
-	tp, err := parseTopicPattern(opts.TopicPattern)
+	tp, err := intake.ParseTopicPattern(opts.TopicPattern)
 	if err != nil {
 		return nil, fmt.Errorf("decrypt: %w", err)
 	}
@@ -185,8 +182,15 @@ func (d *Decryptor) checkEnvelope(st *state, m Message, env *envelope) (time.Tim
 	if err != nil {
 		return time.Time{}, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
-	if id, ok := d.topic.deviceID(m.Topic); ok && id != string(env.deviceID) {
-		return time.Time{}, fmt.Errorf("%w: topic carries device %q, message device_id is %q", ErrTopicMismatch, id, env.deviceID)
+	// The device id the input determined (the MQTT input reads it from the
+	// topic); a message without one (a replayed dead letter) falls back to
+	// Options.TopicPattern.
+	dev, ok := m.DeviceID, m.DeviceID != ""
+	if !ok {
+		dev, ok = d.topic.DeviceID(m.Topic)
+	}
+	if ok && dev != string(env.deviceID) {
+		return time.Time{}, fmt.Errorf("%w: topic carries device %q, message device_id is %q", ErrTopicMismatch, dev, env.deviceID)
 	}
 	received := m.ReceivedAt
 	if received.IsZero() {

@@ -33,7 +33,7 @@ func FuzzOpen(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		m := Message{Topic: topic, Payload: payload, Dup: dup, ReceivedAt: received}
+		m := Message{Topic: topic, Payload: payload, Redelivered: dup, ReceivedAt: received}
 		rec, err := d.Open(context.Background(), m)
 		if err != nil {
 			if Reason(err) == "" {
@@ -52,7 +52,7 @@ func FuzzOpen(f *testing.F) {
 		if !json.Valid(payload) {
 			t.Fatal("accepted a payload encoding/json calls invalid")
 		}
-		m.Dup = true
+		m.Redelivered = true
 		rec2, err := d.Open(context.Background(), m)
 		switch {
 		case rec.KeyVersion != "" && !errors.Is(err, ErrDuplicate):
@@ -65,7 +65,7 @@ func FuzzOpen(f *testing.F) {
 		}
 		// Amendment 1: an exact repeat is a duplicate without DUP too; the
 		// same bytes on another topic are not an exact repeat.
-		m.Dup = false
+		m.Redelivered = false
 		if _, err := d.Open(context.Background(), m); !errors.Is(err, ErrDuplicate) {
 			t.Fatalf("exact repeat of an accepted message: %v, want duplicate", err)
 		}
