@@ -7,10 +7,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/decryptd/decryptd/internal/dek"
 	"testing"
 	"time"
 
+	"github.com/decryptd/decryptd/internal/dek"
 	"github.com/decryptd/decryptd/internal/sink"
 )
 
