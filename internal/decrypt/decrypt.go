@@ -16,11 +16,12 @@ import (
 )
 
 // Message is one message as an input received it (intake.Message). The
-// decryptor reads Topic (the record's topic, and the device id when the
-// input determined none), DeviceID (checked against the payload's
-// device_id), Payload, Redelivered (a duplicate rather than a replay) and
-// ReceivedAt (the record's received_at and the stale check's reference;
-// zero means Options.Now() at Open).
+// decryptor reads Topic (the record's topic, part of the message digest,
+// and the device id when the input determined none), DeviceID (checked
+// against the payload's device_id), Payload and ReceivedAt (the record's
+// received_at and the stale check's reference; zero means Options.Now() at
+// Open). It does not read Redelivered: an exact repeat is a duplicate with
+// or without it (amendment 1); callers count duplicates by it.
 type Message = intake.Message
 
 // Decryptor turns messages into records or failure reasons. It is safe for
@@ -127,9 +128,59 @@ func (d *Decryptor) openPooled(ctx context.Context, m Message, noWait bool) (Rec
 }
 
 func (d *Decryptor) open(ctx context.Context, st *state, m Message, noWait bool) (Record, error) {
-	env, err := st.parse(m.Payload)
+	var env envelope
+	received, err := d.checkEnvelope(st, m, &env)
 	if err != nil {
-		return Record{}, fmt.Errorf("%w: %v", ErrMalformed, err)
+		return Record{}, err
+	}
+	if len(env.sealed) == 0 {
+		return st.plainRecord(m, received, env), nil
+	}
+	// rec is filled in place (a Record is a few hundred bytes: no copies).
+	var rec Record
+	st.newRecord(&rec, m, received, &env)
+	aead, err := d.resolve(ctx, &rec, noWait)
+	if err != nil {
+		return Record{}, err
+	}
+	if err := st.openSealed(aead, &env, &rec); err != nil {
+		return Record{}, err
+	}
+	if d.win != nil {
+		// Ages count from the receive time: no second clock read per
+		// message, and a message retried after a transient fault keeps the
+		// age of its first receipt.
+		var dg msgDigest
+		dg, st.aad = d.win.dg.digest(st.aad, m.Topic, m.Payload)
+		if err := d.win.admit(st.keys, &dg, received.UnixNano()); err != nil {
+			return Record{}, fmt.Errorf("%w: nonce already accepted under %s %s", err, rec.KeyID, rec.KeyVersion)
+		}
+		rec.rk0, rec.rkN = st.keys[0], len(st.keys)
+		if len(st.keys) > 1 {
+			rec.rkMore = slices.Clone(st.keys)
+		}
+	}
+	if env.shapeA {
+		p := st.pts[0]
+		buf := make([]byte, len(st.meta)+p.end-p.start)
+		n := copy(buf, st.meta)
+		copy(buf[n:], st.bin[p.start:p.end])
+		rec.Metadata, rec.Data = buf[:n:n], buf[n:]
+		return rec, nil
+	}
+	st.out = st.appendShapeBData(st.out[:0], env)
+	rec.Data = slices.Clone(st.out)
+	return rec, nil
+}
+
+// checkEnvelope runs every check that needs no key, in the spec's order:
+// malformed, topic_mismatch, stale. It fills env and returns the receive
+// time.
+func (d *Decryptor) checkEnvelope(st *state, m Message, env *envelope) (time.Time, error) {
+	var err error
+	*env, err = st.parse(m.Payload)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
 	// The device id the input determined (the MQTT input reads it from the
 	// topic); a message without one (a replayed dead letter) falls back to
@@ -139,7 +190,7 @@ func (d *Decryptor) open(ctx context.Context, st *state, m Message, noWait bool)
 		dev, ok = d.topic.DeviceID(m.Topic)
 	}
 	if ok && dev != string(env.deviceID) {
-		return Record{}, fmt.Errorf("%w: topic carries device %q, message device_id is %q", ErrTopicMismatch, dev, env.deviceID)
+		return time.Time{}, fmt.Errorf("%w: topic carries device %q, message device_id is %q", ErrTopicMismatch, dev, env.deviceID)
 	}
 	received := m.ReceivedAt
 	if received.IsZero() {
@@ -147,14 +198,16 @@ func (d *Decryptor) open(ctx context.Context, st *state, m Message, noWait bool)
 	}
 	if skew := d.opts.ClockSkew; skew > 0 {
 		if diff := timestampTime(env.ts).Sub(received); diff > skew || diff < -skew {
-			return Record{}, fmt.Errorf("%w: timestamp %s is %s from receive time, window %s", ErrStale, env.tsText, diff.Round(time.Second), skew)
+			return time.Time{}, fmt.Errorf("%w: timestamp %s is %s from receive time, window %s", ErrStale, env.tsText, diff.Round(time.Second), skew)
 		}
 	}
-	if len(env.sealed) == 0 {
-		return st.plainRecord(m, received, env), nil
-	}
+	return received, nil
+}
 
-	// Replay keys (and the record id, the first one's digest) need no key.
+// newRecord computes what needs no key: each sealed value's replay key
+// (st.keys) and the record's id and names, all its strings in one
+// allocation, into rec.
+func (st *state) newRecord(rec *Record, m Message, received time.Time, env *envelope) {
 	st.keys = st.keys[:0]
 	var id [sha256.Size]byte
 	for i := range env.sealed {
@@ -171,8 +224,6 @@ func (d *Decryptor) open(ctx context.Context, st *state, m Message, noWait bool)
 		}
 		st.keys = append(st.keys, replayKey(sum[:len(replayKey{})]))
 	}
-
-	// One allocation for every string of the record.
 	out := hex.AppendEncode(st.out[:0], id[:])
 	out = append(out, env.deviceID...)
 	out = append(out, env.keyID...)
@@ -180,44 +231,53 @@ func (d *Decryptor) open(ctx context.Context, st *state, m Message, noWait bool)
 	st.out = out
 	strs := string(out)
 	o := 2 * sha256.Size
-	rec := Record{ID: strs[:o], Topic: m.Topic, ReceivedAt: received, Timestamp: env.ts}
+	rec.ID, rec.Topic, rec.ReceivedAt, rec.Timestamp = strs[:o], m.Topic, received, env.ts
 	rec.DeviceID, o = strs[o:o+len(env.deviceID)], o+len(env.deviceID)
 	rec.KeyID, o = strs[o:o+len(env.keyID)], o+len(env.keyID)
 	rec.KeyVersion = strs[o:]
+}
 
+// resolve looks up rec's key: unknown_key, key_revoked, ErrTransient, or
+// (noWait) ErrWouldBlock having asked for the key to be loaded.
+func (d *Decryptor) resolve(ctx context.Context, rec *Record, noWait bool) (cipher.AEAD, error) {
 	var aead cipher.AEAD
+	var err error
 	if noWait {
 		ck := d.keys.(CachedKeyResolver)
 		aead, err = ck.ResolveCachedKey(rec.KeyID, rec.KeyVersion, rec.DeviceID)
 		if errors.Is(err, dek.ErrWouldWait) {
 			// Whoever goes on to Open finds the key sooner.
 			ck.PrefetchKey(rec.KeyID, rec.KeyVersion, rec.DeviceID)
-			return Record{}, ErrWouldBlock
+			return nil, ErrWouldBlock
 		}
 	} else {
 		aead, err = d.keys.ResolveKey(ctx, rec.KeyID, rec.KeyVersion, rec.DeviceID)
 	}
 	switch {
 	case err == nil && aead == nil:
-		return Record{}, fmt.Errorf("%w: key resolver returned no cipher for %s %s", ErrTransient, rec.KeyID, rec.KeyVersion)
+		return nil, fmt.Errorf("%w: key resolver returned no cipher for %s %s", ErrTransient, rec.KeyID, rec.KeyVersion)
 	case err == nil:
 	case errors.Is(err, dek.ErrUnknownKey):
-		return Record{}, fmt.Errorf("%w: %s %s for device %s: %w", ErrUnknownKey, rec.KeyID, rec.KeyVersion, rec.DeviceID, err)
+		return nil, fmt.Errorf("%w: %s %s for device %s: %w", ErrUnknownKey, rec.KeyID, rec.KeyVersion, rec.DeviceID, err)
 	case errors.Is(err, dek.ErrRevoked):
-		return Record{}, fmt.Errorf("%w: %s %s: %w", ErrKeyRevoked, rec.KeyID, rec.KeyVersion, err)
+		return nil, fmt.Errorf("%w: %s %s: %w", ErrKeyRevoked, rec.KeyID, rec.KeyVersion, err)
 	default:
 		// dek.ErrUnavailable, a cancelled context, or anything the resolver
 		// could not classify: never dead-letter on a fault of ours.
-		return Record{}, fmt.Errorf("%w: resolve %s %s: %w", ErrTransient, rec.KeyID, rec.KeyVersion, err)
+		return nil, fmt.Errorf("%w: resolve %s %s: %w", ErrTransient, rec.KeyID, rec.KeyVersion, err)
 	}
 	if aead.NonceSize() != nonceSize || aead.Overhead() != tagSize {
 		// cipher.AEAD.Open panics on a nonce of the wrong size.
-		return Record{}, fmt.Errorf("%w: key resolver returned a cipher with nonce size %d, overhead %d; want AES-GCM",
+		return nil, fmt.Errorf("%w: key resolver returned a cipher with nonce size %d, overhead %d; want AES-GCM",
 			ErrTransient, aead.NonceSize(), aead.Overhead())
 	}
+	return aead, nil
+}
 
-	// Open every sealed value before judging any plaintext: auth_failed
-	// comes before bad_plaintext in the spec's order.
+// openSealed opens every sealed value in place, then checks every
+// plaintext (auth_failed comes before bad_plaintext in the spec's order),
+// leaving each plaintext's JSON value in st.pts.
+func (st *state) openSealed(aead cipher.AEAD, env *envelope, rec *Record) error {
 	st.pts = st.pts[:0]
 	for i := range env.sealed {
 		sp := env.sealed[i].bin
@@ -234,9 +294,9 @@ func (d *Decryptor) open(ctx context.Context, st *state, m Message, noWait bool)
 		pt, err := aead.Open(ct[:0], b[:nonceSize], ct, aad)
 		if err != nil {
 			if env.shapeA {
-				return Record{}, fmt.Errorf("%w: encrypted_data under %s %s", ErrAuthFailed, rec.KeyID, rec.KeyVersion)
+				return fmt.Errorf("%w: encrypted_data under %s %s", ErrAuthFailed, rec.KeyID, rec.KeyVersion)
 			}
-			return Record{}, fmt.Errorf("%w: field %s under %s %s", ErrAuthFailed, env.sealed[i].ptr, rec.KeyID, rec.KeyVersion)
+			return fmt.Errorf("%w: field %s under %s %s", ErrAuthFailed, env.sealed[i].ptr, rec.KeyID, rec.KeyVersion)
 		}
 		start := sp.start + nonceSize
 		st.pts = append(st.pts, span{start, start + len(pt)})
@@ -245,40 +305,16 @@ func (d *Decryptor) open(ctx context.Context, st *state, m Message, noWait bool)
 		k, v, err := st.sub.document(st.bin[p.start:p.end], false)
 		if err != nil {
 			if env.shapeA {
-				return Record{}, fmt.Errorf("%w: %v", ErrBadPlaintext, err)
+				return fmt.Errorf("%w: %v", ErrBadPlaintext, err)
 			}
-			return Record{}, fmt.Errorf("%w: field %s: %v", ErrBadPlaintext, env.sealed[i].ptr, err)
+			return fmt.Errorf("%w: field %s: %v", ErrBadPlaintext, env.sealed[i].ptr, err)
 		}
 		if env.shapeA && k != kindObject {
-			return Record{}, fmt.Errorf("%w: plaintext is not a JSON object", ErrBadPlaintext)
+			return fmt.Errorf("%w: plaintext is not a JSON object", ErrBadPlaintext)
 		}
 		st.pts[i] = span{p.start + v.start, p.start + v.end}
 	}
-
-	if d.win != nil {
-		// Ages count from the receive time: no second clock read per
-		// message, and a message retried after a transient fault keeps the
-		// age of its first receipt.
-		if err := d.win.admit(st.keys, m.Redelivered, received.UnixNano()); err != nil {
-			return Record{}, fmt.Errorf("%w: nonce already accepted under %s %s", err, rec.KeyID, rec.KeyVersion)
-		}
-		rec.rk0, rec.rkN = st.keys[0], len(st.keys)
-		if len(st.keys) > 1 {
-			rec.rkMore = slices.Clone(st.keys)
-		}
-	}
-
-	if env.shapeA {
-		p := st.pts[0]
-		buf := make([]byte, len(st.meta)+p.end-p.start)
-		n := copy(buf, st.meta)
-		copy(buf[n:], st.bin[p.start:p.end])
-		rec.Metadata, rec.Data = buf[:n:n], buf[n:]
-		return rec, nil
-	}
-	st.out = st.appendShapeBData(st.out[:0], env)
-	rec.Data = slices.Clone(st.out)
-	return rec, nil
+	return nil
 }
 
 // plainRecord is the record of a shape B message without sealed values.
@@ -394,7 +430,7 @@ func (st *state) parse(payload []byte) (envelope, error) {
 		return env, errors.New("device_id: not a string")
 	}
 	v := s.stringValue(dev)
-	if !validDeviceID(v) {
+	if !dek.ValidDeviceID(v) {
 		return env, errors.New("device_id: outside its alphabet or length")
 	}
 	e = append(e, v...)
@@ -417,7 +453,7 @@ func (st *state) parse(payload []byte) (envelope, error) {
 		return env, errors.New("key_version: not a string")
 	case kv != nil:
 		v := s.stringValue(kv)
-		if !validKeyVersion(v) {
+		if !dek.ValidKeyVersion(v) {
 			return env, errors.New("key_version: outside its alphabet or length")
 		}
 		e = append(e, v...)
@@ -432,12 +468,12 @@ func (st *state) parse(payload []byte) (envelope, error) {
 			return env, errors.New("key_id: not a string")
 		}
 		v := s.stringValue(ki)
-		if !validKeyID(v) {
+		if !dek.ValidKeyID(v) {
 			return env, errors.New("key_id: outside its alphabet or length")
 		}
 		e = append(e, v...)
 	} else {
-		e = append(e, "device/"...)
+		e = append(e, dek.DeviceKeyPrefix...)
 		e = append(e, e[:nDev]...)
 	}
 	st.env = e

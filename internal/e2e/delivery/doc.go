@@ -16,7 +16,12 @@
 //     counted;
 //   - an HTTP sink down for 10 s loses nothing and, while it is down,
 //     intake stops at mqtt.max_in_flight with the rest queued at the broker;
-//     nothing is dead-lettered.
+//     nothing is dead-lettered;
+//   - a device's QoS 1 retransmission (a TCP proxy in the test drops its
+//     first PUBACK and the link; paho resends with DUP, Mosquitto forwards
+//     the resend as a new message) ends as one record and one duplicate
+//     counted under cause repeat, nothing dead-lettered (envelope
+//     amendment 1).
 //
 // The daemons are observed from the outside: their sinks (records by id)
 // and their decryptd_* metrics scraped from /metrics.
