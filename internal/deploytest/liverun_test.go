@@ -70,7 +70,7 @@ const (
 // versions go decrypt_only and are revoked after a three-second grace;
 // good messages flow all along and bad ones of every kind are
 // dead-lettered (auth_failed, unknown_key, key_revoked, topic_mismatch,
-// malformed, replay). Prometheus's part is played by a scrape of /metrics
+// malformed, replay) and exact repeats counted as duplicates. Prometheus's part is played by a scrape of /metrics
 // every scrapeEvery into a TSDB.
 func runDaemon(t *testing.T) *liveRun {
 	t.Helper()
@@ -234,7 +234,7 @@ rotation:
 			if replayed == nil {
 				replayed = devs[4].seal(ft, "", seq)
 			}
-			publish(topicOf(devs[4].id), replayed) // replay (from the second on)
+			publish(topicOf(devs[4].id), replayed) // the same message again: a duplicate (cause repeat)
 		}
 		if time.Now().After(next) {
 			scrapeNow()
