@@ -609,8 +609,10 @@ func (c *Controller) rootSchedule(ctx context.Context, now time.Time, es []regis
 	if last.IsZero() {
 		// First run: the schedule starts now.
 		_ = c.o.RootState.Save(ctx, now, false)
+		c.o.Metrics.rootKeyAge.Set(0)
 		return
 	}
+	c.o.Metrics.rootKeyAge.Set(now.Sub(last).Seconds())
 	if now.Sub(last) >= c.o.Policy.RootMaxAge {
 		if _, err := c.o.Ops.RootRotate(ctx, c.o.RootKeyID); err != nil {
 			c.o.Metrics.failures.WithLabelValues("root_rotate").Inc()
@@ -619,6 +621,7 @@ func (c *Controller) rootSchedule(ctx context.Context, now time.Time, es []regis
 		}
 		c.log.Info("rotation: root key rotated; rewrapping every DEK")
 		last, rewrapPending = now, true
+		c.o.Metrics.rootKeyAge.Set(0)
 		if err := c.o.RootState.Save(ctx, last, true); err != nil {
 			c.log.Error("rotation: saving the root rotation state failed", zap.Error(err))
 		}

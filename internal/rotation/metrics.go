@@ -23,6 +23,7 @@ type Metrics struct {
 	failures            *prometheus.CounterVec // operation
 	rewrapFailures      prometheus.Counter
 	rewrapFailing       prometheus.Gauge
+	rootKeyAge          prometheus.Gauge
 }
 
 // Triggers and operations: the label values used.
@@ -62,6 +63,8 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help: "DEK versions whose rewrap after a root rotation failed."}),
 		rewrapFailing: prometheus.NewGauge(prometheus.GaugeOpts{Name: "decryptd_rotation_rewrap_incomplete",
 			Help: "1 while the rewrap after a root rotation has failures left to retry."}),
+		rootKeyAge: prometheus.NewGauge(prometheus.GaugeOpts{Name: "decryptd_rotation_root_key_age_seconds",
+			Help: "Age of the root key version that wraps new DEKs (since its last rotation), as last seen by the rotation leader; 0 while root rotation is off or not yet read."}),
 	}
 	for _, s := range []string{"active", "decrypt_only", "revoked", "shredded"} {
 		m.versions.WithLabelValues(s)
@@ -75,7 +78,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.versions, m.pending, m.stragglers, m.paused, m.leader, m.rekeysSent,
 			m.rekeysFailed, m.rotationsStarted, m.adoptions, m.revoked, m.decryptOnlyMessages, m.failures,
-			m.rewrapFailures, m.rewrapFailing} {
+			m.rewrapFailures, m.rewrapFailing, m.rootKeyAge} {
 			if err := reg.Register(c); err != nil {
 				return nil, errors.Join(errors.New("rotation: register metrics"), err)
 			}
