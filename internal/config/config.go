@@ -11,6 +11,10 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/decryptd/decryptd/internal/fieldpolicy"
+	"github.com/decryptd/decryptd/internal/sink/kafka"
+	"github.com/decryptd/decryptd/internal/sink/postgres"
 )
 
 // Config is the whole file. Field comments give each key's meaning; the
@@ -237,7 +241,21 @@ type Sink struct {
 	CAFile         string        `yaml:"ca_file,omitempty" json:"ca_file,omitempty"`
 	BatchMax       int           `yaml:"batch_max,omitempty" json:"batch_max,omitempty"`
 	Timeout        time.Duration `yaml:"timeout,omitempty" json:"timeout,omitempty"`
+
+	// kafka: the keys of package sink/kafka's Config (brokers, topic, tls,
+	// sasl); postgres: those of package sink/postgres's Config (dsn,
+	// table, columns). Their name is the sink's.
+	Kafka    *kafka.Config    `yaml:"kafka,omitempty" json:"kafka,omitempty"`
+	Postgres *postgres.Config `yaml:"postgres,omitempty" json:"postgres,omitempty"`
+
+	// Policy, for any type, is the field policy applied to this sink's
+	// records (package fieldpolicy): rules by JSON Pointer, the default for
+	// fields that arrived encrypted, the pseudonymization key.
+	Policy *Policy `yaml:"policy,omitempty" json:"policy,omitempty"`
 }
+
+// Policy is a sink's field policy (package fieldpolicy).
+type Policy = fieldpolicy.Config
 
 // Sink types.
 const (
@@ -245,6 +263,9 @@ const (
 	SinkStdout = "stdout"
 	SinkMQTT   = "mqtt"
 	SinkHTTP   = "http"
+	// SinkKafka and SinkPostgres are the analytics sinks.
+	SinkKafka    = kafka.Type
+	SinkPostgres = postgres.Type
 )
 
 // FsyncEnabled reports the effective fsync setting (true unless set false).
@@ -673,6 +694,12 @@ func (c *Config) resolvePaths(dir string) {
 		tls(&s.TLS)
 		abs(&s.AuthHeaderFile)
 		abs(&s.CAFile)
+		if k := s.Kafka; k != nil {
+			abs(&k.TLS.CAFile)
+			abs(&k.TLS.CertFile)
+			abs(&k.TLS.KeyFile)
+			abs(&k.SASL.SecretFile)
+		}
 	}
 	abs(&c.DeadLetter.Path)
 	tls(&c.DeadLetter.TLS)

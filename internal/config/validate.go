@@ -420,6 +420,12 @@ func (c *Config) validateSinks(ck *checker) {
 			"format": s.Format != "", "broker": s.Broker != "", "topic": s.Topic != "", "tls": !s.TLS.IsZero(),
 			"url": s.URL != "", "auth_header_file": s.AuthHeaderFile != "", "ca_file": s.CAFile != "",
 			"batch_max": s.BatchMax != 0, "timeout": s.Timeout != 0,
+			"kafka": s.Kafka != nil, "postgres": s.Postgres != nil,
+		}
+		if s.Policy != nil {
+			if err := s.Policy.Validate(); err != nil {
+				ck.add(f+".policy", "%v", err)
+			}
 		}
 		var own []string
 		switch s.Type {
@@ -465,14 +471,36 @@ func (c *Config) validateSinks(ck *checker) {
 				ck.add(f+".batch_max", "want 1-10000, got %d", s.BatchMax)
 			}
 			positive(ck, f+".timeout", s.Timeout)
+		case SinkKafka:
+			own = []string{"kafka"}
+			if s.Kafka == nil {
+				ck.add(f+".kafka", "required for type kafka")
+			} else {
+				k := *s.Kafka
+				k.Name = s.Name
+				if err := k.Validate(); err != nil {
+					ck.add(f+".kafka", "%v", err)
+				}
+			}
+		case SinkPostgres:
+			own = []string{"postgres"}
+			if s.Postgres == nil {
+				ck.add(f+".postgres", "required for type postgres")
+			} else {
+				pg := *s.Postgres
+				pg.Name = s.Name
+				if err := pg.Validate(); err != nil {
+					ck.add(f+".postgres", "%v", err)
+				}
+			}
 		case "":
-			ck.add(f+".type", "required (file, stdout, mqtt or http)")
+			ck.add(f+".type", "required (file, stdout, mqtt, http, kafka or postgres)")
 			continue
 		default:
-			ck.add(f+".type", "must be file, stdout, mqtt or http, got %q", clip(s.Type))
+			ck.add(f+".type", "must be file, stdout, mqtt, http, kafka or postgres, got %q", clip(s.Type))
 			continue
 		}
-		for _, k := range []string{"path", "max_bytes", "keep", "fsync", "format", "broker", "topic", "tls", "url", "auth_header_file", "ca_file", "batch_max", "timeout"} {
+		for _, k := range []string{"path", "max_bytes", "keep", "fsync", "format", "broker", "topic", "tls", "url", "auth_header_file", "ca_file", "batch_max", "timeout", "kafka", "postgres"} {
 			if used[k] && !contains(own, k) {
 				ck.add(f+"."+k, "not used by type %s", s.Type)
 			}

@@ -22,6 +22,7 @@ import (
 	"github.com/decryptd/decryptd/internal/kms/local"
 	"github.com/decryptd/decryptd/internal/pipeline"
 	"github.com/decryptd/decryptd/internal/pki"
+	"github.com/decryptd/decryptd/internal/pseudonym"
 	"github.com/decryptd/decryptd/internal/registry"
 	"github.com/decryptd/decryptd/internal/registry/filestore"
 	"github.com/decryptd/decryptd/internal/registry/pgstore"
@@ -35,16 +36,19 @@ const DeadLetterSinkName = "dead_letter"
 // parts is everything below the consumer, built in order; closers release
 // them in reverse.
 type parts struct {
-	cfg     *config.Config
-	log     *zap.Logger
-	audit   *audit.Writer
-	kms     kms.Provider
-	store   registry.Store
-	cache   *keycache.Cache
-	pipe    *pipeline.Pipeline
-	rot     *rotationParts // nil unless rotation.enabled
-	unwraps atomic.Uint64
-	closers []namedCloser
+	cfg   *config.Config
+	log   *zap.Logger
+	audit *audit.Writer
+	kms   kms.Provider
+	store registry.Store
+	cache *keycache.Cache
+	pipe  *pipeline.Pipeline
+	rot   *rotationParts // nil unless rotation.enabled
+	// pseudonyms are the pseudonymization keys the field policies use, by
+	// name.
+	pseudonyms map[string]*pseudonym.Key
+	unwraps    atomic.Uint64
+	closers    []namedCloser
 }
 
 type namedCloser struct {
@@ -179,7 +183,7 @@ func build(ctx context.Context, o *Options) (_ *parts, err error) {
 	}
 	// From here on the pipeline's Close flushes and closes the sinks; the
 	// closers registered for them on the error path go.
-	p.closers = keepOnly(p.closers, "audit log", "kms keyprotect", "registry", "key cache", "rotation publisher")
+	p.closers = keepOnly(p.closers, "audit log", "kms keyprotect", "registry", "key cache", "rotation publisher", "pseudonymization key")
 	return p, nil
 }
 
@@ -243,6 +247,8 @@ func (p *parts) buildSinks(ctx context.Context, o *Options) ([]sink.Sink, error)
 			if err == nil {
 				sk = chunked{Sink: h, max: s.BatchMax}
 			}
+		case config.SinkKafka, config.SinkPostgres:
+			sk, err = p.buildAnalyticsSink(ctx, o, s)
 		default:
 			err = fmt.Errorf("type %q: not supported", s.Type)
 		}
@@ -250,6 +256,9 @@ func (p *parts) buildSinks(ctx context.Context, o *Options) ([]sink.Sink, error)
 			return nil, fmt.Errorf("sinks[%d] (%s): %w", i, s.Name, err)
 		}
 		p.onClose("sink "+s.Name, func() error { return sk.Close(context.Background()) })
+		if sk, err = p.withPolicy(ctx, s, sk); err != nil {
+			return nil, fmt.Errorf("sinks[%d] (%s): %w", i, s.Name, err)
+		}
 		out = append(out, sk)
 	}
 	return out, nil

@@ -26,6 +26,10 @@ const (
 	Pseudonymize Action = "pseudonymize"
 )
 
+// AuditAction is the audit log action of the events that record a policy
+// in force at start.
+const AuditAction = "field_policy"
+
 // MaskText replaces a masked value.
 const MaskText = "***"
 
