@@ -16,6 +16,8 @@ if ! command -v pg_ctlcluster >/dev/null 2>&1; then
   need_apt+=(postgresql)
 fi
 command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
+# kcat (librdkafka's CLI): the Kafka sink's test reads its topic back with it.
+command -v kcat >/dev/null 2>&1 || need_apt+=(kcat)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
@@ -52,5 +54,5 @@ if ! psql "$dsn" -qAtc 'select 1' >/dev/null 2>&1; then
   dsn="postgres://decryptd_test:decryptd_test@127.0.0.1:5432/postgres?sslmode=disable"
   psql "$dsn" -qAtc 'select 1' >/dev/null || { log "cannot connect with $dsn"; exit 1; }
 fi
-log "mosquitto: $(command -v mosquitto || echo /usr/sbin/mosquitto); postgres: ok"
+log "mosquitto: $(command -v mosquitto || echo /usr/sbin/mosquitto); kcat: $(command -v kcat); postgres: ok"
 echo "$dsn"
