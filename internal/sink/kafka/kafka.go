@@ -42,8 +42,9 @@ const (
 // Config is a Kafka sink's configuration (the keys under a sink of type
 // kafka).
 type Config struct {
-	// Name labels the sink in metrics and logs.
-	Name string `yaml:"name" json:"name"`
+	// Name labels the sink in metrics and logs: the sink entry's name,
+	// not a key of its own.
+	Name string `yaml:"-" json:"-"`
 	// Brokers are the bootstrap brokers, host:port.
 	Brokers []string `yaml:"brokers" json:"brokers"`
 	// Topic receives every record.
@@ -79,57 +80,70 @@ type SASL struct {
 	SecretEnv  string `yaml:"secret_env,omitempty" json:"secret_env,omitempty"`
 }
 
+// Problem is one problem with one key of the configuration, named
+// relative to the sink's entry ("sasl.mechanism").
+type Problem struct{ Key, Text string }
+
 // Validate checks c without touching the network or the files it names,
 // naming the field at fault.
 func (c Config) Validate() error {
-	errf := func(field, format string, a ...any) error {
-		return fmt.Errorf("kafka sink %q: %s: %s", c.Name, field, fmt.Sprintf(format, a...))
+	ps := c.Problems()
+	if len(ps) == 0 {
+		return nil
 	}
-	if c.Name == "" {
-		return errors.New("kafka sink: name: required")
+	msgs := make([]string, len(ps))
+	for i, p := range ps {
+		msgs[i] = p.Key + ": " + p.Text
 	}
+	return fmt.Errorf("kafka sink %q: %s", c.Name, strings.Join(msgs, "; "))
+}
+
+// Problems lists what Validate reports, one problem per key.
+func (c Config) Problems() []Problem {
+	var ps []Problem
+	add := func(key, format string, a ...any) { ps = append(ps, Problem{key, fmt.Sprintf(format, a...)}) }
 	if len(c.Brokers) == 0 {
-		return errf("brokers", "at least one host:port required")
+		add("brokers", "at least one host:port required")
 	}
 	for i, b := range c.Brokers {
 		if _, port, err := net.SplitHostPort(b); err != nil || port == "" {
-			return errf(fmt.Sprintf("brokers[%d]", i), "want host:port, got %q", b)
+			add(fmt.Sprintf("brokers[%d]", i), "want host:port, got %q", b)
 		}
 	}
-	if c.Topic == "" {
-		return errf("topic", "required")
-	}
-	if len(c.Topic) > 249 || strings.Trim(c.Topic, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") != "" || c.Topic == "." || c.Topic == ".." {
-		return errf("topic", "want 1-249 of A-Z a-z 0-9 . _ -")
+	switch {
+	case c.Topic == "":
+		add("topic", "required")
+	case len(c.Topic) > 249 || strings.Trim(c.Topic, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") != "" || c.Topic == "." || c.Topic == "..":
+		add("topic", "want 1-249 of A-Z a-z 0-9 . _ -")
 	}
 	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
-		return errf("tls", "cert_file and key_file go together")
+		add("tls", "cert_file and key_file go together")
 	}
 	if c.AllowPlaintext && c.TLS != (TLS{}) {
-		return errf("allow_plaintext", "set together with tls")
+		add("allow_plaintext", "set together with tls")
 	}
 	s := c.SASL
 	switch s.Mechanism {
 	case "":
 		if s != (SASL{}) {
-			return errf("sasl.mechanism", "required when sasl is set")
+			add("sasl.mechanism", "required when sasl is set")
 		}
-		return nil
+		return ps
 	case MechPlain, MechScramSHA512:
 		if s.Username == "" {
-			return errf("sasl.username", "required for %s", s.Mechanism)
+			add("sasl.username", "required for %s", s.Mechanism)
 		}
 	case MechOAuthBearer:
 		if s.Username != "" {
-			return errf("sasl.username", "not used by oauthbearer")
+			add("sasl.username", "not used by oauthbearer")
 		}
 	default:
-		return errf("sasl.mechanism", "%q: want plain, scram-sha-512 or oauthbearer", s.Mechanism)
+		add("sasl.mechanism", "%q: want plain, scram-sha-512 or oauthbearer", s.Mechanism)
 	}
 	if (s.SecretFile == "") == (s.SecretEnv == "") {
-		return errf("sasl", "exactly one of secret_file and secret_env (the secret is never written in the configuration)")
+		add("sasl", "exactly one of secret_file and secret_env (the secret is never written in the configuration)")
 	}
-	return nil
+	return ps
 }
 
 // Option adjusts New.
@@ -163,6 +177,9 @@ type Sink struct {
 // New validates cfg and starts a producer. It does not wait for the
 // brokers: the first Write does.
 func New(ctx context.Context, cfg Config, opts ...Option) (*Sink, error) {
+	if cfg.Name == "" {
+		return nil, errors.New("kafka sink: a name is required")
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}

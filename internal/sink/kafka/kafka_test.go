@@ -259,7 +259,6 @@ func TestValidate(t *testing.T) {
 		field string
 		mod   func(*Config)
 	}{
-		{"name", func(c *Config) { c.Name = "" }},
 		{"brokers", func(c *Config) { c.Brokers = nil }},
 		{"brokers[0]", func(c *Config) { c.Brokers = []string{"no-port"} }},
 		{"topic", func(c *Config) { c.Topic = "" }},

@@ -37,7 +37,8 @@ var columnTypes = map[string]string{
 
 // Config is a PostgreSQL sink's configuration.
 type Config struct {
-	Name string `yaml:"name" json:"name"`
+	// Name is the sink entry's name, not a key of its own.
+	Name string `yaml:"-" json:"-"`
 	// DSN names the database; it must not hold a password (PGPASSWORD,
 	// PGPASSFILE). DSNEnv instead names an environment variable holding
 	// the whole DSN. Exactly one.
@@ -68,54 +69,69 @@ var identRE = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
 var reserved = map[string]bool{"seq": true, "id": true, "device_id": true, "key_id": true, "key_version": true,
 	"ts": true, "received_at": true, "record": true, "data": true}
 
+// Problem is one problem with one key of the configuration, named
+// relative to the sink's entry ("columns[1].type").
+type Problem struct{ Key, Text string }
+
 // Validate checks c without connecting, naming the field at fault.
 func (c Config) Validate() error {
-	errf := func(field, format string, a ...any) error {
-		return fmt.Errorf("postgres sink %q: %s: %s", c.Name, field, fmt.Sprintf(format, a...))
+	ps := c.Problems()
+	if len(ps) == 0 {
+		return nil
 	}
-	if c.Name == "" {
-		return errors.New("postgres sink: name: required")
+	msgs := make([]string, len(ps))
+	for i, p := range ps {
+		msgs[i] = p.Key + ": " + p.Text
 	}
+	return fmt.Errorf("postgres sink %q: %s", c.Name, strings.Join(msgs, "; "))
+}
+
+// Problems lists what Validate reports, one problem per key.
+func (c Config) Problems() []Problem {
+	var ps []Problem
+	add := func(key, format string, a ...any) { ps = append(ps, Problem{key, fmt.Sprintf(format, a...)}) }
 	switch {
 	case (c.DSN == "") == (c.DSNEnv == ""):
-		return errf("dsn", "exactly one of dsn and dsn_env")
+		add("dsn", "exactly one of dsn and dsn_env")
 	case dsnHasPassword(c.DSN):
-		return errf("dsn", "holds a password; use PGPASSWORD, PGPASSFILE or dsn_env")
+		add("dsn", "holds a password; use PGPASSWORD, PGPASSFILE or dsn_env")
 	}
 	if c.Table != "" {
+		ok := strings.Count(c.Table, ".") <= 1
 		for _, part := range strings.Split(c.Table, ".") {
-			if !identRE.MatchString(part) || strings.Count(c.Table, ".") > 1 {
-				return errf("table", "%q: want [schema.]name, lower case letters, digits and _", c.Table)
-			}
+			ok = ok && identRE.MatchString(part)
+		}
+		if !ok {
+			add("table", "%q: want [schema.]name, lower case letters, digits and _", c.Table)
 		}
 	}
 	switch c.Timescale {
 	case "", "auto", "off":
 	default:
-		return errf("timescale", "%q: want auto or off", c.Timescale)
+		add("timescale", "%q: want auto or off", c.Timescale)
 	}
 	seen := map[string]bool{}
 	for i, col := range c.Columns {
 		f := fmt.Sprintf("columns[%d]", i)
 		switch {
 		case !identRE.MatchString(col.Name):
-			return errf(f+".name", "%q: want lower case letters, digits and _", col.Name)
+			add(f+".name", "%q: want lower case letters, digits and _", col.Name)
 		case reserved[col.Name]:
-			return errf(f+".name", "%q is one of the sink's own columns", col.Name)
+			add(f+".name", "%q is one of the sink's own columns", col.Name)
 		case seen[col.Name]:
-			return errf(f+".name", "%q repeated", col.Name)
-		case columnTypes[col.Type] == "":
-			return errf(f+".type", "%q: want text, integer, bigint, double, numeric, boolean or timestamptz", col.Type)
+			add(f+".name", "%q repeated", col.Name)
+		}
+		if columnTypes[col.Type] == "" {
+			add(f+".type", "%q: want text, integer, bigint, double, numeric, boolean or timestamptz", col.Type)
 		}
 		if _, err := pointer.Parse(col.Pointer); err != nil {
-			return errf(f+".pointer", "%v", err)
-		}
-		if strings.Contains(col.Pointer, "*") {
-			return errf(f+".pointer", "a column takes one value: no wildcard")
+			add(f+".pointer", "%v", err)
+		} else if strings.Contains(col.Pointer, "*") {
+			add(f+".pointer", "a column takes one value: no wildcard")
 		}
 		seen[col.Name] = true
 	}
-	return nil
+	return ps
 }
 
 func dsnHasPassword(dsn string) bool {
@@ -168,6 +184,9 @@ type column struct {
 // New validates cfg, connects, migrates the schema and prepares the
 // staging table.
 func New(ctx context.Context, cfg Config, opts ...Option) (*Sink, error) {
+	if cfg.Name == "" {
+		return nil, errors.New("postgres sink: a name is required")
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}

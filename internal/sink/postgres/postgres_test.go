@@ -149,7 +149,6 @@ func TestValidate(t *testing.T) {
 		field string
 		mod   func(*Config)
 	}{
-		{"name", func(c *Config) { c.Name = "" }},
 		{"dsn", func(c *Config) { c.DSN = "" }},
 		{"dsn", func(c *Config) { c.DSNEnv = "PG_DSN" }},
 		{"dsn", func(c *Config) { c.DSN = "postgres://u:pw@db/x" }},
