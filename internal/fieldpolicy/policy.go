@@ -1,15 +1,14 @@
 package fieldpolicy
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"slices"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/decryptd/decryptd/internal/fieldpolicy/pointer"
 	"github.com/decryptd/decryptd/internal/sink"
@@ -344,7 +343,7 @@ func (a *applier) walk(n *node, path []step, inherited Action, inhDepth int, _ b
 				if keep {
 					out.kids = append(out.kids, c)
 					if n.kind == '{' {
-						out.keys = append(out.keys, n.keys[i])
+						out.keys, out.rawKeys = append(out.keys, n.keys[i]), append(out.rawKeys, n.rawKeys[i])
 					}
 				}
 			}
@@ -380,12 +379,14 @@ func (a *applier) walk(n *node, path []step, inherited Action, inhDepth int, _ b
 	return nil, false, fmt.Errorf("unknown action %q", action)
 }
 
-// node is one JSON value, member order kept; scalars keep their text.
+// node is one JSON value, member order kept; scalars and member names keep
+// their text as written.
 type node struct {
-	kind byte // '{', '[', '"', or 'v' (number, true, false, null)
-	raw  []byte
-	keys []string
-	kids []*node
+	kind    byte // '{', '[', '"', or 'v' (number, true, false, null)
+	raw     []byte
+	keys    []string // unescaped member names (objects)
+	rawKeys [][]byte // the same as written, quotes included
+	kids    []*node
 }
 
 func (n *node) memberString(name string) string {
@@ -404,11 +405,11 @@ func (n *node) append(dst []byte) []byte {
 	switch n.kind {
 	case '{':
 		dst = append(dst, '{')
-		for i, k := range n.keys {
+		for i := range n.keys {
 			if i > 0 {
 				dst = append(dst, ',')
 			}
-			dst = appendString(dst, k)
+			dst = append(dst, n.rawKeys[i]...)
 			dst = append(dst, ':')
 			dst = n.kids[i].append(dst)
 		}
@@ -426,86 +427,174 @@ func (n *node) append(dst []byte) []byte {
 	return append(dst, n.raw...)
 }
 
-func appendString(dst []byte, s string) []byte {
-	var b bytes.Buffer
-	enc := json.NewEncoder(&b)
-	enc.SetEscapeHTML(false)
-	_ = enc.Encode(s)
-	return append(dst, bytes.TrimRight(b.Bytes(), "\n")...)
-}
-
 // maxDepth bounds nesting (the decrypt stage allows 1000).
 const maxDepth = 1000
 
+var errSyntax = errors.New("not valid JSON")
+
+// parse reads one JSON value (records come from the decrypt stage, which
+// checked them strictly; this parser refuses what it does not understand
+// and never panics).
 func parse(data []byte) (*node, error) {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.UseNumber()
-	n, err := parseValue(dec, data, 0)
+	p := parser{data: data}
+	n, err := p.value(0)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := dec.Token(); err != io.EOF {
+	p.space()
+	if p.i != len(data) {
 		return nil, errors.New("trailing data after the JSON value")
 	}
 	return n, nil
 }
 
-// rawString returns a string token's bytes as written: between the
-// decoder's offsets before and after the token, from its opening quote.
-func rawString(data []byte, before, after int64) []byte {
-	seg := data[before:after]
-	return seg[bytes.IndexByte(seg, '"'):]
+type parser struct {
+	data []byte
+	i    int
 }
 
-func parseValue(dec *json.Decoder, data []byte, depth int) (*node, error) {
+func (p *parser) space() {
+	for p.i < len(p.data) {
+		switch p.data[p.i] {
+		case ' ', '\t', '\n', '\r':
+			p.i++
+		default:
+			return
+		}
+	}
+}
+
+// str returns the raw span of the string starting at p.i (quotes
+// included) and whether it holds an escape.
+func (p *parser) str() ([]byte, bool, error) {
+	start := p.i
+	p.i++
+	esc := false
+	for p.i < len(p.data) {
+		switch c := p.data[p.i]; {
+		case c == '"':
+			p.i++
+			return p.data[start:p.i], esc, nil
+		case c == '\\':
+			esc = true
+			p.i += 2
+		case c < 0x20:
+			return nil, false, errSyntax
+		default:
+			p.i++
+		}
+	}
+	return nil, false, errSyntax
+}
+
+func (p *parser) value(depth int) (*node, error) {
 	if depth > maxDepth {
 		return nil, errors.New("nested too deep")
 	}
-	before := dec.InputOffset()
-	tok, err := dec.Token()
-	if err != nil {
-		return nil, err
+	p.space()
+	if p.i >= len(p.data) {
+		return nil, errSyntax
 	}
-	switch t := tok.(type) {
-	case json.Delim:
-		switch t {
-		case '{':
-			n := &node{kind: '{'}
-			for dec.More() {
-				kt, err := dec.Token()
-				if err != nil {
-					return nil, err
-				}
-				k, _ := kt.(string)
-				v, err := parseValue(dec, data, depth+1)
-				if err != nil {
-					return nil, err
-				}
-				n.keys, n.kids = append(n.keys, k), append(n.kids, v)
-			}
-			_, err := dec.Token()
-			return n, err
-		case '[':
-			n := &node{kind: '['}
-			for dec.More() {
-				v, err := parseValue(dec, data, depth+1)
-				if err != nil {
-					return nil, err
-				}
-				n.kids = append(n.kids, v)
-			}
-			_, err := dec.Token()
-			return n, err
+	switch c := p.data[p.i]; c {
+	case '{':
+		p.i++
+		n := &node{kind: '{'}
+		p.space()
+		if p.i < len(p.data) && p.data[p.i] == '}' {
+			p.i++
+			return n, nil
 		}
-		return nil, fmt.Errorf("unexpected %v", t)
-	case string:
-		return &node{kind: '"', raw: rawString(data, before, dec.InputOffset())}, nil
-	case json.Number:
-		return &node{kind: 'v', raw: []byte(t)}, nil
-	case bool:
-		return &node{kind: 'v', raw: []byte(strconv.FormatBool(t))}, nil
-	case nil:
-		return &node{kind: 'v', raw: []byte("null")}, nil
+		for {
+			p.space()
+			if p.i >= len(p.data) || p.data[p.i] != '"' {
+				return nil, errSyntax
+			}
+			rk, esc, err := p.str()
+			if err != nil {
+				return nil, err
+			}
+			if !utf8.Valid(rk) {
+				return nil, errSyntax
+			}
+			k := string(rk[1 : len(rk)-1])
+			if esc {
+				if err := json.Unmarshal(rk, &k); err != nil {
+					return nil, errSyntax
+				}
+			}
+			p.space()
+			if p.i >= len(p.data) || p.data[p.i] != ':' {
+				return nil, errSyntax
+			}
+			p.i++
+			v, err := p.value(depth + 1)
+			if err != nil {
+				return nil, err
+			}
+			n.keys, n.rawKeys, n.kids = append(n.keys, k), append(n.rawKeys, rk), append(n.kids, v)
+			p.space()
+			if p.i >= len(p.data) {
+				return nil, errSyntax
+			}
+			if p.data[p.i] == '}' {
+				p.i++
+				return n, nil
+			}
+			if p.data[p.i] != ',' {
+				return nil, errSyntax
+			}
+			p.i++
+		}
+	case '[':
+		p.i++
+		n := &node{kind: '['}
+		p.space()
+		if p.i < len(p.data) && p.data[p.i] == ']' {
+			p.i++
+			return n, nil
+		}
+		for {
+			v, err := p.value(depth + 1)
+			if err != nil {
+				return nil, err
+			}
+			n.kids = append(n.kids, v)
+			p.space()
+			if p.i >= len(p.data) {
+				return nil, errSyntax
+			}
+			if p.data[p.i] == ']' {
+				p.i++
+				return n, nil
+			}
+			if p.data[p.i] != ',' {
+				return nil, errSyntax
+			}
+			p.i++
+		}
+	case '"':
+		raw, esc, err := p.str()
+		if err != nil {
+			return nil, err
+		}
+		if (esc && !json.Valid(raw)) || !utf8.Valid(raw) {
+			return nil, errSyntax
+		}
+		return &node{kind: '"', raw: raw}, nil
+	default:
+		start := p.i
+		for p.i < len(p.data) {
+			switch p.data[p.i] {
+			case ',', '}', ']', ' ', '\t', '\n', '\r':
+				goto end
+			}
+			p.i++
+		}
+	end:
+		raw := p.data[start:p.i]
+		if len(raw) == 0 || !json.Valid(raw) {
+			return nil, errSyntax
+		}
+		return &node{kind: 'v', raw: raw}, nil
 	}
-	return nil, fmt.Errorf("unexpected token %T", tok)
 }

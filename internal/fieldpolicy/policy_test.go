@@ -6,6 +6,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -272,8 +273,11 @@ func FuzzApply(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if !bytes.HasPrefix(out.JSON, []byte("{")) || bytes.ContainsAny(out.JSON, "\n\r") {
-			t.Fatalf("output not one JSON object on one line: %q", out.JSON)
+		if !bytes.HasPrefix(out.JSON, []byte("{")) || bytes.ContainsAny(out.JSON, "\n\r") || !json.Valid(out.JSON) {
+			t.Fatalf("output not one valid JSON object on one line: %q", out.JSON)
+		}
+		if !json.Valid(js) {
+			t.Fatalf("invalid input %q accepted", js)
 		}
 	})
 }
