@@ -16,7 +16,14 @@
 //     counted;
 //   - an HTTP sink down for 10 s loses nothing and, while it is down,
 //     intake stops at mqtt.max_in_flight with the rest queued at the broker;
-//     nothing is dead-lettered.
+//     nothing is dead-lettered;
+//   - a daemon writing to PostgreSQL, SIGKILLed mid-stream and restarted,
+//     leaves the table holding exactly the unique record ids, none missing
+//     (redeliveries meet ON CONFLICT DO NOTHING);
+//   - two daemons sharing the registry give equal pseudonyms under a field
+//     policy, and new (equal) ones once the pseudonymization key is
+//     rotated; each audit log records the policy in force and every load
+//     of the key.
 //
 // The daemons are observed from the outside: their sinks (records by id)
 // and their decryptd_* metrics scraped from /metrics.
