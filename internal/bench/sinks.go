@@ -174,6 +174,8 @@ func drainInto(ctx context.Context, b *Broker, client pki.Files, id, kind string
 	case postgres.Type:
 		cfg.Sinks = []config.Sink{{Name: recordsSink, Type: config.SinkPostgres,
 			Postgres: &postgres.Config{DSNEnv: "DECRYPTD_BENCH_PG_DSN", Table: fmt.Sprintf("bench_records_%d_%d", time.Now().Unix(), round)}}}
+		// The DSN may carry a password, which the sink takes only from the
+		// environment (dsn_env), as an operator would pass it.
 		os.Setenv("DECRYPTD_BENCH_PG_DSN", o.PostgresDSN)
 	}
 	if err := cfg.Validate(); err != nil {
