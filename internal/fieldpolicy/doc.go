@@ -29,6 +29,9 @@
 // sink deduplicates by it). When a rule changes /device_id, /key_id or
 // /key_version, the record's DeviceID, KeyID and KeyVersion (Kafka key and
 // headers, PostgreSQL columns) follow the changed value, or become empty.
+// Under the spec's key-id convention key_id names the device
+// (device/<id>), and the topic does too: a policy that hides the device
+// treats /device_id, /key_id and /topic alike.
 //
 // Policies are checked by Config.Validate (pointer syntax, unknown actions,
 // a repeated pointer, a pseudonymize without pseudonym_key) from

@@ -205,25 +205,49 @@ func TestContract(t *testing.T) {
 
 // TestDroppedNeverWritten is a property test: for random records whose
 // dropped fields (named by rules, or sealed under encrypted: drop) hold
-// random secrets, no byte sequence of a secret appears anywhere in the
-// sink's file.
+// random secrets, including the device id and key id, no byte sequence of
+// a secret appears anywhere in the sink's bytes: a file's contents, or
+// every key, value and header of a Kafka topic.
 func TestDroppedNeverWritten(t *testing.T) {
+	for _, medium := range []string{"file", "kafka"} {
+		t.Run(medium, func(t *testing.T) {
+			var inner sink.Sink
+			var read func() []byte
+			switch medium {
+			case "file":
+				f := newFile(t)
+				inner, read = f, func() []byte {
+					b, err := os.ReadFile(f.path)
+					if err != nil {
+						t.Fatal(err)
+					}
+					return b
+				}
+			case "kafka":
+				inner, read = newKafka(t)
+			}
+			droppedNeverWritten(t, inner, read)
+		})
+	}
+}
+
+func droppedNeverWritten(t *testing.T, inner sink.Sink, read func() []byte) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	secret := func() string { return fmt.Sprintf("S%016x%016x", rng.Uint64(), rng.Uint64()) }
-	f := newFile(t)
 	p, err := New(Config{Encrypted: Drop, Rules: []Rule{
 		{"/data/note", Drop}, {"/data/readings/*/free_text", Drop}, {"/metadata/address", Drop}, {"/data/keep_me", Keep},
+		{"/device_id", Drop}, {"/key_id", Drop},
 	}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := Wrap(f, p)
+	s := Wrap(inner, p)
 	var secrets []string
 	for round := range 50 {
 		var batch []sink.Record
 		for i := range 20 {
-			note, addr, sealedV := secret(), secret(), secret()
-			secrets = append(secrets, note, addr, sealedV)
+			note, addr, sealedV, dev := secret(), secret(), secret(), secret()
+			secrets = append(secrets, note, addr, sealedV, dev)
 			var readings []string
 			for j := range rng.IntN(4) {
 				ft := secret()
@@ -236,9 +260,9 @@ func TestDroppedNeverWritten(t *testing.T) {
 				sealedPtr, sealedJSON = "/deep/x/sealed", fmt.Sprintf(`"deep":{"x":{"sealed":%q,"ok":1}}`, sealedV)
 			}
 			id := fmt.Sprintf("r%d-%d", round, i)
-			js := fmt.Sprintf(`{"id":%q,"device_id":"d","timestamp":1,"metadata":{"address":%q,"site":"w"},"data":{"note":%q,"keep_me":"k","readings":[%s],%s}}`,
-				id, addr, note, strings.Join(readings, ","), sealedJSON)
-			batch = append(batch, sink.Record{ID: id, DeviceID: "d", JSON: []byte(js), Sealed: []string{sealedPtr}})
+			js := fmt.Sprintf(`{"id":%q,"device_id":%q,"timestamp":1,"key_id":"device/%s","key_version":"v1","metadata":{"address":%q,"site":"w"},"data":{"note":%q,"keep_me":"k","readings":[%s],%s}}`,
+				id, dev, dev, addr, note, strings.Join(readings, ","), sealedJSON)
+			batch = append(batch, sink.Record{ID: id, DeviceID: dev, KeyID: "device/" + dev, KeyVersion: "v1", JSON: []byte(js), Sealed: []string{sealedPtr}})
 		}
 		if err := s.Write(t.Context(), batch); err != nil {
 			t.Fatal(err)
@@ -247,12 +271,9 @@ func TestDroppedNeverWritten(t *testing.T) {
 	if err := s.Close(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	all, err := os.ReadFile(f.path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Contains(all, []byte(`"keep_me":"k"`)) || bytes.Count(all, []byte("\n")) != 1000 {
-		t.Fatalf("the sink did not get the kept fields of 1000 records")
+	all := read()
+	if n := bytes.Count(all, []byte(`"keep_me":"k"`)); n != 1000 {
+		t.Fatalf("the sink holds the kept field of %d records, want 1000", n)
 	}
 	for _, sec := range secrets {
 		if bytes.Contains(all, []byte(sec)) || bytes.Contains(all, []byte(sec[1:9])) {
