@@ -41,7 +41,7 @@ func run() int {
 	sinks := fs.Bool("sinks", true, "run the sink drain: file, Kafka (kfake) and PostgreSQL sinks, as ratios to the file sink")
 	fs.IntVar(&so.Messages, "sinks-messages", 50_000, "sink drain: backlog size per drain")
 	fs.IntVar(&so.Devices, "sinks-devices", 1_000, "sink drain: devices")
-	fs.IntVar(&so.Rounds, "sinks-rounds", 3, "sink drain: rounds (file, kafka, postgres each)")
+	fs.IntVar(&so.Rounds, "sinks-rounds", 5, "sink drain: rounds (file, kafka, postgres each); the ratios are of the medians")
 	fs.StringVar(&so.PostgresDSN, "pg-dsn", os.Getenv("DECRYPTD_TEST_PG_DSN"), "sink drain: PostgreSQL server (empty: leave PostgreSQL out)")
 	fs.IntVar(&do.Messages, "messages", 200_000, "drain: backlog size per drain")
 	fs.IntVar(&do.Devices, "devices", 5_000, "drain: devices, one key each")

@@ -29,7 +29,7 @@ type SinkDrainOptions struct {
 	Dir      string
 	Messages int // backlog per drain (default 50,000)
 	Devices  int // default 1,000
-	Rounds   int // default 3
+	Rounds   int // default 5
 	// PostgresDSN is the server the PostgreSQL sink writes to (a table per
 	// drain); empty leaves PostgreSQL out.
 	PostgresDSN string
@@ -70,7 +70,7 @@ func SinkDrain(ctx context.Context, o SinkDrainOptions) (*SinkDrainResult, error
 		o.Devices = 1_000
 	}
 	if o.Rounds <= 0 {
-		o.Rounds = 3
+		o.Rounds = 5
 	}
 	if o.Logger == nil {
 		o.Logger = zap.NewNop()
