@@ -281,3 +281,48 @@ func TestValidate(t *testing.T) {
 		}
 	}
 }
+
+// A Write that gave up on its context while its records were in flight has
+// copied them: the caller recycles (wipes) its buffers at once, and what
+// reaches the topic later is still the record as written, never the wipe.
+func TestGivenUpWriteKeepsItsCopy(t *testing.T) {
+	c := fakeCluster(t, "records", 1)
+	s := newSink(t, c, "records", nil)
+	release := make(chan struct{})
+	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
+		c.SleepControl(func() { <-release })
+		return nil, nil, false
+	})
+	batch := sinktest.Records("inflight", 3)
+	want := make([]string, len(batch))
+	for i, r := range batch {
+		want[i] = string(r.JSON)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+	defer cancel()
+	if err := s.Write(ctx, batch); err == nil {
+		t.Fatal("Write to a stalled broker succeeded")
+	}
+	for _, r := range batch {
+		for i := range r.JSON {
+			r.JSON[i] = 'X'
+		}
+	}
+	close(release)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got := readTopic(t, c.ListenAddrs(), "records")
+		if len(got) >= len(batch) {
+			for i, h := range got[:len(batch)] {
+				if string(h.Value) != want[i] {
+					t.Fatalf("record %d on the topic is %.60q, want the record as written", i, h.Value)
+				}
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the in-flight records never reached the topic (%d)", len(got))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
