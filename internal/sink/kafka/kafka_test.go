@@ -281,4 +281,3 @@ func TestValidate(t *testing.T) {
 		}
 	}
 }
-
