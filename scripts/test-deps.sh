@@ -46,11 +46,12 @@ if ! pg_up; then
 fi
 
 # Which DSN works: the CI machine trusts postgres@127.0.0.1; a stock Debian
-# install does not, so there we make a test-only role with a password.
+# install does not, so there we make a test-only role with a password. It is
+# a superuser because the shred tests read raw table pages (pageinspect).
 dsn="${DECRYPTD_TEST_PG_DSN:-postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable}"
 if ! psql "$dsn" -qAtc 'select 1' >/dev/null 2>&1; then
-  log "creating the local test role decryptd_test (CREATEDB, password auth on 127.0.0.1)"
-  su postgres -c "psql -qAt -c \"DO \\\$\\\$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname='decryptd_test') THEN CREATE ROLE decryptd_test LOGIN CREATEDB PASSWORD 'decryptd_test'; END IF; END \\\$\\\$;\"" >&2
+  log "creating the local test role decryptd_test (SUPERUSER for pageinspect, password auth on 127.0.0.1)"
+  su postgres -c "psql -qAt -c \"DO \\\$\\\$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname='decryptd_test') THEN CREATE ROLE decryptd_test LOGIN SUPERUSER PASSWORD 'decryptd_test'; ELSE ALTER ROLE decryptd_test SUPERUSER; END IF; END \\\$\\\$;\"" >&2
   dsn="postgres://decryptd_test:decryptd_test@127.0.0.1:5432/postgres?sslmode=disable"
   psql "$dsn" -qAtc 'select 1' >/dev/null || { log "cannot connect with $dsn"; exit 1; }
 fi

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/decryptd/decryptd/internal/intake"
 	"github.com/decryptd/decryptd/internal/kms/local"
 	"github.com/decryptd/decryptd/internal/sink"
 )
@@ -79,9 +80,9 @@ log: {level: error}
 	}
 	var in bytes.Buffer
 	for _, d := range []sink.DeadLetter{
-		{Reason: "malformed", Topic: "iot-2/type/m/id/dev-1/evt/t/fmt/json", Payload: []byte("not json")},
-		{Reason: "unknown_key", Topic: "iot-2/type/m/id/dev-1/evt/t/fmt/json",
-			Payload: []byte(`{"encrypted_data":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA","key_version":"v1","metadata":{"device_id":"dev-1","timestamp":1}}`)},
+		{Reason: "malformed", Message: intake.Message{Topic: "iot-2/type/m/id/dev-1/evt/t/fmt/json", Payload: []byte("not json")}},
+		{Reason: "unknown_key", Message: intake.Message{Topic: "iot-2/type/m/id/dev-1/evt/t/fmt/json",
+			Payload: []byte(`{"encrypted_data":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA","key_version":"v1","metadata":{"device_id":"dev-1","timestamp":1}}`)}},
 	} {
 		in.Write(d.Record().JSON)
 		in.WriteByte('\n')

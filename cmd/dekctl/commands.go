@@ -18,7 +18,7 @@ import (
 
 func (c *cli) root(ctx context.Context, args []string) error {
 	if len(args) == 0 {
-		return usagef("root: want create, rotate or list")
+		return usagef("root: want create, rotate or list (or retire --version V)")
 	}
 	sub, args := args[0], args[1:]
 	switch sub {
@@ -88,8 +88,10 @@ func (c *cli) root(ctx context.Context, args []string) error {
 			}
 			return tw.Flush()
 		})
+	case "retire":
+		return c.rootRetire(ctx, args)
 	}
-	return usagef("root: unknown subcommand %q (want create, rotate or list)", sub)
+	return usagef("root: unknown subcommand %q (want create, rotate, list or retire)", sub)
 }
 
 func (c *cli) provision(ctx context.Context, args []string) error {
@@ -236,6 +238,7 @@ func (c *cli) revoke(ctx context.Context, args []string) error {
 func (c *cli) shred(ctx context.Context, args []string) error {
 	fs := c.flags("shred")
 	device, keyID, version := selectorFlags(fs)
+	complete := fs.Bool("complete", false, "also rotate the root key, rewrap every other DEK and retire the root versions the shredded DEKs were under, so older registry backups cannot unwrap them")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -244,6 +247,9 @@ func (c *cli) shred(ctx context.Context, args []string) error {
 		return usagef("shred: give --device, or --key-id (and optionally --version)")
 	case *device != "" && (*keyID != "" || *version != ""):
 		return usagef("shred: --device cannot be combined with --key-id or --version")
+	}
+	if *complete {
+		return c.shredComplete(ctx, keyops.Selector{DeviceID: *device, KeyID: *keyID, Version: *version})
 	}
 	return c.withOps(ctx, need{registry: true}, false, func(w *wired) error {
 		outs, err := w.ops.Shred(ctx, keyops.Selector{DeviceID: *device, KeyID: *keyID, Version: *version})

@@ -1,6 +1,6 @@
 // Command dekctl is the operator's key lifecycle tool for decryptd: root
-// keys, device provisioning, bulk import, listing, revocation,
-// crypto-shredding, rewrapping after a root rotation, fleet key rotation
+// keys (create, rotate, list, retire), device provisioning, bulk import,
+// listing, revocation, crypto-shredding (plain or --complete), rewrapping after a root rotation, fleet key rotation
 // (rotate starts rotations that the daemon's controller delivers; rotation
 // status shows the fleet's state as text, JSON or a PNG chart drawn with
 // the standard library and a built-in bitmap font) and audit log

@@ -40,6 +40,14 @@ Commands:
   root rotate [--id ID]         add a root key version; new DEKs are wrapped
                                 under it (then run: dekctl rewrap)
   root list [--json]            list root keys and their versions
+  root retire --version V [--id ID]
+                                destroy an old root key version for good
+                                (local: removed from the root key file; Key
+                                Protect: the whole key is deleted, as the
+                                service cannot delete one version). Refused
+                                while any DEK is still wrapped under it (run
+                                dekctl rewrap first) and for the newest one.
+                                IRREVERSIBLE.
   provision --device ID [--group NAME] [--out FILE]
                                 make the device's credential: a new DEK version
                                 (device/ID v1, v2, ... one above the highest it
@@ -71,6 +79,17 @@ Commands:
                                 good, keeping a tombstone; the audit log
                                 records the SHA-256 of what was destroyed.
                                 IRREVERSIBLE.
+  shred --complete --device ID | --key-id ID [--version V]
+                                shred, then make every earlier copy useless:
+                                rotate the root key (Key Protect: create a
+                                replacement root key), rewrap every other DEK
+                                (with progress), retire the root versions the
+                                shredded DEKs were under, and VACUUM FULL a
+                                PostgreSQL registry. Resumable: run it again
+                                after an interruption. Take a new registry
+                                backup afterwards: older ones no longer
+                                unwrap DEKs under the retired versions. See
+                                docs/crypto-shredding.md.
   rewrap                        after a root rotation, rewrap every DEK still
                                 under an older root version; resumable (run it
                                 again after an interruption or failure)

@@ -4,20 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"os/user"
-	"path/filepath"
 
-	"github.com/decryptd/decryptd/internal/audit"
 	"github.com/decryptd/decryptd/internal/config"
 	"github.com/decryptd/decryptd/internal/keyops"
 	"github.com/decryptd/decryptd/internal/kms"
-	"github.com/decryptd/decryptd/internal/kms/keyprotect"
 	"github.com/decryptd/decryptd/internal/kms/local"
-	"github.com/decryptd/decryptd/internal/registry"
-	"github.com/decryptd/decryptd/internal/registry/filestore"
-	"github.com/decryptd/decryptd/internal/registry/pgstore"
+	"github.com/decryptd/decryptd/internal/wire"
 )
 
 // need says which parts a command uses.
@@ -61,12 +55,6 @@ func (c *cli) loadConfig(rootCmd bool) (*config.Config, error) {
 	return cfg, nil
 }
 
-// mkdirFor makes the parent directory of path (0700) so that a fresh
-// checkout's ./var/ works without a manual step.
-func mkdirFor(path string) error {
-	return os.MkdirAll(filepath.Dir(path), 0o700)
-}
-
 func operator() string {
 	name := "unknown"
 	if u, err := user.Current(); err == nil && u.Username != "" {
@@ -93,54 +81,18 @@ func (c *cli) wire(ctx context.Context, n need, rootCmd bool) (*wired, error) {
 	opts := keyops.Options{Operator: operator()}
 
 	if n.kms || n.roots {
-		switch cfg.KMS.Provider {
-		case config.ProviderLocal:
-			path := cfg.KMS.Local.RootKeyFile
-			if n.kms {
-				p, err := local.Open(path)
-				if errors.Is(err, fs.ErrNotExist) {
-					return nil, fmt.Errorf("%w (create it with: dekctl root create)", err)
-				}
-				if err != nil {
-					return nil, err
-				}
-				opts.KMS, opts.Roots = p, p
-			} else {
-				if err := mkdirFor(path); err != nil {
-					return nil, err
-				}
-				opts.Roots = local.NewManager(path)
-			}
-		case config.ProviderKeyProtect:
-			k := cfg.KMS.KeyProtect
-			getenv := func(name string) string { v, _ := c.env(name); return v }
-			p, err := keyprotect.New(ctx, keyprotect.Config{
-				BaseURL: k.BaseURL, TokenURL: k.TokenURL, InstanceID: k.InstanceID, RootKeyID: k.RootKeyID,
-				APIKeyFile: k.APIKeyFile, APIKeyEnv: k.APIKeyEnv, Timeout: k.Timeout, KeyRing: k.KeyRing,
-			}, keyprotect.WithGetenv(getenv))
-			if err != nil {
-				return nil, err
-			}
-			w.closers = append(w.closers, p.Close)
-			opts.Roots = p
-			if n.kms {
-				opts.KMS = p
-			}
+		getenv := func(name string) string { v, _ := c.env(name); return v }
+		k, err := wire.OpenKMS(ctx, cfg.KMS, wire.KMSOptions{RootsOnly: !n.kms, Getenv: getenv})
+		if err != nil {
+			return nil, err
 		}
+		w.closers = append(w.closers, k.Close)
+		opts.KMS, opts.Roots = k.Provider, k.Roots
 	}
 
 	if n.registry {
-		var st registry.Store
-		switch cfg.Registry.Driver {
-		case config.DriverFile:
-			if err := mkdirFor(cfg.Registry.Path); err != nil {
-				return nil, err
-			}
-			// A short-lived tool needs no directory watch.
-			st, err = filestore.Open(ctx, cfg.Registry.Path, filestore.WithoutFSNotify())
-		case config.DriverPostgres:
-			st, err = pgstore.Open(ctx, cfg.Registry.DSN.Reveal())
-		}
+		// A short-lived tool needs no directory watch.
+		st, err := wire.OpenRegistry(ctx, cfg.Registry, wire.RegistryOptions{})
 		if err != nil {
 			return nil, err
 		}
@@ -148,10 +100,7 @@ func (c *cli) wire(ctx context.Context, n need, rootCmd bool) (*wired, error) {
 		opts.Registry = st
 	}
 
-	if err := mkdirFor(cfg.Audit.Path); err != nil {
-		return nil, err
-	}
-	aw, err := audit.Open(ctx, cfg.Audit.Path, audit.WithActor("dekctl"))
+	aw, err := wire.OpenAudit(ctx, cfg.Audit.Path, "dekctl")
 	if err != nil {
 		return nil, err
 	}

@@ -2,25 +2,16 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"os/user"
-	"path/filepath"
 	"time"
 
-	"github.com/decryptd/decryptd/internal/audit"
 	"github.com/decryptd/decryptd/internal/config"
 	"github.com/decryptd/decryptd/internal/fleet"
 	"github.com/decryptd/decryptd/internal/keyops"
-	"github.com/decryptd/decryptd/internal/kms"
-	"github.com/decryptd/decryptd/internal/kms/keyprotect"
-	"github.com/decryptd/decryptd/internal/kms/local"
-	"github.com/decryptd/decryptd/internal/registry"
-	"github.com/decryptd/decryptd/internal/registry/filestore"
-	"github.com/decryptd/decryptd/internal/registry/pgstore"
+	"github.com/decryptd/decryptd/internal/wire"
 )
 
 // provision opens the configuration's KMS, registry and audit log (as
@@ -37,55 +28,21 @@ func provision(ctx context.Context, cfg *config.Config, o *options, stderr io.Wr
 		}
 	}()
 
-	var provider kms.Provider
-	switch cfg.KMS.Provider {
-	case config.ProviderLocal:
-		p, err := local.Open(cfg.KMS.Local.RootKeyFile)
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("%w (create it with: dekctl root create)", err)
-		}
-		if err != nil {
-			return nil, err
-		}
-		provider = p
-	case config.ProviderKeyProtect:
-		k := cfg.KMS.KeyProtect
-		getenv := func(name string) string { v, _ := os.LookupEnv(name); return v }
-		p, err := keyprotect.New(ctx, keyprotect.Config{
-			BaseURL: k.BaseURL, TokenURL: k.TokenURL, InstanceID: k.InstanceID, RootKeyID: k.RootKeyID,
-			APIKeyFile: k.APIKeyFile, APIKeyEnv: k.APIKeyEnv, Timeout: k.Timeout, KeyRing: k.KeyRing,
-		}, keyprotect.WithGetenv(getenv))
-		if err != nil {
-			return nil, err
-		}
-		closers = append(closers, p.Close)
-		provider = p
-	default:
-		return nil, fmt.Errorf("kms.provider %q: want local or keyprotect", cfg.KMS.Provider)
+	k, err := wire.OpenKMS(ctx, cfg.KMS, wire.KMSOptions{})
+	if err != nil {
+		return nil, err
 	}
+	closers = append(closers, k.Close)
+	provider := k.Provider
 
-	var st registry.Store
-	switch cfg.Registry.Driver {
-	case config.DriverFile:
-		if err := os.MkdirAll(filepath.Dir(cfg.Registry.Path), 0o700); err != nil {
-			return nil, err
-		}
-		// A short-lived tool needs no directory watch.
-		st, err = filestore.Open(ctx, cfg.Registry.Path, filestore.WithoutFSNotify())
-	case config.DriverPostgres:
-		st, err = pgstore.Open(ctx, cfg.Registry.DSN.Reveal())
-	default:
-		err = fmt.Errorf("registry.driver %q: want file or postgres", cfg.Registry.Driver)
-	}
+	// A short-lived tool needs no directory watch.
+	st, err := wire.OpenRegistry(ctx, cfg.Registry, wire.RegistryOptions{})
 	if err != nil {
 		return nil, err
 	}
 	closers = append(closers, st.Close)
 
-	if err := os.MkdirAll(filepath.Dir(cfg.Audit.Path), 0o700); err != nil {
-		return nil, err
-	}
-	aw, err := audit.Open(ctx, cfg.Audit.Path, audit.WithActor("telemsim"))
+	aw, err := wire.OpenAudit(ctx, cfg.Audit.Path, "telemsim")
 	if err != nil {
 		return nil, err
 	}

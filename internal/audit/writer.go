@@ -7,8 +7,9 @@ import (
 	"fmt"
 	"os"
 	"sync"
-	"syscall"
 	"time"
+
+	"github.com/decryptd/decryptd/internal/fsutil"
 )
 
 type options struct {
@@ -78,11 +79,11 @@ func Open(ctx context.Context, path string, opts ...Option) (*Writer, error) {
 		return nil, fmt.Errorf("audit log %s: mode %v lets group or others write it; chmod go-w", path, fi.Mode().Perm())
 	}
 	w := &Writer{path: path, opt: o, f: f, size: -1, lead: make(chan struct{}, 1)}
-	if err := flock(ctx, f); err != nil {
+	if err := fsutil.Lock(ctx, f, fsutil.Exclusive); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("audit log %s: lock: %w", path, err)
 	}
-	defer unlock(f)
+	defer fsutil.Unlock(f)
 	if err := w.syncTail(); err != nil {
 		f.Close()
 		return nil, err
@@ -206,7 +207,7 @@ func (w *Writer) writeGroup(me *request) {
 		answer(group, errors.New("audit log: closed"))
 		return
 	}
-	if err := flock(me.ctx, w.f); err != nil {
+	if err := fsutil.Lock(me.ctx, w.f, fsutil.Exclusive); err != nil {
 		others := make([]*request, 0, len(group))
 		for _, r := range group {
 			if r != me {
@@ -217,7 +218,7 @@ func (w *Writer) writeGroup(me *request) {
 		answer([]*request{me}, fmt.Errorf("audit log %s: lock: %w", w.path, err))
 		return
 	}
-	defer unlock(w.f)
+	defer fsutil.Unlock(w.f)
 	fi, err := w.f.Stat()
 	if err != nil {
 		answer(group, fmt.Errorf("audit log %s: %w", w.path, err))
@@ -345,29 +346,3 @@ func (w *Writer) syncTail() error {
 	w.size, w.seq, w.prev = size, e.Seq, e.Hash
 	return nil
 }
-
-// flock takes the exclusive lock, in short sleeps so that ctx can end the wait.
-func flock(ctx context.Context, f *os.File) error {
-	delay := 200 * time.Microsecond
-	for {
-		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
-		switch {
-		case err == nil:
-			return nil
-		case errors.Is(err, syscall.EINTR):
-			continue
-		case !errors.Is(err, syscall.EWOULDBLOCK):
-			return err
-		}
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-t.C:
-		}
-		delay = min(delay*2, 10*time.Millisecond)
-	}
-}
-
-func unlock(f *os.File) { _ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN) }

@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -18,8 +17,10 @@ import (
 
 	"github.com/decryptd/decryptd/internal/config"
 	"github.com/decryptd/decryptd/internal/daemon"
+	"github.com/decryptd/decryptd/internal/fleet"
 	"github.com/decryptd/decryptd/internal/kms/keyprotect"
 	"github.com/decryptd/decryptd/internal/kpemu"
+	"github.com/decryptd/decryptd/internal/pki"
 )
 
 // ColdStartOptions configure the cold start benchmark.
@@ -131,58 +132,30 @@ func ColdStart(ctx context.Context, o ColdStartOptions) (*ColdStartResult, error
 			fmt.Fprintf(o.Progress, format+"\n", args...)
 		}
 	}
-	emu := kpemu.New(kpemu.Options{})
-	defer emu.Close()
-	gauge := &unwrapGauge{next: emu}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	kms, err := startColdKMS()
 	if err != nil {
 		return nil, err
 	}
-	srv := &http.Server{Handler: gauge, ReadHeaderTimeout: 10 * time.Second}
-	go srv.Serve(ln)
-	defer srv.Close()
-	base := "http://" + ln.Addr().String()
-	rootID, err := emu.CreateRootKey("bench-root")
-	if err != nil {
-		return nil, err
-	}
-	const apiKeyEnv = "DECRYPTD_BENCH_KP_API_KEY"
-	getenv := func(string) string { return kpemu.DefaultAPIKey }
-	kpCfg := keyprotect.Config{BaseURL: base, TokenURL: base + kpemu.TokenPath, InstanceID: emu.InstanceID(), RootKeyID: rootID, APIKeyEnv: apiKeyEnv}
-	kp, err := keyprotect.New(ctx, kpCfg, keyprotect.WithGetenv(getenv))
-	if err != nil {
-		return nil, err
-	}
-
+	defer kms.close()
 	b, err := StartBroker(BrokerOptions{Dir: filepath.Join(o.Dir, "broker"), MaxInflight: o.MaxInFlight, MaxQueued: 2*o.Devices + 1000, Autosave: 60})
 	if err != nil {
-		kp.Close()
 		return nil, err
 	}
 	defer b.Stop()
 	_, pubTLS, err := b.ClientTLS("telemsim")
 	if err != nil {
-		kp.Close()
 		return nil, err
 	}
 	clientFiles, clientTLS, err := b.ClientTLS("decryptd")
 	if err != nil {
-		kp.Close()
 		return nil, err
 	}
 
-	keysDir := filepath.Join(o.Dir, "keys")
-	if err := os.MkdirAll(keysDir, 0o700); err != nil {
-		kp.Close()
-		return nil, err
-	}
-	regFile := filepath.Join(keysDir, "registry.json")
 	say("cold start: provisioning %d device keys through Key Protect (emulated, no latency yet)", o.Devices)
 	pstart := time.Now()
-	f, err := provision(ctx, o.Devices, kp, regFile, 32, nil)
-	kp.Close()
+	f, regFile, err := kms.provision(ctx, o)
 	if err != nil {
-		return nil, fmt.Errorf("bench: provision: %w", err)
+		return nil, err
 	}
 	res := &ColdStartResult{Devices: o.Devices, KMSLatencyMS: float64(o.KMSLatency.Microseconds()) / 1000,
 		MaxConcurrentUnwraps: o.MaxConcurrentUnwraps, Workers: o.Workers, MaxInFlight: o.MaxInFlight,
@@ -202,43 +175,20 @@ func ColdStart(ctx context.Context, o ColdStartOptions) (*ColdStartResult, error
 	f = nil // drop the fleet's ciphers before the idle measurement
 	say("cold start: %d first messages queued", o.Devices)
 
-	dir := filepath.Join(o.Dir, "decryptd")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	d, reg, records, err := kms.newDaemon(ctx, o, b.URL, clientFiles, id, regFile)
+	if err != nil {
 		return nil, err
 	}
-	cfg := daemonConfig(dir, b.URL, clientFiles, id, o.Workers, o.MaxInFlight, regFile)
-	cfg.KMS = config.KMS{Provider: config.ProviderKeyProtect, KeyProtect: config.KeyProtect{
-		BaseURL: kpCfg.BaseURL, TokenURL: kpCfg.TokenURL, InstanceID: kpCfg.InstanceID, RootKeyID: rootID,
-		APIKeyEnv: apiKeyEnv, Timeout: config.DefaultKeyProtectTimeout}}
-	if o.AuditDir != "" {
-		cfg.Audit.Path = filepath.Join(o.AuditDir, "audit-cold.log")
-	}
-	cfg.Cache.MaxConcurrentUnwraps = o.MaxConcurrentUnwraps
-	cfg.Cache.MaxEntries = max(cfg.Cache.MaxEntries, o.Devices)
-	if err := cfg.Validate(); err != nil {
-		return nil, fmt.Errorf("config: %w", err)
-	}
-	reg := prometheus.NewRegistry()
-	d, err := daemon.New(ctx, daemon.Options{Config: cfg, Registry: reg, Logger: o.Logger, Version: "bench",
-		Env: func(name string) (string, bool) {
-			if name == apiKeyEnv {
-				return kpemu.DefaultAPIKey, true
-			}
-			return "", false
-		}})
-	if err != nil {
-		return nil, fmt.Errorf("daemon.New: %w", err)
-	}
-	tail, err := openTail(filepath.Join(dir, "records.jsonl"))
+	tail, err := openTail(records)
 	if err != nil {
 		_ = d.Close(context.Background())
 		return nil, err
 	}
 	defer tail.close()
 
-	emu.SetFaults(kpemu.Faults{Latency: o.KMSLatency})
-	emu.ResetCalls()
-	gauge.peak.Store(0)
+	kms.emu.SetFaults(kpemu.Faults{Latency: o.KMSLatency})
+	kms.emu.ResetCalls()
+	kms.gauge.peak.Store(0)
 	settle()
 	res.IdleHeap, res.IdleRSS = heapLive(), rss()
 	if err := resetPeakRSS(); err != nil {
@@ -246,53 +196,26 @@ func ColdStart(ctx context.Context, o ColdStartOptions) (*ColdStartResult, error
 	}
 
 	start := time.Now()
-	runCtx, stopRun := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopRun()
-	runErr := make(chan error, 1)
-	go func() { runErr <- d.Run(runCtx) }()
+	stopDaemon := runDaemon(ctx, d)
 	stopProgress := reportEvery(o.Progress, 2*time.Second, func() string {
 		return fmt.Sprintf("cold start: %d/%d keys unwrapped, %d records delivered, %d unwraps in flight (peak %d)",
-			d.KMSUnwraps(), o.Devices, tail.lines.Load(), gauge.now.Load(), gauge.peak.Load())
+			d.KMSUnwraps(), o.Devices, tail.lines.Load(), kms.gauge.now.Load(), kms.gauge.peak.Load())
 	})
 	shutdown := func() error {
 		stopProgress()
-		stopRun()
-		select {
-		case err := <-runErr:
-			return err
-		case <-time.After(time.Minute):
-			return errors.New("daemon did not stop within a minute")
-		}
+		return stopDaemon()
 	}
-	deadline := time.Now().Add(30 * time.Minute)
-	var cached time.Duration
-	for {
-		if err := tail.poll(); err != nil {
-			_ = shutdown()
-			return nil, err
-		}
-		if cached == 0 && d.KMSUnwraps() >= uint64(o.Devices) {
-			cached = time.Since(start)
-		}
-		if cached != 0 && tail.lines.Load() >= int64(o.Devices) {
-			break
-		}
-		if err := ctx.Err(); err != nil {
-			_ = shutdown()
-			return nil, err
-		}
-		if time.Now().After(deadline) {
-			_ = shutdown()
-			return nil, fmt.Errorf("after 30 minutes: %d unwraps, %d records", d.KMSUnwraps(), tail.lines.Load())
-		}
-		time.Sleep(5 * time.Millisecond)
+	cached, err := waitColdStart(ctx, d, tail, o.Devices, start)
+	if err != nil {
+		_ = shutdown()
+		return nil, err
 	}
 	res.AllCachedSeconds = cached.Seconds()
 	res.AllDeliveredSeconds = time.Since(start).Seconds()
 	res.PeakRSS = peakRSS()
-	res.Unwraps = emu.Calls(kpemu.OpUnwrap)
+	res.Unwraps = kms.emu.Calls(kpemu.OpUnwrap)
 	res.DaemonUnwraps = d.KMSUnwraps()
-	res.PeakInFlight = gauge.peak.Load()
+	res.PeakInFlight = kms.gauge.peak.Load()
 	res.CacheEntries, _ = metricSum(reg, "decryptd_dek_cache_entries")
 	res.DeadLetters, _ = metricSum(reg, "decryptd_dead_letters_total")
 	settle()
@@ -301,7 +224,7 @@ func ColdStart(ctx context.Context, o ColdStartOptions) (*ColdStartResult, error
 	res.RSSPerDEK = float64(res.LoadedRSS-res.IdleRSS) / float64(o.Devices)
 	res.CapRespected = res.PeakInFlight <= int64(o.MaxConcurrentUnwraps)
 	res.UnwrapsMatch = res.Unwraps == int64(o.Devices)
-	emu.SetFaults(kpemu.Faults{})
+	kms.emu.SetFaults(kpemu.Faults{})
 	if err := shutdown(); err != nil {
 		return nil, fmt.Errorf("daemon shutdown: %w", err)
 	}
@@ -311,4 +234,122 @@ func ColdStart(ctx context.Context, o ColdStartOptions) (*ColdStartResult, error
 	say("cold start: %d unwraps (peak %d in flight, cap %d), every key cached after %.1f s (bound %.1f s), %.0f B heap and %.0f B RSS per cached DEK",
 		res.Unwraps, res.PeakInFlight, res.MaxConcurrentUnwraps, res.AllCachedSeconds, res.LowerBoundSeconds, res.HeapPerDEK, res.RSSPerDEK)
 	return res, nil
+}
+
+// coldKMS is the cold start's Key Protect: the emulator behind an HTTP
+// server on loopback, counting the unwraps it holds at once, with one root
+// key.
+type coldKMS struct {
+	emu    *kpemu.Emulator
+	gauge  *unwrapGauge
+	srv    *http.Server
+	kpCfg  keyprotect.Config
+	rootID string
+}
+
+// coldAPIKeyEnv names the variable the daemon reads the emulator's API key
+// from (answered by the daemon's Env, never set in the process).
+const coldAPIKeyEnv = "DECRYPTD_BENCH_KP_API_KEY"
+
+func startColdKMS() (*coldKMS, error) {
+	emu := kpemu.New(kpemu.Options{})
+	k := &coldKMS{emu: emu, gauge: &unwrapGauge{next: emu}}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		emu.Close()
+		return nil, err
+	}
+	k.srv = &http.Server{Handler: k.gauge, ReadHeaderTimeout: 10 * time.Second}
+	go k.srv.Serve(ln)
+	k.rootID, err = emu.CreateRootKey("bench-root")
+	if err != nil {
+		k.close()
+		return nil, err
+	}
+	base := "http://" + ln.Addr().String()
+	k.kpCfg = keyprotect.Config{BaseURL: base, TokenURL: base + kpemu.TokenPath, InstanceID: emu.InstanceID(), RootKeyID: k.rootID, APIKeyEnv: coldAPIKeyEnv}
+	return k, nil
+}
+
+func (k *coldKMS) close() {
+	k.srv.Close()
+	k.emu.Close()
+}
+
+// provision makes o.Devices device keys through the real keyprotect
+// provider into a file registry, whose path it returns with the fleet.
+func (k *coldKMS) provision(ctx context.Context, o ColdStartOptions) (*fleet.Fleet, string, error) {
+	kp, err := keyprotect.New(ctx, k.kpCfg, keyprotect.WithGetenv(func(string) string { return kpemu.DefaultAPIKey }))
+	if err != nil {
+		return nil, "", err
+	}
+	defer kp.Close()
+	keysDir := filepath.Join(o.Dir, "keys")
+	if err := os.MkdirAll(keysDir, 0o700); err != nil {
+		return nil, "", err
+	}
+	regFile := filepath.Join(keysDir, "registry.json")
+	f, err := provision(ctx, o.Devices, kp, regFile, 32, nil)
+	if err != nil {
+		return nil, "", fmt.Errorf("bench: provision: %w", err)
+	}
+	return f, regFile, nil
+}
+
+// newDaemon builds the cold start's daemon (not yet running) on this Key
+// Protect and the provisioned registry; records is its sink's file.
+func (k *coldKMS) newDaemon(ctx context.Context, o ColdStartOptions, brokerURL string, client pki.Files, id, regFile string) (_ *daemon.Daemon, _ *prometheus.Registry, records string, _ error) {
+	dir := filepath.Join(o.Dir, "decryptd")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, nil, "", err
+	}
+	cfg := daemonConfig(dir, brokerURL, client, id, o.Workers, o.MaxInFlight, regFile)
+	cfg.KMS = config.KMS{Provider: config.ProviderKeyProtect, KeyProtect: config.KeyProtect{
+		BaseURL: k.kpCfg.BaseURL, TokenURL: k.kpCfg.TokenURL, InstanceID: k.kpCfg.InstanceID, RootKeyID: k.rootID,
+		APIKeyEnv: coldAPIKeyEnv, Timeout: config.DefaultKeyProtectTimeout}}
+	if o.AuditDir != "" {
+		cfg.Audit.Path = filepath.Join(o.AuditDir, "audit-cold.log")
+	}
+	cfg.Cache.MaxConcurrentUnwraps = o.MaxConcurrentUnwraps
+	cfg.Cache.MaxEntries = max(cfg.Cache.MaxEntries, o.Devices)
+	if err := cfg.Validate(); err != nil {
+		return nil, nil, "", fmt.Errorf("config: %w", err)
+	}
+	reg := prometheus.NewRegistry()
+	d, err := daemon.New(ctx, daemon.Options{Config: cfg, Registry: reg, Logger: o.Logger, Version: "bench",
+		Env: func(name string) (string, bool) {
+			if name == coldAPIKeyEnv {
+				return kpemu.DefaultAPIKey, true
+			}
+			return "", false
+		}})
+	if err != nil {
+		return nil, nil, "", fmt.Errorf("daemon.New: %w", err)
+	}
+	return d, reg, filepath.Join(dir, "records.jsonl"), nil
+}
+
+// waitColdStart waits until every device's key is cached and every first
+// message delivered; it returns when the last key was cached.
+func waitColdStart(ctx context.Context, d *daemon.Daemon, tail *tailer, devices int, start time.Time) (time.Duration, error) {
+	deadline := time.Now().Add(30 * time.Minute)
+	var cached time.Duration
+	for {
+		if err := tail.poll(); err != nil {
+			return 0, err
+		}
+		if cached == 0 && d.KMSUnwraps() >= uint64(devices) {
+			cached = time.Since(start)
+		}
+		if cached != 0 && tail.lines.Load() >= int64(devices) {
+			return cached, nil
+		}
+		if err := ctx.Err(); err != nil {
+			return 0, err
+		}
+		if time.Now().After(deadline) {
+			return 0, fmt.Errorf("after 30 minutes: %d unwraps, %d records", d.KMSUnwraps(), tail.lines.Load())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }

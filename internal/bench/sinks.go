@@ -169,11 +169,11 @@ func drainInto(ctx context.Context, b *Broker, client pki.Files, id, kind string
 			return nil, err
 		}
 		defer c.Close()
-		cfg.Sinks = []config.Sink{{Name: recordsSink, Type: config.SinkKafka,
-			Kafka: &kafka.Config{Brokers: c.ListenAddrs(), Topic: "telemetry", AllowPlaintext: true}}}
+		cfg.Sinks = []config.Sink{{Name: recordsSink, Type: kafka.Type,
+			Config: &kafka.Config{Brokers: c.ListenAddrs(), Topic: "telemetry", AllowPlaintext: true}}}
 	case postgres.Type:
-		cfg.Sinks = []config.Sink{{Name: recordsSink, Type: config.SinkPostgres,
-			Postgres: &postgres.Config{DSNEnv: "DECRYPTD_BENCH_PG_DSN", Table: fmt.Sprintf("bench_records_%d_%d", time.Now().Unix(), round)}}}
+		cfg.Sinks = []config.Sink{{Name: recordsSink, Type: postgres.Type,
+			Config: &postgres.Config{DSNEnv: "DECRYPTD_BENCH_PG_DSN", Table: fmt.Sprintf("bench_records_%d_%d", time.Now().Unix(), round)}}}
 		// The DSN may carry a password, which the sink takes only from the
 		// environment (dsn_env), as an operator would pass it.
 		os.Setenv("DECRYPTD_BENCH_PG_DSN", o.PostgresDSN)

@@ -10,17 +10,18 @@ import (
 	"strings"
 	"time"
 
-	"go.yaml.in/yaml/v3"
-
 	"github.com/decryptd/decryptd/internal/fieldpolicy"
-	"github.com/decryptd/decryptd/internal/sink/kafka"
-	"github.com/decryptd/decryptd/internal/sink/postgres"
+	"github.com/decryptd/decryptd/internal/sink"
+	"github.com/decryptd/decryptd/internal/sinktypes"
+	"github.com/decryptd/decryptd/internal/tlsfiles"
+	"go.yaml.in/yaml/v3"
 )
 
 // Config is the whole file. Field comments give each key's meaning; the
 // defaults are in Default and the rules in Validate. config.example.yaml at
 // the repository root documents every key.
 type Config struct {
+	Input      Input      `yaml:"input" json:"input"`
 	MQTT       MQTT       `yaml:"mqtt" json:"mqtt"`
 	KMS        KMS        `yaml:"kms" json:"kms"`
 	Registry   Registry   `yaml:"registry" json:"registry"`
@@ -35,9 +36,34 @@ type Config struct {
 	Rotation   Rotation   `yaml:"rotation" json:"rotation"`
 	// ShutdownTimeout bounds the whole graceful shutdown (default 30s).
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout" json:"shutdown_timeout"`
+
+	// sinkTypes decoded the sinks (nil: sinktypes.Registry()).
+	sinkTypes *sink.Registry
 }
 
-// MQTT is the consumer's broker connection.
+// Input selects where messages come from.
+type Input struct {
+	// Type is the input kind: mqtt (the default; the mqtt section
+	// configures it). Another kind (kafka) brings a section of its own.
+	Type string `yaml:"type" json:"type"`
+}
+
+// Input types.
+const (
+	InputMQTT = "mqtt"
+)
+
+// SinkTypes returns the sink type registry the configuration was decoded
+// with (sinktypes.Registry() unless ParseWith was given another).
+func (c *Config) SinkTypes() *sink.Registry {
+	if c.sinkTypes == nil {
+		// Not stored: a Config is read concurrently once loaded.
+		return sinktypes.Registry()
+	}
+	return c.sinkTypes
+}
+
+// MQTT is the MQTT input's broker connection (input.type mqtt).
 type MQTT struct {
 	// Brokers are tried in order: ssl:// (or tls://, mqtts://) for TLS,
 	// tcp:// (or mqtt://) only with AllowPlaintext. host:port required.
@@ -76,16 +102,8 @@ type MQTT struct {
 
 // TLS names the files of a TLS client: the CA bundle to trust (empty: the
 // system roots) and the client certificate and key for mutual TLS (both or
-// neither).
-type TLS struct {
-	CAFile     string `yaml:"ca_file" json:"ca_file"`
-	CertFile   string `yaml:"cert_file" json:"cert_file"`
-	KeyFile    string `yaml:"key_file" json:"key_file"`
-	ServerName string `yaml:"server_name" json:"server_name"`
-}
-
-// IsZero reports whether nothing is set.
-func (t TLS) IsZero() bool { return t == TLS{} }
+// neither). It is tlsfiles.Client, shared with the sink types.
+type TLS = tlsfiles.Client
 
 // KMS selects and configures the key management service.
 type KMS struct {
@@ -207,82 +225,38 @@ type Decrypt struct {
 	ClockSkew time.Duration `yaml:"clock_skew" json:"clock_skew"`
 }
 
-// Sink is one output. Type decides which fields apply; setting a field of
-// another type is an error.
+// Sink is one entry of the sinks list: Name and Type, and the keys of the
+// type's own configuration (Config), decoded by the sink type registered
+// under Type (package sinktypes). A key of another registered type is
+// reported by Validate as not used by this type; a key of no type is a
+// syntax error.
 type Sink struct {
 	// Name labels the sink in metrics and logs (default: its type).
 	Name string `yaml:"name" json:"name"`
-	// Type is file, stdout, mqtt or http.
+	// Type is a registered sink type: file, stdout, mqtt or http.
 	Type string `yaml:"type" json:"type"`
-
-	// file: JSON lines appended to Path, rotated at MaxBytes (default
-	// 100 MiB) keeping Keep old files (default 10), fsynced before
-	// acknowledging when Fsync (default true).
-	Path     string `yaml:"path,omitempty" json:"path,omitempty"`
-	MaxBytes int64  `yaml:"max_bytes,omitempty" json:"max_bytes,omitempty"`
-	Keep     int    `yaml:"keep,omitempty" json:"keep,omitempty"`
-	Fsync    *bool  `yaml:"fsync,omitempty" json:"fsync,omitempty"`
-
-	// stdout: Format json (one line per record, default) or pretty.
-	Format string `yaml:"format,omitempty" json:"format,omitempty"`
-
-	// mqtt: records published to Topic on Broker (same URL rules as
-	// mqtt.brokers), with TLS like mqtt.tls.
-	Broker string `yaml:"broker,omitempty" json:"broker,omitempty"`
-	Topic  string `yaml:"topic,omitempty" json:"topic,omitempty"`
-	TLS    TLS    `yaml:"tls,omitempty" json:"tls,omitempty"`
-
-	// http: records POSTed as NDJSON batches to URL (https, or http to a
-	// loopback host), at most BatchMax per request (default 100), each
-	// request bounded by Timeout (default 10s). AuthHeaderFile holds the
-	// Authorization header value; CAFile the CA bundle to trust.
-	URL            string        `yaml:"url,omitempty" json:"url,omitempty"`
-	AuthHeaderFile string        `yaml:"auth_header_file,omitempty" json:"auth_header_file,omitempty"`
-	CAFile         string        `yaml:"ca_file,omitempty" json:"ca_file,omitempty"`
-	BatchMax       int           `yaml:"batch_max,omitempty" json:"batch_max,omitempty"`
-	Timeout        time.Duration `yaml:"timeout,omitempty" json:"timeout,omitempty"`
-
-	// kafka: the keys of package sink/kafka's Config (brokers, topic, tls,
-	// sasl); postgres: those of package sink/postgres's Config (dsn,
-	// table, columns). Their name is the sink's.
-	Kafka    *kafka.Config    `yaml:"kafka,omitempty" json:"kafka,omitempty"`
-	Postgres *postgres.Config `yaml:"postgres,omitempty" json:"postgres,omitempty"`
+	// Config is the type's configuration (sink.FileConfig,
+	// sink.StdoutConfig, sink.HTTPConfig, mqttsink.Config, ...); nil when
+	// Type is not registered.
+	Config sink.Config `yaml:"-" json:"-"`
 
 	// Policy, for any type, is the field policy applied to this sink's
 	// records (package fieldpolicy): rules by JSON Pointer, the default for
 	// fields that arrived encrypted, the pseudonymization key.
 	Policy *Policy `yaml:"policy,omitempty" json:"policy,omitempty"`
+
+	node  *yaml.Node // the entry as read, until the registry decodes it
+	other []string   // keys of another registered type, for Validate
 }
 
 // Policy is a sink's field policy (package fieldpolicy).
 type Policy = fieldpolicy.Config
 
-// Sink types.
+// Sink types built in (see package sinktypes for all of them).
 const (
-	SinkFile   = "file"
-	SinkStdout = "stdout"
-	SinkMQTT   = "mqtt"
-	SinkHTTP   = "http"
-	// SinkKafka and SinkPostgres are the analytics sinks.
-	SinkKafka    = kafka.Type
-	SinkPostgres = postgres.Type
+	SinkFile = "file"
+	SinkMQTT = "mqtt"
 )
-
-// FsyncEnabled reports the effective fsync setting (true unless set false).
-func (s Sink) FsyncEnabled() bool { return s.Fsync == nil || *s.Fsync }
-
-// AuthHeader reads the Authorization header value from AuthHeaderFile; a
-// zero Secret when none is configured.
-func (s Sink) AuthHeader() (Secret, error) {
-	if s.AuthHeaderFile == "" {
-		return Secret{}, nil
-	}
-	v, err := ReadSecretFile(s.AuthHeaderFile)
-	if err != nil {
-		return Secret{}, fmt.Errorf("sink %s: auth_header_file: %w", s.Name, err)
-	}
-	return v, nil
-}
 
 // DeadLetter is where messages that cannot be decrypted are kept, as
 // received: a file (type file, Path, Fsync) or an MQTT topic (type mqtt,
@@ -409,11 +383,9 @@ const (
 	DefaultTopicPattern        = "iot-2/type/+/id/{device_id}/evt/+/fmt/+"
 	DefaultReplayWindowEntries = 1_000_000
 	DefaultReplayWindowAge     = 24 * time.Hour
-	DefaultSinkMaxBytes        = 100 << 20
-	DefaultSinkKeep            = 10
-	DefaultStdoutFormat        = "json"
-	DefaultHTTPBatchMax        = 100
-	DefaultHTTPTimeout         = 10 * time.Second
+	DefaultSinkMaxBytes        = sink.DefaultFileMaxBytes
+	DefaultSinkKeep            = sink.DefaultFileKeep
+	DefaultInputType           = InputMQTT
 	DefaultMetricsListen       = "127.0.0.1:9464"
 	DefaultLogLevel            = "info"
 	DefaultLogFormat           = "json"
@@ -453,7 +425,7 @@ func Read(path string, env func(string) (string, bool)) (*Config, error) {
 	if len(data) > maxFile {
 		return nil, fmt.Errorf("config %s: larger than %d bytes", path, maxFile)
 	}
-	c, err := parse(data, env)
+	c, err := parse(data, env, nil)
 	if err != nil {
 		return nil, fmt.Errorf("config %s: %w", path, err)
 	}
@@ -482,7 +454,13 @@ func Load(path string, env func(string) (string, bool)) (*Config, error) {
 // Parse decodes data like Load, leaving relative paths as written (so
 // relative to the working directory), and validates.
 func Parse(data []byte, env func(string) (string, bool)) (*Config, error) {
-	c, err := parse(data, env)
+	return ParseWith(data, env, nil)
+}
+
+// ParseWith is Parse with the sink types of sinkTypes (nil:
+// sinktypes.Registry()), for a program or test adding its own.
+func ParseWith(data []byte, env func(string) (string, bool), sinkTypes *sink.Registry) (*Config, error) {
+	c, err := parse(data, env, sinkTypes)
 	if err != nil {
 		return nil, err
 	}
@@ -492,8 +470,8 @@ func Parse(data []byte, env func(string) (string, bool)) (*Config, error) {
 	return c, nil
 }
 
-func parse(data []byte, env func(string) (string, bool)) (*Config, error) {
-	c := &Config{}
+func parse(data []byte, env func(string) (string, bool), sinkTypes *sink.Registry) (*Config, error) {
+	c := &Config{sinkTypes: sinkTypes}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	switch err := dec.Decode(c); {
@@ -506,6 +484,9 @@ func parse(data []byte, env func(string) (string, bool)) (*Config, error) {
 		if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
 			return nil, errors.New("yaml: more than one document (a second '---')")
 		}
+	}
+	if err := c.decodeSinks(); err != nil {
+		return nil, err
 	}
 	// Checked before the environment is applied: a password is allowed
 	// there, never in the file.
@@ -587,6 +568,7 @@ func (c *Config) applyDefaults() {
 			*p = v
 		}
 	}
+	setS(&c.Input.Type, DefaultInputType)
 	if c.MQTT.ClientID == "" {
 		if h, err := os.Hostname(); err == nil && h != "" {
 			c.MQTT.ClientID = h
@@ -617,21 +599,8 @@ func (c *Config) applyDefaults() {
 	for i := range c.Sinks {
 		s := &c.Sinks[i]
 		setS(&s.Name, s.Type)
-		switch s.Type {
-		case SinkFile:
-			if s.MaxBytes == 0 {
-				s.MaxBytes = DefaultSinkMaxBytes
-			}
-			setI(&s.Keep, DefaultSinkKeep)
-			if s.Fsync == nil {
-				t := true
-				s.Fsync = &t
-			}
-		case SinkStdout:
-			setS(&s.Format, DefaultStdoutFormat)
-		case SinkHTTP:
-			setI(&s.BatchMax, DefaultHTTPBatchMax)
-			setD(&s.Timeout, DefaultHTTPTimeout)
+		if s.Config != nil {
+			s.Config.Defaults()
 		}
 	}
 	if c.DeadLetter.Type == SinkFile && c.DeadLetter.Fsync == nil {
@@ -679,29 +648,16 @@ func (c *Config) resolvePaths(dir string) {
 			*p = filepath.Join(dir, *p)
 		}
 	}
-	tls := func(t *TLS) {
-		abs(&t.CAFile)
-		abs(&t.CertFile)
-		abs(&t.KeyFile)
-	}
-	tls(&c.MQTT.TLS)
+	c.MQTT.TLS.ResolvePaths(abs)
 	abs(&c.KMS.Local.RootKeyFile)
 	abs(&c.KMS.KeyProtect.APIKeyFile)
 	abs(&c.Registry.Path)
-	for i := range c.Sinks {
-		s := &c.Sinks[i]
-		abs(&s.Path)
-		tls(&s.TLS)
-		abs(&s.AuthHeaderFile)
-		abs(&s.CAFile)
-		if k := s.Kafka; k != nil {
-			abs(&k.TLS.CAFile)
-			abs(&k.TLS.CertFile)
-			abs(&k.TLS.KeyFile)
-			abs(&k.SASL.SecretFile)
+	for _, s := range c.Sinks {
+		if r, ok := s.Config.(sink.PathResolver); ok {
+			r.ResolvePaths(abs)
 		}
 	}
 	abs(&c.DeadLetter.Path)
-	tls(&c.DeadLetter.TLS)
+	c.DeadLetter.TLS.ResolvePaths(abs)
 	abs(&c.Audit.Path)
 }

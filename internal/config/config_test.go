@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/decryptd/decryptd/internal/sink"
 )
 
 func noEnv(string) (string, bool) { return "", false }
@@ -35,7 +37,7 @@ func TestExampleConfigLoads(t *testing.T) {
 		{"mqtt.topics[0]", c.MQTT.Topics[0], "iot-2/type/+/id/+/evt/+/fmt/+"},
 		{"decrypt.topic_pattern", c.Decrypt.TopicPattern, DefaultTopicPattern},
 		{"metrics.listen", c.Metrics.Listen, DefaultMetricsListen},
-		{"sinks[0].path", c.Sinks[0].Path, filepath.Join(root, "var/records.jsonl")},
+		{"sinks[0].path", c.Sinks[0].Config.(*sink.FileConfig).Path, filepath.Join(root, "var/records.jsonl")},
 	}
 	for _, ch := range checks {
 		if ch.got != ch.want {
@@ -127,7 +129,7 @@ func TestBaseIsValidWithDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	if c.Cache.TTL != DefaultCacheTTL || c.MQTT.Workers != DefaultWorkers || c.ShutdownTimeout != DefaultShutdownTimeout ||
-		c.Sinks[0].Keep != DefaultSinkKeep || !c.Sinks[0].FsyncEnabled() || c.Log.Level != "info" ||
+		c.Sinks[0].Config.(*sink.FileConfig).Keep != DefaultSinkKeep || !c.Sinks[0].Config.(*sink.FileConfig).FsyncEnabled() || c.Log.Level != "info" ||
 		c.Decrypt.MaxMessageBytes != 262144 || c.Metrics.Listen != "127.0.0.1:9464" {
 		t.Fatalf("defaults not applied: %+v", c)
 	}
@@ -173,16 +175,16 @@ func TestInvalid(t *testing.T) {
 		{"no sinks", rep("  - {name: out, type: file, path: /k/out.jsonl}\n", "  []\n"), []string{"sinks: at least one sink required"}},
 		{"second sink file without path", add("  - {name: two, type: file}", "sinks"), []string{"sinks[1].path: required for type file"}},
 		{"sink type", add("  - {name: two, type: pulsar}", "sinks"), []string{`sinks[1].type: must be file, stdout, mqtt, http, kafka or postgres, got "pulsar"`}},
-		{"kafka sink needs its keys", add("  - {name: two, type: kafka}", "sinks"), []string{`sinks[1].kafka: required for type kafka`}},
-		{"kafka sink keys checked", add("  - {name: two, type: kafka, kafka: {brokers: [b:9093], topic: t, sasl: {mechanism: plain, username: token}}}", "sinks"),
-			[]string{`sinks[1].kafka: kafka sink "two": sasl: exactly one of secret_file and secret_env`}},
-		{"postgres sink keys checked", add("  - {name: two, type: postgres, postgres: {dsn: 'postgres://u:pw@db/x'}}", "sinks"),
-			[]string{`sinks[1].postgres: postgres sink "two": dsn: holds a password`}},
+		{"kafka sink needs its keys", add("  - {name: two, type: kafka}", "sinks"), []string{`sinks[1].brokers: at least one host:port required`, `sinks[1].topic: required`}},
+		{"kafka sink keys checked", add("  - {name: two, type: kafka, brokers: [b:9093], topic: t, sasl: {mechanism: plain, username: token}}", "sinks"),
+			[]string{`sinks[1].sasl: exactly one of secret_file and secret_env`}},
+		{"postgres sink keys checked", add("  - {name: two, type: postgres, dsn: 'postgres://u:pw@db/x'}", "sinks"),
+			[]string{`sinks[1].dsn: holds a password`}},
 		{"policy pointer", add("  - {name: two, type: stdout, policy: {rules: [{pointer: data/x, action: drop}]}}", "sinks"),
 			[]string{`sinks[1].policy: field policy: rules[0].pointer: bad JSON pointer`}},
 		{"policy action", add("  - {name: two, type: stdout, policy: {rules: [{pointer: /data/x, action: redact}]}}", "sinks"),
 			[]string{`sinks[1].policy: field policy: rules[0].action: "redact": want keep, drop, mask or pseudonymize`}},
-		{"kafka keys on a file sink", add("  - {name: two, type: stdout, kafka: {topic: t}}", "sinks"), []string{`sinks[1].kafka: not used by type stdout`}},
+		{"kafka keys on a stdout sink", add("  - {name: two, type: stdout, brokers: [b:9093]}", "sinks"), []string{`sinks[1].brokers: not used by type stdout`}},
 		{"sink no type", add("  - {name: two}", "sinks"), []string{"sinks[1].type: required"}},
 		{"sink duplicate name", add("  - {name: out, type: stdout}", "sinks"), []string{`sinks[1].name: "out" already names sinks[0]`}},
 		{"sink default names clash", add("  - {type: stdout}\n  - {type: stdout}", "sinks"), []string{`sinks[2].name: "stdout" already names sinks[1]`}},
@@ -426,7 +428,7 @@ func TestAPIKeyAndAuthHeader(t *testing.T) {
 	if _, err := (KeyProtect{APIKeyFile: filepath.Join(dir, "none")}).APIKey(noEnv); err == nil {
 		t.Fatal("missing file accepted")
 	}
-	h, err := Sink{Name: "x", AuthHeaderFile: f}.AuthHeader()
+	h, err := ReadSecretFile(f) // an http sink's auth_header_file
 	if err != nil || h.Reveal() != "abc123" {
 		t.Fatalf("auth header: %v", err)
 	}
@@ -470,4 +472,36 @@ func FuzzLoad(f *testing.F) {
 			}
 		}
 	})
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func TestInputType(t *testing.T) {
+	c, err := Parse([]byte(base), noEnv)
+	if err != nil || c.Input.Type != InputMQTT {
+		t.Fatalf("default input: %+v, %v", c.Input, err)
+	}
+	if _, err := Parse([]byte(base+"input: {type: mqtt}\n"), noEnv); err != nil {
+		t.Fatalf("input.type mqtt: %v", err)
+	}
+	_, err = Parse([]byte(base+"input: {type: kafka}\n"), noEnv)
+	if err == nil || !strings.Contains(err.Error(), `input.type: must be mqtt, got "kafka"`) {
+		t.Fatalf("unknown input type: %v", err)
+	}
+}
+
+// A sinks entry written as a YAML alias is the entry it names.
+func TestSinkAlias(t *testing.T) {
+	text := strings.Replace(base, "  - {name: out, type: file, path: /k/out.jsonl}\n", "  - &out {name: out, type: file, path: /k/out.jsonl}\n  - *out\n", 1)
+	_, err := Parse([]byte(text), noEnv)
+	if err == nil || !strings.Contains(err.Error(), `sinks[1].name: "out" already names sinks[0]`) {
+		t.Fatalf("err = %v", err)
+	}
 }

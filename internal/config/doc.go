@@ -5,14 +5,18 @@
 // Loading is strict and happens in a fixed order:
 //
 //  1. The YAML is decoded with unknown keys rejected (a misspelt key is an
-//     error, never silently ignored) and exactly one document allowed.
+//     error, never silently ignored) and exactly one document allowed. Each
+//     sinks entry is decoded by the sink type its type names, from the
+//     registry of package sinktypes (ParseWith takes another): name and
+//     type are common, every other key is the type's own (sink.Config).
 //  2. Environment overrides are applied: every scalar key, and every list of
 //     strings, can be set by DECRYPTD_ followed by its path upper-cased with
 //     "." replaced by "_" (mqtt.client_id is DECRYPTD_MQTT_CLIENT_ID,
 //     kms.keyprotect.api_key_file is DECRYPTD_KMS_KEYPROTECT_API_KEY_FILE).
 //     Lists of strings take comma-separated values (DECRYPTD_MQTT_BROKERS).
 //     The sinks list is not overridable item by item. EnvNames lists them all.
-//  3. Defaults fill what is still unset (zero): see Default.
+//  3. Defaults fill what is still unset (zero): see Default; each sink's
+//     own keys get its type's defaults (sink.Config.Defaults).
 //  4. Relative paths are resolved against the config file's directory (Load
 //     only; Parse leaves them as written), so dekctl and the daemon agree
 //     wherever they are started from.

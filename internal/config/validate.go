@@ -3,10 +3,12 @@ package config
 import (
 	"fmt"
 	"net"
-	"net/url"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/decryptd/decryptd/internal/mqttcheck"
+	"github.com/decryptd/decryptd/internal/sink"
 )
 
 // FieldError is one problem, naming the key at fault by its YAML path
@@ -63,7 +65,12 @@ func (c *checker) add(field, format string, args ...any) {
 // reach the network.
 func (c *Config) Validate() error {
 	var ck checker
-	c.validateMQTT(&ck)
+	switch c.Input.Type {
+	case InputMQTT:
+		c.validateMQTT(&ck)
+	default:
+		ck.add("input.type", "must be mqtt, got %q", clip(c.Input.Type))
+	}
 	c.validateKMS(&ck)
 	c.validateRegistry(&ck)
 	c.validateCache(&ck)
@@ -112,80 +119,6 @@ func nonNegative(ck *checker, field string, d time.Duration) {
 	}
 }
 
-// brokerURL checks an MQTT broker URL; it returns whether it uses TLS, or a
-// problem.
-func brokerURL(s string) (tls bool, problem string) {
-	u, err := url.Parse(s)
-	if err != nil {
-		return false, "not a URL"
-	}
-	switch u.Scheme {
-	case "ssl", "tls", "mqtts":
-		tls = true
-	case "tcp", "mqtt":
-	default:
-		return false, fmt.Sprintf("scheme %q: want ssl:// (or tls://, mqtts://) or tcp://", clip(u.Scheme))
-	}
-	if u.User != nil {
-		return tls, "must not carry credentials (the file holds no secrets)"
-	}
-	host, port, err := net.SplitHostPort(u.Host)
-	if err != nil || host == "" {
-		return tls, "want scheme://host:port"
-	}
-	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-		return tls, fmt.Sprintf("port %q: want 1-65535", clip(port))
-	}
-	if (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
-		return tls, "want scheme://host:port with no path or query"
-	}
-	return tls, ""
-}
-
-// topicFilter checks an MQTT topic filter.
-func topicFilter(s string) string {
-	if s == "" {
-		return "empty"
-	}
-	if len(s) > 65535 {
-		return "longer than 65535 bytes"
-	}
-	if strings.ContainsRune(s, 0) {
-		return "contains NUL"
-	}
-	levels := strings.Split(s, "/")
-	for i, l := range levels {
-		if strings.Contains(l, "#") && (l != "#" || i != len(levels)-1) {
-			return "'#' must be a whole level and the last"
-		}
-		if strings.Contains(l, "+") && l != "+" {
-			return "'+' must be a whole level"
-		}
-	}
-	return ""
-}
-
-// topicName checks a topic to publish to (no wildcards).
-func topicName(s string) string {
-	if p := topicFilter(s); p != "" {
-		return p
-	}
-	if strings.ContainsAny(s, "+#") {
-		return "wildcards not allowed in a topic to publish to"
-	}
-	return ""
-}
-
-func checkTLS(ck *checker, field string, t TLS) {
-	if (t.CertFile == "") != (t.KeyFile == "") {
-		if t.CertFile == "" {
-			ck.add(field+".cert_file", "required when key_file is set")
-		} else {
-			ck.add(field+".key_file", "required when cert_file is set")
-		}
-	}
-}
-
 func (c *Config) validateMQTT(ck *checker) {
 	m := c.MQTT
 	if len(m.Brokers) == 0 {
@@ -193,7 +126,7 @@ func (c *Config) validateMQTT(ck *checker) {
 	}
 	for i, b := range m.Brokers {
 		f := fmt.Sprintf("mqtt.brokers[%d]", i)
-		tls, p := brokerURL(b)
+		tls, p := mqttcheck.BrokerURL(b)
 		switch {
 		case p != "":
 			ck.add(f, "%s", p)
@@ -211,7 +144,7 @@ func (c *Config) validateMQTT(ck *checker) {
 	}
 	for i, t := range m.Topics {
 		f := fmt.Sprintf("mqtt.topics[%d]", i)
-		if p := topicFilter(t); p != "" {
+		if p := mqttcheck.TopicFilter(t); p != "" {
 			ck.add(f, "%s", p)
 		} else if strings.HasPrefix(t, "$share/") {
 			ck.add(f, "write the plain filter and set mqtt.shared_group instead of $share/")
@@ -220,7 +153,9 @@ func (c *Config) validateMQTT(ck *checker) {
 	if g := m.SharedGroup; g != "" && (strings.ContainsAny(g, "/+#\x00") || len(g) > 128) {
 		ck.add("mqtt.shared_group", "must not contain / + # or NUL (1-128 characters)")
 	}
-	checkTLS(ck, "mqtt.tls", m.TLS)
+	for _, p := range m.TLS.Check() {
+		ck.add("mqtt.tls."+p.Key, "%s", p.Text)
+	}
 	if m.MaxInFlight < 1 || m.MaxInFlight > 65535 {
 		ck.add("mqtt.max_in_flight", "want 1-65535, got %d", m.MaxInFlight)
 	}
@@ -229,34 +164,6 @@ func (c *Config) validateMQTT(ck *checker) {
 	}
 	positive(ck, "mqtt.keep_alive", m.KeepAlive)
 	positive(ck, "mqtt.connect_timeout", m.ConnectTimeout)
-}
-
-func httpURL(s string, loopbackPlain bool) string {
-	u, err := url.Parse(s)
-	if err != nil || u.Host == "" {
-		return "want an absolute http(s) URL"
-	}
-	if u.User != nil {
-		return "must not carry credentials (the file holds no secrets)"
-	}
-	switch u.Scheme {
-	case "https":
-	case "http":
-		if !loopbackPlain || !isLoopback(u.Hostname()) {
-			return "must be https (http only to a loopback host)"
-		}
-	default:
-		return "must be https"
-	}
-	return ""
-}
-
-func isLoopback(host string) bool {
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
 }
 
 func (c *Config) validateKMS(ck *checker) {
@@ -273,11 +180,11 @@ func (c *Config) validateKMS(ck *checker) {
 		kp := k.KeyProtect
 		if kp.BaseURL == "" {
 			ck.add("kms.keyprotect.base_url", "required for provider keyprotect")
-		} else if p := httpURL(kp.BaseURL, true); p != "" {
+		} else if p := sink.CheckHTTPURL(kp.BaseURL, true); p != "" {
 			ck.add("kms.keyprotect.base_url", "%s", p)
 		}
 		if kp.TokenURL != "" {
-			if p := httpURL(kp.TokenURL, true); p != "" {
+			if p := sink.CheckHTTPURL(kp.TokenURL, true); p != "" {
 				ck.add("kms.keyprotect.token_url", "%s", p)
 			}
 		}
@@ -399,166 +306,6 @@ func validName(s string) bool {
 	return true
 }
 
-func (c *Config) validateSinks(ck *checker) {
-	if len(c.Sinks) == 0 {
-		ck.add("sinks", "at least one sink required")
-	}
-	seen := map[string]int{}
-	for i, s := range c.Sinks {
-		f := fmt.Sprintf("sinks[%d]", i)
-		if !validName(s.Name) {
-			ck.add(f+".name", "want 1-32 of a-z 0-9 _ -, got %q", clip(s.Name))
-		} else if j, dup := seen[s.Name]; dup {
-			ck.add(f+".name", "%q already names sinks[%d]", s.Name, j)
-		} else {
-			seen[s.Name] = i
-		}
-		// used lists the fields set, so a field of another type is refused
-		// rather than silently ignored.
-		used := map[string]bool{
-			"path": s.Path != "", "max_bytes": s.MaxBytes != 0, "keep": s.Keep != 0, "fsync": s.Fsync != nil,
-			"format": s.Format != "", "broker": s.Broker != "", "topic": s.Topic != "", "tls": !s.TLS.IsZero(),
-			"url": s.URL != "", "auth_header_file": s.AuthHeaderFile != "", "ca_file": s.CAFile != "",
-			"batch_max": s.BatchMax != 0, "timeout": s.Timeout != 0,
-			"kafka": s.Kafka != nil, "postgres": s.Postgres != nil,
-		}
-		if s.Policy != nil {
-			if err := s.Policy.Validate(); err != nil {
-				ck.add(f+".policy", "%v", err)
-			}
-		}
-		var own []string
-		switch s.Type {
-		case SinkFile:
-			own = []string{"path", "max_bytes", "keep", "fsync"}
-			if s.Path == "" {
-				ck.add(f+".path", "required for type file")
-			}
-			if s.MaxBytes < 0 {
-				ck.add(f+".max_bytes", "must be positive, got %d", s.MaxBytes)
-			}
-			if s.Keep < 0 {
-				ck.add(f+".keep", "must be positive, got %d", s.Keep)
-			}
-		case SinkStdout:
-			own = []string{"format"}
-			if s.Format != "json" && s.Format != "pretty" {
-				ck.add(f+".format", "must be json or pretty, got %q", clip(s.Format))
-			}
-		case SinkMQTT:
-			own = []string{"broker", "topic", "tls"}
-			if s.Broker == "" {
-				ck.add(f+".broker", "required for type mqtt")
-			} else if tls, p := brokerURL(s.Broker); p != "" {
-				ck.add(f+".broker", "%s", p)
-			} else if !tls && !c.MQTT.AllowPlaintext {
-				ck.add(f+".broker", "tcp:// sends plaintext records in the clear; use ssl:// or set mqtt.allow_plaintext: true")
-			}
-			if s.Topic == "" {
-				ck.add(f+".topic", "required for type mqtt")
-			} else if p := topicName(s.Topic); p != "" {
-				ck.add(f+".topic", "%s", p)
-			}
-			checkTLS(ck, f+".tls", s.TLS)
-		case SinkHTTP:
-			own = []string{"url", "auth_header_file", "ca_file", "batch_max", "timeout"}
-			if s.URL == "" {
-				ck.add(f+".url", "required for type http")
-			} else if p := httpURL(s.URL, true); p != "" {
-				ck.add(f+".url", "%s", p)
-			}
-			if s.BatchMax < 1 || s.BatchMax > 10000 {
-				ck.add(f+".batch_max", "want 1-10000, got %d", s.BatchMax)
-			}
-			positive(ck, f+".timeout", s.Timeout)
-		case SinkKafka:
-			own = []string{"kafka"}
-			if s.Kafka == nil {
-				ck.add(f+".kafka", "required for type kafka")
-			} else {
-				k := *s.Kafka
-				k.Name = s.Name
-				if err := k.Validate(); err != nil {
-					ck.add(f+".kafka", "%v", err)
-				}
-			}
-		case SinkPostgres:
-			own = []string{"postgres"}
-			if s.Postgres == nil {
-				ck.add(f+".postgres", "required for type postgres")
-			} else {
-				pg := *s.Postgres
-				pg.Name = s.Name
-				if err := pg.Validate(); err != nil {
-					ck.add(f+".postgres", "%v", err)
-				}
-			}
-		case "":
-			ck.add(f+".type", "required (file, stdout, mqtt, http, kafka or postgres)")
-			continue
-		default:
-			ck.add(f+".type", "must be file, stdout, mqtt, http, kafka or postgres, got %q", clip(s.Type))
-			continue
-		}
-		for _, k := range []string{"path", "max_bytes", "keep", "fsync", "format", "broker", "topic", "tls", "url", "auth_header_file", "ca_file", "batch_max", "timeout", "kafka", "postgres"} {
-			if used[k] && !contains(own, k) {
-				ck.add(f+"."+k, "not used by type %s", s.Type)
-			}
-		}
-	}
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
-}
-
-func (c *Config) validateDeadLetter(ck *checker) {
-	d := c.DeadLetter
-	switch d.Type {
-	case SinkFile:
-		if d.Path == "" {
-			ck.add("dead_letter.path", "required for type file")
-		}
-		for _, u := range []struct {
-			key string
-			set bool
-		}{{"topic", d.Topic != ""}, {"broker", d.Broker != ""}, {"tls", !d.TLS.IsZero()}} {
-			if u.set {
-				ck.add("dead_letter."+u.key, "not used by type file")
-			}
-		}
-	case SinkMQTT:
-		if d.Topic == "" {
-			ck.add("dead_letter.topic", "required for type mqtt")
-		} else if p := topicName(d.Topic); p != "" {
-			ck.add("dead_letter.topic", "%s", p)
-		}
-		if d.Broker != "" {
-			if tls, p := brokerURL(d.Broker); p != "" {
-				ck.add("dead_letter.broker", "%s", p)
-			} else if !tls && !c.MQTT.AllowPlaintext {
-				ck.add("dead_letter.broker", "tcp:// needs mqtt.allow_plaintext: true")
-			}
-		}
-		checkTLS(ck, "dead_letter.tls", d.TLS)
-		if d.Path != "" {
-			ck.add("dead_letter.path", "not used by type mqtt")
-		}
-		if d.Fsync != nil {
-			ck.add("dead_letter.fsync", "not used by type mqtt")
-		}
-	case "":
-		ck.add("dead_letter.type", "required (file or mqtt): a message that cannot be decrypted is kept, never dropped")
-	default:
-		ck.add("dead_letter.type", "must be file or mqtt, got %q", clip(d.Type))
-	}
-}
-
 func checkListen(s string) string {
 	_, port, err := net.SplitHostPort(s)
 	if err != nil {
@@ -623,7 +370,7 @@ func checkCommandTopic(p string) string {
 		return "want exactly one level {device_id}"
 	}
 	filled := strings.NewReplacer("{device_type}", "t", "{device_id}", "d").Replace(p)
-	return topicName(filled)
+	return mqttcheck.TopicName(filled)
 }
 
 // validTopicLevel reports whether s is a safe topic level (a device type).

@@ -9,14 +9,18 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/decryptd/decryptd/internal/intake"
 	"github.com/decryptd/decryptd/internal/testutil/mosquittotest"
 )
 
 type countProc struct{ n atomic.Int64 }
 
-func (p *countProc) Process(_ context.Context, _ Message, done func(error)) { p.n.Add(1); done(nil) }
+func (p *countProc) Process(_ context.Context, _ intake.Message, done func(error)) {
+	p.n.Add(1)
+	done(nil)
+}
 
-func (p *countProc) TryProcess(_ context.Context, _ Message, done func(error)) bool {
+func (p *countProc) TryProcess(_ context.Context, _ intake.Message, done func(error)) bool {
 	p.n.Add(1)
 	done(nil)
 	return true

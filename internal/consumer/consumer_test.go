@@ -16,7 +16,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/decryptd/decryptd/internal/intake"
 	"github.com/decryptd/decryptd/internal/testutil/mosquittotest"
+	"github.com/decryptd/decryptd/internal/testutil/wait"
 )
 
 func TestOptionsValidation(t *testing.T) {
@@ -124,13 +126,13 @@ func TestMutualTLSRequired(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- c.Run(ctx) }()
-	waitFor(t, "connect failure logged", func() bool {
+	wait.For(t, "connect failure logged", func() bool {
 		return hasLog(h.logs, "connect failed", func(s string) bool { return mosquittotest.RefusedTLS(errors.New(s)) })
 	})
 	if c.Ready() {
 		t.Fatal("ready without a client certificate")
 	}
-	waitFor(t, "broker to log the missing certificate", func() bool {
+	wait.For(t, "broker to log the missing certificate", func() bool {
 		return strings.Contains(h.b.Log(), "peer did not return a certificate")
 	})
 	cancel()
@@ -145,6 +147,7 @@ func TestDeliverAndAck(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	o := h.options("c1")
 	o.Registerer = reg
+	o.TopicPattern = "dev/{device_id}/evt"
 	c, err := New(o, p)
 	if err != nil {
 		t.Fatal(err)
@@ -155,8 +158,15 @@ func TestDeliverAndAck(t *testing.T) {
 	for i := range topics {
 		h.publish(topic(i), seqPayloads(topic(i), per)...)
 	}
-	waitFor(t, "all messages processed", func() bool { return len(p.count()) == topics*per })
-	waitFor(t, "all messages acknowledged", func() bool { return idle(c) })
+	wait.For(t, "all messages processed", func() bool { return len(p.count()) == topics*per })
+	wait.For(t, "all messages acknowledged", func() bool { return idle(c) })
+	// The input says where each message came from and which device sent
+	// it (from the topic, through Options.TopicPattern).
+	for _, m := range p.snapshot() {
+		if want := strings.Split(m.Topic, "/")[1]; m.DeviceID != want || m.Source != Source {
+			t.Fatalf("message on %s: device id %q, source %q; want %q, %q", m.Topic, m.DeviceID, m.Source, want, Source)
+		}
+	}
 	if got := testutil.ToFloat64(c.m.received); got != topics*per {
 		t.Errorf("received_total %v, want %d", got, topics*per)
 	}
@@ -175,7 +185,7 @@ func TestDeliverAndAck(t *testing.T) {
 	for i := range topics {
 		h.publish(topic(i), "marker-"+topic(i))
 	}
-	waitFor(t, "markers", func() bool {
+	wait.For(t, "markers", func() bool {
 		for i := range topics {
 			if !p.has("marker-" + topic(i)) {
 				return false
@@ -208,7 +218,7 @@ func TestBoundedInFlight(t *testing.T) {
 			h := newHarness(t, mosquittotest.Options{MaxInflight: tc.brokerWindow})
 			release := make(chan struct{})
 			var cur, peak atomic.Int64
-			p := &fakeProc{fn: func(ctx context.Context, m Message) error {
+			p := &fakeProc{fn: func(ctx context.Context, m intake.Message) error {
 				if n := cur.Add(1); n > peak.Load() {
 					peak.Store(n) // only this goroutine raises it past n; races lose lower values only
 				}
@@ -234,7 +244,7 @@ func TestBoundedInFlight(t *testing.T) {
 			for i := range n {
 				h.publish(topic(i), fmt.Sprintf("m%02d", i))
 			}
-			waitFor(t, "10 messages in the processor", func() bool { return cur.Load() == 10 })
+			wait.For(t, "10 messages in the processor", func() bool { return cur.Load() == 10 })
 			// Intake stays stopped while the processor is blocked.
 			deadline := time.Now().Add(700 * time.Millisecond)
 			for time.Now().Before(deadline) {
@@ -244,8 +254,8 @@ func TestBoundedInFlight(t *testing.T) {
 				time.Sleep(5 * time.Millisecond)
 			}
 			close(release)
-			waitFor(t, "all messages processed", func() bool { return len(p.count()) == n })
-			waitFor(t, "all acknowledged", func() bool { return idle(c) })
+			wait.For(t, "all messages processed", func() bool { return len(p.count()) == n })
+			wait.For(t, "all acknowledged", func() bool { return idle(c) })
 			if got := peak.Load(); got > 10 {
 				t.Fatalf("%d concurrent Process calls, MaxInFlight is 10", got)
 			}
@@ -255,7 +265,7 @@ func TestBoundedInFlight(t *testing.T) {
 
 func TestPerTopicOrder(t *testing.T) {
 	h := newHarness(t, mosquittotest.Options{})
-	p := &fakeProc{fn: func(context.Context, Message) error {
+	p := &fakeProc{fn: func(context.Context, intake.Message) error {
 		time.Sleep(time.Duration(rand.IntN(200)) * time.Microsecond)
 		return nil
 	}}
@@ -269,7 +279,7 @@ func TestPerTopicOrder(t *testing.T) {
 	h.start(c)
 
 	publishSequences(h, 8, 150)
-	waitFor(t, "all processed", func() bool { return len(p.count()) == 8*150 })
+	wait.For(t, "all processed", func() bool { return len(p.count()) == 8*150 })
 	checkPerTopicOrder(t, p.snapshot())
 }
 
@@ -286,11 +296,11 @@ func publishSequences(h *harness, topics, per int) {
 
 // checkPerTopicOrder fails unless every topic's first deliveries came in
 // the order of their numbered payloads.
-func checkPerTopicOrder(t *testing.T, calls []Message) {
+func checkPerTopicOrder(t *testing.T, calls []intake.Message) {
 	t.Helper()
 	last := map[string]string{}
 	for _, m := range calls {
-		if m.Dup {
+		if m.Redelivered {
 			continue
 		}
 		if prev, ok := last[m.Topic]; ok && string(m.Payload) <= prev {
@@ -307,12 +317,12 @@ func checkPerTopicOrder(t *testing.T, calls []Message) {
 func TestPerTopicOrderMixedPaths(t *testing.T) {
 	h := newHarness(t, mosquittotest.Options{})
 	p := &fakeProc{
-		fn: func(context.Context, Message) error {
+		fn: func(context.Context, intake.Message) error {
 			time.Sleep(time.Duration(rand.IntN(300)) * time.Microsecond)
 			return nil
 		},
 		// About one in four, fixed by the payload's last digit.
-		decline: func(m Message) bool { return m.Payload[len(m.Payload)-1]%4 == 0 },
+		decline: func(m intake.Message) bool { return m.Payload[len(m.Payload)-1]%4 == 0 },
 	}
 	o := h.options("mixed")
 	o.Workers = 4
@@ -324,7 +334,7 @@ func TestPerTopicOrderMixedPaths(t *testing.T) {
 	h.start(c)
 
 	publishSequences(h, 8, 150)
-	waitFor(t, "all processed and acknowledged", func() bool { return len(p.count()) == 8*150 && idle(c) })
+	wait.For(t, "all processed and acknowledged", func() bool { return len(p.count()) == 8*150 && idle(c) })
 	checkPerTopicOrder(t, p.snapshot())
 	p.mu.Lock()
 	inline, all := p.inline, len(p.calls)
@@ -346,8 +356,8 @@ func TestAckOrder(t *testing.T) {
 	var blockTopic atomic.Value
 	blockTopic.Store(topics[0])
 	release := make(chan struct{})
-	p := &fakeProc{fn: func(ctx context.Context, m Message) error {
-		if m.Topic == blockTopic.Load() && !m.Dup {
+	p := &fakeProc{fn: func(ctx context.Context, m intake.Message) error {
+		if m.Topic == blockTopic.Load() && !m.Redelivered {
 			select {
 			case <-release:
 			case <-ctx.Done():
@@ -364,7 +374,7 @@ func TestAckOrder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.ackHook = func(m Message) {
+	c.ackHook = func(m intake.Message) {
 		ackMu.Lock()
 		acked = append(acked, string(m.Payload))
 		ackMu.Unlock()
@@ -378,13 +388,13 @@ func TestAckOrder(t *testing.T) {
 			want = append(want, fmt.Sprintf("a%d", i))
 			h.publish(tp, want[i])
 		}
-		waitFor(t, "the other five processed", func() bool { return len(p.count()) == 5 })
+		wait.For(t, "the other five processed", func() bool { return len(p.count()) == 5 })
 		time.Sleep(100 * time.Millisecond) // give a wrongly eager acker the chance to ack
 		if got := ackedNow(); len(got) != 0 {
 			t.Fatalf("acknowledged %v while the first message was unfinished", got)
 		}
 		close(release)
-		waitFor(t, "all acknowledged", func() bool { return idle(c) })
+		wait.For(t, "all acknowledged", func() bool { return idle(c) })
 		if got := ackedNow(); !slices.Equal(got, want) {
 			t.Fatalf("acknowledged %v, want receive order %v", got, want)
 		}
@@ -399,8 +409,8 @@ func TestAckOrder(t *testing.T) {
 		for i, tp := range topics {
 			h.publish(tp, fmt.Sprintf("b%d", i))
 		}
-		waitFor(t, "b0..b2 acknowledged", func() bool { return len(ackedNow()) == 3 })
-		waitFor(t, "b4, b5 processed", func() bool { return p.has("b4") && p.has("b5") })
+		wait.For(t, "b0..b2 acknowledged", func() bool { return len(ackedNow()) == 3 })
+		wait.For(t, "b4, b5 processed", func() bool { return p.has("b4") && p.has("b5") })
 		barrier(t, c) // the broker holds the three PUBACKs
 		gen := dropConnection(c)
 		waitReconnected(t, c, gen)
@@ -408,7 +418,7 @@ func TestAckOrder(t *testing.T) {
 		for _, tp := range topics {
 			h.publish(tp, "marker-"+tp)
 		}
-		waitFor(t, "markers", func() bool {
+		wait.For(t, "markers", func() bool {
 			for _, tp := range topics {
 				if !p.has("marker-" + tp) {
 					return false
@@ -416,10 +426,10 @@ func TestAckOrder(t *testing.T) {
 			}
 			return true
 		})
-		waitFor(t, "all acknowledged", func() bool { return idle(c) })
+		wait.For(t, "all acknowledged", func() bool { return idle(c) })
 		var redelivered []string
 		for _, m := range p.snapshot() {
-			if m.Dup {
+			if m.Redelivered {
 				redelivered = append(redelivered, string(m.Payload))
 			}
 		}
@@ -436,7 +446,7 @@ func TestAckOrder(t *testing.T) {
 func TestRedeliveryAfterKill(t *testing.T) {
 	h := newHarness(t, mosquittotest.Options{})
 	var entered atomic.Int64
-	stuck := &fakeProc{fn: func(ctx context.Context, m Message) error {
+	stuck := &fakeProc{fn: func(ctx context.Context, m intake.Message) error {
 		entered.Add(1)
 		<-ctx.Done()
 		return ctx.Err()
@@ -450,7 +460,7 @@ func TestRedeliveryAfterKill(t *testing.T) {
 	for i := range n {
 		h.publish(topic(i), fmt.Sprintf("k%02d", i))
 	}
-	waitFor(t, "all held", func() bool { return c1.inUse.Load() == n })
+	wait.For(t, "all held", func() bool { return c1.inUse.Load() == n })
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
 	err = c1.Shutdown(ctx)
@@ -464,9 +474,9 @@ func TestRedeliveryAfterKill(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.start(c2)
-	waitFor(t, "redelivery", func() bool { return len(p2.count()) == n })
+	wait.For(t, "redelivery", func() bool { return len(p2.count()) == n })
 	for _, m := range p2.snapshot() {
-		if !m.Dup {
+		if !m.Redelivered {
 			t.Errorf("%s redelivered without Dup", m.Payload)
 		}
 	}
@@ -506,7 +516,7 @@ func TestSharedSubscriptionSplit(t *testing.T) {
 		}
 		return u
 	}
-	waitFor(t, "all 2000 messages", func() bool { return len(union()) == topics*per })
+	wait.For(t, "all 2000 messages", func() bool { return len(union()) == topics*per })
 	a, b := len(pa.count()), len(pb.count())
 	if a == 0 || b == 0 {
 		t.Fatalf("split %d/%d: both replicas should get a share", a, b)
@@ -520,7 +530,7 @@ func TestSharedSubscriptionSplit(t *testing.T) {
 func TestGracefulShutdown(t *testing.T) {
 	h := newHarness(t, mosquittotest.Options{})
 	var started atomic.Int64
-	p1 := &fakeProc{fn: func(ctx context.Context, m Message) error {
+	p1 := &fakeProc{fn: func(ctx context.Context, m intake.Message) error {
 		started.Add(1)
 		time.Sleep(50 * time.Millisecond)
 		return nil
@@ -538,7 +548,7 @@ func TestGracefulShutdown(t *testing.T) {
 	for i := range n {
 		h.publish(topic(i), fmt.Sprintf("g%02d", i))
 	}
-	waitFor(t, "processing under way", func() bool { return started.Load() >= 10 })
+	wait.For(t, "processing under way", func() bool { return started.Load() >= 10 })
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := c1.Shutdown(ctx); err != nil {
@@ -558,11 +568,11 @@ func TestGracefulShutdown(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.start(c2)
-	waitFor(t, "the rest", func() bool { return len(first)+len(p2.count()) >= n })
+	wait.For(t, "the rest", func() bool { return len(first)+len(p2.count()) >= n })
 	for i := range n {
 		h.publish(topic(i), "marker")
 	}
-	waitFor(t, "markers", func() bool { return p2.count()["marker"] == n })
+	wait.For(t, "markers", func() bool { return p2.count()["marker"] == n })
 	for k := range p2.count() {
 		if first[k] > 0 {
 			t.Errorf("%s was finished before shutdown and delivered again", k)
@@ -598,7 +608,7 @@ func TestUnsubscribeOnShutdown(t *testing.T) {
 	}
 	const n = 100
 	h.publish(topic(0), seqPayloads(topic(0), n)...)
-	waitFor(t, "replica-b gets all", func() bool { return len(pb.count()) == n })
+	wait.For(t, "replica-b gets all", func() bool { return len(pb.count()) == n })
 }
 
 func TestBrokerRestart(t *testing.T) {
@@ -613,7 +623,7 @@ func TestBrokerRestart(t *testing.T) {
 	h.b.Restart()
 	waitReconnected(t, c, gen)
 	h.publish(topic(1), "after-restart")
-	waitFor(t, "message after broker restart", func() bool { return p.has("after-restart") })
+	wait.For(t, "message after broker restart", func() bool { return p.has("after-restart") })
 }
 
 // TestBrokerDownAtStart: Run keeps retrying the first connection (with
@@ -632,14 +642,14 @@ func TestBrokerDownAtStart(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- c.Run(ctx) }()
-	waitFor(t, "a failed connect", func() bool { return h.logs.FilterMessage("connection to broker failed").Len() > 0 })
+	wait.For(t, "a failed connect", func() bool { return h.logs.FilterMessage("connection to broker failed").Len() > 0 })
 	if c.Ready() {
 		t.Fatal("ready with the broker down")
 	}
 	h.b.Restart()
-	waitFor(t, "ready after the broker came up", c.Ready)
+	wait.For(t, "ready after the broker came up", c.Ready)
 	h.publish(topic(0), "hello")
-	waitFor(t, "message", func() bool { return p.has("hello") })
+	wait.For(t, "message", func() bool { return p.has("hello") })
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatalf("Run: %v", err)
@@ -652,7 +662,7 @@ func TestBrokerDownAtStart(t *testing.T) {
 func TestProcessorErrorRetried(t *testing.T) {
 	h := newHarness(t, mosquittotest.Options{})
 	var failures atomic.Int64
-	p := &fakeProc{fn: func(_ context.Context, m Message) error {
+	p := &fakeProc{fn: func(_ context.Context, m intake.Message) error {
 		if string(m.Payload) == "x0" && failures.Add(1) <= 2 {
 			return errors.New("transient")
 		}
@@ -664,7 +674,7 @@ func TestProcessorErrorRetried(t *testing.T) {
 	}
 	h.start(c)
 	h.publish(topic(0), "x0", "x1")
-	waitFor(t, "both processed and acknowledged", func() bool { return len(p.count()) == 2 && idle(c) })
+	wait.For(t, "both processed and acknowledged", func() bool { return len(p.count()) == 2 && idle(c) })
 	if got := p.snapshot(); string(got[0].Payload) != "x0" || string(got[1].Payload) != "x1" {
 		t.Fatalf("order %s, %s", got[0].Payload, got[1].Payload)
 	}

@@ -2,7 +2,15 @@
 // MQTT 3.1.1). It owns the transport only: connecting (mutual TLS, or plain
 // TCP where the operator allows it), subscribing, handing each message to a
 // Processor, and acknowledging. Decryption, sinks, dead-lettering and retries
-// belong to the Processor.
+// belong to the Processor. A Consumer is an intake.Input and hands
+// intake.Messages to an intake.Processor: Source "mqtt", DeviceID read from
+// the topic with Options.TopicPattern.
+//
+// Files by job: consumer.go (the Consumer's lifecycle: New, Run, Ready,
+// Shutdown), admit.go (admission on paho's router goroutine, lanes and the
+// cached-key fast path), order.go (per-topic workers, retries and the
+// in-order acknowledgements), conn.go (connecting, dialing, subscribing),
+// wire.go (the buffered, group-committed connection), options.go.
 //
 // # Delivery promise
 //

@@ -12,30 +12,32 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/decryptd/decryptd/internal/intake"
 	"github.com/decryptd/decryptd/internal/testutil/mosquittotest"
+	"github.com/decryptd/decryptd/internal/testutil/wait"
 )
 
 // fakeProc records the messages it accepted, in the order it accepted them.
 // fn, if set, runs first; a non-nil error from it is returned as is.
 type fakeProc struct {
-	fn func(ctx context.Context, m Message) error
+	fn func(ctx context.Context, m intake.Message) error
 	// decline, if set, decides which messages TryProcess leaves to a
 	// worker (which then runs fn); the others are taken on the intake.
-	decline func(m Message) bool
+	decline func(m intake.Message) bool
 
 	mu     sync.Mutex
-	calls  []Message
+	calls  []intake.Message
 	inline int // calls taken by TryProcess while decline is set
 }
 
 // Process runs the call on the worker and reports it before returning.
-func (p *fakeProc) Process(ctx context.Context, m Message, done func(error)) {
+func (p *fakeProc) Process(ctx context.Context, m intake.Message, done func(error)) {
 	done(p.process(ctx, m))
 }
 
 // TryProcess declines while fn is set (fn may block), so that the worker
 // runs it; otherwise it takes the message on the intake goroutine.
-func (p *fakeProc) TryProcess(ctx context.Context, m Message, done func(error)) bool {
+func (p *fakeProc) TryProcess(ctx context.Context, m intake.Message, done func(error)) bool {
 	switch {
 	case p.decline != nil:
 		if p.decline(m) {
@@ -54,7 +56,7 @@ func (p *fakeProc) TryProcess(ctx context.Context, m Message, done func(error)) 
 	return true
 }
 
-func (p *fakeProc) process(ctx context.Context, m Message) error {
+func (p *fakeProc) process(ctx context.Context, m intake.Message) error {
 	if p.fn != nil {
 		if err := p.fn(ctx, m); err != nil {
 			return err
@@ -66,10 +68,10 @@ func (p *fakeProc) process(ctx context.Context, m Message) error {
 	return nil
 }
 
-func (p *fakeProc) snapshot() []Message {
+func (p *fakeProc) snapshot() []intake.Message {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return append([]Message(nil), p.calls...)
+	return append([]intake.Message(nil), p.calls...)
 }
 
 // count returns how often each payload was accepted.
@@ -82,17 +84,6 @@ func (p *fakeProc) count() map[string]int {
 }
 
 func (p *fakeProc) has(payload string) bool { return p.count()[payload] > 0 }
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
 
 type harness struct {
 	t    *testing.T
@@ -153,7 +144,7 @@ func (h *harness) start(c *Consumer) {
 			h.t.Error("Run did not return")
 		}
 	})
-	waitFor(h.t, "consumer ready", c.Ready)
+	wait.For(h.t, "consumer ready", c.Ready)
 }
 
 // publish sends payloads in order at QoS 1 and waits for the broker to
@@ -194,7 +185,7 @@ func dropConnection(c *Consumer) uint64 {
 // waitReconnected waits for a connection newer than gen to be subscribed.
 func waitReconnected(t *testing.T, c *Consumer, gen uint64) {
 	t.Helper()
-	waitFor(t, "reconnect and resubscribe", func() bool { return c.currentGen() > gen && c.Ready() })
+	wait.For(t, "reconnect and resubscribe", func() bool { return c.currentGen() > gen && c.Ready() })
 }
 
 // barrier returns once the broker has processed everything the consumer's

@@ -69,3 +69,10 @@ func newMetrics(reg prometheus.Registerer, up, inflight, unacked func() float64)
 	}
 	return m, nil
 }
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}

@@ -8,13 +8,10 @@ import (
 	"os"
 	"runtime"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
-
-	"github.com/decryptd/decryptd/internal/pki"
 )
 
 // Defaults applied by New to zero-valued Options fields.
@@ -48,6 +45,10 @@ type Options struct {
 	ClientID string
 	// Topics are MQTT topic filters (wildcards allowed), subscribed at QoS 1.
 	Topics []string
+	// TopicPattern says where a topic carries the device id
+	// (intake.ParseTopicPattern); each message's intake.Message.DeviceID is
+	// read from its topic with it. Empty: no message carries a device id.
+	TopicPattern string
 	// SharedGroup subscribes through $share/<SharedGroup>/<filter> so
 	// replicas split the load. Taken literally: empty means plain
 	// subscriptions (every replica gets every message); the configuration
@@ -56,7 +57,7 @@ type Options struct {
 	// TLS is the client configuration for ssl:// brokers: RootCAs, a client
 	// certificate and a ServerName (when the broker URL's host is not the
 	// name in its certificate). MinVersion is raised to TLS 1.2 if lower.
-	// TLSFiles.Config builds one from PEM files.
+	// tlsfiles.Client.Config builds one from PEM files.
 	TLS *tls.Config
 	// AllowPlainTCP permits tcp:// brokers (no encryption, no client
 	// certificate). Off by default; meant for a broker on the same host.
@@ -112,55 +113,6 @@ func DefaultClientID() (string, error) {
 		return "", errors.New("consumer: client id: empty host name")
 	}
 	return h, nil
-}
-
-// TLSFiles names PEM files for mutual TLS (as written by internal/pki).
-type TLSFiles struct {
-	CAFile     string // CA certificate(s) that verify the broker
-	CertFile   string // client certificate
-	KeyFile    string // client private key
-	ServerName string // expected name in the broker certificate; empty: the URL's host
-}
-
-// Config loads the files and returns a client TLS configuration (TLS 1.2
-// minimum). The certificate and key are re-read at every handshake, so a
-// rotated client certificate is used on the next reconnect without a
-// restart; if re-reading fails the last good pair is used.
-func (f TLSFiles) Config() (*tls.Config, error) {
-	if f.CAFile == "" || f.CertFile == "" || f.KeyFile == "" {
-		return nil, errors.New("consumer: tls: ca, cert and key files are all required")
-	}
-	pool, err := pki.LoadPool(f.CAFile)
-	if err != nil {
-		return nil, fmt.Errorf("consumer: tls: %w", err)
-	}
-	first, err := tls.LoadX509KeyPair(f.CertFile, f.KeyFile)
-	if err != nil {
-		return nil, fmt.Errorf("consumer: tls: load %s: %w", f.CertFile, err)
-	}
-	r := &certReloader{certFile: f.CertFile, keyFile: f.KeyFile, last: &first}
-	return &tls.Config{
-		MinVersion:           tls.VersionTLS12,
-		RootCAs:              pool,
-		ServerName:           f.ServerName,
-		GetClientCertificate: r.get,
-	}, nil
-}
-
-type certReloader struct {
-	certFile, keyFile string
-	mu                sync.Mutex
-	last              *tls.Certificate
-}
-
-func (r *certReloader) get(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-	c, err := tls.LoadX509KeyPair(r.certFile, r.keyFile)
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if err == nil {
-		r.last = &c
-	}
-	return r.last, nil
 }
 
 // withDefaults validates o and fills in defaults; it returns a copy.

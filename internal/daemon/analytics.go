@@ -11,28 +11,7 @@ import (
 	"github.com/decryptd/decryptd/internal/keycache"
 	"github.com/decryptd/decryptd/internal/pseudonym"
 	"github.com/decryptd/decryptd/internal/sink"
-	"github.com/decryptd/decryptd/internal/sink/kafka"
-	"github.com/decryptd/decryptd/internal/sink/postgres"
 )
-
-// buildAnalyticsSink builds a kafka or postgres sink from its typed
-// configuration (the sink's name is the configuration's).
-func (p *parts) buildAnalyticsSink(ctx context.Context, o *Options, s config.Sink) (sink.Sink, error) {
-	switch s.Type {
-	case config.SinkKafka:
-		c := *s.Kafka
-		c.Name = s.Name
-		if c.ClientID == "" {
-			c.ClientID = p.cfg.MQTT.ClientID + "-sink-" + s.Name
-		}
-		return kafka.New(ctx, c, kafka.WithGetenv(o.env))
-	case config.SinkPostgres:
-		c := *s.Postgres
-		c.Name = s.Name
-		return postgres.New(ctx, c, postgres.WithGetenv(o.env))
-	}
-	return nil, fmt.Errorf("type %q: not supported", s.Type)
-}
 
 // withPolicy puts the sink's field policy, if any, in front of sk, loading
 // its pseudonymization key (shared between sinks naming the same key) and

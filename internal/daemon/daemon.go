@@ -20,7 +20,6 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/decryptd/decryptd/internal/config"
-	"github.com/decryptd/decryptd/internal/consumer"
 	"github.com/decryptd/decryptd/internal/pipeline"
 )
 
@@ -73,7 +72,7 @@ type Daemon struct {
 	o        Options
 	log      *zap.Logger
 	parts    *parts
-	consumer *consumer.Consumer
+	inputs   []input
 	ln       net.Listener
 	srv      *http.Server
 	stopping atomic.Bool
@@ -112,20 +111,7 @@ func New(ctx context.Context, o Options) (_ *Daemon, err error) {
 		}
 	}()
 
-	tc, err := tlsConfig(o.Config.MQTT.TLS)
-	if err != nil {
-		return nil, fmt.Errorf("mqtt.tls: %w", err)
-	}
-	m := o.Config.MQTT
-	d.consumer, err = consumer.New(consumer.Options{
-		Brokers: m.Brokers, ClientID: m.ClientID, Topics: m.Topics, SharedGroup: m.SharedGroup,
-		TLS: tc, AllowPlainTCP: m.AllowPlaintext,
-		KeepAlive: m.KeepAlive, ConnectTimeout: m.ConnectTimeout,
-		MaxInFlight: m.MaxInFlight, Workers: m.Workers,
-		UnsubscribeOnShutdown: m.UnsubscribeOnShutdown,
-		ShutdownTimeout:       o.Config.ShutdownTimeout,
-		Logger:                o.Logger, Registerer: o.Registry,
-	}, p.pipe)
+	d.inputs, err = buildInputs(o, p.pipe)
 	if err != nil {
 		return nil, err
 	}
@@ -145,10 +131,21 @@ func (d *Daemon) Addr() net.Addr { return d.ln.Addr() }
 // KMSUnwraps is how many KMS unwraps the key cache has made.
 func (d *Daemon) KMSUnwraps() uint64 { return d.parts.unwraps.Load() }
 
-// Ready reports what /readyz reports: MQTT connected and subscribed, the
-// registry loaded (it is, once New returned), and not shutting down.
+// Ready reports what /readyz reports: every input ready (MQTT connected
+// and subscribed), the registry loaded (it is, once New returned), and not
+// shutting down.
 func (d *Daemon) Ready() bool {
-	return !d.stopping.Load() && d.consumer.Ready()
+	return !d.stopping.Load() && d.notReady() == ""
+}
+
+// notReady names the first input that is not ready, or "".
+func (d *Daemon) notReady() string {
+	for _, in := range d.inputs {
+		if !in.Ready() {
+			return in.name
+		}
+	}
+	return ""
 }
 
 // Run runs the daemon until ctx ends or a part fails, then shuts it down
@@ -158,104 +155,147 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if !d.ran.CompareAndSwap(false, true) {
 		return errors.New("daemon: Run called twice")
 	}
-	var mu sync.Mutex
-	var errs []error
-	fail := func(err error) {
-		mu.Lock()
-		errs = append(errs, err)
-		mu.Unlock()
-	}
-
+	var errs errList
 	g, gctx := errgroup.WithContext(ctx)
-	serveDone := make(chan struct{})
-	go func() {
-		defer close(serveDone)
-		if err := d.srv.Serve(d.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			fail(fmt.Errorf("http: %w", err))
-		}
-	}()
-	d.log.Info("serving", zap.String("http", d.Addr().String()), zap.String("version", d.o.Version))
-
-	g.Go(func() error {
-		// Returns nil when gctx ends; an error only if it cannot start.
-		if err := d.parts.cache.Run(gctx); err != nil {
-			fail(err)
-			return err
-		}
-		return nil
-	})
-	g.Go(func() error {
-		// The consumer ends only through Shutdown below, which uses the
-		// shutdown deadline rather than this (already ended) context.
-		err := d.consumer.Run(context.WithoutCancel(gctx))
-		if err != nil && !d.stopping.Load() {
-			fail(fmt.Errorf("mqtt: %w", err))
-			return err
-		}
-		return nil
-	})
+	serveDone := d.serve(&errs)
 	g.Go(func() error {
 		select {
 		case <-gctx.Done():
+			return nil
 		case <-serveDone:
-			// The HTTP server failed: stop everything.
-			return errors.New("http server stopped")
+			return errors.New("http server stopped") // stop everything
+		}
+	})
+	g.Go(func() error {
+		// Returns nil when gctx ends; an error only if it cannot start.
+		if err := d.parts.cache.Run(gctx); err != nil {
+			errs.add(err)
+			return err
 		}
 		return nil
 	})
-	// Rotation (rotation.enabled): the tracker runs until the consumer has
-	// stopped (it observes the last in-flight records, then flushes its
-	// counts); the controller stops leading as soon as shutdown starts.
-	// Both end before the registry and the audit log close.
-	var rotWG sync.WaitGroup
-	tctx, stopTracker := context.WithCancel(context.WithoutCancel(gctx))
-	defer stopTracker()
-	if r := d.parts.rot; r != nil {
-		rotWG.Add(2)
-		go func() {
-			defer rotWG.Done()
-			r.runTracker(tctx)
-		}()
-		go func() {
-			defer rotWG.Done()
-			_ = r.controller.Run(gctx)
-		}()
-	}
+	d.runInputs(g, gctx, &errs)
+	rot := d.startRotation(gctx)
 	g.Go(func() error {
 		<-gctx.Done()
-		d.stopping.Store(true)
-		d.log.Info("shutting down", zap.Duration("deadline", d.o.Config.ShutdownTimeout))
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.o.Config.ShutdownTimeout)
-		defer cancel()
-		if err := d.consumer.Shutdown(sctx); err != nil {
-			fail(err)
-		}
-		stopTracker()
-		rotDone := make(chan struct{})
-		go func() { rotWG.Wait(); close(rotDone) }()
-		select {
-		case <-rotDone:
-		case <-sctx.Done():
-			fail(errors.New("rotation: did not stop within the shutdown deadline"))
-		}
-		if err := d.closeParts(sctx); err != nil {
-			fail(err)
-		}
-		if err := d.srv.Shutdown(sctx); err != nil {
-			fail(fmt.Errorf("http: shutdown: %w", err))
-			_ = d.srv.Close()
-		}
+		d.shutdown(ctx, rot, &errs)
 		return nil
 	})
 	_ = g.Wait()
 	<-serveDone
-	err := errors.Join(errs...)
+	err := errs.join()
 	if err != nil {
 		d.log.Error("stopped with errors", zap.Error(err))
 	} else {
 		d.log.Info("stopped")
 	}
 	return err
+}
+
+// errList collects the errors of Run's goroutines.
+type errList struct {
+	mu   sync.Mutex
+	errs []error
+}
+
+func (l *errList) add(err error) {
+	l.mu.Lock()
+	l.errs = append(l.errs, err)
+	l.mu.Unlock()
+}
+
+func (l *errList) join() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return errors.Join(l.errs...)
+}
+
+// serve runs the HTTP server until Shutdown; the channel closes when it
+// has stopped.
+func (d *Daemon) serve(errs *errList) <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := d.srv.Serve(d.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errs.add(fmt.Errorf("http: %w", err))
+		}
+	}()
+	d.log.Info("serving", zap.String("http", d.Addr().String()), zap.String("version", d.o.Version))
+	return done
+}
+
+// runInputs runs every input. An input ends only through Shutdown, which
+// uses the shutdown deadline rather than this (by then ended) context; an
+// input that fails on its own stops the daemon.
+func (d *Daemon) runInputs(g *errgroup.Group, gctx context.Context, errs *errList) {
+	for _, in := range d.inputs {
+		g.Go(func() error {
+			err := in.Run(context.WithoutCancel(gctx))
+			if err != nil && !d.stopping.Load() {
+				errs.add(fmt.Errorf("%s: %w", in.name, err))
+				return err
+			}
+			return nil
+		})
+	}
+}
+
+// rotationRun is the rotation goroutines started by startRotation.
+type rotationRun struct {
+	wg          sync.WaitGroup
+	stopTracker context.CancelFunc
+}
+
+// startRotation (rotation.enabled) runs the tracker until the inputs have
+// stopped (it observes the last in-flight records, then flushes its
+// counts) and the controller until shutdown starts. Both end before the
+// registry and the audit log close.
+func (d *Daemon) startRotation(gctx context.Context) *rotationRun {
+	tctx, stop := context.WithCancel(context.WithoutCancel(gctx))
+	rr := &rotationRun{stopTracker: stop}
+	if r := d.parts.rot; r != nil {
+		rr.wg.Add(2)
+		go func() {
+			defer rr.wg.Done()
+			r.runTracker(tctx)
+		}()
+		go func() {
+			defer rr.wg.Done()
+			_ = r.controller.Run(gctx)
+		}()
+	}
+	return rr
+}
+
+// shutdown takes the daemon down in the package doc's order within one
+// deadline: inputs (in-flight messages delivered and acknowledged),
+// rotation, the parts (pipeline and sinks, cache, registry, KMS, audit),
+// the HTTP server last.
+func (d *Daemon) shutdown(ctx context.Context, rot *rotationRun, errs *errList) {
+	d.stopping.Store(true)
+	d.log.Info("shutting down", zap.Duration("deadline", d.o.Config.ShutdownTimeout))
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.o.Config.ShutdownTimeout)
+	defer cancel()
+	for _, in := range d.inputs {
+		if err := in.Shutdown(sctx); err != nil {
+			errs.add(err)
+		}
+	}
+	rot.stopTracker()
+	rotDone := make(chan struct{})
+	go func() { rot.wg.Wait(); close(rotDone) }()
+	select {
+	case <-rotDone:
+	case <-sctx.Done():
+		errs.add(errors.New("rotation: did not stop within the shutdown deadline"))
+	}
+	if err := d.closeParts(sctx); err != nil {
+		errs.add(err)
+	}
+	if err := d.srv.Shutdown(sctx); err != nil {
+		errs.add(fmt.Errorf("http: shutdown: %w", err))
+		_ = d.srv.Close()
+	}
 }
 
 // Close releases what New built, for a daemon whose Run was never called.
@@ -265,8 +305,8 @@ func (d *Daemon) Close(ctx context.Context) error {
 	}
 	d.ran.Store(true)
 	var errs []error
-	if d.consumer != nil {
-		errs = append(errs, d.consumer.Shutdown(ctx))
+	for _, in := range d.inputs {
+		errs = append(errs, in.Shutdown(ctx))
 	}
 	errs = append(errs, d.closeParts(ctx))
 	if d.ln != nil {
@@ -299,9 +339,9 @@ func (d *Daemon) handler() http.Handler {
 		case d.stopping.Load():
 			w.WriteHeader(http.StatusServiceUnavailable)
 			_, _ = io.WriteString(w, "shutting down\n")
-		case !d.consumer.Ready():
+		case d.notReady() != "":
 			w.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = io.WriteString(w, "mqtt not connected and subscribed\n")
+			_, _ = io.WriteString(w, d.notReady()+" not connected and subscribed\n")
 		default:
 			_, _ = io.WriteString(w, "ready\n")
 		}

@@ -76,8 +76,8 @@ func testConfig(t *testing.T, dir string, b *mosquittotest.Broker, client pki.Fi
 	cfg.MQTT.KeepAlive = 5 * time.Second
 	cfg.KMS = config.KMS{Provider: config.ProviderLocal, Local: config.LocalKMS{RootKeyFile: filepath.Join(dir, "root-key.json")}}
 	cfg.Registry = config.Registry{Driver: config.DriverFile, Path: filepath.Join(dir, "registry.json")}
-	cfg.Sinks = []config.Sink{{Name: "records", Type: config.SinkFile, Path: filepath.Join(dir, "records.jsonl"),
-		MaxBytes: config.DefaultSinkMaxBytes, Keep: config.DefaultSinkKeep, Fsync: &on}}
+	cfg.Sinks = []config.Sink{{Name: "records", Type: config.SinkFile, Config: &sink.FileConfig{Path: filepath.Join(dir, "records.jsonl"),
+		MaxBytes: config.DefaultSinkMaxBytes, Keep: config.DefaultSinkKeep, Fsync: &on}}}
 	cfg.DeadLetter = config.DeadLetter{Type: config.SinkFile, Path: filepath.Join(dir, "dead-letter.jsonl"), Fsync: &on}
 	cfg.Metrics.Listen = "127.0.0.1:0"
 	cfg.Audit.Path = filepath.Join(dir, "audit.log")
@@ -183,7 +183,7 @@ func TestDaemonVectors(t *testing.T) {
 		nFail += n
 	}
 
-	recPath, dlPath := cfg.Sinks[0].Path, cfg.DeadLetter.Path
+	recPath, dlPath := cfg.Sinks[0].Config.(*sink.FileConfig).Path, cfg.DeadLetter.Path
 	deadline = time.Now().Add(20 * time.Second)
 	for len(readLines(t, recPath)) < wantOK || len(readLines(t, dlPath)) < nFail {
 		if time.Now().After(deadline) {

@@ -1,7 +1,8 @@
 // Package daemon owns decryptd's lifecycle: it builds every part from a
 // validated configuration, from the leaves up (audit log, KMS provider,
-// registry, key cache, decryptor, sinks, dead-letter sink, pipeline, MQTT
-// consumer, HTTP server), runs them, and takes them down again.
+// registry, key cache, decryptor, sinks, dead-letter sink, pipeline, the
+// inputs that input.type names (intake.Input: the MQTT consumer), HTTP
+// server), runs them, and takes them down again.
 //
 // Promises:
 //
@@ -17,7 +18,7 @@
 //     port 0 works.
 //
 //   - Shutdown, when Run's context ends or a part fails, follows one
-//     deadline (shutdown_timeout): the consumer stops intake, lets in-flight
+//     deadline (shutdown_timeout): each input stops intake, lets in-flight
 //     messages reach the sinks and acknowledges them (unsubscribing first
 //     when configured) and disconnects; then the pipeline writes what its
 //     batchers hold and flushes and closes every sink; then the key cache,

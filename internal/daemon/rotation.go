@@ -39,9 +39,9 @@ func (p *parts) buildRotation(o *Options) (*rotationParts, error) {
 	if err != nil {
 		return nil, err
 	}
-	roots, _ := p.kms.(kms.RootManager)
+	caps := kms.CapabilitiesOf(p.kms)
 	ops, err := keyops.New(keyops.Options{
-		KMS: p.kms, Roots: roots, Registry: p.store, Audit: p.audit,
+		KMS: p.kms, Roots: caps.Roots, Registry: p.store, Audit: p.audit,
 		Operator: "decryptd rotation (" + cfg.MQTT.ClientID + ")",
 	})
 	if err != nil {
@@ -70,12 +70,8 @@ func (p *parts) buildRotation(o *Options) (*rotationParts, error) {
 		Brokers: cfg.MQTT.Brokers, ClientID: cfg.MQTT.ClientID + "-rotation", TLS: tc, Timeout: cfg.MQTT.ConnectTimeout,
 	}}
 	var rootState rotation.RootState
-	if rc, ok := p.kms.(rotation.RootClock); ok && roots != nil {
-		rootState = &rotation.KMSRootState{Clock: rc, Registry: p.store}
-	}
-	rootID := ""
-	if cfg.KMS.Provider == config.ProviderKeyProtect {
-		rootID = cfg.KMS.KeyProtect.RootKeyID
+	if caps.RootRotation() {
+		rootState = &rotation.KMSRootState{Clock: caps.Clock, Registry: p.store}
 	}
 	ctl, err := rotation.NewController(rotation.ControllerOptions{
 		Policy: rotation.Policy{
@@ -86,7 +82,7 @@ func (p *parts) buildRotation(o *Options) (*rotationParts, error) {
 			RootMaxAge: r.RootKeyMaxAge, RootRotationOff: !r.RootRotationEnabled(),
 			Tick: r.Tick,
 		},
-		Ops: ops, Lease: lease, Publisher: pub, RootState: rootState, RootKeyID: rootID,
+		Ops: ops, Lease: lease, Publisher: pub, RootState: rootState, RootKeyID: caps.RootKeyID,
 		TopicPattern: r.CommandTopic, DeviceType: r.DeviceType,
 		Metrics: m, Logger: o.Logger,
 	})

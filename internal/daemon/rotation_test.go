@@ -195,7 +195,7 @@ func TestDaemonRotation(t *testing.T) {
 	poll(t, "v1 revoked after the grace period", 20*time.Second, func() bool { return entry("v1").State == dek.StateRevoked })
 	publish(dev.seal(t, "v1", 3)) // after grace: refused
 
-	recPath, dlPath := cfg.Sinks[0].Path, cfg.DeadLetter.Path
+	recPath, dlPath := cfg.Sinks[0].Config.(*sink.FileConfig).Path, cfg.DeadLetter.Path
 	poll(t, "3 records and 1 dead letter", 15*time.Second, func() bool {
 		return len(readLines(t, recPath)) >= 3 && len(readLines(t, dlPath)) >= 1
 	})

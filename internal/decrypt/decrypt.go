@@ -12,25 +12,23 @@ import (
 	"time"
 
 	"github.com/decryptd/decryptd/internal/dek"
+	"github.com/decryptd/decryptd/internal/intake"
 )
 
-// Message is one MQTT message as received.
-type Message struct {
-	Topic   string
-	Payload []byte
-	// Dup is the MQTT DUP flag: the broker is redelivering it.
-	Dup bool
-	// ReceivedAt is when the daemon received it (the record's received_at
-	// and the stale check's reference); zero means Options.Now() at Open.
-	ReceivedAt time.Time
-}
+// Message is one message as an input received it (intake.Message). The
+// decryptor reads Topic (the record's topic, and the device id when the
+// input determined none), DeviceID (checked against the payload's
+// device_id), Payload, Redelivered (a duplicate rather than a replay) and
+// ReceivedAt (the record's received_at and the stale check's reference;
+// zero means Options.Now() at Open).
+type Message = intake.Message
 
 // Decryptor turns messages into records or failure reasons. It is safe for
 // concurrent use.
 type Decryptor struct {
 	keys  KeyResolver
 	opts  Options
-	topic topicPattern
+	topic intake.TopicPattern
 	win   *window // nil when the replay window is disabled
 	pool  sync.Pool
 }
@@ -45,7 +43,7 @@ func New(keys KeyResolver, opts Options) (*Decryptor, error) {
 	if err != nil {
 		return nil, fmt.Errorf("decrypt: %w", err)
 	}
-	tp, err := parseTopicPattern(opts.TopicPattern)
+	tp, err := intake.ParseTopicPattern(opts.TopicPattern)
 	if err != nil {
 		return nil, fmt.Errorf("decrypt: %w", err)
 	}
@@ -133,8 +131,15 @@ func (d *Decryptor) open(ctx context.Context, st *state, m Message, noWait bool)
 	if err != nil {
 		return Record{}, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
-	if id, ok := d.topic.deviceID(m.Topic); ok && id != string(env.deviceID) {
-		return Record{}, fmt.Errorf("%w: topic carries device %q, message device_id is %q", ErrTopicMismatch, id, env.deviceID)
+	// The device id the input determined (the MQTT input reads it from the
+	// topic); a message without one (a replayed dead letter) falls back to
+	// Options.TopicPattern.
+	dev, ok := m.DeviceID, m.DeviceID != ""
+	if !ok {
+		dev, ok = d.topic.DeviceID(m.Topic)
+	}
+	if ok && dev != string(env.deviceID) {
+		return Record{}, fmt.Errorf("%w: topic carries device %q, message device_id is %q", ErrTopicMismatch, dev, env.deviceID)
 	}
 	received := m.ReceivedAt
 	if received.IsZero() {
@@ -254,7 +259,7 @@ func (d *Decryptor) open(ctx context.Context, st *state, m Message, noWait bool)
 		// Ages count from the receive time: no second clock read per
 		// message, and a message retried after a transient fault keeps the
 		// age of its first receipt.
-		if err := d.win.admit(st.keys, m.Dup, received.UnixNano()); err != nil {
+		if err := d.win.admit(st.keys, m.Redelivered, received.UnixNano()); err != nil {
 			return Record{}, fmt.Errorf("%w: nonce already accepted under %s %s", err, rec.KeyID, rec.KeyVersion)
 		}
 		rec.rk0, rec.rkN = st.keys[0], len(st.keys)

@@ -32,7 +32,7 @@ func FuzzOpen(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		m := Message{Topic: topic, Payload: payload, Dup: dup, ReceivedAt: received}
+		m := Message{Topic: topic, Payload: payload, Redelivered: dup, ReceivedAt: received}
 		rec, err := d.Open(context.Background(), m)
 		if err != nil {
 			if Reason(err) == "" {
@@ -51,7 +51,7 @@ func FuzzOpen(f *testing.F) {
 		if !json.Valid(payload) {
 			t.Fatal("accepted a payload encoding/json calls invalid")
 		}
-		m.Dup = true
+		m.Redelivered = true
 		rec2, err := d.Open(context.Background(), m)
 		switch {
 		case rec.KeyVersion != "" && !errors.Is(err, ErrDuplicate):

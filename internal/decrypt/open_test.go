@@ -77,7 +77,7 @@ func (k *kit) shapeB(t *testing.T, env seal.Envelope, fields ...seal.Field) []by
 }
 
 func (k *kit) open(payload []byte, dup bool) (Record, error) {
-	return k.d.Open(context.Background(), Message{Topic: testTopic, Payload: payload, Dup: dup})
+	return k.d.Open(context.Background(), Message{Topic: testTopic, Payload: payload, Redelivered: dup})
 }
 
 func TestMalformed(t *testing.T) {
@@ -520,39 +520,28 @@ func TestOptions(t *testing.T) {
 	}
 }
 
+// The pattern itself is tested in package intake (TestTopicPattern there).
 func TestTopicPattern(t *testing.T) {
-	cases := []struct {
-		pattern, topic, id string
-		ok                 bool
-	}{
-		{DefaultTopicPattern, "iot-2/type/monitor/id/sensor-001/evt/telemetry/fmt/json", "sensor-001", true},
-		{DefaultTopicPattern, "iot-2/type/monitor/id/gw:ward-7.bed_12/evt/e/fmt/f", "gw:ward-7.bed_12", true},
-		{DefaultTopicPattern, "iot-2/type/monitor/id//evt/e/fmt/f", "", true},
-		{DefaultTopicPattern, "iot-2/type/monitor/id/x/evt/e/fmt", "", false},
-		{DefaultTopicPattern, "iot-2/type/monitor/id/x/evt/e/fmt/f/extra", "", false},
-		{DefaultTopicPattern, "iot-2/evt/e/fmt/f", "", false},
-		{DefaultTopicPattern, "telemetry/sensor-001", "", false},
-		{DefaultTopicPattern, "", "", false},
-		{"devices/{device_id}/#", "devices/d1", "d1", true},
-		{"devices/{device_id}/#", "devices/d1/a/b", "d1", true},
-		{"devices/{device_id}/#", "other/d1", "", false},
-		{"{device_id}", "d1", "d1", true},
-		{"{device_id}", "d1/x", "", false},
-	}
-	for _, c := range cases {
-		tp, err := parseTopicPattern(c.pattern)
-		if err != nil {
-			t.Fatal(err)
-		}
-		id, ok := tp.deviceID(c.topic)
-		if ok != c.ok || id != c.id {
-			t.Errorf("%q on %q = %q, %v; want %q, %v", c.pattern, c.topic, id, ok, c.id, c.ok)
-		}
-	}
 	// A topic that carries no device id skips the check.
 	k := newKit(t, Options{})
 	if _, err := k.d.Open(context.Background(), Message{Topic: "plain/topic", Payload: []byte(`{"device_id":"sensor-9","timestamp":1}`)}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// The device id an input determined is what the payload's device_id is
+// checked against; the topic pattern only stands in when there is none.
+func TestDeviceIDFromInput(t *testing.T) {
+	k := newKit(t, Options{})
+	payload := []byte(`{"device_id":"sensor-9","timestamp":1}`)
+	topic := "iot-2/type/monitor/id/sensor-9/evt/e/fmt/json"
+	_, err := k.d.Open(context.Background(), Message{Topic: topic, DeviceID: "sensor-1", Payload: payload})
+	if !errors.Is(err, ErrTopicMismatch) {
+		t.Fatalf("input's device sensor-1, payload's sensor-9: %v, want ErrTopicMismatch", err)
+	}
+	_, err = k.d.Open(context.Background(), Message{Topic: "iot-2/type/monitor/id/sensor-1/evt/e/fmt/json", DeviceID: "sensor-9", Payload: payload})
+	if errors.Is(err, ErrTopicMismatch) {
+		t.Fatalf("input's device id matches the payload's, yet: %v", err)
 	}
 }
 

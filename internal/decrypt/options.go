@@ -3,7 +3,6 @@ package decrypt
 import (
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 )
 
@@ -34,7 +33,9 @@ type Options struct {
 	// level), '#' (any remaining levels, last only) or "{device_id}" (any one
 	// level, the device id; exactly once). A topic the pattern does not
 	// match carries no device id and skips the topic check. "" means
-	// DefaultTopicPattern.
+	// DefaultTopicPattern. It applies only to a Message whose input set no
+	// DeviceID (a replayed dead letter): an input that determines the
+	// device id (the MQTT input, from its own pattern) sets it.
 	TopicPattern string
 
 	// ReplayEntries and ReplayMaxAge bound the replay window: the oldest
@@ -85,74 +86,4 @@ func (o Options) withDefaults() (Options, error) {
 		o.Now = time.Now
 	}
 	return o, errors.Join(errs...)
-}
-
-// topicPattern is a parsed Options.TopicPattern.
-type topicPattern struct {
-	levels []string // "+", "#", "{device_id}" or a literal
-}
-
-const devicePlaceholder = "{device_id}"
-
-func parseTopicPattern(p string) (topicPattern, error) {
-	levels := strings.Split(p, "/")
-	found := 0
-	for i, l := range levels {
-		switch {
-		case l == devicePlaceholder:
-			found++
-		case l == "+":
-		case l == "#":
-			if i != len(levels)-1 {
-				return topicPattern{}, fmt.Errorf("TopicPattern %q: '#' must be the last level", p)
-			}
-		case strings.ContainsAny(l, "+#{}"):
-			return topicPattern{}, fmt.Errorf("TopicPattern %q: level %q mixes a wildcard or brace with text", p, l)
-		}
-	}
-	if found != 1 {
-		return topicPattern{}, fmt.Errorf("TopicPattern %q: must contain %s exactly once", p, devicePlaceholder)
-	}
-	return topicPattern{levels: levels}, nil
-}
-
-// deviceID returns the device id the topic carries, or ok=false when the
-// pattern does not match it. It does not allocate; a literal level is one
-// comparison, a wildcard one search for '/'.
-func (tp topicPattern) deviceID(topic string) (id string, ok bool) {
-	rest := topic
-	done := false // every level of the topic consumed
-	for _, l := range tp.levels {
-		if l == "#" {
-			return id, true
-		}
-		if done {
-			return "", false
-		}
-		var level string
-		switch l {
-		case "+", devicePlaceholder:
-			if i := strings.IndexByte(rest, '/'); i >= 0 {
-				level, rest = rest[:i], rest[i+1:]
-			} else {
-				level, rest, done = rest, "", true
-			}
-			if l != "+" {
-				id = level
-			}
-		default:
-			switch {
-			case len(rest) > len(l) && rest[len(l)] == '/' && rest[:len(l)] == l:
-				rest = rest[len(l)+1:]
-			case rest == l:
-				rest, done = "", true
-			default:
-				return "", false
-			}
-		}
-	}
-	if !done {
-		return "", false
-	}
-	return id, true
 }

@@ -73,7 +73,7 @@ func cachedKit(t *testing.T, all bool) (*kit, *cachedKeys, *Decryptor) {
 }
 
 func tryOpen(d *Decryptor, payload []byte, dup bool) (Record, error) {
-	return d.TryOpen(Message{Topic: testTopic, Payload: payload, Dup: dup})
+	return d.TryOpen(Message{Topic: testTopic, Payload: payload, Redelivered: dup})
 }
 
 // A resolver that cannot answer without waiting: TryOpen declines every
@@ -177,7 +177,7 @@ func TestTryOpenWouldWaitLeavesNoTrace(t *testing.T) {
 				if !reflect.DeepEqual(rec, Record{}) {
 					t.Fatal("a record came out with the failure")
 				}
-				_, oerr := d.Open(context.Background(), Message{Topic: testTopic, Payload: msg, Dup: c.dup})
+				_, oerr := d.Open(context.Background(), Message{Topic: testTopic, Payload: msg, Redelivered: c.dup})
 				if oerr == nil || err.Error() != oerr.Error() {
 					t.Errorf("TryOpen(dup=%v): %q, Open: %v", c.dup, err, oerr)
 				}

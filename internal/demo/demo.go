@@ -31,6 +31,7 @@ import (
 	"github.com/decryptd/decryptd/internal/pki"
 	"github.com/decryptd/decryptd/internal/registry/filestore"
 	"github.com/decryptd/decryptd/internal/seal"
+	"github.com/decryptd/decryptd/internal/sink"
 )
 
 // Options configure a demo run. The zero value works.
@@ -322,12 +323,12 @@ func daemonConfig(dir, brokerURL string, files pki.Files, listen string) (*confi
 	cfg.KMS = config.KMS{Provider: config.ProviderLocal, Local: config.LocalKMS{RootKeyFile: filepath.Join(dir, "root-key.json")}}
 	cfg.Registry = config.Registry{Driver: config.DriverFile, Path: filepath.Join(dir, "registry.json")}
 	cfg.Sinks = []config.Sink{
-		{Name: "console", Type: config.SinkStdout, Format: "pretty"},
-		{Name: "records", Type: config.SinkFile, Path: filepath.Join(dir, "records.jsonl"),
-			MaxBytes: config.DefaultSinkMaxBytes, Keep: config.DefaultSinkKeep, Fsync: &on},
+		{Name: "console", Type: "stdout", Config: &sink.StdoutConfig{Format: "pretty"}},
+		{Name: "records", Type: config.SinkFile, Config: &sink.FileConfig{Path: filepath.Join(dir, "records.jsonl"),
+			MaxBytes: config.DefaultSinkMaxBytes, Keep: config.DefaultSinkKeep, Fsync: &on}},
 		// The analytics side gets the minimum necessary: see analyticsPolicy.
-		{Name: "analytics", Type: config.SinkFile, Path: filepath.Join(dir, "analytics.jsonl"),
-			MaxBytes: config.DefaultSinkMaxBytes, Keep: config.DefaultSinkKeep, Fsync: &on, Policy: analyticsPolicy()},
+		{Name: "analytics", Type: config.SinkFile, Policy: analyticsPolicy(), Config: &sink.FileConfig{Path: filepath.Join(dir, "analytics.jsonl"),
+			MaxBytes: config.DefaultSinkMaxBytes, Keep: config.DefaultSinkKeep, Fsync: &on}},
 	}
 	cfg.DeadLetter = config.DeadLetter{Type: config.SinkFile, Path: filepath.Join(dir, "dead-letter.jsonl"), Fsync: &on}
 	cfg.Metrics.Listen = listen

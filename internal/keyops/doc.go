@@ -1,8 +1,11 @@
 // Package keyops owns the operator's key lifecycle, the logic behind
-// dekctl: root key create/rotate/list, provisioning a device's DEK version
-// (and group membership), bulk import of existing DEKs, listing, revoking,
-// crypto-shredding, rewrapping after a root rotation, and checking the
-// audit log's hash chain.
+// dekctl: root key create/rotate/list/retire, provisioning a device's DEK
+// version (and group membership), bulk import of existing DEKs, listing,
+// revoking, crypto-shredding (plain, or complete: ShredComplete also retires
+// the root versions the shredded DEKs were under, after moving every other
+// DEK off them, so older registry copies cannot unwrap them;
+// docs/crypto-shredding.md), rewrapping after a root rotation, and checking
+// the audit log's hash chain.
 //
 // Promises:
 //
@@ -25,6 +28,11 @@
 //     version in one registry.BulkCreator.CreateMany (all or nothing) and
 //     appending the audit events in batches (BatchAuditor); one event per
 //     key version touched, as always.
+//   - A root version is never retired while a DEK in the registry that is
+//     not shredded is wrapped under a version the retirement destroys
+//     (ErrInUse), nor while it wraps new DEKs (kms.ErrRetireWrapping).
+//     ShredComplete is resumable: the tombstones keep the root version they
+//     were under, so a rerun finds what is left.
 //   - Errors: ErrInvalidArgument for a bad name or combination of arguments
 //     (a usage error), ErrNotFound when nothing matches, anything else is an
 //     operation failure. dekctl maps them to exit codes 2, 3 and 1.

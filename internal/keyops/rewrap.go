@@ -37,12 +37,6 @@ type RewrapResult struct {
 // errChanged aborts an Update whose entry moved under us.
 var errChanged = errors.New("entry changed during rewrap")
 
-// describer is the optional, cheaper way to learn one root key's newest
-// version (keyprotect.Provider has it).
-type describer interface {
-	DescribeRoot(ctx context.Context, id string) (kms.RootKey, error)
-}
-
 // Rewrap moves every non-shredded entry whose wrapped DEK is under an older
 // root key version to the newest one (kms.Provider.Rewrap), after a root
 // rotation. Each entry is updated on its own, atomically and only if it did
@@ -77,6 +71,12 @@ func (op *Ops) Rewrap(ctx context.Context, progress RewrapProgress) (RewrapResul
 		todo = append(todo, e)
 	}
 	res.Todo = len(todo)
+	return op.rewrapEntries(ctx, op.o.KMS, todo, res, progress)
+}
+
+// rewrapEntries rewraps todo with p, RewrapWorkers at a time, counting into
+// res (whose Entries and Todo the caller set).
+func (op *Ops) rewrapEntries(ctx context.Context, p kms.Provider, todo []registry.Entry, res RewrapResult, progress RewrapProgress) (RewrapResult, error) {
 	if progress == nil {
 		progress = func(int, int, int) {}
 	}
@@ -93,7 +93,7 @@ func (op *Ops) Rewrap(ctx context.Context, progress RewrapProgress) (RewrapResul
 		go func() {
 			defer wg.Done()
 			for e := range next {
-				changed, rewrapped, err := op.rewrapOne(ctx, e)
+				changed, rewrapped, err := op.rewrapOne(ctx, p, e)
 				mu.Lock()
 				done++
 				switch {
@@ -144,7 +144,7 @@ func (op *Ops) newestRootVersions(ctx context.Context, es []registry.Entry) (map
 	if len(ids) == 0 {
 		return out, nil
 	}
-	if d, ok := op.o.Roots.(describer); ok {
+	if d := kms.CapabilitiesOf(op.o.Roots).Describe; d != nil { // cheaper: one root key at a time
 		for id := range ids {
 			rk, err := d.DescribeRoot(ctx, id)
 			if err != nil {
@@ -171,10 +171,10 @@ func (op *Ops) newestRootVersions(ctx context.Context, es []registry.Entry) (map
 // rewrapOne rewraps e's DEK outside any registry lock (a KMS call may be
 // slow), then stores the result only if the entry still holds what was
 // rewrapped.
-func (op *Ops) rewrapOne(ctx context.Context, e registry.Entry) (changed, rewrapped bool, err error) {
+func (op *Ops) rewrapOne(ctx context.Context, p kms.Provider, e registry.Entry) (changed, rewrapped bool, err error) {
 	ref := e.Ref()
 	start := op.o.Now()
-	nw, err := op.o.KMS.Rewrap(ctx, e.Wrapped, kms.DEKAAD(ref))
+	nw, err := p.Rewrap(ctx, e.Wrapped, kms.DEKAAD(ref))
 	if err != nil {
 		aerr := op.record(ctx, audit.ActionRewrap, ref, e.Wrapped, start, err, "from root version "+e.Wrapped.RootKeyVersion)
 		return false, false, joinAudit(err, aerr)

@@ -37,22 +37,6 @@ type Provider interface {
 	Rewrap(ctx context.Context, w Wrapped, aad []string) (Wrapped, error)
 }
 
-// RootKey describes a root key as the operator sees it; never its material.
-type RootKey struct {
-	ID       string   `json:"id"`
-	Name     string   `json:"name,omitempty"`
-	State    string   `json:"state"`
-	Versions []string `json:"versions"` // oldest first; the last one wraps
-}
-
-// RootManager is the operator's side of a provider: creating and rotating
-// root keys (dekctl root ...). The daemon never needs it.
-type RootManager interface {
-	CreateRoot(ctx context.Context, name string) (RootKey, error)
-	RotateRoot(ctx context.Context, id string) (RootKey, error)
-	ListRoots(ctx context.Context) ([]RootKey, error)
-}
-
 // Sentinel errors that callers switch on.
 var (
 	ErrTransient   = errors.New("kms temporarily unavailable")

@@ -4,9 +4,6 @@ import (
 	"crypto/rand"
 	"crypto/subtle"
 	"encoding/hex"
-	"encoding/json"
-	"fmt"
-	"io"
 	mrand "math/rand/v2"
 	"net/http"
 	"strings"
@@ -49,7 +46,11 @@ const (
 	OpDelete   = "delete"
 	OpRestore  = "restore"
 	OpPurge    = "purge"
-	OpOther    = "other" // any route the emulator does not serve
+	OpAlias    = "alias"  // create or delete a key alias
+	OpPolicy   = "policy" // get or set a key's policies
+	// OpInstancePolicy: get or set the instance's policies.
+	OpInstancePolicy = "instance_policy"
+	OpOther          = "other" // any route the emulator does not serve
 )
 
 // Options configure an Emulator. The zero value is a permissive emulator:
@@ -76,6 +77,14 @@ type Options struct {
 	// PurgeDelay, if positive, refuses a purge within that long of the
 	// delete with 409 REQ_TOO_EARLY_ERR (the real service: 4 h).
 	PurgeDelay time.Duration
+	// RateLimit, if positive, is the sustained rate of Key Protect API
+	// requests per second the instance accepts; above it (after RateBurst
+	// requests at once) requests are refused with 429 and a Retry-After,
+	// as the service's rate limiting does. Token requests are not limited.
+	RateLimit float64
+	// RateBurst is how many requests may come at once under RateLimit
+	// (default: RateLimit rounded up, at least 1).
+	RateBurst int
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 	// Seed seeds the failure-rate dice, so a test is repeatable.
@@ -97,24 +106,28 @@ type Emulator struct {
 	keys    map[string]*key      // by id
 	order   []string             // ids in creation order
 	aliases map[string]string    // alias -> id
-	calls   map[string]int64
-	faults  Faults
-	release chan struct{} // closed when faults change, to free hanging requests
-	dice    *mrand.Rand
+	// instPolicies are the instance's policies by type (policies.go).
+	instPolicies map[string]*instancePolicy
+	calls        map[string]int64
+	faults       Faults
+	release      chan struct{} // closed when faults change, to free hanging requests
+	dice         *mrand.Rand
+	bucket       bucket // Options.RateLimit's token bucket
 }
 
 // New returns an emulator with no keys.
 func New(opts Options) *Emulator {
 	e := &Emulator{
-		opts:    opts,
-		now:     opts.Now,
-		done:    make(chan struct{}),
-		tokens:  map[string]time.Time{},
-		keys:    map[string]*key{},
-		aliases: map[string]string{},
-		calls:   map[string]int64{},
-		release: make(chan struct{}),
-		dice:    mrand.New(mrand.NewPCG(opts.Seed, opts.Seed^0x6b70656d75)),
+		opts:         opts,
+		now:          opts.Now,
+		done:         make(chan struct{}),
+		tokens:       map[string]time.Time{},
+		keys:         map[string]*key{},
+		aliases:      map[string]string{},
+		instPolicies: map[string]*instancePolicy{},
+		calls:        map[string]int64{},
+		release:      make(chan struct{}),
+		dice:         mrand.New(mrand.NewPCG(opts.Seed, opts.Seed^0x6b70656d75)),
 	}
 	if e.now == nil {
 		e.now = time.Now
@@ -190,7 +203,7 @@ func (e *Emulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	rt := route(r.Method, r.URL.Path)
 	e.count(rt.op)
-	if e.apiFault(w, r) {
+	if e.apiFault(w, r) || e.rateLimited(w) {
 		return
 	}
 	if !e.authorized(r) {
@@ -218,7 +231,14 @@ func route(method, path string) routed {
 		return routed{op: OpOther}
 	}
 	parts := strings.Split(strings.TrimSuffix(rest, "/"), "/")
-	if parts[0] != "keys" {
+	switch {
+	case len(parts) == 1 && parts[0] == "keys_with_policy_overrides" && method == http.MethodPost:
+		return routed{op: OpCreate, handle: (*Emulator).createKeyWithPolicies}
+	case len(parts) == 2 && parts[0] == "instance" && parts[1] == "policies" && method == http.MethodGet:
+		return routed{op: OpInstancePolicy, handle: (*Emulator).getInstancePolicies}
+	case len(parts) == 2 && parts[0] == "instance" && parts[1] == "policies" && method == http.MethodPut:
+		return routed{op: OpInstancePolicy, handle: (*Emulator).putInstancePolicies}
+	case parts[0] != "keys":
 		return routed{op: OpOther}
 	}
 	switch {
@@ -234,6 +254,14 @@ func route(method, path string) routed {
 		return routed{op: OpMetadata, id: parts[1], handle: (*Emulator).getMetadata}
 	case len(parts) == 3 && parts[2] == "versions" && method == http.MethodGet:
 		return routed{op: OpVersions, id: parts[1], handle: (*Emulator).listVersions}
+	case len(parts) == 3 && parts[2] == "policies" && method == http.MethodGet:
+		return routed{op: OpPolicy, id: parts[1], handle: (*Emulator).getKeyPolicies}
+	case len(parts) == 3 && parts[2] == "policies" && method == http.MethodPut:
+		return routed{op: OpPolicy, id: parts[1], handle: (*Emulator).putKeyPolicies}
+	case len(parts) == 4 && parts[2] == "aliases" && method == http.MethodPost:
+		return routed{op: OpAlias, id: parts[1] + "/" + parts[3], handle: (*Emulator).createAlias}
+	case len(parts) == 4 && parts[2] == "aliases" && method == http.MethodDelete:
+		return routed{op: OpAlias, id: parts[1] + "/" + parts[3], handle: (*Emulator).deleteAlias}
 	case len(parts) == 3 && parts[2] == "restore" && method == http.MethodPost:
 		return routed{op: OpRestore, id: parts[1], handle: (*Emulator).restoreKey}
 	case len(parts) == 3 && parts[2] == "purge" && method == http.MethodDelete:
@@ -320,79 +348,6 @@ func (e *Emulator) serveToken(w http.ResponseWriter, r *http.Request) {
 		"expires_in":    int64(e.opts.TokenTTL / time.Second),
 		"expiration":    exp.Unix(),
 	})
-}
-
-func writeIAMError(w http.ResponseWriter, status int, code, msg string) {
-	writeJSON(w, status, map[string]any{
-		"errorCode":    code,
-		"errorMessage": msg,
-		"context":      map[string]string{"requestId": newUUID()},
-	})
-}
-
-// reason is one entry of an error's reasons list.
-type reason struct {
-	Code     string `json:"code"`
-	Message  string `json:"message"`
-	Status   int    `json:"status"`
-	MoreInfo string `json:"moreInfo"`
-	Target   *struct {
-		Type string `json:"type"`
-		Name string `json:"name"`
-	} `json:"target,omitempty"`
-}
-
-func newReason(status int, code, msg string) *reason {
-	return &reason{Code: code, Message: msg, Status: status, MoreInfo: moreInfo}
-}
-
-func (r *reason) withTarget(field string) *reason {
-	r.Target = &struct {
-		Type string `json:"type"`
-		Name string `json:"name"`
-	}{"field", field}
-	return r
-}
-
-// writeError writes the Key Protect error envelope (§1.5).
-func writeError(w http.ResponseWriter, status int, msg string, rs *reason) {
-	res := map[string]any{"errorMsg": msg}
-	if rs != nil {
-		res["reasons"] = []*reason{rs}
-	}
-	writeJSON(w, status, map[string]any{
-		"metadata":  map[string]any{"collectionType": errType, "collectionTotal": 1},
-		"resources": []any{res},
-	})
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		http.Error(w, "internal error", http.StatusInternalServerError)
-		return
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Content-Length", fmt.Sprint(len(b)))
-	w.WriteHeader(status)
-	w.Write(b)
-}
-
-// readBody decodes an optional JSON body: empty and "null" leave v as is.
-func readBody(r *http.Request, v any) error {
-	b, err := io.ReadAll(r.Body)
-	if err != nil {
-		return err
-	}
-	if len(strings.TrimSpace(string(b))) == 0 {
-		return nil
-	}
-	return json.Unmarshal(b, v)
-}
-
-func badBody(w http.ResponseWriter) {
-	writeError(w, http.StatusBadRequest, "Bad Request: The request body could not be parsed. Please see 'reasons' for more details (BAD_BODY_ERR)",
-		newReason(http.StatusBadRequest, "BAD_BODY_ERR", "Invalid body data was passed: Please ensure the data passed had valid formatting with no invalid characters"))
 }
 
 func randomHex(n int) string {

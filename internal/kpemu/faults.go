@@ -1,6 +1,7 @@
 package kpemu
 
 import (
+	"crypto/tls"
 	"net"
 	"net/http"
 	"time"
@@ -179,6 +180,9 @@ func reset(w http.ResponseWriter) {
 	if err != nil {
 		// HTTP/2 or a test recorder: abort the stream instead.
 		panic(http.ErrAbortHandler)
+	}
+	if tc, ok := conn.(*tls.Conn); ok {
+		conn = tc.NetConn() // reset the TCP connection, not the TLS session
 	}
 	if tc, ok := conn.(*net.TCPConn); ok {
 		tc.SetLinger(0)

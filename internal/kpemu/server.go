@@ -2,6 +2,7 @@ package kpemu
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -13,10 +14,13 @@ import (
 	"time"
 )
 
-// Server serves an Emulator over plain HTTP on a TCP listener. Plain HTTP
-// matters: the client's IAM token fetch ignores the transport it is given
-// and uses http.DefaultTransport, so an HTTPS token endpoint would need the
-// test CA in the system trust store.
+// Server serves an Emulator on a TCP listener, over plain HTTP (Listen,
+// Start) or HTTPS (ListenTLS, as the real service). Mind that the client's
+// IAM token fetch ignores the transport it is given and uses
+// http.DefaultTransport, so an HTTPS token endpoint needs the CA in the
+// system trust store (SSL_CERT_FILE); a test that trusts the CA through a
+// transport only serves the same Emulator's token endpoint on a second,
+// plain Server (Serve).
 type Server struct {
 	*Emulator
 	// URL is the base URL for kp.ClientConfig.BaseURL (no trailing slash).
@@ -25,6 +29,7 @@ type Server struct {
 	TokenURL string
 
 	srv      *http.Server
+	tls      *tls.Config // nil: plain HTTP
 	addr     string
 	newConns atomic.Int64
 
@@ -41,20 +46,40 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 	return Listen(ctx, "127.0.0.1:0", opts)
 }
 
-// Listen serves a new emulator on addr.
+// Listen serves a new emulator on addr over plain HTTP.
 func Listen(ctx context.Context, addr string, opts Options) (*Server, error) {
+	return Serve(ctx, New(opts), addr, nil)
+}
+
+// ListenTLS serves a new emulator on addr over HTTPS with cfg (for
+// example CA.ServerConfig).
+func ListenTLS(ctx context.Context, addr string, opts Options, cfg *tls.Config) (*Server, error) {
+	if cfg == nil {
+		return nil, errors.New("kpemu: ListenTLS needs a TLS configuration")
+	}
+	return Serve(ctx, New(opts), addr, cfg)
+}
+
+// Serve serves e on addr, over HTTPS when cfg is non-nil. Several Servers
+// may serve one Emulator (one key store, one token set); closing any of
+// them closes the Emulator's held requests.
+func Serve(ctx context.Context, e *Emulator, addr string, cfg *tls.Config) (*Server, error) {
 	var lc net.ListenConfig
 	ln, err := lc.Listen(ctx, "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("kpemu: listen %s: %w", addr, err)
 	}
 	s := &Server{
-		Emulator: New(opts),
+		Emulator: e,
+		tls:      cfg,
 		addr:     ln.Addr().String(),
-		ln:       ln,
 		conns:    map[net.Conn]struct{}{},
 	}
+	s.ln = s.wrap(ln)
 	s.URL = "http://" + s.addr
+	if cfg != nil {
+		s.URL = "https://" + s.addr
+	}
 	s.TokenURL = s.URL + TokenPath
 	s.srv = &http.Server{
 		Handler:           s.Emulator,
@@ -62,7 +87,7 @@ func Listen(ctx context.Context, addr string, opts Options) (*Server, error) {
 		ErrorLog:          log.New(io.Discard, "", 0), // resets and hangs are deliberate
 		ConnState:         s.connState,
 	}
-	go s.srv.Serve(ln)
+	go s.srv.Serve(s.ln)
 	context.AfterFunc(ctx, func() { s.Close() })
 	return s, nil
 }
@@ -110,9 +135,16 @@ func (s *Server) SetRefuse(on bool) error {
 	if err != nil {
 		return fmt.Errorf("kpemu: relisten %s: %w", s.addr, err)
 	}
-	s.ln, s.refusing = ln, false
-	go s.srv.Serve(ln)
+	s.ln, s.refusing = s.wrap(ln), false
+	go s.srv.Serve(s.ln)
 	return nil
+}
+
+func (s *Server) wrap(ln net.Listener) net.Listener {
+	if s.tls == nil {
+		return ln
+	}
+	return tls.NewListener(ln, s.tls)
 }
 
 // Close stops the server, drops every connection and frees held requests.

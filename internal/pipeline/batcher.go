@@ -31,6 +31,7 @@ type job struct {
 type batcher struct {
 	p    *Pipeline
 	s    sink.Sink
+	enc  RecordEncoder // s's own record encoding, or nil: the standard JSON
 	name string
 	log  *zap.Logger
 
@@ -50,8 +51,9 @@ type batcher struct {
 }
 
 func (p *Pipeline) newBatcher(s sink.Sink) *batcher {
+	enc, _ := s.(RecordEncoder)
 	return &batcher{
-		p: p, s: s, name: s.Name(),
+		p: p, s: s, enc: enc, name: s.Name(),
 		log:    p.log.With(zap.String("sink", s.Name())),
 		wake:   make(chan struct{}, 1),
 		exited: make(chan struct{}),

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/decryptd/decryptd/internal/consumer"
+	"github.com/decryptd/decryptd/internal/intake"
 	"github.com/decryptd/decryptd/internal/pipeline"
 	"github.com/decryptd/decryptd/internal/sink"
 )
@@ -52,7 +52,7 @@ func BenchmarkProcess(b *testing.B) {
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
 					i := n.Add(1)
-					m := consumer.Message{Topic: "t", Payload: []byte(fmt.Sprintf("ok:r%d", i))}
+					m := intake.Message{Topic: "t", Payload: []byte(fmt.Sprintf("ok:r%d", i))}
 					if err := handle(p, context.Background(), m); err != nil {
 						b.Error(err)
 						return

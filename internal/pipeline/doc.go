@@ -1,8 +1,8 @@
-// Package pipeline owns the stage between MQTT intake and the sinks: it
+// Package pipeline owns the stage between the inputs (intake) and the sinks: it
 // decrypts each message (through an Opener, the decryption core), hands the
 // record to every configured sink, or the message as received to the
 // dead-letter sink, and says when the message may be acknowledged. It
-// implements consumer.Processor.
+// implements intake.Processor.
 //
 // Delivery promise:
 //
@@ -37,6 +37,12 @@
 //     every delivery that started before it has finished: if the first copy
 //     failed and was forgotten, the duplicate is decrypted and delivered
 //     instead.
+//
+// Each sink gets its own encoded record: the record's standard JSON
+// (decrypt.Record.AppendJSON), shared by every sink that takes it as is,
+// or, for a sink implementing RecordEncoder (a per-sink field policy), what
+// its AppendRecord makes of the record; the plaintext is wiped once every
+// encoding is done.
 //
 // Batching (group commit): each sink has one writer goroutine that writes
 // one batch at a time (a sink's Write is never called concurrently) and

@@ -8,11 +8,9 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"testing"
-	"time"
 
-	"github.com/decryptd/decryptd/internal/consumer"
 	"github.com/decryptd/decryptd/internal/decrypt"
+	"github.com/decryptd/decryptd/internal/intake"
 	"github.com/decryptd/decryptd/internal/pipeline"
 	"github.com/decryptd/decryptd/internal/sink"
 )
@@ -50,7 +48,7 @@ func reasonErr(reason string) error {
 // TryOpen declines what could wait (transient payloads, DUP copies, as a
 // key not cached would), and opens the rest as Open does.
 func (f *fakeOpener) TryOpen(m decrypt.Message) (decrypt.Record, error) {
-	if strings.HasPrefix(string(m.Payload), "transient:") || m.Dup {
+	if strings.HasPrefix(string(m.Payload), "transient:") || m.Redelivered {
 		return decrypt.Record{}, decrypt.ErrWouldBlock
 	}
 	return f.Open(context.Background(), m)
@@ -83,7 +81,7 @@ func (f *fakeOpener) Open(ctx context.Context, m decrypt.Message) (decrypt.Recor
 		return decrypt.Record{}, fmt.Errorf("%w: not a fake payload", decrypt.ErrMalformed)
 	}
 	if f.accepted[rest] {
-		if m.Dup {
+		if m.Redelivered {
 			return decrypt.Record{}, decrypt.ErrDuplicate
 		}
 		return decrypt.Record{}, fmt.Errorf("%w: nonce already accepted", decrypt.ErrReplay)
@@ -226,20 +224,8 @@ func (s *fakeSink) batchSizes() []int {
 	return out
 }
 
-// waitFor polls cond every few milliseconds for up to 10 s.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
-
 // process runs m through p and waits, as the consumer's worker would.
-func handle(p *pipeline.Pipeline, ctx context.Context, m consumer.Message) error {
+func handle(p *pipeline.Pipeline, ctx context.Context, m intake.Message) error {
 	_, err := p.Handle(ctx, m)
 	return err
 }

@@ -14,8 +14,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
-	"github.com/decryptd/decryptd/internal/consumer"
 	"github.com/decryptd/decryptd/internal/decrypt"
+	"github.com/decryptd/decryptd/internal/intake"
 	"github.com/decryptd/decryptd/internal/sink"
 )
 
@@ -30,6 +30,20 @@ type Opener interface {
 	// would wait for a key.
 	TryOpen(m decrypt.Message) (decrypt.Record, error)
 	Forget(r decrypt.Record)
+}
+
+// RecordEncoder is implemented by a sink that encodes the records it
+// receives itself, for instance under a per-sink field policy (fields
+// dropped, hashed or pseudonymized): the pipeline hands that sink what
+// AppendRecord appended to dst instead of the record's standard JSON
+// (decrypt.Record.AppendJSON), which the other sinks share. It is called
+// once per record, on the goroutine delivering it, before the plaintext is
+// wiped, and must not keep rec; dst is a recycled buffer, wiped once the
+// sink has written it. An error refuses the record for that sink only, as
+// sink.ErrBadRecord does (dead-lettered as sink_rejected). The output must
+// be one line of JSON, like every record.
+type RecordEncoder interface {
+	AppendRecord(dst []byte, rec *decrypt.Record) ([]byte, error)
 }
 
 // ErrClosed is returned by Process once Close has stopped the pipeline.
@@ -87,7 +101,7 @@ type Options struct {
 }
 
 // Pipeline is the processor between intake and sinks. Create it with New;
-// it implements consumer.Processor.
+// it implements intake.Processor.
 type Pipeline struct {
 	o        Options
 	m        *metrics
@@ -99,6 +113,9 @@ type Pipeline struct {
 	// it holds as many records as there are calls that could send one.
 	active atomic.Int64
 	flight tracker
+	// encoders: some sink is a RecordEncoder, so records are encoded per
+	// sink as well (deliver); without, one encoding is shared.
+	encoders bool
 
 	bufs sync.Pool // *[]byte for records' JSON, see getBuf
 
@@ -114,7 +131,7 @@ type Pipeline struct {
 	closeErr  error
 }
 
-var _ consumer.Processor = (*Pipeline)(nil)
+var _ intake.Processor = (*Pipeline)(nil)
 
 // New validates o, registers the metrics and starts one batcher per sink.
 func New(o Options) (*Pipeline, error) {
@@ -176,7 +193,9 @@ func New(o Options) (*Pipeline, error) {
 	p.flight.active = map[uint64]struct{}{}
 	p.writeCtx, p.cancel = context.WithCancel(context.Background())
 	for _, s := range o.Sinks {
-		p.batchers = append(p.batchers, p.newBatcher(s))
+		b := p.newBatcher(s)
+		p.encoders = p.encoders || b.enc != nil
+		p.batchers = append(p.batchers, b)
 	}
 	p.dead = p.newBatcher(o.DeadLetter)
 	for _, b := range append(append([]*batcher(nil), p.batchers...), p.dead) {
@@ -205,8 +224,8 @@ type Result struct {
 // returns, and must not block. m.Payload must stay untouched until done.
 // Records reach each sink in the order of the Process (and TryProcess)
 // calls that handed them over.
-func (p *Pipeline) Process(ctx context.Context, m consumer.Message, done func(error)) {
-	p.submit(ctx, toDecrypt(m), done, nil)
+func (p *Pipeline) Process(ctx context.Context, m intake.Message, done func(error)) {
+	p.submit(ctx, m, done, nil)
 }
 
 // TryProcess is Process for a caller that must never block (the MQTT
@@ -215,15 +234,14 @@ func (p *Pipeline) Process(ctx context.Context, m consumer.Message, done func(er
 // done nothing, and the caller hands m to Process on a goroutine that may
 // wait. Otherwise it returns true and done is called as for Process; ctx
 // bounds only how long a failing sink retries m.
-func (p *Pipeline) TryProcess(ctx context.Context, m consumer.Message, done func(error)) bool {
-	dm := toDecrypt(m)
+func (p *Pipeline) TryProcess(ctx context.Context, m intake.Message, done func(error)) bool {
 	t0 := time.Now()
-	rec, err := p.o.Opener.TryOpen(dm)
+	rec, err := p.o.Opener.TryOpen(m)
 	if errors.Is(err, decrypt.ErrWouldBlock) || errors.Is(err, decrypt.ErrTransient) || errors.Is(err, decrypt.ErrDuplicate) {
 		return false
 	}
 	p.m.decryptDur.Observe(time.Since(t0).Seconds())
-	d := p.begin(ctx, dm, done, nil)
+	d := p.begin(ctx, m, done, nil)
 	p.opened(d, rec, err)
 	return true
 }
@@ -231,8 +249,8 @@ func (p *Pipeline) TryProcess(ctx context.Context, m consumer.Message, done func
 // Handle is Process that waits: it returns what became of m once done, or
 // ctx's error when ctx ends first (a record already handed to a sink may
 // still be written then; m must not be acknowledged).
-func (p *Pipeline) Handle(ctx context.Context, m consumer.Message) (Result, error) {
-	return p.handle(ctx, toDecrypt(m))
+func (p *Pipeline) Handle(ctx context.Context, m intake.Message) (Result, error) {
+	return p.handle(ctx, m)
 }
 
 func (p *Pipeline) handle(ctx context.Context, m decrypt.Message) (Result, error) {
@@ -250,10 +268,6 @@ func (p *Pipeline) handle(ctx context.Context, m decrypt.Message) (Result, error
 	}
 }
 
-func toDecrypt(m consumer.Message) decrypt.Message {
-	return decrypt.Message{Topic: m.Topic, Payload: m.Payload, Dup: m.Dup, ReceivedAt: m.ReceivedAt}
-}
-
 // delivery is one message on its way: decrypted and handed to the sinks,
 // or to the dead-letter sink, until each has answered. Batchers answer on
 // their own goroutines; the last answer finishes it.
@@ -266,10 +280,11 @@ type delivery struct {
 	fin    func(Result, error) // Handle's
 
 	rec    decrypt.Record
-	hasRec bool    // rec was accepted by the Opener: Forget it if it is not delivered
-	buf    *[]byte // rec's JSON, wiped and recycled once every sink is done with it
-	dead   bool    // the job out is a dead letter
-	reason string  // its reason
+	hasRec bool      // rec was accepted by the Opener: Forget it if it is not delivered
+	buf    *[]byte   // rec's JSON, wiped and recycled once every sink is done with it
+	own    []*[]byte // by sink: the record as its RecordEncoder wrote it (nil without encoders)
+	dead   bool      // the job out is a dead letter
+	reason string    // its reason
 
 	pending atomic.Int32
 	errs    []error  // each sink's answer, by index
@@ -380,9 +395,14 @@ func (p *Pipeline) deliver(d *delivery, rec decrypt.Record) {
 		}
 	}
 	*bp = buf // grown, or replaced by the compacted copy: the buffer to recycle
+	d.rec, d.hasRec, d.buf = rec, true, bp
+	var encErrs []error
+	if p.encoders {
+		// &d.rec, not &rec: rec stays on the stack.
+		d.own, encErrs = p.encodeOwn(&d.rec)
+	}
 	clear(rec.Data)
 	clear(rec.Metadata)
-	d.rec, d.hasRec, d.buf = rec, true, bp
 	if len(p.batchers) == 1 {
 		d.errs = d.errBuf[:]
 	} else {
@@ -391,10 +411,50 @@ func (p *Pipeline) deliver(d *delivery, rec decrypt.Record) {
 	d.pending.Store(int32(len(p.batchers)))
 	sr := sink.Record{ID: rec.ID, DeviceID: rec.DeviceID, JSON: buf, KeyID: rec.KeyID, KeyVersion: rec.KeyVersion, Sealed: rec.Sealed}
 	for i, b := range p.batchers {
-		if !b.add(job{rec: sr, d: d, idx: i}) {
+		r := sr
+		if d.own != nil && b.enc != nil {
+			if encErrs[i] != nil {
+				d.answer(i, encErrs[i])
+				continue
+			}
+			r.JSON = *d.own[i]
+		}
+		if !b.add(job{rec: r, d: d, idx: i}) {
 			d.answer(i, ErrClosed)
 		}
 	}
+}
+
+// encodeOwn runs each RecordEncoder sink's encoding of rec into a buffer
+// of its own; errs[i] is sink i's refusal (sink.ErrBadRecord).
+func (p *Pipeline) encodeOwn(rec *decrypt.Record) (own []*[]byte, errs []error) {
+	own = make([]*[]byte, len(p.batchers))
+	errs = make([]error, len(p.batchers))
+	for i, b := range p.batchers {
+		if b.enc == nil {
+			continue
+		}
+		bp := p.getBuf(320 + len(rec.Data) + len(rec.Metadata) + len(rec.Topic))
+		out, err := b.enc.AppendRecord(*bp, rec)
+		*bp = out
+		own[i] = bp
+		if err == nil && (len(out) == 0 || bytes.ContainsAny(out, "\r\n")) {
+			err = errors.New("not one line of JSON")
+		}
+		if err != nil {
+			errs[i] = fmt.Errorf("encode record: %w: %w", sink.ErrBadRecord, err)
+		}
+	}
+	return own, errs
+}
+
+// putOwn recycles the buffers of encodeOwn.
+func (d *delivery) putOwn() {
+	for i, bp := range d.own {
+		d.p.putBuf(bp)
+		d.own[i] = nil
+	}
+	d.own = nil
 }
 
 // deadLetter hands m as received, with its reason, to the dead-letter
@@ -408,7 +468,8 @@ func (p *Pipeline) deadLetter(d *delivery, reason, errText string) {
 	if received.IsZero() {
 		received = p.o.Now()
 	}
-	dl := sink.DeadLetter{Reason: reason, Error: errText, Topic: m.Topic, ReceivedAt: received.UTC(), Dup: m.Dup, Payload: m.Payload}
+	dl := sink.DeadLetter{Reason: reason, Error: errText, Message: m}
+	dl.ReceivedAt = received.UTC()
 	d.dead, d.reason = true, reason
 	d.errBuf[0] = nil
 	d.errs = d.errBuf[:]
@@ -458,6 +519,7 @@ func (d *delivery) answer(idx int, err error) {
 	// Every sink is done with the record: no batcher refers to it any more.
 	p.putBuf(d.buf)
 	d.buf = nil
+	d.putOwn()
 	if len(rejected) > 0 {
 		p.deadLetter(d, ReasonSinkRejected, errors.Join(rejected...).Error())
 		return
@@ -481,6 +543,7 @@ func (d *delivery) forget() {
 	}
 	d.p.putBuf(d.buf)
 	d.buf = nil
+	d.putOwn()
 }
 
 // getBuf returns an empty buffer for a record's JSON, with room for n

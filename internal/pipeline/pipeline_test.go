@@ -13,12 +13,13 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	dto "github.com/prometheus/client_model/go"
 
-	"github.com/decryptd/decryptd/internal/consumer"
 	"github.com/decryptd/decryptd/internal/decrypt"
+	"github.com/decryptd/decryptd/internal/intake"
 	"github.com/decryptd/decryptd/internal/pipeline"
 	"github.com/decryptd/decryptd/internal/sink"
+	"github.com/decryptd/decryptd/internal/testutil/metrictest"
+	"github.com/decryptd/decryptd/internal/testutil/wait"
 )
 
 type env struct {
@@ -63,59 +64,17 @@ func newEnv(t *testing.T, mut func(*pipeline.Options)) *env {
 	return e
 }
 
-func msg(payload string) consumer.Message {
-	return consumer.Message{Topic: "t/" + strings.ReplaceAll(payload, ":", "/"), Payload: []byte(payload), ReceivedAt: received}
+func msg(payload string) intake.Message {
+	return intake.Message{Topic: "t/" + strings.ReplaceAll(payload, ":", "/"), Payload: []byte(payload), ReceivedAt: received}
 }
 
-func process(t *testing.T, e *env, m consumer.Message) {
+func process(t *testing.T, e *env, m intake.Message) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := handle(e.p, ctx, m); err != nil {
 		t.Fatalf("Process(%s): %v", m.Payload, err)
 	}
-}
-
-// metric returns the value of the metric name whose labels include the
-// given name=value pairs, failing the test when there is none.
-func metric(t *testing.T, g prometheus.Gatherer, name string, labels ...string) float64 {
-	t.Helper()
-	mfs, err := g.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range mf.GetMetric() {
-			for i := 0; i+1 < len(labels); i += 2 {
-				if !hasLabel(m, labels[i], labels[i+1]) {
-					continue next
-				}
-			}
-			switch {
-			case m.Counter != nil:
-				return m.Counter.GetValue()
-			case m.Gauge != nil:
-				return m.Gauge.GetValue()
-			case m.Histogram != nil:
-				return float64(m.Histogram.GetSampleCount())
-			}
-		}
-	}
-	t.Fatalf("no metric %s%v", name, labels)
-	return 0
-}
-
-func hasLabel(m *dto.Metric, name, value string) bool {
-	for _, l := range m.GetLabel() {
-		if l.GetName() == name {
-			return l.GetValue() == value
-		}
-	}
-	return false
 }
 
 func ids(rs []sink.Record) []string {
@@ -145,16 +104,16 @@ func TestDeliverToEverySink(t *testing.T) {
 	if n := len(e.dl.records()); n != 0 {
 		t.Errorf("dead letters: %d, want 0", n)
 	}
-	if v := metric(t, e.reg, "decryptd_records_delivered_total", "sink", "a"); v != 1 {
+	if v := metrictest.Value(t, e.reg, "decryptd_records_delivered_total", "sink", "a"); v != 1 {
 		t.Errorf("delivered{a} = %v", v)
 	}
-	if v := metric(t, e.reg, "decryptd_messages_processed_total", "outcome", "delivered"); v != 1 {
+	if v := metrictest.Value(t, e.reg, "decryptd_messages_processed_total", "outcome", "delivered"); v != 1 {
 		t.Errorf("processed{delivered} = %v", v)
 	}
-	if v := metric(t, e.reg, "decryptd_end_to_end_latency_seconds"); v != 1 {
+	if v := metrictest.Value(t, e.reg, "decryptd_end_to_end_latency_seconds"); v != 1 {
 		t.Errorf("end-to-end observations = %v", v)
 	}
-	if v := metric(t, e.reg, "decryptd_decrypt_duration_seconds"); v != 1 {
+	if v := metrictest.Value(t, e.reg, "decryptd_decrypt_duration_seconds"); v != 1 {
 		t.Errorf("decrypt duration observations = %v", v)
 	}
 }
@@ -162,21 +121,21 @@ func TestDeliverToEverySink(t *testing.T) {
 func TestMetricsPreRegistered(t *testing.T) {
 	e := newEnv(t, nil)
 	for _, r := range decrypt.Reasons() {
-		if v := metric(t, e.reg, "decryptd_decrypt_failures_total", "reason", r); v != 0 {
+		if v := metrictest.Value(t, e.reg, "decryptd_decrypt_failures_total", "reason", r); v != 0 {
 			t.Errorf("failures{%s} = %v", r, v)
 		}
-		if v := metric(t, e.reg, "decryptd_dead_letters_total", "reason", r); v != 0 {
+		if v := metrictest.Value(t, e.reg, "decryptd_dead_letters_total", "reason", r); v != 0 {
 			t.Errorf("dead_letters{%s} = %v", r, v)
 		}
 	}
 	for _, s := range []string{"a", "b", "dead_letter"} {
-		if v := metric(t, e.reg, "decryptd_sink_up", "sink", s); v != 1 {
+		if v := metrictest.Value(t, e.reg, "decryptd_sink_up", "sink", s); v != 1 {
 			t.Errorf("sink_up{%s} = %v", s, v)
 		}
 	}
-	metric(t, e.reg, "decryptd_transient_retries_total", "cause", "kms")
-	metric(t, e.reg, "decryptd_transient_retries_total", "cause", "sink")
-	metric(t, e.reg, "decryptd_duplicates_total")
+	metrictest.Value(t, e.reg, "decryptd_transient_retries_total", "cause", "kms")
+	metrictest.Value(t, e.reg, "decryptd_transient_retries_total", "cause", "sink")
+	metrictest.Value(t, e.reg, "decryptd_duplicates_total")
 	if err := testutil.GatherAndCompare(e.reg, strings.NewReader(`
 # HELP decryptd_duplicates_total Broker redeliveries of messages already delivered, acknowledged again without a new record.
 # TYPE decryptd_duplicates_total counter
@@ -191,7 +150,7 @@ func TestDeadLetterEveryReason(t *testing.T) {
 		t.Run(reason, func(t *testing.T) {
 			e := newEnv(t, nil)
 			m := msg("fail:" + reason)
-			m.Dup = true
+			m.Redelivered = true
 			process(t, e, m)
 			if n := len(e.a.records()) + len(e.b.records()); n != 0 {
 				t.Fatalf("%d records reached the sinks", n)
@@ -207,18 +166,18 @@ func TestDeadLetterEveryReason(t *testing.T) {
 				}
 				got = append(got, d)
 			}
-			want := sink.DeadLetter{Reason: reason, Error: reason + ": detail of " + reason, Topic: m.Topic, ReceivedAt: received, Dup: true, Payload: m.Payload}
+			want := sink.DeadLetter{Reason: reason, Error: reason + ": detail of " + reason, Message: intake.Message{Topic: m.Topic, ReceivedAt: received, Redelivered: true, Payload: m.Payload}}
 			if len(got) != 1 || got[0].Reason != want.Reason || got[0].Error != want.Error || got[0].Topic != want.Topic ||
-				!got[0].ReceivedAt.Equal(want.ReceivedAt) || got[0].Dup != want.Dup || !bytes.Equal(got[0].Payload, want.Payload) {
+				!got[0].ReceivedAt.Equal(want.ReceivedAt) || got[0].Redelivered != want.Redelivered || !bytes.Equal(got[0].Payload, want.Payload) {
 				t.Fatalf("dead letter %+v, want %+v", got, want)
 			}
-			if v := metric(t, e.reg, "decryptd_decrypt_failures_total", "reason", reason); v != 1 {
+			if v := metrictest.Value(t, e.reg, "decryptd_decrypt_failures_total", "reason", reason); v != 1 {
 				t.Errorf("failures{%s} = %v", reason, v)
 			}
-			if v := metric(t, e.reg, "decryptd_dead_letters_total", "reason", reason); v != 1 {
+			if v := metrictest.Value(t, e.reg, "decryptd_dead_letters_total", "reason", reason); v != 1 {
 				t.Errorf("dead_letters{%s} = %v", reason, v)
 			}
-			if v := metric(t, e.reg, "decryptd_messages_processed_total", "outcome", "dead_lettered"); v != 1 {
+			if v := metrictest.Value(t, e.reg, "decryptd_messages_processed_total", "outcome", "dead_lettered"); v != 1 {
 				t.Errorf("processed{dead_lettered} = %v", v)
 			}
 		})
@@ -229,7 +188,7 @@ func TestDuplicateAcknowledged(t *testing.T) {
 	e := newEnv(t, nil)
 	process(t, e, msg("ok:r1"))
 	dup := msg("ok:r1")
-	dup.Dup = true
+	dup.Redelivered = true
 	process(t, e, dup)
 	if got := ids(e.a.records()); len(got) != 1 {
 		t.Fatalf("sink a holds %v, want r1 once", got)
@@ -237,10 +196,10 @@ func TestDuplicateAcknowledged(t *testing.T) {
 	if n := len(e.dl.records()); n != 0 {
 		t.Fatalf("a duplicate was dead-lettered")
 	}
-	if v := metric(t, e.reg, "decryptd_duplicates_total"); v != 1 {
+	if v := metrictest.Value(t, e.reg, "decryptd_duplicates_total"); v != 1 {
 		t.Errorf("duplicates = %v", v)
 	}
-	if v := metric(t, e.reg, "decryptd_messages_processed_total", "outcome", "duplicate"); v != 1 {
+	if v := metrictest.Value(t, e.reg, "decryptd_messages_processed_total", "outcome", "duplicate"); v != 1 {
 		t.Errorf("processed{duplicate} = %v", v)
 	}
 }
@@ -257,12 +216,12 @@ func TestDuplicateWaitsForFirstCopy(t *testing.T) {
 	defer cancelFirst()
 	firstDone := make(chan error, 1)
 	go func() { firstDone <- handle(e.p, firstCtx, msg("ok:r1")) }()
-	waitFor(t, "sink a to fail the first copy", func() bool {
-		return metric(t, e.reg, "decryptd_sink_errors_total", "sink", "a") >= 1
+	wait.For(t, "sink a to fail the first copy", func() bool {
+		return metrictest.Value(t, e.reg, "decryptd_sink_errors_total", "sink", "a") >= 1
 	})
 
 	dup := msg("ok:r1")
-	dup.Dup = true
+	dup.Redelivered = true
 	dupDone := make(chan error, 1)
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -281,7 +240,7 @@ func TestDuplicateWaitsForFirstCopy(t *testing.T) {
 	if err := <-firstDone; !errors.Is(err, context.Canceled) {
 		t.Fatalf("first copy: %v, want context.Canceled", err)
 	}
-	waitFor(t, "the first copy to be forgotten", func() bool {
+	wait.For(t, "the first copy to be forgotten", func() bool {
 		got := e.op.forgot()
 		return len(got) == 1 && got[0] == "r1"
 	})
@@ -294,10 +253,10 @@ func TestDuplicateWaitsForFirstCopy(t *testing.T) {
 	if got := ids(e.a.records()); len(got) != 1 || got[0] != "r1" {
 		t.Errorf("sink a holds %v, want [r1]", got)
 	}
-	if v := metric(t, e.reg, "decryptd_duplicates_total"); v != 0 {
+	if v := metrictest.Value(t, e.reg, "decryptd_duplicates_total"); v != 0 {
 		t.Errorf("duplicates = %v, want 0 (the first copy was never delivered)", v)
 	}
-	if v := metric(t, e.reg, "decryptd_messages_processed_total", "outcome", "delivered"); v != 1 {
+	if v := metrictest.Value(t, e.reg, "decryptd_messages_processed_total", "outcome", "delivered"); v != 1 {
 		t.Errorf("processed{delivered} = %v, want 1", v)
 	}
 }
@@ -311,8 +270,8 @@ func TestSinkDownBlocksThenDelivers(t *testing.T) {
 		defer cancel()
 		done <- handle(e.p, ctx, msg("ok:r1"))
 	}()
-	waitFor(t, "sink b to be seen down", func() bool {
-		return metric(t, e.reg, "decryptd_sink_up", "sink", "b") == 0 && metric(t, e.reg, "decryptd_sink_errors_total", "sink", "b") >= 3
+	wait.For(t, "sink b to be seen down", func() bool {
+		return metrictest.Value(t, e.reg, "decryptd_sink_up", "sink", "b") == 0 && metrictest.Value(t, e.reg, "decryptd_sink_errors_total", "sink", "b") >= 3
 	})
 	select {
 	case err := <-done:
@@ -328,10 +287,10 @@ func TestSinkDownBlocksThenDelivers(t *testing.T) {
 			t.Errorf("sink %s holds %v, want [r1]", s.name, got)
 		}
 	}
-	if v := metric(t, e.reg, "decryptd_sink_up", "sink", "b"); v != 1 {
+	if v := metrictest.Value(t, e.reg, "decryptd_sink_up", "sink", "b"); v != 1 {
 		t.Errorf("sink_up{b} = %v after recovery", v)
 	}
-	if v := metric(t, e.reg, "decryptd_transient_retries_total", "cause", "sink"); v < 3 {
+	if v := metrictest.Value(t, e.reg, "decryptd_transient_retries_total", "cause", "sink"); v < 3 {
 		t.Errorf("retries{sink} = %v", v)
 	}
 	if n := len(e.dl.records()); n != 0 {
@@ -348,7 +307,7 @@ func TestTransientRetriedNeverDeadLettered(t *testing.T) {
 	if n := len(e.dl.records()); n != 0 {
 		t.Fatalf("dead letters: %d", n)
 	}
-	if v := metric(t, e.reg, "decryptd_transient_retries_total", "cause", "kms"); v != 4 {
+	if v := metrictest.Value(t, e.reg, "decryptd_transient_retries_total", "cause", "kms"); v != 4 {
 		t.Errorf("retries{kms} = %v, want 4", v)
 	}
 }
@@ -376,12 +335,12 @@ func TestCancelForgets(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- handle(e.p, ctx, msg("ok:r1")) }()
-	waitFor(t, "the record to reach the batchers", func() bool { return len(e.b.records()) == 1 })
+	wait.For(t, "the record to reach the batchers", func() bool { return len(e.b.records()) == 1 })
 	cancel()
 	if err := <-done; !errors.Is(err, context.Canceled) {
 		t.Fatalf("Process: %v, want context.Canceled", err)
 	}
-	waitFor(t, "r1 to be forgotten", func() bool {
+	wait.For(t, "r1 to be forgotten", func() bool {
 		got := e.op.forgot()
 		return len(got) == 1 && got[0] == "r1"
 	})
@@ -449,7 +408,7 @@ func TestBatchingUnderConcurrency(t *testing.T) {
 			t.Errorf("sink %s: Write called concurrently", s.name)
 		}
 	}
-	if v := metric(t, e.reg, "decryptd_records_delivered_total", "sink", "a"); v != n {
+	if v := metrictest.Value(t, e.reg, "decryptd_records_delivered_total", "sink", "a"); v != n {
 		t.Errorf("delivered{a} = %v", v)
 	}
 }
@@ -498,7 +457,7 @@ func TestSinkRejectsOneRecord(t *testing.T) {
 	if len(dls) != 1 || !bytes.Contains(dls[0].JSON, []byte(`"reason":"sink_rejected"`)) {
 		t.Fatalf("dead letters %v, want one sink_rejected", dls)
 	}
-	if v := metric(t, e.reg, "decryptd_dead_letters_total", "reason", "sink_rejected"); v != 1 {
+	if v := metrictest.Value(t, e.reg, "decryptd_dead_letters_total", "reason", "sink_rejected"); v != 1 {
 		t.Errorf("dead_letters{sink_rejected} = %v", v)
 	}
 }
@@ -582,7 +541,7 @@ func startStalled(t *testing.T, e *env, n int) (gate chan struct{}, errs chan er
 	for i := 1; i < n; i++ {
 		go run(i)
 	}
-	waitFor(t, "every record handed over while sink a's write stalls", func() bool { return len(e.b.records()) == n })
+	wait.For(t, "every record handed over while sink a's write stalls", func() bool { return len(e.b.records()) == n })
 	return gate, errs
 }
 
@@ -659,11 +618,11 @@ func TestLingerLoneAndFull(t *testing.T) {
 	// b (not held) has written it too, alone: had the four begun before it
 	// reached b, it would have lingered there with them (a batch of several
 	// lingers until full or its Linger), and the last of them after it.
-	waitFor(t, "b to write the held record", func() bool { return len(e.b.records()) == 2 })
+	wait.For(t, "b to write the held record", func() bool { return len(e.b.records()) == 2 })
 	for i := range 4 {
 		go func() { errs <- handle(e.p, ctx, msg(fmt.Sprintf("ok:f%d", i))) }()
 	}
-	waitFor(t, "four records gathered behind the held write", func() bool {
+	wait.For(t, "four records gathered behind the held write", func() bool {
 		return len(e.b.records()) >= 5 // b is not held: it has them, so a has them pending
 	})
 	close(gate)

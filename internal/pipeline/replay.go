@@ -8,7 +8,6 @@ import (
 	"io"
 	"sync"
 
-	"github.com/decryptd/decryptd/internal/decrypt"
 	"github.com/decryptd/decryptd/internal/sink"
 )
 
@@ -61,7 +60,7 @@ func Replay(ctx context.Context, p *Pipeline, r io.Reader) (Summary, error) {
 		go func(q <-chan sink.DeadLetter) {
 			defer wg.Done()
 			for d := range q {
-				res, err := p.handle(ctx, decrypt.Message{Topic: d.Topic, Payload: d.Payload, Dup: d.Dup, ReceivedAt: d.ReceivedAt})
+				res, err := p.handle(ctx, d.Message)
 				if err != nil {
 					cancel(err)
 					continue // drain the queue; the context has ended

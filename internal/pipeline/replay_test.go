@@ -10,13 +10,14 @@ import (
 	"time"
 
 	"github.com/decryptd/decryptd/internal/decrypt"
+	"github.com/decryptd/decryptd/internal/intake"
 	"github.com/decryptd/decryptd/internal/pipeline"
 	"github.com/decryptd/decryptd/internal/sink"
 )
 
 func deadLetterLine(t *testing.T, reason, topic, payload string, dup bool) string {
 	t.Helper()
-	d := sink.DeadLetter{Reason: reason, Error: "x", Topic: topic, ReceivedAt: received, Dup: dup, Payload: []byte(payload)}
+	d := sink.DeadLetter{Reason: reason, Error: "x", Message: intake.Message{Topic: topic, ReceivedAt: received, Redelivered: dup, Payload: []byte(payload)}}
 	return string(d.Record().JSON)
 }
 

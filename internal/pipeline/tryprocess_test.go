@@ -9,10 +9,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/decryptd/decryptd/internal/consumer"
 	"github.com/decryptd/decryptd/internal/decrypt"
+	"github.com/decryptd/decryptd/internal/intake"
 	"github.com/decryptd/decryptd/internal/pipeline"
 	"github.com/decryptd/decryptd/internal/sink"
+	"github.com/decryptd/decryptd/internal/testutil/metrictest"
+	"github.com/decryptd/decryptd/internal/testutil/wait"
 )
 
 // tryOpener is fakeOpener whose TryOpen answers tryErr when set, for the
@@ -86,8 +88,8 @@ func (e *env) opens(payload string) int {
 	return e.op.opens[payload]
 }
 
-func dupOf(m consumer.Message) consumer.Message {
-	m.Dup = true
+func dupOf(m intake.Message) intake.Message {
+	m.Redelivered = true
 	return m
 }
 
@@ -95,7 +97,7 @@ func TestTryProcess(t *testing.T) {
 	cases := []struct {
 		name    string
 		accept  []string // payloads processed (and accepted) before
-		m       consumer.Message
+		m       intake.Message
 		tryErr  error // forces TryOpen's answer
 		taken   bool
 		records []string // in each sink afterwards
@@ -131,7 +133,7 @@ func TestTryProcess(t *testing.T) {
 			}
 			payload := string(c.m.Payload)
 			opensBefore := e.opens(payload)
-			durBefore := metric(t, e.reg, "decryptd_decrypt_duration_seconds")
+			durBefore := metrictest.Value(t, e.reg, "decryptd_decrypt_duration_seconds")
 			processedBefore := processedTotal(t, e)
 
 			dc := newDoneCounter()
@@ -145,7 +147,7 @@ func TestTryProcess(t *testing.T) {
 				if got := e.opens(payload); got != opensBefore {
 					t.Errorf("opens of %s: %d, was %d: a declined TryProcess opened it", payload, got, opensBefore)
 				}
-				if got := metric(t, e.reg, "decryptd_decrypt_duration_seconds"); got != durBefore {
+				if got := metrictest.Value(t, e.reg, "decryptd_decrypt_duration_seconds"); got != durBefore {
 					t.Errorf("decrypt duration observations: %v, was %v", got, durBefore)
 				}
 			}
@@ -177,8 +179,8 @@ func TestTryProcess(t *testing.T) {
 				if len(dls) != 1 {
 					t.Fatalf("dead letters: %d, want 1", len(dls))
 				}
-				if d := deadLetter(t, dls[0].JSON); d.Reason != c.dead || string(d.Payload) != payload || d.Dup != c.m.Dup {
-					t.Errorf("dead letter reason %s, payload %q, dup %v; want %s, %q, %v", d.Reason, d.Payload, d.Dup, c.dead, payload, c.m.Dup)
+				if d := deadLetter(t, dls[0].JSON); d.Reason != c.dead || string(d.Payload) != payload || d.Redelivered != c.m.Redelivered {
+					t.Errorf("dead letter reason %s, payload %q, dup %v; want %s, %q, %v", d.Reason, d.Payload, d.Redelivered, c.dead, payload, c.m.Redelivered)
 				}
 			}
 			wantProcessed := processedBefore + 1 // the probe's DUP copy
@@ -212,7 +214,7 @@ func processedTotal(t *testing.T, e *env) float64 {
 	t.Helper()
 	var n float64
 	for _, o := range []string{pipeline.OutcomeDelivered, pipeline.OutcomeDeadLettered, pipeline.OutcomeDuplicate} {
-		n += metric(t, e.reg, "decryptd_messages_processed_total", "outcome", o)
+		n += metrictest.Value(t, e.reg, "decryptd_messages_processed_total", "outcome", o)
 	}
 	return n
 }
@@ -251,7 +253,7 @@ func TestTryProcessMixedOrder(t *testing.T) {
 		} else {
 			want = append(want, id)
 		}
-		m := consumer.Message{Topic: "t/order", Payload: []byte(payload), ReceivedAt: received}
+		m := intake.Message{Topic: "t/order", Payload: []byte(payload), ReceivedAt: received}
 		done := dc.done(id)
 		// Every other message goes straight to Process; the rest try
 		// first, as the intake does.
@@ -273,7 +275,7 @@ func TestTryProcessMixedOrder(t *testing.T) {
 	if declined == 0 || declined == tried {
 		t.Fatalf("TryProcess declined %d of %d calls: the test needs both kinds", declined, tried)
 	}
-	waitFor(t, "sink b to hold every record while a stalls", func() bool { return len(e.b.records()) == len(want) })
+	wait.For(t, "sink b to hold every record while a stalls", func() bool { return len(e.b.records()) == len(want) })
 	close(gate)
 	dc.wait(t, n)
 	e.close()

@@ -10,6 +10,9 @@
 // a shredded entry never changing again (ErrShredded). Timestamps are kept
 // in UTC at microsecond precision.
 //
+// A backend whose storage keeps old row versions (PostgreSQL) is also a
+// Purger, which rewrites them away after a shred (dekctl shred --complete).
+//
 // The backends live in subpackages (filestore, pgstore); registrytest holds
 // the contract suite both run.
 package registry

@@ -39,7 +39,7 @@
 // Policy.RootMaxAge and rewraps every DEK under the new version, retrying
 // failures at every scan (counted and flagged in the metrics). KMSRootState
 // keeps no state of its own: the last rotation is the KMS's creation time
-// of the root key's newest version (RootClock: the local and Key Protect
+// of the root key's newest version (kms.RootClock: the local and Key Protect
 // providers), and a rewrap is pending while any DEK in the registry is
 // under an older version, so a rotation made by hand is finished too.
 //

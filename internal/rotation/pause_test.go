@@ -274,20 +274,19 @@ func TestPausedAlertRule(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The plain rules file (rule_files: format).
 	var doc struct {
-		Spec struct {
-			Groups []struct {
-				Rules []struct {
-					Alert string `yaml:"alert"`
-					Expr  string `yaml:"expr"`
-				} `yaml:"rules"`
-			} `yaml:"groups"`
-		} `yaml:"spec"`
+		Groups []struct {
+			Rules []struct {
+				Alert string `yaml:"alert"`
+				Expr  string `yaml:"expr"`
+			} `yaml:"rules"`
+		} `yaml:"groups"`
 	}
 	if err := yaml.Unmarshal(data, &doc); err != nil {
 		t.Fatal(err)
 	}
-	for _, g := range doc.Spec.Groups {
+	for _, g := range doc.Groups {
 		for _, r := range g.Rules {
 			if r.Alert == "DecryptdRotationPaused" {
 				if !strings.Contains(r.Expr, "decryptd_rotation_paused") {

@@ -6,14 +6,14 @@ import (
 	"time"
 
 	"github.com/decryptd/decryptd/internal/dek"
+	"github.com/decryptd/decryptd/internal/kms"
 	"github.com/decryptd/decryptd/internal/registry"
 )
 
 // RootClock names the root key version that wraps new DEKs and when it
-// was made; local.Provider and keyprotect.Provider implement it.
-type RootClock interface {
-	NewestRootVersion(ctx context.Context) (rootKeyID, version string, created time.Time, err error)
-}
+// was made: kms.RootClock, declared there with the other provider
+// capabilities (kms.CapabilitiesOf finds it).
+type RootClock = kms.RootClock
 
 // KMSRootState is the RootState that keeps no state of its own: the last
 // root rotation is when the KMS made the root key's newest version, and a

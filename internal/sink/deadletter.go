@@ -11,6 +11,8 @@ import (
 	"io"
 	"iter"
 	"time"
+
+	"github.com/decryptd/decryptd/internal/intake"
 )
 
 // ErrBadDeadLetter marks a dead-letter line that cannot be decoded; the
@@ -122,7 +124,7 @@ func decodeDeadLetter(line []byte) (DeadLetter, error) {
 	case l.Payload == nil:
 		return DeadLetter{}, errors.New("payload_b64 missing")
 	}
-	d := DeadLetter{Reason: l.Reason, Error: l.Error, Topic: *l.Topic, Dup: l.Dup, Payload: *l.Payload}
+	d := DeadLetter{Reason: l.Reason, Error: l.Error, Message: intake.Message{Topic: *l.Topic, Redelivered: l.Dup, Payload: *l.Payload}}
 	if d.Payload == nil {
 		d.Payload = []byte{}
 	}

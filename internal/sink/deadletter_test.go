@@ -14,6 +14,7 @@ import (
 	"testing/iotest"
 	"time"
 
+	"github.com/decryptd/decryptd/internal/intake"
 	"github.com/decryptd/decryptd/internal/sink"
 )
 
@@ -21,12 +22,14 @@ var update = flag.Bool("update", false, "rewrite golden files in testdata")
 
 func sampleDeadLetter() sink.DeadLetter {
 	return sink.DeadLetter{
-		Reason:     "auth_failed",
-		Error:      "decrypt: message authentication failed",
-		Topic:      "iot-2/type/monitor/id/sensor-001/evt/telemetry/fmt/encrypted",
-		ReceivedAt: time.Date(2026, 11, 25, 20, 16, 1, 123456789, time.UTC),
-		Dup:        true,
-		Payload:    []byte("{\"device_id\":\"sensor-001\",\"data\":\"\x00\xff binary\"}"),
+		Reason: "auth_failed",
+		Error:  "decrypt: message authentication failed",
+		Message: intake.Message{
+			Topic:       "iot-2/type/monitor/id/sensor-001/evt/telemetry/fmt/encrypted",
+			ReceivedAt:  time.Date(2026, 11, 25, 20, 16, 1, 123456789, time.UTC),
+			Redelivered: true,
+			Payload:     []byte("{\"device_id\":\"sensor-001\",\"data\":\"\x00\xff binary\"}"),
+		},
 	}
 }
 
@@ -57,7 +60,7 @@ func TestDeadLetterRecordGolden(t *testing.T) {
 
 func TestDeadLetterRoundTrip(t *testing.T) {
 	d := sampleDeadLetter()
-	empty := sink.DeadLetter{Reason: "malformed", Topic: "t", Payload: []byte{}}
+	empty := sink.DeadLetter{Reason: "malformed", Message: intake.Message{Topic: "t", Payload: []byte{}}}
 	var in bytes.Buffer
 	for _, x := range []sink.DeadLetter{d, empty} {
 		in.Write(x.Record().JSON)
@@ -73,11 +76,11 @@ func TestDeadLetterRoundTrip(t *testing.T) {
 	if len(got) != 2 {
 		t.Fatalf("read %d dead letters, want 2", len(got))
 	}
-	if g := got[0]; g.Topic != d.Topic || !bytes.Equal(g.Payload, d.Payload) || !g.Dup ||
+	if g := got[0]; g.Topic != d.Topic || !bytes.Equal(g.Payload, d.Payload) || !g.Redelivered ||
 		g.Reason != d.Reason || g.Error != d.Error || !g.ReceivedAt.Equal(d.ReceivedAt) {
 		t.Fatalf("round trip: got %+v, want %+v", g, d)
 	}
-	if g := got[1]; g.Payload == nil || len(g.Payload) != 0 || g.Dup {
+	if g := got[1]; g.Payload == nil || len(g.Payload) != 0 || g.Redelivered {
 		t.Fatalf("empty payload round trip: got %+v", g)
 	}
 }
@@ -189,7 +192,7 @@ func FuzzReadDeadLetters(f *testing.F) {
 				}
 				again = append(again, d2)
 			}
-			if len(again) != 1 || again[0].Topic != d.Topic || !bytes.Equal(again[0].Payload, d.Payload) || again[0].Dup != d.Dup {
+			if len(again) != 1 || again[0].Topic != d.Topic || !bytes.Equal(again[0].Payload, d.Payload) || again[0].Redelivered != d.Redelivered {
 				t.Fatalf("round trip changed %+v into %+v", d, again)
 			}
 			lines--

@@ -1,6 +1,12 @@
 // Package sink owns the destinations of decrypted records and of dead
-// letters: the Sink contract, its implementations (file, stdout, mqtt, http)
-// and the contract test suite every implementation passes (sinktest.Run).
+// letters: the Sink contract, the file, stdout and http implementations
+// (the mqtt one is package mqttsink, so that this package imports no MQTT
+// client), the contract test suite every implementation passes
+// (sinktest.Run), and what makes a sink type: its typed configuration
+// (Config: YAML keys, Defaults, Validate naming fields, New) and a Type
+// listed in package sinktypes, the one registration. FileConfig,
+// StdoutConfig and HTTPConfig are this package's; a new type (Kafka,
+// PostgreSQL) is a package of its own with the same shape.
 //
 // Delivery promise: a Sink's Write returns nil only when the sink holds the
 // whole batch; the daemon acknowledges an MQTT message only after that, so a
@@ -22,12 +28,14 @@
 //   - Stdout (NewStdout): JSON lines (or the Pretty demo format) handed to
 //     an io.Writer in one call. No durability: for demos, debugging and
 //     pipes.
-//   - MQTT (NewMQTT): each record published at QoS 1; Write returns after
-//     the broker's PUBACK for every record of the batch (the broker then
-//     owns them, to the durability of its own persistence settings).
+//   - MQTT (package mqttsink): each record published at QoS 1; Write returns
+//     after the broker's PUBACK for every record of the batch (the broker
+//     then owns them, to the durability of its own persistence settings).
 //   - HTTP (NewHTTP): the batch POSTed as NDJSON; Write returns after a 2xx
 //     answer. Retries with back-off happen inside Write up to a bound; a
-//     refusal that retrying cannot fix is ErrRejected.
+//     refusal that retrying cannot fix is ErrRejected. HTTPConfig's New
+//     wraps it in Chunked, so one Write is at most batch_max records per
+//     request.
 //
 // Records that no sink can frame (empty JSON, JSON spanning lines, a device
 // id unusable in an MQTT topic) fail the whole batch with ErrBadRecord

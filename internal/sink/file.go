@@ -219,10 +219,10 @@ func (s *File) Write(ctx context.Context, batch []Record) error {
 	if s.closed {
 		return ErrClosed
 	}
-	if err := ctxErr(ctx, "file", s.opts.Name); err != nil {
+	if err := ContextError(ctx, "file", s.opts.Name); err != nil {
 		return err
 	}
-	if err := checkBatch(batch); err != nil {
+	if err := CheckBatch(batch); err != nil {
 		return fmt.Errorf("file sink %q: %w", s.opts.Name, err)
 	}
 	if err := s.takeSyncErr(); err != nil {
@@ -236,7 +236,7 @@ func (s *File) Write(ctx context.Context, batch []Record) error {
 			return fmt.Errorf("file sink %q: reopen: %w", s.opts.Name, err)
 		}
 	}
-	s.buf = appendLines(s.buf[:0], batch)
+	s.buf = AppendLines(s.buf[:0], batch)
 	defer func() {
 		if cap(s.buf) > 4<<20 {
 			s.buf = nil // do not pin one huge batch's buffer forever
@@ -430,3 +430,72 @@ func syncDir(dir string) error {
 }
 
 var _ Sink = (*File)(nil)
+
+// Default settings of a file sink's configuration.
+const (
+	DefaultFileMaxBytes = 100 << 20
+	DefaultFileKeep     = 10
+)
+
+// FileType is the file sink type, for the registry (package sinktypes).
+func FileType() Type {
+	return Type{Name: "file", NewConfig: func() Config { return &FileConfig{} }}
+}
+
+// FileConfig is a file sink's entry in the configuration: JSON lines
+// appended to Path, rotated at MaxBytes (default 100 MiB; 0 never rotates)
+// keeping Keep old files (default 10), fsynced before acknowledging when
+// Fsync (default true; false: fsynced in the background every second).
+type FileConfig struct {
+	Path     string `yaml:"path,omitempty" json:"path,omitempty"`
+	MaxBytes int64  `yaml:"max_bytes,omitempty" json:"max_bytes,omitempty"`
+	Keep     int    `yaml:"keep,omitempty" json:"keep,omitempty"`
+	Fsync    *bool  `yaml:"fsync,omitempty" json:"fsync,omitempty"`
+}
+
+// FsyncEnabled reports the effective fsync setting (true unless set false).
+func (c *FileConfig) FsyncEnabled() bool { return c.Fsync == nil || *c.Fsync }
+
+// Defaults sets MaxBytes, Keep and Fsync when unset.
+func (c *FileConfig) Defaults() {
+	if c.MaxBytes == 0 {
+		c.MaxBytes = DefaultFileMaxBytes
+	}
+	if c.Keep == 0 {
+		c.Keep = DefaultFileKeep
+	}
+	if c.Fsync == nil {
+		t := true
+		c.Fsync = &t
+	}
+}
+
+// Validate checks path, max_bytes and keep.
+func (c *FileConfig) Validate(Env) error {
+	var p Problems
+	if c.Path == "" {
+		p.Add("path", "required for type file")
+	}
+	if c.MaxBytes < 0 {
+		p.Add("max_bytes", "must be positive, got %d", c.MaxBytes)
+	}
+	if c.Keep < 0 {
+		p.Add("keep", "must be positive, got %d", c.Keep)
+	}
+	return p.Err()
+}
+
+// ResolvePaths resolves Path.
+func (c *FileConfig) ResolvePaths(abs func(*string)) { abs(&c.Path) }
+
+// New opens the file (NewFile). Fsync on means FsyncBatch: every batch is
+// fsynced before its messages are acknowledged; off means FsyncInterval:
+// the file is fsynced in the background at least every second (a crash of
+// the machine, not of the process, may lose that second).
+func (c *FileConfig) New(_ context.Context, name string, _ Env) (Sink, error) {
+	policy := FsyncInterval
+	if c.FsyncEnabled() {
+		policy = FsyncBatch
+	}
+	return NewFile(FileOptions{Name: name, Path: c.Path, Fsync: policy, MaxBytes: c.MaxBytes, Keep: c.Keep})
+}

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -225,16 +226,16 @@ func (s *HTTP) Write(ctx context.Context, batch []Record) error {
 	if s.closed {
 		return ErrClosed
 	}
-	if err := ctxErr(ctx, "http", s.opts.Name); err != nil {
+	if err := ContextError(ctx, "http", s.opts.Name); err != nil {
 		return err
 	}
-	if err := checkBatch(batch); err != nil {
+	if err := CheckBatch(batch); err != nil {
 		return fmt.Errorf("http sink %q: %w", s.opts.Name, err)
 	}
 	if len(batch) == 0 {
 		return nil
 	}
-	body := appendLines(nil, batch)
+	body := AppendLines(nil, batch)
 	key := idempotencyKey(batch)
 	var last error
 	for attempt := 1; ; attempt++ {
@@ -250,7 +251,7 @@ func (s *HTTP) Write(ctx context.Context, batch []Record) error {
 		if err == nil {
 			return nil
 		}
-		if cerr := ctxErr(ctx, "http", s.opts.Name); cerr != nil {
+		if cerr := ContextError(ctx, "http", s.opts.Name); cerr != nil {
 			return cerr
 		}
 		if errors.Is(err, ErrRejected) {
@@ -267,7 +268,7 @@ func (s *HTTP) Write(ctx context.Context, batch []Record) error {
 			wait = s.backoff(attempt)
 		}
 		if err := s.sleep(ctx, wait); err != nil {
-			return fmt.Errorf("http sink %q: waiting to retry after %v: %w", s.opts.Name, last, ctxErr(ctx, "http", s.opts.Name))
+			return fmt.Errorf("http sink %q: waiting to retry after %v: %w", s.opts.Name, last, ContextError(ctx, "http", s.opts.Name))
 		}
 	}
 }
@@ -432,4 +433,109 @@ func withScheme(scheme, secret string) string {
 		return secret
 	}
 	return scheme + " " + secret
+}
+
+// Default settings of an HTTP sink's configuration.
+const (
+	DefaultHTTPBatchMax = 100
+	DefaultHTTPTimeout  = 10 * time.Second
+)
+
+// HTTPType is the http sink type, for the registry (package sinktypes).
+func HTTPType() Type {
+	return Type{Name: "http", NewConfig: func() Config { return &HTTPConfig{} }}
+}
+
+// HTTPConfig is an http sink's entry in the configuration: records POSTed
+// as NDJSON batches to URL (https, or http to a loopback host), at most
+// BatchMax per request (default 100), each request bounded by Timeout
+// (default 10s). AuthHeaderFile holds the Authorization header value;
+// CAFile the CA bundle to trust.
+type HTTPConfig struct {
+	URL            string        `yaml:"url,omitempty" json:"url,omitempty"`
+	AuthHeaderFile string        `yaml:"auth_header_file,omitempty" json:"auth_header_file,omitempty"`
+	CAFile         string        `yaml:"ca_file,omitempty" json:"ca_file,omitempty"`
+	BatchMax       int           `yaml:"batch_max,omitempty" json:"batch_max,omitempty"`
+	Timeout        time.Duration `yaml:"timeout,omitempty" json:"timeout,omitempty"`
+}
+
+// Defaults sets BatchMax and Timeout when unset.
+func (c *HTTPConfig) Defaults() {
+	if c.BatchMax == 0 {
+		c.BatchMax = DefaultHTTPBatchMax
+	}
+	if c.Timeout == 0 {
+		c.Timeout = DefaultHTTPTimeout
+	}
+}
+
+// Validate checks url, batch_max and timeout.
+func (c *HTTPConfig) Validate(Env) error {
+	var p Problems
+	if c.URL == "" {
+		p.Add("url", "required for type http")
+	} else if s := CheckHTTPURL(c.URL, true); s != "" {
+		p.Add("url", "%s", s)
+	}
+	if c.BatchMax < 1 || c.BatchMax > 10000 {
+		p.Add("batch_max", "want 1-10000, got %d", c.BatchMax)
+	}
+	if c.Timeout <= 0 {
+		p.Add("timeout", "must be positive, got %s", c.Timeout)
+	}
+	return p.Err()
+}
+
+// ResolvePaths resolves AuthHeaderFile and CAFile.
+func (c *HTTPConfig) ResolvePaths(abs func(*string)) {
+	abs(&c.AuthHeaderFile)
+	abs(&c.CAFile)
+}
+
+// New returns the HTTP sink, its Writes split into requests of at most
+// BatchMax records (Chunked).
+func (c *HTTPConfig) New(_ context.Context, name string, _ Env) (Sink, error) {
+	u, err := url.Parse(c.URL)
+	if err != nil {
+		return nil, fmt.Errorf("http sink %q: url: not a URL", name)
+	}
+	h, err := NewHTTP(HTTPOptions{
+		Name: name, URL: c.URL, AllowPlainHTTP: u.Scheme == "http",
+		CAFile: c.CAFile, AuthFile: c.AuthHeaderFile, RequestTimeout: c.Timeout,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return Chunked(h, c.BatchMax), nil
+}
+
+// CheckHTTPURL checks an absolute http(s) URL named in the configuration:
+// https, or http only to a loopback host when loopbackPlain; no
+// credentials. It returns the problem, or "".
+func CheckHTTPURL(s string, loopbackPlain bool) string {
+	u, err := url.Parse(s)
+	if err != nil || u.Host == "" {
+		return "want an absolute http(s) URL"
+	}
+	if u.User != nil {
+		return "must not carry credentials (the file holds no secrets)"
+	}
+	switch u.Scheme {
+	case "https":
+	case "http":
+		if !loopbackPlain || !isLoopback(u.Hostname()) {
+			return "must be https (http only to a loopback host)"
+		}
+	default:
+		return "must be https"
+	}
+	return ""
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

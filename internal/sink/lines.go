@@ -8,11 +8,11 @@ import (
 	"slices"
 )
 
-// checkBatch rejects a batch holding a record no sink can frame: empty JSON
+// CheckBatch rejects a batch holding a record no sink can frame: empty JSON
 // or JSON with a line break (file, stdout and HTTP write one record per
 // line). The decrypt stage emits compact JSON, so this is a cheap guard
 // against a bug upstream, not a JSON validator.
-func checkBatch(batch []Record) error {
+func CheckBatch(batch []Record) error {
 	for i, r := range batch {
 		switch {
 		case len(r.JSON) == 0:
@@ -24,8 +24,8 @@ func checkBatch(batch []Record) error {
 	return nil
 }
 
-// appendLines appends each record's JSON and a '\n' to buf.
-func appendLines(buf []byte, batch []Record) []byte {
+// AppendLines appends each record's JSON and a '\n' to buf.
+func AppendLines(buf []byte, batch []Record) []byte {
 	n := 0
 	for _, r := range batch {
 		n += len(r.JSON) + 1
@@ -38,10 +38,10 @@ func appendLines(buf []byte, batch []Record) []byte {
 	return buf
 }
 
-// ctxErr returns nil while ctx is live, else ctx's error prefixed with
+// ContextError returns nil while ctx is live, else ctx's error prefixed with
 // "<kind> sink <name>", so errors.Is(err, context.Canceled) and
 // DeadlineExceeded hold; a custom cause is kept beside it.
-func ctxErr(ctx context.Context, kind, name string) error {
+func ContextError(ctx context.Context, kind, name string) error {
 	ce := ctx.Err()
 	if ce == nil {
 		return nil

@@ -2,8 +2,11 @@ package sink
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"time"
+
+	"github.com/decryptd/decryptd/internal/intake"
 )
 
 // ErrClosed is returned by Write (and Flush) on a sink that was closed.
@@ -51,12 +54,38 @@ type Sink interface {
 }
 
 // DeadLetter is one message that could not be decrypted, kept exactly as
-// received so it can be replayed once the cause is fixed.
+// received so it can be replayed once the cause is fixed: the message
+// (its Topic, Payload, Redelivered flag and ReceivedAt are kept; Source and
+// DeviceID are not, replay determines the device id again) and why.
 type DeadLetter struct {
+	Reason string
+	Error  string // text without secrets
+	intake.Message
+}
+
+// deadLetterJSON is a dead letter's line, field order and names fixed
+// (testdata/deadletter.golden.json): replay reads it back.
+type deadLetterJSON struct {
 	Reason     string    `json:"reason"`
-	Error      string    `json:"error"` // text without secrets
+	Error      string    `json:"error"`
 	Topic      string    `json:"topic"`
 	ReceivedAt time.Time `json:"received_at"`
 	Dup        bool      `json:"dup"`
 	Payload    []byte    `json:"payload_b64"` // encoding/json writes []byte as standard base64
+}
+
+// MarshalJSON writes the dead-letter line (without Source and DeviceID).
+func (d DeadLetter) MarshalJSON() ([]byte, error) {
+	return json.Marshal(deadLetterJSON{Reason: d.Reason, Error: d.Error, Topic: d.Topic, ReceivedAt: d.ReceivedAt, Dup: d.Redelivered, Payload: d.Payload})
+}
+
+// UnmarshalJSON reads a dead-letter line leniently (missing fields stay
+// zero); ReadDeadLetters is the strict reader.
+func (d *DeadLetter) UnmarshalJSON(b []byte) error {
+	var l deadLetterJSON
+	if err := json.Unmarshal(b, &l); err != nil {
+		return err
+	}
+	*d = DeadLetter{Reason: l.Reason, Error: l.Error, Message: intake.Message{Topic: l.Topic, ReceivedAt: l.ReceivedAt, Redelivered: l.Dup, Payload: l.Payload}}
+	return nil
 }

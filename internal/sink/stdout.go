@@ -98,10 +98,10 @@ func (s *Stdout) Write(ctx context.Context, batch []Record) error {
 	if s.closed {
 		return ErrClosed
 	}
-	if err := ctxErr(ctx, "stdout", s.opts.Name); err != nil {
+	if err := ContextError(ctx, "stdout", s.opts.Name); err != nil {
 		return err
 	}
-	if err := checkBatch(batch); err != nil {
+	if err := CheckBatch(batch); err != nil {
 		return fmt.Errorf("stdout sink %q: %w", s.opts.Name, err)
 	}
 	if len(batch) == 0 {
@@ -152,3 +152,47 @@ func (s *Stdout) Close(ctx context.Context) error {
 }
 
 var _ Sink = (*Stdout)(nil)
+
+// StdoutType is the stdout sink type, for the registry (package sinktypes).
+func StdoutType() Type {
+	return Type{Name: "stdout", NewConfig: func() Config { return &StdoutConfig{} }}
+}
+
+// StdoutConfig is a stdout sink's entry in the configuration: Format json
+// (one line per record, the default) or pretty (the demo's).
+type StdoutConfig struct {
+	Format string `yaml:"format,omitempty" json:"format,omitempty"`
+}
+
+// Defaults sets Format to json when unset.
+func (c *StdoutConfig) Defaults() {
+	if c.Format == "" {
+		c.Format = "json"
+	}
+}
+
+// Validate checks format.
+func (c *StdoutConfig) Validate(Env) error {
+	var p Problems
+	if c.Format != "json" && c.Format != "pretty" {
+		p.Add("format", "must be json or pretty, got %q", clip(c.Format))
+	}
+	return p.Err()
+}
+
+// New returns a stdout sink writing to env.Stdout.
+func (c *StdoutConfig) New(_ context.Context, name string, env Env) (Sink, error) {
+	f := JSONLines
+	if c.Format == "pretty" {
+		f = Pretty
+	}
+	return NewStdout(StdoutOptions{Name: name, Writer: env.Stdout, Format: f})
+}
+
+// clip bounds a value quoted in a problem.
+func clip(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "..."
+	}
+	return s
+}

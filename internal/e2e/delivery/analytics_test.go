@@ -50,8 +50,8 @@ func TestPostgresSinkKilledRestartedExactlyUnique(t *testing.T) {
 	b := mosquittotest.Start(t, mosquittotest.Options{MaxInflight: 100})
 	f := newFleet(t, b, devices)
 	rf := f.writeConfig(t, replicaConfig{ClientID: "replica-pg", MaxInFlight: 200,
-		Sinks: "  - name: warehouse\n    type: postgres\n    postgres:\n      dsn_env: PGSINK_E2E_DSN\n" +
-			"      columns: [{name: heart_rate, pointer: /data/heart_rate, type: integer}]\n"})
+		Sinks: "  - name: warehouse\n    type: postgres\n    dsn_env: PGSINK_E2E_DSN\n" +
+			"    columns: [{name: heart_rate, pointer: /data/heart_rate, type: integer}]\n"})
 	first := startProcess(t, bin, rf)
 	conn, err := pgx.Connect(t.Context(), dsn)
 	if err != nil {

@@ -20,15 +20,15 @@ func TestAlertRules(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The plain rules file (the PrometheusRule in deploy/kubernetes/base
+	// holds the same groups; internal/deploytest checks that).
 	var doc struct {
-		Spec struct {
-			Groups []struct {
-				Rules []struct {
-					Alert string `yaml:"alert"`
-					Expr  string `yaml:"expr"`
-				} `yaml:"rules"`
-			} `yaml:"groups"`
-		} `yaml:"spec"`
+		Groups []struct {
+			Rules []struct {
+				Alert string `yaml:"alert"`
+				Expr  string `yaml:"expr"`
+			} `yaml:"rules"`
+		} `yaml:"groups"`
 	}
 	if err := yaml.Unmarshal(data, &doc); err != nil {
 		t.Fatal(err)
@@ -47,7 +47,7 @@ func TestAlertRules(t *testing.T) {
 	}
 	name := regexp.MustCompile(`decryptd_rotation_[a-z_]+`)
 	exprs := map[string]string{}
-	for _, g := range doc.Spec.Groups {
+	for _, g := range doc.Groups {
 		for _, r := range g.Rules {
 			exprs[r.Alert] = r.Expr
 			for _, n := range name.FindAllString(r.Expr, -1) {

@@ -1,5 +1,6 @@
-// Package keyprotect is the kms.Provider and kms.RootManager backed by IBM
-// Key Protect, through github.com/IBM/keyprotect-go-client v0.17.3.
+// Package keyprotect is the kms.Provider backed by IBM Key Protect, through
+// github.com/IBM/keyprotect-go-client v0.17.3. It declares every kms
+// capability: RootManager, RootDescriber, RootClock and RootNamer.
 //
 // It owns four things the client leaves to its caller:
 //
@@ -17,7 +18,9 @@
 //     process. The per-call deadline is what bounds a call.
 //   - Connections. The client's default transport disables keep-alives; a
 //     pooled transport with keep-alives is passed instead, so calls reuse
-//     connections (TLS handshakes are not paid per call).
+//     connections (TLS handshakes are not paid per call). Config.CAFile
+//     adds a CA to the system roots it trusts for the API; the IAM token
+//     fetch uses http.DefaultTransport and trusts the system roots only.
 //   - Errors. Client errors carry no Unwrap and differ by layer (*kp.Error,
 //     *kp.URLError, iam.Error). They are classified into kms.ErrTransient
 //     (network, 429, 5xx, REQ_TOO_EARLY_ERR, IAM 429/5xx, deadline),

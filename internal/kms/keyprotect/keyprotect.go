@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -54,6 +55,11 @@ type Config struct {
 	Timeout time.Duration
 	// KeyRing, if set, is sent as X-Kms-Key-Ring.
 	KeyRing string
+	// CAFile, if set, names PEM certificates trusted for the Key Protect API
+	// besides the system roots (a private endpoint, or kpemu -tls). The
+	// client's IAM token fetch ignores it: it trusts the system roots only
+	// (SSL_CERT_FILE). Ignored under WithTransport.
+	CAFile string
 }
 
 // Option adjusts a Provider beyond its Config.
@@ -87,9 +93,13 @@ type Provider struct {
 	idle    interface{ CloseIdleConnections() }
 }
 
+// What a Key Protect Provider declares (kms.CapabilitiesOf).
 var (
-	_ kms.Provider    = (*Provider)(nil)
-	_ kms.RootManager = (*Provider)(nil)
+	_ kms.Provider      = (*Provider)(nil)
+	_ kms.RootManager   = (*Provider)(nil)
+	_ kms.RootDescriber = (*Provider)(nil)
+	_ kms.RootClock     = (*Provider)(nil)
+	_ kms.RootNamer     = (*Provider)(nil)
 )
 
 // New builds a provider. It reads the API key but makes no network call:
@@ -123,7 +133,15 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Provider, error) {
 	}
 	rt := o.transport
 	if rt == nil {
-		rt = pooledTransport()
+		t := pooledTransport()
+		if cfg.CAFile != "" {
+			pool, err := trustFile(cfg.CAFile)
+			if err != nil {
+				return nil, err
+			}
+			t.TLSClientConfig.RootCAs = pool
+		}
+		rt = t
 	}
 	client, err := kp.NewWithLogger(kp.ClientConfig{
 		BaseURL:    cfg.BaseURL,
@@ -171,6 +189,22 @@ func readAPIKey(cfg Config, getenv func(string) string) (Secret, error) {
 		return "", fmt.Errorf("keyprotect: no API key: set api_key_file or the environment variable %s", env)
 	}
 	return Secret(key), nil
+}
+
+// trustFile is the system roots plus the certificates in the PEM file.
+func trustFile(path string) (*x509.CertPool, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("keyprotect: ca file: %w", err)
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil {
+		pool = x509.NewCertPool()
+	}
+	if !pool.AppendCertsFromPEM(b) {
+		return nil, fmt.Errorf("keyprotect: ca file %s holds no PEM certificate", path)
+	}
+	return pool, nil
 }
 
 // pooledTransport keeps connections alive, unlike kp.DefaultTransport.

@@ -122,7 +122,7 @@ func (p *Provider) ListRoots(ctx context.Context) ([]kms.RootKey, error) {
 
 // NewestRootVersion names the configured root key's newest version and
 // when it was made (its last rotation, or its creation), for the root key
-// schedule of fleet rotation (rotation.RootClock).
+// schedule of fleet rotation (kms.RootClock).
 func (p *Provider) NewestRootVersion(ctx context.Context) (rootKeyID, version string, created time.Time, err error) {
 	id := p.rootID
 	k, err := call(ctx, p, "describe", id, func(ctx context.Context) (*kp.Key, error) {

@@ -9,8 +9,9 @@
 // otherwise. Create and Rotate replace it atomically (temporary file, fsync,
 // rename, fsync of the directory), so a crash leaves the old or the new file,
 // never a torn one. A Provider notices a rotation made by another process
-// (dekctl) by checking the file's identity before each Wrap and Rewrap, and
-// before giving up on an Unwrap that names a version it does not know.
+// (dekctl) by checking the file's identity before each Wrap, Rewrap and
+// Unwrap, so a version removed from the file (RetireRootVersion, dekctl
+// root retire) stops unwrapping in every process at once.
 //
 // Wrapping is AES-256-GCM with a random 96-bit nonce; the ciphertext is
 // nonce || sealed || tag, and the GCM additional data binds the root key id,

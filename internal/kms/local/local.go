@@ -102,9 +102,14 @@ type Provider struct {
 	madeAt   time.Time // when the newest version was made
 }
 
+// What a local Provider declares (kms.CapabilitiesOf): root management,
+// the root clock and the wrapping root's name; no single-root describe
+// (ListRoots is as cheap: the file holds one root key).
 var (
 	_ kms.Provider    = (*Provider)(nil)
 	_ kms.RootManager = (*Provider)(nil)
+	_ kms.RootClock   = (*Provider)(nil)
+	_ kms.RootNamer   = (*Provider)(nil)
 )
 
 // Open loads the root key file at path. It refuses a file that group or
@@ -317,7 +322,7 @@ func (p *Provider) reload() error {
 
 // NewestRootVersion names the wrapping root key version and when it was
 // made (re-reading the file if another process rotated it), for the root
-// key schedule of fleet rotation (rotation.RootClock).
+// key schedule of fleet rotation (kms.RootClock).
 func (p *Provider) NewestRootVersion(ctx context.Context) (rootKeyID, version string, created time.Time, err error) {
 	if err := p.refreshIfChanged(); err != nil {
 		return "", "", time.Time{}, fmt.Errorf("local root version: %w", err)
@@ -403,8 +408,9 @@ func (p *Provider) seal(id string, v version, dek []byte, aad []string) (kms.Wra
 	return kms.Wrapped{RootKeyID: id, RootKeyVersion: v.id, Ciphertext: out}, nil
 }
 
-// Unwrap opens w. A version this provider does not know triggers one reload
-// (another process may have rotated) before it fails with ErrUnknownVersion.
+// Unwrap opens w. The file is reloaded first when another process replaced
+// it (rotated, or retired a version); a version it does not hold fails with
+// ErrUnknownVersion.
 func (p *Provider) Unwrap(ctx context.Context, w kms.Wrapped, aad []string) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("local unwrap: %w: %w", kms.ErrTransient, err)
@@ -420,14 +426,15 @@ func (p *Provider) Unwrap(ctx context.Context, w kms.Wrapped, aad []string) ([]b
 	return dek, nil
 }
 
+// lookup finds w's root version, after a stat of the file (one syscall
+// per unwrap, which only cache misses make): a version retired by another
+// process (dekctl root retire) must stop unwrapping at once, not at the
+// next rotation.
 func (p *Provider) lookup(w kms.Wrapped) (version, error) {
-	id, v, ok := p.find(w.RootKeyVersion)
-	if !ok {
-		if err := p.refreshIfChanged(); err != nil {
-			return version{}, err
-		}
-		id, v, ok = p.find(w.RootKeyVersion)
+	if err := p.refreshIfChanged(); err != nil {
+		return version{}, err
 	}
+	id, v, ok := p.find(w.RootKeyVersion)
 	if w.RootKeyID != id {
 		return version{}, fmt.Errorf("%w: wrapped under %q, file holds %q", ErrWrongRoot, w.RootKeyID, id)
 	}

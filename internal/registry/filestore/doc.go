@@ -10,10 +10,11 @@
 // refuses a registry file that group or others may read.
 //
 // Concurrency: writers of every process take an exclusive flock on a sidecar
-// "<file>.lock" and re-read the file under it before applying their change,
-// so an Update is atomic across processes; readers reload under a shared
-// lock. Within one handle a mutex serialises the lock, because flock locks
-// belong to the open file, not to the goroutine.
+// "<file>.lock" (internal/fsutil, like the atomic replace) and re-read the
+// file under it before applying their change, so an Update is atomic across
+// processes; readers reload under a shared lock. Within one handle a mutex
+// serialises the lock, because flock locks belong to the open file, not to
+// the goroutine.
 //
 // Reads are served from an in-memory index. Each Get and List first compares
 // the file's identity (device, inode, size, mtime, ctime: one stat) with the

@@ -22,6 +22,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/decryptd/decryptd/internal/dek"
+	"github.com/decryptd/decryptd/internal/fsutil"
 	"github.com/decryptd/decryptd/internal/registry"
 	"github.com/decryptd/decryptd/internal/registry/feed"
 )
@@ -157,10 +158,10 @@ func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
 func (s *Store) init(ctx context.Context) error {
 	s.ioMu.Lock()
 	defer s.ioMu.Unlock()
-	if err := flock(ctx, s.lockf, syscall.LOCK_EX); err != nil {
+	if err := fsutil.Lock(ctx, s.lockf, fsutil.Exclusive); err != nil {
 		return fmt.Errorf("registry file %s: lock: %w", s.path, err)
 	}
-	defer unlock(s.lockf)
+	defer fsutil.Unlock(s.lockf)
 
 	fi, err := os.Stat(s.path)
 	switch {
@@ -313,10 +314,10 @@ func (s *Store) refresh(ctx context.Context, force bool) {
 	}
 	s.ioMu.Lock()
 	var changes []registry.Change
-	err := flock(ctx, s.lockf, syscall.LOCK_SH)
+	err := fsutil.Lock(ctx, s.lockf, fsutil.Shared)
 	if err == nil {
 		changes, err = s.reloadLocked(force)
-		unlock(s.lockf)
+		fsutil.Unlock(s.lockf)
 	}
 	// Published under ioMu, so that two reloads cannot overtake each other
 	// and leave a watcher with an older state as the last word.
@@ -460,7 +461,7 @@ func (s *Store) write(ctx context.Context, op func(map[dek.Ref]registry.Entry) (
 		return registry.Entry{}, registry.ErrClosed
 	}
 	s.ioMu.Lock()
-	if err := flock(ctx, s.lockf, syscall.LOCK_EX); err != nil {
+	if err := fsutil.Lock(ctx, s.lockf, fsutil.Exclusive); err != nil {
 		s.ioMu.Unlock()
 		return registry.Entry{}, fmt.Errorf("registry file %s: lock: %w", s.path, err)
 	}
@@ -480,7 +481,7 @@ func (s *Store) write(ctx context.Context, op func(map[dek.Ref]registry.Entry) (
 			}
 		}
 	}
-	unlock(s.lockf)
+	fsutil.Unlock(s.lockf)
 	s.hub.Publish(changes...) // under ioMu: see refresh
 	s.ioMu.Unlock()
 	if err != nil {
@@ -499,7 +500,7 @@ func (s *Store) writeFile(index map[dek.Ref]registry.Entry) error {
 		return fmt.Errorf("registry file %s: encode: %w", s.path, err)
 	}
 	data = append(data, '\n')
-	if err := writeAtomic(s.path, s.dir, s.tmpPrefix(), data); err != nil {
+	if err := fsutil.WriteAtomic(s.path, s.tmpPrefix(), data, fileMode); err != nil {
 		return fmt.Errorf("registry file %s: %w", s.path, err)
 	}
 	fi, err := os.Stat(s.path)
@@ -512,46 +513,6 @@ func (s *Store) writeFile(index map[dek.Ref]registry.Entry) error {
 	s.mu.Lock()
 	s.index, s.ident = index, identOf(fi)
 	s.mu.Unlock()
-	return nil
-}
-
-// writeAtomic: temporary file in the same directory (so rename is atomic),
-// fsync it, rename it over path, fsync the directory (so the rename itself
-// survives a crash).
-func writeAtomic(path, dir, prefix string, data []byte) (err error) {
-	tmp, err := os.CreateTemp(dir, prefix+"*")
-	if err != nil {
-		return fmt.Errorf("create temporary file: %w", err)
-	}
-	defer func() {
-		if err != nil {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	if err = tmp.Chmod(fileMode); err != nil {
-		return fmt.Errorf("chmod temporary file: %w", err)
-	}
-	if _, err = tmp.Write(data); err != nil {
-		return fmt.Errorf("write temporary file: %w", err)
-	}
-	if err = tmp.Sync(); err != nil {
-		return fmt.Errorf("fsync temporary file: %w", err)
-	}
-	if err = tmp.Close(); err != nil {
-		return fmt.Errorf("close temporary file: %w", err)
-	}
-	if err = os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("rename into place: %w", err)
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("open directory for fsync: %w", err)
-	}
-	defer d.Close()
-	if err = d.Sync(); err != nil {
-		return fmt.Errorf("fsync directory: %w", err)
-	}
 	return nil
 }
 
@@ -578,30 +539,3 @@ func (s *Store) Close() error {
 	})
 	return err
 }
-
-// flock takes a lock on f, waiting (in short sleeps, so ctx can end the
-// wait) while another process holds a conflicting one.
-func flock(ctx context.Context, f *os.File, how int) error {
-	delay := 500 * time.Microsecond
-	for {
-		err := syscall.Flock(int(f.Fd()), how|syscall.LOCK_NB)
-		switch {
-		case err == nil:
-			return nil
-		case errors.Is(err, syscall.EINTR):
-			continue
-		case !errors.Is(err, syscall.EWOULDBLOCK):
-			return err
-		}
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-t.C:
-		}
-		delay = min(delay*2, 20*time.Millisecond)
-	}
-}
-
-func unlock(f *os.File) { _ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN) }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/decryptd/decryptd/internal/dek"
+	"github.com/decryptd/decryptd/internal/fsutil"
 	"github.com/decryptd/decryptd/internal/registry"
 	"github.com/decryptd/decryptd/internal/registry/registrytest"
 )
@@ -216,7 +217,7 @@ func TestWatchDiff(t *testing.T) {
 	if c := next(); c != (registry.Change{Kind: registry.ChangeCreated, KeyID: "k", Version: "v4", State: dek.StateActive}) {
 		t.Fatalf("got %+v", c)
 	}
-	if err := writeAtomic(path, filepath.Dir(path), ".restore-", backup); err != nil {
+	if err := fsutil.WriteAtomic(path, ".restore-", backup, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if c := next(); c.Kind != registry.ChangeReset {

@@ -35,6 +35,12 @@
 // rows back through COPY into a temporary table and one UPDATE, and
 // notifies the same way ("update_batch").
 //
+// Purge: PurgeDestroyed (registry.Purger) runs VACUUM (FULL, ANALYZE) on
+// the entries table, so no page holds a shredded entry's destroyed wrapped
+// DEK in a dead row version (a plain VACUUM can leave its bytes in a page's
+// free space). It locks the table while it runs. WAL, archives and backups
+// are beyond it: docs/crypto-shredding.md.
+//
 // Errors from the server are reduced to their SQLSTATE and message: a
 // constraint violation's detail would quote the failing row, wrapped DEK
 // included, and must not reach a log.

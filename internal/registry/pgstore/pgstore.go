@@ -58,6 +58,9 @@ type Store struct {
 	connCfg *pgx.ConnConfig
 	opt     options
 	hub     *feed.Hub
+	// purgeWait bounds PurgeDestroyed's wait for older snapshots (zero:
+	// defaultPurgeWait); tests shorten it.
+	purgeWait time.Duration
 
 	lctx    context.Context // the listener's lifetime
 	lcancel context.CancelFunc

@@ -86,7 +86,7 @@ type Problem struct{ Key, Text string }
 
 // Validate checks c without touching the network or the files it names,
 // naming the field at fault.
-func (c Config) Validate() error {
+func (c Config) validate() error {
 	ps := c.Problems()
 	if len(ps) == 0 {
 		return nil
@@ -180,7 +180,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Sink, error) {
 	if cfg.Name == "" {
 		return nil, errors.New("kafka sink: a name is required")
 	}
-	if err := cfg.Validate(); err != nil {
+	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
 	o := options{getenv: os.LookupEnv}

@@ -252,7 +252,7 @@ func TestSASL(t *testing.T) {
 func TestValidate(t *testing.T) {
 	ok := Config{Name: "k", Brokers: []string{"broker-0.example:9093"}, Topic: "telemetry.analytics",
 		SASL: SASL{Mechanism: MechPlain, Username: "token", SecretEnv: "ES_API_KEY"}}
-	if err := ok.Validate(); err != nil {
+	if err := ok.Validate(sink.Env{}); err != nil {
 		t.Fatalf("valid config: %v", err)
 	}
 	for _, tc := range []struct {
@@ -275,7 +275,7 @@ func TestValidate(t *testing.T) {
 		c := ok
 		c.Brokers = append([]string(nil), ok.Brokers...)
 		tc.mod(&c)
-		err := c.Validate()
+		err := c.Validate(sink.Env{})
 		if err == nil || !strings.Contains(err.Error(), tc.field+":") {
 			t.Errorf("%s: got %v, want an error naming %s", tc.field, err, tc.field)
 		}

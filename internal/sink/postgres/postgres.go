@@ -74,7 +74,7 @@ var reserved = map[string]bool{"seq": true, "id": true, "device_id": true, "key_
 type Problem struct{ Key, Text string }
 
 // Validate checks c without connecting, naming the field at fault.
-func (c Config) Validate() error {
+func (c Config) validate() error {
 	ps := c.Problems()
 	if len(ps) == 0 {
 		return nil
@@ -187,7 +187,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Sink, error) {
 	if cfg.Name == "" {
 		return nil, errors.New("postgres sink: a name is required")
 	}
-	if err := cfg.Validate(); err != nil {
+	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
 	o := options{getenv: os.LookupEnv}

@@ -142,7 +142,7 @@ func TestColumnsAndDedup(t *testing.T) {
 func TestValidate(t *testing.T) {
 	ok := Config{Name: "w", DSN: "postgres://decryptd@db:5432/analytics", Table: "analytics.records",
 		Columns: []Column{{Name: "heart_rate", Pointer: "/data/heart_rate", Type: "integer"}}}
-	if err := ok.Validate(); err != nil {
+	if err := ok.Validate(sink.Env{}); err != nil {
 		t.Fatalf("valid: %v", err)
 	}
 	for _, tc := range []struct {
@@ -165,7 +165,7 @@ func TestValidate(t *testing.T) {
 		c := ok
 		c.Columns = append([]Column(nil), ok.Columns...)
 		tc.mod(&c)
-		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), tc.field+":") {
+		if err := c.Validate(sink.Env{}); err == nil || !strings.Contains(err.Error(), tc.field+":") {
 			t.Errorf("%s: got %v", tc.field, err)
 		}
 	}

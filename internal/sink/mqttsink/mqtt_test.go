@@ -1,4 +1,4 @@
-package sink_test
+package mqttsink_test
 
 import (
 	"context"
@@ -12,7 +12,9 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/decryptd/decryptd/internal/intake"
 	"github.com/decryptd/decryptd/internal/sink"
+	"github.com/decryptd/decryptd/internal/sink/mqttsink"
 	"github.com/decryptd/decryptd/internal/sink/sinktest"
 	"github.com/decryptd/decryptd/internal/testutil/mosquittotest"
 )
@@ -172,10 +174,10 @@ func (s *subscriber) topics() []string {
 
 // mqttSink starts a sink on b through a proxy (so tests can stall or cut
 // its connection) with mutual TLS.
-func mqttSink(t *testing.T, b *mosquittotest.Broker, topic string) (*sink.MQTT, *proxy) {
+func mqttSink(t *testing.T, b *mosquittotest.Broker, topic string) (*mqttsink.MQTT, *proxy) {
 	t.Helper()
 	p := startProxy(t, strings.TrimPrefix(b.SSLURL, "ssl://"))
-	s, err := sink.NewMQTT(t.Context(), sink.MQTTOptions{
+	s, err := mqttsink.New(t.Context(), mqttsink.Options{
 		Name: "mqtt", Broker: "ssl://" + p.Addr(), TLS: b.ClientTLS("decryptd-sink"),
 		ClientID: "sink-" + t.Name(), Topic: topic,
 		MaxReconnectInterval: time.Second,
@@ -220,7 +222,7 @@ func TestMQTTTopics(t *testing.T) {
 	t.Run("fixed_dead_letter_topic", func(t *testing.T) {
 		sub := subscribe(t, b, "dead/#")
 		s, _ := mqttSink(t, b, "dead/letters")
-		dl := sink.DeadLetter{Reason: "auth_failed", Topic: "iot-2/x", Payload: []byte("raw")}
+		dl := sink.DeadLetter{Reason: "auth_failed", Message: intake.Message{Topic: "iot-2/x", Payload: []byte("raw")}}
 		if err := s.Write(t.Context(), []sink.Record{dl.Record()}); err != nil {
 			t.Fatal(err)
 		}
@@ -326,7 +328,7 @@ func TestMQTTConnectFailures(t *testing.T) {
 	t.Run("no_client_certificate", func(t *testing.T) {
 		tlsc := b.ClientTLS("x")
 		tlsc.Certificates = nil
-		_, err := sink.NewMQTT(t.Context(), sink.MQTTOptions{Name: "m", Broker: b.SSLURL, TLS: tlsc, ClientID: "c1", Topic: "t", ConnectTimeout: 5 * time.Second})
+		_, err := mqttsink.New(t.Context(), mqttsink.Options{Name: "m", Broker: b.SSLURL, TLS: tlsc, ClientID: "c1", Topic: "t", ConnectTimeout: 5 * time.Second})
 		if err == nil {
 			t.Fatal("connected without a client certificate")
 		}
@@ -335,7 +337,7 @@ func TestMQTTConnectFailures(t *testing.T) {
 		ln, _ := net.Listen("tcp", "127.0.0.1:0")
 		addr := ln.Addr().String()
 		ln.Close()
-		_, err := sink.NewMQTT(t.Context(), sink.MQTTOptions{Name: "m", Broker: "ssl://" + addr, TLS: b.ClientTLS("x"), ClientID: "c2", Topic: "t", ConnectTimeout: 5 * time.Second})
+		_, err := mqttsink.New(t.Context(), mqttsink.Options{Name: "m", Broker: "ssl://" + addr, TLS: b.ClientTLS("x"), ClientID: "c2", Topic: "t", ConnectTimeout: 5 * time.Second})
 		if err == nil || !strings.Contains(err.Error(), "connect") {
 			t.Fatalf("got %v", err)
 		}
@@ -343,30 +345,30 @@ func TestMQTTConnectFailures(t *testing.T) {
 }
 
 func TestMQTTOptionsValidation(t *testing.T) {
-	ok := sink.MQTTOptions{Name: "m", Broker: "ssl://h:8883", ClientID: "c", Topic: "a/{device_id}"}
+	ok := mqttsink.Options{Name: "m", Broker: "ssl://h:8883", ClientID: "c", Topic: "a/{device_id}"}
 	tests := []struct {
 		name string
-		mod  func(*sink.MQTTOptions)
+		mod  func(*mqttsink.Options)
 		want string
 	}{
-		{"no name", func(o *sink.MQTTOptions) { o.Name = "" }, "name:"},
-		{"no broker", func(o *sink.MQTTOptions) { o.Broker = "" }, "broker:"},
-		{"plain", func(o *sink.MQTTOptions) { o.Broker = "tcp://h:1883" }, "broker: must be ssl"},
-		{"ws", func(o *sink.MQTTOptions) { o.Broker = "ws://h:1883" }, "broker:"},
-		{"creds", func(o *sink.MQTTOptions) { o.Broker = "ssl://u:p@h:8883" }, "broker:"},
-		{"no client id", func(o *sink.MQTTOptions) { o.ClientID = "" }, "client_id:"},
-		{"no topic", func(o *sink.MQTTOptions) { o.Topic = "" }, "topic:"},
-		{"wildcard", func(o *sink.MQTTOptions) { o.Topic = "a/+/b" }, "topic:"},
-		{"system topic", func(o *sink.MQTTOptions) { o.Topic = "$SYS/x" }, "topic:"},
-		{"unknown placeholder", func(o *sink.MQTTOptions) { o.Topic = "a/{key_id}" }, "topic:"},
-		{"negative timeout", func(o *sink.MQTTOptions) { o.WriteTimeout = -1 }, "write_timeout:"},
-		{"tiny keepalive", func(o *sink.MQTTOptions) { o.KeepAlive = time.Millisecond }, "keep_alive:"},
+		{"no name", func(o *mqttsink.Options) { o.Name = "" }, "name:"},
+		{"no broker", func(o *mqttsink.Options) { o.Broker = "" }, "broker:"},
+		{"plain", func(o *mqttsink.Options) { o.Broker = "tcp://h:1883" }, "broker: must be ssl"},
+		{"ws", func(o *mqttsink.Options) { o.Broker = "ws://h:1883" }, "broker:"},
+		{"creds", func(o *mqttsink.Options) { o.Broker = "ssl://u:p@h:8883" }, "broker:"},
+		{"no client id", func(o *mqttsink.Options) { o.ClientID = "" }, "client_id:"},
+		{"no topic", func(o *mqttsink.Options) { o.Topic = "" }, "topic:"},
+		{"wildcard", func(o *mqttsink.Options) { o.Topic = "a/+/b" }, "topic:"},
+		{"system topic", func(o *mqttsink.Options) { o.Topic = "$SYS/x" }, "topic:"},
+		{"unknown placeholder", func(o *mqttsink.Options) { o.Topic = "a/{key_id}" }, "topic:"},
+		{"negative timeout", func(o *mqttsink.Options) { o.WriteTimeout = -1 }, "write_timeout:"},
+		{"tiny keepalive", func(o *mqttsink.Options) { o.KeepAlive = time.Millisecond }, "keep_alive:"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			o := ok
 			tc.mod(&o)
-			_, err := sink.NewMQTT(t.Context(), o)
+			_, err := mqttsink.New(t.Context(), o)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("got %v, want an error containing %q", err, tc.want)
 			}
@@ -376,7 +378,7 @@ func TestMQTTOptionsValidation(t *testing.T) {
 
 func BenchmarkMQTTWrite(b *testing.B) {
 	br := mosquittotest.Start(b, mosquittotest.Options{})
-	s, err := sink.NewMQTT(b.Context(), sink.MQTTOptions{
+	s, err := mqttsink.New(b.Context(), mqttsink.Options{
 		Name: "mqtt", Broker: br.SSLURL, TLS: br.ClientTLS("bench"), ClientID: "bench", Topic: "bench/{device_id}",
 	})
 	if err != nil {

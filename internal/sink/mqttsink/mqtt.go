@@ -1,4 +1,4 @@
-package sink
+package mqttsink
 
 import (
 	"context"
@@ -13,15 +13,18 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/decryptd/decryptd/internal/mqttcheck"
 	"github.com/decryptd/decryptd/internal/mqttstore"
+	"github.com/decryptd/decryptd/internal/sink"
+	"github.com/decryptd/decryptd/internal/tlsfiles"
 )
 
-// DeviceIDPlaceholder in MQTTOptions.Topic is replaced by each record's
+// DeviceIDPlaceholder in Options.Topic is replaced by each record's
 // DeviceID.
 const DeviceIDPlaceholder = "{device_id}"
 
-// MQTTOptions configures an MQTT sink.
-type MQTTOptions struct {
+// Options configures an MQTT sink.
+type Options struct {
 	Name string // sink name, required
 	// Broker is the broker URL: ssl:// (or tls://, mqtts://) unless
 	// AllowPlain, e.g. ssl://broker:8883.
@@ -38,7 +41,7 @@ type MQTTOptions struct {
 	ClientID string
 	// Topic is where each record is published; DeviceIDPlaceholder in it
 	// is replaced by the record's DeviceID (a record whose DeviceID is
-	// empty or holds '/', '+', '#' is then refused with ErrBadRecord).
+	// empty or holds '/', '+', '#' is then refused with sink.ErrBadRecord).
 	Topic string
 
 	// ConnectTimeout bounds connecting; default 10 s.
@@ -53,7 +56,7 @@ type MQTTOptions struct {
 	MaxReconnectInterval time.Duration
 }
 
-func (o *MQTTOptions) validate() error {
+func (o *Options) validate() error {
 	if o.Name == "" {
 		return errors.New("mqtt sink: name: required")
 	}
@@ -124,7 +127,7 @@ func (o *MQTTOptions) validate() error {
 // client reconnects on its own in the background; a Write while
 // disconnected fails at once.
 type MQTT struct {
-	opts   MQTTOptions
+	opts   Options
 	client mqtt.Client
 	// conns counts successful connections; a Write that sees it change
 	// knows the connection it published on is gone.
@@ -138,10 +141,10 @@ type MQTT struct {
 // only bounds how late a Write learns of it.
 const connPoll = 50 * time.Millisecond
 
-// NewMQTT connects to the broker; it fails if the first connection cannot
+// New connects to the broker; it fails if the first connection cannot
 // be made within ctx and ConnectTimeout (a wrong address or certificate
 // shows at start-up, not as failing Writes).
-func NewMQTT(ctx context.Context, opts MQTTOptions) (*MQTT, error) {
+func New(ctx context.Context, opts Options) (*MQTT, error) {
 	if err := opts.validate(); err != nil {
 		return nil, err
 	}
@@ -206,14 +209,14 @@ func NewMQTT(ctx context.Context, opts MQTTOptions) (*MQTT, error) {
 func (s *MQTT) Name() string { return s.opts.Name }
 
 // Write publishes the batch in order at QoS 1 and waits for every PUBACK.
-func (s *MQTT) Write(ctx context.Context, batch []Record) error {
+func (s *MQTT) Write(ctx context.Context, batch []sink.Record) error {
 	if s.closed {
-		return ErrClosed
+		return sink.ErrClosed
 	}
-	if err := ctxErr(ctx, "mqtt", s.opts.Name); err != nil {
+	if err := sink.ContextError(ctx, "mqtt", s.opts.Name); err != nil {
 		return err
 	}
-	if err := checkBatch(batch); err != nil {
+	if err := sink.CheckBatch(batch); err != nil {
 		return fmt.Errorf("mqtt sink %q: %w", s.opts.Name, err)
 	}
 	topics, err := s.topicsFor(batch)
@@ -244,7 +247,7 @@ func (s *MQTT) Write(ctx context.Context, batch []Record) error {
 			case <-tok.Done():
 				break wait
 			case <-ctx.Done():
-				return fmt.Errorf("mqtt sink %q: waiting for PUBACK of %d records: %w", s.opts.Name, len(tokens)-i, ctxErr(ctx, "mqtt", s.opts.Name))
+				return fmt.Errorf("mqtt sink %q: waiting for PUBACK of %d records: %w", s.opts.Name, len(tokens)-i, sink.ContextError(ctx, "mqtt", s.opts.Name))
 			case <-timer.C:
 				return fmt.Errorf("mqtt sink %q: no PUBACK for %d records within %v", s.opts.Name, len(tokens)-i, s.opts.WriteTimeout)
 			case <-poll.C:
@@ -263,7 +266,7 @@ func (s *MQTT) Write(ctx context.Context, batch []Record) error {
 // topicsFor returns each record's topic, refusing device ids that would
 // change the topic's structure or that the broker would reject (and
 // disconnect for).
-func (s *MQTT) topicsFor(batch []Record) ([]string, error) {
+func (s *MQTT) topicsFor(batch []sink.Record) ([]string, error) {
 	s.topics = s.topics[:0]
 	if !strings.Contains(s.opts.Topic, DeviceIDPlaceholder) {
 		for range batch {
@@ -274,7 +277,7 @@ func (s *MQTT) topicsFor(batch []Record) ([]string, error) {
 	for i, r := range batch {
 		d := r.DeviceID
 		if d == "" || strings.ContainsAny(d, "/+#\x00") || !utf8.ValidString(d) {
-			return nil, fmt.Errorf("record %d (id %q): device id unusable in a topic: %w", i, r.ID, ErrBadRecord)
+			return nil, fmt.Errorf("record %d (id %q): device id unusable in a topic: %w", i, r.ID, sink.ErrBadRecord)
 		}
 		s.topics = append(s.topics, strings.ReplaceAll(s.opts.Topic, DeviceIDPlaceholder, d))
 	}
@@ -284,7 +287,7 @@ func (s *MQTT) topicsFor(batch []Record) ([]string, error) {
 // Flush does nothing: Write returns only once the broker acknowledged.
 func (s *MQTT) Flush(ctx context.Context) error {
 	if s.closed {
-		return ErrClosed
+		return sink.ErrClosed
 	}
 	return nil
 }
@@ -305,4 +308,62 @@ func (s *MQTT) Close(ctx context.Context) error {
 	return nil
 }
 
-var _ Sink = (*MQTT)(nil)
+var _ sink.Sink = (*MQTT)(nil)
+
+// Type is the mqtt sink type, for the registry (package sinktypes).
+func Type() sink.Type {
+	return sink.Type{Name: "mqtt", NewConfig: func() sink.Config { return &Config{} }}
+}
+
+// Config is an mqtt sink's entry in the configuration: records published
+// at QoS 1 to Topic ({device_id} replaced by each record's device) on
+// Broker (same URL rules as mqtt.brokers), with TLS like mqtt.tls.
+type Config struct {
+	Broker string          `yaml:"broker,omitempty" json:"broker,omitempty"`
+	Topic  string          `yaml:"topic,omitempty" json:"topic,omitempty"`
+	TLS    tlsfiles.Client `yaml:"tls,omitempty" json:"tls,omitempty"`
+}
+
+// Defaults does nothing: every key is required or optional without a
+// default.
+func (c *Config) Defaults() {}
+
+// Validate checks broker, topic and tls.
+func (c *Config) Validate(env sink.Env) error {
+	var p sink.Problems
+	if c.Broker == "" {
+		p.Add("broker", "required for type mqtt")
+	} else if tls, s := mqttcheck.BrokerURL(c.Broker); s != "" {
+		p.Add("broker", "%s", s)
+	} else if !tls && !env.AllowPlaintext {
+		p.Add("broker", "tcp:// sends plaintext records in the clear; use ssl:// or set mqtt.allow_plaintext: true")
+	}
+	if c.Topic == "" {
+		p.Add("topic", "required for type mqtt")
+	} else if s := mqttcheck.TopicName(c.Topic); s != "" {
+		p.Add("topic", "%s", s)
+	}
+	for _, tp := range c.TLS.Check() {
+		p.Add("tls."+tp.Key, "%s", tp.Text)
+	}
+	return p.Err()
+}
+
+// ResolvePaths resolves the TLS files.
+func (c *Config) ResolvePaths(abs func(*string)) { c.TLS.ResolvePaths(abs) }
+
+// New connects as env.ClientID (New).
+func (c *Config) New(ctx context.Context, name string, env sink.Env) (sink.Sink, error) {
+	tc, err := c.TLS.Config()
+	if err != nil {
+		return nil, err
+	}
+	u, err := url.Parse(c.Broker)
+	if err != nil {
+		return nil, fmt.Errorf("mqtt sink %q: broker: not a URL", name)
+	}
+	return New(ctx, Options{
+		Name: name, Broker: c.Broker, AllowPlain: u.Scheme == "tcp" || u.Scheme == "mqtt", TLS: tc,
+		ClientID: env.ClientID, Topic: c.Topic,
+	})
+}

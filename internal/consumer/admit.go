@@ -1,0 +1,250 @@
+package consumer
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"go.uber.org/zap"
+
+	"github.com/decryptd/decryptd/internal/intake"
+)
+
+// Admission: what paho's router goroutine does with each message (a slot
+// under MaxInFlight, or release), and the lanes that hand admitted
+// messages to the Processor without a goroutine hand-off per message when
+// their key is cached (dispatch), or to their topic's worker otherwise.
+
+// entry is one admitted message.
+type entry struct {
+	c          *Consumer
+	msg        mqtt.Message
+	gen        uint64
+	route      uint32 // hash of the topic: picks its lane and its worker
+	receivedAt time.Time
+	done       atomic.Bool  // the Processor finished it: it may be acknowledged
+	refs       atomic.Int32 // processing side + acknowledgement side
+
+	// call is the state of the Processor call under way: callRunning,
+	// then callReturned or callFailedInCall, whichever comes first.
+	call    atomic.Int32
+	callErr error
+	backoff time.Duration
+}
+
+const (
+	callRunning = iota
+	callReturned
+	callFailedInCall
+)
+
+// message is e as the Processor sees it. The device id is read from the
+// topic here, on the lane or worker, not on paho's router goroutine.
+func (e *entry) message() intake.Message {
+	topic := e.msg.Topic()
+	id, _ := e.c.pattern.DeviceID(topic)
+	return intake.Message{Source: Source, Topic: topic, DeviceID: id, Payload: e.msg.Payload(), Redelivered: e.msg.Duplicate(), ReceivedAt: e.receivedAt}
+}
+
+// onMessage is paho's handler for every message (the default handler; no
+// per-route handlers exist). It runs on paho's router goroutine, in the
+// order the PUBLISH packets arrived on this connection, and hands the
+// message to the worker that owns its topic.
+//
+// It does not block, except when MaxInFlight messages are already held: the
+// broker's window (max_inflight_messages) should have stopped it from
+// sending more, but Mosquitto 2.0.11 leaks that window. Then it waits for a
+// slot for at most overflowWait (half the keep-alive, so paho's pings
+// survive the stall); if none frees up it releases the message and the rest
+// of the connection's, rather than holding unbounded messages, and
+// freeSlot reconnects once there is room, for the broker to redeliver them.
+func (c *Consumer) onMessage(_ mqtt.Client, pm mqtt.Message) {
+	now := time.Now()
+	c.m.received.Inc()
+	if pm.Duplicate() {
+		c.m.redelivered.Inc()
+	}
+	c.lastRecv.Store(now.UnixNano())
+
+	c.mu.Lock()
+	stopping, gen, conn := c.stopping, c.gen, c.conn
+	c.mu.Unlock()
+	// Once one message of a connection is released, every later one must
+	// be too: admitting a later one would ack it ahead of the released one
+	// and process it ahead of that one's redelivery.
+	if conn == nil || conn.releasing.Load() || stopping || !c.acquire(conn) {
+		if conn != nil {
+			conn.releasing.Store(true)
+		}
+		c.m.released.Inc()
+		return
+	}
+	e := &entry{c: c, msg: pm, gen: gen, route: hashTopic(pm.Topic()), receivedAt: now}
+	e.refs.Store(2)
+	e.call.Store(callReturned) // a failure reported by TryProcess's done is retried on its own
+	c.mu.Lock()
+	if c.stopping || c.gen != gen {
+		c.mu.Unlock()
+		conn.releasing.Store(true)
+		c.m.released.Inc()
+		c.freeSlot()
+		return
+	}
+	c.ackq = append(c.ackq, e)
+	c.unacked.Add(1)
+	c.mu.Unlock()
+	c.lanes[e.route%uint32(len(c.lanes))].push(e)
+}
+
+// runLane takes the messages of one lane, in receive order, a whole
+// backlog at a time.
+func (c *Consumer) runLane(l *lane) {
+	defer c.wg.Done()
+	var batch []*entry
+	for {
+		var ok bool
+		batch, ok = l.take(batch, c.quit)
+		if !ok {
+			return
+		}
+		for i, e := range batch {
+			c.dispatch(e)
+			batch[i] = nil
+		}
+	}
+}
+
+// dispatch hands e to the Processor without waiting when it can: nothing
+// of its worker's topics is waiting or being processed (so e cannot
+// overtake one of its topic) and the Processor takes it without blocking
+// (its key is cached). Otherwise e goes to its topic's worker, and later
+// messages of the topic queue behind it.
+func (c *Consumer) dispatch(e *entry) {
+	if e.gen != c.genNow.Load() {
+		// Its connection is gone and the broker redelivers it on the new
+		// one: processing this copy would only duplicate work.
+		c.m.released.Inc()
+		c.unref(e) // the processing side; the acknowledgement side was voided by dial
+		return
+	}
+	q := c.queues[e.route%uint32(len(c.queues))]
+	if q.busy.Load() == 0 && c.procCtx.Err() == nil && c.proc.TryProcess(c.procCtx, e.message(), e.finish) {
+		c.m.inline.Inc()
+		return
+	}
+	q.busy.Add(1)
+	q.push(e)
+}
+
+func (c *Consumer) acquire(conn *trackedConn) bool {
+	select {
+	case c.slots <- struct{}{}:
+		c.inUse.Add(1)
+		return true
+	default:
+	}
+	t := time.NewTimer(c.overflowWait)
+	defer t.Stop()
+	select {
+	case c.slots <- struct{}{}:
+		c.inUse.Add(1)
+		return true
+	case <-c.stopIntake:
+		return false
+	case <-conn.closed:
+		return false
+	case <-t.C:
+		// Release this and every later message of the connection (the
+		// caller marks it); once half the slots are free again, freeSlot
+		// closes the connection so the broker redelivers them. Closing
+		// right away would only reconnect into a still-full consumer.
+		c.log.Warn("broker sent more unacknowledged messages than MaxInFlight; releasing them until the consumer has room, then reconnecting for redelivery (set max_inflight_messages at or below MaxInFlight)",
+			zap.Int("max_in_flight", c.o.MaxInFlight), zap.Duration("waited", c.overflowWait))
+		c.overflowConn.Store(conn)
+		return false
+	}
+}
+
+func (c *Consumer) freeSlot() {
+	<-c.slots
+	n := c.inUse.Add(-1)
+	if n == 0 {
+		select {
+		case c.idleWake <- struct{}{}:
+		default:
+		}
+	}
+	if n <= int64(c.o.MaxInFlight/2) {
+		if conn := c.overflowConn.Load(); conn != nil && c.overflowConn.CompareAndSwap(conn, nil) {
+			c.log.Info("room again after overflow; reconnecting so the broker redelivers the released messages")
+			go conn.abort() // a TLS close may wait on a write; never in the caller's path
+		}
+	}
+}
+
+// unref drops one side's hold on e; the slot is freed when both the worker
+// and the acknowledgement side are through with it.
+func (c *Consumer) unref(e *entry) {
+	if e.refs.Add(-1) == 0 {
+		e.msg = nil
+		c.freeSlot()
+	}
+}
+
+// hashTopic picks a topic's lane and worker: FNV-1a, inline so that it
+// costs no allocation per message.
+func hashTopic(topic string) uint32 {
+	h := uint32(2166136261)
+	for i := 0; i < len(topic); i++ {
+		h ^= uint32(topic[i])
+		h *= 16777619
+	}
+	return h
+}
+
+// lane is the FIFO between the intake (paho's router goroutine) and one
+// lane goroutine. The lane takes everything queued at once, and the intake
+// wakes it only when it waits, so a busy lane costs no goroutine hand-off
+// per message.
+type lane struct {
+	mu    sync.Mutex
+	items []*entry
+	idle  bool
+	wake  chan struct{}
+}
+
+func (l *lane) push(e *entry) {
+	l.mu.Lock()
+	l.items = append(l.items, e)
+	wake := l.idle
+	l.idle = false
+	l.mu.Unlock()
+	if wake {
+		select {
+		case l.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// take returns everything queued, in order, reusing buf; it waits while
+// nothing is, and returns false once quit is closed.
+func (l *lane) take(buf []*entry, quit <-chan struct{}) ([]*entry, bool) {
+	for {
+		l.mu.Lock()
+		if len(l.items) > 0 {
+			items := l.items
+			l.items = buf[:0]
+			l.mu.Unlock()
+			return items, true
+		}
+		l.idle = true
+		l.mu.Unlock()
+		select {
+		case <-l.wake:
+		case <-quit:
+			return nil, false
+		}
+	}
+}

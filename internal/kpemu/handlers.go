@@ -1,0 +1,456 @@
+package kpemu
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+func (e *Emulator) createKey(w http.ResponseWriter, r *http.Request, _ string) {
+	e.create(w, r, false)
+}
+
+// createKeyWithPolicies is POST keys_with_policy_overrides.
+func (e *Emulator) createKeyWithPolicies(w http.ResponseWriter, r *http.Request, _ string) {
+	e.create(w, r, true)
+}
+
+func (e *Emulator) create(w http.ResponseWriter, r *http.Request, withPolicies bool) {
+	var env keysEnvelope
+	if err := readBody(r, &env); err != nil || len(env.Resources) != 1 {
+		badBody(w)
+		return
+	}
+	req := env.Resources[0]
+	ring := r.Header.Get("X-Kms-Key-Ring")
+	if ring == "" {
+		ring = defaultRingID
+	}
+	k, err := e.newKey(req, ring, withPolicies)
+	var fe *fieldError
+	switch {
+	case errors.As(err, &fe):
+		invalidField(w, fe.field, fe.msg)
+		return
+	case errors.Is(err, errAliasTaken):
+		writeError(w, http.StatusConflict, "Conflict: Key could not be created: Please see 'reasons' for more details (KEY_ALIAS_NOT_UNIQUE_ERR)",
+			newReason(http.StatusConflict, "KEY_ALIAS_NOT_UNIQUE_ERR", "One or more aliases are already associated with a key in the instance"))
+		return
+	case err != nil:
+		writeError(w, http.StatusInternalServerError, "Internal Server Error", nil)
+		return
+	}
+	e.mu.Lock()
+	j := e.render(k, false)
+	e.mu.Unlock()
+	writeKeys(w, http.StatusCreated, j)
+}
+
+func (e *Emulator) getKey(w http.ResponseWriter, r *http.Request, id string) {
+	e.getOne(w, id, true)
+}
+
+func (e *Emulator) getMetadata(w http.ResponseWriter, r *http.Request, id string) {
+	e.getOne(w, id, false)
+}
+
+func (e *Emulator) getOne(w http.ResponseWriter, id string, withPayload bool) {
+	e.mu.Lock()
+	k := e.lookupLocked(id)
+	if k == nil {
+		e.mu.Unlock()
+		notFound(w)
+		return
+	}
+	j := e.render(k, withPayload)
+	e.mu.Unlock()
+	writeKeys(w, http.StatusOK, j)
+}
+
+func queryInt(r *http.Request, name string, def, max int) (int, bool) {
+	s := r.URL.Query().Get(name)
+	if s == "" {
+		return def, true
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 || n > max {
+		return 0, false
+	}
+	return n, true
+}
+
+func (e *Emulator) listKeys(w http.ResponseWriter, r *http.Request, _ string) {
+	limit, ok1 := queryInt(r, "limit", defaultLimit, maxListLimit)
+	offset, ok2 := queryInt(r, "offset", 0, 1<<30)
+	if !ok1 || !ok2 {
+		invalidField(w, "limit", "an integer from 0 to 5000; offset a non-negative integer")
+		return
+	}
+	if limit == 0 {
+		limit = defaultLimit
+	}
+	q := r.URL.Query()
+	states := map[int]bool{StateActive: true, StateSuspended: true, StateDeactivated: true}
+	if s := q.Get("state"); s != "" {
+		states = map[int]bool{}
+		for _, p := range strings.Split(s, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(p))
+			if err != nil {
+				invalidField(w, "state", "a comma-separated list of key states")
+				return
+			}
+			states[n] = true
+		}
+	}
+	extractable := q.Get("extractable")
+	e.mu.Lock()
+	now := e.now()
+	var out []keyJSON
+	seen := 0
+	for _, id := range e.order {
+		k := e.keys[id]
+		if k == nil || !states[k.effectiveState(now)] {
+			continue
+		}
+		if extractable != "" && strconv.FormatBool(k.extractable) != extractable {
+			continue
+		}
+		seen++
+		if seen <= offset || len(out) >= limit {
+			continue
+		}
+		out = append(out, e.render(k, false))
+	}
+	e.mu.Unlock()
+	writeKeys(w, http.StatusOK, out...)
+}
+
+func (e *Emulator) listVersions(w http.ResponseWriter, r *http.Request, id string) {
+	limit, ok1 := queryInt(r, "limit", defaultLimit, maxListLimit)
+	offset, ok2 := queryInt(r, "offset", 0, 1<<30)
+	if !ok1 || !ok2 {
+		invalidField(w, "limit", "an integer from 0 to 5000; offset a non-negative integer")
+		return
+	}
+	if limit == 0 {
+		limit = defaultLimit
+	}
+	q := r.URL.Query()
+	e.mu.Lock()
+	k := e.lookupLocked(id)
+	if k == nil {
+		e.mu.Unlock()
+		notFound(w)
+		return
+	}
+	if k.effectiveState(e.now()) != StateActive && q.Get("allKeyStates") != "true" {
+		e.mu.Unlock()
+		invalidState(w, "listed")
+		return
+	}
+	var vs []keyVersionJSON
+	for i := len(k.versions) - 1; i >= 0; i-- { // newest first
+		vs = append(vs, keyVersionJSON{ID: k.versions[i].id, CreationDate: utc(k.versions[i].created)})
+	}
+	e.mu.Unlock()
+	total := len(vs)
+	vs = vs[min(offset, total):min(offset+limit, total)]
+	meta := map[string]any{"collectionType": keyType, "collectionTotal": len(vs)}
+	if q.Get("totalCount") == "true" {
+		meta["totalCount"] = total
+	}
+	if vs == nil {
+		vs = []keyVersionJSON{}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"metadata": meta, "resources": vs})
+}
+
+// actionKey reads the body and finds the key for a wrap-family action,
+// answering the refusals itself. It returns nil when it answered. e.mu is
+// held on a non-nil return; the caller unlocks.
+func (e *Emulator) actionKey(w http.ResponseWriter, r *http.Request, id, action string, body *actionBody, allowed ...int) *key {
+	if err := readBody(r, body); err != nil {
+		badBody(w)
+		return nil
+	}
+	if !validAAD(body.AAD) {
+		invalidField(w, "aad", "a list of strings of at most 255 characters each")
+		return nil
+	}
+	e.mu.Lock()
+	k := e.lookupLocked(id)
+	if k == nil {
+		e.mu.Unlock()
+		notFound(w)
+		return nil
+	}
+	st := k.effectiveState(e.now())
+	if st == StateDestroyed {
+		e.mu.Unlock()
+		gone(w, action)
+		return nil
+	}
+	if k.extractable && action != "disable" && action != "enable" {
+		e.mu.Unlock()
+		notRootKey(w, action)
+		return nil
+	}
+	if !slices.Contains(allowed, st) {
+		e.mu.Unlock()
+		past := map[string]string{"wrap": "wrapped", "unwrap": "unwrapped", "rewrap": "rewrapped", "rotate": "rotated", "disable": "disabled", "enable": "enabled"}[action]
+		invalidState(w, past)
+		return nil
+	}
+	return k
+}
+
+func (e *Emulator) wrap(w http.ResponseWriter, r *http.Request, id string) {
+	var body actionBody
+	k := e.actionKey(w, r, id, "wrap", &body, StateActive)
+	if k == nil {
+		return
+	}
+	v := k.latest()
+	e.mu.Unlock()
+	generated := body.PlainText == nil || *body.PlainText == ""
+	var plain []byte
+	if generated {
+		plain = make([]byte, generatedDEK)
+		if _, err := rand.Read(plain); err != nil {
+			writeError(w, http.StatusInternalServerError, "Internal Server Error", nil)
+			return
+		}
+	} else {
+		b, err := base64.StdEncoding.DecodeString(*body.PlainText)
+		if err != nil || len(b) > maxPlaintext {
+			invalidField(w, "plaintext", "a base64 encoded data encryption key of at most 4096 bytes")
+			return
+		}
+		plain = b
+	}
+	defer clear(plain)
+	ct, err := seal(k.id, v, plain, body.AAD)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "Internal Server Error", nil)
+		return
+	}
+	resp := actionBody{CipherText: ct, KeyVersion: &keyVersionJSON{ID: v.id, CreationDate: utc(v.created)}}
+	if generated {
+		resp.PlainText = ptr(base64.StdEncoding.EncodeToString(plain))
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// unwrap answers the plaintext and, when the ciphertext is under an older
+// version, the ciphertext rewrapped under the latest (UnwrapV2).
+func (e *Emulator) unwrap(w http.ResponseWriter, r *http.Request, id string) {
+	e.unwrapAction(w, r, id, "unwrap")
+}
+
+// rewrap re-seals under the latest version without returning the
+// plaintext. keyVersion names the version that unwrapped (as on unwrap),
+// rewrappedKeyVersion the latest.
+func (e *Emulator) rewrap(w http.ResponseWriter, r *http.Request, id string) {
+	e.unwrapAction(w, r, id, "rewrap")
+}
+
+// unwrapAction is unwrap and rewrap: both open the ciphertext under the
+// version it names (refused like a wrong ciphertext when it does not
+// authenticate) and answer the version that opened it; unwrap adds the
+// plaintext and, only when that version is not the latest, the ciphertext
+// resealed under the latest; rewrap always reseals and never answers the
+// plaintext.
+func (e *Emulator) unwrapAction(w http.ResponseWriter, r *http.Request, id, action string) {
+	var body actionBody
+	k := e.actionKey(w, r, id, action, &body, StateActive, StateDeactivated)
+	if k == nil {
+		return
+	}
+	plain, v, err := openCT(k, body.CipherText, body.AAD)
+	latest := k.latest()
+	e.mu.Unlock()
+	if err != nil {
+		badCiphertext(w)
+		return
+	}
+	defer clear(plain)
+	resp := actionBody{KeyVersion: &keyVersionJSON{ID: v.id, CreationDate: utc(v.created)}}
+	if action == "unwrap" {
+		resp.PlainText = ptr(base64.StdEncoding.EncodeToString(plain))
+	}
+	if action == "rewrap" || v.id != latest.id {
+		ct, err := seal(k.id, latest, plain, body.AAD)
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, "Internal Server Error", nil)
+			return
+		}
+		resp.CipherText = ct
+		resp.RewrappedKeyVersion = &keyVersionJSON{ID: latest.id, CreationDate: utc(latest.created)}
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+func (e *Emulator) rotate(w http.ResponseWriter, r *http.Request, id string) {
+	var body actionBody
+	k := e.actionKey(w, r, id, "rotate", &body, StateActive, StateDeactivated)
+	if k == nil {
+		return
+	}
+	defer e.mu.Unlock()
+	now := e.now()
+	if e.opts.RotateInterval > 0 && k.lastRotate != nil && now.Sub(*k.lastRotate) < e.opts.RotateInterval {
+		writeError(w, http.StatusConflict, "Conflict: Action could not be performed on key. Please see reasons for more details.",
+			newReason(http.StatusConflict, "KEY_ROTATION_NOT_PERMITTED", "This root key has been rotated within the last hour. Only one 'rotate' action per hour is permitted"))
+		return
+	}
+	var material []byte
+	switch {
+	case k.imported && body.Payload == "":
+		writeError(w, http.StatusBadRequest, "Bad Request: Key could not be rotated: Please see 'reasons' for more details (KEY_PAYLOAD_REQ_ERR)",
+			newReason(http.StatusBadRequest, "KEY_PAYLOAD_REQ_ERR", "A payload is required to rotate an imported key"))
+		return
+	case !k.imported && body.Payload != "":
+		writeError(w, http.StatusBadRequest, "Bad Request: Key could not be rotated: Please see 'reasons' for more details (INVALID_QUERY_PARAM_ERR)",
+			newReason(http.StatusBadRequest, "INVALID_QUERY_PARAM_ERR", "A payload cannot be supplied to rotate a generated key"))
+		return
+	case k.imported:
+		b, err := base64.StdEncoding.DecodeString(body.Payload)
+		if err != nil || (len(b) != 16 && len(b) != 24 && len(b) != 32) {
+			invalidField(w, "payload", "base64 encoded key material of 128, 192 or 256 bits")
+			return
+		}
+		material = b
+	default:
+		material = make([]byte, rootKeySize)
+		if _, err := rand.Read(material); err != nil {
+			writeError(w, http.StatusInternalServerError, "Internal Server Error", nil)
+			return
+		}
+	}
+	v, err := newVersion(newUUID(), material, now)
+	clear(material)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "Internal Server Error", nil)
+		return
+	}
+	k.versions = append(k.versions, v)
+	k.lastRotate = ptr(now)
+	k.updated = ptr(now)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (e *Emulator) disable(w http.ResponseWriter, r *http.Request, id string) {
+	var body actionBody
+	k := e.actionKey(w, r, id, "disable", &body, StateActive)
+	if k == nil {
+		return
+	}
+	defer e.mu.Unlock()
+	now := e.now()
+	k.state, k.updated, k.lastStateChange = StateSuspended, ptr(now), now
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (e *Emulator) enable(w http.ResponseWriter, r *http.Request, id string) {
+	var body actionBody
+	k := e.actionKey(w, r, id, "enable", &body, StateSuspended)
+	if k == nil {
+		return
+	}
+	defer e.mu.Unlock()
+	now := e.now()
+	if e.opts.ActionCooldown > 0 && now.Sub(k.lastStateChange) < e.opts.ActionCooldown {
+		tooEarly(w)
+		return
+	}
+	k.state, k.updated, k.lastStateChange = StateActive, ptr(now), now
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (e *Emulator) deleteKey(w http.ResponseWriter, r *http.Request, id string) {
+	e.mu.Lock()
+	k := e.lookupLocked(id)
+	if k == nil {
+		e.mu.Unlock()
+		notFound(w)
+		return
+	}
+	if k.state == StateDestroyed {
+		e.mu.Unlock()
+		writeError(w, http.StatusGone, "Gone: Key could not be deleted: Please see 'reasons' for more details (KEY_DELETED_ERR)",
+			newReason(http.StatusGone, "KEY_DELETED_ERR", "Key has already been deleted. Please delete references to this key."))
+		return
+	}
+	now := e.now()
+	k.state, k.updated, k.lastStateChange, k.deletionDate = StateDestroyed, ptr(now), now, ptr(now)
+	j := e.render(k, false)
+	e.mu.Unlock()
+	if strings.Contains(r.Header.Get("Prefer"), "return=representation") {
+		writeKeys(w, http.StatusOK, j)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (e *Emulator) restoreKey(w http.ResponseWriter, r *http.Request, id string) {
+	e.mu.Lock()
+	k := e.lookupLocked(id)
+	if k == nil {
+		e.mu.Unlock()
+		notFound(w)
+		return
+	}
+	now := e.now()
+	switch {
+	case k.state != StateDestroyed:
+		e.mu.Unlock()
+		invalidState(w, "restored")
+		return
+	case e.opts.ActionCooldown > 0 && now.Sub(k.lastStateChange) < e.opts.ActionCooldown:
+		e.mu.Unlock()
+		tooEarly(w)
+		return
+	}
+	k.state, k.updated, k.lastStateChange, k.deletionDate = StateActive, ptr(now), now, nil
+	j := e.render(k, false)
+	e.mu.Unlock()
+	writeKeys(w, http.StatusCreated, j)
+}
+
+func (e *Emulator) purgeKey(w http.ResponseWriter, r *http.Request, id string) {
+	e.mu.Lock()
+	k := e.lookupLocked(id)
+	if k == nil {
+		e.mu.Unlock()
+		notFound(w)
+		return
+	}
+	now := e.now()
+	switch {
+	case k.state != StateDestroyed:
+		e.mu.Unlock()
+		invalidState(w, "purged")
+		return
+	case e.opts.PurgeDelay > 0 && now.Sub(*k.deletionDate) < e.opts.PurgeDelay:
+		e.mu.Unlock()
+		tooEarly(w)
+		return
+	}
+	j := e.render(k, false)
+	delete(e.keys, k.id)
+	for _, a := range k.aliases {
+		delete(e.aliases, a)
+	}
+	e.order = slices.DeleteFunc(e.order, func(s string) bool { return s == k.id })
+	k.versions, k.payload = nil, nil // drop the material (AEADs) with the key
+	e.mu.Unlock()
+	if strings.Contains(r.Header.Get("Prefer"), "return=representation") {
+		writeKeys(w, http.StatusOK, j)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
