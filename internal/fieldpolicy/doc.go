@@ -41,6 +41,12 @@
 // exactly (numbers, strings, member names and order); a policy that
 // changes nothing in a record gives back its bytes, compacted.
 //
+// Wrap, not the pipeline's per-sink RecordEncoder, applies policies: an
+// encoder's error refuses a record for good (it is dead-lettered as
+// sink_rejected), while a pseudonymization key that cannot be loaded for
+// now must fail the sink's Write, so that the pipeline retries the batch
+// and holds the messages unacknowledged meanwhile.
+//
 // Cost: about 17 µs and 180 allocations per record of ~300 bytes with the
 // demo's policy (BenchmarkApply, 2 vCPUs), HMAC included.
 package fieldpolicy
