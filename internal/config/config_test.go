@@ -264,6 +264,7 @@ func TestUnknownKeyRejected(t *testing.T) {
 		{"top level", base + "bogus: 1\n", `unknown key "bogus"`},
 		{"nested", strings.Replace(base, "client_id: test-1", "client_id: test-1\n  clientid: x", 1), `unknown key "clientid"`},
 		{"in a sink", strings.Replace(base, "path: /k/out.jsonl}", "path: /k/out.jsonl, pth: x}", 1), `unknown key "pth"`},
+		{"in a sink's policy", strings.Replace(base, "path: /k/out.jsonl}", "path: /k/out.jsonl, policy: {rulez: []}}", 1), `unknown key "rulez"`},
 		{"secret in file", strings.Replace(base, "local: {root_key_file: /k/root.json}", "local: {root_key_file: /k/root.json}\n  keyprotect: {api_key: abc}", 1), `unknown key "api_key"`},
 	}
 	for _, tc := range cases {
