@@ -90,10 +90,10 @@ func (op *Ops) ShredComplete(ctx context.Context, sel Selector, progress RewrapP
 	if err != nil {
 		return res, err
 	}
-	if replacer, ok := op.o.KMS.(kms.RootReplacer); ok {
+	if replacer := kms.CapabilitiesOf(op.o.KMS).Replace; replacer != nil {
 		var moved kms.Provider
 		moved, err = op.moveToReplacement(ctx, replacer, present, live, &res, progress)
-		if r, ok := moved.(kms.RootRetirer); ok {
+		if r := kms.CapabilitiesOf(moved).Retire; r != nil {
 			retirer = r // it wraps under the replacement, so the old key may go
 		}
 	} else {

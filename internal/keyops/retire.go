@@ -34,10 +34,10 @@ type RetireResult struct {
 
 // retirer is the provider's kms.RootRetirer, or an error naming why not.
 func (op *Ops) retirer() (kms.RootRetirer, error) {
-	if r, ok := op.o.Roots.(kms.RootRetirer); ok {
+	if r := kms.CapabilitiesOf(op.o.Roots).Retire; r != nil {
 		return r, nil
 	}
-	if r, ok := op.o.KMS.(kms.RootRetirer); ok {
+	if r := kms.CapabilitiesOf(op.o.KMS).Retire; r != nil {
 		return r, nil
 	}
 	return nil, errors.New("keyops: the configured KMS cannot retire root key versions")

@@ -47,6 +47,10 @@ type Capabilities struct {
 	Roots    RootManager   // create, rotate and list root keys (dekctl root ...)
 	Describe RootDescriber // one root key with its versions
 	Clock    RootClock     // the wrapping version and when it was made
+	Retire   RootRetirer   // destroy old root versions (retire.go)
+	// Replace wraps under another root key, for a provider whose versions
+	// cannot be retired one at a time (retire.go).
+	Replace RootReplacer
 	// RootKeyID is the root key that wraps new DEKs ("" when the provider
 	// does not say: the only one there is).
 	RootKeyID string
@@ -59,6 +63,8 @@ func CapabilitiesOf(v any) Capabilities {
 	c.Roots, _ = v.(RootManager)
 	c.Describe, _ = v.(RootDescriber)
 	c.Clock, _ = v.(RootClock)
+	c.Retire, _ = v.(RootRetirer)
+	c.Replace, _ = v.(RootReplacer)
 	if n, ok := v.(RootNamer); ok {
 		c.RootKeyID = n.RootKeyID()
 	}

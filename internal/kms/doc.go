@@ -9,7 +9,9 @@
 // Capabilities. Beyond Provider, a provider may manage root keys
 // (RootManager), describe one root key (RootDescriber), tell which root
 // version wraps and when it was made (RootClock, the schedule of fleet root
-// rotation) and name its wrapping root key (RootNamer). Each is a small
+// rotation), name its wrapping root key (RootNamer), destroy old root
+// versions (RootRetirer, retire.go) and, where versions go only with their
+// whole key, wrap under a replacement key (RootReplacer). Each is a small
 // interface declared here, once; CapabilitiesOf is the only place that
 // looks for them, and callers (keyops, rotation, the daemon) hold the
 // resulting Capabilities. Small optional interfaces rather than a
@@ -18,5 +20,6 @@
 // claim one it lacks, and test fakes stay one-method types.
 //
 // Contract. Every provider passes kmstest.RunProviderContract: round trip,
-// AAD binding, error classification, rewrap and root rotation.
+// AAD binding, error classification, rewrap, root rotation and, for a
+// RootRetirer, retirement.
 package kms

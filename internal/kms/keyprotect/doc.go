@@ -1,6 +1,7 @@
 // Package keyprotect is the kms.Provider backed by IBM Key Protect, through
 // github.com/IBM/keyprotect-go-client v0.17.3. It declares every kms
-// capability: RootManager, RootDescriber, RootClock and RootNamer.
+// capability: RootManager, RootDescriber, RootClock, RootNamer,
+// RootRetirer and RootReplacer.
 //
 // It owns four things the client leaves to its caller:
 //

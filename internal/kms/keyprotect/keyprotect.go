@@ -93,7 +93,8 @@ type Provider struct {
 	idle    interface{ CloseIdleConnections() }
 }
 
-// What a Key Protect Provider declares (kms.CapabilitiesOf).
+// What a Key Protect Provider declares (kms.CapabilitiesOf); retire.go adds
+// kms.RootRetirer and kms.RootReplacer.
 var (
 	_ kms.Provider      = (*Provider)(nil)
 	_ kms.RootManager   = (*Provider)(nil)

@@ -1,8 +1,3 @@
-// Package kmstest is the contract every kms.Provider passes:
-// RunProviderContract checks the round trip, AAD binding, error
-// classification (kms.ErrTransient, kms.ErrRootRevoked, permanent), rewrap
-// and root rotation through the declared capabilities. Each provider's
-// tests call it with a Factory that makes a fresh provider per subtest.
 package kmstest
 
 import (
@@ -11,6 +6,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -56,6 +52,7 @@ func RunProviderContract(t *testing.T, f Factory) {
 	t.Run("Revoked", func(t *testing.T) { revoked(t, f(t)) })
 	t.Run("RewrapCurrent", func(t *testing.T) { rewrapCurrent(t, f(t)) })
 	t.Run("RootRotation", func(t *testing.T) { rootRotation(t, f(t)) })
+	t.Run("Retire", func(t *testing.T) { retire(t, f(t)) })
 	t.Run("Concurrent", func(t *testing.T) { concurrent(t, f(t)) })
 }
 
@@ -290,6 +287,64 @@ func rootRotation(t *testing.T, h Harness) {
 	if caps.RootKeyID != "" && caps.RootKeyID != old.RootKeyID {
 		t.Fatalf("RootKeyID %q, but Wrap names root %q", caps.RootKeyID, old.RootKeyID)
 	}
+}
+
+// retire checks root-version retirement through kms.RootRetirer (and, where
+// a version cannot be retired alone, kms.RootReplacer): the wrapping version
+// is refused with kms.ErrRetireWrapping; once a DEK is moved off an older
+// version and that version retired, the old wrapped copy no longer unwraps
+// (a permanent or revoked error, never transient) and the moved one does.
+func retire(t *testing.T, h Harness) {
+	caps := kms.CapabilitiesOf(h.Provider)
+	if caps.Retire == nil {
+		t.Log("provider declares no kms.RootRetirer")
+		return
+	}
+	if caps.Roots == nil {
+		t.Fatal("provider declares kms.RootRetirer without kms.RootManager")
+	}
+	ctx := ctxT(t)
+	d := newDEK(t)
+	old := mustWrap(t, h.Provider, d, aadA)
+	rk, err := caps.Roots.RotateRoot(ctx, old.RootKeyID)
+	if err != nil || len(rk.Versions) == 0 {
+		t.Fatalf("RotateRoot: %+v, %v", rk, err)
+	}
+	newest := rk.Versions[len(rk.Versions)-1]
+	if _, err := caps.Retire.RetireScope(ctx, old.RootKeyID, newest); !errors.Is(err, kms.ErrRetireWrapping) {
+		t.Fatalf("RetireScope of the wrapping version: %v, want kms.ErrRetireWrapping", err)
+	}
+	p, retirer := h.Provider, caps.Retire
+	if caps.Replace != nil { // versions go with their whole key: move to another root key first
+		other, err := caps.Roots.CreateRoot(ctx, "contract-replacement")
+		if err != nil {
+			t.Fatalf("CreateRoot: %v", err)
+		}
+		p = caps.Replace.WithRootKey(other.ID)
+		if retirer = kms.CapabilitiesOf(p).Retire; retirer == nil {
+			t.Fatal("WithRootKey's provider declares no kms.RootRetirer")
+		}
+	}
+	moved, err := p.Rewrap(ctx, old, aadA)
+	if err != nil {
+		t.Fatalf("Rewrap before retiring: %v", err)
+	}
+	scope, err := retirer.RetireScope(ctx, old.RootKeyID, old.RootKeyVersion)
+	if err != nil {
+		t.Fatalf("RetireScope: %v", err)
+	}
+	if !slices.Contains(scope, kms.RootVersion{RootKeyID: old.RootKeyID, Version: old.RootKeyVersion}) ||
+		slices.Contains(scope, kms.RootVersion{RootKeyID: moved.RootKeyID, Version: moved.RootKeyVersion}) {
+		t.Fatalf("RetireScope = %v: want %s/%s in it and the moved DEK's %s/%s not", scope, old.RootKeyID, old.RootKeyVersion, moved.RootKeyID, moved.RootKeyVersion)
+	}
+	if err := retirer.RetireRootVersion(ctx, old.RootKeyID, old.RootKeyVersion); err != nil {
+		t.Fatalf("RetireRootVersion: %v", err)
+	}
+	_, err = p.Unwrap(ctx, old, aadA)
+	if err == nil || errors.Is(err, kms.ErrTransient) {
+		t.Fatalf("Unwrap under a retired version: %v, want a permanent or revoked error", err)
+	}
+	mustUnwrap(t, p, moved, aadA, d)
 }
 
 func hasNewest(roots []kms.RootKey, id, newest string) bool {

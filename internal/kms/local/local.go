@@ -103,8 +103,9 @@ type Provider struct {
 }
 
 // What a local Provider declares (kms.CapabilitiesOf): root management,
-// the root clock and the wrapping root's name; no single-root describe
-// (ListRoots is as cheap: the file holds one root key).
+// the root clock and the wrapping root's name, and version retirement
+// (retire.go); no single-root describe (ListRoots is as cheap: the file
+// holds one root key) and no replacement (a version retires alone).
 var (
 	_ kms.Provider    = (*Provider)(nil)
 	_ kms.RootManager = (*Provider)(nil)
