@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs and starts what the test suite talks to, when it is missing:
-# Mosquitto (the tests start their own brokers from the binary) and
-# PostgreSQL (the registry's tests create a database each). Meant for a fresh
+# Mosquitto (the tests start their own brokers from the binary),
+# PostgreSQL (the registry's tests create a database each), and the C
+# toolchain and libraries that internal/e2e/cdevice builds the C reference
+# device (device/c) with. Meant for a fresh
 # Debian machine where it runs as root; on a machine that already has both
 # (CI, a developer's box) it changes nothing and only prints what it found.
 #
@@ -18,6 +20,13 @@ fi
 command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
 # kcat (librdkafka's CLI): the Kafka sink's test reads its topic back with it.
 command -v kcat >/dev/null 2>&1 || need_apt+=(kcat)
+# The C reference device: gcc, make, pkg-config, OpenSSL's libcrypto and
+# libmosquitto headers.
+command -v gcc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
+command -v make >/dev/null 2>&1 || need_apt+=(make)
+command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+pkg-config --exists libcrypto 2>/dev/null || need_apt+=(libssl-dev)
+pkg-config --exists libmosquitto 2>/dev/null || need_apt+=(libmosquitto-dev)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

@@ -102,6 +102,7 @@ log: {level: error}
 		Delivered    int            `json:"delivered"`
 		DeadLettered int            `json:"dead_lettered"`
 		Duplicates   int            `json:"duplicates"`
+		ByCause      map[string]int `json:"duplicates_by_cause"`
 		Reasons      map[string]int `json:"reasons"`
 		KMSUnwraps   *int           `json:"kms_unwraps"`
 	}
@@ -109,6 +110,7 @@ log: {level: error}
 		t.Fatalf("last line %q: %v", lines[len(lines)-1], err)
 	}
 	if sum.Processed != 2 || sum.Delivered != 0 || sum.DeadLettered != 2 || sum.Duplicates != 0 ||
+		len(sum.ByCause) != 2 || sum.ByCause["redelivery"] != 0 || sum.ByCause["repeat"] != 0 ||
 		sum.Reasons["malformed"] != 1 || sum.Reasons["unknown_key"] != 1 || sum.KMSUnwraps == nil || *sum.KMSUnwraps != 0 {
 		t.Fatalf("summary %s", lines[len(lines)-1])
 	}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/decryptd/decryptd/internal/config"
+	"github.com/decryptd/decryptd/internal/dek"
 	"github.com/decryptd/decryptd/internal/keyops"
 	"github.com/decryptd/decryptd/internal/registry"
 	"github.com/decryptd/decryptd/internal/rotation"
@@ -42,7 +43,7 @@ func (c *cli) rotate(ctx context.Context, args []string) error {
 	switch {
 	case *device != "":
 		if !registry.ValidDeviceID(*device) {
-			return usagef("rotate: device id %q: want 1-128 of A-Z a-z 0-9 . _ : -", clipArg(*device))
+			return usagef("rotate: device id %q: want %s", clipArg(*device), dek.DeviceIDAlphabet)
 		}
 		what = "device " + *device
 	case *group != "":

@@ -8,8 +8,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -227,7 +229,9 @@ func simulate(ctx context.Context, o *options, stdout, stderr io.Writer, env fun
 	var rekeys struct {
 		sync.Mutex
 		installed, refused int
+		refusedBy          map[string]int // by the outcome names of docs/vectors/rekey-v1.json
 	}
+	rekeys.refusedBy = map[string]int{}
 	if o.rekey {
 		pattern := o.rekeyTopic
 		if pattern == "" && cfg != nil {
@@ -239,6 +243,11 @@ func simulate(ctx context.Context, o *options, stdout, stderr io.Writer, env fun
 			switch {
 			case err != nil:
 				rekeys.refused++
+				why := rekey.Outcome(rekey.Taken{}, err)
+				if errors.Is(err, fleet.ErrRekeyNotForFleet) {
+					why = "not_for_device"
+				}
+				rekeys.refusedBy[why]++
 			case installed:
 				rekeys.installed++
 			}
@@ -279,7 +288,7 @@ func simulate(ctx context.Context, o *options, stdout, stderr io.Writer, env fun
 		return exitFailed, err
 	}
 	rekeys.Lock()
-	installed, refused := rekeys.installed, rekeys.refused
+	installed, refused, refusedBy := rekeys.installed, rekeys.refused, maps.Clone(rekeys.refusedBy)
 	rekeys.Unlock()
 	if o.jsonOut {
 		out := struct {
@@ -288,7 +297,8 @@ func simulate(ctx context.Context, o *options, stdout, stderr io.Writer, env fun
 			ExpectedReasons map[string]uint64 `json:"expected_reasons"`
 			RekeysInstalled int               `json:"rekeys_installed"`
 			RekeysRefused   int               `json:"rekeys_refused"`
-		}{sum, ropts.Seed, sum.ExpectedReasons(), installed, refused}
+			RekeysRefusedBy map[string]int    `json:"rekeys_refused_by,omitempty"`
+		}{sum, ropts.Seed, sum.ExpectedReasons(), installed, refused, refusedBy}
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		if err := enc.Encode(out); err != nil {
@@ -298,13 +308,25 @@ func simulate(ctx context.Context, o *options, stdout, stderr io.Writer, env fun
 		sum.Text(stdout)
 		fmt.Fprintf(stdout, "seed         %d\n", ropts.Seed)
 		if o.rekey {
-			fmt.Fprintf(stdout, "rekeys       %d installed, %d refused\n", installed, refused)
+			fmt.Fprintf(stdout, "rekeys       %d installed, %d refused%s\n", installed, refused, byReason(refusedBy))
 		}
 	}
 	if sum.Errors > 0 || sum.Unacknowledged > 0 {
 		return exitFailed, fmt.Errorf("%d publishes failed, %d unacknowledged", sum.Errors, sum.Unacknowledged)
 	}
 	return exitOK, nil
+}
+
+// byReason writes " (rollback 1, auth_failed 2)", or "" for none.
+func byReason(m map[string]int) string {
+	if len(m) == 0 {
+		return ""
+	}
+	var parts []string
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		parts = append(parts, fmt.Sprintf("%s %d", k, m[k]))
+	}
+	return " (" + strings.Join(parts, ", ") + ")"
 }
 
 func wipe(creds []keyops.Credential) {

@@ -139,3 +139,18 @@ func TestUsage(t *testing.T) {
 		})
 	}
 }
+
+func TestByReason(t *testing.T) {
+	for _, tc := range []struct {
+		in   map[string]int
+		want string
+	}{
+		{nil, ""},
+		{map[string]int{"rollback": 1}, " (rollback 1)"},
+		{map[string]int{"rollback": 1, "auth_failed": 2}, " (auth_failed 2, rollback 1)"},
+	} {
+		if got := byReason(tc.in); got != tc.want {
+			t.Errorf("byReason(%v) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}

@@ -214,8 +214,8 @@ type Decrypt struct {
 	// iot-2/type/+/id/{device_id}/evt/+/fmt/+). A topic the pattern does not
 	// match carries no device id and is not checked (package decrypt).
 	TopicPattern string `yaml:"topic_pattern" json:"topic_pattern"`
-	// ReplayWindowEntries bounds the nonces remembered (default 1000000,
-	// about 64 bytes each).
+	// ReplayWindowEntries bounds the nonces remembered (at least this
+	// many, up to 1/16 more; default 1000000, about 50 bytes each).
 	ReplayWindowEntries int `yaml:"replay_window_entries" json:"replay_window_entries"`
 	// ReplayWindowAge is how long an accepted nonce is remembered
 	// (default 24h).

@@ -21,6 +21,7 @@ import (
 	"github.com/decryptd/decryptd/internal/audit"
 	"github.com/decryptd/decryptd/internal/config"
 	"github.com/decryptd/decryptd/internal/daemon"
+	"github.com/decryptd/decryptd/internal/intake"
 	"github.com/decryptd/decryptd/internal/keyops"
 	"github.com/decryptd/decryptd/internal/kms/local"
 	"github.com/decryptd/decryptd/internal/pki"
@@ -157,24 +158,27 @@ func TestDaemonVectors(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 
-	// Publish every case in order at QoS 1 (the replay case depends on
-	// the one before it being accepted first; both are on one topic, which
-	// the daemon processes in order).
+	// Publish every case in order at QoS 1 (the duplicate and replay cases
+	// depend on the ones before them being accepted first; all are on one
+	// topic, which the daemon processes in order).
 	pub := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(b.SSLURL).SetClientID("vector-publisher").
 		SetTLSConfig(b.ClientTLS("publisher")).SetCleanSession(true).SetConnectTimeout(10 * time.Second))
 	if tok := pub.Connect(); !tok.WaitTimeout(15*time.Second) || tok.Error() != nil {
 		t.Fatalf("publisher connect: %v", tok.Error())
 	}
 	defer pub.Disconnect(100)
-	wantOK, wantFail := 0, map[string]int{}
+	wantOK, wantDup, wantFail := 0, 0, map[string]int{}
 	for _, c := range cases {
 		tok := pub.Publish(c.Topic, 1, false, c.Message)
 		if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 			t.Fatalf("publish %s: %v", c.Name, tok.Error())
 		}
-		if c.Expect.OK {
+		switch {
+		case c.Expect.OK:
 			wantOK++
-		} else {
+		case c.Expect.Duplicate:
+			wantDup++
+		default:
 			wantFail[c.Expect.Reason]++
 		}
 	}
@@ -192,8 +196,20 @@ func TestDaemonVectors(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	// Every message is processed (the duplicate leaves no line).
+	for {
+		_, page := httpGet(t, base+"/metrics")
+		if strings.Contains(page, fmt.Sprintf(`decryptd_messages_processed_total{outcome="duplicate"} %d`, wantDup)) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after 20 s: no %d duplicates processed", wantDup)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 
 	records := map[string]map[string]json.RawMessage{}
+	recordCount := map[string]int{}
 	recordLines := map[string][]byte{} // by id, as the sink wrote them
 	for _, l := range readLines(t, recPath) {
 		var r map[string]json.RawMessage
@@ -204,6 +220,7 @@ func TestDaemonVectors(t *testing.T) {
 		_ = json.Unmarshal(r["id"], &id)
 		records[id] = r
 		recordLines[id] = l
+		recordCount[id]++
 	}
 	deadLetters := map[string]sink.DeadLetter{} // by payload
 	dlCount := map[string]int{}
@@ -218,20 +235,40 @@ func TestDaemonVectors(t *testing.T) {
 		deadLetters[string(dl.Payload)] = dl
 		dlCount[string(dl.Payload)]++
 	}
-	// Exactly the failing cases are dead-lettered, once each (the replayed
-	// case's payload is the accepted one's, byte for byte).
+	// Exactly the failing cases are dead-lettered, once each; the exact
+	// repeat is not.
 	wantDL := map[string]int{}
 	for _, c := range cases {
-		if !c.Expect.OK {
+		if !c.Expect.OK && !c.Expect.Duplicate {
 			wantDL[c.Message]++
+		}
+	}
+	for id, n := range recordCount {
+		if n != 1 {
+			t.Errorf("record %s written %d times", id, n)
 		}
 	}
 	if !reflect.DeepEqual(dlCount, wantDL) {
 		t.Errorf("dead letters per payload %v, want %v", dlCount, wantDL)
 	}
 
-	for _, c := range cases {
+	for i, c := range cases {
 		t.Run(c.Name, func(t *testing.T) {
+			if c.Expect.Duplicate {
+				// The message it repeats is the case before it: delivered
+				// once (checked above), never dead-lettered.
+				if _, ok := deadLetters[c.Message]; ok {
+					t.Fatal("an exact repeat was dead-lettered")
+				}
+				var id string
+				if err := json.Unmarshal(cases[i-1].Expect.Record["id"], &id); err != nil {
+					t.Fatal(err)
+				}
+				if recordCount[id] != 1 {
+					t.Fatalf("the repeated message's record written %d times, want once", recordCount[id])
+				}
+				return
+			}
 			if !c.Expect.OK {
 				dl, ok := deadLetters[c.Message]
 				if !ok {
@@ -271,6 +308,8 @@ func TestDaemonVectors(t *testing.T) {
 	for _, line := range []string{
 		fmt.Sprintf(`decryptd_records_delivered_total{sink="records"} %d`, wantOK),
 		`decryptd_decrypt_failures_total{reason="stale"} 0`,
+		fmt.Sprintf(`decryptd_duplicates_total{cause="repeat"} %d`, wantDup),
+		`decryptd_duplicates_total{cause="redelivery"} 0`,
 		`decryptd_build_info{goversion="`,
 		`go_goroutines `,
 		`decryptd_mqtt_connection_up 1`,
@@ -341,6 +380,37 @@ func TestDaemonVectors(t *testing.T) {
 		_, err = daemon.Replay(context.Background(), daemon.Options{Config: cfg}, f)
 		if err == nil || !strings.Contains(err.Error(), "move it aside") {
 			t.Fatalf("Replay of the dead-letter file itself: %v", err)
+		}
+	})
+
+	t.Run("every vector through replay", func(t *testing.T) {
+		// All the cases, in order, as dead letters: a fresh replay gives
+		// each its expected outcome, the exact repeat a duplicate (cause
+		// repeat: no DUP flag).
+		var in bytes.Buffer
+		for _, c := range cases {
+			dl := sink.DeadLetter{Reason: "unknown_key", Error: "x", Message: intake.Message{Topic: c.Topic, ReceivedAt: time.Now().UTC(), Payload: []byte(c.Message)}}
+			in.Write(dl.Record().JSON)
+			in.WriteByte('\n')
+		}
+		before := len(readLines(t, dlPath))
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		sum, err := daemon.Replay(ctx, daemon.Options{Config: cfg}, &in)
+		if err != nil {
+			t.Fatalf("Replay: %v", err)
+		}
+		if sum.Processed != len(cases) || sum.Delivered != wantOK || sum.Duplicates != wantDup || sum.DeadLettered != nFail ||
+			sum.DuplicatesByCause["repeat"] != wantDup || sum.DuplicatesByCause["redelivery"] != 0 || sum.BadLines != 0 {
+			t.Errorf("summary %+v; want %d processed, %d delivered, %d duplicates (repeat), %d dead-lettered", sum, len(cases), wantOK, wantDup, nFail)
+		}
+		for r, n := range sum.Reasons {
+			if n != wantFail[r] {
+				t.Errorf("reasons[%s] = %d, want %d", r, n, wantFail[r])
+			}
+		}
+		if got := len(readLines(t, dlPath)) - before; got != nFail {
+			t.Errorf("%d new dead letters, want %d", got, nFail)
 		}
 	})
 }

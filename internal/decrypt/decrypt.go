@@ -16,11 +16,12 @@ import (
 )
 
 // Message is one message as an input received it (intake.Message). The
-// decryptor reads Topic (the record's topic, and the device id when the
-// input determined none), DeviceID (checked against the payload's
-// device_id), Payload, Redelivered (a duplicate rather than a replay) and
-// ReceivedAt (the record's received_at and the stale check's reference;
-// zero means Options.Now() at Open).
+// decryptor reads Topic (the record's topic, part of the message digest,
+// and the device id when the input determined none), DeviceID (checked
+// against the payload's device_id), Payload and ReceivedAt (the record's
+// received_at and the stale check's reference; zero means Options.Now() at
+// Open). It does not read Redelivered: an exact repeat is a duplicate with
+// or without it (amendment 1); callers count duplicates by it.
 type Message = intake.Message
 
 // Decryptor turns messages into records or failure reasons. It is safe for
@@ -127,139 +128,31 @@ func (d *Decryptor) openPooled(ctx context.Context, m Message, noWait bool) (Rec
 }
 
 func (d *Decryptor) open(ctx context.Context, st *state, m Message, noWait bool) (Record, error) {
-	env, err := st.parse(m.Payload)
+	var env envelope
+	received, err := d.checkEnvelope(st, m, &env)
 	if err != nil {
-		return Record{}, fmt.Errorf("%w: %v", ErrMalformed, err)
-	}
-	// The device id the input determined (the MQTT input reads it from the
-	// topic); a message without one (a replayed dead letter) falls back to
-	// Options.TopicPattern.
-	dev, ok := m.DeviceID, m.DeviceID != ""
-	if !ok {
-		dev, ok = d.topic.DeviceID(m.Topic)
-	}
-	if ok && dev != string(env.deviceID) {
-		return Record{}, fmt.Errorf("%w: topic carries device %q, message device_id is %q", ErrTopicMismatch, dev, env.deviceID)
-	}
-	received := m.ReceivedAt
-	if received.IsZero() {
-		received = d.opts.Now()
-	}
-	if skew := d.opts.ClockSkew; skew > 0 {
-		if diff := timestampTime(env.ts).Sub(received); diff > skew || diff < -skew {
-			return Record{}, fmt.Errorf("%w: timestamp %s is %s from receive time, window %s", ErrStale, env.tsText, diff.Round(time.Second), skew)
-		}
+		return Record{}, err
 	}
 	if len(env.sealed) == 0 {
 		return st.plainRecord(m, received, env), nil
 	}
-
-	// Replay keys (and the record id, the first one's digest) need no key.
-	st.keys = st.keys[:0]
-	var id [sha256.Size]byte
-	for i := range env.sealed {
-		b := st.bin[env.sealed[i].bin.start:]
-		h := append(st.aad[:0], env.keyID...)
-		h = append(h, 0)
-		h = append(h, env.keyVersion...)
-		h = append(h, 0)
-		h = append(h, b[:nonceSize]...)
-		st.aad = h
-		sum := sha256.Sum256(h)
-		if i == 0 {
-			id = sum
-		}
-		st.keys = append(st.keys, replayKey(sum[:len(replayKey{})]))
+	// rec is filled in place (a Record is a few hundred bytes: no copies).
+	var rec Record
+	st.newRecord(&rec, m, received, &env)
+	aead, err := d.resolve(ctx, &rec, noWait)
+	if err != nil {
+		return Record{}, err
 	}
-
-	// One allocation for every string of the record.
-	out := hex.AppendEncode(st.out[:0], id[:])
-	out = append(out, env.deviceID...)
-	out = append(out, env.keyID...)
-	out = append(out, env.keyVersion...)
-	st.out = out
-	strs := string(out)
-	o := 2 * sha256.Size
-	rec := Record{ID: strs[:o], Topic: m.Topic, ReceivedAt: received, Timestamp: env.ts}
-	rec.DeviceID, o = strs[o:o+len(env.deviceID)], o+len(env.deviceID)
-	rec.KeyID, o = strs[o:o+len(env.keyID)], o+len(env.keyID)
-	rec.KeyVersion = strs[o:]
-
-	var aead cipher.AEAD
-	if noWait {
-		ck := d.keys.(CachedKeyResolver)
-		aead, err = ck.ResolveCachedKey(rec.KeyID, rec.KeyVersion, rec.DeviceID)
-		if errors.Is(err, dek.ErrWouldWait) {
-			// Whoever goes on to Open finds the key sooner.
-			ck.PrefetchKey(rec.KeyID, rec.KeyVersion, rec.DeviceID)
-			return Record{}, ErrWouldBlock
-		}
-	} else {
-		aead, err = d.keys.ResolveKey(ctx, rec.KeyID, rec.KeyVersion, rec.DeviceID)
+	if err := st.openSealed(aead, &env, &rec); err != nil {
+		return Record{}, err
 	}
-	switch {
-	case err == nil && aead == nil:
-		return Record{}, fmt.Errorf("%w: key resolver returned no cipher for %s %s", ErrTransient, rec.KeyID, rec.KeyVersion)
-	case err == nil:
-	case errors.Is(err, dek.ErrUnknownKey):
-		return Record{}, fmt.Errorf("%w: %s %s for device %s: %w", ErrUnknownKey, rec.KeyID, rec.KeyVersion, rec.DeviceID, err)
-	case errors.Is(err, dek.ErrRevoked):
-		return Record{}, fmt.Errorf("%w: %s %s: %w", ErrKeyRevoked, rec.KeyID, rec.KeyVersion, err)
-	default:
-		// dek.ErrUnavailable, a cancelled context, or anything the resolver
-		// could not classify: never dead-letter on a fault of ours.
-		return Record{}, fmt.Errorf("%w: resolve %s %s: %w", ErrTransient, rec.KeyID, rec.KeyVersion, err)
-	}
-	if aead.NonceSize() != nonceSize || aead.Overhead() != tagSize {
-		// cipher.AEAD.Open panics on a nonce of the wrong size.
-		return Record{}, fmt.Errorf("%w: key resolver returned a cipher with nonce size %d, overhead %d; want AES-GCM",
-			ErrTransient, aead.NonceSize(), aead.Overhead())
-	}
-
-	// Open every sealed value before judging any plaintext: auth_failed
-	// comes before bad_plaintext in the spec's order.
-	st.pts = st.pts[:0]
-	for i := range env.sealed {
-		sp := env.sealed[i].bin
-		b := st.bin[sp.start:sp.end:sp.end]
-		aad := append(st.aad[:0], env.deviceID...)
-		aad = append(aad, 0)
-		aad = append(aad, env.tsText...)
-		if !env.shapeA {
-			aad = append(aad, 0)
-			aad = append(aad, env.sealed[i].ptr...)
-		}
-		st.aad = aad
-		ct := b[nonceSize:]
-		pt, err := aead.Open(ct[:0], b[:nonceSize], ct, aad)
-		if err != nil {
-			if env.shapeA {
-				return Record{}, fmt.Errorf("%w: encrypted_data under %s %s", ErrAuthFailed, rec.KeyID, rec.KeyVersion)
-			}
-			return Record{}, fmt.Errorf("%w: field %s under %s %s", ErrAuthFailed, env.sealed[i].ptr, rec.KeyID, rec.KeyVersion)
-		}
-		start := sp.start + nonceSize
-		st.pts = append(st.pts, span{start, start + len(pt)})
-	}
-	for i, p := range st.pts {
-		k, v, err := st.sub.document(st.bin[p.start:p.end], false)
-		if err != nil {
-			if env.shapeA {
-				return Record{}, fmt.Errorf("%w: %v", ErrBadPlaintext, err)
-			}
-			return Record{}, fmt.Errorf("%w: field %s: %v", ErrBadPlaintext, env.sealed[i].ptr, err)
-		}
-		if env.shapeA && k != kindObject {
-			return Record{}, fmt.Errorf("%w: plaintext is not a JSON object", ErrBadPlaintext)
-		}
-		st.pts[i] = span{p.start + v.start, p.start + v.end}
-	}
-
 	if d.win != nil {
 		// Ages count from the receive time: no second clock read per
 		// message, and a message retried after a transient fault keeps the
 		// age of its first receipt.
-		if err := d.win.admit(st.keys, m.Redelivered, received.UnixNano()); err != nil {
+		var dg msgDigest
+		dg, st.aad = d.win.dg.digest(st.aad, m.Topic, m.Payload)
+		if err := d.win.admit(st.keys, &dg, received.UnixNano()); err != nil {
 			return Record{}, fmt.Errorf("%w: nonce already accepted under %s %s", err, rec.KeyID, rec.KeyVersion)
 		}
 		rec.rk0, rec.rkN = st.keys[0], len(st.keys)
@@ -267,7 +160,6 @@ func (d *Decryptor) open(ctx context.Context, st *state, m Message, noWait bool)
 			rec.rkMore = slices.Clone(st.keys)
 		}
 	}
-
 	if env.shapeA {
 		p := st.pts[0]
 		buf := make([]byte, len(st.meta)+p.end-p.start)
@@ -284,6 +176,150 @@ func (d *Decryptor) open(ctx context.Context, st *state, m Message, noWait bool)
 		rec.Sealed[i] = string(env.sealed[i].ptr)
 	}
 	return rec, nil
+}
+
+// checkEnvelope runs every check that needs no key, in the spec's order:
+// malformed, topic_mismatch, stale. It fills env and returns the receive
+// time.
+func (d *Decryptor) checkEnvelope(st *state, m Message, env *envelope) (time.Time, error) {
+	var err error
+	*env, err = st.parse(m.Payload)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	// The device id the input determined (the MQTT input reads it from the
+	// topic); a message without one (a replayed dead letter) falls back to
+	// Options.TopicPattern.
+	dev, ok := m.DeviceID, m.DeviceID != ""
+	if !ok {
+		dev, ok = d.topic.DeviceID(m.Topic)
+	}
+	if ok && dev != string(env.deviceID) {
+		return time.Time{}, fmt.Errorf("%w: topic carries device %q, message device_id is %q", ErrTopicMismatch, dev, env.deviceID)
+	}
+	received := m.ReceivedAt
+	if received.IsZero() {
+		received = d.opts.Now()
+	}
+	if skew := d.opts.ClockSkew; skew > 0 {
+		if diff := timestampTime(env.ts).Sub(received); diff > skew || diff < -skew {
+			return time.Time{}, fmt.Errorf("%w: timestamp %s is %s from receive time, window %s", ErrStale, env.tsText, diff.Round(time.Second), skew)
+		}
+	}
+	return received, nil
+}
+
+// newRecord computes what needs no key: each sealed value's replay key
+// (st.keys) and the record's id and names, all its strings in one
+// allocation, into rec.
+func (st *state) newRecord(rec *Record, m Message, received time.Time, env *envelope) {
+	st.keys = st.keys[:0]
+	var id [sha256.Size]byte
+	for i := range env.sealed {
+		b := st.bin[env.sealed[i].bin.start:]
+		h := append(st.aad[:0], env.keyID...)
+		h = append(h, 0)
+		h = append(h, env.keyVersion...)
+		h = append(h, 0)
+		h = append(h, b[:nonceSize]...)
+		st.aad = h
+		sum := sha256.Sum256(h)
+		if i == 0 {
+			id = sum
+		}
+		st.keys = append(st.keys, replayKey(sum[:len(replayKey{})]))
+	}
+	out := hex.AppendEncode(st.out[:0], id[:])
+	out = append(out, env.deviceID...)
+	out = append(out, env.keyID...)
+	out = append(out, env.keyVersion...)
+	st.out = out
+	strs := string(out)
+	o := 2 * sha256.Size
+	rec.ID, rec.Topic, rec.ReceivedAt, rec.Timestamp = strs[:o], m.Topic, received, env.ts
+	rec.DeviceID, o = strs[o:o+len(env.deviceID)], o+len(env.deviceID)
+	rec.KeyID, o = strs[o:o+len(env.keyID)], o+len(env.keyID)
+	rec.KeyVersion = strs[o:]
+}
+
+// resolve looks up rec's key: unknown_key, key_revoked, ErrTransient, or
+// (noWait) ErrWouldBlock having asked for the key to be loaded.
+func (d *Decryptor) resolve(ctx context.Context, rec *Record, noWait bool) (cipher.AEAD, error) {
+	var aead cipher.AEAD
+	var err error
+	if noWait {
+		ck := d.keys.(CachedKeyResolver)
+		aead, err = ck.ResolveCachedKey(rec.KeyID, rec.KeyVersion, rec.DeviceID)
+		if errors.Is(err, dek.ErrWouldWait) {
+			// Whoever goes on to Open finds the key sooner.
+			ck.PrefetchKey(rec.KeyID, rec.KeyVersion, rec.DeviceID)
+			return nil, ErrWouldBlock
+		}
+	} else {
+		aead, err = d.keys.ResolveKey(ctx, rec.KeyID, rec.KeyVersion, rec.DeviceID)
+	}
+	switch {
+	case err == nil && aead == nil:
+		return nil, fmt.Errorf("%w: key resolver returned no cipher for %s %s", ErrTransient, rec.KeyID, rec.KeyVersion)
+	case err == nil:
+	case errors.Is(err, dek.ErrUnknownKey):
+		return nil, fmt.Errorf("%w: %s %s for device %s: %w", ErrUnknownKey, rec.KeyID, rec.KeyVersion, rec.DeviceID, err)
+	case errors.Is(err, dek.ErrRevoked):
+		return nil, fmt.Errorf("%w: %s %s: %w", ErrKeyRevoked, rec.KeyID, rec.KeyVersion, err)
+	default:
+		// dek.ErrUnavailable, a cancelled context, or anything the resolver
+		// could not classify: never dead-letter on a fault of ours.
+		return nil, fmt.Errorf("%w: resolve %s %s: %w", ErrTransient, rec.KeyID, rec.KeyVersion, err)
+	}
+	if aead.NonceSize() != nonceSize || aead.Overhead() != tagSize {
+		// cipher.AEAD.Open panics on a nonce of the wrong size.
+		return nil, fmt.Errorf("%w: key resolver returned a cipher with nonce size %d, overhead %d; want AES-GCM",
+			ErrTransient, aead.NonceSize(), aead.Overhead())
+	}
+	return aead, nil
+}
+
+// openSealed opens every sealed value in place, then checks every
+// plaintext (auth_failed comes before bad_plaintext in the spec's order),
+// leaving each plaintext's JSON value in st.pts.
+func (st *state) openSealed(aead cipher.AEAD, env *envelope, rec *Record) error {
+	st.pts = st.pts[:0]
+	for i := range env.sealed {
+		sp := env.sealed[i].bin
+		b := st.bin[sp.start:sp.end:sp.end]
+		aad := append(st.aad[:0], env.deviceID...)
+		aad = append(aad, 0)
+		aad = append(aad, env.tsText...)
+		if !env.shapeA {
+			aad = append(aad, 0)
+			aad = append(aad, env.sealed[i].ptr...)
+		}
+		st.aad = aad
+		ct := b[nonceSize:]
+		pt, err := aead.Open(ct[:0], b[:nonceSize], ct, aad)
+		if err != nil {
+			if env.shapeA {
+				return fmt.Errorf("%w: encrypted_data under %s %s", ErrAuthFailed, rec.KeyID, rec.KeyVersion)
+			}
+			return fmt.Errorf("%w: field %s under %s %s", ErrAuthFailed, env.sealed[i].ptr, rec.KeyID, rec.KeyVersion)
+		}
+		start := sp.start + nonceSize
+		st.pts = append(st.pts, span{start, start + len(pt)})
+	}
+	for i, p := range st.pts {
+		k, v, err := st.sub.document(st.bin[p.start:p.end], false)
+		if err != nil {
+			if env.shapeA {
+				return fmt.Errorf("%w: %v", ErrBadPlaintext, err)
+			}
+			return fmt.Errorf("%w: field %s: %v", ErrBadPlaintext, env.sealed[i].ptr, err)
+		}
+		if env.shapeA && k != kindObject {
+			return fmt.Errorf("%w: plaintext is not a JSON object", ErrBadPlaintext)
+		}
+		st.pts[i] = span{p.start + v.start, p.start + v.end}
+	}
+	return nil
 }
 
 // wholeData is Record.Sealed of every shape A record (read-only).
@@ -402,7 +438,7 @@ func (st *state) parse(payload []byte) (envelope, error) {
 		return env, errors.New("device_id: not a string")
 	}
 	v := s.stringValue(dev)
-	if !validDeviceID(v) {
+	if !dek.ValidDeviceID(v) {
 		return env, errors.New("device_id: outside its alphabet or length")
 	}
 	e = append(e, v...)
@@ -425,7 +461,7 @@ func (st *state) parse(payload []byte) (envelope, error) {
 		return env, errors.New("key_version: not a string")
 	case kv != nil:
 		v := s.stringValue(kv)
-		if !validKeyVersion(v) {
+		if !dek.ValidKeyVersion(v) {
 			return env, errors.New("key_version: outside its alphabet or length")
 		}
 		e = append(e, v...)
@@ -440,12 +476,12 @@ func (st *state) parse(payload []byte) (envelope, error) {
 			return env, errors.New("key_id: not a string")
 		}
 		v := s.stringValue(ki)
-		if !validKeyID(v) {
+		if !dek.ValidKeyID(v) {
 			return env, errors.New("key_id: outside its alphabet or length")
 		}
 		e = append(e, v...)
 	} else {
-		e = append(e, "device/"...)
+		e = append(e, dek.DeviceKeyPrefix...)
 		e = append(e, e[:nDev]...)
 	}
 	st.env = e

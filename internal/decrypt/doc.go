@@ -13,8 +13,10 @@
 //     bad_plaintext, replay), as sentinel errors for errors.Is and Reason;
 //     everything that needs no key is checked before the key is looked up;
 //   - the replay window of accepted (key id, key version, nonce) triples,
-//     in memory, bounded by entries and age, consulted only once the tag
-//     has verified so forgeries cannot poison it;
+//     each with a digest of its message (a 128-bit keyed hash of topic
+//     0x00 payload, amendment 1; replay.go says why not the spec's example,
+//     SHA-256), in memory, bounded by entries and age, consulted only once
+//     the tag has verified so forgeries cannot poison it;
 //   - the record: its stable id and its JSON form (Record.AppendJSON).
 //
 // Keys come through KeyResolver (the key cache implements it). A resolver
@@ -30,11 +32,34 @@
 //   - Error texts carry offsets, member pointers, device and key names, never
 //     plaintext or key material. Scratch buffers that held plaintext are
 //     wiped before they are reused.
-//   - A redelivery (DUP flag) of a message already accepted is ErrDuplicate,
-//     not a reason: the caller acknowledges and counts it. A caller that
-//     could not deliver a record calls Forget, so the broker's redelivery is
-//     decrypted again. Until the first delivery's outcome is known the caller
-//     must not acknowledge a duplicate of it (the window already holds it).
+//   - An exact repeat of a message already accepted (same key id, version
+//     and nonce, same topic, same payload bytes: a broker redelivery with
+//     the DUP flag, or a QoS 1 device resending what it got no PUBACK for,
+//     which the broker forwards as a new message) is ErrDuplicate, not a
+//     reason, whatever its DUP flag: the caller acknowledges it and counts
+//     it (by the DUP flag: redelivery or repeat). A different message
+//     reusing an accepted nonce (other bytes, or the same bytes on another
+//     topic) is ErrReplay. A caller that could not deliver a record calls
+//     Forget, so a repeat of its message is decrypted again. Until the first
+//     delivery's outcome is known the caller must not acknowledge a
+//     duplicate of it (the window already holds it).
+//
+// The replay window (replay.go) and its false positives: accepted entries
+// are appended to the newest of 17 generations; when it is full the
+// oldest generation is dropped whole, so the window holds at least the
+// last ReplayEntries accepted entries (at most 1/16 more) and none older
+// than ReplayMaxAge counts. A table of 64-byte lines holds a fingerprint
+// per entry (10 bits at the default million entries; fewer for larger
+// windows); a lookup reads one line in the common case. A fingerprint
+// match is only a hint: "seen" is answered solely by comparing the full
+// 128-bit triple digest (and then the message digest) of the entry it
+// points at, so a fingerprint collision costs one more memory read and
+// never turns a new message into a replay or a duplicate. The remaining
+// false "seen" is a collision of the 128-bit triple digest (SHA-256), and
+// a false duplicate one of the 128-bit keyed message digest, whose seeds
+// never leave the process: out of reach. Memory is
+// about 40 bytes per entry plus 4 to 8 of table (about 50 MB at the
+// default bound), grown on demand.
 //
 // Choices where the spec is silent: nesting deeper than 1000 levels, lone
 // UTF-16 surrogate escapes and timestamps beyond int64 are malformed; the

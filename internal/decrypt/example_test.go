@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/cipher"
 	"crypto/rand"
+	"errors"
 	"fmt"
 
 	"github.com/decryptd/decryptd/internal/decrypt"
@@ -52,11 +53,17 @@ func Example() {
 	fmt.Println(rec.DeviceID, rec.KeyID, rec.KeyVersion, rec.Timestamp)
 	fmt.Println(string(rec.Data))
 
+	// The same message again (a QoS 1 device resending what it got no
+	// PUBACK for) is a duplicate; its bytes on another topic, a replay.
 	_, err = d.Open(context.Background(), m)
-	fmt.Println("again:", decrypt.Reason(err))
+	fmt.Println("again:", errors.Is(err, decrypt.ErrDuplicate))
+	m.Topic = "iot-2/type/monitor/id/sensor-001/evt/other/fmt/json"
+	_, err = d.Open(context.Background(), m)
+	fmt.Println("moved:", decrypt.Reason(err))
 	// Output:
 	// sealed on the wire: true
 	// sensor-001 device/sensor-001 v2 1634567890
 	// {"temperature":98.60,"patient_id":"P-0012345"}
-	// again: replay
+	// again: true
+	// moved: replay
 }

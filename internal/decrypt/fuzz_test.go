@@ -17,7 +17,8 @@ import (
 // FuzzOpen feeds arbitrary messages to Open with the vectors' keys: no
 // panic, every input ends in exactly one record or one reason, a record is
 // valid JSON, and the same input gives the same outcome again (a duplicate
-// when it was accepted under a key).
+// when it was accepted under a key, with or without DUP; a replay on
+// another topic).
 func FuzzOpen(f *testing.F) {
 	v := vectors.Load(f)
 	keys := vectorKeys(f, v)
@@ -58,6 +59,19 @@ func FuzzOpen(f *testing.F) {
 			t.Fatalf("redelivery of an accepted message: %v, want duplicate", err)
 		case rec.KeyVersion == "" && (err != nil || rec2.ID != rec.ID || !bytes.Equal(rec2.Data, rec.Data)):
 			t.Fatalf("unencrypted message opened differently twice: %v", err)
+		}
+		if rec.KeyVersion == "" {
+			return
+		}
+		// Amendment 1: an exact repeat is a duplicate without DUP too; the
+		// same bytes on another topic are not an exact repeat.
+		m.Redelivered = false
+		if _, err := d.Open(context.Background(), m); !errors.Is(err, ErrDuplicate) {
+			t.Fatalf("exact repeat of an accepted message: %v, want duplicate", err)
+		}
+		m.Topic += "/moved"
+		if _, err := d.Open(context.Background(), m); Reason(err) != "replay" && Reason(err) != "topic_mismatch" {
+			t.Fatalf("accepted bytes on another topic: %v, want replay", err)
 		}
 	})
 }

@@ -5,48 +5,8 @@ import (
 	"errors"
 )
 
-// Name alphabets of the spec. Each check is a switch, not a lookup table,
-// so there is no package-level state.
-
-func validDeviceID(b []byte) bool {
-	if len(b) < 1 || len(b) > 128 {
-		return false
-	}
-	for _, c := range b {
-		if !alnum(c) && c != '.' && c != '_' && c != ':' && c != '-' {
-			return false
-		}
-	}
-	return true
-}
-
-func validKeyVersion(b []byte) bool {
-	if len(b) < 1 || len(b) > 32 {
-		return false
-	}
-	for _, c := range b {
-		if !alnum(c) && c != '.' && c != '_' && c != '-' {
-			return false
-		}
-	}
-	return true
-}
-
-func validKeyID(b []byte) bool {
-	if len(b) < 1 || len(b) > 200 {
-		return false
-	}
-	for _, c := range b {
-		if !alnum(c) && c != '.' && c != '_' && c != ':' && c != '/' && c != '-' {
-			return false
-		}
-	}
-	return true
-}
-
-func alnum(c byte) bool {
-	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')
-}
+// The spec's name alphabets live in package dek (dek.ValidDeviceID and
+// friends), shared with the registry.
 
 // sealedMin is the shortest SEALED value: a 12-byte nonce and a 16-byte tag.
 const (

@@ -326,17 +326,29 @@ func TestReplayAndDuplicate(t *testing.T) {
 	m1 := k.shapeA(t, k.env, `{"n":1}`)
 	m2 := k.shapeB(t, k.env, seal.Field{Name: "a", Value: []byte(`1`), Seal: true}, seal.Field{Name: "b", Value: []byte(`2`), Seal: true})
 
-	step := func(msg []byte, dup bool, want error) Record {
+	stepOn := func(topic string, msg []byte, dup bool, want error) Record {
 		t.Helper()
-		rec, err := k.open(msg, dup)
+		rec, err := k.d.Open(context.Background(), Message{Topic: topic, Payload: msg, Redelivered: dup})
 		if want == nil && err != nil || want != nil && !errors.Is(err, want) {
 			t.Fatalf("Open(dup=%v) = %v, want %v", dup, err, want)
 		}
 		return rec
 	}
+	step := func(msg []byte, dup bool, want error) Record {
+		t.Helper()
+		return stepOn(testTopic, msg, dup, want)
+	}
+	// The same bytes on a topic the pattern does not match (no topic
+	// check): not an exact repeat.
+	const elsewhere = "lab/sensor-9"
 	r1 := step(m1, false, nil)
 	step(m1, true, ErrDuplicate)
-	step(m1, false, ErrReplay)
+	// Amendment 1: an exact repeat is a duplicate with or without DUP (a
+	// device's QoS 1 resend reaches us as a new message)...
+	step(m1, false, ErrDuplicate)
+	// ...the same bytes on another topic are a replay.
+	stepOn(elsewhere, m1, false, ErrReplay)
+	stepOn(elsewhere, m1, true, ErrReplay)
 	if Reason(fmt.Errorf("x: %w", ErrDuplicate)) != "" {
 		t.Fatal("duplicate is a reason")
 	}
@@ -359,17 +371,24 @@ func TestReplayAndDuplicate(t *testing.T) {
 	step(replayB, false, nil)
 	step(m2, false, ErrReplay) // b accepted again through replayB
 
-	// Entry bound: three more messages push out everything above.
-	for i := range 3 {
+	// Entry bound: at least the last 3 entries are held, and at most
+	// windowGens generations of one entry each (3/16 rounded up): so many
+	// more messages push out everything above.
+	for i := range windowGens {
 		step(k.shapeA(t, k.env, fmt.Sprintf(`{"fill":%d}`, i)), false, nil)
 	}
 	step(m1, false, nil)
+	for i := range 2 {
+		step(k.shapeA(t, k.env, fmt.Sprintf(`{"more":%d}`, i)), false, nil)
+	}
+	stepOn(elsewhere, m1, false, ErrReplay) // still among the last 3
 
 	// Age bound.
 	m3 := k.shapeA(t, k.env, `{"n":3}`)
 	step(m3, false, nil)
 	k.advance(59 * time.Minute)
-	step(m3, false, ErrReplay)
+	step(m3, false, ErrDuplicate)
+	stepOn(elsewhere, m3, false, ErrReplay)
 	k.advance(2 * time.Minute)
 	step(m3, false, nil)
 }
@@ -442,7 +461,8 @@ type zeroReader struct{}
 func (zeroReader) Read(p []byte) (int, error) { clear(p); return len(p), nil }
 
 // TestConcurrentOpen: under the race detector, many goroutines open
-// distinct and repeated messages; each distinct message is accepted once.
+// distinct and repeated messages; each distinct message is accepted once,
+// its repeats are duplicates.
 func TestConcurrentOpen(t *testing.T) {
 	k := newKit(t, Options{})
 	msgs := make([][]byte, 32)
@@ -470,7 +490,7 @@ func TestConcurrentOpen(t *testing.T) {
 					mu.Lock()
 					accepted[rec.ID]++
 					mu.Unlock()
-				case Reason(err) != "replay":
+				case !errors.Is(err, ErrDuplicate):
 					t.Errorf("Open: %v", err)
 				}
 			}

@@ -38,10 +38,12 @@ type Options struct {
 	// device id (the MQTT input, from its own pattern) sets it.
 	TopicPattern string
 
-	// ReplayEntries and ReplayMaxAge bound the replay window: the oldest
-	// accepted (key id, key version, nonce) triples are forgotten first once
-	// either bound is reached. 0 means the default (1,000,000 and 24 h).
-	// Memory is about 40 to 56 bytes per entry (40 MB at the default bound).
+	// ReplayEntries and ReplayMaxAge bound the replay window: at least the
+	// last ReplayEntries accepted (key id, key version, nonce) triples are
+	// remembered (at most 1/16 more), none for longer than ReplayMaxAge; the
+	// oldest are forgotten first. 0 means the default (1,000,000 and 24 h).
+	// Memory is about 45 to 50 bytes per entry (about 50 MB at the default
+	// bound), grown on demand; see doc.go for the layout.
 	ReplayEntries int
 	ReplayMaxAge  time.Duration
 	// ReplayDisabled turns the replay window off: no replay and no duplicate

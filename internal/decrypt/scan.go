@@ -733,12 +733,15 @@ func parseTimestamp(text []byte) (int64, error) {
 		return 0, errors.New("timestamp is not a non-negative integer")
 	}
 	var v int64
+	// Up to 18 digits cannot overflow an int64: no division per digit
+	// (the common case, 10 or 13 digits); beyond, each step is checked.
+	checked := len(text) > 18
 	for _, c := range text {
 		if c < '0' || c > '9' {
 			return 0, errors.New("timestamp is not a non-negative integer")
 		}
 		d := int64(c - '0')
-		if v > (1<<63-1-d)/10 {
+		if checked && v > (1<<63-1-d)/10 {
 			return 0, errors.New("timestamp out of range")
 		}
 		v = v*10 + d

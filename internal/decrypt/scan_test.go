@@ -176,3 +176,28 @@ func TestBase64(t *testing.T) {
 		}
 	}
 }
+
+func TestParseTimestamp(t *testing.T) {
+	for _, tc := range []struct {
+		text string
+		want int64
+		ok   bool
+	}{
+		{"0", 0, true},
+		{"1634567890", 1634567890, true},
+		{"1634567890123", 1634567890123, true},
+		{"999999999999999999", 999999999999999999, true},
+		{"9223372036854775807", 1<<63 - 1, true},
+		{"9223372036854775808", 0, false},
+		{"10000000000000000000", 0, false},
+		{"99999999999999999999", 0, false},
+		{"", 0, false},
+		{"1a", 0, false},
+		{"-1", 0, false},
+	} {
+		got, err := parseTimestamp([]byte(tc.text))
+		if (err == nil) != tc.ok || got != tc.want {
+			t.Errorf("parseTimestamp(%q) = %d, %v; want %d, ok %v", tc.text, got, err, tc.want, tc.ok)
+		}
+	}
+}

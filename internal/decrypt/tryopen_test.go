@@ -169,7 +169,7 @@ func TestTryOpenWouldWaitLeavesNoTrace(t *testing.T) {
 			for _, c := range []struct {
 				dup  bool
 				want error
-			}{{false, ErrReplay}, {true, ErrDuplicate}} {
+			}{{false, ErrDuplicate}, {true, ErrDuplicate}} {
 				rec, err := tryOpen(d, msg, c.dup)
 				if !errors.Is(err, c.want) {
 					t.Fatalf("TryOpen(dup=%v) of an accepted message: %v, want %v", c.dup, err, c.want)
@@ -187,8 +187,8 @@ func TestTryOpenWouldWaitLeavesNoTrace(t *testing.T) {
 			}
 
 			// Forgotten, the message is accepted again, this time by
-			// TryOpen, with the record Open gave, and recorded: Open is a
-			// replay then.
+			// TryOpen, with the record Open gave, and recorded: Open of the
+			// same message is a duplicate then.
 			d.Forget(want)
 			waits = ck.waits.Load()
 			got, err := tryOpen(d, msg, true)
@@ -201,8 +201,8 @@ func TestTryOpenWouldWaitLeavesNoTrace(t *testing.T) {
 			if !reflect.DeepEqual(got, want) {
 				t.Errorf("TryOpen record %s, Open record %s", got.AppendJSON(nil), want.AppendJSON(nil))
 			}
-			if _, err := d.Open(context.Background(), Message{Topic: testTopic, Payload: msg}); !errors.Is(err, ErrReplay) {
-				t.Errorf("Open after TryOpen accepted: %v, want ErrReplay", err)
+			if _, err := d.Open(context.Background(), Message{Topic: testTopic, Payload: msg}); !errors.Is(err, ErrDuplicate) {
+				t.Errorf("Open after TryOpen accepted: %v, want ErrDuplicate", err)
 			}
 		})
 	}
@@ -272,8 +272,9 @@ func TestTryOpenVectors(t *testing.T) {
 		t.Run(c.Name, func(t *testing.T) {
 			m := Message{Topic: c.Topic, Payload: []byte(c.Message), ReceivedAt: received}
 			want, werr := open.Open(context.Background(), m)
-			if got := Reason(werr); werr != nil && got != c.Expect.Reason || werr == nil && !c.Expect.OK {
-				t.Fatalf("Open: %v (reason %q), vector expects ok=%v reason %q", werr, got, c.Expect.OK, c.Expect.Reason)
+			if got := Reason(werr); werr != nil && got != c.Expect.Reason || werr == nil && !c.Expect.OK ||
+				errors.Is(werr, ErrDuplicate) != c.Expect.Duplicate {
+				t.Fatalf("Open: %v (reason %q), vector expects ok=%v reason %q duplicate %v", werr, got, c.Expect.OK, c.Expect.Reason, c.Expect.Duplicate)
 			}
 
 			got, err := warm.TryOpen(m)
@@ -317,7 +318,7 @@ func TestTryOpenVectors(t *testing.T) {
 }
 
 // TryOpen and Open of one message at once: exactly one accepts it, the
-// others are replays.
+// others are duplicates (exact repeats).
 func TestTryOpenRacesOpen(t *testing.T) {
 	k, _, d := cachedKit(t, true)
 	const n = 32
@@ -337,7 +338,7 @@ func TestTryOpenRacesOpen(t *testing.T) {
 				switch {
 				case err == nil:
 					ok.Add(1)
-				case errors.Is(err, ErrReplay):
+				case errors.Is(err, ErrDuplicate):
 					replays.Add(1)
 				default:
 					errs <- err
@@ -350,7 +351,7 @@ func TestTryOpenRacesOpen(t *testing.T) {
 			t.Fatalf("round %d: %v", round, err)
 		}
 		if ok.Load() != 1 || replays.Load() != n-1 {
-			t.Fatalf("round %d: %d accepted, %d replays; want 1 and %d", round, ok.Load(), replays.Load(), n-1)
+			t.Fatalf("round %d: %d accepted, %d duplicates; want 1 and %d", round, ok.Load(), replays.Load(), n-1)
 		}
 	}
 }

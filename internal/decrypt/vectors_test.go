@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"reflect"
 	"testing"
 	"time"
@@ -22,13 +23,16 @@ func TestVectors(t *testing.T) {
 	}
 	received := time.Date(2026, 11, 25, 20, 16, 1, 123456789, time.UTC)
 	for _, c := range v.Cases {
-		// Subtests run in order on the one Decryptor: the replay case
-		// depends on the case before it.
+		// Subtests run in order on the one Decryptor: the duplicate and
+		// replay cases depend on the cases before them.
 		t.Run(c.Name, func(t *testing.T) {
 			rec, err := d.Open(context.Background(), Message{Topic: c.Topic, Payload: []byte(c.Message), ReceivedAt: received})
 			if !c.Expect.OK {
 				if err == nil {
-					t.Fatalf("got a record, want reason %s", c.Expect.Reason)
+					t.Fatalf("got a record, want reason %q duplicate %v", c.Expect.Reason, c.Expect.Duplicate)
+				}
+				if errors.Is(err, ErrDuplicate) != c.Expect.Duplicate {
+					t.Fatalf("%v: duplicate %v, want %v", err, !c.Expect.Duplicate, c.Expect.Duplicate)
 				}
 				if got := Reason(err); got != c.Expect.Reason {
 					t.Fatalf("reason %q (%v), want %q", got, err, c.Expect.Reason)

@@ -42,10 +42,6 @@ type Ref struct {
 
 func (r Ref) String() string { return r.KeyID + "@" + r.Version }
 
-// DeviceKeyID is the key id a message implies when it names none (spec:
-// "where absent it is device/<device_id>").
-func DeviceKeyID(deviceID string) string { return "device/" + deviceID }
-
 // Errors of a key lookup. Callers switch on them with errors.Is; the
 // decryption core maps the first two to the spec's reasons unknown_key and
 // key_revoked, and treats ErrUnavailable as transient (retry, never a reason).

@@ -182,8 +182,9 @@ func (f *fleet) sendBad(ctx context.Context, round int) {
 			if f.last == nil {
 				return "", nil, nil
 			}
-			// The last good message, published again as new (no DUP flag).
-			return topicFromPayload(f.last), f.last, nil
+			// The last good message's sealed value in another message
+			// (an exact copy would be a duplicate: envelope amendment 1).
+			return topicFromPayload(f.last), append([]byte("{ "), f.last[1:]...), nil
 		}},
 	}
 	k := kinds[round%len(kinds)]

@@ -43,6 +43,15 @@ type Device struct {
 	mu      sync.Mutex
 	rekeyed map[string]cipher.AEAD // versions of KeyID installed by rekeys
 	current string                 // newest installed ("": KeyVersion)
+	floor   uint64                 // highest rekey generation accepted (anti-rollback)
+}
+
+// Floor is the highest rekey generation the device accepted for its key
+// (docs/rekey-v1.md, amendment 1); 0 before any.
+func (d *Device) Floor() uint64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.floor
 }
 
 // Current returns the version the device seals under and its cipher.

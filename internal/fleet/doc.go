@@ -24,10 +24,13 @@
 //     iot-2/type/<type>/id/<id>/evt/telemetry/fmt/json and always on the
 //     same connection, so its messages stay in order, with a bound on the
 //     publishes awaiting PUBACK per connection.
-//   - Rekeys: devices implement docs/rekey-v1.md. Fleet.Rekey installs a
-//     rekey on its device (opened with the version it is sealed under, the
-//     old versions kept, new messages sealed under the new one; repeats
-//     are no-ops, anything else refused), and Publisher.SubscribeRekeys
+//   - Rekeys: devices implement docs/rekey-v1.md with amendment 1's
+//     anti-rollback. Fleet.Rekey installs a rekey on its device through
+//     rekey.Take (opened with the version it is sealed under, the old
+//     versions kept, new messages sealed under the new one, the device's
+//     generation floor raised; repeats are no-ops; a generation not above
+//     the floor, or none after one, is refused as ErrRekeyRollback, and so
+//     is anything else that fails a check), and Publisher.SubscribeRekeys
 //     takes them at QoS 2 on every device's command topic over the first
 //     connection, so a simulated fleet follows decryptd's key rotation.
 //   - Load: Run paces the fleet with a token bucket on the monotonic clock

@@ -27,8 +27,11 @@ const (
 	// UnknownVersion: sealed under the device's key but naming a key
 	// version the registry does not have (unknown_key).
 	UnknownVersion Kind = "unknown_version"
-	// Replayed: an exact copy of an earlier good message of the same
-	// device, on the same topic and connection (replay).
+	// Replayed: an earlier good message of the same device, its sealed
+	// value unchanged but the message re-serialised (a space after the
+	// opening brace), on the same topic and connection (replay). An exact
+	// copy would be a duplicate, acknowledged as a QoS 1 resend is
+	// (envelope amendment 1), not a replay.
 	Replayed Kind = "replayed"
 	// Malformed: a good message cut in half, no longer JSON (malformed).
 	Malformed Kind = "malformed"
@@ -356,9 +359,19 @@ func (g *Generator) replay() (Message, bool) {
 		return Message{}, false
 	}
 	m := g.history[g.rng.IntN(len(g.history))]
-	m.Payload = bytes.Clone(m.Payload)
+	m.Payload = ReplayOf(m.Payload)
 	m.Kind = Replayed
 	return m, true
+}
+
+// ReplayOf is what an attacker replaying payload (a JSON object) sends: the
+// same members and sealed values, other bytes (a space after the opening
+// brace), so it is a replay and not an exact repeat (envelope amendment 1:
+// a duplicate).
+func ReplayOf(payload []byte) []byte {
+	out := make([]byte, 0, len(payload)+1)
+	out = append(out, '{', ' ')
+	return append(out, bytes.TrimPrefix(payload, []byte("{"))...)
 }
 
 // otherTopic is the topic of another device than d.

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/decryptd/decryptd/internal/dek"
 	"github.com/decryptd/decryptd/internal/keyops"
 	"github.com/decryptd/decryptd/internal/kms"
 	"github.com/decryptd/decryptd/internal/registry"
@@ -76,7 +77,7 @@ func Requests(n int, opts ProvisionOptions) ([]keyops.ProvisionRequest, error) {
 			reqs[i].Group = opts.Prefix + "group-" + strconv.Itoa(idx/opts.GroupSize)
 		}
 		if !registry.ValidDeviceID(reqs[i].DeviceID) {
-			return nil, fmt.Errorf("fleet: device id %q: want 1-128 of A-Z a-z 0-9 . _ : -", reqs[i].DeviceID)
+			return nil, fmt.Errorf("fleet: device id %q: want %s", reqs[i].DeviceID, dek.DeviceIDAlphabet)
 		}
 	}
 	return reqs, nil

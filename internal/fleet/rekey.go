@@ -18,40 +18,44 @@ import (
 // dropped).
 var (
 	ErrRekeyNotForFleet = errors.New("fleet: rekey for a device or key this fleet does not have")
-	ErrRekeyWrapUnknown = errors.New("fleet: rekey sealed under a key version the device does not hold")
+	// ErrRekeyWrapUnknown is rekey.ErrWrapUnknown.
+	ErrRekeyWrapUnknown = rekey.ErrWrapUnknown
+	// ErrRekeyRollback is rekey.ErrRollback: a generation not above the
+	// highest the device accepted (a replayed older rekey), or none after
+	// one was accepted.
+	ErrRekeyRollback = rekey.ErrRollback
 )
 
 // Rekey installs a rekey message (docs/rekey-v1.md) on its device, as the
-// device would: parse, check it names one of the fleet's devices and that
-// device's key, open the new DEK with the version it is sealed under, keep
-// it next to the old ones and seal every new message under it. A repeat
-// of an installed version is accepted and changes nothing (installed
-// false). Messages already made under an older version keep it (the
-// backend decrypts them during the grace period).
+// device would (rekey.Take): parse, check it names one of the fleet's
+// devices and that device's key, refuse a generation not above the
+// highest the device accepted (anti-rollback), open the new DEK with the
+// version it is sealed under, keep it next to the old ones, raise the
+// device's floor and seal every new message under it. A repeat of an
+// installed version is accepted and changes nothing (installed false), not
+// even the version the device seals under. Messages already made under an
+// older version keep it (the backend decrypts them during the grace
+// period).
 func (f *Fleet) Rekey(payload []byte) (deviceID, version string, installed bool, err error) {
 	m, err := rekey.Parse(payload)
 	if err != nil {
 		return "", "", false, err
 	}
 	d := f.byID[m.DeviceID]
-	if d == nil || m.KeyID != d.KeyID || m.WrapKeyID != d.KeyID {
-		// A group member with a key of its own would be sent the group's
-		// rekey under that key; fleet devices hold one key each.
+	if d == nil {
 		return m.DeviceID, m.NewVersion, false, ErrRekeyNotForFleet
 	}
-	if d.key(m.NewVersion) != nil {
-		return d.ID, m.NewVersion, false, nil // a repeat
+	tk, err := rekey.Take(payload, deviceKeyring{d})
+	if errors.Is(err, rekey.ErrNotForDevice) {
+		// A group member with a key of its own would be sent the group's
+		// rekey under that key; fleet devices hold one key each.
+		return d.ID, m.NewVersion, false, fmt.Errorf("%w: %w", ErrRekeyNotForFleet, err)
 	}
-	wrap := d.key(m.WrapKeyVersion)
-	if wrap == nil {
-		return d.ID, m.NewVersion, false, ErrRekeyWrapUnknown
-	}
-	k, err := m.Open(wrap)
-	if err != nil {
+	if err != nil || tk.Repeat {
 		return d.ID, m.NewVersion, false, err
 	}
-	aead, err := seal.NewAEAD(k)
-	clear(k)
+	aead, err := seal.NewAEAD(tk.DEK)
+	clear(tk.DEK)
 	if err != nil {
 		return d.ID, m.NewVersion, false, err
 	}
@@ -73,9 +77,26 @@ func (f *Fleet) Rekey(payload []byte) (deviceID, version string, installed bool,
 	if _, have := d.rekeyed[m.NewVersion]; have {
 		return d.ID, m.NewVersion, false, nil // a concurrent repeat
 	}
+	if m.Generation > 0 && m.Generation <= d.floor {
+		return d.ID, m.NewVersion, false, fmt.Errorf("%w: a concurrent rekey raised it", ErrRekeyRollback)
+	}
 	d.rekeyed[m.NewVersion] = fk.aead // group members share one cipher
 	d.current = m.NewVersion
+	d.floor = max(d.floor, m.Generation)
 	return d.ID, m.NewVersion, true, nil
+}
+
+// deviceKeyring is a fleet device as rekey.Take sees it.
+type deviceKeyring struct{ d *Device }
+
+func (k deviceKeyring) DeviceID() string          { return k.d.ID }
+func (k deviceKeyring) UsesKey(keyID string) bool { return keyID == k.d.KeyID }
+func (k deviceKeyring) Floor(string) uint64       { return k.d.Floor() }
+func (k deviceKeyring) Key(keyID, version string) cipher.AEAD {
+	if keyID != k.d.KeyID {
+		return nil
+	}
+	return k.d.key(version)
 }
 
 // RekeyFilter turns a command topic pattern ({device_type}, {device_id};

@@ -66,79 +66,11 @@ type RunOptions struct {
 // sensible could be sent (a bad option, a sealing failure); publish
 // failures are counted in the summary.
 func Run(ctx context.Context, f *Fleet, s Sender, opts RunOptions) (Summary, error) {
-	if f == nil || f.Len() == 0 {
-		return Summary{}, errors.New("fleet: run needs at least one device")
-	}
-	if opts.Rate < 0 || math.IsNaN(opts.Rate) || math.IsInf(opts.Rate, 0) {
-		return Summary{}, fmt.Errorf("fleet: rate %v: want >= 0", opts.Rate)
-	}
-	if opts.Count < 0 || opts.Duration < 0 {
-		return Summary{}, errors.New("fleet: count and duration must not be negative")
-	}
-	if !(opts.Offline >= 0 && opts.Offline <= 1) {
-		return Summary{}, fmt.Errorf("fleet: offline share %v: want 0..1", opts.Offline)
-	}
-	if opts.Offline > 0 && opts.OfflineFor <= 0 {
-		return Summary{}, errors.New("fleet: an offline share needs an offline duration")
-	}
-	if err := opts.Mix.Validate(); err != nil {
+	if err := opts.check(f, s); err != nil {
 		return Summary{}, err
 	}
-	if opts.Now == nil {
-		opts.Now = time.Now
-	}
-	if opts.ProgressEvery <= 0 {
-		opts.ProgressEvery = time.Second
-	}
-	if opts.FlushTimeout <= 0 {
-		opts.FlushTimeout = 60 * time.Second
-	}
 	k := s.Connections()
-	if k <= 0 {
-		return Summary{}, errors.New("fleet: sender has no connections")
-	}
-
-	// Which devices start offline: a seeded draw, the same for a seed.
-	pick := rand.New(rand.NewPCG(opts.Seed, 0x0ff11e))
-	offline := make([]bool, f.Len())
-	nOffline := 0
-	for i := range offline {
-		if opts.Offline > 0 && pick.Float64() < opts.Offline {
-			offline[i] = true
-			nOffline++
-		}
-	}
-
-	// Split the fleet, the rate and the count over one worker per
-	// connection that carries at least one device.
-	type part struct {
-		conn    int
-		devices []*Device
-		offline []bool
-		rate    float64
-		count   int64
-	}
-	parts := make([]*part, min(k, f.Len()))
-	for i := range parts {
-		parts[i] = &part{conn: i}
-	}
-	for i := 0; i < f.Len(); i++ {
-		p := parts[i%len(parts)]
-		p.devices = append(p.devices, f.devices[i])
-		p.offline = append(p.offline, offline[i])
-	}
-	var assigned int64
-	for i, p := range parts {
-		share := float64(len(p.devices)) / float64(f.Len())
-		p.rate = opts.Rate * share
-		if opts.Count > 0 {
-			p.count = int64(float64(opts.Count) * share)
-			if i == len(parts)-1 {
-				p.count = opts.Count - assigned
-			}
-			assigned += p.count
-		}
-	}
+	parts, nOffline := split(f, k, &opts)
 
 	st := newStats()
 	start := time.Now()
@@ -148,19 +80,10 @@ func Run(ctx context.Context, f *Fleet, s Sender, opts RunOptions) (Summary, err
 		runCtx, cancel = context.WithTimeout(ctx, opts.Duration)
 	}
 	defer cancel()
+	stopProgress := startProgress(st, start, &opts)
 
-	stopProgress := func() {}
-	if opts.Progress != nil {
-		pctx, pcancel := context.WithCancel(context.Background())
-		var pwg sync.WaitGroup
-		pwg.Add(1)
-		go func() {
-			defer pwg.Done()
-			progressLoop(pctx, st, start, opts)
-		}()
-		stopProgress = func() { pcancel(); pwg.Wait() }
-	}
-
+	// One worker per connection that carries devices (and, with a count,
+	// has messages to make).
 	errs := make([]error, len(parts))
 	var wg sync.WaitGroup
 	for i, p := range parts {
@@ -184,6 +107,7 @@ func Run(ctx context.Context, f *Fleet, s Sender, opts RunOptions) (Summary, err
 	wg.Wait()
 	sendEnd := time.Since(start)
 
+	// The last PUBACKs, then the summary.
 	fctx, fcancel := context.WithTimeout(context.WithoutCancel(ctx), opts.FlushTimeout)
 	flushErr := s.Flush(fctx)
 	fcancel()
@@ -191,7 +115,6 @@ func Run(ctx context.Context, f *Fleet, s Sender, opts RunOptions) (Summary, err
 	if opts.Progress != nil && opts.ProgressTTY {
 		fmt.Fprintln(opts.Progress)
 	}
-
 	sum := st.summary(time.Since(start), sendEnd)
 	sum.Devices = f.Len()
 	sum.Keys = f.Keys()
@@ -205,6 +128,103 @@ func Run(ctx context.Context, f *Fleet, s Sender, opts RunOptions) (Summary, err
 		return sum, err
 	}
 	return sum, nil
+}
+
+// check refuses options Run cannot honour and fills in the defaults.
+func (opts *RunOptions) check(f *Fleet, s Sender) error {
+	if f == nil || f.Len() == 0 {
+		return errors.New("fleet: run needs at least one device")
+	}
+	if opts.Rate < 0 || math.IsNaN(opts.Rate) || math.IsInf(opts.Rate, 0) {
+		return fmt.Errorf("fleet: rate %v: want >= 0", opts.Rate)
+	}
+	if opts.Count < 0 || opts.Duration < 0 {
+		return errors.New("fleet: count and duration must not be negative")
+	}
+	if !(opts.Offline >= 0 && opts.Offline <= 1) {
+		return fmt.Errorf("fleet: offline share %v: want 0..1", opts.Offline)
+	}
+	if opts.Offline > 0 && opts.OfflineFor <= 0 {
+		return errors.New("fleet: an offline share needs an offline duration")
+	}
+	if err := opts.Mix.Validate(); err != nil {
+		return err
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.ProgressEvery <= 0 {
+		opts.ProgressEvery = time.Second
+	}
+	if opts.FlushTimeout <= 0 {
+		opts.FlushTimeout = 60 * time.Second
+	}
+	if s.Connections() <= 0 {
+		return errors.New("fleet: sender has no connections")
+	}
+	return nil
+}
+
+// part is one connection's share of a run: its devices (and which of them
+// start offline), rate and count.
+type part struct {
+	conn    int
+	devices []*Device
+	offline []bool
+	rate    float64
+	count   int64
+}
+
+// split draws which devices start offline (seeded: the same for a seed)
+// and splits the fleet, the rate and the count over the k connections, at
+// most one part per device.
+func split(f *Fleet, k int, opts *RunOptions) (parts []*part, nOffline int) {
+	pick := rand.New(rand.NewPCG(opts.Seed, 0x0ff11e))
+	offline := make([]bool, f.Len())
+	for i := range offline {
+		if opts.Offline > 0 && pick.Float64() < opts.Offline {
+			offline[i] = true
+			nOffline++
+		}
+	}
+	parts = make([]*part, min(k, f.Len()))
+	for i := range parts {
+		parts[i] = &part{conn: i}
+	}
+	for i := 0; i < f.Len(); i++ {
+		p := parts[i%len(parts)]
+		p.devices = append(p.devices, f.devices[i])
+		p.offline = append(p.offline, offline[i])
+	}
+	var assigned int64
+	for i, p := range parts {
+		share := float64(len(p.devices)) / float64(f.Len())
+		p.rate = opts.Rate * share
+		if opts.Count > 0 {
+			p.count = int64(float64(opts.Count) * share)
+			if i == len(parts)-1 {
+				p.count = opts.Count - assigned
+			}
+			assigned += p.count
+		}
+	}
+	return parts, nOffline
+}
+
+// startProgress starts the progress lines, if asked for; the returned
+// function stops them and waits.
+func startProgress(st *stats, start time.Time, opts *RunOptions) (stop func()) {
+	if opts.Progress == nil {
+		return func() {}
+	}
+	pctx, pcancel := context.WithCancel(context.Background())
+	var pwg sync.WaitGroup
+	pwg.Add(1)
+	go func() {
+		defer pwg.Done()
+		progressLoop(pctx, st, start, *opts)
+	}()
+	return func() { pcancel(); pwg.Wait() }
 }
 
 // worker sends one connection's devices' messages.

@@ -53,10 +53,6 @@ type value struct {
 	staleUntil int64 // never served past this
 }
 
-// devicePrefix is what dek.DeviceKeyID puts before a device id; kept here so
-// the hit path checks a device's own key without building a string.
-const devicePrefix = "device/"
-
 // smallGroup is the size up to which a linear scan beats a map lookup.
 const smallGroup = 8
 
@@ -94,8 +90,7 @@ func (d *deviceSet) has(id string) bool {
 
 // allows is registry.Entry.AllowsDevice over the cached device set.
 func (v *value) allows(keyID, deviceID string) bool {
-	if len(keyID) == len(devicePrefix)+len(deviceID) &&
-		keyID[:len(devicePrefix)] == devicePrefix && keyID[len(devicePrefix):] == deviceID {
+	if dek.IsDeviceKeyIDOf(keyID, deviceID) {
 		return true
 	}
 	return v.devices.has(deviceID)

@@ -116,10 +116,10 @@ func ParseImport(data []byte) ([]ImportKey, error) {
 	for i, r := range raw {
 		f := fmt.Sprintf("keys[%d]", i)
 		if !registry.ValidKeyID(r.KeyID) {
-			return fail(invalid("%s.key_id %q: want 1-200 of A-Z a-z 0-9 . _ : / -", f, clip(r.KeyID)))
+			return fail(invalid("%s.key_id %q: want %s", f, clip(r.KeyID), dek.KeyIDAlphabet))
 		}
 		if !registry.ValidKeyVersion(r.Version) {
-			return fail(invalid("%s.key_version %q: want 1-32 of A-Z a-z 0-9 . _ -", f, clip(r.Version)))
+			return fail(invalid("%s.key_version %q: want %s", f, clip(r.Version), dek.KeyVersionAlphabet))
 		}
 		ref := dek.Ref{KeyID: r.KeyID, Version: r.Version}
 		if j, dup := seen[ref]; dup {
@@ -139,7 +139,7 @@ func ParseImport(data []byte) ([]ImportKey, error) {
 		}
 		for k, d := range r.Devices {
 			if !registry.ValidDeviceID(d) {
-				return fail(invalid("%s.devices[%d] %q: want 1-128 of A-Z a-z 0-9 . _ : -", f, k, clip(d)))
+				return fail(invalid("%s.devices[%d] %q: want %s", f, k, clip(d), dek.DeviceIDAlphabet))
 			}
 			for _, prev := range r.Devices[:k] {
 				if prev == d {

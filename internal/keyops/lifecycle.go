@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"strconv"
-	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -79,7 +78,7 @@ func WriteTable(w io.Writer, es []registry.Entry) error {
 			root = e.Wrapped.RootKeyID + "/" + e.Wrapped.RootKeyVersion
 		}
 		devs := strconv.Itoa(len(e.Devices))
-		if strings.HasPrefix(e.KeyID, "device/") && len(e.Devices) == 0 {
+		if dek.IsDeviceKeyID(e.KeyID) && len(e.Devices) == 0 {
 			devs = "-" // a device's own key: only that device
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", e.KeyID, e.Version, e.State, root, devs,

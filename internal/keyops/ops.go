@@ -202,14 +202,14 @@ func (s Selector) check() error {
 		return invalid("give a device id or a key id (and version), not both")
 	case s.DeviceID != "":
 		if !registry.ValidDeviceID(s.DeviceID) {
-			return invalid("device id %q: want 1-128 of A-Z a-z 0-9 . _ : -", clip(s.DeviceID))
+			return invalid("device id %q: want %s", clip(s.DeviceID), dek.DeviceIDAlphabet)
 		}
 	case s.KeyID != "":
 		if !registry.ValidKeyID(s.KeyID) {
-			return invalid("key id %q: want 1-200 of A-Z a-z 0-9 . _ : / -", clip(s.KeyID))
+			return invalid("key id %q: want %s", clip(s.KeyID), dek.KeyIDAlphabet)
 		}
 		if s.Version != "" && !registry.ValidKeyVersion(s.Version) {
-			return invalid("key version %q: want 1-32 of A-Z a-z 0-9 . _ -", clip(s.Version))
+			return invalid("key version %q: want %s", clip(s.Version), dek.KeyVersionAlphabet)
 		}
 	case s.Version != "":
 		return invalid("a version needs its key id")

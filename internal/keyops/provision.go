@@ -101,7 +101,7 @@ const maxCreateTries = 5
 // Needs KMS, Registry, Audit. The caller wipes the Credential.
 func (op *Ops) Provision(ctx context.Context, req ProvisionRequest) (Credential, error) {
 	if !registry.ValidDeviceID(req.DeviceID) {
-		return Credential{}, invalid("device id %q: want 1-128 of A-Z a-z 0-9 . _ : -", clip(req.DeviceID))
+		return Credential{}, invalid("device id %q: want %s", clip(req.DeviceID), dek.DeviceIDAlphabet)
 	}
 	if err := op.needKMS(); err != nil {
 		return Credential{}, err

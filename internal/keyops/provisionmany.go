@@ -73,7 +73,7 @@ func (op *Ops) ProvisionMany(ctx context.Context, reqs []ProvisionRequest, progr
 	seen := make(map[string]int, len(reqs))
 	for i, r := range reqs {
 		if !registry.ValidDeviceID(r.DeviceID) {
-			return nil, invalid("requests[%d]: device id %q: want 1-128 of A-Z a-z 0-9 . _ : -", i, clip(r.DeviceID))
+			return nil, invalid("requests[%d]: device id %q: want %s", i, clip(r.DeviceID), dek.DeviceIDAlphabet)
 		}
 		if r.Group != "" && !registry.ValidKeyID("group/"+r.Group) {
 			return nil, invalid("requests[%d]: group %q: want A-Z a-z 0-9 . _ : / - (key id group/<name>, at most 200)", i, clip(r.Group))

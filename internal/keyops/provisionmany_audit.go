@@ -22,7 +22,8 @@ type BatchAuditor interface {
 func provisionWhy(v *newVersion) string {
 	switch {
 	case v.devices == nil:
-		return "device " + v.ref.KeyID[len("device/"):]
+		d, _ := dek.DeviceOfKeyID(v.ref.KeyID)
+		return "device " + d
 	case len(v.devices) == 1:
 		return "group created for device " + v.devices[0]
 	}

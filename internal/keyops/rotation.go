@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/decryptd/decryptd/internal/audit"
@@ -72,7 +71,7 @@ func (op *Ops) RotateKey(ctx context.Context, keyID, why string) (e registry.Ent
 // nothing worse than a retry: the version name is taken atomically.
 func (op *Ops) RotateKeyFrom(ctx context.Context, keyID string, versions []registry.Entry, why string) (e registry.Entry, created bool, err error) {
 	if !registry.ValidKeyID(keyID) {
-		return registry.Entry{}, false, invalid("key id %q: want 1-200 of A-Z a-z 0-9 . _ : / -", clip(keyID))
+		return registry.Entry{}, false, invalid("key id %q: want %s", clip(keyID), dek.KeyIDAlphabet)
 	}
 	if err := op.needKMS(); err != nil {
 		return registry.Entry{}, false, err
@@ -270,4 +269,4 @@ func (op *Ops) RevokeExpired(ctx context.Context, es []registry.Entry) ([]Outcom
 }
 
 // IsGroupKey reports whether keyID is a group key (not device/<id>).
-func IsGroupKey(keyID string) bool { return !strings.HasPrefix(keyID, "device/") }
+func IsGroupKey(keyID string) bool { return !dek.IsDeviceKeyID(keyID) }

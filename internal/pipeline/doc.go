@@ -33,10 +33,14 @@
 //     its sink failed, or Close's deadline passed) is given to
 //     Opener.Forget, so the broker's redelivery is decrypted again instead
 //     of being taken for a duplicate or a replay.
-//   - A duplicate (the decryptor's ErrDuplicate) is acknowledged only once
+//   - A duplicate (the decryptor's ErrDuplicate: an exact repeat of an
+//     accepted message, envelope amendment 1) is acknowledged only once
 //     every delivery that started before it has finished: if the first copy
 //     failed and was forgotten, the duplicate is decrypted and delivered
-//     instead.
+//     instead. It is never dead-lettered nor delivered twice, and is
+//     counted by cause (decryptd_duplicates_total{cause}): redelivery (the
+//     broker's, DUP set) or repeat (the device sent it again, e.g. a QoS 1
+//     resend after a lost PUBACK, which reaches us without DUP).
 //
 // Each sink gets its own encoded record: the record's standard JSON
 // (decrypt.Record.AppendJSON), shared by every sink that takes it as is,

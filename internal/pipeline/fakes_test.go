@@ -22,17 +22,18 @@ import (
 //	transient:<n>:<id> ErrTransient for the first n opens, then ok:<id>
 //	multiline:<id>     a record whose data spans lines
 //
-// Like the real decryptor it remembers accepted ids: a DUP copy of one is
-// ErrDuplicate, a non-DUP copy a replay; Forget removes it.
+// Like the real decryptor it remembers accepted ids with their topic: an
+// exact repeat (same payload, same topic; DUP or not) is ErrDuplicate, the
+// payload on another topic a replay; Forget removes it.
 type fakeOpener struct {
 	mu        sync.Mutex
-	accepted  map[string]bool
+	accepted  map[string]string // id: topic
 	opens     map[string]int
 	forgotten []string
 }
 
 func newOpener() *fakeOpener {
-	return &fakeOpener{accepted: map[string]bool{}, opens: map[string]int{}}
+	return &fakeOpener{accepted: map[string]string{}, opens: map[string]int{}}
 }
 
 func reasonErr(reason string) error {
@@ -50,6 +51,15 @@ func reasonErr(reason string) error {
 func (f *fakeOpener) TryOpen(m decrypt.Message) (decrypt.Record, error) {
 	if strings.HasPrefix(string(m.Payload), "transient:") || m.Redelivered {
 		return decrypt.Record{}, decrypt.ErrWouldBlock
+	}
+	f.mu.Lock()
+	_, id, _ := strings.Cut(string(m.Payload), ":")
+	topic, ok := f.accepted[id]
+	f.mu.Unlock()
+	if ok && topic == m.Topic {
+		// An exact repeat: the real TryOpen's ErrDuplicate, which
+		// TryProcess declines (it may have to wait for the first copy).
+		return decrypt.Record{}, decrypt.ErrDuplicate
 	}
 	return f.Open(context.Background(), m)
 }
@@ -80,13 +90,13 @@ func (f *fakeOpener) Open(ctx context.Context, m decrypt.Message) (decrypt.Recor
 	default:
 		return decrypt.Record{}, fmt.Errorf("%w: not a fake payload", decrypt.ErrMalformed)
 	}
-	if f.accepted[rest] {
-		if m.Redelivered {
+	if topic, ok := f.accepted[rest]; ok {
+		if topic == m.Topic {
 			return decrypt.Record{}, decrypt.ErrDuplicate
 		}
 		return decrypt.Record{}, fmt.Errorf("%w: nonce already accepted", decrypt.ErrReplay)
 	}
-	f.accepted[rest] = true
+	f.accepted[rest] = m.Topic
 	if data == "" {
 		data = `{"id":"` + rest + `"}`
 	}

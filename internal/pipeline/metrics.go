@@ -16,6 +16,22 @@ const (
 	OutcomeDuplicate    = "duplicate"
 )
 
+// Causes of a duplicate (decryptd_duplicates_total, Result.Cause): an exact
+// repeat of a message already accepted (envelope amendment 1), told apart
+// by the MQTT DUP flag.
+const (
+	// DuplicateRedelivery: the broker redelivered it (DUP set), for
+	// instance after a reconnect.
+	DuplicateRedelivery = "redelivery"
+	// DuplicateRepeat: the device sent it again (DUP clear at us), for
+	// instance a QoS 1 resend after a lost PUBACK, which the broker
+	// forwards as a new message.
+	DuplicateRepeat = "repeat"
+)
+
+// DuplicateCauses is every cause a duplicate is counted under.
+func DuplicateCauses() []string { return []string{DuplicateRedelivery, DuplicateRepeat} }
+
 // ReasonSinkRejected is the dead-letter reason of a record a sink refused
 // for good (sink.ErrBadRecord). It is not one of the spec's reasons: the
 // message decrypted, but cannot be written as it is.
@@ -31,7 +47,7 @@ type metrics struct {
 	processed     *prometheus.CounterVec
 	delivered     *prometheus.CounterVec
 	failures      *prometheus.CounterVec
-	duplicates    prometheus.Counter
+	duplicates    *prometheus.CounterVec
 	deadLetters   *prometheus.CounterVec
 	decryptDur    prometheus.Histogram
 	e2e           prometheus.Histogram
@@ -53,7 +69,7 @@ func newMetrics(reg prometheus.Registerer, sinkNames []string) (*metrics, error)
 	m := &metrics{
 		processed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "decryptd_messages_processed_total",
-			Help: "Messages the pipeline finished with, by outcome: delivered (every sink holds the record), dead_lettered, duplicate (a redelivery already delivered).",
+			Help: "Messages the pipeline finished with, by outcome: delivered (every sink holds the record), dead_lettered, duplicate (an exact repeat of a message already delivered).",
 		}, []string{"outcome"}),
 		delivered: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "decryptd_records_delivered_total",
@@ -63,10 +79,10 @@ func newMetrics(reg prometheus.Registerer, sinkNames []string) (*metrics, error)
 			Name: "decryptd_decrypt_failures_total",
 			Help: "Messages that could not be decrypted, by the spec's failure reason.",
 		}, []string{"reason"}),
-		duplicates: prometheus.NewCounter(prometheus.CounterOpts{
+		duplicates: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "decryptd_duplicates_total",
-			Help: "Broker redeliveries of messages already delivered, acknowledged again without a new record.",
-		}),
+			Help: "Exact repeats of messages already delivered, acknowledged again without a new record, by cause: redelivery (the broker's, DUP set), repeat (the device sent it again, e.g. a QoS 1 resend).",
+		}, []string{"cause"}),
 		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "decryptd_dead_letters_total",
 			Help: "Messages the dead-letter sink holds, by reason (the spec's reasons, and sink_rejected).",
@@ -121,6 +137,9 @@ func newMetrics(reg prometheus.Registerer, sinkNames []string) (*metrics, error)
 		m.sinkUp.WithLabelValues(s).Set(1)
 		m.sinkWrite.WithLabelValues(s)
 		m.sinkBatch.WithLabelValues(s)
+	}
+	for _, c := range DuplicateCauses() {
+		m.duplicates.WithLabelValues(c)
 	}
 	for _, c := range []string{causeKMS, causeSink} {
 		m.retries.WithLabelValues(c)

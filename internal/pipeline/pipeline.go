@@ -212,6 +212,7 @@ func New(o Options) (*Pipeline, error) {
 type Result struct {
 	Outcome string // OutcomeDelivered, OutcomeDeadLettered or OutcomeDuplicate
 	Reason  string // the dead-letter reason, for OutcomeDeadLettered
+	Cause   string // DuplicateRedelivery or DuplicateRepeat, for OutcomeDuplicate
 }
 
 // Process takes m towards the sinks (or the dead-letter sink) and calls
@@ -313,10 +314,12 @@ func (p *Pipeline) submit(ctx context.Context, m decrypt.Message, done func(erro
 	for {
 		rec, err := p.open(ctx, m)
 		if errors.Is(err, decrypt.ErrDuplicate) && !waited {
-			// The first copy may still be on its way to the sinks, and may
+			// An exact repeat (a broker redelivery, or a device's resend):
+			// the first copy may still be on its way to the sinks, and may
 			// yet fail and be forgotten: acknowledge this copy only once
 			// every delivery that started before it has finished, then ask
-			// the decryptor again.
+			// the decryptor again (a forgotten first copy makes this one
+			// new).
 			if werr := p.flight.waitBefore(ctx, d.ticket); werr != nil {
 				d.finish(Result{}, werr)
 				return
@@ -336,9 +339,13 @@ func (p *Pipeline) opened(d *delivery, rec decrypt.Record, err error) {
 		p.deliver(d, rec)
 		return
 	case errors.Is(err, decrypt.ErrDuplicate):
-		p.m.duplicates.Inc()
+		cause := DuplicateRepeat
+		if d.m.Redelivered {
+			cause = DuplicateRedelivery
+		}
+		p.m.duplicates.WithLabelValues(cause).Inc()
 		p.m.processedDuplicate.Inc()
-		d.finish(Result{Outcome: OutcomeDuplicate}, nil)
+		d.finish(Result{Outcome: OutcomeDuplicate, Cause: cause}, nil)
 		return
 	}
 	reason := decrypt.Reason(err)

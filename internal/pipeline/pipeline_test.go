@@ -68,6 +68,12 @@ func msg(payload string) intake.Message {
 	return intake.Message{Topic: "t/" + strings.ReplaceAll(payload, ":", "/"), Payload: []byte(payload), ReceivedAt: received}
 }
 
+// moved is m on another topic: not an exact repeat of m.
+func moved(m intake.Message) intake.Message {
+	m.Topic = "elsewhere/" + m.Topic
+	return m
+}
+
 func process(t *testing.T, e *env, m intake.Message) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -137,9 +143,10 @@ func TestMetricsPreRegistered(t *testing.T) {
 	metrictest.Value(t, e.reg, "decryptd_transient_retries_total", "cause", "sink")
 	metrictest.Value(t, e.reg, "decryptd_duplicates_total")
 	if err := testutil.GatherAndCompare(e.reg, strings.NewReader(`
-# HELP decryptd_duplicates_total Broker redeliveries of messages already delivered, acknowledged again without a new record.
+# HELP decryptd_duplicates_total Exact repeats of messages already delivered, acknowledged again without a new record, by cause: redelivery (the broker's, DUP set), repeat (the device sent it again, e.g. a QoS 1 resend).
 # TYPE decryptd_duplicates_total counter
-decryptd_duplicates_total 0
+decryptd_duplicates_total{cause="redelivery"} 0
+decryptd_duplicates_total{cause="repeat"} 0
 `), "decryptd_duplicates_total"); err != nil {
 		t.Error(err)
 	}
@@ -184,23 +191,44 @@ func TestDeadLetterEveryReason(t *testing.T) {
 	}
 }
 
+// Exact repeats of a delivered message, the broker's (DUP) and the
+// device's (no DUP, amendment 1), are acknowledged and counted by cause,
+// never delivered again nor dead-lettered; the same payload on another
+// topic is a replay.
 func TestDuplicateAcknowledged(t *testing.T) {
 	e := newEnv(t, nil)
 	process(t, e, msg("ok:r1"))
 	dup := msg("ok:r1")
 	dup.Redelivered = true
-	process(t, e, dup)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, c := range []struct {
+		m     intake.Message
+		cause string
+	}{{dup, pipeline.DuplicateRedelivery}, {msg("ok:r1"), pipeline.DuplicateRepeat}, {msg("ok:r1"), pipeline.DuplicateRepeat}} {
+		res, err := e.p.Handle(ctx, c.m)
+		if err != nil || res.Outcome != pipeline.OutcomeDuplicate || res.Cause != c.cause {
+			t.Fatalf("Handle(redelivered=%v) = %+v, %v; want a duplicate, cause %s", c.m.Redelivered, res, err, c.cause)
+		}
+	}
 	if got := ids(e.a.records()); len(got) != 1 {
 		t.Fatalf("sink a holds %v, want r1 once", got)
 	}
 	if n := len(e.dl.records()); n != 0 {
 		t.Fatalf("a duplicate was dead-lettered")
 	}
-	if v := metrictest.Value(t, e.reg, "decryptd_duplicates_total"); v != 1 {
-		t.Errorf("duplicates = %v", v)
+	if v := metrictest.Value(t, e.reg, "decryptd_duplicates_total", "cause", "redelivery"); v != 1 {
+		t.Errorf("duplicates{redelivery} = %v, want 1", v)
 	}
-	if v := metrictest.Value(t, e.reg, "decryptd_messages_processed_total", "outcome", "duplicate"); v != 1 {
+	if v := metrictest.Value(t, e.reg, "decryptd_duplicates_total", "cause", "repeat"); v != 2 {
+		t.Errorf("duplicates{repeat} = %v, want 2", v)
+	}
+	if v := metrictest.Value(t, e.reg, "decryptd_messages_processed_total", "outcome", "duplicate"); v != 3 {
 		t.Errorf("processed{duplicate} = %v", v)
+	}
+	res, err := e.p.Handle(ctx, moved(msg("ok:r1")))
+	if err != nil || res.Outcome != pipeline.OutcomeDeadLettered || res.Reason != "replay" {
+		t.Fatalf("the payload on another topic: %+v, %v; want dead-lettered as replay", res, err)
 	}
 }
 
@@ -209,6 +237,14 @@ func TestDuplicateAcknowledged(t *testing.T) {
 // known; when the first copy is given up (and forgotten), the duplicate
 // is delivered instead.
 func TestDuplicateWaitsForFirstCopy(t *testing.T) {
+	for _, dupFlag := range []bool{true, false} {
+		t.Run(fmt.Sprintf("dup=%v", dupFlag), func(t *testing.T) { duplicateWaitsForFirstCopy(t, dupFlag) })
+	}
+}
+
+// duplicateWaitsForFirstCopy: a broker redelivery (DUP) or a device's
+// resend (no DUP) of a message whose first copy is still on its way.
+func duplicateWaitsForFirstCopy(t *testing.T, dupFlag bool) {
 	e := newEnv(t, nil)
 	e.a.setFailures(1 << 30) // the first copy cannot be written to a
 
@@ -221,7 +257,7 @@ func TestDuplicateWaitsForFirstCopy(t *testing.T) {
 	})
 
 	dup := msg("ok:r1")
-	dup.Redelivered = true
+	dup.Redelivered = dupFlag
 	dupDone := make(chan error, 1)
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -253,8 +289,10 @@ func TestDuplicateWaitsForFirstCopy(t *testing.T) {
 	if got := ids(e.a.records()); len(got) != 1 || got[0] != "r1" {
 		t.Errorf("sink a holds %v, want [r1]", got)
 	}
-	if v := metrictest.Value(t, e.reg, "decryptd_duplicates_total"); v != 0 {
-		t.Errorf("duplicates = %v, want 0 (the first copy was never delivered)", v)
+	for _, cause := range pipeline.DuplicateCauses() {
+		if v := metrictest.Value(t, e.reg, "decryptd_duplicates_total", "cause", cause); v != 0 {
+			t.Errorf("duplicates{%s} = %v, want 0 (the first copy was never delivered)", cause, v)
+		}
 	}
 	if v := metrictest.Value(t, e.reg, "decryptd_messages_processed_total", "outcome", "delivered"); v != 1 {
 		t.Errorf("processed{delivered} = %v, want 1", v)

@@ -14,12 +14,15 @@ import (
 // Summary counts what Replay did. Reasons holds every dead-letter reason
 // (zero included) so the output's shape does not depend on the input.
 type Summary struct {
-	Processed    int            `json:"processed"`
-	Delivered    int            `json:"delivered"`
-	DeadLettered int            `json:"dead_lettered"`
-	Duplicates   int            `json:"duplicates"`
-	Reasons      map[string]int `json:"reasons"`
-	KMSUnwraps   uint64         `json:"kms_unwraps"`
+	Processed    int `json:"processed"`
+	Delivered    int `json:"delivered"`
+	DeadLettered int `json:"dead_lettered"`
+	Duplicates   int `json:"duplicates"`
+	// DuplicatesByCause splits Duplicates by cause (DuplicateCauses, zero
+	// included): redelivery (DUP set) and repeat.
+	DuplicatesByCause map[string]int `json:"duplicates_by_cause"`
+	Reasons           map[string]int `json:"reasons"`
+	KMSUnwraps        uint64         `json:"kms_unwraps"`
 	// BadLines counts input lines that are not dead letters (skipped).
 	BadLines int `json:"bad_lines"`
 }
@@ -44,7 +47,10 @@ func Replay(ctx context.Context, p *Pipeline, r io.Reader) (Summary, error) {
 	if p.o.KMSUnwraps != nil {
 		before = p.o.KMSUnwraps()
 	}
-	sum := Summary{Reasons: map[string]int{}}
+	sum := Summary{Reasons: map[string]int{}, DuplicatesByCause: map[string]int{}}
+	for _, c := range DuplicateCauses() {
+		sum.DuplicatesByCause[c] = 0
+	}
 	for _, reason := range deadLetterReasons() {
 		sum.Reasons[reason] = 0
 	}
@@ -72,6 +78,7 @@ func Replay(ctx context.Context, p *Pipeline, r io.Reader) (Summary, error) {
 					sum.Delivered++
 				case OutcomeDuplicate:
 					sum.Duplicates++
+					sum.DuplicatesByCause[res.Cause]++
 				case OutcomeDeadLettered:
 					sum.DeadLettered++
 					sum.Reasons[res.Reason]++

@@ -23,22 +23,26 @@ func deadLetterLine(t *testing.T, reason, topic, payload string, dup bool) strin
 
 func TestReplay(t *testing.T) {
 	// Every Open stands for one KMS unwrap here, so the summary's count is
-	// known: six messages, one opened twice more after transient faults,
-	// the duplicate once more after waiting for earlier deliveries.
+	// known: seven messages, one opened twice more after transient faults,
+	// each of the two duplicates once more after waiting for earlier
+	// deliveries.
 	var unwraps atomic.Uint64
 	e := newEnv(t, func(o *pipeline.Options) {
 		o.Opener = countingOpener{o.Opener, &unwraps}
 		o.KMSUnwraps = unwraps.Load
 	})
-	// r9 was delivered already: its DUP copy in the input is a duplicate.
+	// r9 was delivered already: its DUP copy in the input is a duplicate
+	// (redelivery), and so is its copy without DUP (a device's repeat).
 	process(t, e, msg("ok:r9"))
+	r9 := msg("ok:r9").Topic
 	in := strings.Join([]string{
 		deadLetterLine(t, "unknown_key", "t/1", "ok:r1", false),
 		deadLetterLine(t, "unknown_key", "t/2", "ok:r2", false),
 		"not a dead letter",
 		deadLetterLine(t, "auth_failed", "t/3", "fail:auth_failed", false),
 		deadLetterLine(t, "malformed", "t/4", "fail:malformed", true),
-		deadLetterLine(t, "unknown_key", "t/9", "ok:r9", true),
+		deadLetterLine(t, "unknown_key", r9, "ok:r9", true),
+		deadLetterLine(t, "unknown_key", r9, "ok:r9", false),
 		"",
 		deadLetterLine(t, "unknown_key", "t/5", "transient:2:r5", false),
 	}, "\n") + "\n"
@@ -49,15 +53,18 @@ func TestReplay(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]int{"processed": 6, "delivered": 3, "dead_lettered": 2, "duplicates": 1, "bad_lines": 1}
+	want := map[string]int{"processed": 7, "delivered": 3, "dead_lettered": 2, "duplicates": 2, "bad_lines": 1}
 	got := map[string]int{"processed": sum.Processed, "delivered": sum.Delivered, "dead_lettered": sum.DeadLettered, "duplicates": sum.Duplicates, "bad_lines": sum.BadLines}
 	for k, v := range want {
 		if got[k] != v {
 			t.Errorf("%s = %d, want %d", k, got[k], v)
 		}
 	}
-	if sum.KMSUnwraps != 9 {
-		t.Errorf("kms_unwraps = %d, want 9", sum.KMSUnwraps)
+	if c := sum.DuplicatesByCause; len(c) != 2 || c["redelivery"] != 1 || c["repeat"] != 1 {
+		t.Errorf("duplicates_by_cause = %v, want redelivery 1, repeat 1", c)
+	}
+	if sum.KMSUnwraps != 11 {
+		t.Errorf("kms_unwraps = %d, want 11", sum.KMSUnwraps)
 	}
 	if sum.Reasons["auth_failed"] != 1 || sum.Reasons["malformed"] != 1 || sum.Reasons["replay"] != 0 {
 		t.Errorf("reasons %v", sum.Reasons)
@@ -66,7 +73,7 @@ func TestReplay(t *testing.T) {
 		t.Errorf("reasons %v: every reason should be listed", sum.Reasons)
 	}
 	b, _ := json.Marshal(sum)
-	for _, k := range []string{`"processed":6`, `"kms_unwraps":`, `"reasons":{`} {
+	for _, k := range []string{`"processed":7`, `"kms_unwraps":`, `"reasons":{`, `"duplicates_by_cause":{"redelivery":1,"repeat":1}`} {
 		if !strings.Contains(string(b), k) {
 			t.Errorf("summary JSON %s lacks %s", b, k)
 		}

@@ -106,7 +106,10 @@ func TestTryProcess(t *testing.T) {
 		{name: "ok", m: msg("ok:r1"), taken: true, records: []string{"r1"}},
 		{name: "ok, multiline", m: msg("multiline:r1"), taken: true, records: []string{"r1"}},
 		{name: "fail auth_failed", m: msg("fail:auth_failed"), taken: true, dead: "auth_failed"},
-		{name: "copy of an accepted message", accept: []string{"ok:r1"}, m: msg("ok:r1"), taken: true, records: []string{"r1"}, dead: "replay"},
+		{name: "copy of an accepted message on another topic", accept: []string{"ok:r1"}, m: moved(msg("ok:r1")), taken: true, records: []string{"r1"}, dead: "replay"},
+		// An exact repeat without DUP (a device's resend) may have to wait
+		// for its first copy: declined as a DUP copy is.
+		{name: "exact repeat of an accepted message", accept: []string{"ok:r1"}, m: msg("ok:r1"), taken: false, records: []string{"r1"}},
 		{name: "transient", m: msg("transient:1:r1"), taken: false},
 		// fakeOpener's TryOpen declines every DUP copy (ErrWouldBlock); the
 		// real decryptor's answer, ErrDuplicate, is the tryErr case below.

@@ -9,41 +9,16 @@ import (
 	"github.com/decryptd/decryptd/internal/dek"
 )
 
-// Name limits from the envelope spec (docs/envelope-v1.md).
-const (
-	maxKeyIDLen      = 200
-	maxKeyVersionLen = 32
-	maxDeviceIDLen   = 128
-)
+// ValidKeyID reports whether s is a key id per the spec (dek.ValidKeyID).
+func ValidKeyID(s string) bool { return dek.ValidKeyID(s) }
 
-// ValidKeyID reports whether s is a key id per the spec: 1 to 200 characters
-// of A-Z a-z 0-9 . _ : / -.
-func ValidKeyID(s string) bool { return validName(s, maxKeyIDLen, true, true) }
+// ValidKeyVersion reports whether s is a key version per the spec
+// (dek.ValidKeyVersion).
+func ValidKeyVersion(s string) bool { return dek.ValidKeyVersion(s) }
 
-// ValidKeyVersion reports whether s is a key version per the spec: 1 to 32
-// characters of A-Z a-z 0-9 . _ -.
-func ValidKeyVersion(s string) bool { return validName(s, maxKeyVersionLen, false, false) }
-
-// ValidDeviceID reports whether s is a device id per the spec: 1 to 128
-// characters of A-Z a-z 0-9 . _ : -.
-func ValidDeviceID(s string) bool { return validName(s, maxDeviceIDLen, true, false) }
-
-func validName(s string, max int, colon, slash bool) bool {
-	if len(s) == 0 || len(s) > max {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9',
-			c == '.', c == '_', c == '-':
-		case c == ':' && colon, c == '/' && slash:
-		default:
-			return false
-		}
-	}
-	return true
-}
+// ValidDeviceID reports whether s is a device id per the spec
+// (dek.ValidDeviceID).
+func ValidDeviceID(s string) bool { return dek.ValidDeviceID(s) }
 
 // Validate checks the invariants every stored entry holds. Both backends call
 // it on every write, so a registry never contains an entry that breaks them:
@@ -53,10 +28,10 @@ func validName(s string, max int, colon, slash bool) bool {
 // The error wraps ErrInvalid and never contains key material.
 func (e Entry) Validate() error {
 	if !ValidKeyID(e.KeyID) {
-		return fmt.Errorf("%w: key_id %q: want 1-200 of A-Z a-z 0-9 . _ : / -", ErrInvalid, clip(e.KeyID))
+		return fmt.Errorf("%w: key_id %q: want %s", ErrInvalid, clip(e.KeyID), dek.KeyIDAlphabet)
 	}
 	if !ValidKeyVersion(e.Version) {
-		return fmt.Errorf("%w: %s key_version %q: want 1-32 of A-Z a-z 0-9 . _ -", ErrInvalid, e.KeyID, clip(e.Version))
+		return fmt.Errorf("%w: %s key_version %q: want %s", ErrInvalid, e.KeyID, clip(e.Version), dek.KeyVersionAlphabet)
 	}
 	if !e.State.Valid() {
 		return fmt.Errorf("%w: %s: state %q: want active, decrypt_only, revoked or shredded", ErrInvalid, e.Ref(), clip(string(e.State)))
@@ -77,7 +52,7 @@ func (e Entry) Validate() error {
 		seen := make(map[string]struct{}, len(e.Devices))
 		for i, d := range e.Devices {
 			if !ValidDeviceID(d) {
-				return fmt.Errorf("%w: %s: devices[%d] %q: want 1-128 of A-Z a-z 0-9 . _ : -", ErrInvalid, e.Ref(), i, clip(d))
+				return fmt.Errorf("%w: %s: devices[%d] %q: want %s", ErrInvalid, e.Ref(), i, clip(d), dek.DeviceIDAlphabet)
 			}
 			if _, dup := seen[d]; dup {
 				return fmt.Errorf("%w: %s: device %q listed twice", ErrInvalid, e.Ref(), d)
@@ -87,11 +62,11 @@ func (e Entry) Validate() error {
 	}
 	for i, d := range e.Rotation.AdoptedBy {
 		if !ValidDeviceID(d) {
-			return fmt.Errorf("%w: %s: rotation.adopted_by[%d] %q: want 1-128 of A-Z a-z 0-9 . _ : -", ErrInvalid, e.Ref(), i, clip(d))
+			return fmt.Errorf("%w: %s: rotation.adopted_by[%d] %q: want %s", ErrInvalid, e.Ref(), i, clip(d), dek.DeviceIDAlphabet)
 		}
 	}
 	if s := e.Rotation.Supersedes; s != "" && !ValidKeyVersion(s) {
-		return fmt.Errorf("%w: %s: rotation.supersedes %q: want 1-32 of A-Z a-z 0-9 . _ -", ErrInvalid, e.Ref(), clip(s))
+		return fmt.Errorf("%w: %s: rotation.supersedes %q: want %s", ErrInvalid, e.Ref(), clip(s), dek.KeyVersionAlphabet)
 	}
 	if e.Rotation.RekeyAttempts < 0 || e.Rotation.RekeyFailures < 0 {
 		return fmt.Errorf("%w: %s: rotation counts must not be negative", ErrInvalid, e.Ref())

@@ -185,6 +185,9 @@ func FuzzParse(f *testing.F) {
 	for _, v := range loadVectors(f) {
 		f.Add([]byte(v.Message))
 	}
+	for _, c := range publishedCases(f).Cases {
+		f.Add([]byte(c.Message))
+	}
 	f.Add([]byte(`{}`))
 	wrap := gcm(f, make([]byte, 32))
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -195,8 +198,11 @@ func FuzzParse(f *testing.F) {
 			}
 			return
 		}
-		if len(m.Sealed) != rekey.SealedSize {
+		if len(m.Sealed) != rekey.SealedSize || (m.Generation > 0) != (len(m.SealedGen) == rekey.SealedSize) {
 			t.Fatal("accepted a bad length")
+		}
+		if m.Generation > rekey.MaxGeneration {
+			t.Fatal("accepted a generation above 2^53-1")
 		}
 		_, _ = m.Open(wrap)
 	})

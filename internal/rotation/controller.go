@@ -488,6 +488,12 @@ func (c *Controller) sendJob(ctx context.Context, j job, devKeys map[string]regi
 }
 
 func (c *Controller) sendOne(ctx context.Context, pending registry.Entry, newKey []byte, deviceID string, wrap registry.Entry) error {
+	// The generation (docs/rekey-v1.md, amendment 1) lets the device refuse
+	// a replayed older rekey: rotation names versions v<N>, N counting up.
+	gen, ok := rekey.GenerationOf(pending.Version)
+	if !ok {
+		return fmt.Errorf("%s: version name carries no generation (want v<N>)", pending.Ref())
+	}
 	wk, err := c.o.Ops.UnwrapForRekey(ctx, wrap, deviceID)
 	if err != nil {
 		return err
@@ -498,7 +504,7 @@ func (c *Controller) sendOne(ctx context.Context, pending registry.Entry, newKey
 		return err
 	}
 	h := rekey.Header{DeviceID: deviceID, KeyID: pending.KeyID, NewVersion: pending.Version,
-		WrapKeyID: wrap.KeyID, WrapKeyVersion: wrap.Version}
+		WrapKeyID: wrap.KeyID, WrapKeyVersion: wrap.Version, Generation: gen}
 	msg, err := rekey.Seal(c.o.Rand, aead, h, newKey, c.o.Now())
 	if err != nil {
 		return err

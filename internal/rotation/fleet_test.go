@@ -49,6 +49,10 @@ func (d *simDevice) handleRekey(payload []byte) error {
 	if err != nil {
 		return err
 	}
+	// The publisher sends amendment 1's generation: N for version v<N>.
+	if g, ok := rekey.GenerationOf(m.NewVersion); !ok || m.Generation != g {
+		return fmt.Errorf("rekey for %s carries generation %d", m.NewVersion, m.Generation)
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if m.DeviceID != d.id || m.KeyID != dek.DeviceKeyID(d.id) {

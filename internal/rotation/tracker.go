@@ -236,11 +236,8 @@ func contains(ss []string, s string) bool {
 }
 
 func deviceOfKey(keyID string) string {
-	const p = "device/"
-	if len(keyID) > len(p) && keyID[:len(p)] == p {
-		return keyID[len(p):]
-	}
-	return ""
+	d, _ := dek.DeviceOfKeyID(keyID)
+	return d
 }
 
 // Pending returns how many versions the tracker holds as pending.

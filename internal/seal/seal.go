@@ -11,6 +11,8 @@ import (
 	"io"
 	"strconv"
 	"strings"
+
+	"github.com/decryptd/decryptd/internal/dek"
 )
 
 // Prefix starts a sealed field's string value (shape B).
@@ -43,33 +45,19 @@ type Envelope struct {
 }
 
 func (e Envelope) validate() error {
-	if !validName(e.DeviceID, 128, ".:_-") {
+	if !dek.ValidDeviceID(e.DeviceID) {
 		return fmt.Errorf("seal: device id %q outside the spec's alphabet or length", e.DeviceID)
 	}
 	if e.Timestamp < 0 {
 		return errors.New("seal: negative timestamp")
 	}
-	if e.KeyID != "" && !validName(e.KeyID, 200, ".:/_-") {
+	if e.KeyID != "" && !dek.ValidKeyID(e.KeyID) {
 		return fmt.Errorf("seal: key id %q outside the spec's alphabet or length", e.KeyID)
 	}
-	if e.KeyVersion != "" && !validName(e.KeyVersion, 32, "._-") {
+	if e.KeyVersion != "" && !dek.ValidKeyVersion(e.KeyVersion) {
 		return fmt.Errorf("seal: key version %q outside the spec's alphabet or length", e.KeyVersion)
 	}
 	return nil
-}
-
-func validName(s string, max int, extra string) bool {
-	if len(s) < 1 || len(s) > max {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || strings.IndexByte(extra, c) >= 0 {
-			continue
-		}
-		return false
-	}
-	return true
 }
 
 // Sealer seals values with nonces drawn from its reader.

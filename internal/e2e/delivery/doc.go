@@ -23,7 +23,12 @@
 //   - two daemons sharing the registry give equal pseudonyms under a field
 //     policy, and new (equal) ones once the pseudonymization key is
 //     rotated; each audit log records the policy in force and every load
-//     of the key.
+//     of the key;
+//   - a device's QoS 1 retransmission (a TCP proxy in the test drops its
+//     first PUBACK and the link; paho resends with DUP, Mosquitto forwards
+//     the resend as a new message) ends as one record and one duplicate
+//     counted under cause repeat, nothing dead-lettered (envelope
+//     amendment 1).
 //
 // The daemons are observed from the outside: their sinks (records by id)
 // and their decryptd_* metrics scraped from /metrics.

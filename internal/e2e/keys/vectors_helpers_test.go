@@ -2,6 +2,7 @@ package keys_test
 
 import (
 	"context"
+	"errors"
 	"reflect"
 	"testing"
 	"time"
@@ -21,15 +22,18 @@ func runVectors(t *testing.T, v vectors.File, keys decrypt.KeyResolver) {
 	}
 	received := time.Date(2026, 11, 25, 20, 16, 1, 0, time.UTC)
 	for _, c := range v.Cases {
-		// In order, on the one Decryptor: the replay case depends on the
-		// case before it.
+		// In order, on the one Decryptor: the duplicate and replay cases
+		// depend on the cases before them.
 		t.Run(c.Name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 			defer cancel()
 			rec, err := d.Open(ctx, decrypt.Message{Topic: c.Topic, Payload: []byte(c.Message), ReceivedAt: received})
 			if !c.Expect.OK {
 				if err == nil {
-					t.Fatalf("got a record, want reason %s", c.Expect.Reason)
+					t.Fatalf("got a record, want reason %q duplicate %v", c.Expect.Reason, c.Expect.Duplicate)
+				}
+				if errors.Is(err, decrypt.ErrDuplicate) != c.Expect.Duplicate {
+					t.Fatalf("%v: want duplicate %v", err, c.Expect.Duplicate)
 				}
 				if got := decrypt.Reason(err); got != c.Expect.Reason {
 					t.Fatalf("reason %q (%v), want %q", got, err, c.Expect.Reason)

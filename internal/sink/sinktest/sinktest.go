@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/decryptd/decryptd/internal/dek"
 	"github.com/decryptd/decryptd/internal/sink"
 )
 
@@ -57,7 +58,7 @@ func Records(prefix string, n int) []sink.Record {
 			"id":          id,
 			"device_id":   dev,
 			"timestamp":   1634567890 + i,
-			"key_id":      "device/" + dev,
+			"key_id":      dek.DeviceKeyID(dev),
 			"key_version": "v2",
 			"data": map[string]any{
 				"seq":        i,

@@ -5,8 +5,10 @@
 // Load finds the file from any package's tests by walking up from the
 // working directory to the module root (the directory holding go.mod): no
 // test counts "../" segments. It checks the file before handing it out: the
-// spec name, keys with 32-byte DEKs and known states, cases that either
-// expect a record or name a reason.
+// spec name, keys with 32-byte DEKs and known states, cases that expect a
+// record, name a reason, or expect a duplicate (amendment 1: an exact
+// repeat). The copy published for device makers (docs/vectors/) must be
+// the same bytes: TestPublishedCopy fails when the two drift.
 //
 // Diff and CheckRecord apply the file's notes: every expected member other
 // than data/data_text must be in the record with that value (others may be

@@ -18,6 +18,11 @@ import (
 // RelPath is where the vector file lives, relative to the module root.
 const RelPath = "testdata/envelope-v1.json"
 
+// PublishedRelPath is the copy published for device makers beside the
+// spec (docs/vectors/), relative to the module root. It must hold the same
+// bytes as RelPath (TestPublishedCopy).
+const PublishedRelPath = "docs/vectors/envelope-v1.json"
+
 // Spec is the value of the file's "spec" member.
 const Spec = "envelope-v1"
 
@@ -55,10 +60,13 @@ type Case struct {
 	Expect  Expect `json:"expect"`
 }
 
-// Expect is a case's outcome: a record (OK) or a failure reason.
+// Expect is a case's outcome: a record (OK), a failure reason, or a
+// duplicate (amendment 1: an exact repeat of an accepted message, counted
+// as a duplicate, neither delivered nor dead-lettered).
 type Expect struct {
-	OK     bool   `json:"ok"`
-	Reason string `json:"reason"`
+	OK        bool   `json:"ok"`
+	Reason    string `json:"reason"`
+	Duplicate bool   `json:"duplicate"`
 	// Record holds the members the record must have; see Diff.
 	Record map[string]json.RawMessage `json:"record"`
 }
@@ -76,21 +84,29 @@ func (f File) Bytes() []byte { return bytes.Clone(f.raw) }
 // Load reads and checks the module's vector file, failing tb if it cannot.
 func Load(tb testing.TB) File {
 	tb.Helper()
-	root, err := moduleRoot()
-	if err != nil {
-		tb.Fatalf("vectors: %v", err)
-	}
-	path := filepath.Join(root, filepath.FromSlash(RelPath))
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		tb.Fatalf("vectors: read: %v", err)
-	}
+	path, raw := ReadRel(tb, RelPath)
 	f, err := parse(raw)
 	if err != nil {
 		tb.Fatalf("vectors: %s: %v", path, err)
 	}
 	f.Path = path
 	return f
+}
+
+// ReadRel reads the file at rel (slash-separated, relative to the module
+// root) and returns its absolute path and bytes, failing tb if it cannot.
+func ReadRel(tb testing.TB, rel string) (string, []byte) {
+	tb.Helper()
+	root, err := moduleRoot()
+	if err != nil {
+		tb.Fatalf("vectors: %v", err)
+	}
+	path := filepath.Join(root, filepath.FromSlash(rel))
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		tb.Fatalf("vectors: read: %v", err)
+	}
+	return path, raw
 }
 
 // moduleRoot is the nearest directory at or above the working directory
@@ -148,10 +164,12 @@ func parse(raw []byte) (File, error) {
 		}
 		seenCase[c.Name] = true
 		switch {
-		case c.Expect.OK && (len(c.Expect.Record) == 0 || c.Expect.Reason != ""):
-			return File{}, fmt.Errorf("case %s: ok needs a record and no reason", c.Name)
-		case !c.Expect.OK && (c.Expect.Reason == "" || c.Expect.Record != nil):
-			return File{}, fmt.Errorf("case %s: a failure needs a reason and no record", c.Name)
+		case c.Expect.OK && (len(c.Expect.Record) == 0 || c.Expect.Reason != "" || c.Expect.Duplicate):
+			return File{}, fmt.Errorf("case %s: ok needs a record, no reason and no duplicate", c.Name)
+		case !c.Expect.OK && c.Expect.Record != nil:
+			return File{}, fmt.Errorf("case %s: a failure has no record", c.Name)
+		case !c.Expect.OK && (c.Expect.Reason == "") == !c.Expect.Duplicate:
+			return File{}, fmt.Errorf("case %s: a failure needs either a reason or duplicate, not both", c.Name)
 		}
 		for name, want := range c.Expect.Record {
 			if name == "data_text" {
@@ -171,6 +189,9 @@ func parse(raw []byte) (File, error) {
 // it. Members the expectation does not name are not looked at.
 func Diff(record []byte, want Expect) error {
 	if !want.OK {
+		if want.Duplicate {
+			return errors.New("a record came out; the case expects a duplicate")
+		}
 		return fmt.Errorf("a record came out; the case expects reason %s", want.Reason)
 	}
 	var got map[string]json.RawMessage

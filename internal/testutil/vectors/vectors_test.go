@@ -48,6 +48,8 @@ func TestParseRejects(t *testing.T) {
 		{"repeated case", `{"spec":"envelope-v1","keys":[` + key + `],"cases":[` + okCase + `,` + okCase + `]}`},
 		{"ok without record", `{"spec":"envelope-v1","keys":[` + key + `],"cases":[{"name":"a","expect":{"ok":true}}]}`},
 		{"failure without reason", `{"spec":"envelope-v1","keys":[` + key + `],"cases":[{"name":"a","expect":{"ok":false}}]}`},
+		{"reason and duplicate", `{"spec":"envelope-v1","keys":[` + key + `],"cases":[{"name":"a","expect":{"ok":false,"reason":"replay","duplicate":true}}]}`},
+		{"ok and duplicate", `{"spec":"envelope-v1","keys":[` + key + `],"cases":[{"name":"a","expect":{"ok":true,"duplicate":true,"record":{"id":"x"}}}]}`},
 		{"data_text not JSON", `{"spec":"envelope-v1","keys":[` + key + `],"cases":[{"name":"a","expect":{"ok":true,"record":{"data_text":"{"}}}]}`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -83,6 +85,7 @@ func TestDiff(t *testing.T) {
 		{"not JSON", `{"id":"abc"`, want, false},
 		{"not an object", `[]`, want, false},
 		{"failure expected", `{}`, Expect{Reason: "auth"}, false},
+		{"duplicate expected", `{}`, Expect{Duplicate: true}, false},
 		{"data_text whitespace", `{"data":{ "t" : 1.50 ,"u":[ ] }}`, text(`{"t":1.50,"u":[]}`), true},
 		{"data_text number text", `{"data":{"t":1.5}}`, text(`{"t":1.50}`), false},
 		{"data_text member order", `{"data":{"u":2,"t":1}}`, text(`{"t":1,"u":2}`), false},
@@ -155,4 +158,38 @@ func FuzzDiff(f *testing.F) {
 			t.Fatalf("passed: %q", record)
 		}
 	})
+}
+
+// TestPublishedCopy: the vectors published for device makers beside the
+// spec are byte for byte the copy the tests run, and the published spec
+// says where they are.
+func TestPublishedCopy(t *testing.T) {
+	_, pub := ReadRel(t, PublishedRelPath)
+	_, own := ReadRel(t, RelPath)
+	if !bytes.Equal(pub, own) {
+		t.Fatalf("%s differs from %s: copy the amended vectors to both", PublishedRelPath, RelPath)
+	}
+	_, spec := ReadRel(t, "docs/envelope-v1.md")
+	if !bytes.Contains(spec, []byte("(vectors/envelope-v1.json)")) {
+		t.Error("docs/envelope-v1.md does not link its published vectors, vectors/envelope-v1.json")
+	}
+}
+
+// TestDuplicateCase: the vectors hold amendment 1's exact repeat, right
+// after the message it repeats (same topic, same bytes).
+func TestDuplicateCase(t *testing.T) {
+	f := Load(t)
+	n := 0
+	for i, c := range f.Cases {
+		if !c.Expect.Duplicate {
+			continue
+		}
+		n++
+		if i == 0 || f.Cases[i-1].Message != c.Message || f.Cases[i-1].Topic != c.Topic || !f.Cases[i-1].Expect.OK {
+			t.Errorf("case %s: not an exact repeat of the accepted case before it", c.Name)
+		}
+	}
+	if n == 0 {
+		t.Error("no duplicate case")
+	}
 }
