@@ -251,6 +251,9 @@ func (c *Controller) Scan(ctx context.Context) error {
 	}
 	var keys []keyView
 	for _, id := range order {
+		if strings.HasPrefix(id, pseudonymKeyPrefix) {
+			continue // no device holds it: rotated by the operator (dekctl pseudonym rotate)
+		}
 		var kv keyView
 		kv.keyID = id
 		found := false
@@ -650,13 +653,17 @@ func (c *Controller) RewrapNow(ctx context.Context) (keyops.RewrapResult, error)
 	return res, err
 }
 
+// pseudonymKeyPrefix starts the ids of pseudonymization keys (package
+// pseudonym), which no device uses: device key rotation leaves them alone.
+const pseudonymKeyPrefix = "pseudonym/"
+
 // KeyIDsOf names what `dekctl rotate` selects: a device's key, a group's,
-// or every key with an active version.
+// or every key with an active version (pseudonymization keys excepted).
 func KeyIDsOf(es []registry.Entry, device, group string, all bool) []string {
 	seen := map[string]bool{}
 	var out []string
 	for _, e := range es {
-		if e.State != dek.StateActive || seen[e.KeyID] {
+		if e.State != dek.StateActive || seen[e.KeyID] || strings.HasPrefix(e.KeyID, pseudonymKeyPrefix) {
 			continue
 		}
 		if all || (device != "" && e.KeyID == dek.DeviceKeyID(device)) || (group != "" && e.KeyID == "group/"+strings.TrimPrefix(group, "group/")) {
