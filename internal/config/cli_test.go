@@ -80,7 +80,7 @@ mqtt:
   tls: {ca_file: %q, cert_file: %q, key_file: %q}
 kms:
   provider: keyprotect
-  keyprotect: {base_url: "https://kms.example", instance_id: i, root_key_id: r, api_key_file: %q}
+  keyprotect: {base_url: "https://kms.example", instance_id: i, root_key_id: r, api_key_file: %q, ca_file: %q}
 registry: {driver: file, path: %q}
 sinks:
   - {name: console, type: stdout}
@@ -89,7 +89,7 @@ sinks:
 dead_letter: {type: file, path: %q}
 audit: {path: %q}
 `, write("ca.pem", 0o666), write("cert.pem", 0o644), write("key.pem", 0o440), write("api-key", 0o644),
-		filepath.Join(dir, "new", "registry.json"), write("records.jsonl", 0o640), filepath.Join(dir, "missing"),
+		filepath.Join(dir, "no-kp-ca.pem"), filepath.Join(dir, "new", "registry.json"), write("records.jsonl", 0o640), filepath.Join(dir, "missing"),
 		write("ehr-ca.pem", 0o644), filepath.Join(dir, "dead-letter.jsonl"), write("audit.log", 0o600))
 	c, err := Parse([]byte(text), noEnv)
 	if err != nil {
@@ -106,6 +106,7 @@ audit: {path: %q}
 	}
 	want := map[string]string{
 		"kms.keyprotect.api_key_file": "mode 0644 lets others access this secret",
+		"kms.keyprotect.ca_file":      "does not exist",
 		"mqtt.tls.ca_file":            "mode 0666 lets others write it",
 		"sinks[1].path":               "mode 0640 lets its group access it",
 		"sinks[2].auth_header_file":   "does not exist",

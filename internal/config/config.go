@@ -137,6 +137,10 @@ type KeyProtect struct {
 	APIKeyFile string `yaml:"api_key_file" json:"api_key_file"`
 	APIKeyEnv  string `yaml:"api_key_env" json:"api_key_env"`
 	KeyRing    string `yaml:"key_ring" json:"key_ring"`
+	// CAFile is a PEM file of extra CAs trusted for base_url (a private
+	// endpoint or a proxy that re-signs); the system roots stay trusted.
+	// The IAM token fetch trusts the system roots only.
+	CAFile string `yaml:"ca_file" json:"ca_file"`
 	// Timeout bounds each KMS call, the client's retries included (default
 	// 10s, as package keyprotect).
 	Timeout time.Duration `yaml:"timeout" json:"timeout"`
@@ -651,6 +655,7 @@ func (c *Config) resolvePaths(dir string) {
 	c.MQTT.TLS.ResolvePaths(abs)
 	abs(&c.KMS.Local.RootKeyFile)
 	abs(&c.KMS.KeyProtect.APIKeyFile)
+	abs(&c.KMS.KeyProtect.CAFile)
 	abs(&c.Registry.Path)
 	for _, s := range c.Sinks {
 		if r, ok := s.Config.(sink.PathResolver); ok {

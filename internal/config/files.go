@@ -52,6 +52,7 @@ func (c *Config) files() []namedFile {
 		add("kms.local.root_key_file", c.KMS.Local.RootKeyFile, roleRootKey)
 	case ProviderKeyProtect:
 		add("kms.keyprotect.api_key_file", c.KMS.KeyProtect.APIKeyFile, roleSecret)
+		add("kms.keyprotect.ca_file", c.KMS.KeyProtect.CAFile, rolePublic)
 	}
 	if c.Registry.Driver == DriverFile {
 		add("registry.path", c.Registry.Path, roleStore)

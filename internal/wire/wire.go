@@ -78,6 +78,7 @@ func OpenKMS(ctx context.Context, cfg config.KMS, o KMSOptions) (KMS, error) {
 		p, err := keyprotect.New(ctx, keyprotect.Config{
 			BaseURL: k.BaseURL, TokenURL: k.TokenURL, InstanceID: k.InstanceID, RootKeyID: k.RootKeyID,
 			APIKeyFile: k.APIKeyFile, APIKeyEnv: k.APIKeyEnv, Timeout: k.Timeout, KeyRing: k.KeyRing,
+			CAFile: k.CAFile,
 		}, keyprotect.WithGetenv(o.Getenv))
 		if err != nil {
 			return KMS{}, fmt.Errorf("kms keyprotect: %w", err)
