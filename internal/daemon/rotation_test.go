@@ -27,7 +27,9 @@ import (
 	"github.com/decryptd/decryptd/internal/rekey"
 	"github.com/decryptd/decryptd/internal/seal"
 	"github.com/decryptd/decryptd/internal/sink"
+	"github.com/decryptd/decryptd/internal/testutil/metrictest"
 	"github.com/decryptd/decryptd/internal/testutil/mosquittotest"
+	"github.com/decryptd/decryptd/internal/testutil/wait"
 )
 
 // rekeyDevice is one device that implements docs/rekey-v1.md: it keeps
@@ -188,15 +190,15 @@ func TestDaemonRotation(t *testing.T) {
 		}
 		return e
 	}
-	poll(t, "v2 adopted, v1 decrypt_only", 15*time.Second, func() bool {
+	wait.Within(t, 15*time.Second, "v2 adopted, v1 decrypt_only", func() bool {
 		e2, e1 := entry("v2"), entry("v1")
 		return !e2.Rotation.Pending && !e2.Rotation.AdoptedAt.IsZero() && e1.State == dek.StateDecryptOnly
 	})
-	poll(t, "v1 revoked after the grace period", 20*time.Second, func() bool { return entry("v1").State == dek.StateRevoked })
+	wait.Within(t, 20*time.Second, "v1 revoked after the grace period", func() bool { return entry("v1").State == dek.StateRevoked })
 	publish(dev.seal(t, "v1", 3)) // after grace: refused
 
 	recPath, dlPath := cfg.Sinks[0].Config.(*sink.FileConfig).Path, cfg.DeadLetter.Path
-	poll(t, "3 records and 1 dead letter", 15*time.Second, func() bool {
+	wait.Within(t, 15*time.Second, "3 records and 1 dead letter", func() bool {
 		return len(readLines(t, recPath)) >= 3 && len(readLines(t, dlPath)) >= 1
 	})
 	byVersion := map[string]int{}
@@ -303,48 +305,23 @@ func topicOfDevice(id string) string {
 
 func waitReady(t *testing.T, d *daemon.Daemon) {
 	t.Helper()
-	poll(t, "/readyz", 15*time.Second, d.Ready)
+	wait.Within(t, 15*time.Second, "/readyz", d.Ready)
 }
 
-func poll(t *testing.T, what string, limit time.Duration, cond func() bool) {
+// gathered is metrictest.Series reading an absent series as -1, which no
+// check wants, so that the check waits for the series to appear.
+func gathered(t *testing.T, reg *prometheus.Registry, series string) float64 {
 	t.Helper()
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", limit, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// gathered returns the value of one metric, written as the exposition
-// format names it (with its labels, if any); absent is -1.
-func gathered(t *testing.T, reg *prometheus.Registry, name string) float64 {
-	t.Helper()
-	base, labels, _ := strings.Cut(name, "{")
-	mfs, err := reg.Gather()
+	name, labels, err := metrictest.ParseSeries(series)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, mf := range mfs {
-		if mf.GetName() != base {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			var ls []string
-			for _, lp := range m.GetLabel() {
-				ls = append(ls, fmt.Sprintf("%s=%q", lp.GetName(), lp.GetValue()))
-			}
-			if strings.Join(ls, ",")+"}" != labels && !(labels == "" && len(ls) == 0) {
-				continue
-			}
-			switch {
-			case m.Gauge != nil:
-				return m.GetGauge().GetValue()
-			case m.Counter != nil:
-				return m.GetCounter().GetValue()
-			}
-		}
+	v, ok, err := metrictest.Lookup(reg, name, labels...)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return -1
+	if !ok {
+		return -1
+	}
+	return v
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/decryptd/decryptd/internal/dek"
 	"github.com/decryptd/decryptd/internal/kms"
 	"github.com/decryptd/decryptd/internal/registry"
+	"github.com/decryptd/decryptd/internal/testutil/wait"
 )
 
 // cached is ResolveCachedKey on the test's cache. (Failure messages say
@@ -30,7 +31,7 @@ func askedOf(e *env) asked {
 // read afterwards are final.
 func settle(t *testing.T, e *env, keyID string) {
 	t.Helper()
-	waitFor(t, "loads and refreshes to settle", func() bool {
+	wait.For(t, "loads and refreshes to settle", func() bool {
 		en := entryOf(e.c, keyID)
 		return inFlight(e.c) == 0 && (en == nil || !en.refreshing.Load())
 	})
@@ -116,7 +117,7 @@ func TestResolveCachedKeyDoesNotJoinLoad(t *testing.T) {
 		_, err := resolve(e, "group/a", "v1", dev)
 		loaded <- err
 	}()
-	waitFor(t, "the unwrap to start", func() bool { return e.kms.calls.Load() == 1 })
+	wait.For(t, "the unwrap to start", func() bool { return e.kms.calls.Load() == 1 })
 
 	if err := cached(e, "group/a", "v1", dev); !errors.Is(err, dek.ErrWouldWait) {
 		t.Fatalf("during the load: err = %v, want ErrWouldWait", err)
@@ -337,7 +338,7 @@ func TestResolveCachedKeyKMSDown(t *testing.T) {
 	if err := cached(e, "group/a", "v1", dev); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the failed refresh", func() bool { return entryOf(e.c, "group/a").failing.Load() })
+	wait.For(t, "the failed refresh", func() bool { return entryOf(e.c, "group/a").failing.Load() })
 	settle(t, e, "group/a")
 
 	// Past the lifetime: served stale, counted as such.
@@ -413,7 +414,7 @@ func TestPrefetchKey(t *testing.T) {
 	for range 5 {
 		e.c.PrefetchKey("group/a", "v1", dev) // returns at once: the KMS is held
 	}
-	waitFor(t, "the prefetched unwrap to start", func() bool { return e.kms.calls.Load() == 1 })
+	wait.For(t, "the prefetched unwrap to start", func() bool { return e.kms.calls.Load() == 1 })
 	if n := inFlight(e.c); n != 1 {
 		t.Fatalf("%d loads in flight after 5 prefetches of one version, want 1", n)
 	}

@@ -30,6 +30,7 @@ import (
 	"github.com/decryptd/decryptd/internal/seal"
 	"github.com/decryptd/decryptd/internal/testutil/mosquittotest"
 	"github.com/decryptd/decryptd/internal/testutil/pgtest"
+	"github.com/decryptd/decryptd/internal/testutil/wait"
 )
 
 // simDevice is one simulated device: the DEKs it holds by version (old and
@@ -131,26 +132,6 @@ func newEnv(t *testing.T, now func() time.Time) *env {
 		t.Fatal(err)
 	}
 	return &env{store: store, ops: ops, kms: lp, aud: aw, dsn: dsn}
-}
-
-func waitFor(t *testing.T, what string, limit time.Duration, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(limit)
-	last := time.Now()
-	for {
-		ok, detail := cond()
-		if ok {
-			return
-		}
-		if time.Since(last) > 5*time.Second {
-			t.Logf("waiting for %s: %s", what, detail)
-			last = time.Now()
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s: %s", limit, what, detail)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 }
 
 // TestFleetRotation rotates a simulated fleet of 1,000 devices under a
@@ -395,7 +376,7 @@ func TestFleetRotation(t *testing.T) {
 
 	// 1. Every online device adopts v2; v1 of those turns decrypt_only.
 	start := time.Now()
-	waitFor(t, "every online device to adopt", 45*time.Second, func() (bool, string) {
+	wait.Detail(t, 45*time.Second, "every online device to adopt", func() (bool, string) {
 		a, p, act, do, rv := state()
 		return a == nDevices-nOffline && do+rv == nDevices-nOffline,
 			fmt.Sprintf("adopted %d pending %d v1 active %d decrypt_only %d revoked %d", a, p, act, do, rv)
@@ -403,7 +384,7 @@ func TestFleetRotation(t *testing.T) {
 	t.Logf("950 devices adopted in %s", time.Since(start).Round(time.Millisecond))
 
 	// 3. The offline devices are retried and reported as stragglers.
-	waitFor(t, "50 stragglers", 20*time.Second, func() (bool, string) {
+	wait.Detail(t, 20*time.Second, "50 stragglers", func() (bool, string) {
 		s := ctl.Status()
 		return len(s.Stragglers) == nOffline, fmt.Sprintf("stragglers %d pending %d", len(s.Stragglers), s.Pending)
 	})
@@ -424,13 +405,13 @@ func TestFleetRotation(t *testing.T) {
 		publish(d, d.late)
 		d.offline.Store(false)
 	}
-	waitFor(t, "every device to adopt", 30*time.Second, func() (bool, string) {
+	wait.Detail(t, 30*time.Second, "every device to adopt", func() (bool, string) {
 		a, p, act, do, rv := state()
 		return a == nDevices && act == 0, fmt.Sprintf("adopted %d pending %d v1 active %d decrypt_only %d revoked %d", a, p, act, do, rv)
 	})
 
 	// 5. After the grace period every v1 is revoked.
-	waitFor(t, "every v1 revoked", 30*time.Second, func() (bool, string) {
+	wait.Detail(t, 30*time.Second, "every v1 revoked", func() (bool, string) {
 		a, p, act, do, rv := state()
 		return rv == nDevices, fmt.Sprintf("adopted %d pending %d v1 active %d decrypt_only %d revoked %d", a, p, act, do, rv)
 	})
@@ -438,7 +419,7 @@ func TestFleetRotation(t *testing.T) {
 	// 6. Nothing lost, nothing failed.
 	stop()
 	bg.Wait()
-	waitFor(t, "every published message opened", 20*time.Second, func() (bool, string) {
+	wait.Detail(t, 20*time.Second, "every published message opened", func() (bool, string) {
 		recMu.Lock()
 		defer recMu.Unlock()
 		return len(records)+sumMap(failures) >= int(published.Load()), fmt.Sprintf("%d of %d", len(records)+sumMap(failures), published.Load())

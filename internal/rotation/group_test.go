@@ -24,6 +24,7 @@ import (
 	"github.com/decryptd/decryptd/internal/rotation"
 	"github.com/decryptd/decryptd/internal/seal"
 	"github.com/decryptd/decryptd/internal/testutil/mosquittotest"
+	"github.com/decryptd/decryptd/internal/testutil/wait"
 )
 
 // createKey stores version v1 of keyID (active, allowed for devices,
@@ -263,7 +264,7 @@ func TestGroupKeyRotation(t *testing.T) {
 
 	// 1. The controller rotates the group key; every member installs v2
 	// from a rekey sealed under its own device key.
-	waitFor(t, "every member to install group v2", 20*time.Second, func() (bool, string) {
+	wait.Detail(t, 20*time.Second, "every member to install group v2", func() (bool, string) {
 		n := 0
 		for _, m := range members {
 			if m.groupKey("v2") != nil {
@@ -322,7 +323,7 @@ func TestGroupKeyRotation(t *testing.T) {
 		publish(m.id, group, "v2", m.groupKey("v2"))
 	}
 	publish(outsider, "", "v1", outsiderKey)
-	waitFor(t, "four members recorded as adopters", 15*time.Second, func() (bool, string) {
+	wait.Detail(t, 15*time.Second, "four members recorded as adopters", func() (bool, string) {
 		x := versionOf(group, "v2")
 		return len(x.Rotation.AdoptedBy) == 4, fmt.Sprintf("adopted by %v", x.Rotation.AdoptedBy)
 	})
@@ -341,7 +342,7 @@ func TestGroupKeyRotation(t *testing.T) {
 	last := members[4]
 	publish(last.id, group, "v1", groupV1)
 	publish(last.id, group, "v2", last.groupKey("v2"))
-	waitFor(t, "group v2 adopted", 15*time.Second, func() (bool, string) {
+	wait.Detail(t, 15*time.Second, "group v2 adopted", func() (bool, string) {
 		x := versionOf(group, "v2")
 		return !x.Rotation.Pending && !x.Rotation.AdoptedAt.IsZero(), fmt.Sprintf("pending %v adopted by %v", x.Rotation.Pending, x.Rotation.AdoptedBy)
 	})
@@ -359,14 +360,14 @@ func TestGroupKeyRotation(t *testing.T) {
 	}
 
 	// 4. After the grace period the controller revokes v1.
-	waitFor(t, "group v1 revoked", 20*time.Second, func() (bool, string) {
+	wait.Detail(t, 20*time.Second, "group v1 revoked", func() (bool, string) {
 		x := versionOf(group, "v1")
 		return x.State == dek.StateRevoked, string(x.State)
 	})
 
 	// 5. Nothing failed; the outsider got no rekey and no device key
 	// was rotated along with the group's.
-	waitFor(t, "every published message opened", 15*time.Second, func() (bool, string) {
+	wait.Detail(t, 15*time.Second, "every published message opened", func() (bool, string) {
 		recMu.Lock()
 		defer recMu.Unlock()
 		return len(records)+sumMap(failures) >= published, fmt.Sprintf("%d of %d", len(records)+sumMap(failures), published)

@@ -24,7 +24,9 @@ import (
 	"github.com/decryptd/decryptd/internal/registry/pgstore"
 	"github.com/decryptd/decryptd/internal/rotation"
 	"github.com/decryptd/decryptd/internal/seal"
+	"github.com/decryptd/decryptd/internal/testutil/metrictest"
 	"github.com/decryptd/decryptd/internal/testutil/mosquittotest"
+	"github.com/decryptd/decryptd/internal/testutil/wait"
 )
 
 // replica is one decryptd's rotation side: its own registry connection
@@ -39,25 +41,6 @@ type replica struct {
 	cancel context.CancelFunc
 	done   sync.WaitGroup
 	failed func() int
-}
-
-func (r *replica) gauge(t *testing.T, name string) float64 {
-	t.Helper()
-	mfs, err := r.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == name {
-			m := mf.GetMetric()[0]
-			if m.Gauge != nil {
-				return m.GetGauge().GetValue()
-			}
-			return m.GetCounter().GetValue()
-		}
-	}
-	t.Fatalf("%s: no metric %s", r.name, name)
-	return 0
 }
 
 func startReplica(t *testing.T, e *env, b *mosquittotest.Broker, name string, p rotation.Policy) *replica {
@@ -272,14 +255,14 @@ func TestLeaseHandover(t *testing.T) {
 		var l *replica
 		n := 0
 		for _, r := range replicas {
-			if r.gauge(t, "decryptd_rotation_leader") == 1 {
+			if metrictest.Value(t, r.reg, "decryptd_rotation_leader") == 1 {
 				l, n = r, n+1
 			}
 		}
 		return l, n
 	}
 	var leader *replica
-	waitFor(t, "a leader", 10*time.Second, func() (bool, string) {
+	wait.Detail(t, 10*time.Second, "a leader", func() (bool, string) {
 		l, n := leaderOf()
 		leader = l
 		return n == 1, fmt.Sprintf("%d leaders", n)
@@ -295,11 +278,11 @@ func TestLeaseHandover(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	waitFor(t, "the leader to send rekeys", 10*time.Second, func() (bool, string) {
-		n := leader.gauge(t, "decryptd_rotation_rekeys_sent_total")
+	wait.Detail(t, 10*time.Second, "the leader to send rekeys", func() (bool, string) {
+		n := metrictest.Value(t, leader.reg, "decryptd_rotation_rekeys_sent_total")
 		return n > 0, fmt.Sprintf("%v sent", n)
 	})
-	if n := follower.gauge(t, "decryptd_rotation_rekeys_sent_total"); n != 0 {
+	if n := metrictest.Value(t, follower.reg, "decryptd_rotation_rekeys_sent_total"); n != 0 {
 		t.Fatalf("the follower sent %v rekeys", n)
 	}
 
@@ -328,8 +311,8 @@ func TestLeaseHandover(t *testing.T) {
 	killed := time.Now()
 	terminateLease(t, e.dsn)
 	leader.stop()
-	waitFor(t, "the follower to lead", 15*time.Second, func() (bool, string) {
-		return follower.gauge(t, "decryptd_rotation_leader") == 1, "not yet"
+	wait.Detail(t, 15*time.Second, "the follower to lead", func() (bool, string) {
+		return metrictest.Value(t, follower.reg, "decryptd_rotation_leader") == 1, "not yet"
 	})
 	handover := time.Since(killed)
 	t.Logf("lease handed over in %s", handover.Round(time.Millisecond))
@@ -341,11 +324,11 @@ func TestLeaseHandover(t *testing.T) {
 	for _, d := range devices[:nDevices/4] {
 		d.offline.Store(false)
 	}
-	waitFor(t, "every device to adopt v2", 45*time.Second, func() (bool, string) {
+	wait.Detail(t, 45*time.Second, "every device to adopt v2", func() (bool, string) {
 		a, p, n := versions()
 		return a == nDevices, fmt.Sprintf("adopted %d pending %d not started %d", a, p, n)
 	})
-	if n := follower.gauge(t, "decryptd_rotation_rekeys_sent_total"); n == 0 {
+	if n := metrictest.Value(t, follower.reg, "decryptd_rotation_rekeys_sent_total"); n == 0 {
 		t.Fatal("the new leader sent no rekeys")
 	}
 	for _, d := range devices {

@@ -29,6 +29,7 @@ import (
 	"github.com/decryptd/decryptd/internal/rekey"
 	"github.com/decryptd/decryptd/internal/sink"
 	"github.com/decryptd/decryptd/internal/testutil/mosquittotest"
+	"github.com/decryptd/decryptd/internal/testutil/wait"
 )
 
 const installHint = "install them with scripts/test-deps.sh (as root), or: apt-get install gcc make pkg-config libssl-dev libmosquitto-dev"
@@ -132,17 +133,6 @@ func (l *lines) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.buf.String()
-}
-
-func poll(t *testing.T, what string, limit time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", limit, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
 
 // TestCDeviceInterop: the C device, provisioned by keyops (the credential
@@ -256,7 +246,7 @@ func TestCDeviceInterop(t *testing.T) {
 	}
 	runErr := make(chan error, 1)
 	go func() { runErr <- d.Run(dctx) }()
-	poll(t, "/readyz", 15*time.Second, d.Ready)
+	wait.Within(t, 15*time.Second, "/readyz", d.Ready)
 
 	// The device publishes under v1 until the rekey comes, holding back
 	// its first message (sealed under v1) to send it after the rekey.
@@ -320,7 +310,7 @@ func TestCDeviceInterop(t *testing.T) {
 		}
 		return got
 	}
-	poll(t, "every record of the device", 20*time.Second, func() bool {
+	wait.Within(t, 20*time.Second, "every record of the device", func() bool {
 		g := byVersion()
 		return g["v1"] >= sent["v1"] && g["v2"] >= sent["v2"]
 	})
@@ -356,7 +346,7 @@ func TestCDeviceInterop(t *testing.T) {
 	if dl, _ := os.ReadFile(dlPath); len(bytes.TrimSpace(dl)) > 0 {
 		t.Fatalf("dead letters: %s", dl)
 	}
-	poll(t, "v2 adopted", 15*time.Second, func() bool {
+	wait.Within(t, 15*time.Second, "v2 adopted", func() bool {
 		e, err := store.Get(ctx, dek.DeviceKeyID(devID), "v2")
 		return err == nil && !e.Rotation.Pending && !e.Rotation.AdoptedAt.IsZero()
 	})
