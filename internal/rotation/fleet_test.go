@@ -19,7 +19,6 @@ import (
 	"github.com/decryptd/decryptd/internal/audit"
 	"github.com/decryptd/decryptd/internal/decrypt"
 	"github.com/decryptd/decryptd/internal/dek"
-	"github.com/decryptd/decryptd/internal/keycache"
 	"github.com/decryptd/decryptd/internal/keyops"
 	"github.com/decryptd/decryptd/internal/kms"
 	"github.com/decryptd/decryptd/internal/kms/local"
@@ -214,43 +213,11 @@ func TestFleetRotation(t *testing.T) {
 	t.Logf("provisioned %d devices in %s", nDevices, time.Since(t0).Round(time.Millisecond))
 
 	b := mosquittotest.Start(t, mosquittotest.Options{})
-	connect := func(cn string, onConnect func(mqtt.Client)) mqtt.Client {
-		o := mqtt.NewClientOptions().AddBroker(b.SSLURL).SetClientID(cn).SetTLSConfig(b.ClientTLS(cn)).
-			SetOrderMatters(false).SetCleanSession(true).SetAutoReconnect(true)
-		if onConnect != nil {
-			o.SetOnConnectHandler(onConnect)
-		}
-		c := mqtt.NewClient(o)
-		if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-			t.Fatalf("connect %s: %v", cn, tok.Error())
-		}
-		t.Cleanup(func() { c.Disconnect(100) })
-		return c
-	}
 
-	// Backend side: key cache over the registry and KMS, the decryption
-	// core, the adoption tracker.
-	cache, err := keycache.New(keycache.Options{Registry: prov.store, KMS: prov.kms, Changes: prov.store})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cache.Close()
-	dec, err := decrypt.New(cache, decrypt.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	metrics, _ := rotation.NewMetrics(nil)
-	tracker, err := rotation.NewTracker(rotation.TrackerOptions{Registry: prov.store, Adopter: ops, Grace: grace, Metrics: metrics, FlushInterval: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	opener := rotation.ObservingOpener{Opener: dec, Tracker: tracker}
 	runCtx, stop := context.WithCancel(ctx)
 	var bg sync.WaitGroup
 	defer func() { stop(); bg.Wait() }()
-	bg.Add(2)
-	go func() { defer bg.Done(); cache.Run(runCtx) }()
-	go func() { defer bg.Done(); tracker.Run(runCtx) }()
+	opener, metrics := startBackend(runCtx, t, &bg, prov.store, prov.kms, ops, grace)
 
 	var (
 		recMu    sync.Mutex
@@ -258,7 +225,7 @@ func TestFleetRotation(t *testing.T) {
 		byVer    = map[string]int{}
 		failures = map[string]int{}
 	)
-	connect("backend", func(c mqtt.Client) {
+	connectClient(t, b, "backend", func(c mqtt.Client) {
 		c.Subscribe("iot-2/type/+/id/+/evt/+/fmt/+", 1, func(_ mqtt.Client, m mqtt.Message) {
 			for {
 				rec, err := opener.Open(runCtx, decrypt.Message{Topic: m.Topic(), Payload: m.Payload()})
@@ -279,7 +246,7 @@ func TestFleetRotation(t *testing.T) {
 		}).Wait()
 	})
 
-	pubc := connect("fleet-pub", nil)
+	pubc := connectClient(t, b, "fleet-pub", nil)
 	var published atomic.Int64
 	publish := func(d *simDevice, payload []byte) {
 		pubc.Publish(topicOf(d.id), 1, false, payload).Wait()
@@ -288,7 +255,7 @@ func TestFleetRotation(t *testing.T) {
 
 	// Device side: one connection carries every device's command topic.
 	var rekeysSeen, rekeysBad atomic.Int64
-	connect("fleet-cmd", func(c mqtt.Client) {
+	connectClient(t, b, "fleet-cmd", func(c mqtt.Client) {
 		c.Subscribe("iot-2/type/+/id/+/cmd/rekey/fmt/json", 2, func(_ mqtt.Client, m mqtt.Message) {
 			rekeysSeen.Add(1)
 			var id string

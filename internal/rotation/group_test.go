@@ -16,7 +16,6 @@ import (
 
 	"github.com/decryptd/decryptd/internal/decrypt"
 	"github.com/decryptd/decryptd/internal/dek"
-	"github.com/decryptd/decryptd/internal/keycache"
 	"github.com/decryptd/decryptd/internal/keyops"
 	"github.com/decryptd/decryptd/internal/kms"
 	"github.com/decryptd/decryptd/internal/registry"
@@ -122,42 +121,11 @@ func TestGroupKeyRotation(t *testing.T) {
 	}
 
 	b := mosquittotest.Start(t, mosquittotest.Options{})
-	connect := func(cn string, onConnect func(mqtt.Client)) mqtt.Client {
-		o := mqtt.NewClientOptions().AddBroker(b.SSLURL).SetClientID(cn).SetTLSConfig(b.ClientTLS(cn)).
-			SetOrderMatters(false).SetCleanSession(true).SetAutoReconnect(true)
-		if onConnect != nil {
-			o.SetOnConnectHandler(onConnect)
-		}
-		c := mqtt.NewClient(o)
-		if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-			t.Fatalf("connect %s: %v", cn, tok.Error())
-		}
-		t.Cleanup(func() { c.Disconnect(100) })
-		return c
-	}
 
-	// Backend: key cache, decryption core, adoption tracker.
-	cache, err := keycache.New(keycache.Options{Registry: e.store, KMS: e.kms, Changes: e.store})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cache.Close()
-	dec, err := decrypt.New(cache, decrypt.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	metrics, _ := rotation.NewMetrics(nil)
-	tracker, err := rotation.NewTracker(rotation.TrackerOptions{Registry: e.store, Adopter: e.ops, Grace: grace, Metrics: metrics, FlushInterval: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	opener := rotation.ObservingOpener{Opener: dec, Tracker: tracker}
 	runCtx, stop := context.WithCancel(ctx)
 	var bg sync.WaitGroup
 	defer func() { stop(); bg.Wait() }()
-	bg.Add(2)
-	go func() { defer bg.Done(); cache.Run(runCtx) }()
-	go func() { defer bg.Done(); tracker.Run(runCtx) }()
+	opener, metrics := startBackend(runCtx, t, &bg, e.store, e.kms, e.ops, grace)
 
 	var (
 		recMu    sync.Mutex
@@ -165,7 +133,7 @@ func TestGroupKeyRotation(t *testing.T) {
 		byRef    = map[string]int{} // key_id@key_version
 		failures = map[string]int{}
 	)
-	connect("backend", func(c mqtt.Client) {
+	connectClient(t, b, "backend", func(c mqtt.Client) {
 		c.Subscribe("iot-2/type/+/id/+/evt/+/fmt/+", 1, func(_ mqtt.Client, m mqtt.Message) {
 			for {
 				rec, err := opener.Open(runCtx, decrypt.Message{Topic: m.Topic(), Payload: m.Payload()})
@@ -201,7 +169,7 @@ func TestGroupKeyRotation(t *testing.T) {
 	for _, m := range members {
 		byID[m.id] = m
 	}
-	connect("fleet-cmd", func(c mqtt.Client) {
+	connectClient(t, b, "fleet-cmd", func(c mqtt.Client) {
 		c.Subscribe("iot-2/type/+/id/+/cmd/rekey/fmt/json", 2, func(_ mqtt.Client, msg mqtt.Message) {
 			id := strings.Split(msg.Topic(), "/")[4]
 			rkMu.Lock()
@@ -221,7 +189,7 @@ func TestGroupKeyRotation(t *testing.T) {
 		}).Wait()
 	})
 
-	pubc := connect("fleet-pub", nil)
+	pubc := connectClient(t, b, "fleet-pub", nil)
 	sealer := seal.New(rand.Reader)
 	published := 0
 	publish := func(deviceID, keyID, version string, a cipher.AEAD) {
