@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -12,12 +11,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/decryptd/decryptd/internal/audit"
 	"github.com/decryptd/decryptd/internal/intake"
-	"github.com/decryptd/decryptd/internal/keyops"
-	"github.com/decryptd/decryptd/internal/kms/local"
-	"github.com/decryptd/decryptd/internal/registry/filestore"
 	"github.com/decryptd/decryptd/internal/sink"
+	"github.com/decryptd/decryptd/internal/testutil/keyenv"
 	"github.com/decryptd/decryptd/internal/testutil/vectors"
 )
 
@@ -29,7 +25,7 @@ import (
 func TestReplayCommandVectors(t *testing.T) {
 	v := vectors.Load(t)
 	dir := t.TempDir()
-	importVectorKeys(t, dir, v)
+	keyenv.ImportVectors(t, dir, "", v)
 	records, dead := filepath.Join(dir, "records.jsonl"), filepath.Join(dir, "dead-letter.jsonl")
 	cfg := fmt.Sprintf(`
 mqtt:
@@ -126,40 +122,6 @@ log: {level: error}
 	}
 	if got := len(readLines(t, dead)); got != sum.DeadLettered || got != len(v.Cases)-wantOK-wantDup {
 		t.Errorf("%d dead letters written, summary says %d, want %d", got, sum.DeadLettered, len(v.Cases)-wantOK-wantDup)
-	}
-}
-
-// importVectorKeys makes a local root key and a file registry in dir and
-// imports the vectors' keys through keyops, as `dekctl import --file
-// testdata/envelope-v1.json` does.
-func importVectorKeys(t *testing.T, dir string, v vectors.File) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
-	lp, err := local.Create(filepath.Join(dir, "root-key.json"), "test-root")
-	if err != nil {
-		t.Fatal(err)
-	}
-	store, err := filestore.Open(ctx, filepath.Join(dir, "registry.json"), filestore.WithoutFSNotify())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
-	aw, err := audit.Open(ctx, filepath.Join(dir, "dekctl-audit.log"), audit.WithActor("dekctl"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer aw.Close()
-	ops, err := keyops.New(keyops.Options{KMS: lp, Roots: lp, Registry: store, Audit: aw})
-	if err != nil {
-		t.Fatal(err)
-	}
-	keys, err := keyops.ParseImport(v.Bytes())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := ops.Import(ctx, keys, false); err != nil {
-		t.Fatalf("import vector keys: %v", err)
 	}
 }
 

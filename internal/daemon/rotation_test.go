@@ -16,17 +16,16 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/decryptd/decryptd/internal/audit"
 	"github.com/decryptd/decryptd/internal/config"
 	"github.com/decryptd/decryptd/internal/daemon"
 	"github.com/decryptd/decryptd/internal/dek"
 	"github.com/decryptd/decryptd/internal/keyops"
 	"github.com/decryptd/decryptd/internal/kms/local"
 	"github.com/decryptd/decryptd/internal/registry"
-	"github.com/decryptd/decryptd/internal/registry/filestore"
 	"github.com/decryptd/decryptd/internal/rekey"
 	"github.com/decryptd/decryptd/internal/seal"
 	"github.com/decryptd/decryptd/internal/sink"
+	"github.com/decryptd/decryptd/internal/testutil/keyenv"
 	"github.com/decryptd/decryptd/internal/testutil/metrictest"
 	"github.com/decryptd/decryptd/internal/testutil/mosquittotest"
 	"github.com/decryptd/decryptd/internal/testutil/wait"
@@ -102,25 +101,9 @@ func TestDaemonRotation(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 
-	lp, err := local.Create(filepath.Join(dir, "root-key.json"), "test-root")
-	if err != nil {
-		t.Fatal(err)
-	}
-	regPath := filepath.Join(dir, "registry.json")
-	store, err := filestore.Open(ctx, regPath, filestore.WithoutFSNotify())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
-	aw, err := audit.Open(ctx, filepath.Join(dir, "dekctl-audit.log"), audit.WithActor("dekctl"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	past := func() time.Time { return time.Now().Add(-2 * time.Hour) }
-	ops, err := keyops.New(keyops.Options{KMS: lp, Roots: lp, Registry: store, Audit: aw, Now: past})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ke := keyenv.Open(ctx, t, dir, keyenv.Options{Now: past})
+	store, regPath, aw, ops := ke.Store, ke.RegistryPath, ke.Audit, ke.Ops
 	cred, err := ops.Provision(ctx, keyops.ProvisionRequest{DeviceID: "pump-1"})
 	if err != nil {
 		t.Fatal(err)

@@ -24,10 +24,9 @@ import (
 	"github.com/decryptd/decryptd/internal/daemon"
 	"github.com/decryptd/decryptd/internal/dek"
 	"github.com/decryptd/decryptd/internal/keyops"
-	"github.com/decryptd/decryptd/internal/kms/local"
-	"github.com/decryptd/decryptd/internal/registry/filestore"
 	"github.com/decryptd/decryptd/internal/rekey"
 	"github.com/decryptd/decryptd/internal/sink"
+	"github.com/decryptd/decryptd/internal/testutil/keyenv"
 	"github.com/decryptd/decryptd/internal/testutil/mosquittotest"
 	"github.com/decryptd/decryptd/internal/testutil/wait"
 )
@@ -153,25 +152,9 @@ func TestCDeviceInterop(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
 
-	lp, err := local.Create(filepath.Join(dir, "root-key.json"), "test-root")
-	if err != nil {
-		t.Fatal(err)
-	}
-	regPath := filepath.Join(dir, "registry.json")
-	store, err := filestore.Open(ctx, regPath, filestore.WithoutFSNotify())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
-	aw, err := audit.Open(ctx, filepath.Join(dir, "dekctl-audit.log"), audit.WithActor("dekctl"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	// Provisioned two hours "ago" under a one-hour max age: due at once.
-	ops, err := keyops.New(keyops.Options{KMS: lp, Roots: lp, Registry: store, Audit: aw, Now: func() time.Time { return time.Now().Add(-2 * time.Hour) }})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ke := keyenv.Open(ctx, t, dir, keyenv.Options{Now: func() time.Time { return time.Now().Add(-2 * time.Hour) }})
+	lp, store, regPath, aw, ops := ke.KMS, ke.Store, ke.RegistryPath, ke.Audit, ke.Ops
 	cred, err := ops.Provision(ctx, keyops.ProvisionRequest{DeviceID: devID})
 	if err != nil {
 		t.Fatal(err)
