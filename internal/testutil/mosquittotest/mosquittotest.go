@@ -93,7 +93,7 @@ func Start(t testing.TB, o Options) *Broker {
 	t.Cleanup(func() {
 		b.Stop()
 		if t.Failed() {
-			t.Logf("mosquitto log (%s):\n%s", b.LogFile, tail(b.LogFile, 64<<10))
+			t.Logf("mosquitto log (%s):\n%s", b.LogFile, Tail(b.LogFile, 64<<10))
 		}
 	})
 	// Ports are picked by listening on :0 and closing, so another process
@@ -111,7 +111,7 @@ func Start(t testing.TB, o Options) *Broker {
 			break
 		}
 		if !errors.Is(lastErr, errAddrInUse) {
-			t.Fatalf("mosquittotest: %v\nlog:\n%s", lastErr, tail(b.LogFile, 16<<10))
+			t.Fatalf("mosquittotest: %v\nlog:\n%s", lastErr, Tail(b.LogFile, 16<<10))
 		}
 	}
 	if lastErr != nil {
@@ -173,7 +173,7 @@ func (b *Broker) Restart() {
 		time.Sleep(250 * time.Millisecond)
 	}
 	if err != nil {
-		b.t.Fatalf("mosquittotest: restart: %v\nlog:\n%s", err, tail(b.LogFile, 16<<10))
+		b.t.Fatalf("mosquittotest: restart: %v\nlog:\n%s", err, Tail(b.LogFile, 16<<10))
 	}
 }
 
@@ -279,7 +279,9 @@ func freePort(t testing.TB) int {
 	return port
 }
 
-func tail(path string, max int) string {
+// Tail returns the last max bytes of the file at path (from a line
+// start), for a failing test's log.
+func Tail(path string, max int) string {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Sprintf("(no log: %v)", err)
