@@ -20,9 +20,7 @@ import (
 	"github.com/decryptd/decryptd/internal/decrypt"
 	"github.com/decryptd/decryptd/internal/dek"
 	"github.com/decryptd/decryptd/internal/keyops"
-	"github.com/decryptd/decryptd/internal/kms"
 	"github.com/decryptd/decryptd/internal/kms/local"
-	"github.com/decryptd/decryptd/internal/registry"
 	"github.com/decryptd/decryptd/internal/registry/pgstore"
 	"github.com/decryptd/decryptd/internal/rekey"
 	"github.com/decryptd/decryptd/internal/rotation"
@@ -174,24 +172,12 @@ func TestFleetRotation(t *testing.T) {
 				id := fmt.Sprintf("dev-%04d", i)
 				// Provisioned directly (wrap and create, as keyops does, without
 				// its per-device registry listing) to keep the setup quick.
-				key := make([]byte, keyops.DEKSize)
-				rand.Read(key)
-				ref := dek.Ref{KeyID: dek.DeviceKeyID(id), Version: "v1"}
-				wr, err := prov.kms.Wrap(ctx, key, kms.DEKAAD(ref))
-				if err == nil {
-					err = prov.store.Create(ctx, registry.Entry{KeyID: ref.KeyID, Version: "v1", State: dek.StateActive, Wrapped: wr, CreatedAt: past()})
-				}
+				a, err := newKey(ctx, prov, dek.DeviceKeyID(id), nil, past())
 				if err != nil {
 					errs <- err
 					return
 				}
-				a, err := seal.NewAEAD(key)
-				clear(key)
-				if err != nil {
-					errs <- err
-					return
-				}
-				cred := keyops.Credential{DeviceID: id, KeyID: ref.KeyID, KeyVersion: "v1"}
+				cred := keyops.Credential{DeviceID: id, KeyID: dek.DeviceKeyID(id), KeyVersion: "v1"}
 				d := &simDevice{id: id, keys: map[string]cipher.AEAD{cred.KeyVersion: a}, current: cred.KeyVersion}
 				if d.late, err = d.message(sealer, -1); err != nil {
 					errs <- err
@@ -225,25 +211,15 @@ func TestFleetRotation(t *testing.T) {
 		byVer    = map[string]int{}
 		failures = map[string]int{}
 	)
-	connectClient(t, b, "backend", func(c mqtt.Client) {
-		c.Subscribe("iot-2/type/+/id/+/evt/+/fmt/+", 1, func(_ mqtt.Client, m mqtt.Message) {
-			for {
-				rec, err := opener.Open(runCtx, decrypt.Message{Topic: m.Topic(), Payload: m.Payload()})
-				if errors.Is(err, decrypt.ErrTransient) && runCtx.Err() == nil {
-					time.Sleep(50 * time.Millisecond)
-					continue
-				}
-				recMu.Lock()
-				if err != nil {
-					failures[decrypt.Reason(err)]++
-				} else {
-					records[rec.ID] = true
-					byVer[rec.KeyVersion]++
-				}
-				recMu.Unlock()
-				return
-			}
-		}).Wait()
+	connectBackend(runCtx, t, b, opener, func(rec decrypt.Record, err error) {
+		recMu.Lock()
+		defer recMu.Unlock()
+		if err != nil {
+			failures[decrypt.Reason(err)]++
+		} else {
+			records[rec.ID] = true
+			byVer[rec.KeyVersion]++
+		}
 	})
 
 	pubc := connectClient(t, b, "fleet-pub", nil)

@@ -16,8 +16,6 @@ import (
 
 	"github.com/decryptd/decryptd/internal/decrypt"
 	"github.com/decryptd/decryptd/internal/dek"
-	"github.com/decryptd/decryptd/internal/keyops"
-	"github.com/decryptd/decryptd/internal/kms"
 	"github.com/decryptd/decryptd/internal/registry"
 	"github.com/decryptd/decryptd/internal/rekey"
 	"github.com/decryptd/decryptd/internal/rotation"
@@ -25,28 +23,6 @@ import (
 	"github.com/decryptd/decryptd/internal/testutil/mosquittotest"
 	"github.com/decryptd/decryptd/internal/testutil/wait"
 )
-
-// createKey stores version v1 of keyID (active, allowed for devices,
-// created at created) wrapped by the test's KMS and returns its AEAD.
-func createKey(ctx context.Context, t *testing.T, e *env, keyID string, devices []string, created time.Time) cipher.AEAD {
-	t.Helper()
-	key := make([]byte, keyops.DEKSize)
-	rand.Read(key)
-	ref := dek.Ref{KeyID: keyID, Version: "v1"}
-	wr, err := e.kms.Wrap(ctx, key, kms.DEKAAD(ref))
-	if err == nil {
-		err = e.store.Create(ctx, registry.Entry{KeyID: keyID, Version: "v1", State: dek.StateActive, Wrapped: wr, Devices: devices, CreatedAt: created})
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := seal.NewAEAD(key)
-	clear(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return a
-}
 
 // groupMember is a device holding its own key (device/<id>@v1) and the
 // group key's versions it has installed.
@@ -133,25 +109,15 @@ func TestGroupKeyRotation(t *testing.T) {
 		byRef    = map[string]int{} // key_id@key_version
 		failures = map[string]int{}
 	)
-	connectClient(t, b, "backend", func(c mqtt.Client) {
-		c.Subscribe("iot-2/type/+/id/+/evt/+/fmt/+", 1, func(_ mqtt.Client, m mqtt.Message) {
-			for {
-				rec, err := opener.Open(runCtx, decrypt.Message{Topic: m.Topic(), Payload: m.Payload()})
-				if errors.Is(err, decrypt.ErrTransient) && runCtx.Err() == nil {
-					time.Sleep(50 * time.Millisecond)
-					continue
-				}
-				recMu.Lock()
-				if err != nil {
-					failures[decrypt.Reason(err)]++
-				} else {
-					records[rec.ID] = true
-					byRef[rec.KeyID+"@"+rec.KeyVersion]++
-				}
-				recMu.Unlock()
-				return
-			}
-		}).Wait()
+	connectBackend(runCtx, t, b, opener, func(rec decrypt.Record, err error) {
+		recMu.Lock()
+		defer recMu.Unlock()
+		if err != nil {
+			failures[decrypt.Reason(err)]++
+		} else {
+			records[rec.ID] = true
+			byRef[rec.KeyID+"@"+rec.KeyVersion]++
+		}
 	})
 	decrypted := func(ref string) int {
 		recMu.Lock()

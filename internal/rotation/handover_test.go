@@ -19,8 +19,6 @@ import (
 	"github.com/decryptd/decryptd/internal/dek"
 	"github.com/decryptd/decryptd/internal/keycache"
 	"github.com/decryptd/decryptd/internal/keyops"
-	"github.com/decryptd/decryptd/internal/kms"
-	"github.com/decryptd/decryptd/internal/registry"
 	"github.com/decryptd/decryptd/internal/registry/pgstore"
 	"github.com/decryptd/decryptd/internal/rotation"
 	"github.com/decryptd/decryptd/internal/seal"
@@ -174,21 +172,7 @@ func TestLeaseHandover(t *testing.T) {
 	byID := map[string]*simDevice{}
 	for i := range devices {
 		id := fmt.Sprintf("hd-%02d", i)
-		key := make([]byte, keyops.DEKSize)
-		rand.Read(key)
-		ref := dek.Ref{KeyID: dek.DeviceKeyID(id), Version: "v1"}
-		wr, err := e.kms.Wrap(ctx, key, kms.DEKAAD(ref))
-		if err == nil {
-			err = e.store.Create(ctx, registry.Entry{KeyID: ref.KeyID, Version: "v1", State: dek.StateActive, Wrapped: wr, CreatedAt: past()})
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		a, err := seal.NewAEAD(key)
-		clear(key)
-		if err != nil {
-			t.Fatal(err)
-		}
+		a := createKey(ctx, t, e, dek.DeviceKeyID(id), nil, past())
 		devices[i] = &simDevice{id: id, keys: map[string]cipher.AEAD{"v1": a}, current: "v1"}
 		byID[id] = devices[i]
 	}

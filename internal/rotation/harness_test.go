@@ -2,6 +2,9 @@ package rotation_test
 
 import (
 	"context"
+	"crypto/cipher"
+	"crypto/rand"
+	"errors"
 	"sync"
 	"testing"
 	"time"
@@ -9,10 +12,15 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/decryptd/decryptd/internal/decrypt"
+	"github.com/decryptd/decryptd/internal/dek"
 	"github.com/decryptd/decryptd/internal/keycache"
+	"github.com/decryptd/decryptd/internal/keyops"
+	"github.com/decryptd/decryptd/internal/kms"
 	"github.com/decryptd/decryptd/internal/kms/local"
+	"github.com/decryptd/decryptd/internal/registry"
 	"github.com/decryptd/decryptd/internal/registry/pgstore"
 	"github.com/decryptd/decryptd/internal/rotation"
+	"github.com/decryptd/decryptd/internal/seal"
 	"github.com/decryptd/decryptd/internal/testutil/mosquittotest"
 )
 
@@ -59,4 +67,52 @@ func startBackend(runCtx context.Context, t *testing.T, bg *sync.WaitGroup, stor
 	go func() { defer bg.Done(); cache.Run(runCtx) }()
 	go func() { defer bg.Done(); tracker.Run(runCtx) }()
 	return rotation.ObservingOpener{Opener: dec, Tracker: tracker}, metrics
+}
+
+// connectBackend connects the client "backend" to b and subscribes it to
+// every device's events at QoS 1, opening each message through opener
+// (retrying a transient failure every 50 ms until runCtx ends) and handing
+// the outcome to got.
+func connectBackend(runCtx context.Context, t *testing.T, b *mosquittotest.Broker, opener rotation.ObservingOpener, got func(decrypt.Record, error)) {
+	t.Helper()
+	connectClient(t, b, "backend", func(c mqtt.Client) {
+		c.Subscribe("iot-2/type/+/id/+/evt/+/fmt/+", 1, func(_ mqtt.Client, m mqtt.Message) {
+			for {
+				rec, err := opener.Open(runCtx, decrypt.Message{Topic: m.Topic(), Payload: m.Payload()})
+				if errors.Is(err, decrypt.ErrTransient) && runCtx.Err() == nil {
+					time.Sleep(50 * time.Millisecond)
+					continue
+				}
+				got(rec, err)
+				return
+			}
+		}).Wait()
+	})
+}
+
+// createKey stores version v1 of keyID (active, allowed for devices,
+// created at created) wrapped by the test's KMS and returns its AEAD.
+func createKey(ctx context.Context, t *testing.T, e *env, keyID string, devices []string, created time.Time) cipher.AEAD {
+	t.Helper()
+	a, err := newKey(ctx, e, keyID, devices, created)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// newKey is createKey for a goroutine: it returns the error.
+func newKey(ctx context.Context, e *env, keyID string, devices []string, created time.Time) (cipher.AEAD, error) {
+	key := make([]byte, keyops.DEKSize)
+	rand.Read(key)
+	defer clear(key)
+	ref := dek.Ref{KeyID: keyID, Version: "v1"}
+	wr, err := e.kms.Wrap(ctx, key, kms.DEKAAD(ref))
+	if err != nil {
+		return nil, err
+	}
+	if err := e.store.Create(ctx, registry.Entry{KeyID: keyID, Version: "v1", State: dek.StateActive, Wrapped: wr, Devices: devices, CreatedAt: created}); err != nil {
+		return nil, err
+	}
+	return seal.NewAEAD(key)
 }
