@@ -418,15 +418,7 @@ func TestRefreshAheadDoesNotBlock(t *testing.T) {
 	if _, err := resolve(e, "group/a", "v1", dev); err != nil {
 		t.Fatal(err)
 	}
-	release := make(chan struct{})
-	e.kms.setHook(func(ctx context.Context) error {
-		select {
-		case <-release:
-			return nil
-		case <-ctx.Done():
-			return fmt.Errorf("%w: %w", kms.ErrTransient, ctx.Err())
-		}
-	})
+	release := e.kms.holdUntilReleased()
 	e.clock.Advance(DefaultTTL - 2*time.Minute) // inside the refresh-ahead window
 
 	done := make(chan struct{})

@@ -161,6 +161,22 @@ func (k *fakeKMS) setHook(h func(ctx context.Context) error) {
 	k.mu.Unlock()
 }
 
+// holdUntilReleased makes every unwrap wait until the returned channel is
+// closed (then it succeeds) or its context ends (then it fails as
+// transient).
+func (k *fakeKMS) holdUntilReleased() chan struct{} {
+	release := make(chan struct{})
+	k.setHook(func(ctx context.Context) error {
+		select {
+		case <-release:
+			return nil
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %w", kms.ErrTransient, ctx.Err())
+		}
+	})
+	return release
+}
+
 func (k *fakeKMS) Unwrap(ctx context.Context, w kms.Wrapped, aad []string) ([]byte, error) {
 	k.calls.Add(1)
 	n := k.inFlight.Add(1)

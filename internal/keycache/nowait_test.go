@@ -1,7 +1,6 @@
 package keycache
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"testing"
@@ -103,15 +102,7 @@ func TestResolveCachedKeyMissStartsNoLoad(t *testing.T) {
 func TestResolveCachedKeyDoesNotJoinLoad(t *testing.T) {
 	e := newEnv(t, nil)
 	e.addKey("group/a", "v1", dev)
-	release := make(chan struct{})
-	e.kms.setHook(func(ctx context.Context) error {
-		select {
-		case <-release:
-			return nil
-		case <-ctx.Done():
-			return fmt.Errorf("%w: %w", kms.ErrTransient, ctx.Err())
-		}
-	})
+	release := e.kms.holdUntilReleased()
 	loaded := make(chan error, 1)
 	go func() {
 		_, err := resolve(e, "group/a", "v1", dev)
@@ -402,15 +393,7 @@ func TestResolveCachedKeyKMSDown(t *testing.T) {
 func TestPrefetchKey(t *testing.T) {
 	e := newEnv(t, nil)
 	key := e.addKey("group/a", "v1", dev)
-	release := make(chan struct{})
-	e.kms.setHook(func(ctx context.Context) error {
-		select {
-		case <-release:
-			return nil
-		case <-ctx.Done():
-			return fmt.Errorf("%w: %w", kms.ErrTransient, ctx.Err())
-		}
-	})
+	release := e.kms.holdUntilReleased()
 	for range 5 {
 		e.c.PrefetchKey("group/a", "v1", dev) // returns at once: the KMS is held
 	}
