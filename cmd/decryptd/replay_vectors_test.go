@@ -66,25 +66,10 @@ log: {level: error}
 		t.Fatal(err)
 	}
 
-	var out, errOut bytes.Buffer
-	if code := run([]string{"replay", "--config", cfgPath, "--in", inPath}, &out, &errOut); code != exitOK {
-		t.Fatalf("exit %d\nstderr: %s", code, errOut.String())
-	}
-	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
-	var sum struct {
-		Processed    int            `json:"processed"`
-		Delivered    int            `json:"delivered"`
-		DeadLettered int            `json:"dead_lettered"`
-		Duplicates   int            `json:"duplicates"`
-		ByCause      map[string]int `json:"duplicates_by_cause"`
-		Reasons      map[string]int `json:"reasons"`
-	}
-	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &sum); err != nil {
-		t.Fatalf("last line %q: %v", lines[len(lines)-1], err)
-	}
+	last, sum := runReplay(t, cfgPath, inPath)
 	if sum.Processed != len(v.Cases) || sum.Delivered != wantOK || sum.Duplicates != wantDup ||
 		sum.ByCause["repeat"] != wantDup || sum.ByCause["redelivery"] != 0 {
-		t.Errorf("summary %s; want %d processed, %d delivered, %d duplicates (repeat)", lines[len(lines)-1], len(v.Cases), wantOK, wantDup)
+		t.Errorf("summary %s; want %d processed, %d delivered, %d duplicates (repeat)", last, len(v.Cases), wantOK, wantDup)
 	}
 	for r, n := range sum.Reasons {
 		if n != wantReasons[r] {
@@ -147,4 +132,33 @@ func readLines(t *testing.T, path string) [][]byte {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// replaySummary is the line `decryptd replay` prints last.
+type replaySummary struct {
+	Processed    int            `json:"processed"`
+	Delivered    int            `json:"delivered"`
+	DeadLettered int            `json:"dead_lettered"`
+	Duplicates   int            `json:"duplicates"`
+	ByCause      map[string]int `json:"duplicates_by_cause"`
+	Reasons      map[string]int `json:"reasons"`
+	KMSUnwraps   *int           `json:"kms_unwraps"`
+}
+
+// runReplay runs `decryptd replay --config cfgPath --in inPath`, fails the
+// test unless it exits OK, and returns its last line, as printed and
+// parsed as the summary.
+func runReplay(t *testing.T, cfgPath, inPath string) (string, replaySummary) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	if code := run([]string{"replay", "--config", cfgPath, "--in", inPath}, &out, &errOut); code != exitOK {
+		t.Fatalf("exit %d\nstderr: %s", code, errOut.String())
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	last := lines[len(lines)-1]
+	var sum replaySummary
+	if err := json.Unmarshal([]byte(last), &sum); err != nil {
+		t.Fatalf("last line %q: %v", last, err)
+	}
+	return last, sum
 }
