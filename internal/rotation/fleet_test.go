@@ -17,7 +17,6 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/decryptd/decryptd/internal/audit"
-	"github.com/decryptd/decryptd/internal/decrypt"
 	"github.com/decryptd/decryptd/internal/dek"
 	"github.com/decryptd/decryptd/internal/keyops"
 	"github.com/decryptd/decryptd/internal/kms/local"
@@ -205,22 +204,7 @@ func TestFleetRotation(t *testing.T) {
 	defer func() { stop(); bg.Wait() }()
 	opener, metrics := startBackend(runCtx, t, &bg, prov.store, prov.kms, ops, grace)
 
-	var (
-		recMu    sync.Mutex
-		records  = map[string]bool{}
-		byVer    = map[string]int{}
-		failures = map[string]int{}
-	)
-	connectBackend(runCtx, t, b, opener, func(rec decrypt.Record, err error) {
-		recMu.Lock()
-		defer recMu.Unlock()
-		if err != nil {
-			failures[decrypt.Reason(err)]++
-		} else {
-			records[rec.ID] = true
-			byVer[rec.KeyVersion]++
-		}
-	})
+	tl := connectBackend(runCtx, t, b, opener)
 
 	pubc := connectClient(t, b, "fleet-pub", nil)
 	var published atomic.Int64
@@ -363,25 +347,25 @@ func TestFleetRotation(t *testing.T) {
 	stop()
 	bg.Wait()
 	wait.Detail(t, 20*time.Second, "every published message opened", func() (bool, string) {
-		recMu.Lock()
-		defer recMu.Unlock()
-		return len(records)+sumMap(failures) >= int(published.Load()), fmt.Sprintf("%d of %d", len(records)+sumMap(failures), published.Load())
+		tl.mu.Lock()
+		defer tl.mu.Unlock()
+		return len(tl.records)+sumMap(tl.failures) >= int(published.Load()), fmt.Sprintf("%d of %d", len(tl.records)+sumMap(tl.failures), published.Load())
 	})
-	recMu.Lock()
-	defer recMu.Unlock()
-	if len(failures) > 0 {
-		t.Fatalf("messages failed: %v", failures)
+	tl.mu.Lock()
+	defer tl.mu.Unlock()
+	if len(tl.failures) > 0 {
+		t.Fatalf("messages failed: %v", tl.failures)
 	}
-	if len(records) != int(published.Load()) {
-		t.Fatalf("%d records for %d messages", len(records), published.Load())
+	if len(tl.records) != int(published.Load()) {
+		t.Fatalf("%d records for %d messages", len(tl.records), published.Load())
 	}
-	if byVer["v1"] < nDevices || byVer["v2"] == 0 {
-		t.Fatalf("records by version: %v", byVer)
+	if tl.byVer["v1"] < nDevices || tl.byVer["v2"] == 0 {
+		t.Fatalf("records by version: %v", tl.byVer)
 	}
 	if rekeysBad.Load() != 0 {
 		t.Fatalf("%d rekey messages did not open on a device", rekeysBad.Load())
 	}
-	t.Logf("messages %d (by version %v), rekeys seen by devices %d", published.Load(), byVer, rekeysSeen.Load())
+	t.Logf("messages %d (by version %v), rekeys seen by devices %d", published.Load(), tl.byVer, rekeysSeen.Load())
 }
 
 func sumMap(m map[string]int) int {

@@ -14,7 +14,6 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
-	"github.com/decryptd/decryptd/internal/decrypt"
 	"github.com/decryptd/decryptd/internal/dek"
 	"github.com/decryptd/decryptd/internal/registry"
 	"github.com/decryptd/decryptd/internal/rekey"
@@ -103,26 +102,11 @@ func TestGroupKeyRotation(t *testing.T) {
 	defer func() { stop(); bg.Wait() }()
 	opener, metrics := startBackend(runCtx, t, &bg, e.store, e.kms, e.ops, grace)
 
-	var (
-		recMu    sync.Mutex
-		records  = map[string]bool{}
-		byRef    = map[string]int{} // key_id@key_version
-		failures = map[string]int{}
-	)
-	connectBackend(runCtx, t, b, opener, func(rec decrypt.Record, err error) {
-		recMu.Lock()
-		defer recMu.Unlock()
-		if err != nil {
-			failures[decrypt.Reason(err)]++
-		} else {
-			records[rec.ID] = true
-			byRef[rec.KeyID+"@"+rec.KeyVersion]++
-		}
-	})
+	tl := connectBackend(runCtx, t, b, opener)
 	decrypted := func(ref string) int {
-		recMu.Lock()
-		defer recMu.Unlock()
-		return byRef[ref]
+		tl.mu.Lock()
+		defer tl.mu.Unlock()
+		return tl.byRef[ref]
 	}
 
 	// Devices: one connection carries every command topic; each rekey is
@@ -302,22 +286,22 @@ func TestGroupKeyRotation(t *testing.T) {
 	// 5. Nothing failed; the outsider got no rekey and no device key
 	// was rotated along with the group's.
 	wait.Detail(t, 15*time.Second, "every published message opened", func() (bool, string) {
-		recMu.Lock()
-		defer recMu.Unlock()
-		return len(records)+sumMap(failures) >= published, fmt.Sprintf("%d of %d", len(records)+sumMap(failures), published)
+		tl.mu.Lock()
+		defer tl.mu.Unlock()
+		return len(tl.records)+sumMap(tl.failures) >= published, fmt.Sprintf("%d of %d", len(tl.records)+sumMap(tl.failures), published)
 	})
 	stop()
 	bg.Wait()
-	recMu.Lock()
-	defer recMu.Unlock()
-	if len(failures) > 0 {
-		t.Fatalf("messages failed to decrypt: %v", failures)
+	tl.mu.Lock()
+	defer tl.mu.Unlock()
+	if len(tl.failures) > 0 {
+		t.Fatalf("messages failed to decrypt: %v", tl.failures)
 	}
-	if len(records) != published {
-		t.Fatalf("%d records for %d messages", len(records), published)
+	if len(tl.records) != published {
+		t.Fatalf("%d records for %d messages", len(tl.records), published)
 	}
-	if byRef[group+"@v2"] != len(members) || byRef[group+"@v1"] == 0 {
-		t.Fatalf("records by key: %v", byRef)
+	if tl.byRef[group+"@v2"] != len(members) || tl.byRef[group+"@v1"] == 0 {
+		t.Fatalf("records by key: %v", tl.byRef)
 	}
 	rkMu.Lock()
 	defer rkMu.Unlock()
@@ -338,5 +322,5 @@ func TestGroupKeyRotation(t *testing.T) {
 			t.Fatalf("%s@%s exists: a device key was rotated along", x.KeyID, x.Version)
 		}
 	}
-	t.Logf("records by key %v; rekeys per member %d", byRef, len(rekeys[members[0].id]))
+	t.Logf("records by key %v; rekeys per member %d", tl.byRef, len(rekeys[members[0].id]))
 }

@@ -69,12 +69,35 @@ func startBackend(runCtx context.Context, t *testing.T, bg *sync.WaitGroup, stor
 	return rotation.ObservingOpener{Opener: dec, Tracker: tracker}, metrics
 }
 
+// tally is what the backend opened: record ids, records by key version
+// and by key_id@key_version, failures by reason. Hold mu to read it.
+type tally struct {
+	mu       sync.Mutex
+	records  map[string]bool
+	byVer    map[string]int
+	byRef    map[string]int
+	failures map[string]int
+}
+
+func (tl *tally) add(rec decrypt.Record, err error) {
+	tl.mu.Lock()
+	defer tl.mu.Unlock()
+	if err != nil {
+		tl.failures[decrypt.Reason(err)]++
+		return
+	}
+	tl.records[rec.ID] = true
+	tl.byVer[rec.KeyVersion]++
+	tl.byRef[rec.KeyID+"@"+rec.KeyVersion]++
+}
+
 // connectBackend connects the client "backend" to b and subscribes it to
 // every device's events at QoS 1, opening each message through opener
-// (retrying a transient failure every 50 ms until runCtx ends) and handing
-// the outcome to got.
-func connectBackend(runCtx context.Context, t *testing.T, b *mosquittotest.Broker, opener rotation.ObservingOpener, got func(decrypt.Record, error)) {
+// (retrying a transient failure every 50 ms until runCtx ends) and
+// counting the outcome in the tally it returns.
+func connectBackend(runCtx context.Context, t *testing.T, b *mosquittotest.Broker, opener rotation.ObservingOpener) *tally {
 	t.Helper()
+	tl := &tally{records: map[string]bool{}, byVer: map[string]int{}, byRef: map[string]int{}, failures: map[string]int{}}
 	connectClient(t, b, "backend", func(c mqtt.Client) {
 		c.Subscribe("iot-2/type/+/id/+/evt/+/fmt/+", 1, func(_ mqtt.Client, m mqtt.Message) {
 			for {
@@ -83,11 +106,12 @@ func connectBackend(runCtx context.Context, t *testing.T, b *mosquittotest.Broke
 					time.Sleep(50 * time.Millisecond)
 					continue
 				}
-				got(rec, err)
+				tl.add(rec, err)
 				return
 			}
 		}).Wait()
 	})
+	return tl
 }
 
 // createKey stores version v1 of keyID (active, allowed for devices,

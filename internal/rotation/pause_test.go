@@ -5,7 +5,6 @@ import (
 	"crypto/cipher"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -13,11 +12,11 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"go.yaml.in/yaml/v3"
 
 	"github.com/decryptd/decryptd/internal/dek"
 	"github.com/decryptd/decryptd/internal/rekey"
 	"github.com/decryptd/decryptd/internal/rotation"
+	"github.com/decryptd/decryptd/internal/testutil/alertrules"
 	"github.com/decryptd/decryptd/internal/testutil/fakeclock"
 	"github.com/decryptd/decryptd/internal/testutil/metrictest"
 )
@@ -227,31 +226,11 @@ func b2f(b bool) float64 {
 // TestPausedAlertRule: the alert that tells an operator a rollout paused
 // itself watches the gauge the controller sets.
 func TestPausedAlertRule(t *testing.T) {
-	data, err := os.ReadFile("../../deploy/kubernetes/alerts.yaml")
-	if err != nil {
-		t.Fatal(err)
+	expr, ok := alertrules.Exprs(t, "../../deploy/kubernetes/alerts.yaml")["DecryptdRotationPaused"]
+	if !ok {
+		t.Fatal("deploy/kubernetes/alerts.yaml: no DecryptdRotationPaused alert")
 	}
-	// The plain rules file (rule_files: format).
-	var doc struct {
-		Groups []struct {
-			Rules []struct {
-				Alert string `yaml:"alert"`
-				Expr  string `yaml:"expr"`
-			} `yaml:"rules"`
-		} `yaml:"groups"`
+	if !strings.Contains(expr, "decryptd_rotation_paused") {
+		t.Fatalf("DecryptdRotationPaused: expr %q does not watch decryptd_rotation_paused", expr)
 	}
-	if err := yaml.Unmarshal(data, &doc); err != nil {
-		t.Fatal(err)
-	}
-	for _, g := range doc.Groups {
-		for _, r := range g.Rules {
-			if r.Alert == "DecryptdRotationPaused" {
-				if !strings.Contains(r.Expr, "decryptd_rotation_paused") {
-					t.Fatalf("DecryptdRotationPaused: expr %q does not watch decryptd_rotation_paused", r.Expr)
-				}
-				return
-			}
-		}
-	}
-	t.Fatal("deploy/kubernetes/alerts.yaml: no DecryptdRotationPaused alert")
 }
