@@ -242,24 +242,8 @@ func TestFleetRotation(t *testing.T) {
 			}
 		}).Wait()
 	})
-	bg.Add(1)
-	go func() { // telemetry: every online device, once a second
-		defer bg.Done()
-		for seq := 0; runCtx.Err() == nil; seq++ {
-			for _, d := range devices {
-				if d.offline.Load() {
-					continue
-				}
-				msg, err := d.message(sealer, seq)
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				publish(d, msg)
-			}
-			sleepCtx(runCtx, time.Second)
-		}
-	}()
+	// Telemetry: every online device, once a second.
+	sendTelemetry(runCtx, t, &bg, devices, sealer, time.Second, publish)
 
 	// The controller, leading through the PostgreSQL lease.
 	pub, err := rotation.NewMQTTPublisher(ctx, rotation.MQTTOptions{Brokers: []string{b.SSLURL}, ClientID: "rotation", TLS: b.ClientTLS("rotation")})

@@ -207,24 +207,10 @@ func TestLeaseHandover(t *testing.T) {
 	sealer := seal.New(rand.Reader)
 	tctx, stopTelemetry := context.WithCancel(ctx)
 	var telemetry sync.WaitGroup
-	telemetry.Add(1)
-	go func() { // every online device, every 300 ms
-		defer telemetry.Done()
-		for seq := 0; tctx.Err() == nil; seq++ {
-			for _, d := range devices {
-				if d.offline.Load() {
-					continue
-				}
-				msg, err := d.message(sealer, seq)
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				pubc.Publish(topicOf(d.id), 1, false, msg).WaitTimeout(10 * time.Second)
-			}
-			sleepCtx(tctx, 300*time.Millisecond)
-		}
-	}()
+	// Every online device, every 300 ms.
+	sendTelemetry(tctx, t, &telemetry, devices, sealer, 300*time.Millisecond, func(d *simDevice, msg []byte) {
+		pubc.Publish(topicOf(d.id), 1, false, msg).WaitTimeout(10 * time.Second)
+	})
 	defer func() { stopTelemetry(); telemetry.Wait() }()
 
 	// A budget of a quarter of the fleet per 4 s: the rollout takes about

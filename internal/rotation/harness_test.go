@@ -140,3 +140,26 @@ func newKey(ctx context.Context, e *env, keyID string, devices []string, created
 	}
 	return seal.NewAEAD(key)
 }
+
+// sendTelemetry has every online device publish a message (sealed with
+// sealer, numbered by round) every interval, on bg, until ctx ends.
+func sendTelemetry(ctx context.Context, t *testing.T, bg *sync.WaitGroup, devices []*simDevice, sealer *seal.Sealer, every time.Duration, publish func(*simDevice, []byte)) {
+	bg.Add(1)
+	go func() {
+		defer bg.Done()
+		for seq := 0; ctx.Err() == nil; seq++ {
+			for _, d := range devices {
+				if d.offline.Load() {
+					continue
+				}
+				msg, err := d.message(sealer, seq)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				publish(d, msg)
+			}
+			sleepCtx(ctx, every)
+		}
+	}()
+}
