@@ -18,6 +18,7 @@ import (
 
 	"github.com/decryptd/decryptd/internal/config"
 	"github.com/decryptd/decryptd/internal/daemon"
+	"github.com/decryptd/decryptd/internal/daemon/daemontest"
 	"github.com/decryptd/decryptd/internal/dek"
 	"github.com/decryptd/decryptd/internal/keyops"
 	"github.com/decryptd/decryptd/internal/kms/local"
@@ -143,15 +144,7 @@ func TestDaemonRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
-	dctx, stop := context.WithCancel(ctx)
-	defer stop()
-	d, err := daemon.New(dctx, daemon.Options{Config: cfg, Registry: reg, Version: "test"})
-	if err != nil {
-		t.Fatalf("daemon.New: %v", err)
-	}
-	runErr := make(chan error, 1)
-	go func() { runErr <- d.Run(dctx) }()
-	waitReady(t, d)
+	_, stop := daemontest.Start(ctx, t, daemon.Options{Config: cfg, Registry: reg, Version: "test"})
 
 	publish(dev.seal(t, "v1", 0)) // under v1 (the rekey may already be in)
 	var v2 string
@@ -231,14 +224,6 @@ func TestDaemonRotation(t *testing.T) {
 	}
 
 	stop()
-	select {
-	case err := <-runErr:
-		if err != nil {
-			t.Fatalf("Run: %v", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("daemon did not stop within 30 s")
-	}
 	// The daemon's audit log holds the rotation's events (rotate, unwraps
 	// for the rekey, adopt, supersede, revoke) and its chain verifies.
 	n, err := verifyAudit(cfg.Audit.Path)
@@ -284,11 +269,6 @@ func TestDaemonRotationDisabled(t *testing.T) {
 
 func topicOfDevice(id string) string {
 	return "iot-2/type/monitor/id/" + id + "/evt/telemetry/fmt/json"
-}
-
-func waitReady(t *testing.T, d *daemon.Daemon) {
-	t.Helper()
-	wait.Within(t, 15*time.Second, "/readyz", d.Ready)
 }
 
 // gathered is metrictest.Series reading an absent series as -1, which no

@@ -22,6 +22,7 @@ import (
 	"github.com/decryptd/decryptd/internal/audit"
 	"github.com/decryptd/decryptd/internal/config"
 	"github.com/decryptd/decryptd/internal/daemon"
+	"github.com/decryptd/decryptd/internal/daemon/daemontest"
 	"github.com/decryptd/decryptd/internal/dek"
 	"github.com/decryptd/decryptd/internal/keyops"
 	"github.com/decryptd/decryptd/internal/rekey"
@@ -221,15 +222,7 @@ func TestCDeviceInterop(t *testing.T) {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	dctx, stop := context.WithCancel(ctx)
-	defer stop()
-	d, err := daemon.New(dctx, daemon.Options{Config: cfg, Version: "test"})
-	if err != nil {
-		t.Fatalf("daemon.New: %v", err)
-	}
-	runErr := make(chan error, 1)
-	go func() { runErr <- d.Run(dctx) }()
-	wait.Within(t, 15*time.Second, "/readyz", d.Ready)
+	_, stop := daemontest.Start(ctx, t, daemon.Options{Config: cfg, Version: "test"})
 
 	// The device publishes under v1 until the rekey comes, holding back
 	// its first message (sealed under v1) to send it after the rekey.
@@ -343,14 +336,6 @@ func TestCDeviceInterop(t *testing.T) {
 	t.Logf("rekeys published on %s: %d", cmdTopic, nRekeys)
 
 	stop()
-	select {
-	case err := <-runErr:
-		if err != nil {
-			t.Fatalf("Run: %v", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("daemon did not stop within 30 s")
-	}
 
 	// Restore the key file from the backup; the floor (kept apart) says 2.
 	if err := os.WriteFile(statePath, backup, 0o600); err != nil {
