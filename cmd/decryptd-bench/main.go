@@ -9,6 +9,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -24,6 +25,7 @@ import (
 	"github.com/decryptd/decryptd/internal/bench"
 	"github.com/decryptd/decryptd/internal/config"
 	"github.com/decryptd/decryptd/internal/daemon"
+	buildversion "github.com/decryptd/decryptd/internal/version"
 )
 
 func main() { os.Exit(run()) }
@@ -57,8 +59,21 @@ func run() int {
 	svg := fs.String("svg", "", "write the drain chart (SVG) to this file")
 	render := fs.String("render", "", "run nothing: read this results JSON and write -svg and the summary from it")
 	dir := fs.String("dir", "", "working directory (default: a new temporary one, removed at the end)")
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	fs.Usage = func() {} // help on stdout below; errors on stderr
 	if err := fs.Parse(os.Args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stdout, "decryptd-bench: the end-to-end benchmark (drain and cold start; see BENCHMARKS.md).\n\nUsage: decryptd-bench [flags]   (no commands)\n\nFlags:")
+			fs.SetOutput(os.Stdout)
+			fs.PrintDefaults()
+			return 0
+		}
+		fmt.Fprintln(os.Stderr, "Run 'decryptd-bench --help' for usage.")
 		return 2
+	}
+	if *showVersion {
+		fmt.Fprintln(os.Stdout, buildversion.Line("decryptd-bench"))
+		return 0
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "decryptd-bench: unexpected arguments %q\n", fs.Args())

@@ -9,8 +9,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"runtime"
-	"runtime/debug"
+	"strings"
 	"syscall"
 
 	"go.uber.org/zap"
@@ -19,6 +18,7 @@ import (
 	"github.com/decryptd/decryptd/internal/config"
 	"github.com/decryptd/decryptd/internal/daemon"
 	"github.com/decryptd/decryptd/internal/demo"
+	buildversion "github.com/decryptd/decryptd/internal/version"
 )
 
 // Exit codes, for scripts and service managers.
@@ -51,8 +51,9 @@ Commands:
                                 (good and bad messages) and the daemon,
                                 printing decrypted records; stops on Ctrl-C or
                                 after D (default: until Ctrl-C)
-  version                       print the version
-  help                          this text
+  version                       print the version (also --version)
+  help                          this text (also --help, -h; COMMAND --help
+                                for one command's flags)
 
 --config defaults to the environment variable DECRYPTD_CONFIG, then
 ./config.yaml. Every key can be overridden from the environment
@@ -66,10 +67,18 @@ func run(args []string, stdout, stderr io.Writer) int {
 	cmd := "run"
 	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
 		cmd, args = args[0], args[1:]
+	} else if len(args) > 0 {
+		// Flags before any command: the global ones, else run's.
+		switch args[0] {
+		case "-h", "-help", "--help":
+			cmd = "help"
+		case "-version", "--version":
+			cmd = "version"
+		}
 	}
 	switch cmd {
 	case "run":
-		return cmdRun(ctx, args, stderr)
+		return cmdRun(ctx, args, stdout, stderr)
 	case "check-config":
 		return cmdCheckConfig(args, stdout, stderr)
 	case "replay":
@@ -77,9 +86,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "demo":
 		return cmdDemo(ctx, args, stdout, stderr)
 	case "version":
-		fmt.Fprintf(stdout, "decryptd %s (%s)\n", version(), runtime.Version())
+		fmt.Fprintln(stdout, buildversion.Line("decryptd"))
 		return exitOK
-	case "help", "-h", "--help":
+	case "help":
 		fmt.Fprint(stdout, usageText)
 		return exitOK
 	}
@@ -87,28 +96,21 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return exitUsage
 }
 
-// version is the module version the binary was built from, with the VCS
-// revision when the build recorded one.
-func version() string {
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return "unknown"
-	}
-	v := bi.Main.Version
-	if v == "" || v == "(devel)" {
-		v = "dev"
-	}
-	for _, s := range bi.Settings {
-		if s.Key == "vcs.revision" && len(s.Value) >= 12 {
-			v += "+" + s.Value[:12]
-		}
-	}
-	return v
+// version is the module version the binary was built from.
+func version() string { return buildversion.String() }
+
+// commandHelp is each command's line in `decryptd COMMAND --help`.
+var commandHelp = map[string]string{
+	"run":          "decryptd run [--config FILE]: run the daemon until SIGINT or SIGTERM.",
+	"check-config": "decryptd check-config [--config FILE]: validate the configuration and check the files it names; prints OK, or every problem (exit status 2).",
+	"replay":       "decryptd replay [--config FILE] --in FILE: run dead letters through the configured keys and sinks again.",
+	"demo":         "decryptd demo [--duration D] [--listen ADDR] [--dir DIR]: broker, KMS, fleet, rotation and daemon in one process.",
 }
 
 func newFlags(name string, stderr io.Writer) (*flag.FlagSet, *string) {
 	fs := flag.NewFlagSet("decryptd "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.Usage = func() {} // help goes to stdout (parseFlags), errors to stderr
 	def := os.Getenv("DECRYPTD_CONFIG")
 	if def == "" {
 		def = "config.yaml"
@@ -117,34 +119,62 @@ func newFlags(name string, stderr io.Writer) (*flag.FlagSet, *string) {
 	return fs, cfg
 }
 
-func parseFlags(fs *flag.FlagSet, args []string, stderr io.Writer) bool {
+// parseFlags parses a command's flags. On --help it prints the command's
+// flags and the command list to stdout and returns done with exit 0; on a
+// mistake it names it on stderr and returns done with exit 2.
+func parseFlags(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) (code int, done bool) {
+	fs.Usage = func() {}
+	fs.SetOutput(stderr)
 	if err := fs.Parse(args); err != nil {
-		return false
+		if errors.Is(err, flag.ErrHelp) {
+			printCommandHelp(fs, stdout)
+			return exitOK, true
+		}
+		fmt.Fprintf(stderr, "Run '%s --help' for usage.\n", fs.Name())
+		return exitUsage, true
 	}
 	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "%s: unexpected arguments %q\n", fs.Name(), fs.Args())
-		return false
+		fmt.Fprintf(stderr, "%s: unexpected arguments %q\nRun '%s --help' for usage.\n", fs.Name(), fs.Args(), fs.Name())
+		return exitUsage, true
 	}
-	return true
+	return exitOK, false
 }
 
-// loadConfig loads and validates; a ValidationError is printed one field a
-// line.
+// printCommandHelp writes one command's usage and flags, then the
+// command list.
+func printCommandHelp(fs *flag.FlagSet, w io.Writer) {
+	name := strings.TrimPrefix(fs.Name(), "decryptd ")
+	fmt.Fprintf(w, "%s\n\nFlags:\n", commandHelp[name])
+	fs.SetOutput(w)
+	fs.PrintDefaults()
+	fmt.Fprintf(w, "\n%s", usageText)
+}
+
+// loadConfig loads and validates, and refuses DECRYPTD_* variables that
+// set no key (config.CheckEnv says why); a ValidationError is printed one
+// field a line.
 func loadConfig(path string, stderr io.Writer) (*config.Config, bool) {
 	cfg, err := config.Load(path, os.LookupEnv)
+	if err == nil {
+		err = config.CheckEnv(os.Environ(), cfg)
+	}
 	if err != nil {
-		var ve *config.ValidationError
-		if errors.As(err, &ve) {
-			fmt.Fprintf(stderr, "decryptd: configuration %s is invalid:\n", path)
-			for _, p := range ve.Problems {
-				fmt.Fprintf(stderr, "  %s\n", p.Error())
-			}
-		} else {
-			fmt.Fprintf(stderr, "decryptd: %v\n", err)
-		}
+		printConfigError(path, err, stderr)
 		return nil, false
 	}
 	return cfg, true
+}
+
+func printConfigError(path string, err error, stderr io.Writer) {
+	var ve *config.ValidationError
+	if errors.As(err, &ve) {
+		fmt.Fprintf(stderr, "decryptd: configuration %s is invalid:\n", path)
+		for _, p := range ve.Problems {
+			fmt.Fprintf(stderr, "  %s\n", p.Error())
+		}
+		return
+	}
+	fmt.Fprintf(stderr, "decryptd: %v\n", err)
 }
 
 // newLogger builds the one logger: JSON (or console) on stderr at the
@@ -165,10 +195,10 @@ func newLogger(c config.Log, stderr io.Writer) (*zap.Logger, error) {
 	return zap.New(zapcore.NewCore(enc, zapcore.AddSync(stderr), lvl)), nil
 }
 
-func cmdRun(ctx context.Context, args []string, stderr io.Writer) int {
+func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs, path := newFlags("run", stderr)
-	if !parseFlags(fs, args, stderr) {
-		return exitUsage
+	if code, done := parseFlags(fs, args, stdout, stderr); done {
+		return code
 	}
 	cfg, ok := loadConfig(*path, stderr)
 	if !ok {
@@ -192,10 +222,15 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) int {
 
 func cmdCheckConfig(args []string, stdout, stderr io.Writer) int {
 	fs, path := newFlags("check-config", stderr)
-	if !parseFlags(fs, args, stderr) {
+	if code, done := parseFlags(fs, args, stdout, stderr); done {
+		return code
+	}
+	cfg, ok := loadConfig(*path, stderr)
+	if !ok {
 		return exitUsage
 	}
-	if _, ok := loadConfig(*path, stderr); !ok {
+	if err := cfg.CheckFiles(); err != nil {
+		printConfigError(*path, err, stderr)
 		return exitUsage
 	}
 	fmt.Fprintln(stdout, "OK")
@@ -205,8 +240,8 @@ func cmdCheckConfig(args []string, stdout, stderr io.Writer) int {
 func cmdReplay(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs, path := newFlags("replay", stderr)
 	in := fs.String("in", "", "dead-letter file to replay (required; - for stdin)")
-	if !parseFlags(fs, args, stderr) {
-		return exitUsage
+	if code, done := parseFlags(fs, args, stdout, stderr); done {
+		return code
 	}
 	if *in == "" {
 		fmt.Fprintln(stderr, "decryptd replay: --in FILE is required")
@@ -251,8 +286,8 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	d := fs.Duration("duration", 0, "stop after this long (0: run until Ctrl-C)")
 	listen := fs.String("listen", "127.0.0.1:0", "metrics listener (host:port; port 0 picks a free one)")
 	dir := fs.String("dir", "", "working folder to create and keep (keys, registry, records, dead letters, audit log); default a temporary one, removed at the end")
-	if !parseFlags(fs, args, stderr) {
-		return exitUsage
+	if code, done := parseFlags(fs, args, stdout, stderr); done {
+		return code
 	}
 	if *d < 0 {
 		fmt.Fprintln(stderr, "decryptd demo: --duration must not be negative")

@@ -13,6 +13,7 @@ import (
 
 	"github.com/decryptd/decryptd/internal/keyops"
 	"github.com/decryptd/decryptd/internal/registry"
+	buildversion "github.com/decryptd/decryptd/internal/version"
 )
 
 // Exit codes, for scripts.
@@ -108,7 +109,9 @@ Commands:
                                 PNG bar chart)
   audit verify [--file FILE]    check the audit log's hash chain (default: the
                                 configured audit.path)
-  help                          this text
+  version                       print the version (also --version)
+  help                          this text (also --help, -h; COMMAND --help
+                                for one command's flags)
 
 Every key operation appends to the audit log (audit.path).
 
@@ -130,11 +133,17 @@ func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(fo
 func run(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	return runContext(ctx, args, stdout, stderr, os.LookupEnv)
+	return runEnviron(ctx, args, stdout, stderr, os.LookupEnv, os.Environ)
 }
 
 func runContext(ctx context.Context, args []string, stdout, stderr io.Writer, env func(string) (string, bool)) int {
-	c := &cli{stdout: stdout, stderr: stderr, env: env, now: time.Now}
+	return runEnviron(ctx, args, stdout, stderr, env, nil)
+}
+
+// runEnviron is runContext that also refuses DECRYPTD_* variables of
+// environ that set no key (config.CheckEnv), as the daemon does.
+func runEnviron(ctx context.Context, args []string, stdout, stderr io.Writer, env func(string) (string, bool), environ func() []string) int {
+	c := &cli{stdout: stdout, stderr: stderr, env: env, environ: environ, now: time.Now}
 	if v, ok := env("DECRYPTD_CONFIG"); ok && v != "" {
 		c.configPath = v
 	} else {
@@ -147,10 +156,14 @@ func runContext(ctx context.Context, args []string, stdout, stderr io.Writer, en
 // exit reports err and maps it to an exit code.
 func (c *cli) exit(err error) int {
 	var ue usageError
+	var hr helpRequest
 	switch {
 	case err == nil:
 		return exitOK
 	case errors.Is(err, flag.ErrHelp):
+		return exitOK
+	case errors.As(err, &hr):
+		c.printHelp(hr.fs)
 		return exitOK
 	case errors.As(err, &ue):
 		fmt.Fprintf(c.stderr, "dekctl: %s\nRun 'dekctl help' for usage.\n", ue.msg)
@@ -169,6 +182,7 @@ func (c *cli) exit(err error) int {
 type cli struct {
 	stdout, stderr io.Writer
 	env            func(string) (string, bool)
+	environ        func() []string // nil: no check of unknown DECRYPTD_* variables
 	now            func() time.Time
 	configPath     string
 }
@@ -181,11 +195,33 @@ func (c *cli) flags(name string) *flag.FlagSet {
 	return fs
 }
 
+// helpRequest is a command's --help: its flags and the command list go to
+// stdout, exit 0.
+type helpRequest struct{ fs *flag.FlagSet }
+
+func (helpRequest) Error() string { return "help requested" }
+
+// printHelp writes a command's flags (when fs is set) and the command list.
+func (c *cli) printHelp(fs *flag.FlagSet) {
+	if fs != nil {
+		fmt.Fprintf(c.stdout, "Usage: dekctl %s [flags]\n\nFlags:\n", fs.Name())
+		fs.SetOutput(c.stdout)
+		fs.PrintDefaults()
+		fs.SetOutput(io.Discard)
+		fmt.Fprintln(c.stdout)
+	}
+	fmt.Fprint(c.stdout, usageText)
+}
+
+func isHelp(arg string) bool {
+	return arg == "-h" || arg == "-help" || arg == "--help" || arg == "help"
+}
+
 // parse parses args into fs and refuses positional arguments.
 func parse(fs *flag.FlagSet, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return usagef("%s: -h: see 'dekctl help'", fs.Name())
+			return helpRequest{fs}
 		}
 		return usagef("%s: %v", fs.Name(), err)
 	}
@@ -197,6 +233,7 @@ func parse(fs *flag.FlagSet, args []string) error {
 
 func (c *cli) dispatch(ctx context.Context, args []string) error {
 	global := c.flags("dekctl")
+	showVersion := global.Bool("version", false, "print the version")
 	if err := global.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprint(c.stdout, usageText)
@@ -204,15 +241,26 @@ func (c *cli) dispatch(ctx context.Context, args []string) error {
 		}
 		return usagef("%v", err)
 	}
+	if *showVersion {
+		fmt.Fprintln(c.stdout, buildversion.Line("dekctl"))
+		return nil
+	}
 	rest := global.Args()
 	if len(rest) == 0 {
 		fmt.Fprint(c.stderr, usageText)
 		return usageError{"no command given"}
 	}
 	cmd, rest := rest[0], rest[1:]
+	if (cmd == "root" || cmd == "rotation" || cmd == "audit") && len(rest) > 0 && isHelp(rest[0]) {
+		c.printHelp(nil) // a command group: the list shows its commands
+		return nil
+	}
 	switch cmd {
 	case "help", "-h", "--help":
 		fmt.Fprint(c.stdout, usageText)
+		return nil
+	case "version":
+		fmt.Fprintln(c.stdout, buildversion.Line("dekctl"))
 		return nil
 	case "root":
 		return c.root(ctx, rest)

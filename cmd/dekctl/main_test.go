@@ -286,3 +286,59 @@ func TestFlowPostgres(t *testing.T) {
 		}
 	}
 }
+
+// TestHelpAndVersion: help and version, for the tool and for every
+// command, exit 0 with their text on stdout (the command list included)
+// and nothing on stderr.
+func TestHelpAndVersion(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		out  string
+	}{
+		{[]string{"help"}, "Commands:"},
+		{[]string{"--help"}, "Commands:"},
+		{[]string{"-h"}, "Commands:"},
+		{[]string{"--version"}, "dekctl "},
+		{[]string{"version"}, "dekctl "},
+		{[]string{"root", "--help"}, "root create [--name NAME]"},
+		{[]string{"root", "create", "--help"}, "Usage: dekctl root create [flags]"},
+		{[]string{"root", "rotate", "-h"}, "-id string"},
+		{[]string{"root", "list", "--help"}, "-json"},
+		{[]string{"provision", "--help"}, "-device string"},
+		{[]string{"import", "-h"}, "-skip-existing"},
+		{[]string{"list", "--help"}, "Usage: dekctl list [flags]"},
+		{[]string{"revoke", "--help"}, "-key-id string"},
+		{[]string{"shred", "--help"}, "Usage: dekctl shred [flags]"},
+		{[]string{"rewrap", "--help"}, "Usage: dekctl rewrap [flags]"},
+		{[]string{"rotate", "--help"}, "-all"},
+		{[]string{"rotation", "--help"}, "rotation status [--json]"},
+		{[]string{"rotation", "status", "--help"}, "-chart string"},
+		{[]string{"audit", "-h"}, "audit verify [--file FILE]"},
+		{[]string{"audit", "verify", "--help"}, "-file string"},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			r := runT(t, nil, tc.args...)
+			if r.code != exitOK || r.stderr != "" {
+				t.Fatalf("exit %d, stderr %q; want 0 and nothing", r.code, r.stderr)
+			}
+			if !strings.Contains(r.stdout, tc.out) {
+				t.Fatalf("stdout %q lacks %q", r.stdout, tc.out)
+			}
+			if tc.out != "dekctl " && !strings.Contains(r.stdout, "Commands:") {
+				t.Fatalf("help without the command list: %q", r.stdout)
+			}
+		})
+	}
+}
+
+// TestUnknownVariable: dekctl, like the daemon, refuses a DECRYPTD_*
+// variable that sets no key, naming the nearest one.
+func TestUnknownVariable(t *testing.T) {
+	_, cfg := setup(t, "")
+	var out, errOut bytes.Buffer
+	environ := func() []string { return []string{"DECRYPTD_REGISTRY_PTH=x"} }
+	code := runEnviron(context.Background(), []string{"--config", cfg, "list"}, &out, &errOut, func(string) (string, bool) { return "", false }, environ)
+	if code != exitFailed || !strings.Contains(errOut.String(), "DECRYPTD_REGISTRY_PTH: sets no configuration key; did you mean DECRYPTD_REGISTRY_PATH?") {
+		t.Fatalf("exit %d, stderr %q", code, errOut.String())
+	}
+}

@@ -78,7 +78,7 @@ func (c *cli) rotate(ctx context.Context, args []string) error {
 			go func() {
 				defer wg.Done()
 				for i := range next {
-					e, created, err := w.ops.RotateKeyFrom(ctx, ids[i], byKey[ids[i]], "operator (dekctl rotate)")
+					e, created, err := w.ops.RotateKeyFrom(ctx, ids[i], byKey[ids[i]], keyops.TriggerOperator, "dekctl rotate")
 					results[i] = result{e, created, err}
 				}
 			}()
@@ -164,7 +164,8 @@ type statusJSON struct {
 // policyOf is the part of the daemon's policy the status needs.
 func policyOf(r config.Rotation) rotation.Policy {
 	return rotation.Policy{MaxAge: r.MaxDEKAge, GracePeriod: r.GracePeriod, RetryInterval: r.RetryInterval,
-		MessageLimit: r.MessageLimit, SharePerWindow: r.SharePerDay, PauseThreshold: r.PauseThreshold}
+		MessageLimit: r.MessageLimit, SharePerWindow: r.SharePerDay, ShareWindow: 24 * time.Hour,
+		PauseThreshold: r.PauseThreshold, PauseMinSample: r.PauseMinSample}
 }
 
 // statusBar is the width of the longest histogram bar.
@@ -185,8 +186,28 @@ func writeStatusText(w io.Writer, st rotation.FleetStatus, r config.Rotation) er
 	fmt.Fprintf(&b, "  current     %6d  (%d due for rotation)\n", st.Current, st.Due)
 	fmt.Fprintf(&b, "  pending     %6d\n", st.Pending)
 	fmt.Fprintf(&b, "  stragglers  %6d\n", st.Stragglers)
-	fmt.Fprintf(&b, "Versions: active %d, decrypt_only %d, revoked %d, shredded %d\n\n",
+	fmt.Fprintf(&b, "Versions: active %d, decrypt_only %d, revoked %d, shredded %d\n",
 		st.Versions["active"], st.Versions["decrypt_only"], st.Versions["revoked"], st.Versions["shredded"])
+	fmt.Fprintf(&b, "Share per day: %d of %d age-driven rotations started in the last 24h\n", st.Budget.Used, st.Budget.Limit)
+	if st.Paused {
+		fmt.Fprintf(&b, "Rollout: PAUSED: %s\n", st.PauseReason)
+	} else {
+		fmt.Fprintf(&b, "Rollout: running (%s)\n", st.PauseReason)
+	}
+	switch {
+	case st.Due == 0:
+	case !r.Enabled:
+		fmt.Fprintf(&b, "Due keys wait: rotation.enabled is false, so no daemon starts them\n")
+	case st.Waiting != "":
+		fmt.Fprintf(&b, "Due keys wait: %s", st.Waiting)
+		if !st.WaitUntil.IsZero() {
+			fmt.Fprintf(&b, "; next start at %s (in %s)", st.WaitUntil.UTC().Format(time.RFC3339), rotation.ShortDuration(st.WaitUntil.Sub(st.At).Round(time.Minute)))
+		}
+		b.WriteString("\n")
+	default:
+		fmt.Fprintf(&b, "Due keys start at the rotation leader's next scan (rotation.tick %s)\n", rotation.ShortDuration(r.Tick))
+	}
+	b.WriteString("\n")
 	fmt.Fprintf(&b, "Age of the current versions\n")
 	top := 0
 	for _, a := range st.Ages {

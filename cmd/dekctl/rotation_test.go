@@ -13,6 +13,7 @@ import (
 
 	"github.com/decryptd/decryptd/internal/config"
 	"github.com/decryptd/decryptd/internal/dek"
+	"github.com/decryptd/decryptd/internal/keyops"
 	"github.com/decryptd/decryptd/internal/kms"
 	"github.com/decryptd/decryptd/internal/registry"
 	"github.com/decryptd/decryptd/internal/rotation"
@@ -127,7 +128,7 @@ func statusFixture(now time.Time) []registry.Entry {
 		es = append(es, registry.Entry{KeyID: id, Version: "v2", State: dek.StateActive, Wrapped: w, CreatedAt: now.Add(-age)})
 		if i >= 60 && i < 80 {
 			p := registry.Entry{KeyID: id, Version: "v3", State: dek.StateActive, Wrapped: w, CreatedAt: now.Add(-time.Hour),
-				Rotation: registry.Rotation{Pending: true, Supersedes: "v2", RekeyAttempts: 1}}
+				Rotation: registry.Rotation{Pending: true, Supersedes: "v2", Trigger: keyops.TriggerAge, RekeyAttempts: 1}}
 			if i < 73 {
 				p.CreatedAt = now.Add(-8 * time.Hour)
 				p.Rotation.RekeyAttempts = 3
@@ -184,6 +185,75 @@ func TestStatusTextGolden(t *testing.T) {
 	if st.Keys != 120 || st.Current != 100 || st.Pending != 7 || st.Stragglers != 13 || st.Versions["revoked"] != 40 ||
 		st.Versions["shredded"] != 2 || len(st.StragglerKeys) != 13 {
 		t.Fatalf("status %+v", st)
+	}
+}
+
+// TestStatusSaysWhyDueKeysWait: ten keys, all due by age, under a share
+// of 0.1 per day (one a day): once one rotation started two hours ago, the
+// status says the share is spent and that the next may start 24 hours
+// after it; an operator's rotation does not count against the share; a
+// pause is named as the reason over the budget.
+func TestStatusSaysWhyDueKeysWait(t *testing.T) {
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	w := kms.Wrapped{RootKeyID: "main", RootKeyVersion: "1", Ciphertext: []byte{1}}
+	fleet := func(trigger string) []registry.Entry {
+		var es []registry.Entry
+		for i := range 10 {
+			id := dek.DeviceKeyID(fmt.Sprintf("dev-%d", i))
+			es = append(es, registry.Entry{KeyID: id, Version: "v1", State: dek.StateActive, Wrapped: w, CreatedAt: now.Add(-40 * 24 * time.Hour)})
+		}
+		// dev-0's v1 was rotated two hours ago; v2 was adopted since.
+		es[0].State = dek.StateDecryptOnly
+		es = append(es, registry.Entry{KeyID: "device/dev-0", Version: "v2", State: dek.StateActive, Wrapped: w, CreatedAt: now.Add(-2 * time.Hour),
+			Rotation: registry.Rotation{Supersedes: "v1", Trigger: trigger, AdoptedAt: now.Add(-time.Hour)}})
+		return es
+	}
+	c := config.Default()
+	r := c.Rotation
+	r.Enabled = true
+	for _, tc := range []struct {
+		name, trigger string
+		waiting       string
+		until         time.Time
+	}{
+		{"share spent", keyops.TriggerAge, "the share per window is spent (share_per_day): 1 of 1", now.Add(22 * time.Hour)},
+		{"operator rotations do not count", keyops.TriggerOperator, "", time.Time{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st, err := rotation.Summarize(fleet(tc.trigger), now, policyOf(r))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.DueByAge != 9 || st.Due != 9 {
+				t.Fatalf("due %d by age %d, want 9", st.Due, st.DueByAge)
+			}
+			if tc.waiting == "" {
+				// One may start: the other eight wait for the next day.
+				if !strings.Contains(st.Waiting, "1 of the 9 due start at the leader's next scan") || !st.WaitUntil.Equal(now.Add(24*time.Hour)) {
+					t.Fatalf("waiting %q until %s", st.Waiting, st.WaitUntil)
+				}
+				return
+			}
+			if !strings.HasPrefix(st.Waiting, tc.waiting) || !st.WaitUntil.Equal(tc.until) {
+				t.Fatalf("waiting %q until %s, want %q until %s", st.Waiting, st.WaitUntil, tc.waiting, tc.until)
+			}
+			var b bytes.Buffer
+			if err := writeStatusText(&b, st, r); err != nil {
+				t.Fatal(err)
+			}
+			if want := "next start at 2026-03-02T10:00:00Z (in 22h)"; !strings.Contains(b.String(), want) {
+				t.Fatalf("status text lacks %q:\n%s", want, b.String())
+			}
+			js, err := json.Marshal(statusJSON{FleetStatus: st})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, want := range []string{`"waiting":"the share per window is spent`, `"wait_until":"2026-03-02T10:00:00Z"`, `"budget":{"limit":1,"used":1,"next_at":"2026-03-02T10:00:00Z"}`} {
+				if !strings.Contains(string(js), want) {
+					t.Fatalf("status JSON lacks %s:\n%s", want, js)
+				}
+			}
+		})
 	}
 }
 

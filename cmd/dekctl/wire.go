@@ -52,6 +52,11 @@ func (c *cli) loadConfig(rootCmd bool) (*config.Config, error) {
 			return nil, fmt.Errorf("config %s: %w", c.configPath, err)
 		}
 	}
+	if c.environ != nil {
+		if err := config.CheckEnv(c.environ(), cfg); err != nil {
+			return nil, fmt.Errorf("config %s: %w", c.configPath, err)
+		}
+	}
 	return cfg, nil
 }
 

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/decryptd/decryptd/internal/kpemu"
+	buildversion "github.com/decryptd/decryptd/internal/version"
 )
 
 func main() {
@@ -32,6 +33,15 @@ func (l *listFlag) Set(s string) error {
 	*l = append(*l, s)
 	return nil
 }
+
+const usageText = `kpemu: a local emulator of IBM Key Protect's REST API (and its IAM token
+endpoint) for trying decryptd's keyprotect provider without an IBM Cloud
+account. In memory only: keys are lost on exit.
+
+Usage: kpemu [flags]     (no commands; stops on SIGINT or SIGTERM)
+
+Flags:
+`
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("kpemu", flag.ContinueOnError)
@@ -55,8 +65,21 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	tlsCert := fs.String("tls-cert", "", "serve HTTPS with this certificate (PEM; with -tls-key) instead of a CA made on the spot")
 	tlsKey := fs.String("tls-key", "", "private key (PEM) of -tls-cert")
 	controlAddr := fs.String("control-addr", "", "serve the runtime fault control here (plain HTTP, no authentication: keep it on loopback; empty = off)")
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	fs.Usage = func() {} // help goes to stdout below, errors to stderr
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(stdout, usageText)
+			fs.SetOutput(stdout)
+			fs.PrintDefaults()
+			return 0
+		}
+		fmt.Fprintln(stderr, "Run 'kpemu --help' for usage.")
 		return 2
+	}
+	if *showVersion {
+		fmt.Fprintln(stdout, buildversion.Line("kpemu"))
+		return 0
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "kpemu: unexpected arguments %q\n", fs.Args())

@@ -95,3 +95,32 @@ func TestRunRejectsBadFlags(t *testing.T) {
 		}
 	}
 }
+
+// TestHelpVersionUsage: exit codes and streams of help, version and a
+// mistake.
+func TestHelpVersionUsage(t *testing.T) {
+	for _, tc := range []struct {
+		args        []string
+		code        int
+		out, errOut string
+	}{
+		{[]string{"--help"}, 0, "Usage: kpemu [flags]", ""},
+		{[]string{"-h"}, 0, "-create-root string", ""},
+		{[]string{"--version"}, 0, "kpemu ", ""},
+		{[]string{"--bogus"}, 2, "", "flag provided but not defined: -bogus"},
+		{[]string{"extra"}, 2, "", "unexpected arguments"},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			var out, errOut bytes.Buffer
+			code := run(context.Background(), tc.args, &out, &errOut)
+			if code != tc.code {
+				t.Fatalf("exit %d, want %d; stdout %q stderr %q", code, tc.code, out.String(), errOut.String())
+			}
+			for _, s := range []struct{ name, got, want string }{{"stdout", out.String(), tc.out}, {"stderr", errOut.String(), tc.errOut}} {
+				if (s.want == "" && s.got != "") || !strings.Contains(s.got, s.want) {
+					t.Errorf("%s %q, want %q", s.name, s.got, s.want)
+				}
+			}
+		})
+	}
+}

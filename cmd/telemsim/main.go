@@ -22,6 +22,7 @@ import (
 	"github.com/decryptd/decryptd/internal/keyops"
 	"github.com/decryptd/decryptd/internal/pki"
 	"github.com/decryptd/decryptd/internal/rekey"
+	buildversion "github.com/decryptd/decryptd/internal/version"
 )
 
 // Exit codes, for scripts.
@@ -81,16 +82,15 @@ type options struct {
 	jsonOut, quiet      bool
 	rekey               bool
 	rekeyTopic          string
+	version             bool
+	help                *flag.FlagSet // set on --help
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	o := &options{}
 	fs := flag.NewFlagSet("telemsim", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(stderr, usageText)
-		fs.PrintDefaults()
-	}
+	fs.SetOutput(io.Discard) // run reports errors (stderr) and help (stdout)
+	fs.Usage = func() {}
 	fs.StringVar(&o.configPath, "config", "", "the daemon's configuration file: registry, KMS and audit log for --provision; broker and TLS defaults (mqtt.brokers[0], mqtt.tls)")
 	fs.IntVar(&o.provision, "provision", 0, "provision this many new devices first (needs --config)")
 	fs.StringVar(&o.credentials, "credentials", "", "credentials file: written by --provision (must not exist), else read (a file, or a directory of dekctl credential files)")
@@ -128,8 +128,15 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.rekeyTopic, "rekey-topic", "", "command topic pattern of rekeys, {device_type} and {device_id} replaced (default: the config's rotation.command_topic, else "+rekey.DefaultTopic+")")
 	fs.BoolVar(&o.jsonOut, "json", false, "print the summary as JSON on stdout")
 	fs.BoolVar(&o.quiet, "quiet", false, "no progress lines")
+	fs.BoolVar(&o.version, "version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
-		return nil, err
+		if errors.Is(err, flag.ErrHelp) {
+			o.help = fs
+		}
+		return o, err
+	}
+	if o.version {
+		return o, nil
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
@@ -155,11 +162,18 @@ func (o *options) runs() bool { return o.count > 0 || o.duration > 0 || o.backlo
 func run(args []string, stdout, stderr io.Writer, env func(string) (string, bool)) int {
 	o, err := parseFlags(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
+		fmt.Fprint(stdout, usageText)
+		o.help.SetOutput(stdout)
+		o.help.PrintDefaults()
 		return exitOK
 	}
 	if err != nil {
-		fmt.Fprintf(stderr, "telemsim: %v\n", err)
+		fmt.Fprintf(stderr, "telemsim: %v\nRun 'telemsim --help' for usage.\n", err)
 		return exitUsage
+	}
+	if o.version {
+		fmt.Fprintln(stdout, buildversion.Line("telemsim"))
+		return exitOK
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -140,6 +140,35 @@ func TestUsage(t *testing.T) {
 	}
 }
 
+// TestHelpVersionUsage: exit codes and streams of help, version and a
+// mistake.
+func TestHelpVersionUsage(t *testing.T) {
+	for _, tc := range []struct {
+		args        []string
+		code        int
+		out, errOut string
+	}{
+		{[]string{"--help"}, exitOK, "Usage:\n  telemsim --config", ""},
+		{[]string{"-h"}, exitOK, "-rate-per-device float", ""},
+		{[]string{"--version"}, exitOK, "telemsim ", ""},
+		{[]string{"--bogus"}, exitUsage, "", "flag provided but not defined: -bogus"},
+		{nil, exitUsage, "", "no fleet"},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			var out, errOut bytes.Buffer
+			code := run(tc.args, &out, &errOut, noEnv)
+			if code != tc.code {
+				t.Fatalf("exit %d, want %d; stdout %q stderr %q", code, tc.code, out.String(), errOut.String())
+			}
+			for _, s := range []struct{ name, got, want string }{{"stdout", out.String(), tc.out}, {"stderr", errOut.String(), tc.errOut}} {
+				if (s.want == "" && s.got != "") || !strings.Contains(s.got, s.want) {
+					t.Errorf("%s %q, want %q", s.name, s.got, s.want)
+				}
+			}
+		})
+	}
+}
+
 func TestByReason(t *testing.T) {
 	for _, tc := range []struct {
 		in   map[string]int

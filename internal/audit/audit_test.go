@@ -15,6 +15,8 @@ import (
 	"github.com/decryptd/decryptd/internal/dek"
 	"github.com/decryptd/decryptd/internal/kms"
 	"github.com/decryptd/decryptd/internal/registry"
+
+	"github.com/decryptd/decryptd/internal/fileperm"
 )
 
 func openT(t testing.TB, path string, opts ...Option) *Writer {
@@ -349,8 +351,15 @@ func TestRefusesToExtendABrokenTail(t *testing.T) {
 	if err := os.Chmod(path, 0o666); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Open(t.Context(), path); err == nil || !strings.Contains(err.Error(), "go-w") {
+	if _, err := Open(t.Context(), path); !errors.Is(err, fileperm.ErrExposed) || !strings.Contains(err.Error(), "chmod 600") {
 		t.Fatalf("world-writable log: %v", err)
+	}
+	// Readable by its group only is refused too (package fileperm says why).
+	if err := os.Chmod(path, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(t.Context(), path); !errors.Is(err, fileperm.ErrExposed) {
+		t.Fatalf("group-readable log: %v", err)
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/decryptd/decryptd/internal/fileperm"
 	"github.com/decryptd/decryptd/internal/fsutil"
 )
 
@@ -74,9 +75,9 @@ func Open(ctx context.Context, path string, opts ...Option) (*Writer, error) {
 		f.Close()
 		return nil, fmt.Errorf("audit log %s: %w", path, err)
 	}
-	if fi.Mode().Perm()&0o022 != 0 {
+	if err := fileperm.Private(path, fi.Mode()); err != nil {
 		f.Close()
-		return nil, fmt.Errorf("audit log %s: mode %v lets group or others write it; chmod go-w", path, fi.Mode().Perm())
+		return nil, fmt.Errorf("audit log %w", err)
 	}
 	w := &Writer{path: path, opt: o, f: f, size: -1, lead: make(chan struct{}, 1)}
 	if err := fsutil.Lock(ctx, f, fsutil.Exclusive); err != nil {

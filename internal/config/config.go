@@ -469,7 +469,7 @@ func parse(data []byte, env func(string) (string, bool), sinkTypes *sink.Registr
 	case errors.Is(err, io.EOF):
 		// An empty file: defaults and environment only.
 	case err != nil:
-		return nil, cleanYAMLError(err)
+		return nil, withKeyPaths(cleanYAMLError(err), data)
 	default:
 		var extra yaml.Node
 		if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
@@ -477,7 +477,7 @@ func parse(data []byte, env func(string) (string, bool), sinkTypes *sink.Registr
 		}
 	}
 	if err := c.decodeSinks(); err != nil {
-		return nil, err
+		return nil, withKeyPaths(err, data)
 	}
 	// Checked before the environment is applied: a password is allowed
 	// there, never in the file.

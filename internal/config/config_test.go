@@ -251,10 +251,10 @@ func add(line, section string) func(string) string {
 
 func TestUnknownKeyRejected(t *testing.T) {
 	cases := []struct{ name, text, want string }{
-		{"top level", base + "bogus: 1\n", `unknown key "bogus"`},
-		{"nested", strings.Replace(base, "client_id: test-1", "client_id: test-1\n  clientid: x", 1), `unknown key "clientid"`},
-		{"in a sink", strings.Replace(base, "path: /k/out.jsonl}", "path: /k/out.jsonl, pth: x}", 1), `unknown key "pth"`},
-		{"secret in file", strings.Replace(base, "local: {root_key_file: /k/root.json}", "local: {root_key_file: /k/root.json}\n  keyprotect: {api_key: abc}", 1), `unknown key "api_key"`},
+		{"top level", base + "bogus: 1\n", `bogus (line 14): unknown key "bogus"`},
+		{"nested", strings.Replace(base, "client_id: test-1", "client_id: test-1\n  clientid: x", 1), `mqtt.clientid (line `},
+		{"in a sink", strings.Replace(base, "path: /k/out.jsonl}", "path: /k/out.jsonl, pth: x}", 1), `sinks[0].pth (line `},
+		{"secret in file", strings.Replace(base, "local: {root_key_file: /k/root.json}", "local: {root_key_file: /k/root.json}\n  keyprotect: {api_key: abc}", 1), `kms.keyprotect.api_key (line `},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -272,7 +272,7 @@ func TestUnknownKeyRejected(t *testing.T) {
 func TestSyntaxErrors(t *testing.T) {
 	cases := []struct{ name, text, want string }{
 		{"two documents", base + "---\nlog: {level: info}\n", "more than one document"},
-		{"duration as integer", base + "shutdown_timeout: 30\n", "line 14: cannot unmarshal !!int `30` into a duration"},
+		{"duration as integer", base + "shutdown_timeout: 30\n", "shutdown_timeout (line 14): cannot unmarshal !!int `30` into a duration"},
 		{"wrong shape", base + "sinks: {a: 1}\n", "line"},
 		{"password in dsn", strings.Replace(base, "registry: {driver: file, path: /k/registry.json}", "registry: {driver: postgres, dsn: 'postgres://u:hunter2@h/db'}", 1), "registry.dsn: holds a password"},
 		{"password kv dsn", strings.Replace(base, "registry: {driver: file, path: /k/registry.json}", "registry: {driver: postgres, dsn: 'host=h password=hunter2'}", 1), "registry.dsn: holds a password"},

@@ -154,3 +154,84 @@ func clip(s string) string {
 	}
 	return s
 }
+
+// EnvTestPrefix starts the names reserved for test harnesses
+// (DECRYPTD_TEST_PG_DSN): CheckEnv lets them pass.
+const EnvTestPrefix = EnvPrefix + "TEST_"
+
+// CheckEnv refuses an environment that holds a DECRYPTD_* variable that
+// sets no configuration key, naming each (with the closest known name when
+// one is near). It is an error, not a warning: an override that is
+// silently ignored leaves the daemon running with a setting other than the
+// one its operator wrote (rotation off, plaintext allowed), and a log line
+// is easy to miss where a failed start is not. Recognised besides the
+// keys: DECRYPTD_CONFIG, the variable kms.keyprotect.api_key_env names,
+// and DECRYPTD_TEST_* (test harnesses). environ is os.Environ's form.
+func CheckEnv(environ []string, c *Config) error {
+	known := map[string]bool{EnvPrefix + "CONFIG": true}
+	names := EnvNames()
+	for i, n := range names {
+		n, _, _ = strings.Cut(n, "=")
+		names[i] = n
+		known[n] = true
+	}
+	if c != nil && c.KMS.KeyProtect.APIKeyEnv != "" {
+		known[c.KMS.KeyProtect.APIKeyEnv] = true
+	}
+	var probs []FieldError
+	seen := map[string]bool{}
+	for _, kv := range environ {
+		name, _, _ := strings.Cut(kv, "=")
+		if !strings.HasPrefix(name, EnvPrefix) || known[name] || seen[name] || strings.HasPrefix(name, EnvTestPrefix) {
+			continue
+		}
+		seen[name] = true
+		msg := "sets no configuration key (config.example.yaml lists them; DECRYPTD_<KEY_PATH>)"
+		if near := closest(name, names); near != "" {
+			msg = fmt.Sprintf("sets no configuration key; did you mean %s?", near)
+		}
+		probs = append(probs, FieldError{Field: "environment " + clip(name), Problem: msg})
+	}
+	if len(probs) == 0 {
+		return nil
+	}
+	sort.Slice(probs, func(i, j int) bool { return probs[i].Field < probs[j].Field })
+	return &ValidationError{Problems: probs}
+}
+
+// closest returns the name of names nearest to s by edit distance, if it
+// is within three edits.
+func closest(s string, names []string) string {
+	best, bestD := "", 4
+	for _, n := range names {
+		if d := editDistance(s, n, bestD); d < bestD {
+			best, bestD = n, d
+		}
+	}
+	return best
+}
+
+// editDistance is the Levenshtein distance of a and b, or limit when it is
+// at least limit.
+func editDistance(a, b string, limit int) int {
+	if d := len(a) - len(b); d >= limit || -d >= limit {
+		return limit
+	}
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return min(prev[len(b)], limit)
+}

@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/decryptd/decryptd/internal/fileperm"
 )
 
 // Redacted is what a Secret prints as, in every format.
@@ -75,6 +77,12 @@ func ReadSecretFile(path string) (Secret, error) {
 		return Secret{}, fmt.Errorf("secret file: %w", err)
 	}
 	defer f.Close()
+	// The same rule as check-config's: readable by its group at most.
+	if fi, err := f.Stat(); err != nil {
+		return Secret{}, fmt.Errorf("secret file %s: %w", path, err)
+	} else if err := fileperm.Secret(path, fi.Mode()); err != nil {
+		return Secret{}, fmt.Errorf("secret file %w", err)
+	}
 	data, err := io.ReadAll(io.LimitReader(f, maxSecretFile+1))
 	defer clear(data)
 	if err != nil {

@@ -106,9 +106,13 @@ func (p *parts) openStores(ctx context.Context, o *Options) error {
 	p.kms = k.Provider
 	p.onClose("kms", k.Close)
 
-	p.store, err = wire.OpenRegistry(ctx, cfg.Registry, wire.RegistryOptions{
-		Logger: o.Logger.With(zap.String("component", "registry")), Watch: true,
-	})
+	// PostgreSQL down at start (restarting with the pods) is waited for,
+	// with backoff, instead of ending the daemon (retryStart).
+	p.store, err = retryStart(ctx, o.Logger, "registry "+cfg.Registry.Driver, func(ctx context.Context) (registry.Store, error) {
+		return wire.OpenRegistry(ctx, cfg.Registry, wire.RegistryOptions{
+			Logger: o.Logger.With(zap.String("component", "registry")), Watch: true,
+		})
+	}, func(err error) bool { return cfg.Registry.Driver != config.DriverPostgres || pgPermanent(err) })
 	if err != nil {
 		return err
 	}

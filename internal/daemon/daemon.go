@@ -273,7 +273,9 @@ func (d *Daemon) startRotation(gctx context.Context) *rotationRun {
 // the HTTP server last.
 func (d *Daemon) shutdown(ctx context.Context, rot *rotationRun, errs *errList) {
 	d.stopping.Store(true)
-	d.log.Info("shutting down", zap.Duration("deadline", d.o.Config.ShutdownTimeout))
+	// The deadline as a duration string ("30s"): zap's JSON encoder would
+	// write a bare number of seconds.
+	d.log.Info("shutting down", zap.Stringer("deadline", d.o.Config.ShutdownTimeout))
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.o.Config.ShutdownTimeout)
 	defer cancel()
 	for _, in := range d.inputs {
@@ -282,12 +284,28 @@ func (d *Daemon) shutdown(ctx context.Context, rot *rotationRun, errs *errList) 
 		}
 	}
 	rot.stopTracker()
-	rotDone := make(chan struct{})
-	go func() { rot.wg.Wait(); close(rotDone) }()
-	select {
-	case <-rotDone:
-	case <-sctx.Done():
-		errs.add(errors.New("rotation: did not stop within the shutdown deadline"))
+	if d.parts.rot != nil { // with rotation off there is nothing to wait for, nor to blame
+		rotDone := make(chan struct{})
+		go func() { rot.wg.Wait(); close(rotDone) }()
+		if sctx.Err() != nil {
+			// The inputs used the deadline up: the tracker, told to stop
+			// just now, still gets a moment to flush and exit.
+			t := time.NewTimer(250 * time.Millisecond)
+			select {
+			case <-rotDone:
+			case <-t.C:
+			}
+			t.Stop()
+		}
+		select {
+		case <-rotDone:
+		default:
+			select {
+			case <-rotDone:
+			case <-sctx.Done():
+				errs.add(errors.New("rotation: did not stop within the shutdown deadline"))
+			}
+		}
 	}
 	if err := d.closeParts(sctx); err != nil {
 		errs.add(err)

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	mochi "github.com/mochi-mqtt/server/v2"
@@ -61,6 +62,13 @@ type Summary struct {
 	Failures     map[string]int // decrypt failures by reason
 	Duplicates   int
 	KMSUnwraps   int
+	// Rotation shown live: rekeys the daemon sent, versions adopted, and
+	// records delivered under the rotated device's new version.
+	RekeysSent       int
+	Adoptions        int
+	RotatedDevice    string
+	RotatedRecords   int // records of RotatedDevice under its new version
+	RotatedToVersion string
 
 	temporary bool // Dir is removed when Run returns
 }
@@ -162,8 +170,34 @@ func Run(ctx context.Context, o Options) (Summary, error) {
 		stopDaemon()
 		return sum, errors.Join(err, <-runErr)
 	}
+	// A rotation, live: after ten rounds the demo rotates one device's key
+	// as an operator would (`dekctl rotate --device monitor-001`); the
+	// daemon's rotation controller sends the rekey, the device installs
+	// the new version and seals under it, and its next record adopts it.
+	rotated := make(chan string, 1)
+	go func() {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(10 * o.Interval):
+		}
+		v, err := rotateAsOperator(setup, dir, rotatedDevice)
+		if err != nil {
+			fmt.Fprintf(o.Stdout, "demo: rotating %s failed: %v\n", rotatedDevice, err)
+			return
+		}
+		rotated <- v
+		fmt.Fprintf(o.Stdout, "demo: rotating %s's key now, as `dekctl rotate --device %s` would: %s created, pending; the daemon sends the rekey\n",
+			rotatedDevice, rotatedDevice, v)
+	}()
 	f.run(ctx, o.Interval)
 	f.close()
+	select {
+	case v := <-rotated:
+		sum.RotatedDevice, sum.RotatedToVersion = rotatedDevice, v
+		sum.RotatedRecords = f.recordsUnder(rotatedDevice, v)
+	default:
+	}
 
 	// Drain: wait until the daemon has finished every message sent.
 	sent := f.good + f.badTotal()
@@ -179,6 +213,8 @@ func Run(ctx context.Context, o Options) (Summary, error) {
 	sum.DeadLettered = int(gather(reg, "decryptd_records_delivered_total", "sink", daemon.DeadLetterSinkName))
 	sum.Duplicates = int(gather(reg, "decryptd_duplicates_total"))
 	sum.KMSUnwraps = int(gather(reg, "decryptd_kms_requests_total", "operation", "unwrap"))
+	sum.RekeysSent = int(gather(reg, "decryptd_rotation_rekeys_sent_total"))
+	sum.Adoptions = int(gather(reg, "decryptd_rotation_adoptions_total"))
 	sum.Failures = map[string]int{}
 	for _, r := range decrypt.Reasons() {
 		sum.Failures[r] = int(gather(reg, "decryptd_decrypt_failures_total", "reason", r))
@@ -235,6 +271,7 @@ func (h *allowHook) OnACLCheck(*mochi.Client, string, bool) bool { return true }
 
 // device is one simulated device and the cipher it seals with.
 type device struct {
+	mu      sync.Mutex // the fleet's sender and its rekey handler
 	id      string
 	keyID   string // empty: its own key (not written in messages)
 	version string
@@ -303,6 +340,38 @@ func provision(ctx context.Context, dir string) ([]*device, error) {
 	return devs, nil
 }
 
+// rotatedDevice is the device whose key the demo rotates.
+const rotatedDevice = "monitor-001"
+
+// rotateAsOperator starts a rotation of deviceID's key exactly as `dekctl
+// rotate --device ID` does (keyops, the same registry, KMS and audit log
+// as the running daemon) and returns the new version.
+func rotateAsOperator(ctx context.Context, dir, deviceID string) (string, error) {
+	lp, err := local.Open(filepath.Join(dir, "root-key.json"))
+	if err != nil {
+		return "", err
+	}
+	store, err := filestore.Open(ctx, filepath.Join(dir, "registry.json"), filestore.WithoutFSNotify())
+	if err != nil {
+		return "", err
+	}
+	defer store.Close()
+	aw, err := audit.Open(ctx, filepath.Join(dir, "audit.log"), audit.WithActor("dekctl"))
+	if err != nil {
+		return "", err
+	}
+	defer aw.Close()
+	ops, err := keyops.New(keyops.Options{KMS: lp, Roots: lp, Registry: store, Audit: aw, Operator: "demo"})
+	if err != nil {
+		return "", err
+	}
+	e, _, err := ops.RotateKey(ctx, "device/"+deviceID, "demo")
+	if err != nil {
+		return "", err
+	}
+	return e.Version, nil
+}
+
 func daemonConfig(dir, brokerURL string, files pki.Files, listen string) (*config.Config, error) {
 	on := true
 	cfg := config.Default()
@@ -324,6 +393,13 @@ func daemonConfig(dir, brokerURL string, files pki.Files, listen string) (*confi
 	cfg.Metrics.Listen = listen
 	cfg.Audit.Path = filepath.Join(dir, "audit.log")
 	cfg.ShutdownTimeout = 10 * time.Second
+	// Rotation on, so the demo can show one: looked at twice a second; no
+	// key is old enough to rotate by age, the root key is left alone.
+	off := false
+	cfg.Rotation.Enabled = true
+	cfg.Rotation.Tick = 500 * time.Millisecond
+	cfg.Rotation.RotateRootKey = &off
+	cfg.Rotation.FlushInterval = time.Second
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("demo configuration: %w", err)
 	}
@@ -397,7 +473,11 @@ func printSummary(w io.Writer, s Summary) {
 	fmt.Fprintf(&b, "records delivered   %d (file sink)\n", s.Delivered)
 	fmt.Fprintf(&b, "dead-lettered       %d\n", s.DeadLettered)
 	fmt.Fprintf(&b, "duplicates          %d\n", s.Duplicates)
-	fmt.Fprintf(&b, "KMS unwraps         %d (one per key version: the cache serves the rest)\n", s.KMSUnwraps)
+	fmt.Fprintf(&b, "KMS unwraps         %d (one per key version, and two per rekey: the cache serves the rest)\n", s.KMSUnwraps)
+	if s.RotatedDevice != "" {
+		fmt.Fprintf(&b, "rotation            %s: %d rekey(s) sent, %d adoption(s), %d records under %s\n",
+			s.RotatedDevice, s.RekeysSent, s.Adoptions, s.RotatedRecords, s.RotatedToVersion)
+	}
 	fmt.Fprintf(&b, "failures by reason:\n")
 	reasons := make([]string, 0, len(s.Failures))
 	for r := range s.Failures {

@@ -61,11 +61,19 @@ func TestDemo(t *testing.T) {
 	if sum.DeadLettered != bad {
 		t.Errorf("dead-lettered %d, sent %d bad", sum.DeadLettered, bad)
 	}
-	if sum.KMSUnwraps == 0 || sum.KMSUnwraps > len(decrypt.Reasons()) {
-		t.Errorf("KMS unwraps %d: want one per key version used", sum.KMSUnwraps)
+	// One unwrap per key version used, and two per rekey (the new DEK,
+	// and the key it is sealed under).
+	if sum.KMSUnwraps == 0 || sum.KMSUnwraps > len(decrypt.Reasons())+2*sum.RekeysSent+1 {
+		t.Errorf("KMS unwraps %d: want one per key version used and two per rekey (%d)", sum.KMSUnwraps, sum.RekeysSent)
+	}
+	// The rotation shown live: rekey sent, taken by the device, adopted,
+	// and records under the new version.
+	if sum.RotatedDevice != "monitor-001" || sum.RotatedToVersion != "v2" || sum.RekeysSent < 1 || sum.Adoptions != 1 || sum.RotatedRecords == 0 {
+		t.Errorf("rotation: device %q to %q, %d rekeys, %d adoptions, %d records under it", sum.RotatedDevice, sum.RotatedToVersion, sum.RekeysSent, sum.Adoptions, sum.RotatedRecords)
 	}
 	text := out.String()
-	for _, want := range []string{"metrics: http://127.0.0.1:", "monitor-001 key v1: {", "bed-12 key v1: {", "records delivered", "auth_failed"} {
+	for _, want := range []string{"metrics: http://127.0.0.1:", "monitor-001 key v1: {", "bed-12 key v1: {", "records delivered", "auth_failed",
+		"demo: rotating monitor-001's key now", "fleet: monitor-001 took a rekey: key v2 installed", "monitor-001 key v2: {", "rotation            monitor-001: "} {
 		if !strings.Contains(text, want) {
 			t.Errorf("output lacks %q", want)
 		}
@@ -81,6 +89,11 @@ func TestDemo(t *testing.T) {
 	for _, secret := range []string{"patient_id", "heart_rate", "P-"} {
 		if strings.Contains(logs.String(), secret) {
 			t.Errorf("the daemon log holds %q", secret)
+		}
+	}
+	for _, want := range []string{"rotation started", "rotation rekey sent", "rotation version adopted", "rotation version decrypt_only"} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("daemon log lacks %q", want)
 		}
 	}
 	if !strings.Contains(logs.String(), "stopped") {

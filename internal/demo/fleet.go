@@ -12,6 +12,7 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/decryptd/decryptd/internal/rekey"
 	"github.com/decryptd/decryptd/internal/seal"
 )
 
@@ -26,8 +27,11 @@ type fleet struct {
 
 	good int
 	bad  map[string]int // by the reason the daemon should report
-	last []byte         // a good message already sent, for the replay
-	seq  int
+	// sentUnder counts good messages by device and key version
+	// ("monitor-001 v2").
+	sentUnder map[string]int
+	last      []byte // a good message already sent, for the replay
+	seq       int
 }
 
 func newFleet(ctx context.Context, brokerURL string, tc *tls.Config, devs []*device, out io.Writer) (*fleet, error) {
@@ -48,11 +52,64 @@ func newFleet(ctx context.Context, brokerURL string, tc *tls.Config, devs []*dev
 	if err := tok.Error(); err != nil {
 		return nil, fmt.Errorf("fleet: connect: %w", err)
 	}
-	return &fleet{
+	f := &fleet{
 		client: c, devs: devs, sealer: seal.New(nil), out: out,
 		rnd: rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7)),
-		bad: map[string]int{},
-	}, nil
+		bad: map[string]int{}, sentUnder: map[string]int{},
+	}
+	// Rekeys (docs/rekey-v1.md) on the devices' command topics: each
+	// device opens its own with the key it holds and seals under the new
+	// version from then on, as a real device does.
+	sub := c.Subscribe("iot-2/type/monitor/id/+/cmd/rekey/fmt/json", 1, f.onRekey)
+	select {
+	case <-sub.Done():
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	if err := sub.Error(); err != nil {
+		return nil, fmt.Errorf("fleet: subscribe to rekeys: %w", err)
+	}
+	return f, nil
+}
+
+// onRekey installs a rekey on its device (own keys only: the demo rotates
+// a device key).
+func (f *fleet) onRekey(_ mqtt.Client, msg mqtt.Message) {
+	m, err := rekey.Parse(msg.Payload())
+	if err != nil {
+		fmt.Fprintf(f.out, "fleet: a rekey on %s does not parse: %v\n", msg.Topic(), err)
+		return
+	}
+	for _, d := range f.devs {
+		if d.id != m.DeviceID || d.keyID != "" {
+			continue
+		}
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		if m.WrapKeyVersion != d.version {
+			fmt.Fprintf(f.out, "fleet: %s ignores a rekey sealed under %s (it holds %s)\n", d.id, m.WrapKeyVersion, d.version)
+			return
+		}
+		k, err := m.Open(d.aead)
+		if err != nil {
+			fmt.Fprintf(f.out, "fleet: %s cannot open its rekey: %v\n", d.id, err)
+			return
+		}
+		a, err := seal.NewAEAD(k)
+		clear(k)
+		if err != nil {
+			return
+		}
+		fmt.Fprintf(f.out, "fleet: %s took a rekey: key %s installed (it came sealed under %s); its messages use %s from now on\n",
+			d.id, m.NewVersion, d.version, m.NewVersion)
+		d.aead, d.version = a, m.NewVersion
+		return
+	}
+}
+
+// recordsUnder is how many good messages deviceID sent under version.
+func (f *fleet) recordsUnder(deviceID, version string) int {
+	return f.sentUnder[deviceID+" "+version]
 }
 
 func (f *fleet) close() { f.client.Disconnect(250) }
@@ -78,13 +135,14 @@ func (f *fleet) run(ctx context.Context, interval time.Duration) {
 			if d.id == "monitor-099" {
 				continue // its key is revoked: only the bad-message turn uses it
 			}
-			msg, err := f.reading(d)
+			msg, version, err := f.readingOf(d)
 			if err != nil {
 				fmt.Fprintf(f.out, "fleet: seal %s: %v\n", d.id, err)
 				continue
 			}
 			if f.publish(ctx, topicOf(d.id), msg) {
 				f.good++
+				f.sentUnder[d.id+" "+version]++
 				f.last = msg
 			}
 		}
@@ -115,9 +173,24 @@ func (f *fleet) now(d *device) int64 {
 	return time.Now().Unix()
 }
 
+// readingOf is reading, also returning the key version it sealed under.
+func (f *fleet) readingOf(d *device) ([]byte, string, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	m, err := f.sealReading(d)
+	return m, d.version, err
+}
+
 // reading seals plausible vital signs: shape A (the whole reading) or
 // shape B (only the identifying fields sealed).
 func (f *fleet) reading(d *device) ([]byte, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return f.sealReading(d)
+}
+
+// sealReading is reading; the caller holds d.mu.
+func (f *fleet) sealReading(d *device) ([]byte, error) {
 	f.seq++
 	env := seal.Envelope{DeviceID: d.id, Timestamp: f.now(d), KeyID: d.keyID, KeyVersion: d.version}
 	hr := 58 + f.rnd.IntN(40)
@@ -160,6 +233,8 @@ func (f *fleet) sendBad(ctx context.Context, round int) {
 		}},
 		{"unknown_key", "unknown key version", func() (string, []byte, error) {
 			d := f.devs[0]
+			d.mu.Lock()
+			defer d.mu.Unlock()
 			m, err := f.sealer.AppendShapeA(nil, d.aead, seal.Envelope{DeviceID: d.id, Timestamp: f.now(d), KeyVersion: "v9"}, []byte(`{"heart_rate":70}`), nil)
 			return topicOf(d.id), m, err
 		}},

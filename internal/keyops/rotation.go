@@ -61,15 +61,24 @@ func currentOf(es []registry.Entry, keyID string) (cur registry.Entry, pending *
 // DEK is not returned: the rekey sender unwraps it (UnwrapForRekey), so
 // that each export of a DEK is its own audit event. Needs KMS, Registry,
 // Audit.
+// The rotation is recorded as started by an operator (TriggerOperator).
 func (op *Ops) RotateKey(ctx context.Context, keyID, why string) (e registry.Entry, created bool, err error) {
-	return op.RotateKeyFrom(ctx, keyID, nil, why)
+	return op.RotateKeyFrom(ctx, keyID, nil, TriggerOperator, why)
 }
 
+// What starts a rotation, as recorded in registry.Rotation.Trigger.
+const (
+	TriggerAge      = "age"      // the version reached the policy's max age
+	TriggerMessages = "messages" // the version reached the message limit
+	TriggerOperator = "operator" // dekctl rotate
+)
+
 // RotateKeyFrom is RotateKey given the key's versions as the caller last
-// listed them (oldest first; nil: read them), so that a controller rotating
+// listed them (oldest first; nil: read them) and what started it (trigger,
+// one of the Trigger constants), so that a controller rotating
 // many keys does not list the registry once per key. A stale list costs
 // nothing worse than a retry: the version name is taken atomically.
-func (op *Ops) RotateKeyFrom(ctx context.Context, keyID string, versions []registry.Entry, why string) (e registry.Entry, created bool, err error) {
+func (op *Ops) RotateKeyFrom(ctx context.Context, keyID string, versions []registry.Entry, trigger, why string) (e registry.Entry, created bool, err error) {
 	if !registry.ValidKeyID(keyID) {
 		return registry.Entry{}, false, invalid("key id %q: want %s", clip(keyID), dek.KeyIDAlphabet)
 	}
@@ -88,12 +97,12 @@ func (op *Ops) RotateKeyFrom(ctx context.Context, keyID string, versions []regis
 	if pending != nil {
 		return *pending, false, nil
 	}
-	detail := "rotation of " + cur.Version
+	detail := "rotation of " + cur.Version + " (" + trigger + ")"
 	if why != "" {
 		detail += ": " + why
 	}
 	e, key, err := op.createVersion(ctx, keyID, versions, slices.Clone(cur.Devices),
-		registry.Rotation{Supersedes: cur.Version, Pending: true}, audit.ActionRotate, detail)
+		registry.Rotation{Supersedes: cur.Version, Trigger: trigger, Pending: true}, audit.ActionRotate, detail)
 	clear(key)
 	if err != nil {
 		return registry.Entry{}, false, err

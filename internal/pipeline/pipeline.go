@@ -619,6 +619,10 @@ func sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
+// closeGrace is how long Close, called after its deadline, waits for
+// writers to exit before reporting unwritten batches.
+const closeGrace = 250 * time.Millisecond
+
 // Close stops the pipeline once intake has stopped: each batcher writes
 // what it still holds (retrying until ctx ends), then every sink is
 // flushed and closed. Later Process calls fail with ErrClosed. Errors are
@@ -629,12 +633,28 @@ func (p *Pipeline) Close(ctx context.Context) error {
 		done := make(chan struct{})
 		go func() { p.wg.Wait(); close(done) }()
 		var errs []error
+		// Finished batchers win over a deadline already past, so that a
+		// healthy sink is never reported as holding unwritten batches: when
+		// an earlier shutdown step used up the deadline, writers holding
+		// nothing still get a moment to exit.
+		if ctx.Err() != nil {
+			t := time.NewTimer(closeGrace)
+			select {
+			case <-done:
+			case <-t.C:
+			}
+			t.Stop()
+		}
 		select {
 		case <-done:
-		case <-ctx.Done():
-			p.cancel() // stop retrying: waiters get an error, messages stay unacknowledged
-			<-done
-			errs = append(errs, fmt.Errorf("pipeline: batches still unwritten at the shutdown deadline (their messages stay unacknowledged): %w", ctx.Err()))
+		default:
+			select {
+			case <-done:
+			case <-ctx.Done():
+				p.cancel() // stop retrying: waiters get an error, messages stay unacknowledged
+				<-done
+				errs = append(errs, fmt.Errorf("pipeline: batches still unwritten at the shutdown deadline (their messages stay unacknowledged): %w", ctx.Err()))
+			}
 		}
 		p.cancel()
 		for _, b := range append(append([]*batcher(nil), p.batchers...), p.dead) {

@@ -39,6 +39,12 @@ type Rotation struct {
 	// Supersedes names the version of the same key this one replaces (set
 	// on a version made by a rotation).
 	Supersedes string `json:"supersedes,omitempty"`
+	// Trigger, on a version made by a rotation, says what started it: age,
+	// messages (the message limit) or operator (dekctl rotate). The
+	// controller's daily share counts the age-started ones of the last
+	// window, and `dekctl rotation status` derives from them when a due key
+	// may start.
+	Trigger string `json:"trigger,omitempty"`
 	// Pending: made by a rotation, delivered (or being delivered) to its
 	// device(s), not yet adopted. The backend already decrypts with it.
 	Pending bool `json:"pending,omitempty"`
@@ -62,13 +68,13 @@ type Rotation struct {
 
 // IsZero reports whether r holds nothing.
 func (r Rotation) IsZero() bool {
-	return r.Supersedes == "" && !r.Pending && r.AdoptedAt.IsZero() && len(r.AdoptedBy) == 0 &&
+	return r.Supersedes == "" && r.Trigger == "" && !r.Pending && r.AdoptedAt.IsZero() && len(r.AdoptedBy) == 0 &&
 		r.RekeyAttempts == 0 && r.RekeyFailures == 0 && r.LastRekeyAt.IsZero() && r.RevokeAfter.IsZero() && r.Messages == 0
 }
 
 // Equal reports whether r and o hold the same values.
 func (r Rotation) Equal(o Rotation) bool {
-	return r.Supersedes == o.Supersedes && r.Pending == o.Pending && r.AdoptedAt.Equal(o.AdoptedAt) &&
+	return r.Supersedes == o.Supersedes && r.Trigger == o.Trigger && r.Pending == o.Pending && r.AdoptedAt.Equal(o.AdoptedAt) &&
 		slices.Equal(r.AdoptedBy, o.AdoptedBy) && r.RekeyAttempts == o.RekeyAttempts &&
 		r.RekeyFailures == o.RekeyFailures && r.LastRekeyAt.Equal(o.LastRekeyAt) &&
 		r.RevokeAfter.Equal(o.RevokeAfter) && r.Messages == o.Messages

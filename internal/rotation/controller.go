@@ -26,7 +26,7 @@ import (
 // Ops is what the controller needs of keyops; *keyops.Ops satisfies it.
 type Ops interface {
 	List(ctx context.Context) ([]registry.Entry, error)
-	RotateKeyFrom(ctx context.Context, keyID string, versions []registry.Entry, why string) (registry.Entry, bool, error)
+	RotateKeyFrom(ctx context.Context, keyID string, versions []registry.Entry, trigger, why string) (registry.Entry, bool, error)
 	UnwrapForRekey(ctx context.Context, e registry.Entry, deviceID string) ([]byte, error)
 	NoteRekey(ctx context.Context, ref dek.Ref, failed bool) error
 	RevokeExpired(ctx context.Context, es []registry.Entry) ([]keyops.Outcome, error)
@@ -81,9 +81,15 @@ type Controller struct {
 	mu     sync.Mutex
 	leader bool
 	paused bool
-	tokens float64
-	last   time.Time // last budget refill
 	status Status
+	// waiting is the last reason logged for due keys not starting ("" when
+	// none waited), so that the line is written when it changes, not every
+	// scan.
+	waiting string
+	// takenUp: operator rotations already counted by this controller, so
+	// that a delivery whose attempt could not be recorded (the registry
+	// failed) is not counted again at the next scan.
+	takenUp map[dek.Ref]bool
 }
 
 // Status is what the last scan found.
@@ -94,7 +100,12 @@ type Status struct {
 	Pending    int
 	Stragglers []string // key ids
 	Rotated    int      // rotations started by the last scan
-	At         time.Time
+	// Waiting says why due keys did not start at the last scan ("" when
+	// none waited), and WaitUntil until when, when that is known.
+	Waiting   string
+	WaitUntil time.Time
+	Budget    Budget
+	At        time.Time
 }
 
 // NewController checks o.
@@ -267,12 +278,31 @@ func (c *Controller) Scan(ctx context.Context) error {
 	for _, o := range outs {
 		if o.Changed {
 			c.o.Metrics.revoked.Inc()
+			c.log.Info("rotation version revoked", zap.String("key_id", o.Ref.KeyID), zap.String("key_version", o.Ref.Version),
+				zap.String("reason", "grace period after its successor's adoption is over"))
 		}
 	}
 	if err != nil {
 		c.o.Metrics.failures.WithLabelValues("revoke").Inc()
 		c.log.Warn("rotation: revoking expired versions failed", zap.Error(err))
 	}
+
+	// Forget counted operator rotations that are pending no more.
+	c.mu.Lock()
+	if len(c.takenUp) > 0 {
+		still := map[dek.Ref]bool{}
+		for _, kv := range keys {
+			if kv.pending != nil {
+				still[kv.pending.Ref()] = true
+			}
+		}
+		for ref := range c.takenUp {
+			if !still[ref] {
+				delete(c.takenUp, ref)
+			}
+		}
+	}
+	c.mu.Unlock()
 
 	// 2. Pending rotations: retry, count stragglers and failures.
 	var jobs []job
@@ -296,21 +326,18 @@ func (c *Controller) Scan(ctx context.Context) error {
 	}
 
 	// 3. Pause or resume the rollout.
-	ratio := 0.0
-	if pending > 0 {
-		ratio = float64(len(stragglers)+failing) / float64(pending)
-	}
+	paused, why := pauseState(pending, len(stragglers), failing, p)
 	c.mu.Lock()
 	wasPaused := c.paused
-	c.paused = pending >= p.PauseMinSample && ratio > p.PauseThreshold
-	paused := c.paused
+	c.paused = paused
 	c.mu.Unlock()
 	if paused != wasPaused {
+		fields := []zap.Field{zap.String("reason", why), zap.Int("pending", pending),
+			zap.Int("stragglers", len(stragglers)), zap.Int("failing", failing)}
 		if paused {
-			c.log.Error("rotation rollout paused: too many failed deliveries or stragglers",
-				zap.Int("pending", pending), zap.Int("stragglers", len(stragglers)), zap.Int("failing", failing))
+			c.log.Error("rotation rollout paused: no new rotation starts until enough devices adopt or deliveries succeed", fields...)
 		} else {
-			c.log.Info("rotation rollout resumed")
+			c.log.Info("rotation rollout resumed", fields...)
 		}
 	}
 	c.o.Metrics.paused.Set(b2f(paused))
@@ -318,7 +345,8 @@ func (c *Controller) Scan(ctx context.Context) error {
 	c.o.Metrics.stragglers.Set(float64(len(stragglers)))
 
 	// 4. Start rotations that are due, within the budget.
-	c.refill(now, len(keys))
+	budget := budgetOf(es, len(keys), now, p)
+	left := budget.Left()
 	type due struct {
 		kv      keyView
 		trigger string
@@ -330,18 +358,25 @@ func (c *Controller) Scan(ctx context.Context) error {
 		}
 		switch {
 		case kv.cur.Rotation.Messages >= p.MessageLimit:
-			dues = append(dues, due{kv, "messages"})
+			dues = append(dues, due{kv, keyops.TriggerMessages})
 		case now.Sub(kv.cur.CreatedAt) >= p.MaxAge:
-			dues = append(dues, due{kv, "age"})
+			dues = append(dues, due{kv, keyops.TriggerAge})
 		}
 	}
 	sort.SliceStable(dues, func(i, j int) bool { return dues[i].kv.cur.CreatedAt.Before(dues[j].kv.cur.CreatedAt) })
+	held := 0
 	for _, d := range dues {
-		if d.trigger == "age" && (paused || !c.take()) {
-			continue
+		if d.trigger == keyops.TriggerAge {
+			if paused || left == 0 {
+				held++
+				continue
+			}
+			left--
 		}
-		jobs = append(jobs, job{kv: d.kv, trigger: d.trigger, versions: byKey[d.kv.keyID]})
+		jobs = append(jobs, job{kv: d.kv, trigger: d.trigger, versions: byKey[d.kv.keyID], reason: startReason(d.trigger, d.kv.cur, now, p)})
 	}
+	waiting, until := waitReason(held, paused, why, budgetAfter(es, len(keys), now, p, budget.Left()-left))
+	c.noteWaiting(waiting, until, held)
 
 	// 5. Start the rotations and deliver.
 	started := c.deliver(ctx, jobs, devKeys)
@@ -350,7 +385,8 @@ func (c *Controller) Scan(ctx context.Context) error {
 	c.rootSchedule(ctx, now, es)
 
 	c.mu.Lock()
-	c.status = Status{Keys: len(keys), Pending: pending, Stragglers: stragglers, Rotated: started, At: now}
+	c.status = Status{Keys: len(keys), Pending: pending, Stragglers: stragglers, Rotated: started,
+		Waiting: waiting, WaitUntil: until, Budget: budget, At: now}
 	c.mu.Unlock()
 	return ctx.Err()
 }
@@ -362,38 +398,38 @@ func b2f(b bool) float64 {
 	return 0
 }
 
-// refill adds the budget accrued since the last scan: SharePerWindow of
-// the keys per ShareWindow, at most one window's worth (at least one key).
-func (c *Controller) refill(now time.Time, keys int) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	p := c.o.Policy
-	limit := p.SharePerWindow * float64(keys)
-	if c.last.IsZero() {
-		// A full window's budget from the start (at least one key, so a
-		// fleet of fewer than 1/share keys is not held back for days).
-		c.tokens, c.last = max(limit, 1), now
-		return
+// waitReason says why held due keys wait, and until when if known.
+func waitReason(held int, paused bool, pauseWhy string, b Budget) (string, time.Time) {
+	switch {
+	case held == 0:
+		return "", time.Time{}
+	case paused:
+		return "rollout paused: " + pauseWhy, time.Time{}
 	}
-	c.tokens += limit * float64(now.Sub(c.last)) / float64(p.ShareWindow)
-	c.tokens = min(c.tokens, max(limit, 1))
-	c.last = now
+	return fmt.Sprintf("the share per window is spent: %d of %d age-driven rotations started in the window", b.Used, b.Limit), b.NextAt
 }
 
-func (c *Controller) take() bool {
+// noteWaiting logs, when it changes, why due keys wait.
+func (c *Controller) noteWaiting(reason string, until time.Time, held int) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.tokens < 1 {
-		return false
+	changed := reason != c.waiting
+	c.waiting = reason
+	c.mu.Unlock()
+	if !changed || reason == "" {
+		return
 	}
-	c.tokens--
-	return true
+	fields := []zap.Field{zap.Int("due", held), zap.String("reason", reason)}
+	if !until.IsZero() {
+		fields = append(fields, zap.String("until", until.UTC().Format(time.RFC3339)))
+	}
+	c.log.Info("rotation due keys waiting", fields...)
 }
 
 type job struct {
 	kv       keyView
 	pending  registry.Entry
 	trigger  string           // set: start the rotation first
+	reason   string           // why, in words, for trigger
 	versions []registry.Entry // the key's versions, for trigger
 }
 
@@ -409,7 +445,7 @@ func (c *Controller) deliver(ctx context.Context, jobs []job, devKeys map[string
 			defer wg.Done()
 			for j := range ch {
 				if j.trigger != "" {
-					e, created, err := c.o.Ops.RotateKeyFrom(ctx, j.kv.keyID, j.versions, "policy: "+j.trigger)
+					e, created, err := c.o.Ops.RotateKeyFrom(ctx, j.kv.keyID, j.versions, j.trigger, "policy: "+j.reason)
 					if err != nil {
 						c.o.Metrics.failures.WithLabelValues("rotate").Inc()
 						c.log.Warn("rotation: starting a rotation failed", zap.String("key_id", j.kv.keyID), zap.Error(err))
@@ -417,9 +453,14 @@ func (c *Controller) deliver(ctx context.Context, jobs []job, devKeys map[string
 					}
 					if created {
 						started.Add(1)
-						c.o.Metrics.rotationsStarted.WithLabelValues(j.trigger).Inc()
+						c.startedLog(e, j.trigger, j.reason)
 					}
 					j.pending = e
+				} else if j.pending.Rotation.Trigger == keyops.TriggerOperator && j.pending.Rotation.RekeyAttempts == 0 && c.takeUp(j.pending.Ref()) {
+					// Started by dekctl rotate, which only writes the
+					// registry: counted and logged once, when the leader
+					// takes it up for its first delivery.
+					c.startedLog(j.pending, keyops.TriggerOperator, startReason(keyops.TriggerOperator, j.kv.cur, c.o.Now(), c.o.Policy))
 				}
 				c.sendJob(ctx, j, devKeys)
 			}
@@ -434,6 +475,27 @@ func (c *Controller) deliver(ctx context.Context, jobs []job, devKeys map[string
 	close(ch)
 	wg.Wait()
 	return int(started.Load())
+}
+
+// takeUp reports whether ref was not counted yet, and marks it counted.
+func (c *Controller) takeUp(ref dek.Ref) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.takenUp[ref] {
+		return false
+	}
+	if c.takenUp == nil {
+		c.takenUp = map[dek.Ref]bool{}
+	}
+	c.takenUp[ref] = true
+	return true
+}
+
+// startedLog counts a rotation started and writes its info line.
+func (c *Controller) startedLog(e registry.Entry, trigger, reason string) {
+	c.o.Metrics.rotationsStarted.WithLabelValues(trigger).Inc()
+	c.log.Info("rotation started", zap.String("key_id", e.KeyID), zap.String("key_version", e.Version),
+		zap.String("supersedes", e.Rotation.Supersedes), zap.String("trigger", trigger), zap.String("reason", reason))
 }
 
 // sendJob sends the pending version's rekey to its device, or to every
@@ -471,6 +533,10 @@ func (c *Controller) sendJob(ctx context.Context, j job, devKeys map[string]regi
 			if err := c.sendOne(ctx, j.pending, newKey, t.device, t.wrap); err != nil {
 				failed = true
 				c.log.Warn("rotation: rekey delivery failed", zap.String("key_id", j.kv.keyID), zap.String("device_id", t.device), zap.Error(err))
+			} else {
+				c.log.Info("rotation rekey sent", zap.String("key_id", j.kv.keyID), zap.String("key_version", j.pending.Version),
+					zap.String("device_id", t.device), zap.String("sealed_under", t.wrap.KeyID+"@"+t.wrap.Version),
+					zap.Int("attempt", j.pending.Rotation.RekeyAttempts+1))
 			}
 		}
 		clear(newKey)

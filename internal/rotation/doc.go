@@ -43,9 +43,23 @@
 // providers), and a rewrap is pending while any DEK in the registry is
 // under an older version, so a rotation made by hand is finished too.
 //
+// Budget. Age-driven rotations start at most SharePerWindow of the keys per
+// ShareWindow (at least one). The budget is read from the registry, where
+// each rotated version records its trigger (registry.Rotation.Trigger): the
+// age-started versions created within the last window are what is spent,
+// so every leader, a restarted one included, sees the same budget, and the
+// oldest of them leaving the window is when the next may start. Rotations
+// by the message limit or an operator are not counted against it.
+//
+// Logs. Every rotation event is one info line (component "rotation"):
+// started (trigger, reason), rekey sent, adopted, decrypt_only, revoked,
+// paused (an error line) and resumed with the reason, and due keys waiting
+// (why, until when), written when the reason changes.
+//
 // Status. Summarize computes what `dekctl rotation status` shows (keys
 // current, pending, stragglers, due; versions by state; the age
-// distribution of the current versions) with the controller's own rules.
+// distribution of the current versions; the budget, the pause, and why
+// due keys wait and until when) with the controller's own rules.
 //
 // Metrics (labels from fixed sets only) are listed in metrics.go. Nothing
 // here logs or exports key material; rekey payloads carry DEKs only sealed.

@@ -31,6 +31,19 @@ type FleetStatus struct {
 	MaxAge time.Duration `json:"-"`
 	// StragglerKeys names the stragglers (sorted).
 	StragglerKeys []string `json:"straggler_keys,omitempty"`
+	// DueByAge are the Due keys whose rotation the budget and the pause
+	// hold back (those due by the message limit start regardless).
+	DueByAge int `json:"due_by_age"`
+	// Budget is the share per window as the registry records it.
+	Budget Budget `json:"budget"`
+	// Paused: the rollout pauses itself by the controller's rule
+	// (PauseReason says why, or why not).
+	Paused      bool   `json:"paused"`
+	PauseReason string `json:"pause_reason"`
+	// Waiting says why due keys wait ("" when none does), and WaitUntil
+	// until when (zero while a pause lasts: until devices adopt).
+	Waiting   string    `json:"waiting,omitempty"`
+	WaitUntil time.Time `json:"wait_until,omitzero"`
 }
 
 // AgeBucket is one bar of the age distribution: ages in [From, To), or
@@ -96,6 +109,7 @@ func Summarize(es []registry.Entry, now time.Time, p Policy) (FleetStatus, error
 			v.cur = e
 		}
 	}
+	failing := 0
 	for id, v := range keys {
 		if v.cur == nil {
 			continue // only a pending version: not a rotation this tool made
@@ -107,10 +121,17 @@ func Summarize(es []registry.Entry, now time.Time, p Policy) (FleetStatus, error
 			st.StragglerKeys = append(st.StragglerKeys, id)
 		case v.pending != nil:
 			st.Pending++
+			if r := v.pending.Rotation; r.RekeyFailures > 0 && r.RekeyFailures == r.RekeyAttempts {
+				failing++
+			}
 		default:
 			st.Current++
-			if now.Sub(v.cur.CreatedAt) >= p.MaxAge || v.cur.Rotation.Messages >= p.MessageLimit {
+			switch {
+			case v.cur.Rotation.Messages >= p.MessageLimit:
 				st.Due++
+			case now.Sub(v.cur.CreatedAt) >= p.MaxAge:
+				st.Due++
+				st.DueByAge++
 			}
 		}
 		age := max(now.Sub(v.cur.CreatedAt), 0)
@@ -121,6 +142,22 @@ func Summarize(es []registry.Entry, now time.Time, p Policy) (FleetStatus, error
 		st.Ages[i].Count++
 	}
 	sort.Strings(st.StragglerKeys)
+	st.Budget = budgetOf(es, st.Keys, now, p)
+	st.Paused, st.PauseReason = pauseState(st.Pending+st.Stragglers, st.Stragglers, failing, p)
+	switch left := st.Budget.Left(); {
+	case st.DueByAge == 0:
+	case st.Paused:
+		st.Waiting = "rollout paused: " + st.PauseReason + "; resumes once enough of them adopt or their deliveries succeed"
+	case left == 0:
+		st.Waiting = fmt.Sprintf("the share per window is spent (share_per_day): %d of %d age-driven rotations started in the last %s",
+			st.Budget.Used, st.Budget.Limit, ShortDuration(p.ShareWindow))
+		st.WaitUntil = st.Budget.NextAt
+	case st.DueByAge > left:
+		after := budgetAfter(es, st.Keys, now, p, left)
+		st.Waiting = fmt.Sprintf("%d of the %d due start at the leader's next scan; the share per window (share_per_day) allows %d more, %d of %d used in the last %s",
+			left, st.DueByAge, left, st.Budget.Used, st.Budget.Limit, ShortDuration(p.ShareWindow))
+		st.WaitUntil = after.NextAt
+	}
 	return st, nil
 }
 

@@ -342,11 +342,29 @@ func (t *Tracker) adoptLoop(ctx context.Context) {
 				s.mu.Unlock()
 				continue
 			}
-			if done && t.o.Metrics != nil {
-				t.o.Metrics.adoptions.Inc()
+			if done {
+				if t.o.Metrics != nil {
+					t.o.Metrics.adoptions.Inc()
+				}
+				t.adoptedLog(ctx, r)
 			}
 		}
 	}
+}
+
+// adoptedLog writes the info lines of an adoption: the version adopted,
+// and the version it superseded turning decrypt_only until its grace
+// period ends.
+func (t *Tracker) adoptedLog(ctx context.Context, r adoptReq) {
+	t.log.Info("rotation version adopted", zap.String("key_id", r.ref.KeyID), zap.String("key_version", r.ref.Version),
+		zap.String("device_id", r.deviceID))
+	e, err := t.o.Registry.Get(ctx, r.ref.KeyID, r.ref.Version)
+	if err != nil || e.Rotation.Supersedes == "" {
+		return
+	}
+	t.log.Info("rotation version decrypt_only", zap.String("key_id", r.ref.KeyID), zap.String("key_version", e.Rotation.Supersedes),
+		zap.String("superseded_by", r.ref.Version), zap.String("revoke_after", e.Rotation.AdoptedAt.Add(t.o.Grace).UTC().Format(time.RFC3339)),
+		zap.String("reason", "superseded; late and buffered messages still decrypt until the grace period ends"))
 }
 
 func (t *Tracker) flushLoop(ctx context.Context) {

@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/decryptd/decryptd/internal/fileperm"
 )
 
 // FsyncPolicy says when a File sink forces written records to stable
@@ -175,6 +177,10 @@ func (s *File) open() error {
 	}
 	st, err := f.Stat()
 	if err != nil {
+		f.Close()
+		return err
+	}
+	if err := fileperm.Private(s.opts.Path, st.Mode()); err != nil {
 		f.Close()
 		return err
 	}

@@ -1,0 +1,13 @@
+package fileperm_test
+
+import (
+	"io/fs"
+	"syscall"
+)
+
+func gidOf(fi fs.FileInfo) int {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return int(st.Gid)
+	}
+	return -1
+}
