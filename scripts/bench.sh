@@ -36,5 +36,5 @@ trap 'rm -rf "$bin"' EXIT
 go build -o "$bin/decryptd-bench" ./cmd/decryptd-bench
 
 log "drain and cold start (progress below)"
-"$bin/decryptd-bench" -micro "$out/micro.txt" -out "$out/results.json" -svg "$out/drain.svg" "$@"
+DECRYPTD_TEST_PG_DSN="${DECRYPTD_TEST_PG_DSN:-$(./scripts/test-deps.sh | tail -n1)}" "$bin/decryptd-bench" -micro "$out/micro.txt" -out "$out/results.json" -svg "$out/drain.svg" "$@"
 log "results: $out/results.json, chart: $out/drain.svg"

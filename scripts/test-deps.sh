@@ -18,6 +18,8 @@ if ! command -v pg_ctlcluster >/dev/null 2>&1; then
   need_apt+=(postgresql)
 fi
 command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
+# kcat (librdkafka's CLI): the Kafka sink's test reads its topic back with it.
+command -v kcat >/dev/null 2>&1 || need_apt+=(kcat)
 # The C reference device: gcc, make, pkg-config, OpenSSL's libcrypto and
 # libmosquitto headers.
 command -v gcc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
@@ -62,5 +64,5 @@ if ! psql "$dsn" -qAtc 'select 1' >/dev/null 2>&1; then
   dsn="postgres://decryptd_test:decryptd_test@127.0.0.1:5432/postgres?sslmode=disable"
   psql "$dsn" -qAtc 'select 1' >/dev/null || { log "cannot connect with $dsn"; exit 1; }
 fi
-log "mosquitto: $(command -v mosquitto || echo /usr/sbin/mosquitto); postgres: ok"
+log "mosquitto: $(command -v mosquitto || echo /usr/sbin/mosquitto); kcat: $(command -v kcat); postgres: ok"
 echo "$dsn"

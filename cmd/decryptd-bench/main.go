@@ -39,6 +39,12 @@ func run() int {
 	fs := flag.NewFlagSet("decryptd-bench", flag.ContinueOnError)
 	drain := fs.Bool("drain", true, "run the drain benchmark")
 	cold := fs.Bool("cold", true, "run the cold start benchmark")
+	var so bench.SinkDrainOptions
+	sinks := fs.Bool("sinks", true, "run the sink drain: file, Kafka (kfake) and PostgreSQL sinks, as ratios to the file sink")
+	fs.IntVar(&so.Messages, "sinks-messages", 50_000, "sink drain: backlog size per drain")
+	fs.IntVar(&so.Devices, "sinks-devices", 1_000, "sink drain: devices")
+	fs.IntVar(&so.Rounds, "sinks-rounds", 5, "sink drain: rounds (file, kafka, postgres each); the ratios are of the medians")
+	fs.StringVar(&so.PostgresDSN, "pg-dsn", os.Getenv("DECRYPTD_TEST_PG_DSN"), "sink drain: PostgreSQL server (empty: leave PostgreSQL out)")
 	fs.IntVar(&do.Messages, "messages", 200_000, "drain: backlog size per drain")
 	fs.IntVar(&do.Devices, "devices", 5_000, "drain: devices, one key each")
 	fs.IntVar(&do.Rounds, "rounds", 3, "drain: pairs of drains (bare, then decryptd); the ratio is of the medians")
@@ -91,14 +97,17 @@ func run() int {
 		}
 		return 0
 	}
-	if err := runBench(ctx, fs, *drain, *cold, do, co, *micro, *out, *svg, *dir); err != nil {
+	if !*sinks {
+		so.Rounds = -1
+	}
+	if err := runBench(ctx, fs, *drain, *cold, do, co, so, *micro, *out, *svg, *dir); err != nil {
 		fmt.Fprintln(os.Stderr, "decryptd-bench:", err)
 		return 1
 	}
 	return 0
 }
 
-func runBench(ctx context.Context, fs *flag.FlagSet, drain, cold bool, do bench.DrainOptions, co bench.ColdStartOptions, micro, out, svg, dir string) error {
+func runBench(ctx context.Context, fs *flag.FlagSet, drain, cold bool, do bench.DrainOptions, co bench.ColdStartOptions, so bench.SinkDrainOptions, micro, out, svg, dir string) error {
 	if dir == "" {
 		d, err := os.MkdirTemp("", "decryptd-bench-")
 		if err != nil {
@@ -139,6 +148,12 @@ func runBench(ctx context.Context, fs *flag.FlagSet, drain, cold bool, do bench.
 			return fmt.Errorf("cold start: %w", err)
 		}
 	}
+	if so.Rounds >= 0 {
+		so.Dir, so.Progress, so.Logger = filepath.Join(dir, "sinks"), os.Stderr, log.With(zap.String("bench", "sinks"))
+		if res.Sinks, err = bench.SinkDrain(ctx, so); err != nil {
+			return fmt.Errorf("sink drain: %w", err)
+		}
+	}
 	if out != "" {
 		data, err := json.MarshalIndent(res, "", "  ")
 		if err != nil {
@@ -155,6 +170,9 @@ func runBench(ctx context.Context, fs *flag.FlagSet, drain, cold bool, do bench.
 	}
 	fmt.Println()
 	res.WriteSummary(os.Stdout)
+	if res.Sinks != nil {
+		res.Sinks.WriteSummary(os.Stdout)
+	}
 	return nil
 }
 

@@ -94,6 +94,8 @@ Commands:
   rewrap                        after a root rotation, rewrap every DEK still
                                 under an older root version; resumable (run it
                                 again after an interruption or failure)
+  pseudonym rotate NAME         create or rotate the pseudonymization key
+                                pseudonym/NAME used by sinks' field policies
   rotate --device ID | --group NAME | --all
                                 start a rotation now: the key's next version is
                                 created active and pending (one already pending
@@ -282,6 +284,8 @@ func (c *cli) dispatch(ctx context.Context, args []string) error {
 		return c.rotate(ctx, rest)
 	case "rotation":
 		return c.rotationCmd(ctx, rest)
+	case "pseudonym":
+		return c.pseudonym(ctx, rest)
 	}
 	return usagef("unknown command %q", cmd)
 }

@@ -60,8 +60,8 @@ func overview() Board {
 				Queries: []Query{{`sum by (sink) (rate(decryptd_records_delivered_total[$__rate_interval]))`, "{{sink}}"}}},
 			{Title: "Dead letters by reason", Unit: "ops", Stacked: true, Description: "Messages that could not be decrypted, by the spec's reason (docs/runbooks.md#decryptddeadletters).",
 				Queries: []Query{{`sum by (reason) (rate(decryptd_dead_letters_total[$__rate_interval]))`, "{{reason}}"}}},
-			{Title: "Duplicates", Unit: "ops", Description: "Broker redeliveries of messages already delivered (dropped, acknowledged).",
-				Queries: []Query{{`sum(rate(decryptd_duplicates_total[$__rate_interval]))`, "duplicates"},
+			{Title: "Duplicates", Unit: "ops", Description: "Exact repeats of messages already delivered (acknowledged again, no new record), by cause: redelivery (the broker's) or repeat (the device sent it again).",
+				Queries: []Query{{`sum by (cause) (rate(decryptd_duplicates_total[$__rate_interval]))`, "duplicates: {{cause}}"},
 					{`sum(rate(decryptd_mqtt_messages_redelivered_total[$__rate_interval]))`, "redelivered by the broker"}}},
 			{Title: "Ack latency", Unit: "s", Description: "Receipt to PUBACK, p50 and p99 over all replicas.",
 				Queries: []Query{{`histogram_quantile(0.5, sum by (le) (rate(decryptd_mqtt_ack_latency_seconds_bucket[$__rate_interval])))`, "p50"},
@@ -107,7 +107,7 @@ func keys() Board {
 
 func rotation() Board {
 	return Board{UID: "decryptd-rotation", Title: "decryptd / rotation", File: "rotation.json",
-		Description: "Fleet key rotation: versions by state, rekeys, adoption, stragglers, pause, leader, and the rewrap after a root key rotation. Fleet gauges come from the replica holding the rotation lease (max picks it).",
+		Description: "Fleet key rotation: versions by state, rekeys, adoption, stragglers, pause, leader, the rewrap after a root key rotation, and the root key's age. Fleet gauges come from the replica holding the rotation lease (max picks it).",
 		Panels: []Panel{
 			{Title: "DEK versions by state", Unit: "short", Stacked: true,
 				Queries: []Query{{`max by (state) (decryptd_rotation_dek_versions)`, "{{state}}"}}},
@@ -130,6 +130,8 @@ func rotation() Board {
 			{Title: "Rewrap after a root rotation", Unit: "short", Description: "incomplete 1: DEKs still under an older root version (do not disable it).",
 				Queries: []Query{{`max(decryptd_rotation_rewrap_incomplete)`, "incomplete"},
 					{`sum(increase(decryptd_rotation_rewrap_failures_total[1h]))`, "failures in the last hour"}}},
+			{Title: "Root key age", Unit: "s", Description: "Age of the root key version that wraps new DEKs, against the root rotation policy (rotation.root_max_age); 0 while root rotation is off.",
+				Queries: []Query{{`max(decryptd_rotation_root_key_age_seconds)`, "root key age"}}},
 		}}
 }
 

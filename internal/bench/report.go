@@ -21,6 +21,7 @@ type Results struct {
 	Micro     []Micro          `json:"micro,omitempty"`
 	Drain     *DrainResult     `json:"drain,omitempty"`
 	ColdStart *ColdStartResult `json:"cold_start,omitempty"`
+	Sinks     *SinkDrainResult `json:"sinks,omitempty"`
 }
 
 // Machine describes where the run happened.

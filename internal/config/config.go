@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/decryptd/decryptd/internal/fieldpolicy"
 	"github.com/decryptd/decryptd/internal/sink"
 	"github.com/decryptd/decryptd/internal/sinktypes"
 	"github.com/decryptd/decryptd/internal/tlsfiles"
@@ -239,9 +240,17 @@ type Sink struct {
 	// Type is not registered.
 	Config sink.Config `yaml:"-" json:"-"`
 
+	// Policy, for any type, is the field policy applied to this sink's
+	// records (package fieldpolicy): rules by JSON Pointer, the default for
+	// fields that arrived encrypted, the pseudonymization key.
+	Policy *Policy `yaml:"policy,omitempty" json:"policy,omitempty"`
+
 	node  *yaml.Node // the entry as read, until the registry decodes it
 	other []string   // keys of another registered type, for Validate
 }
+
+// Policy is a sink's field policy (package fieldpolicy).
+type Policy = fieldpolicy.Config
 
 // Sink types built in (see package sinktypes for all of them).
 const (

@@ -7,8 +7,9 @@
 //  1. The YAML is decoded with unknown keys rejected (a misspelt key is an
 //     error, never silently ignored) and exactly one document allowed. Each
 //     sinks entry is decoded by the sink type its type names, from the
-//     registry of package sinktypes (ParseWith takes another): name and
-//     type are common, every other key is the type's own (sink.Config).
+//     registry of package sinktypes (ParseWith takes another): name, type
+//     and policy (a field policy, package fieldpolicy, decoded as strictly)
+//     are common, every other key is the type's own (sink.Config).
 //  2. Environment overrides are applied: every scalar key, and every list of
 //     strings, can be set by DECRYPTD_ followed by its path upper-cased with
 //     "." replaced by "_" (mqtt.client_id is DECRYPTD_MQTT_CLIENT_ID,

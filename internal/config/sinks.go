@@ -21,7 +21,7 @@ const DeadLetterSinkName = "dead_letter"
 // isCommonSinkKey reports whether key is one every sinks entry has,
 // whatever its type (read into Sink's own fields, not the type's Config).
 // A setting common to every sink type goes here and on Sink.
-func isCommonSinkKey(key string) bool { return key == "name" || key == "type" }
+func isCommonSinkKey(key string) bool { return key == "name" || key == "type" || key == "policy" }
 
 // UnmarshalYAML reads name and type and keeps the entry for the sink type
 // registry to decode (decodeSinks).
@@ -34,6 +34,14 @@ func (s *Sink) UnmarshalYAML(n *yaml.Node) error {
 	}
 	*s = Sink{node: n}
 	for i := 0; i+1 < len(n.Content); i += 2 {
+		if n.Content[i].Value == "policy" {
+			p, err := decodePolicy(n.Content[i+1])
+			if err != nil {
+				return err
+			}
+			s.Policy = p
+			continue
+		}
 		var dst *string
 		switch n.Content[i].Value {
 		case "name":
@@ -48,6 +56,23 @@ func (s *Sink) UnmarshalYAML(n *yaml.Node) error {
 		}
 	}
 	return nil
+}
+
+// decodePolicy decodes a sink's policy strictly: a misspelt key is an
+// error, as everywhere in the file.
+func decodePolicy(n *yaml.Node) (*Policy, error) {
+	text, err := yaml.Marshal(n)
+	if err != nil {
+		return nil, fmt.Errorf("yaml: line %d: %w", n.Line, err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(text))
+	dec.KnownFields(true)
+	p := &Policy{}
+	if err := dec.Decode(p); err != nil && !errors.Is(err, io.EOF) {
+		msg := cleanYAMLError(err).Error()
+		return nil, errors.New(lineRE.ReplaceAllString(msg, fmt.Sprintf("line %d (policy):", n.Line)))
+	}
+	return p, nil
 }
 
 // decodeSinks decodes each sinks entry read from YAML into its type's
@@ -154,6 +179,9 @@ func (s Sink) MarshalJSON() ([]byte, error) {
 		}
 	}
 	m["name"], m["type"] = s.Name, s.Type
+	if s.Policy != nil {
+		m["policy"] = s.Policy
+	}
 	return json.Marshal(m)
 }
 
@@ -170,6 +198,13 @@ func (s Sink) MarshalYAML() (any, error) {
 	head := []*yaml.Node{
 		{Kind: yaml.ScalarNode, Value: "name"}, {Kind: yaml.ScalarNode, Value: s.Name},
 		{Kind: yaml.ScalarNode, Value: "type"}, {Kind: yaml.ScalarNode, Value: s.Type},
+	}
+	if s.Policy != nil {
+		pn := &yaml.Node{}
+		if err := pn.Encode(s.Policy); err != nil {
+			return nil, err
+		}
+		head = append(head, &yaml.Node{Kind: yaml.ScalarNode, Value: "policy"}, pn)
 	}
 	n.Content = append(head, n.Content...)
 	return n, nil
@@ -275,6 +310,11 @@ func (c *Config) validateSinks(ck *checker) {
 		}
 		for _, k := range s.other {
 			ck.add(f+"."+k, "not used by type %s", s.Type)
+		}
+		if s.Policy != nil {
+			if err := s.Policy.Validate(); err != nil {
+				ck.add(f+".policy", "%v", err)
+			}
 		}
 	}
 }

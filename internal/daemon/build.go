@@ -16,6 +16,7 @@ import (
 	"github.com/decryptd/decryptd/internal/keycache"
 	"github.com/decryptd/decryptd/internal/kms"
 	"github.com/decryptd/decryptd/internal/pipeline"
+	"github.com/decryptd/decryptd/internal/pseudonym"
 	"github.com/decryptd/decryptd/internal/registry"
 	"github.com/decryptd/decryptd/internal/rotation"
 	"github.com/decryptd/decryptd/internal/sink"
@@ -28,16 +29,19 @@ const DeadLetterSinkName = config.DeadLetterSinkName
 // parts is everything below the consumer, built in order; closers release
 // them in reverse.
 type parts struct {
-	cfg     *config.Config
-	log     *zap.Logger
-	audit   *audit.Writer
-	kms     kms.Provider
-	store   registry.Store
-	cache   *keycache.Cache
-	pipe    *pipeline.Pipeline
-	rot     *rotationParts // nil unless rotation.enabled
-	unwraps atomic.Uint64
-	closers []namedCloser
+	cfg   *config.Config
+	log   *zap.Logger
+	audit *audit.Writer
+	kms   kms.Provider
+	store registry.Store
+	cache *keycache.Cache
+	pipe  *pipeline.Pipeline
+	rot   *rotationParts // nil unless rotation.enabled
+	// pseudonyms are the pseudonymization keys the field policies use, by
+	// name.
+	pseudonyms map[string]*pseudonym.Key
+	unwraps    atomic.Uint64
+	closers    []namedCloser
 }
 
 type namedCloser struct {
@@ -164,6 +168,12 @@ func (p *parts) buildPipeline(ctx context.Context, o *Options, opener pipeline.O
 	sinks, err := buildSinks(ctx, p.cfg, o.Stdout)
 	if err != nil {
 		return err
+	}
+	for i, e := range p.cfg.Sinks {
+		if sinks[i+1], err = p.withPolicy(ctx, e, sinks[i+1]); err != nil {
+			closeSinks(sinks)
+			return fmt.Errorf("sinks[%d] (%s): %w", i, e.Name, err)
+		}
 	}
 	p.pipe, err = pipeline.New(pipeline.Options{
 		Opener: opener, Sinks: sinks[1:], DeadLetter: sinks[0],

@@ -125,7 +125,7 @@ audit: {path: %[5]q}
 			t.Errorf("%s: err %v, want %q", bad.entry, err, bad.want)
 		}
 	}
-	if _, err := config.Parse([]byte(yaml), nil); err == nil || !strings.Contains(err.Error(), `sinks[0].type: must be file, stdout, mqtt or http, got "memory"`) {
+	if _, err := config.Parse([]byte(yaml), nil); err == nil || !strings.Contains(err.Error(), `sinks[0].type: must be file, stdout, mqtt, http, kafka or postgres, got "memory"`) {
 		t.Errorf("without the registration: %v", err)
 	}
 

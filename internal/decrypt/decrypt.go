@@ -166,10 +166,15 @@ func (d *Decryptor) open(ctx context.Context, st *state, m Message, noWait bool)
 		n := copy(buf, st.meta)
 		copy(buf[n:], st.bin[p.start:p.end])
 		rec.Metadata, rec.Data = buf[:n:n], buf[n:]
+		rec.Sealed = wholeData
 		return rec, nil
 	}
 	st.out = st.appendShapeBData(st.out[:0], env)
 	rec.Data = slices.Clone(st.out)
+	rec.Sealed = make([]string, len(env.sealed))
+	for i := range env.sealed {
+		rec.Sealed[i] = string(env.sealed[i].ptr)
+	}
 	return rec, nil
 }
 
@@ -316,6 +321,9 @@ func (st *state) openSealed(aead cipher.AEAD, env *envelope, rec *Record) error 
 	}
 	return nil
 }
+
+// wholeData is Record.Sealed of every shape A record (read-only).
+var wholeData = []string{""}
 
 // plainRecord is the record of a shape B message without sealed values.
 func (st *state) plainRecord(m Message, received time.Time, env envelope) Record {

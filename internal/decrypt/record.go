@@ -33,6 +33,12 @@ type Record struct {
 	// timestamp, key_version and key_id (shape B). Raw JSON: numbers keep
 	// their exact text.
 	Data []byte
+	// Sealed names the values of Data that arrived encrypted, as RFC 6901
+	// pointers relative to Data: "" (the whole of Data) for shape A, each
+	// sealed field's pointer for shape B, nil when nothing was sealed. A
+	// per-sink field policy uses it (package fieldpolicy). Shared and
+	// read-only: never modify it.
+	Sealed []string
 
 	// Replay-window entries this record was accepted under, for Forget.
 	rk0    replayKey

@@ -26,6 +26,7 @@ import (
 	"github.com/decryptd/decryptd/internal/config"
 	"github.com/decryptd/decryptd/internal/daemon"
 	"github.com/decryptd/decryptd/internal/decrypt"
+	"github.com/decryptd/decryptd/internal/fieldpolicy"
 	"github.com/decryptd/decryptd/internal/keyops"
 	"github.com/decryptd/decryptd/internal/kms/local"
 	"github.com/decryptd/decryptd/internal/pki"
@@ -159,6 +160,8 @@ func Run(ctx context.Context, o Options) (Summary, error) {
 		return sum, errors.Join(err, <-runErr)
 	}
 	fmt.Fprintln(o.Stdout, "daemon ready; the fleet starts sending (records below: device, key version, decrypted data)")
+	fmt.Fprintf(o.Stdout, "care records: %s; analytics records (patient id pseudonymized, notes and metadata dropped, other encrypted fields dropped): %s\n",
+		filepath.Join(dir, "records.jsonl"), filepath.Join(dir, "analytics.jsonl"))
 
 	tlsc, err := pki.ClientConfig(fleetFiles, "localhost")
 	if err != nil {
@@ -302,6 +305,10 @@ func provision(ctx context.Context, dir string) ([]*device, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The analytics sink's pseudonymization key (dekctl pseudonym rotate).
+	if _, err := ops.RotatePseudonymKey(ctx, "analytics"); err != nil {
+		return nil, err
+	}
 	specs := []struct {
 		id, group   string
 		shapeB      bool
@@ -387,6 +394,9 @@ func daemonConfig(dir, brokerURL string, files pki.Files, listen string) (*confi
 	cfg.Sinks = []config.Sink{
 		{Name: "console", Type: "stdout", Config: &sink.StdoutConfig{Format: "pretty"}},
 		{Name: "records", Type: config.SinkFile, Config: &sink.FileConfig{Path: filepath.Join(dir, "records.jsonl"),
+			MaxBytes: config.DefaultSinkMaxBytes, Keep: config.DefaultSinkKeep, Fsync: &on}},
+		// The analytics side gets the minimum necessary: see analyticsPolicy.
+		{Name: "analytics", Type: config.SinkFile, Policy: analyticsPolicy(), Config: &sink.FileConfig{Path: filepath.Join(dir, "analytics.jsonl"),
 			MaxBytes: config.DefaultSinkMaxBytes, Keep: config.DefaultSinkKeep, Fsync: &on}},
 	}
 	cfg.DeadLetter = config.DeadLetter{Type: config.SinkFile, Path: filepath.Join(dir, "dead-letter.jsonl"), Fsync: &on}
@@ -498,4 +508,24 @@ func printSummary(w io.Writer, s Summary) {
 			filepath.Join(s.Dir, "records.jsonl"), filepath.Join(s.Dir, "dead-letter.jsonl"), filepath.Join(s.Dir, "audit.log"))
 	}
 	_, _ = io.WriteString(w, b.String())
+}
+
+// analyticsPolicy is the demo's analytics sink policy: the patient id
+// pseudonymized (analytics can still count and join by patient), the
+// free-text notes and the metadata dropped, readings kept, and any other
+// field that arrived encrypted dropped unless listed here.
+func analyticsPolicy() *config.Policy {
+	return &config.Policy{
+		PseudonymKey: "analytics",
+		Encrypted:    fieldpolicy.Drop,
+		Rules: []fieldpolicy.Rule{
+			{Pointer: "/data/patient_id", Action: fieldpolicy.Pseudonymize},
+			{Pointer: "/data/notes", Action: fieldpolicy.Drop},
+			{Pointer: "/metadata", Action: fieldpolicy.Drop},
+			{Pointer: "/data/heart_rate", Action: fieldpolicy.Keep},
+			{Pointer: "/data/spo2", Action: fieldpolicy.Keep},
+			{Pointer: "/data/temperature_c", Action: fieldpolicy.Keep},
+			{Pointer: "/data/seq", Action: fieldpolicy.Keep},
+		},
+	}
 }

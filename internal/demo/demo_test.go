@@ -85,6 +85,19 @@ func TestDemo(t *testing.T) {
 	if n := bytes.Count(recs, []byte("\n")); n != sum.Delivered {
 		t.Errorf("records file holds %d lines, metrics say %d", n, sum.Delivered)
 	}
+	// The analytics record: same records, patient ids pseudonymized, notes
+	// and metadata gone.
+	an, err := os.ReadFile(filepath.Join(dir, "analytics.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := bytes.Count(an, []byte("\n")); n != sum.Delivered {
+		t.Errorf("analytics file holds %d lines, metrics say %d", n, sum.Delivered)
+	}
+	if !bytes.Contains(recs, []byte(`"patient_id":"P-`)) || !bytes.Contains(an, []byte(`"patient_id":"pn:v1:`)) ||
+		bytes.Contains(an, []byte(`"P-`)) || bytes.Contains(an, []byte(`"notes"`)) || bytes.Contains(an, []byte(`"metadata"`)) {
+		t.Errorf("care vs analytics records: the policy did not apply\ncare: %.300s\nanalytics: %.300s", recs, an)
+	}
 	// Plaintext readings never reach the log.
 	for _, secret := range []string{"patient_id", "heart_rate", "P-"} {
 		if strings.Contains(logs.String(), secret) {

@@ -68,10 +68,10 @@ const (
 // get rekeys on their command topic, install them and adopt (one device
 // never listens: a pending rotation, then a straggler); superseded
 // versions go decrypt_only and are revoked after a three-second grace;
-// good messages flow all along and bad ones of every kind are
-// dead-lettered (auth_failed, unknown_key, key_revoked, topic_mismatch,
-// malformed, replay). Prometheus's part is played by a scrape of /metrics
-// every scrapeEvery into a TSDB.
+// good messages flow all along, bad ones are dead-lettered (auth_failed,
+// unknown_key, key_revoked, topic_mismatch, malformed) and an exact repeat
+// is counted as a duplicate. Prometheus's part is played by a scrape of
+// /metrics every scrapeEvery into a TSDB.
 func runDaemon(t *testing.T) *liveRun {
 	t.Helper()
 	ft := t
@@ -234,7 +234,7 @@ rotation:
 			if replayed == nil {
 				replayed = devs[4].seal(ft, "", seq)
 			}
-			publish(topicOf(devs[4].id), replayed) // replay (from the second on)
+			publish(topicOf(devs[4].id), replayed) // the same message again: a duplicate (cause repeat)
 		}
 		if time.Now().After(next) {
 			scrapeNow()

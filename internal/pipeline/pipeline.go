@@ -416,7 +416,7 @@ func (p *Pipeline) deliver(d *delivery, rec decrypt.Record) {
 		d.errs = make([]error, len(p.batchers))
 	}
 	d.pending.Store(int32(len(p.batchers)))
-	sr := sink.Record{ID: rec.ID, DeviceID: rec.DeviceID, JSON: buf}
+	sr := sink.Record{ID: rec.ID, DeviceID: rec.DeviceID, JSON: buf, KeyID: rec.KeyID, KeyVersion: rec.KeyVersion, Sealed: rec.Sealed}
 	for i, b := range p.batchers {
 		r := sr
 		if d.own != nil && b.enc != nil {

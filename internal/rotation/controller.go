@@ -251,6 +251,9 @@ func (c *Controller) Scan(ctx context.Context) error {
 	}
 	var keys []keyView
 	for _, id := range order {
+		if strings.HasPrefix(id, pseudonymKeyPrefix) {
+			continue // no device holds it: rotated by the operator (dekctl pseudonym rotate)
+		}
 		var kv keyView
 		kv.keyID = id
 		found := false
@@ -609,8 +612,10 @@ func (c *Controller) rootSchedule(ctx context.Context, now time.Time, es []regis
 	if last.IsZero() {
 		// First run: the schedule starts now.
 		_ = c.o.RootState.Save(ctx, now, false)
+		c.o.Metrics.rootKeyAge.Set(0)
 		return
 	}
+	c.o.Metrics.rootKeyAge.Set(now.Sub(last).Seconds())
 	if now.Sub(last) >= c.o.Policy.RootMaxAge {
 		if _, err := c.o.Ops.RootRotate(ctx, c.o.RootKeyID); err != nil {
 			c.o.Metrics.failures.WithLabelValues("root_rotate").Inc()
@@ -619,6 +624,7 @@ func (c *Controller) rootSchedule(ctx context.Context, now time.Time, es []regis
 		}
 		c.log.Info("rotation: root key rotated; rewrapping every DEK")
 		last, rewrapPending = now, true
+		c.o.Metrics.rootKeyAge.Set(0)
 		if err := c.o.RootState.Save(ctx, last, true); err != nil {
 			c.log.Error("rotation: saving the root rotation state failed", zap.Error(err))
 		}
@@ -647,13 +653,17 @@ func (c *Controller) RewrapNow(ctx context.Context) (keyops.RewrapResult, error)
 	return res, err
 }
 
+// pseudonymKeyPrefix starts the ids of pseudonymization keys (package
+// pseudonym), which no device uses: device key rotation leaves them alone.
+const pseudonymKeyPrefix = "pseudonym/"
+
 // KeyIDsOf names what `dekctl rotate` selects: a device's key, a group's,
-// or every key with an active version.
+// or every key with an active version (pseudonymization keys excepted).
 func KeyIDsOf(es []registry.Entry, device, group string, all bool) []string {
 	seen := map[string]bool{}
 	var out []string
 	for _, e := range es {
-		if e.State != dek.StateActive || seen[e.KeyID] {
+		if e.State != dek.StateActive || seen[e.KeyID] || strings.HasPrefix(e.KeyID, pseudonymKeyPrefix) {
 			continue
 		}
 		if all || (device != "" && e.KeyID == dek.DeviceKeyID(device)) || (group != "" && e.KeyID == "group/"+strings.TrimPrefix(group, "group/")) {

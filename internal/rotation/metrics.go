@@ -23,6 +23,7 @@ type Metrics struct {
 	failures            *prometheus.CounterVec // operation
 	rewrapFailures      prometheus.Counter
 	rewrapFailing       prometheus.Gauge
+	rootKeyAge          prometheus.Gauge
 }
 
 // Triggers and operations: the label values used.
@@ -48,6 +49,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		failures:            counterVec("decryptd_rotation_failures_total", "Rotation operations that failed, by operation.", "operation"),
 		rewrapFailures:      counter("decryptd_rotation_rewrap_failures_total", "DEK versions whose rewrap after a root rotation failed."),
 		rewrapFailing:       gauge("decryptd_rotation_rewrap_incomplete", "1 while the rewrap after a root rotation has failures left to retry."),
+		rootKeyAge:          gauge("decryptd_rotation_root_key_age_seconds", "Age of the root key version that wraps new DEKs (since its last rotation), as last seen by the rotation leader; 0 while root rotation is off or not yet read."),
 	}
 	for _, s := range []string{"active", "decrypt_only", "revoked", "shredded"} {
 		m.versions.WithLabelValues(s)
@@ -61,7 +63,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.versions, m.pending, m.stragglers, m.paused, m.leader, m.rekeysSent,
 			m.rekeysFailed, m.rotationsStarted, m.adoptions, m.revoked, m.decryptOnlyMessages, m.failures,
-			m.rewrapFailures, m.rewrapFailing} {
+			m.rewrapFailures, m.rewrapFailing, m.rootKeyAge} {
 			if err := reg.Register(c); err != nil {
 				return nil, errors.Join(errors.New("rotation: register metrics"), err)
 			}

@@ -26,6 +26,16 @@ type Record struct {
 	ID       string // stable across redeliveries (spec: record id)
 	DeviceID string
 	JSON     []byte // one JSON object, no trailing newline
+
+	// KeyID and KeyVersion name the DEK that opened the record (empty when
+	// none did), for sinks that carry them outside the JSON (Kafka
+	// headers, PostgreSQL columns).
+	KeyID, KeyVersion string
+	// Sealed lists the values of the record's "data" member that arrived
+	// encrypted, as RFC 6901 pointers relative to it ("" is the whole of
+	// data), for a field policy's default for encrypted fields. Shared and
+	// read-only.
+	Sealed []string
 }
 
 // Sink is a destination for records. Write returns nil only once the sink

@@ -11,7 +11,9 @@ package sinktypes
 
 import (
 	"github.com/decryptd/decryptd/internal/sink"
+	"github.com/decryptd/decryptd/internal/sink/kafka"
 	"github.com/decryptd/decryptd/internal/sink/mqttsink"
+	"github.com/decryptd/decryptd/internal/sink/postgres"
 )
 
 // Types returns every sink type, in the order configuration errors list
@@ -22,6 +24,8 @@ func Types() []sink.Type {
 		sink.StdoutType(),
 		mqttsink.Type(),
 		sink.HTTPType(),
+		kafka.SinkType(),
+		postgres.SinkType(),
 	}
 }
 

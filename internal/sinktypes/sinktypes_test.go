@@ -4,7 +4,7 @@ import "testing"
 
 func TestRegistry(t *testing.T) {
 	r := Registry()
-	if got := r.Describe(); got != "file, stdout, mqtt or http" {
+	if got := r.Describe(); got != "file, stdout, mqtt, http, kafka or postgres" {
 		t.Fatalf("types %q", got)
 	}
 	for _, n := range r.Names() {

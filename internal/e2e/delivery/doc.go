@@ -17,6 +17,13 @@
 //   - an HTTP sink down for 10 s loses nothing and, while it is down,
 //     intake stops at mqtt.max_in_flight with the rest queued at the broker;
 //     nothing is dead-lettered;
+//   - a daemon writing to PostgreSQL, SIGKILLed mid-stream and restarted,
+//     leaves the table holding exactly the unique record ids, none missing
+//     (redeliveries meet ON CONFLICT DO NOTHING);
+//   - two daemons sharing the registry give equal pseudonyms under a field
+//     policy, and new (equal) ones once the pseudonymization key is
+//     rotated; each audit log records the policy in force and every load
+//     of the key;
 //   - a device's QoS 1 retransmission (a TCP proxy in the test drops its
 //     first PUBACK and the link; paho resends with DUP, Mosquitto forwards
 //     the resend as a new message) ends as one record and one duplicate

@@ -150,6 +150,12 @@ func TestRootRotationRewrap(t *testing.T) {
 		inc := metrictest.Series(t, reg, "decryptd_rotation_rewrap_incomplete")
 		return v["2"] == nDevices && inc == 0, fmt.Sprintf("by root version %v, incomplete %v", v, inc)
 	})
+	// The root key's age restarts with the new version: seconds, not the
+	// hour the clock said before the rotation.
+	poll(t, "the root key age after rotation", 10*time.Second, func() (bool, string) {
+		a := metric(t, reg, "decryptd_rotation_root_key_age_seconds")
+		return a > 0 && a < 30*60, fmt.Sprintf("root key age %vs", a)
+	})
 	if n := len(w.root.RootKey().Versions); n != 2 {
 		t.Fatalf("root key has %d versions, want 2 (rotated once)", n)
 	}
