@@ -3,6 +3,7 @@ package demo
 import (
 	"context"
 	"crypto/cipher"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -70,6 +71,9 @@ type Summary struct {
 	RotatedDevice    string
 	RotatedRecords   int // records of RotatedDevice under its new version
 	RotatedToVersion string
+	// One record as the care sink holds it and as the analytics sink holds
+	// it (same record id), to show what the analytics policy removes.
+	CareSample, AnalyticsSample string
 
 	temporary bool // Dir is removed when Run returns
 }
@@ -222,8 +226,40 @@ func Run(ctx context.Context, o Options) (Summary, error) {
 	for _, r := range decrypt.Reasons() {
 		sum.Failures[r] = int(gather(reg, "decryptd_decrypt_failures_total", "reason", r))
 	}
+	sum.CareSample, sum.AnalyticsSample = samplePair(filepath.Join(dir, "records.jsonl"), filepath.Join(dir, "analytics.jsonl"))
 	printSummary(o.Stdout, sum)
 	return sum, err
+}
+
+// samplePair finds the first care record that carries notes and the
+// analytics sink's record with the same id ("" when there is none).
+func samplePair(carePath, analyticsPath string) (care, analytics string) {
+	byID := func(path string) (map[string]string, []string) {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return nil, nil
+		}
+		m := map[string]string{}
+		var order []string
+		for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+			var r struct {
+				ID string `json:"id"`
+			}
+			if json.Unmarshal([]byte(line), &r) == nil && r.ID != "" {
+				m[r.ID] = line
+				order = append(order, r.ID)
+			}
+		}
+		return m, order
+	}
+	cares, order := byID(carePath)
+	an, _ := byID(analyticsPath)
+	for _, id := range order {
+		if a, ok := an[id]; ok && strings.Contains(cares[id], `"notes"`) {
+			return cares[id], a
+		}
+	}
+	return "", ""
 }
 
 func consoleEncoder() zapcore.Encoder {
@@ -487,6 +523,9 @@ func printSummary(w io.Writer, s Summary) {
 	if s.RotatedDevice != "" {
 		fmt.Fprintf(&b, "rotation            %s: %d rekey(s) sent, %d adoption(s), %d records under %s\n",
 			s.RotatedDevice, s.RekeysSent, s.Adoptions, s.RotatedRecords, s.RotatedToVersion)
+	}
+	if s.CareSample != "" {
+		fmt.Fprintf(&b, "one record, as the care sink holds it:\n  %s\nand as the analytics sink holds it (its field policy applied):\n  %s\n", s.CareSample, s.AnalyticsSample)
 	}
 	fmt.Fprintf(&b, "failures by reason:\n")
 	reasons := make([]string, 0, len(s.Failures))

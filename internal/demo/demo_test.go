@@ -98,6 +98,11 @@ func TestDemo(t *testing.T) {
 		bytes.Contains(an, []byte(`"P-`)) || bytes.Contains(an, []byte(`"notes"`)) || bytes.Contains(an, []byte(`"metadata"`)) {
 		t.Errorf("care vs analytics records: the policy did not apply\ncare: %.300s\nanalytics: %.300s", recs, an)
 	}
+	// The summary shows one record as each sink holds it.
+	if !strings.Contains(sum.CareSample, `"notes"`) || sum.AnalyticsSample == "" ||
+		strings.Contains(sum.AnalyticsSample, `"notes"`) || !strings.Contains(sum.AnalyticsSample, `"pn:v1:`) {
+		t.Errorf("summary samples: care %.200q, analytics %.200q", sum.CareSample, sum.AnalyticsSample)
+	}
 	// Plaintext readings never reach the log.
 	for _, secret := range []string{"patient_id", "heart_rate", "P-"} {
 		if strings.Contains(logs.String(), secret) {
