@@ -152,8 +152,8 @@ func TestRootRotationRewrap(t *testing.T) {
 	})
 	// The root key's age restarts with the new version: seconds, not the
 	// hour the clock said before the rotation.
-	poll(t, "the root key age after rotation", 10*time.Second, func() (bool, string) {
-		a := metric(t, reg, "decryptd_rotation_root_key_age_seconds")
+	wait.Detail(t, 10*time.Second, "the root key age after rotation", func() (bool, string) {
+		a := metrictest.Series(t, reg, "decryptd_rotation_root_key_age_seconds")
 		return a > 0 && a < 30*60, fmt.Sprintf("root key age %vs", a)
 	})
 	if n := len(w.root.RootKey().Versions); n != 2 {
