@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -183,32 +182,15 @@ log: {level: error}
 	if err := os.WriteFile(inPath, in.Bytes(), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	last, sum := runReplay(t, cfgPath, inPath)
 	var out, errOut bytes.Buffer
-	if code := run([]string{"replay", "--config", cfgPath, "--in", inPath}, &out, &errOut); code != exitOK {
-		t.Fatalf("exit %d\nstderr: %s", code, errOut.String())
-	}
-	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
-	var sum struct {
-		Processed    int            `json:"processed"`
-		Delivered    int            `json:"delivered"`
-		DeadLettered int            `json:"dead_lettered"`
-		Duplicates   int            `json:"duplicates"`
-		ByCause      map[string]int `json:"duplicates_by_cause"`
-		Reasons      map[string]int `json:"reasons"`
-		KMSUnwraps   *int           `json:"kms_unwraps"`
-	}
-	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &sum); err != nil {
-		t.Fatalf("last line %q: %v", lines[len(lines)-1], err)
-	}
 	if sum.Processed != 2 || sum.Delivered != 0 || sum.DeadLettered != 2 || sum.Duplicates != 0 ||
 		len(sum.ByCause) != 2 || sum.ByCause["redelivery"] != 0 || sum.ByCause["repeat"] != 0 ||
 		sum.Reasons["malformed"] != 1 || sum.Reasons["unknown_key"] != 1 || sum.KMSUnwraps == nil || *sum.KMSUnwraps != 0 {
-		t.Fatalf("summary %s", lines[len(lines)-1])
+		t.Fatalf("summary %s", last)
 	}
 
 	// Replaying the configured dead-letter file itself is refused.
-	out.Reset()
-	errOut.Reset()
 	if code := run([]string{"replay", "--config", cfgPath, "--in", filepath.Join(dir, "dead-letter.jsonl")}, &out, &errOut); code != exitFailed {
 		t.Fatalf("replay of the dead-letter file: exit %d, stderr %s", code, errOut.String())
 	}

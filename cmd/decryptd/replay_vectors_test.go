@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -12,12 +11,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/decryptd/decryptd/internal/audit"
 	"github.com/decryptd/decryptd/internal/intake"
-	"github.com/decryptd/decryptd/internal/keyops"
-	"github.com/decryptd/decryptd/internal/kms/local"
-	"github.com/decryptd/decryptd/internal/registry/filestore"
 	"github.com/decryptd/decryptd/internal/sink"
+	"github.com/decryptd/decryptd/internal/testutil/keyenv"
 	"github.com/decryptd/decryptd/internal/testutil/vectors"
 )
 
@@ -29,7 +25,7 @@ import (
 func TestReplayCommandVectors(t *testing.T) {
 	v := vectors.Load(t)
 	dir := t.TempDir()
-	importVectorKeys(t, dir, v)
+	keyenv.ImportVectors(t, dir, "", v)
 	records, dead := filepath.Join(dir, "records.jsonl"), filepath.Join(dir, "dead-letter.jsonl")
 	cfg := fmt.Sprintf(`
 mqtt:
@@ -70,25 +66,10 @@ log: {level: error}
 		t.Fatal(err)
 	}
 
-	var out, errOut bytes.Buffer
-	if code := run([]string{"replay", "--config", cfgPath, "--in", inPath}, &out, &errOut); code != exitOK {
-		t.Fatalf("exit %d\nstderr: %s", code, errOut.String())
-	}
-	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
-	var sum struct {
-		Processed    int            `json:"processed"`
-		Delivered    int            `json:"delivered"`
-		DeadLettered int            `json:"dead_lettered"`
-		Duplicates   int            `json:"duplicates"`
-		ByCause      map[string]int `json:"duplicates_by_cause"`
-		Reasons      map[string]int `json:"reasons"`
-	}
-	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &sum); err != nil {
-		t.Fatalf("last line %q: %v", lines[len(lines)-1], err)
-	}
+	last, sum := runReplay(t, cfgPath, inPath)
 	if sum.Processed != len(v.Cases) || sum.Delivered != wantOK || sum.Duplicates != wantDup ||
 		sum.ByCause["repeat"] != wantDup || sum.ByCause["redelivery"] != 0 {
-		t.Errorf("summary %s; want %d processed, %d delivered, %d duplicates (repeat)", lines[len(lines)-1], len(v.Cases), wantOK, wantDup)
+		t.Errorf("summary %s; want %d processed, %d delivered, %d duplicates (repeat)", last, len(v.Cases), wantOK, wantDup)
 	}
 	for r, n := range sum.Reasons {
 		if n != wantReasons[r] {
@@ -129,40 +110,6 @@ log: {level: error}
 	}
 }
 
-// importVectorKeys makes a local root key and a file registry in dir and
-// imports the vectors' keys through keyops, as `dekctl import --file
-// testdata/envelope-v1.json` does.
-func importVectorKeys(t *testing.T, dir string, v vectors.File) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
-	lp, err := local.Create(filepath.Join(dir, "root-key.json"), "test-root")
-	if err != nil {
-		t.Fatal(err)
-	}
-	store, err := filestore.Open(ctx, filepath.Join(dir, "registry.json"), filestore.WithoutFSNotify())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
-	aw, err := audit.Open(ctx, filepath.Join(dir, "dekctl-audit.log"), audit.WithActor("dekctl"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer aw.Close()
-	ops, err := keyops.New(keyops.Options{KMS: lp, Roots: lp, Registry: store, Audit: aw})
-	if err != nil {
-		t.Fatal(err)
-	}
-	keys, err := keyops.ParseImport(v.Bytes())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := ops.Import(ctx, keys, false); err != nil {
-		t.Fatalf("import vector keys: %v", err)
-	}
-}
-
 func readLines(t *testing.T, path string) [][]byte {
 	t.Helper()
 	f, err := os.Open(path)
@@ -185,4 +132,33 @@ func readLines(t *testing.T, path string) [][]byte {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// replaySummary is the line `decryptd replay` prints last.
+type replaySummary struct {
+	Processed    int            `json:"processed"`
+	Delivered    int            `json:"delivered"`
+	DeadLettered int            `json:"dead_lettered"`
+	Duplicates   int            `json:"duplicates"`
+	ByCause      map[string]int `json:"duplicates_by_cause"`
+	Reasons      map[string]int `json:"reasons"`
+	KMSUnwraps   *int           `json:"kms_unwraps"`
+}
+
+// runReplay runs `decryptd replay --config cfgPath --in inPath`, fails the
+// test unless it exits OK, and returns its last line, as printed and
+// parsed as the summary.
+func runReplay(t *testing.T, cfgPath, inPath string) (string, replaySummary) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	if code := run([]string{"replay", "--config", cfgPath, "--in", inPath}, &out, &errOut); code != exitOK {
+		t.Fatalf("exit %d\nstderr: %s", code, errOut.String())
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	last := lines[len(lines)-1]
+	var sum replaySummary
+	if err := json.Unmarshal([]byte(last), &sum); err != nil {
+		t.Fatalf("last line %q: %v", last, err)
+	}
+	return last, sum
 }

@@ -38,7 +38,9 @@ import (
 	"github.com/decryptd/decryptd/internal/registry/filestore"
 	"github.com/decryptd/decryptd/internal/rekey"
 	"github.com/decryptd/decryptd/internal/seal"
+	"github.com/decryptd/decryptd/internal/testutil/metrictest"
 	"github.com/decryptd/decryptd/internal/testutil/mosquittotest"
+	"github.com/decryptd/decryptd/internal/testutil/wait"
 )
 
 // broker is the shipped configuration running in a temporary folder.
@@ -282,39 +284,6 @@ func readRecords(t *testing.T, path string) []record {
 	return out
 }
 
-func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// labelled is the value of the counter name{label=value}.
-func labelled(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == label && l.GetValue() == value {
-					return m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return 0
-}
-
 func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	t.Helper()
 	mfs, err := reg.Gather()
@@ -468,7 +437,7 @@ rotation: {enabled: true, tick: 200ms, retry_interval: 1h, device_type: monitor,
 			t.Errorf("stopped with errors: %v", logs.FilterMessage("stopped with errors").All())
 		}
 	}()
-	waitFor(t, "decryptd ready (connected and subscribed)", 20*time.Second, func() bool {
+	wait.Within(t, 20*time.Second, "decryptd ready (connected and subscribed)", func() bool {
 		resp, err := http.Get("http://" + d.Addr().String() + "/readyz")
 		if err != nil {
 			return false
@@ -485,7 +454,7 @@ rotation: {enabled: true, tick: 200ms, retry_interval: 1h, device_type: monitor,
 	svc.publish(t, evtTopic("dev-a"), devs["dev-a"].message(t, 100)) // decryptd's identity publishes no event
 	a.publish(t, cmdTopic("dev-b"), []byte(`{"type":"rekey","forged":true}`))
 	a.publish(t, evtTopic("dev-a"), devs["dev-a"].message(t, 1))
-	waitFor(t, "A's record", 20*time.Second, func() bool { return len(readRecords(t, records)) == 1 })
+	wait.Within(t, 20*time.Second, "A's record", func() bool { return len(readRecords(t, records)) == 1 })
 	if r := readRecords(t, records)[0]; r.DeviceID != "dev-a" || r.KeyVersion != "v1" {
 		t.Fatalf("record %+v, want dev-a v1", r)
 	}
@@ -503,11 +472,11 @@ rotation: {enabled: true, tick: 200ms, retry_interval: 1h, device_type: monitor,
 			t.Fatalf("rotate %s: %v %v", id, created, err)
 		}
 	}
-	waitFor(t, "both rekeys delivered", 20*time.Second, func() bool {
+	wait.Within(t, 20*time.Second, "both rekeys delivered", func() bool {
 		return len(a.messages(cmdTopic("dev-a"))) == 1 && len(bb.messages(cmdTopic("dev-b"))) == 1
 	})
 	// The two operator rotations are counted as such, once each.
-	if n := labelled(t, reg, "decryptd_rotation_started_total", "trigger", "operator"); n != 2 {
+	if n := metrictest.Value(t, reg, "decryptd_rotation_started_total", "trigger", "operator"); n != 2 {
 		t.Fatalf("decryptd_rotation_started_total{trigger=operator} = %v after two operator rotations, want 2", n)
 	}
 	// B got decryptd's rekey and nothing else (not A's forgery).
@@ -530,7 +499,7 @@ rotation: {enabled: true, tick: 200ms, retry_interval: 1h, device_type: monitor,
 	}
 	devs["dev-a"].aead, devs["dev-a"].version = na, m.NewVersion
 	a.publish(t, evtTopic("dev-a"), devs["dev-a"].message(t, 2))
-	waitFor(t, "A's record under the new version", 20*time.Second, func() bool { return len(readRecords(t, records)) == 2 })
+	wait.Within(t, 20*time.Second, "A's record under the new version", func() bool { return len(readRecords(t, records)) == 2 })
 	if r := readRecords(t, records)[1]; r.DeviceID != "dev-a" || r.KeyVersion != m.NewVersion {
 		t.Fatalf("record %+v, want dev-a %s", r, m.NewVersion)
 	}

@@ -1,19 +1,18 @@
 package bench
 
 import (
-	"bytes"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/decryptd/decryptd/internal/mosquittoproc"
 	"github.com/decryptd/decryptd/internal/pki"
 )
 
@@ -51,8 +50,7 @@ type Broker struct {
 	LogFile string
 	conf    string
 	cpus    string
-	cmd     *exec.Cmd
-	exited  chan struct{}
+	proc    *mosquittoproc.Process
 }
 
 // StartBroker writes the configuration and starts Mosquitto, retrying with
@@ -115,54 +113,19 @@ func brokerConfig(o BrokerOptions, srv pki.Files, port int) string {
 	return c.String()
 }
 
-var errAddrInUse = errors.New("address already in use")
+var errAddrInUse = mosquittoproc.ErrAddrInUse
 
 func (b *Broker) start(port int) error {
-	logf, err := os.OpenFile(b.LogFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	argv := []string{MosquittoBinary, "-c", b.conf}
+	if b.cpus != "" {
+		argv = append([]string{"taskset", "-c", b.cpus}, argv...)
+	}
+	p, err := mosquittoproc.Start(argv, b.LogFile, net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
 	if err != nil {
 		return err
 	}
-	off, _ := logf.Seek(0, 2)
-	cmd := exec.Command(MosquittoBinary, "-c", b.conf)
-	if b.cpus != "" {
-		cmd = exec.Command("taskset", "-c", b.cpus, MosquittoBinary, "-c", b.conf)
-	}
-	cmd.Stdout, cmd.Stderr = logf, logf
-	// Its own process group: a ^C reaches the bench, which stops the broker.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		return fmt.Errorf("start %s: %w", MosquittoBinary, err)
-	}
-	exited := make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		logf.Close()
-		close(exited)
-	}()
-	b.cmd, b.exited = cmd, exited
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		select {
-		case <-exited:
-			data, _ := os.ReadFile(b.LogFile)
-			if int64(len(data)) >= off && bytes.Contains(data[off:], []byte("Address already in use")) {
-				return errAddrInUse
-			}
-			return fmt.Errorf("mosquitto exited during start-up (%s); log %s", cmd.ProcessState, b.LogFile)
-		default:
-		}
-		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
-			c.Close()
-			return nil
-		}
-		if time.Now().After(deadline) {
-			b.Stop()
-			return fmt.Errorf("mosquitto not listening on %s after 15s", addr)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	b.proc = p
+	return nil
 }
 
 // ClientTLS issues a client certificate for cn and returns its files and
@@ -180,32 +143,14 @@ func (b *Broker) ClientTLS(cn string) (pki.Files, *tls.Config, error) {
 }
 
 // Pid is the broker's process id.
-func (b *Broker) Pid() int { return b.cmd.Process.Pid }
+func (b *Broker) Pid() int { return b.proc.Pid() }
 
 // Stop sends SIGTERM and waits (10 s, then SIGKILL).
 func (b *Broker) Stop() {
-	if b == nil || b.cmd == nil {
+	if b == nil {
 		return
 	}
-	select {
-	case <-b.exited:
-		return
-	default:
-	}
-	_ = b.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-b.exited:
-	case <-time.After(10 * time.Second):
-		_ = b.cmd.Process.Kill()
-		<-b.exited
-	}
+	b.proc.Stop(syscall.SIGTERM, 10*time.Second)
 }
 
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
-}
+func freePort() (int, error) { return mosquittoproc.FreePort() }

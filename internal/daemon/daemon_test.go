@@ -22,47 +22,18 @@ import (
 	"github.com/decryptd/decryptd/internal/config"
 	"github.com/decryptd/decryptd/internal/daemon"
 	"github.com/decryptd/decryptd/internal/intake"
-	"github.com/decryptd/decryptd/internal/keyops"
-	"github.com/decryptd/decryptd/internal/kms/local"
 	"github.com/decryptd/decryptd/internal/pki"
-	"github.com/decryptd/decryptd/internal/registry/filestore"
 	"github.com/decryptd/decryptd/internal/sink"
+	"github.com/decryptd/decryptd/internal/testutil/keyenv"
 	"github.com/decryptd/decryptd/internal/testutil/mosquittotest"
 	"github.com/decryptd/decryptd/internal/testutil/vectors"
 )
 
-// setupKeys makes a local root key, a file registry and an audit log in
-// dir and imports the vectors' keys through keyops, as `dekctl import
-// --file testdata/envelope-v1.json` does.
+// setupKeys imports the vectors' keys into a key side in dir (audit log
+// audit.log), as `dekctl import --file testdata/envelope-v1.json` does.
 func setupKeys(t *testing.T, dir string, v vectors.File) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
-	lp, err := local.Create(filepath.Join(dir, "root-key.json"), "test-root")
-	if err != nil {
-		t.Fatal(err)
-	}
-	store, err := filestore.Open(ctx, filepath.Join(dir, "registry.json"), filestore.WithoutFSNotify())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
-	aw, err := audit.Open(ctx, filepath.Join(dir, "audit.log"), audit.WithActor("dekctl"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer aw.Close()
-	ops, err := keyops.New(keyops.Options{KMS: lp, Roots: lp, Registry: store, Audit: aw})
-	if err != nil {
-		t.Fatal(err)
-	}
-	keys, err := keyops.ParseImport(v.Bytes())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := ops.Import(ctx, keys, false); err != nil {
-		t.Fatalf("import vector keys: %v", err)
-	}
+	keyenv.ImportVectors(t, dir, "audit.log", v)
 }
 
 func testConfig(t *testing.T, dir string, b *mosquittotest.Broker, client pki.Files) *config.Config {

@@ -16,18 +16,20 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/decryptd/decryptd/internal/audit"
 	"github.com/decryptd/decryptd/internal/config"
 	"github.com/decryptd/decryptd/internal/daemon"
+	"github.com/decryptd/decryptd/internal/daemon/daemontest"
 	"github.com/decryptd/decryptd/internal/dek"
 	"github.com/decryptd/decryptd/internal/keyops"
 	"github.com/decryptd/decryptd/internal/kms/local"
 	"github.com/decryptd/decryptd/internal/registry"
-	"github.com/decryptd/decryptd/internal/registry/filestore"
 	"github.com/decryptd/decryptd/internal/rekey"
 	"github.com/decryptd/decryptd/internal/seal"
 	"github.com/decryptd/decryptd/internal/sink"
+	"github.com/decryptd/decryptd/internal/testutil/keyenv"
+	"github.com/decryptd/decryptd/internal/testutil/metrictest"
 	"github.com/decryptd/decryptd/internal/testutil/mosquittotest"
+	"github.com/decryptd/decryptd/internal/testutil/wait"
 )
 
 // rekeyDevice is one device that implements docs/rekey-v1.md: it keeps
@@ -100,25 +102,9 @@ func TestDaemonRotation(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 
-	lp, err := local.Create(filepath.Join(dir, "root-key.json"), "test-root")
-	if err != nil {
-		t.Fatal(err)
-	}
-	regPath := filepath.Join(dir, "registry.json")
-	store, err := filestore.Open(ctx, regPath, filestore.WithoutFSNotify())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
-	aw, err := audit.Open(ctx, filepath.Join(dir, "dekctl-audit.log"), audit.WithActor("dekctl"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	past := func() time.Time { return time.Now().Add(-2 * time.Hour) }
-	ops, err := keyops.New(keyops.Options{KMS: lp, Roots: lp, Registry: store, Audit: aw, Now: past})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ke := keyenv.Open(ctx, t, dir, keyenv.Options{Now: past})
+	store, regPath, aw, ops := ke.Store, ke.RegistryPath, ke.Audit, ke.Ops
 	cred, err := ops.Provision(ctx, keyops.ProvisionRequest{DeviceID: "pump-1"})
 	if err != nil {
 		t.Fatal(err)
@@ -158,15 +144,7 @@ func TestDaemonRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
-	dctx, stop := context.WithCancel(ctx)
-	defer stop()
-	d, err := daemon.New(dctx, daemon.Options{Config: cfg, Registry: reg, Version: "test"})
-	if err != nil {
-		t.Fatalf("daemon.New: %v", err)
-	}
-	runErr := make(chan error, 1)
-	go func() { runErr <- d.Run(dctx) }()
-	waitReady(t, d)
+	_, stop := daemontest.Start(ctx, t, daemon.Options{Config: cfg, Registry: reg, Version: "test"})
 
 	publish(dev.seal(t, "v1", 0)) // under v1 (the rekey may already be in)
 	var v2 string
@@ -188,15 +166,15 @@ func TestDaemonRotation(t *testing.T) {
 		}
 		return e
 	}
-	poll(t, "v2 adopted, v1 decrypt_only", 15*time.Second, func() bool {
+	wait.Within(t, 15*time.Second, "v2 adopted, v1 decrypt_only", func() bool {
 		e2, e1 := entry("v2"), entry("v1")
 		return !e2.Rotation.Pending && !e2.Rotation.AdoptedAt.IsZero() && e1.State == dek.StateDecryptOnly
 	})
-	poll(t, "v1 revoked after the grace period", 20*time.Second, func() bool { return entry("v1").State == dek.StateRevoked })
+	wait.Within(t, 20*time.Second, "v1 revoked after the grace period", func() bool { return entry("v1").State == dek.StateRevoked })
 	publish(dev.seal(t, "v1", 3)) // after grace: refused
 
 	recPath, dlPath := cfg.Sinks[0].Config.(*sink.FileConfig).Path, cfg.DeadLetter.Path
-	poll(t, "3 records and 1 dead letter", 15*time.Second, func() bool {
+	wait.Within(t, 15*time.Second, "3 records and 1 dead letter", func() bool {
 		return len(readLines(t, recPath)) >= 3 && len(readLines(t, dlPath)) >= 1
 	})
 	byVersion := map[string]int{}
@@ -246,14 +224,6 @@ func TestDaemonRotation(t *testing.T) {
 	}
 
 	stop()
-	select {
-	case err := <-runErr:
-		if err != nil {
-			t.Fatalf("Run: %v", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("daemon did not stop within 30 s")
-	}
 	// The daemon's audit log holds the rotation's events (rotate, unwraps
 	// for the rekey, adopt, supersede, revoke) and its chain verifies.
 	n, err := verifyAudit(cfg.Audit.Path)
@@ -301,50 +271,20 @@ func topicOfDevice(id string) string {
 	return "iot-2/type/monitor/id/" + id + "/evt/telemetry/fmt/json"
 }
 
-func waitReady(t *testing.T, d *daemon.Daemon) {
+// gathered is metrictest.Series reading an absent series as -1, which no
+// check wants, so that the check waits for the series to appear.
+func gathered(t *testing.T, reg *prometheus.Registry, series string) float64 {
 	t.Helper()
-	poll(t, "/readyz", 15*time.Second, d.Ready)
-}
-
-func poll(t *testing.T, what string, limit time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", limit, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// gathered returns the value of one metric, written as the exposition
-// format names it (with its labels, if any); absent is -1.
-func gathered(t *testing.T, reg *prometheus.Registry, name string) float64 {
-	t.Helper()
-	base, labels, _ := strings.Cut(name, "{")
-	mfs, err := reg.Gather()
+	name, labels, err := metrictest.ParseSeries(series)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, mf := range mfs {
-		if mf.GetName() != base {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			var ls []string
-			for _, lp := range m.GetLabel() {
-				ls = append(ls, fmt.Sprintf("%s=%q", lp.GetName(), lp.GetValue()))
-			}
-			if strings.Join(ls, ",")+"}" != labels && !(labels == "" && len(ls) == 0) {
-				continue
-			}
-			switch {
-			case m.Gauge != nil:
-				return m.GetGauge().GetValue()
-			case m.Counter != nil:
-				return m.GetCounter().GetValue()
-			}
-		}
+	v, ok, err := metrictest.Lookup(reg, name, labels...)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return -1
+	if !ok {
+		return -1
+	}
+	return v
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/decryptd/decryptd/internal/dek"
 	"github.com/decryptd/decryptd/internal/seal"
+	"github.com/decryptd/decryptd/internal/testutil/fakeclock"
 )
 
 // kit is a Decryptor over one device key with a sealer and a settable clock.
@@ -23,19 +24,18 @@ type kit struct {
 	keys *fakeKeys
 	s    *seal.Sealer
 	env  seal.Envelope
-	now  time.Time
-	mu   sync.Mutex
+	clk  *fakeclock.Clock
 }
 
 const testTopic = "iot-2/type/monitor/id/sensor-9/evt/telemetry/fmt/json"
 
 func newKit(t *testing.T, opts Options) *kit {
 	t.Helper()
-	k := &kit{keys: newFakeKeys(), s: seal.New(&countingReader{}), now: time.Unix(1700000000, 0)}
+	k := &kit{keys: newFakeKeys(), s: seal.New(&countingReader{}), clk: fakeclock.At(time.Unix(1700000000, 0))}
 	k.keys.add(t, "device/sensor-9", "v3", make([]byte, 32), dek.StateActive)
 	k.keys.add(t, "device/sensor-9", "v2", make([]byte, 32), dek.StateRevoked)
 	if opts.Now == nil {
-		opts.Now = k.clock
+		opts.Now = k.clk.Now
 	}
 	d, err := New(k.keys, opts)
 	if err != nil {
@@ -44,18 +44,6 @@ func newKit(t *testing.T, opts Options) *kit {
 	k.d = d
 	k.env = seal.Envelope{DeviceID: "sensor-9", Timestamp: 1700000000, KeyVersion: "v3"}
 	return k
-}
-
-func (k *kit) clock() time.Time {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	return k.now
-}
-
-func (k *kit) advance(d time.Duration) {
-	k.mu.Lock()
-	k.now = k.now.Add(d)
-	k.mu.Unlock()
 }
 
 func (k *kit) shapeA(t *testing.T, env seal.Envelope, readings string) []byte {
@@ -386,10 +374,10 @@ func TestReplayAndDuplicate(t *testing.T) {
 	// Age bound.
 	m3 := k.shapeA(t, k.env, `{"n":3}`)
 	step(m3, false, nil)
-	k.advance(59 * time.Minute)
+	k.clk.Advance(59 * time.Minute)
 	step(m3, false, ErrDuplicate)
 	stepOn(elsewhere, m3, false, ErrReplay)
-	k.advance(2 * time.Minute)
+	k.clk.Advance(2 * time.Minute)
 	step(m3, false, nil)
 }
 

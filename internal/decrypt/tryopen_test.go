@@ -65,7 +65,7 @@ func cachedKit(t *testing.T, all bool) (*kit, *cachedKeys, *Decryptor) {
 	t.Helper()
 	k := newKit(t, Options{})
 	ck := newCachedKeys(k.keys, all)
-	d, err := New(ck, Options{Now: k.clock})
+	d, err := New(ck, Options{Now: k.clk.Now})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,7 +3,6 @@ package fleet
 import (
 	"bytes"
 	"context"
-	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,6 +16,7 @@ import (
 	"github.com/decryptd/decryptd/internal/keyops"
 	"github.com/decryptd/decryptd/internal/kms"
 	"github.com/decryptd/decryptd/internal/registry"
+	"github.com/decryptd/decryptd/internal/registry/registrytest"
 )
 
 // checkCreds checks that every credential's DEK is what the registry holds
@@ -276,48 +276,6 @@ func FuzzCredentialLines(f *testing.F) {
 	})
 }
 
-// memRegistry is an in-memory registry with CreateMany, standing in for a
-// registry with a bulk path (the benchmark measures the fleet's side).
-type memRegistry struct {
-	mu sync.Mutex
-	m  map[dek.Ref]registry.Entry
-}
-
-func (r *memRegistry) Create(_ context.Context, e registry.Entry) error {
-	return r.CreateMany(context.Background(), []registry.Entry{e})
-}
-
-func (r *memRegistry) CreateMany(_ context.Context, es []registry.Entry) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.m == nil {
-		r.m = map[dek.Ref]registry.Entry{}
-	}
-	for _, e := range es {
-		if _, ok := r.m[e.Ref()]; ok {
-			return registry.ErrExists
-		}
-	}
-	for _, e := range es {
-		r.m[e.Ref()] = e
-	}
-	return nil
-}
-
-func (r *memRegistry) Update(context.Context, string, string, func(*registry.Entry) error) (registry.Entry, error) {
-	return registry.Entry{}, errors.New("not needed")
-}
-
-func (r *memRegistry) List(context.Context) ([]registry.Entry, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	out := make([]registry.Entry, 0, len(r.m))
-	for _, e := range r.m {
-		out = append(out, e)
-	}
-	return out, nil
-}
-
 type countAuditor struct {
 	mu sync.Mutex
 	n  int
@@ -341,7 +299,7 @@ func TestProvision100k(t *testing.T) {
 		reg       func(env *keyEnv) Registry
 		wantKeys  int
 	}{
-		{"device keys, bulk registry", 0, func(*keyEnv) Registry { return &memRegistry{} }, n},
+		{"device keys, bulk registry", 0, func(*keyEnv) Registry { return &registrytest.BulkMem{} }, n},
 		{"group keys, file registry", 10_000, func(env *keyEnv) Registry { return env.reg }, 10},
 	}
 	for _, tt := range tests {
@@ -373,7 +331,7 @@ func BenchmarkBulkProvision100k(b *testing.B) {
 	env := newKeyEnv(b)
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {
-		bulk := &Bulk{KMS: env.kms, Registry: &memRegistry{}, Audit: &countAuditor{}}
+		bulk := &Bulk{KMS: env.kms, Registry: &registrytest.BulkMem{}, Audit: &countAuditor{}}
 		creds, err := Provision(context.Background(), 100_000, bulk, ProvisionOptions{})
 		if err != nil {
 			b.Fatal(err)

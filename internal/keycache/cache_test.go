@@ -18,6 +18,7 @@ import (
 	"github.com/decryptd/decryptd/internal/dek"
 	"github.com/decryptd/decryptd/internal/kms"
 	"github.com/decryptd/decryptd/internal/registry"
+	"github.com/decryptd/decryptd/internal/testutil/wait"
 )
 
 const dev = "dev-1"
@@ -160,7 +161,7 @@ func TestSingleflight(t *testing.T) {
 		})
 	}
 	// Let the lookups pile up on the one load, then answer it.
-	waitFor(t, "the unwrap to start", func() bool { return e.kms.calls.Load() == 1 })
+	wait.For(t, "the unwrap to start", func() bool { return e.kms.calls.Load() == 1 })
 	time.Sleep(20 * time.Millisecond)
 	close(release)
 	wg.Wait()
@@ -306,7 +307,7 @@ func TestCreatedEventDropsNegativeEntry(t *testing.T) {
 	}
 	e.addKey("group/late", "v1", dev)
 	e.reg.emit(registry.Change{Kind: registry.ChangeCreated, KeyID: "group/late", Version: "v1", State: dek.StateActive})
-	waitFor(t, "the key to resolve", func() bool {
+	wait.For(t, "the key to resolve", func() bool {
 		_, err := resolve(e, "group/late", "v1", dev)
 		return err == nil
 	})
@@ -365,7 +366,7 @@ func TestDeviceListChangeTakesEffect(t *testing.T) {
 	}
 	e.reg.update(dek.Ref{KeyID: "group/g", Version: "v1"}, func(en *registry.Entry) { en.Devices = []string{"dev-1"} })
 	e.reg.emit(registry.Change{Kind: registry.ChangeUpdated, KeyID: "group/g", Version: "v1", State: dek.StateActive})
-	waitFor(t, "dev-2 to be refused", func() bool {
+	wait.For(t, "dev-2 to be refused", func() bool {
 		_, err := resolve(e, "group/g", "v1", "dev-2")
 		return errors.Is(err, dek.ErrUnknownKey)
 	})
@@ -417,15 +418,7 @@ func TestRefreshAheadDoesNotBlock(t *testing.T) {
 	if _, err := resolve(e, "group/a", "v1", dev); err != nil {
 		t.Fatal(err)
 	}
-	release := make(chan struct{})
-	e.kms.setHook(func(ctx context.Context) error {
-		select {
-		case <-release:
-			return nil
-		case <-ctx.Done():
-			return fmt.Errorf("%w: %w", kms.ErrTransient, ctx.Err())
-		}
-	})
+	release := e.kms.holdUntilReleased()
 	e.clock.Advance(DefaultTTL - 2*time.Minute) // inside the refresh-ahead window
 
 	done := make(chan struct{})
@@ -445,12 +438,12 @@ func TestRefreshAheadDoesNotBlock(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("lookups blocked on a refresh that never answers")
 	}
-	waitFor(t, "one background refresh", func() bool { return e.kms.calls.Load() == 2 })
+	wait.For(t, "one background refresh", func() bool { return e.kms.calls.Load() == 2 })
 	if got := requests(t, e.c, resHit); got != 1000 {
 		t.Errorf("hits = %d, want 1000", got)
 	}
 	close(release)
-	waitFor(t, "the refresh to publish", func() bool {
+	wait.For(t, "the refresh to publish", func() bool {
 		e.c.mu.Lock()
 		defer e.c.mu.Unlock()
 		return len(e.c.flight) == 0 && !entryOf(e.c, "group/a").refreshing.Load()
@@ -489,7 +482,7 @@ func TestKMSDownServesStale(t *testing.T) {
 	if _, err := resolve(e, "group/cached", "v1", dev); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the failed refresh", func() bool {
+	wait.For(t, "the failed refresh", func() bool {
 		return entryOf(e.c, "group/cached").failing.Load()
 	})
 	if got := testutil.ToFloat64(staleGauge(t, reg)); got != 0 {
@@ -518,7 +511,7 @@ func TestKMSDownServesStale(t *testing.T) {
 	}
 
 	// Retries are paced: no new attempt within StaleRetry.
-	waitFor(t, "in-flight refreshes to settle", func() bool { return inFlight(e.c) == 0 })
+	wait.For(t, "in-flight refreshes to settle", func() bool { return inFlight(e.c) == 0 })
 	calls := e.kms.calls.Load()
 	if _, err := resolve(e, "group/cached", "v1", dev); err != nil {
 		t.Fatal(err)
@@ -532,7 +525,7 @@ func TestKMSDownServesStale(t *testing.T) {
 	if _, err := resolve(e, "group/cached", "v1", dev); err != nil {
 		t.Fatalf("before the stale limit: %v", err)
 	}
-	waitFor(t, "in-flight refreshes to settle", func() bool { return inFlight(e.c) == 0 })
+	wait.For(t, "in-flight refreshes to settle", func() bool { return inFlight(e.c) == 0 })
 	// Past it: transient error.
 	e.clock.Advance(2 * time.Minute)
 	if _, err := resolve(e, "group/cached", "v1", dev); !errors.Is(err, dek.ErrUnavailable) {
@@ -626,7 +619,7 @@ func TestCallerGivesUp(t *testing.T) {
 		_, err := e.c.ResolveKey(ctx, "group/a", "v1", dev)
 		errc <- err
 	}()
-	waitFor(t, "the unwrap to start", func() bool { return e.kms.calls.Load() == 1 })
+	wait.For(t, "the unwrap to start", func() bool { return e.kms.calls.Load() == 1 })
 	cancel()
 	if err := <-errc; !errors.Is(err, dek.ErrUnavailable) || !errors.Is(err, context.Canceled) {
 		t.Fatalf("err = %v, want ErrUnavailable and context.Canceled", err)
@@ -788,7 +781,7 @@ func TestCloseStopsBackgroundWork(t *testing.T) {
 	if _, err := resolve(e, "group/a", "v1", dev); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the refresh to start", func() bool { return e.kms.calls.Load() == 2 })
+	wait.For(t, "the refresh to start", func() bool { return e.kms.calls.Load() == 2 })
 	done := make(chan struct{})
 	go func() { e.c.Close(); close(done) }()
 	select {
@@ -815,7 +808,7 @@ func TestRealClock(t *testing.T) {
 		t.Errorf("hits = %d, want 1", got)
 	}
 	start := e.c.clock()
-	waitFor(t, "the coarse clock to tick", func() bool { return e.c.clock() > start })
+	wait.For(t, "the coarse clock to tick", func() bool { return e.c.clock() > start })
 	if v := entryOf(e.c, "group/a").v.Load(); time.Duration(v.expiresAt-start) < DefaultTTL-DefaultTTL/10-time.Second {
 		t.Errorf("lifetime on the real clock = %s", time.Duration(v.expiresAt-start))
 	}
@@ -860,7 +853,7 @@ func TestIdleExpiredKeyDuringKMSHang(t *testing.T) {
 	// Revoked while the reload still hangs: evicted, never served stale.
 	e.reg.update(dek.Ref{KeyID: "group/idle", Version: "v1"}, func(en *registry.Entry) { en.State = dek.StateRevoked })
 	e.reg.emit(registry.Change{Kind: registry.ChangeUpdated, KeyID: "group/idle", Version: "v1", State: dek.StateRevoked})
-	waitFor(t, "the revocation to evict", func() bool {
+	wait.For(t, "the revocation to evict", func() bool {
 		_, err := resolve(e, "group/idle", "v1", dev)
 		return errors.Is(err, dek.ErrRevoked)
 	})

@@ -14,29 +14,9 @@ import (
 	"github.com/decryptd/decryptd/internal/dek"
 	"github.com/decryptd/decryptd/internal/kms"
 	"github.com/decryptd/decryptd/internal/registry"
+	"github.com/decryptd/decryptd/internal/testutil/fakeclock"
+	"github.com/decryptd/decryptd/internal/testutil/wait"
 )
-
-// fakeClock is a settable clock; time moves only when the test says so.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newFakeClock() *fakeClock {
-	return &fakeClock{now: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
 
 // fakeRegistry is an in-memory registry with fault injection. It is also a
 // ChangeFeed: the test pushes events with emit.
@@ -181,6 +161,22 @@ func (k *fakeKMS) setHook(h func(ctx context.Context) error) {
 	k.mu.Unlock()
 }
 
+// holdUntilReleased makes every unwrap wait until the returned channel is
+// closed (then it succeeds) or its context ends (then it fails as
+// transient).
+func (k *fakeKMS) holdUntilReleased() chan struct{} {
+	release := make(chan struct{})
+	k.setHook(func(ctx context.Context) error {
+		select {
+		case <-release:
+			return nil
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %w", kms.ErrTransient, ctx.Err())
+		}
+	})
+	return release
+}
+
 func (k *fakeKMS) Unwrap(ctx context.Context, w kms.Wrapped, aad []string) ([]byte, error) {
 	k.calls.Add(1)
 	n := k.inFlight.Add(1)
@@ -246,13 +242,13 @@ type env struct {
 	c     *Cache
 	reg   *fakeRegistry
 	kms   *fakeKMS
-	clock *fakeClock
+	clock *fakeclock.Clock
 	audit *auditLog
 }
 
 func newEnv(t testing.TB, mod func(*Options)) *env {
 	t.Helper()
-	e := &env{reg: newFakeRegistry(), kms: newFakeKMS(), clock: newFakeClock(), audit: &auditLog{}}
+	e := &env{reg: newFakeRegistry(), kms: newFakeKMS(), clock: fakeclock.New(), audit: &auditLog{}}
 	opts := Options{
 		Registry: e.reg,
 		Changes:  e.reg,
@@ -295,17 +291,5 @@ func (e *env) startRun(t *testing.T) {
 			t.Errorf("Run: %v", err)
 		}
 	})
-	waitFor(t, "first subscription", func() bool { return e.reg.watches.Load() > before })
-}
-
-// waitFor polls cond for up to 10 s.
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	wait.For(t, "first subscription", func() bool { return e.reg.watches.Load() > before })
 }

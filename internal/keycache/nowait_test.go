@@ -1,7 +1,6 @@
 package keycache
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"testing"
@@ -10,6 +9,7 @@ import (
 	"github.com/decryptd/decryptd/internal/dek"
 	"github.com/decryptd/decryptd/internal/kms"
 	"github.com/decryptd/decryptd/internal/registry"
+	"github.com/decryptd/decryptd/internal/testutil/wait"
 )
 
 // cached is ResolveCachedKey on the test's cache. (Failure messages say
@@ -30,7 +30,7 @@ func askedOf(e *env) asked {
 // read afterwards are final.
 func settle(t *testing.T, e *env, keyID string) {
 	t.Helper()
-	waitFor(t, "loads and refreshes to settle", func() bool {
+	wait.For(t, "loads and refreshes to settle", func() bool {
 		en := entryOf(e.c, keyID)
 		return inFlight(e.c) == 0 && (en == nil || !en.refreshing.Load())
 	})
@@ -102,21 +102,13 @@ func TestResolveCachedKeyMissStartsNoLoad(t *testing.T) {
 func TestResolveCachedKeyDoesNotJoinLoad(t *testing.T) {
 	e := newEnv(t, nil)
 	e.addKey("group/a", "v1", dev)
-	release := make(chan struct{})
-	e.kms.setHook(func(ctx context.Context) error {
-		select {
-		case <-release:
-			return nil
-		case <-ctx.Done():
-			return fmt.Errorf("%w: %w", kms.ErrTransient, ctx.Err())
-		}
-	})
+	release := e.kms.holdUntilReleased()
 	loaded := make(chan error, 1)
 	go func() {
 		_, err := resolve(e, "group/a", "v1", dev)
 		loaded <- err
 	}()
-	waitFor(t, "the unwrap to start", func() bool { return e.kms.calls.Load() == 1 })
+	wait.For(t, "the unwrap to start", func() bool { return e.kms.calls.Load() == 1 })
 
 	if err := cached(e, "group/a", "v1", dev); !errors.Is(err, dek.ErrWouldWait) {
 		t.Fatalf("during the load: err = %v, want ErrWouldWait", err)
@@ -337,7 +329,7 @@ func TestResolveCachedKeyKMSDown(t *testing.T) {
 	if err := cached(e, "group/a", "v1", dev); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the failed refresh", func() bool { return entryOf(e.c, "group/a").failing.Load() })
+	wait.For(t, "the failed refresh", func() bool { return entryOf(e.c, "group/a").failing.Load() })
 	settle(t, e, "group/a")
 
 	// Past the lifetime: served stale, counted as such.
@@ -401,19 +393,11 @@ func TestResolveCachedKeyKMSDown(t *testing.T) {
 func TestPrefetchKey(t *testing.T) {
 	e := newEnv(t, nil)
 	key := e.addKey("group/a", "v1", dev)
-	release := make(chan struct{})
-	e.kms.setHook(func(ctx context.Context) error {
-		select {
-		case <-release:
-			return nil
-		case <-ctx.Done():
-			return fmt.Errorf("%w: %w", kms.ErrTransient, ctx.Err())
-		}
-	})
+	release := e.kms.holdUntilReleased()
 	for range 5 {
 		e.c.PrefetchKey("group/a", "v1", dev) // returns at once: the KMS is held
 	}
-	waitFor(t, "the prefetched unwrap to start", func() bool { return e.kms.calls.Load() == 1 })
+	wait.For(t, "the prefetched unwrap to start", func() bool { return e.kms.calls.Load() == 1 })
 	if n := inFlight(e.c); n != 1 {
 		t.Fatalf("%d loads in flight after 5 prefetches of one version, want 1", n)
 	}

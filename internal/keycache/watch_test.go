@@ -10,6 +10,7 @@ import (
 	"github.com/decryptd/decryptd/internal/dek"
 	"github.com/decryptd/decryptd/internal/kms"
 	"github.com/decryptd/decryptd/internal/registry"
+	"github.com/decryptd/decryptd/internal/testutil/wait"
 )
 
 func TestRevocationEventEvictsAtOnce(t *testing.T) {
@@ -56,7 +57,7 @@ func TestRevocationThroughRun(t *testing.T) {
 	ref := dek.Ref{KeyID: "group/a", Version: "v1"}
 	e.reg.update(ref, func(en *registry.Entry) { en.State = dek.StateRevoked })
 	e.reg.emit(registry.Change{Kind: registry.ChangeUpdated, KeyID: "group/a", Version: "v1", State: dek.StateRevoked})
-	waitFor(t, "the revocation", func() bool {
+	wait.For(t, "the revocation", func() bool {
 		_, err := resolve(e, "group/a", "v1", dev)
 		return errors.Is(err, dek.ErrRevoked)
 	})
@@ -64,7 +65,7 @@ func TestRevocationThroughRun(t *testing.T) {
 	// Undoing a mistaken revoke takes effect with its event.
 	e.reg.update(ref, func(en *registry.Entry) { en.State = dek.StateActive })
 	e.reg.emit(registry.Change{Kind: registry.ChangeUpdated, KeyID: "group/a", Version: "v1", State: dek.StateActive})
-	waitFor(t, "the un-revocation", func() bool {
+	wait.For(t, "the un-revocation", func() bool {
 		_, err := resolve(e, "group/a", "v1", dev)
 		return err == nil
 	})
@@ -80,7 +81,7 @@ func TestUpdateWithoutStateRechecks(t *testing.T) {
 	e.reg.update(dek.Ref{KeyID: "group/a", Version: "v1"}, func(en *registry.Entry) { en.State = dek.StateShredded })
 	// An event that does not say the state: the registry is asked.
 	e.reg.emit(registry.Change{Kind: registry.ChangeUpdated, KeyID: "group/a", Version: "v1"})
-	waitFor(t, "the re-read to find the shred", func() bool {
+	wait.For(t, "the re-read to find the shred", func() bool {
 		_, err := resolve(e, "group/a", "v1", dev)
 		return errors.Is(err, dek.ErrRevoked)
 	})
@@ -100,7 +101,7 @@ func TestLoadRacingRevocation(t *testing.T) {
 		_, err := resolve(e, "group/a", "v1", dev)
 		errc <- err
 	}()
-	waitFor(t, "the unwrap to start", func() bool { return e.kms.calls.Load() == 1 })
+	wait.For(t, "the unwrap to start", func() bool { return e.kms.calls.Load() == 1 })
 	// The registry read is done; now the key is revoked.
 	e.reg.update(ref, func(en *registry.Entry) { en.State = dek.StateRevoked })
 	e.c.apply(registry.Change{Kind: registry.ChangeUpdated, KeyID: "group/a", Version: "v1", State: dek.StateRevoked})
@@ -127,11 +128,11 @@ func TestRefreshRacingRevocation(t *testing.T) {
 	if _, err := resolve(e, "group/a", "v1", dev); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the refresh to start", func() bool { return e.kms.calls.Load() == 2 })
+	wait.For(t, "the refresh to start", func() bool { return e.kms.calls.Load() == 2 })
 	e.reg.update(ref, func(en *registry.Entry) { en.State = dek.StateRevoked })
 	e.c.apply(registry.Change{Kind: registry.ChangeUpdated, KeyID: "group/a", Version: "v1", State: dek.StateRevoked})
 	close(release)
-	waitFor(t, "the refresh to end", func() bool { return inFlight(e.c) == 0 })
+	wait.For(t, "the refresh to end", func() bool { return inFlight(e.c) == 0 })
 	if _, err := resolve(e, "group/a", "v1", dev); !errors.Is(err, dek.ErrRevoked) {
 		t.Fatalf("after refresh: err = %v, want ErrRevoked", err)
 	}
@@ -161,8 +162,8 @@ func TestResetRevalidatesEveryEntry(t *testing.T) {
 	gets := e.reg.gets.Load()
 
 	e.reg.emit(registry.Change{Kind: registry.ChangeReset})
-	waitFor(t, "every entry re-read", func() bool { return e.reg.gets.Load() >= gets+n })
-	waitFor(t, "the revalidation to apply", func() bool {
+	wait.For(t, "every entry re-read", func() bool { return e.reg.gets.Load() >= gets+n })
+	wait.For(t, "the revalidation to apply", func() bool {
 		_, err7 := resolve(e, "group/7", "v1", dev)
 		_, err8 := resolve(e, "group/8", "v1", dev)
 		_, err9 := resolve(e, "group/9", "v1", dev)
@@ -192,8 +193,8 @@ func TestRunResubscribesAndRechecks(t *testing.T) {
 	// The key is revoked while the feed is down: no event will come.
 	e.reg.update(dek.Ref{KeyID: "group/a", Version: "v1"}, func(en *registry.Entry) { en.State = dek.StateRevoked })
 	e.reg.closeFeeds()
-	waitFor(t, "a new subscription", func() bool { return e.reg.watches.Load() == 2 })
-	waitFor(t, "the missed revocation", func() bool {
+	wait.For(t, "a new subscription", func() bool { return e.reg.watches.Load() == 2 })
+	wait.For(t, "the missed revocation", func() bool {
 		_, err := resolve(e, "group/a", "v1", dev)
 		return errors.Is(err, dek.ErrRevoked)
 	})
@@ -228,7 +229,7 @@ func TestRunRetriesWatch(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- e.c.Run(ctx) }()
-	waitFor(t, "the third attempt to subscribe", func() bool { return reg.watches.Load() == 1 })
+	wait.For(t, "the third attempt to subscribe", func() bool { return reg.watches.Load() == 1 })
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatalf("Run: %v", err)

@@ -20,138 +20,8 @@ import (
 	"github.com/decryptd/decryptd/internal/registry"
 	"github.com/decryptd/decryptd/internal/registry/filestore"
 	"github.com/decryptd/decryptd/internal/registry/pgstore"
+	"github.com/decryptd/decryptd/internal/registry/registrytest"
 	"github.com/decryptd/decryptd/internal/testutil/pgtest"
-)
-
-// memRegistry is an in-memory Registry with the stores' semantics
-// (registry.PrepareCreate, ApplyUpdate), so that the 1,000 single Provision
-// calls the bulk path is compared with run in seconds. The stores
-// themselves are held to the same semantics by registrytest.
-type memRegistry struct {
-	mu    sync.Mutex
-	m     map[dek.Ref]registry.Entry
-	order []dek.Ref
-}
-
-func newMemRegistry() *memRegistry { return &memRegistry{m: map[dek.Ref]registry.Entry{}} }
-
-func (r *memRegistry) Get(_ context.Context, keyID, version string) (registry.Entry, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	e, ok := r.m[dek.Ref{KeyID: keyID, Version: version}]
-	if !ok {
-		return registry.Entry{}, registry.ErrNotFound
-	}
-	return e.Clone(), nil
-}
-
-func (r *memRegistry) Create(_ context.Context, e registry.Entry) error {
-	e, err := registry.PrepareCreate(e, time.Now())
-	if err != nil {
-		return err
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if _, ok := r.m[e.Ref()]; ok {
-		return fmt.Errorf("%s: %w", e.Ref(), registry.ErrExists)
-	}
-	r.m[e.Ref()] = e
-	r.order = append(r.order, e.Ref())
-	return nil
-}
-
-func (r *memRegistry) Update(_ context.Context, keyID, version string, fn func(*registry.Entry) error) (registry.Entry, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	ref := dek.Ref{KeyID: keyID, Version: version}
-	old, ok := r.m[ref]
-	if !ok {
-		return registry.Entry{}, registry.ErrNotFound
-	}
-	next, changed, err := registry.ApplyUpdate(old, time.Now(), fn)
-	if err != nil {
-		return registry.Entry{}, err
-	}
-	if changed {
-		r.m[ref] = next
-	}
-	return next.Clone(), nil
-}
-
-func (r *memRegistry) List(context.Context) ([]registry.Entry, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	out := make([]registry.Entry, 0, len(r.m))
-	// In creation order, not by key id as the stores list: keyops orders
-	// what it needs itself, and sorting here would make the 1,000 Provision
-	// calls of the comparison quadratic twice over.
-	for _, ref := range r.order {
-		out = append(out, r.m[ref].Clone())
-	}
-	return out, nil
-}
-
-// bulkMem is memRegistry with CreateMany and UpdateMany.
-type bulkMem struct {
-	*memRegistry
-	calls, updateManyCalls int
-	// before runs at the start of each CreateMany (a concurrent writer).
-	before func(call int, es []registry.Entry)
-}
-
-func (r *bulkMem) CreateMany(ctx context.Context, es []registry.Entry) error {
-	r.calls++
-	if r.before != nil {
-		r.before(r.calls, es)
-	}
-	prepared, err := registry.PrepareCreateMany(es, time.Now())
-	if err != nil {
-		return err
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for i, e := range prepared {
-		if _, ok := r.m[e.Ref()]; ok {
-			return fmt.Errorf("entries[%d]: %s: %w", i, e.Ref(), registry.ErrExists)
-		}
-	}
-	for _, e := range prepared {
-		r.m[e.Ref()] = e
-		r.order = append(r.order, e.Ref())
-	}
-	return nil
-}
-
-func (r *bulkMem) UpdateMany(_ context.Context, refs []dek.Ref, fn func(*registry.Entry) error) ([]registry.Entry, error) {
-	if err := registry.CheckRefs(refs); err != nil {
-		return nil, err
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	out := make([]registry.Entry, len(refs))
-	next := make(map[dek.Ref]registry.Entry, len(refs))
-	for i, ref := range refs {
-		old, ok := r.m[ref]
-		if !ok {
-			return nil, fmt.Errorf("%s: %w", ref, registry.ErrNotFound)
-		}
-		e, changed, err := registry.ApplyUpdate(old, time.Now(), fn)
-		if err != nil {
-			return nil, err
-		}
-		out[i] = e
-		if changed {
-			next[ref] = e
-		}
-	}
-	maps.Copy(r.m, next)
-	r.updateManyCalls++
-	return out, nil
-}
-
-var (
-	_ registry.BulkCreator = (*bulkMem)(nil)
-	_ registry.BulkUpdater = (*bulkMem)(nil)
 )
 
 // eventLog collects events in memory (an Auditor without AppendMany).
@@ -294,7 +164,7 @@ func TestProvisionManyEqualsProvision(t *testing.T) {
 	p := newLocalKMS(t)
 	reqs := requests1000()
 
-	single := newMemRegistry()
+	single := &registrytest.Mem{}
 	singleOps := newOps(t, p, single, &eventLog{})
 	seed(t, singleOps, single)
 	singleCreds := make([]Credential, len(reqs))
@@ -311,8 +181,8 @@ func TestProvisionManyEqualsProvision(t *testing.T) {
 		name string
 		reg  Registry
 	}{
-		{"bulk registry", &bulkMem{memRegistry: newMemRegistry()}},
-		{"registry without CreateMany", newMemRegistry()},
+		{"bulk registry", &registrytest.BulkMem{}},
+		{"registry without CreateMany", &registrytest.Mem{}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
@@ -363,8 +233,8 @@ func TestProvisionManyEqualsProvision(t *testing.T) {
 			if !maps.Equal(count, wantCount) {
 				t.Fatalf("audit events %v, want %v", count, wantCount)
 			}
-			if bm, ok := tc.reg.(*bulkMem); ok && (bm.calls != 1 || bm.updateManyCalls != 1) {
-				t.Fatalf("%d CreateMany and %d UpdateMany calls, want one each", bm.calls, bm.updateManyCalls)
+			if bm, ok := tc.reg.(*registrytest.BulkMem); ok && (bm.CreateManyCalls != 1 || bm.UpdateManyCalls != 1) {
+				t.Fatalf("%d CreateMany and %d UpdateMany calls, want one each", bm.CreateManyCalls, bm.UpdateManyCalls)
 			}
 		})
 	}
@@ -391,7 +261,7 @@ func TestProvisionManyOneLikeProvision(t *testing.T) {
 	var logs [2]*eventLog
 	for k := range logs {
 		logs[k] = &eventLog{}
-		ops := newOps(t, p, &bulkMem{memRegistry: newMemRegistry()}, logs[k])
+		ops := newOps(t, p, &registrytest.BulkMem{}, logs[k])
 		for _, r := range steps {
 			var err error
 			if k == 0 {
@@ -412,7 +282,7 @@ func TestProvisionManyOneLikeProvision(t *testing.T) {
 func TestProvisionManyRefuses(t *testing.T) {
 	ctx := context.Background()
 	p := newLocalKMS(t)
-	reg := &bulkMem{memRegistry: newMemRegistry()}
+	reg := &registrytest.BulkMem{}
 	log := &eventLog{}
 	ops := newOps(t, p, reg, log)
 	for name, reqs := range map[string][]ProvisionRequest{
@@ -428,8 +298,8 @@ func TestProvisionManyRefuses(t *testing.T) {
 			}
 		})
 	}
-	if len(reg.m) != 0 || len(log.evs) != 0 || reg.calls != 0 {
-		t.Fatalf("refused requests left %d entries, %d events", len(reg.m), len(log.evs))
+	if reg.Len() != 0 || len(log.evs) != 0 || reg.CreateManyCalls != 0 {
+		t.Fatalf("refused requests left %d entries, %d events", reg.Len(), len(log.evs))
 	}
 	if creds, err := ops.ProvisionMany(ctx, nil, nil); err != nil || creds != nil {
 		t.Fatalf("no requests: %v, %v", creds, err)
@@ -441,11 +311,11 @@ func TestProvisionManyRefuses(t *testing.T) {
 func TestProvisionManyRetriesTakenName(t *testing.T) {
 	ctx := context.Background()
 	p := newLocalKMS(t)
-	reg := &bulkMem{memRegistry: newMemRegistry()}
+	reg := &registrytest.BulkMem{}
 	log := &eventLog{}
 	ops := newOps(t, p, reg, log)
-	other := newOps(t, p, reg.memRegistry, &eventLog{}) // another dekctl
-	reg.before = func(call int, es []registry.Entry) {
+	other := newOps(t, p, &reg.Mem, &eventLog{}) // another dekctl
+	reg.Before = func(call int, es []registry.Entry) {
 		if call == 1 {
 			if _, err := other.Provision(ctx, ProvisionRequest{DeviceID: "d-1"}); err != nil {
 				t.Error(err)
@@ -457,8 +327,8 @@ func TestProvisionManyRetriesTakenName(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if reg.calls != 2 || creds[1].KeyVersion != "v2" || creds[0].KeyVersion != "v1" {
-		t.Fatalf("%d CreateMany calls; credentials %v", reg.calls, creds)
+	if reg.CreateManyCalls != 2 || creds[1].KeyVersion != "v2" || creds[0].KeyVersion != "v1" {
+		t.Fatalf("%d CreateMany calls; credentials %v", reg.CreateManyCalls, creds)
 	}
 	if e, _ := reg.Get(ctx, "device/d-1", "v1"); e.State != dek.StateDecryptOnly {
 		t.Fatalf("the other writer's v1 is %s, want decrypt_only", e.State)
@@ -484,7 +354,7 @@ func (f failingKMS) Wrap(ctx context.Context, key []byte, aad []string) (kms.Wra
 
 func TestProvisionManyWrapFails(t *testing.T) {
 	ctx := context.Background()
-	reg := &bulkMem{memRegistry: newMemRegistry()}
+	reg := &registrytest.BulkMem{}
 	log := &eventLog{}
 	ops := newOps(t, failingKMS{newLocalKMS(t), "device/d-0042"}, reg, log)
 	reqs := make([]ProvisionRequest, 100)
@@ -495,8 +365,8 @@ func TestProvisionManyWrapFails(t *testing.T) {
 	if !errors.Is(err, kms.ErrTransient) || creds != nil {
 		t.Fatalf("got %d credentials, %v; want the KMS error", len(creds), err)
 	}
-	if len(reg.m) != 0 || reg.calls != 0 {
-		t.Fatalf("%d entries stored after a failed wrap", len(reg.m))
+	if reg.Len() != 0 || reg.CreateManyCalls != 0 {
+		t.Fatalf("%d entries stored after a failed wrap", reg.Len())
 	}
 	if len(log.evs) != 1 || log.evs[0].KeyID != "device/d-0042" || log.evs[0].Result != audit.ResultTransient {
 		t.Fatalf("events %+v, want the failed wrap's", log.evs)
@@ -505,7 +375,7 @@ func TestProvisionManyWrapFails(t *testing.T) {
 
 func TestProvisionManyProgress(t *testing.T) {
 	ctx := context.Background()
-	ops := newOps(t, newLocalKMS(t), &bulkMem{memRegistry: newMemRegistry()}, &eventLog{})
+	ops := newOps(t, newLocalKMS(t), &registrytest.BulkMem{}, &eventLog{})
 	reqs := make([]ProvisionRequest, 1000)
 	for i := range reqs {
 		reqs[i].DeviceID = fmt.Sprintf("d-%04d", i)

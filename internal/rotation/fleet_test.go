@@ -17,19 +17,16 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/decryptd/decryptd/internal/audit"
-	"github.com/decryptd/decryptd/internal/decrypt"
 	"github.com/decryptd/decryptd/internal/dek"
-	"github.com/decryptd/decryptd/internal/keycache"
 	"github.com/decryptd/decryptd/internal/keyops"
-	"github.com/decryptd/decryptd/internal/kms"
 	"github.com/decryptd/decryptd/internal/kms/local"
-	"github.com/decryptd/decryptd/internal/registry"
 	"github.com/decryptd/decryptd/internal/registry/pgstore"
 	"github.com/decryptd/decryptd/internal/rekey"
 	"github.com/decryptd/decryptd/internal/rotation"
 	"github.com/decryptd/decryptd/internal/seal"
 	"github.com/decryptd/decryptd/internal/testutil/mosquittotest"
 	"github.com/decryptd/decryptd/internal/testutil/pgtest"
+	"github.com/decryptd/decryptd/internal/testutil/wait"
 )
 
 // simDevice is one simulated device: the DEKs it holds by version (old and
@@ -133,26 +130,6 @@ func newEnv(t *testing.T, now func() time.Time) *env {
 	return &env{store: store, ops: ops, kms: lp, aud: aw, dsn: dsn}
 }
 
-func waitFor(t *testing.T, what string, limit time.Duration, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(limit)
-	last := time.Now()
-	for {
-		ok, detail := cond()
-		if ok {
-			return
-		}
-		if time.Since(last) > 5*time.Second {
-			t.Logf("waiting for %s: %s", what, detail)
-			last = time.Now()
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s: %s", limit, what, detail)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
 // TestFleetRotation rotates a simulated fleet of 1,000 devices under a
 // policy shortened to seconds, through the real Mosquitto (rekeys at QoS 2
 // on the devices' command topics, telemetry at QoS 1) and PostgreSQL. Every
@@ -194,24 +171,12 @@ func TestFleetRotation(t *testing.T) {
 				id := fmt.Sprintf("dev-%04d", i)
 				// Provisioned directly (wrap and create, as keyops does, without
 				// its per-device registry listing) to keep the setup quick.
-				key := make([]byte, keyops.DEKSize)
-				rand.Read(key)
-				ref := dek.Ref{KeyID: dek.DeviceKeyID(id), Version: "v1"}
-				wr, err := prov.kms.Wrap(ctx, key, kms.DEKAAD(ref))
-				if err == nil {
-					err = prov.store.Create(ctx, registry.Entry{KeyID: ref.KeyID, Version: "v1", State: dek.StateActive, Wrapped: wr, CreatedAt: past()})
-				}
+				a, err := newKey(ctx, prov, dek.DeviceKeyID(id), nil, past())
 				if err != nil {
 					errs <- err
 					return
 				}
-				a, err := seal.NewAEAD(key)
-				clear(key)
-				if err != nil {
-					errs <- err
-					return
-				}
-				cred := keyops.Credential{DeviceID: id, KeyID: ref.KeyID, KeyVersion: "v1"}
+				cred := keyops.Credential{DeviceID: id, KeyID: dek.DeviceKeyID(id), KeyVersion: "v1"}
 				d := &simDevice{id: id, keys: map[string]cipher.AEAD{cred.KeyVersion: a}, current: cred.KeyVersion}
 				if d.late, err = d.message(sealer, -1); err != nil {
 					errs <- err
@@ -233,72 +198,15 @@ func TestFleetRotation(t *testing.T) {
 	t.Logf("provisioned %d devices in %s", nDevices, time.Since(t0).Round(time.Millisecond))
 
 	b := mosquittotest.Start(t, mosquittotest.Options{})
-	connect := func(cn string, onConnect func(mqtt.Client)) mqtt.Client {
-		o := mqtt.NewClientOptions().AddBroker(b.SSLURL).SetClientID(cn).SetTLSConfig(b.ClientTLS(cn)).
-			SetOrderMatters(false).SetCleanSession(true).SetAutoReconnect(true)
-		if onConnect != nil {
-			o.SetOnConnectHandler(onConnect)
-		}
-		c := mqtt.NewClient(o)
-		if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-			t.Fatalf("connect %s: %v", cn, tok.Error())
-		}
-		t.Cleanup(func() { c.Disconnect(100) })
-		return c
-	}
 
-	// Backend side: key cache over the registry and KMS, the decryption
-	// core, the adoption tracker.
-	cache, err := keycache.New(keycache.Options{Registry: prov.store, KMS: prov.kms, Changes: prov.store})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cache.Close()
-	dec, err := decrypt.New(cache, decrypt.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	metrics, _ := rotation.NewMetrics(nil)
-	tracker, err := rotation.NewTracker(rotation.TrackerOptions{Registry: prov.store, Adopter: ops, Grace: grace, Metrics: metrics, FlushInterval: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	opener := rotation.ObservingOpener{Opener: dec, Tracker: tracker}
 	runCtx, stop := context.WithCancel(ctx)
 	var bg sync.WaitGroup
 	defer func() { stop(); bg.Wait() }()
-	bg.Add(2)
-	go func() { defer bg.Done(); cache.Run(runCtx) }()
-	go func() { defer bg.Done(); tracker.Run(runCtx) }()
+	opener, metrics := startBackend(runCtx, t, &bg, prov.store, prov.kms, ops, grace)
 
-	var (
-		recMu    sync.Mutex
-		records  = map[string]bool{}
-		byVer    = map[string]int{}
-		failures = map[string]int{}
-	)
-	connect("backend", func(c mqtt.Client) {
-		c.Subscribe("iot-2/type/+/id/+/evt/+/fmt/+", 1, func(_ mqtt.Client, m mqtt.Message) {
-			for {
-				rec, err := opener.Open(runCtx, decrypt.Message{Topic: m.Topic(), Payload: m.Payload()})
-				if errors.Is(err, decrypt.ErrTransient) && runCtx.Err() == nil {
-					time.Sleep(50 * time.Millisecond)
-					continue
-				}
-				recMu.Lock()
-				if err != nil {
-					failures[decrypt.Reason(err)]++
-				} else {
-					records[rec.ID] = true
-					byVer[rec.KeyVersion]++
-				}
-				recMu.Unlock()
-				return
-			}
-		}).Wait()
-	})
+	tl := connectBackend(runCtx, t, b, opener)
 
-	pubc := connect("fleet-pub", nil)
+	pubc := connectClient(t, b, "fleet-pub", nil)
 	var published atomic.Int64
 	publish := func(d *simDevice, payload []byte) {
 		pubc.Publish(topicOf(d.id), 1, false, payload).Wait()
@@ -307,7 +215,7 @@ func TestFleetRotation(t *testing.T) {
 
 	// Device side: one connection carries every device's command topic.
 	var rekeysSeen, rekeysBad atomic.Int64
-	connect("fleet-cmd", func(c mqtt.Client) {
+	connectClient(t, b, "fleet-cmd", func(c mqtt.Client) {
 		c.Subscribe("iot-2/type/+/id/+/cmd/rekey/fmt/json", 2, func(_ mqtt.Client, m mqtt.Message) {
 			rekeysSeen.Add(1)
 			var id string
@@ -334,24 +242,8 @@ func TestFleetRotation(t *testing.T) {
 			}
 		}).Wait()
 	})
-	bg.Add(1)
-	go func() { // telemetry: every online device, once a second
-		defer bg.Done()
-		for seq := 0; runCtx.Err() == nil; seq++ {
-			for _, d := range devices {
-				if d.offline.Load() {
-					continue
-				}
-				msg, err := d.message(sealer, seq)
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				publish(d, msg)
-			}
-			sleepCtx(runCtx, time.Second)
-		}
-	}()
+	// Telemetry: every online device, once a second.
+	sendTelemetry(runCtx, t, &bg, devices, sealer, time.Second, publish)
 
 	// The controller, leading through the PostgreSQL lease.
 	pub, err := rotation.NewMQTTPublisher(ctx, rotation.MQTTOptions{Brokers: []string{b.SSLURL}, ClientID: "rotation", TLS: b.ClientTLS("rotation")})
@@ -395,7 +287,7 @@ func TestFleetRotation(t *testing.T) {
 
 	// 1. Every online device adopts v2; v1 of those turns decrypt_only.
 	start := time.Now()
-	waitFor(t, "every online device to adopt", 45*time.Second, func() (bool, string) {
+	wait.Detail(t, 45*time.Second, "every online device to adopt", func() (bool, string) {
 		a, p, act, do, rv := state()
 		return a == nDevices-nOffline && do+rv == nDevices-nOffline,
 			fmt.Sprintf("adopted %d pending %d v1 active %d decrypt_only %d revoked %d", a, p, act, do, rv)
@@ -403,7 +295,7 @@ func TestFleetRotation(t *testing.T) {
 	t.Logf("950 devices adopted in %s", time.Since(start).Round(time.Millisecond))
 
 	// 3. The offline devices are retried and reported as stragglers.
-	waitFor(t, "50 stragglers", 20*time.Second, func() (bool, string) {
+	wait.Detail(t, 20*time.Second, "50 stragglers", func() (bool, string) {
 		s := ctl.Status()
 		return len(s.Stragglers) == nOffline, fmt.Sprintf("stragglers %d pending %d", len(s.Stragglers), s.Pending)
 	})
@@ -424,13 +316,13 @@ func TestFleetRotation(t *testing.T) {
 		publish(d, d.late)
 		d.offline.Store(false)
 	}
-	waitFor(t, "every device to adopt", 30*time.Second, func() (bool, string) {
+	wait.Detail(t, 30*time.Second, "every device to adopt", func() (bool, string) {
 		a, p, act, do, rv := state()
 		return a == nDevices && act == 0, fmt.Sprintf("adopted %d pending %d v1 active %d decrypt_only %d revoked %d", a, p, act, do, rv)
 	})
 
 	// 5. After the grace period every v1 is revoked.
-	waitFor(t, "every v1 revoked", 30*time.Second, func() (bool, string) {
+	wait.Detail(t, 30*time.Second, "every v1 revoked", func() (bool, string) {
 		a, p, act, do, rv := state()
 		return rv == nDevices, fmt.Sprintf("adopted %d pending %d v1 active %d decrypt_only %d revoked %d", a, p, act, do, rv)
 	})
@@ -438,26 +330,26 @@ func TestFleetRotation(t *testing.T) {
 	// 6. Nothing lost, nothing failed.
 	stop()
 	bg.Wait()
-	waitFor(t, "every published message opened", 20*time.Second, func() (bool, string) {
-		recMu.Lock()
-		defer recMu.Unlock()
-		return len(records)+sumMap(failures) >= int(published.Load()), fmt.Sprintf("%d of %d", len(records)+sumMap(failures), published.Load())
+	wait.Detail(t, 20*time.Second, "every published message opened", func() (bool, string) {
+		tl.mu.Lock()
+		defer tl.mu.Unlock()
+		return len(tl.records)+sumMap(tl.failures) >= int(published.Load()), fmt.Sprintf("%d of %d", len(tl.records)+sumMap(tl.failures), published.Load())
 	})
-	recMu.Lock()
-	defer recMu.Unlock()
-	if len(failures) > 0 {
-		t.Fatalf("messages failed: %v", failures)
+	tl.mu.Lock()
+	defer tl.mu.Unlock()
+	if len(tl.failures) > 0 {
+		t.Fatalf("messages failed: %v", tl.failures)
 	}
-	if len(records) != int(published.Load()) {
-		t.Fatalf("%d records for %d messages", len(records), published.Load())
+	if len(tl.records) != int(published.Load()) {
+		t.Fatalf("%d records for %d messages", len(tl.records), published.Load())
 	}
-	if byVer["v1"] < nDevices || byVer["v2"] == 0 {
-		t.Fatalf("records by version: %v", byVer)
+	if tl.byVer["v1"] < nDevices || tl.byVer["v2"] == 0 {
+		t.Fatalf("records by version: %v", tl.byVer)
 	}
 	if rekeysBad.Load() != 0 {
 		t.Fatalf("%d rekey messages did not open on a device", rekeysBad.Load())
 	}
-	t.Logf("messages %d (by version %v), rekeys seen by devices %d", published.Load(), byVer, rekeysSeen.Load())
+	t.Logf("messages %d (by version %v), rekeys seen by devices %d", published.Load(), tl.byVer, rekeysSeen.Load())
 }
 
 func sumMap(m map[string]int) int {

@@ -14,39 +14,14 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
-	"github.com/decryptd/decryptd/internal/decrypt"
 	"github.com/decryptd/decryptd/internal/dek"
-	"github.com/decryptd/decryptd/internal/keycache"
-	"github.com/decryptd/decryptd/internal/keyops"
-	"github.com/decryptd/decryptd/internal/kms"
 	"github.com/decryptd/decryptd/internal/registry"
 	"github.com/decryptd/decryptd/internal/rekey"
 	"github.com/decryptd/decryptd/internal/rotation"
 	"github.com/decryptd/decryptd/internal/seal"
 	"github.com/decryptd/decryptd/internal/testutil/mosquittotest"
+	"github.com/decryptd/decryptd/internal/testutil/wait"
 )
-
-// createKey stores version v1 of keyID (active, allowed for devices,
-// created at created) wrapped by the test's KMS and returns its AEAD.
-func createKey(ctx context.Context, t *testing.T, e *env, keyID string, devices []string, created time.Time) cipher.AEAD {
-	t.Helper()
-	key := make([]byte, keyops.DEKSize)
-	rand.Read(key)
-	ref := dek.Ref{KeyID: keyID, Version: "v1"}
-	wr, err := e.kms.Wrap(ctx, key, kms.DEKAAD(ref))
-	if err == nil {
-		err = e.store.Create(ctx, registry.Entry{KeyID: keyID, Version: "v1", State: dek.StateActive, Wrapped: wr, Devices: devices, CreatedAt: created})
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := seal.NewAEAD(key)
-	clear(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return a
-}
 
 // groupMember is a device holding its own key (device/<id>@v1) and the
 // group key's versions it has installed.
@@ -121,73 +96,17 @@ func TestGroupKeyRotation(t *testing.T) {
 	}
 
 	b := mosquittotest.Start(t, mosquittotest.Options{})
-	connect := func(cn string, onConnect func(mqtt.Client)) mqtt.Client {
-		o := mqtt.NewClientOptions().AddBroker(b.SSLURL).SetClientID(cn).SetTLSConfig(b.ClientTLS(cn)).
-			SetOrderMatters(false).SetCleanSession(true).SetAutoReconnect(true)
-		if onConnect != nil {
-			o.SetOnConnectHandler(onConnect)
-		}
-		c := mqtt.NewClient(o)
-		if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-			t.Fatalf("connect %s: %v", cn, tok.Error())
-		}
-		t.Cleanup(func() { c.Disconnect(100) })
-		return c
-	}
 
-	// Backend: key cache, decryption core, adoption tracker.
-	cache, err := keycache.New(keycache.Options{Registry: e.store, KMS: e.kms, Changes: e.store})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cache.Close()
-	dec, err := decrypt.New(cache, decrypt.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	metrics, _ := rotation.NewMetrics(nil)
-	tracker, err := rotation.NewTracker(rotation.TrackerOptions{Registry: e.store, Adopter: e.ops, Grace: grace, Metrics: metrics, FlushInterval: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	opener := rotation.ObservingOpener{Opener: dec, Tracker: tracker}
 	runCtx, stop := context.WithCancel(ctx)
 	var bg sync.WaitGroup
 	defer func() { stop(); bg.Wait() }()
-	bg.Add(2)
-	go func() { defer bg.Done(); cache.Run(runCtx) }()
-	go func() { defer bg.Done(); tracker.Run(runCtx) }()
+	opener, metrics := startBackend(runCtx, t, &bg, e.store, e.kms, e.ops, grace)
 
-	var (
-		recMu    sync.Mutex
-		records  = map[string]bool{}
-		byRef    = map[string]int{} // key_id@key_version
-		failures = map[string]int{}
-	)
-	connect("backend", func(c mqtt.Client) {
-		c.Subscribe("iot-2/type/+/id/+/evt/+/fmt/+", 1, func(_ mqtt.Client, m mqtt.Message) {
-			for {
-				rec, err := opener.Open(runCtx, decrypt.Message{Topic: m.Topic(), Payload: m.Payload()})
-				if errors.Is(err, decrypt.ErrTransient) && runCtx.Err() == nil {
-					time.Sleep(50 * time.Millisecond)
-					continue
-				}
-				recMu.Lock()
-				if err != nil {
-					failures[decrypt.Reason(err)]++
-				} else {
-					records[rec.ID] = true
-					byRef[rec.KeyID+"@"+rec.KeyVersion]++
-				}
-				recMu.Unlock()
-				return
-			}
-		}).Wait()
-	})
+	tl := connectBackend(runCtx, t, b, opener)
 	decrypted := func(ref string) int {
-		recMu.Lock()
-		defer recMu.Unlock()
-		return byRef[ref]
+		tl.mu.Lock()
+		defer tl.mu.Unlock()
+		return tl.byRef[ref]
 	}
 
 	// Devices: one connection carries every command topic; each rekey is
@@ -200,7 +119,7 @@ func TestGroupKeyRotation(t *testing.T) {
 	for _, m := range members {
 		byID[m.id] = m
 	}
-	connect("fleet-cmd", func(c mqtt.Client) {
+	connectClient(t, b, "fleet-cmd", func(c mqtt.Client) {
 		c.Subscribe("iot-2/type/+/id/+/cmd/rekey/fmt/json", 2, func(_ mqtt.Client, msg mqtt.Message) {
 			id := strings.Split(msg.Topic(), "/")[4]
 			rkMu.Lock()
@@ -220,7 +139,7 @@ func TestGroupKeyRotation(t *testing.T) {
 		}).Wait()
 	})
 
-	pubc := connect("fleet-pub", nil)
+	pubc := connectClient(t, b, "fleet-pub", nil)
 	sealer := seal.New(rand.Reader)
 	published := 0
 	publish := func(deviceID, keyID, version string, a cipher.AEAD) {
@@ -263,7 +182,7 @@ func TestGroupKeyRotation(t *testing.T) {
 
 	// 1. The controller rotates the group key; every member installs v2
 	// from a rekey sealed under its own device key.
-	waitFor(t, "every member to install group v2", 20*time.Second, func() (bool, string) {
+	wait.Detail(t, 20*time.Second, "every member to install group v2", func() (bool, string) {
 		n := 0
 		for _, m := range members {
 			if m.groupKey("v2") != nil {
@@ -322,7 +241,7 @@ func TestGroupKeyRotation(t *testing.T) {
 		publish(m.id, group, "v2", m.groupKey("v2"))
 	}
 	publish(outsider, "", "v1", outsiderKey)
-	waitFor(t, "four members recorded as adopters", 15*time.Second, func() (bool, string) {
+	wait.Detail(t, 15*time.Second, "four members recorded as adopters", func() (bool, string) {
 		x := versionOf(group, "v2")
 		return len(x.Rotation.AdoptedBy) == 4, fmt.Sprintf("adopted by %v", x.Rotation.AdoptedBy)
 	})
@@ -341,7 +260,7 @@ func TestGroupKeyRotation(t *testing.T) {
 	last := members[4]
 	publish(last.id, group, "v1", groupV1)
 	publish(last.id, group, "v2", last.groupKey("v2"))
-	waitFor(t, "group v2 adopted", 15*time.Second, func() (bool, string) {
+	wait.Detail(t, 15*time.Second, "group v2 adopted", func() (bool, string) {
 		x := versionOf(group, "v2")
 		return !x.Rotation.Pending && !x.Rotation.AdoptedAt.IsZero(), fmt.Sprintf("pending %v adopted by %v", x.Rotation.Pending, x.Rotation.AdoptedBy)
 	})
@@ -359,30 +278,30 @@ func TestGroupKeyRotation(t *testing.T) {
 	}
 
 	// 4. After the grace period the controller revokes v1.
-	waitFor(t, "group v1 revoked", 20*time.Second, func() (bool, string) {
+	wait.Detail(t, 20*time.Second, "group v1 revoked", func() (bool, string) {
 		x := versionOf(group, "v1")
 		return x.State == dek.StateRevoked, string(x.State)
 	})
 
 	// 5. Nothing failed; the outsider got no rekey and no device key
 	// was rotated along with the group's.
-	waitFor(t, "every published message opened", 15*time.Second, func() (bool, string) {
-		recMu.Lock()
-		defer recMu.Unlock()
-		return len(records)+sumMap(failures) >= published, fmt.Sprintf("%d of %d", len(records)+sumMap(failures), published)
+	wait.Detail(t, 15*time.Second, "every published message opened", func() (bool, string) {
+		tl.mu.Lock()
+		defer tl.mu.Unlock()
+		return len(tl.records)+sumMap(tl.failures) >= published, fmt.Sprintf("%d of %d", len(tl.records)+sumMap(tl.failures), published)
 	})
 	stop()
 	bg.Wait()
-	recMu.Lock()
-	defer recMu.Unlock()
-	if len(failures) > 0 {
-		t.Fatalf("messages failed to decrypt: %v", failures)
+	tl.mu.Lock()
+	defer tl.mu.Unlock()
+	if len(tl.failures) > 0 {
+		t.Fatalf("messages failed to decrypt: %v", tl.failures)
 	}
-	if len(records) != published {
-		t.Fatalf("%d records for %d messages", len(records), published)
+	if len(tl.records) != published {
+		t.Fatalf("%d records for %d messages", len(tl.records), published)
 	}
-	if byRef[group+"@v2"] != len(members) || byRef[group+"@v1"] == 0 {
-		t.Fatalf("records by key: %v", byRef)
+	if tl.byRef[group+"@v2"] != len(members) || tl.byRef[group+"@v1"] == 0 {
+		t.Fatalf("records by key: %v", tl.byRef)
 	}
 	rkMu.Lock()
 	defer rkMu.Unlock()
@@ -403,5 +322,5 @@ func TestGroupKeyRotation(t *testing.T) {
 			t.Fatalf("%s@%s exists: a device key was rotated along", x.KeyID, x.Version)
 		}
 	}
-	t.Logf("records by key %v; rekeys per member %d", byRef, len(rekeys[members[0].id]))
+	t.Logf("records by key %v; rekeys per member %d", tl.byRef, len(rekeys[members[0].id]))
 }

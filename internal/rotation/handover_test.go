@@ -19,12 +19,12 @@ import (
 	"github.com/decryptd/decryptd/internal/dek"
 	"github.com/decryptd/decryptd/internal/keycache"
 	"github.com/decryptd/decryptd/internal/keyops"
-	"github.com/decryptd/decryptd/internal/kms"
-	"github.com/decryptd/decryptd/internal/registry"
 	"github.com/decryptd/decryptd/internal/registry/pgstore"
 	"github.com/decryptd/decryptd/internal/rotation"
 	"github.com/decryptd/decryptd/internal/seal"
+	"github.com/decryptd/decryptd/internal/testutil/metrictest"
 	"github.com/decryptd/decryptd/internal/testutil/mosquittotest"
+	"github.com/decryptd/decryptd/internal/testutil/wait"
 )
 
 // replica is one decryptd's rotation side: its own registry connection
@@ -39,25 +39,6 @@ type replica struct {
 	cancel context.CancelFunc
 	done   sync.WaitGroup
 	failed func() int
-}
-
-func (r *replica) gauge(t *testing.T, name string) float64 {
-	t.Helper()
-	mfs, err := r.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == name {
-			m := mf.GetMetric()[0]
-			if m.Gauge != nil {
-				return m.GetGauge().GetValue()
-			}
-			return m.GetCounter().GetValue()
-		}
-	}
-	t.Fatalf("%s: no metric %s", r.name, name)
-	return 0
 }
 
 func startReplica(t *testing.T, e *env, b *mosquittotest.Broker, name string, p rotation.Policy) *replica {
@@ -191,21 +172,7 @@ func TestLeaseHandover(t *testing.T) {
 	byID := map[string]*simDevice{}
 	for i := range devices {
 		id := fmt.Sprintf("hd-%02d", i)
-		key := make([]byte, keyops.DEKSize)
-		rand.Read(key)
-		ref := dek.Ref{KeyID: dek.DeviceKeyID(id), Version: "v1"}
-		wr, err := e.kms.Wrap(ctx, key, kms.DEKAAD(ref))
-		if err == nil {
-			err = e.store.Create(ctx, registry.Entry{KeyID: ref.KeyID, Version: "v1", State: dek.StateActive, Wrapped: wr, CreatedAt: past()})
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		a, err := seal.NewAEAD(key)
-		clear(key)
-		if err != nil {
-			t.Fatal(err)
-		}
+		a := createKey(ctx, t, e, dek.DeviceKeyID(id), nil, past())
 		devices[i] = &simDevice{id: id, keys: map[string]cipher.AEAD{"v1": a}, current: "v1"}
 		byID[id] = devices[i]
 	}
@@ -240,24 +207,10 @@ func TestLeaseHandover(t *testing.T) {
 	sealer := seal.New(rand.Reader)
 	tctx, stopTelemetry := context.WithCancel(ctx)
 	var telemetry sync.WaitGroup
-	telemetry.Add(1)
-	go func() { // every online device, every 300 ms
-		defer telemetry.Done()
-		for seq := 0; tctx.Err() == nil; seq++ {
-			for _, d := range devices {
-				if d.offline.Load() {
-					continue
-				}
-				msg, err := d.message(sealer, seq)
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				pubc.Publish(topicOf(d.id), 1, false, msg).WaitTimeout(10 * time.Second)
-			}
-			sleepCtx(tctx, 300*time.Millisecond)
-		}
-	}()
+	// Every online device, every 300 ms.
+	sendTelemetry(tctx, t, &telemetry, devices, sealer, 300*time.Millisecond, func(d *simDevice, msg []byte) {
+		pubc.Publish(topicOf(d.id), 1, false, msg).WaitTimeout(10 * time.Second)
+	})
 	defer func() { stopTelemetry(); telemetry.Wait() }()
 
 	// A budget of a quarter of the fleet per 4 s: the rollout takes about
@@ -272,14 +225,14 @@ func TestLeaseHandover(t *testing.T) {
 		var l *replica
 		n := 0
 		for _, r := range replicas {
-			if r.gauge(t, "decryptd_rotation_leader") == 1 {
+			if metrictest.Value(t, r.reg, "decryptd_rotation_leader") == 1 {
 				l, n = r, n+1
 			}
 		}
 		return l, n
 	}
 	var leader *replica
-	waitFor(t, "a leader", 10*time.Second, func() (bool, string) {
+	wait.Detail(t, 10*time.Second, "a leader", func() (bool, string) {
 		l, n := leaderOf()
 		leader = l
 		return n == 1, fmt.Sprintf("%d leaders", n)
@@ -295,11 +248,11 @@ func TestLeaseHandover(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	waitFor(t, "the leader to send rekeys", 10*time.Second, func() (bool, string) {
-		n := leader.gauge(t, "decryptd_rotation_rekeys_sent_total")
+	wait.Detail(t, 10*time.Second, "the leader to send rekeys", func() (bool, string) {
+		n := metrictest.Value(t, leader.reg, "decryptd_rotation_rekeys_sent_total")
 		return n > 0, fmt.Sprintf("%v sent", n)
 	})
-	if n := follower.gauge(t, "decryptd_rotation_rekeys_sent_total"); n != 0 {
+	if n := metrictest.Value(t, follower.reg, "decryptd_rotation_rekeys_sent_total"); n != 0 {
 		t.Fatalf("the follower sent %v rekeys", n)
 	}
 
@@ -328,8 +281,8 @@ func TestLeaseHandover(t *testing.T) {
 	killed := time.Now()
 	terminateLease(t, e.dsn)
 	leader.stop()
-	waitFor(t, "the follower to lead", 15*time.Second, func() (bool, string) {
-		return follower.gauge(t, "decryptd_rotation_leader") == 1, "not yet"
+	wait.Detail(t, 15*time.Second, "the follower to lead", func() (bool, string) {
+		return metrictest.Value(t, follower.reg, "decryptd_rotation_leader") == 1, "not yet"
 	})
 	handover := time.Since(killed)
 	t.Logf("lease handed over in %s", handover.Round(time.Millisecond))
@@ -341,11 +294,11 @@ func TestLeaseHandover(t *testing.T) {
 	for _, d := range devices[:nDevices/4] {
 		d.offline.Store(false)
 	}
-	waitFor(t, "every device to adopt v2", 45*time.Second, func() (bool, string) {
+	wait.Detail(t, 45*time.Second, "every device to adopt v2", func() (bool, string) {
 		a, p, n := versions()
 		return a == nDevices, fmt.Sprintf("adopted %d pending %d not started %d", a, p, n)
 	})
-	if n := follower.gauge(t, "decryptd_rotation_rekeys_sent_total"); n == 0 {
+	if n := metrictest.Value(t, follower.reg, "decryptd_rotation_rekeys_sent_total"); n == 0 {
 		t.Fatal("the new leader sent no rekeys")
 	}
 	for _, d := range devices {

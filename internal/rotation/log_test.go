@@ -15,6 +15,8 @@ import (
 
 	"github.com/decryptd/decryptd/internal/dek"
 	"github.com/decryptd/decryptd/internal/rotation"
+	"github.com/decryptd/decryptd/internal/testutil/fakeclock"
+	"github.com/decryptd/decryptd/internal/testutil/metrictest"
 )
 
 // TestRotationLogLines runs rotations scan by scan (PostgreSQL registry,
@@ -31,7 +33,7 @@ import (
 func TestRotationLogLines(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	clk := &testClock{t: time.Now()}
+	clk := fakeclock.At(time.Now())
 	e := newEnv(t, clk.Now)
 	const grace, retry = time.Hour, 10 * time.Minute
 	createKey(ctx, t, e, dek.DeviceKeyID("log-a"), nil, clk.Now().Add(-25*time.Hour))
@@ -66,7 +68,7 @@ func TestRotationLogLines(t *testing.T) {
 
 	scan := func(after time.Duration) {
 		t.Helper()
-		clk.Add(after)
+		clk.Advance(after)
 		if err := ctl.Scan(ctx); err != nil {
 			t.Fatal(err)
 		}
@@ -102,11 +104,11 @@ func TestRotationLogLines(t *testing.T) {
 		t.Fatalf("rotate: %v %v", created, err)
 	}
 	scan(time.Second)
-	if n := metricValue(t, reg, "decryptd_rotation_started_total", "operator"); n != 1 {
+	if n := metrictest.Value(t, reg, "decryptd_rotation_started_total", "trigger", "operator"); n != 1 {
 		t.Fatalf("started_total{trigger=operator} = %v after one dekctl rotate, want 1", n)
 	}
 	scan(time.Second) // taken up once: no second count
-	if n := metricValue(t, reg, "decryptd_rotation_started_total", "operator"); n != 1 {
+	if n := metrictest.Value(t, reg, "decryptd_rotation_started_total", "trigger", "operator"); n != 1 {
 		t.Fatalf("started_total{trigger=operator} = %v after a second scan, want 1", n)
 	}
 
@@ -117,7 +119,7 @@ func TestRotationLogLines(t *testing.T) {
 	// the device adopts, the rollout resumes and the share starts one.
 	pub.setFailing(true)
 	scan(retry + time.Minute)
-	clk.Add(24 * time.Hour)
+	clk.Advance(24 * time.Hour)
 	scan(0)
 	pub.setFailing(false)
 	scan(retry + time.Minute)

@@ -5,7 +5,6 @@ import (
 	"crypto/cipher"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -13,31 +12,14 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"go.yaml.in/yaml/v3"
 
 	"github.com/decryptd/decryptd/internal/dek"
 	"github.com/decryptd/decryptd/internal/rekey"
 	"github.com/decryptd/decryptd/internal/rotation"
+	"github.com/decryptd/decryptd/internal/testutil/alertrules"
+	"github.com/decryptd/decryptd/internal/testutil/fakeclock"
+	"github.com/decryptd/decryptd/internal/testutil/metrictest"
 )
-
-// testClock is the clock shared by keyops and the controller, so that a
-// test moves through retry intervals and budget windows without sleeping.
-type testClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *testClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *testClock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
 
 // fakePublisher stands for the broker: while failing it refuses every
 // rekey; otherwise it keeps them by topic.
@@ -66,32 +48,6 @@ func (p *fakePublisher) setFailing(on bool) {
 	p.mu.Lock()
 	p.failing = on
 	p.mu.Unlock()
-}
-
-// metricValue is the value of the gauge or counter name (with the label
-// value, when given) on reg.
-func metricValue(t *testing.T, reg *prometheus.Registry, name, label string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if label != "" && (len(m.GetLabel()) == 0 || m.GetLabel()[0].GetValue() != label) {
-				continue
-			}
-			if m.Gauge != nil {
-				return m.GetGauge().GetValue()
-			}
-			return m.GetCounter().GetValue()
-		}
-	}
-	t.Fatalf("no metric %s{%s}", name, label)
-	return 0
 }
 
 // TestRolloutPause: a rollout whose failed deliveries (the broker refuses
@@ -124,7 +80,7 @@ func TestRolloutPause(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			clk := &testClock{t: time.Now()}
+			clk := fakeclock.At(time.Now())
 			e := newEnv(t, clk.Now)
 			keys := map[string]cipher.AEAD{} // device id -> its v1
 			for i := range nKeys {
@@ -150,7 +106,7 @@ func TestRolloutPause(t *testing.T) {
 			}
 			scan := func(after time.Duration) rotation.Status {
 				t.Helper()
-				clk.Add(after)
+				clk.Advance(after)
 				if err := ctl.Scan(ctx); err != nil {
 					t.Fatal(err)
 				}
@@ -169,8 +125,8 @@ func TestRolloutPause(t *testing.T) {
 				}
 				return n
 			}
-			paused := func() float64 { return metricValue(t, reg, "decryptd_rotation_paused", "") }
-			started := func() float64 { return metricValue(t, reg, "decryptd_rotation_started_total", "age") }
+			paused := func() float64 { return metrictest.Value(t, reg, "decryptd_rotation_paused") }
+			started := func() float64 { return metrictest.Value(t, reg, "decryptd_rotation_started_total", "trigger", "age") }
 
 			// 1. The first scan starts the budget's three rotations; their
 			// delivery fails, or reaches no one.
@@ -201,8 +157,8 @@ func TestRolloutPause(t *testing.T) {
 			if st.Rotated != 0 || started() != before || v2s() != 3 || st.Pending != 3 {
 				t.Fatalf("paused, yet rotated %d (started %v -> %v), %d v2 versions, %d pending", st.Rotated, before, started(), v2s(), st.Pending)
 			}
-			if tc.cause == "offline" && (len(st.Stragglers) != 3 || metricValue(t, reg, "decryptd_rotation_stragglers", "") != 3) {
-				t.Fatalf("stragglers %v (gauge %v), want 3", st.Stragglers, metricValue(t, reg, "decryptd_rotation_stragglers", ""))
+			if tc.cause == "offline" && (len(st.Stragglers) != 3 || metrictest.Value(t, reg, "decryptd_rotation_stragglers") != 3) {
+				t.Fatalf("stragglers %v (gauge %v), want 3", st.Stragglers, metrictest.Value(t, reg, "decryptd_rotation_stragglers"))
 			}
 			calls := pub.calls
 			st = scan(time.Minute)
@@ -270,31 +226,11 @@ func b2f(b bool) float64 {
 // TestPausedAlertRule: the alert that tells an operator a rollout paused
 // itself watches the gauge the controller sets.
 func TestPausedAlertRule(t *testing.T) {
-	data, err := os.ReadFile("../../deploy/kubernetes/alerts.yaml")
-	if err != nil {
-		t.Fatal(err)
+	expr, ok := alertrules.Exprs(t, "../../deploy/kubernetes/alerts.yaml")["DecryptdRotationPaused"]
+	if !ok {
+		t.Fatal("deploy/kubernetes/alerts.yaml: no DecryptdRotationPaused alert")
 	}
-	// The plain rules file (rule_files: format).
-	var doc struct {
-		Groups []struct {
-			Rules []struct {
-				Alert string `yaml:"alert"`
-				Expr  string `yaml:"expr"`
-			} `yaml:"rules"`
-		} `yaml:"groups"`
+	if !strings.Contains(expr, "decryptd_rotation_paused") {
+		t.Fatalf("DecryptdRotationPaused: expr %q does not watch decryptd_rotation_paused", expr)
 	}
-	if err := yaml.Unmarshal(data, &doc); err != nil {
-		t.Fatal(err)
-	}
-	for _, g := range doc.Groups {
-		for _, r := range g.Rules {
-			if r.Alert == "DecryptdRotationPaused" {
-				if !strings.Contains(r.Expr, "decryptd_rotation_paused") {
-					t.Fatalf("DecryptdRotationPaused: expr %q does not watch decryptd_rotation_paused", r.Expr)
-				}
-				return
-			}
-		}
-	}
-	t.Fatal("deploy/kubernetes/alerts.yaml: no DecryptdRotationPaused alert")
 }

@@ -22,13 +22,14 @@ import (
 	"github.com/decryptd/decryptd/internal/audit"
 	"github.com/decryptd/decryptd/internal/config"
 	"github.com/decryptd/decryptd/internal/daemon"
+	"github.com/decryptd/decryptd/internal/daemon/daemontest"
 	"github.com/decryptd/decryptd/internal/dek"
 	"github.com/decryptd/decryptd/internal/keyops"
-	"github.com/decryptd/decryptd/internal/kms/local"
-	"github.com/decryptd/decryptd/internal/registry/filestore"
 	"github.com/decryptd/decryptd/internal/rekey"
 	"github.com/decryptd/decryptd/internal/sink"
+	"github.com/decryptd/decryptd/internal/testutil/keyenv"
 	"github.com/decryptd/decryptd/internal/testutil/mosquittotest"
+	"github.com/decryptd/decryptd/internal/testutil/wait"
 )
 
 const installHint = "install them with scripts/test-deps.sh (as root), or: apt-get install gcc make pkg-config libssl-dev libmosquitto-dev"
@@ -134,17 +135,6 @@ func (l *lines) String() string {
 	return l.buf.String()
 }
 
-func poll(t *testing.T, what string, limit time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", limit, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // TestCDeviceInterop: the C device, provisioned by keyops (the credential
 // dekctl writes), publishes shape A and B through Mosquitto (mutual TLS,
 // client id = device id, persistent session) to a running decryptd whose
@@ -163,25 +153,9 @@ func TestCDeviceInterop(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
 
-	lp, err := local.Create(filepath.Join(dir, "root-key.json"), "test-root")
-	if err != nil {
-		t.Fatal(err)
-	}
-	regPath := filepath.Join(dir, "registry.json")
-	store, err := filestore.Open(ctx, regPath, filestore.WithoutFSNotify())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
-	aw, err := audit.Open(ctx, filepath.Join(dir, "dekctl-audit.log"), audit.WithActor("dekctl"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	// Provisioned two hours "ago" under a one-hour max age: due at once.
-	ops, err := keyops.New(keyops.Options{KMS: lp, Roots: lp, Registry: store, Audit: aw, Now: func() time.Time { return time.Now().Add(-2 * time.Hour) }})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ke := keyenv.Open(ctx, t, dir, keyenv.Options{Now: func() time.Time { return time.Now().Add(-2 * time.Hour) }})
+	lp, store, regPath, aw, ops := ke.KMS, ke.Store, ke.RegistryPath, ke.Audit, ke.Ops
 	cred, err := ops.Provision(ctx, keyops.ProvisionRequest{DeviceID: devID})
 	if err != nil {
 		t.Fatal(err)
@@ -248,15 +222,7 @@ func TestCDeviceInterop(t *testing.T) {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	dctx, stop := context.WithCancel(ctx)
-	defer stop()
-	d, err := daemon.New(dctx, daemon.Options{Config: cfg, Version: "test"})
-	if err != nil {
-		t.Fatalf("daemon.New: %v", err)
-	}
-	runErr := make(chan error, 1)
-	go func() { runErr <- d.Run(dctx) }()
-	poll(t, "/readyz", 15*time.Second, d.Ready)
+	_, stop := daemontest.Start(ctx, t, daemon.Options{Config: cfg, Version: "test"})
 
 	// The device publishes under v1 until the rekey comes, holding back
 	// its first message (sealed under v1) to send it after the rekey.
@@ -320,7 +286,7 @@ func TestCDeviceInterop(t *testing.T) {
 		}
 		return got
 	}
-	poll(t, "every record of the device", 20*time.Second, func() bool {
+	wait.Within(t, 20*time.Second, "every record of the device", func() bool {
 		g := byVersion()
 		return g["v1"] >= sent["v1"] && g["v2"] >= sent["v2"]
 	})
@@ -356,7 +322,7 @@ func TestCDeviceInterop(t *testing.T) {
 	if dl, _ := os.ReadFile(dlPath); len(bytes.TrimSpace(dl)) > 0 {
 		t.Fatalf("dead letters: %s", dl)
 	}
-	poll(t, "v2 adopted", 15*time.Second, func() bool {
+	wait.Within(t, 15*time.Second, "v2 adopted", func() bool {
 		e, err := store.Get(ctx, dek.DeviceKeyID(devID), "v2")
 		return err == nil && !e.Rotation.Pending && !e.Rotation.AdoptedAt.IsZero()
 	})
@@ -370,14 +336,6 @@ func TestCDeviceInterop(t *testing.T) {
 	t.Logf("rekeys published on %s: %d", cmdTopic, nRekeys)
 
 	stop()
-	select {
-	case err := <-runErr:
-		if err != nil {
-			t.Fatalf("Run: %v", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("daemon did not stop within 30 s")
-	}
 
 	// Restore the key file from the backup; the floor (kept apart) says 2.
 	if err := os.WriteFile(statePath, backup, 0o600); err != nil {

@@ -246,7 +246,7 @@ func (f *fleet) writeConfig(t *testing.T, rc replicaConfig) replicaFiles {
 	// after they stopped: the log is complete, and shown once.
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("decryptd log %s:\n%s", rf.Log, tail(rf.Log, 16<<10))
+			t.Logf("decryptd log %s:\n%s", rf.Log, mosquittotest.Tail(rf.Log, 16<<10))
 		}
 	})
 	return rf
@@ -342,9 +342,9 @@ func startProcess(t *testing.T, bin string, rf replicaFiles) *process {
 	select {
 	case p.addr = <-lw.addr:
 	case <-p.done:
-		t.Fatalf("decryptd exited during start-up (%v); log:\n%s", p.err, tail(rf.Log, 8<<10))
+		t.Fatalf("decryptd exited during start-up (%v); log:\n%s", p.err, mosquittotest.Tail(rf.Log, 8<<10))
 	case <-time.After(30 * time.Second):
-		t.Fatalf("decryptd logged no \"serving\" line within 30s; log:\n%s", tail(rf.Log, 8<<10))
+		t.Fatalf("decryptd logged no \"serving\" line within 30s; log:\n%s", mosquittotest.Tail(rf.Log, 8<<10))
 	}
 	waitReady(t, p.addr, p.exited)
 	return p
@@ -674,19 +674,4 @@ next:
 		total += s.value
 	}
 	return total
-}
-
-func tail(path string, max int) string {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Sprintf("(no log: %v)", err)
-	}
-	if len(data) > max {
-		data = data[len(data)-max:]
-		if i := bytes.IndexByte(data, '\n'); i >= 0 {
-			data = data[i+1:]
-		}
-		return "...\n" + string(data)
-	}
-	return string(data)
 }

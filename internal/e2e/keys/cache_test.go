@@ -14,6 +14,8 @@ import (
 	"github.com/decryptd/decryptd/internal/keycache"
 	"github.com/decryptd/decryptd/internal/kpemu"
 	"github.com/decryptd/decryptd/internal/registry"
+	"github.com/decryptd/decryptd/internal/testutil/fakeclock"
+	"github.com/decryptd/decryptd/internal/testutil/metrictest"
 )
 
 // TestColdKeyOneUnwrap: 1,000 goroutines resolving one cold key at once
@@ -62,17 +64,17 @@ func TestColdKeyOneUnwrap(t *testing.T) {
 	if calls := kp.srv.Calls(kpemu.OpUnwrap); calls != 1 {
 		t.Errorf("emulator saw %d unwrap calls, want 1 (all calls: %v)", calls, kp.srv.AllCalls())
 	}
-	if v := metric(t, reg, "decryptd_kms_requests_total", "operation", "unwrap", "result", "ok"); v != 1 {
+	if v := metrictest.Value(t, reg, "decryptd_kms_requests_total", "operation", "unwrap", "result", "ok"); v != 1 {
 		t.Errorf("decryptd_kms_requests_total{operation=unwrap,result=ok} = %v, want 1", v)
 	}
 	for _, res := range []string{"transient", "revoked", "error"} {
-		if v := metric(t, reg, "decryptd_kms_requests_total", "operation", "unwrap", "result", res); v != 0 {
+		if v := metrictest.Value(t, reg, "decryptd_kms_requests_total", "operation", "unwrap", "result", res); v != 0 {
 			t.Errorf("decryptd_kms_requests_total{operation=unwrap,result=%s} = %v, want 0", res, v)
 		}
 	}
 	var lookups float64
 	for _, res := range []string{"hit", "miss", "negative", "stale", "denied"} {
-		lookups += metric(t, reg, "decryptd_dek_cache_requests_total", "result", res)
+		lookups += metrictest.Value(t, reg, "decryptd_dek_cache_requests_total", "result", res)
 	}
 	if lookups != n {
 		t.Errorf("decryptd_dek_cache_requests_total sums to %v, want %d", lookups, n)
@@ -98,7 +100,7 @@ func TestKMSOutage(t *testing.T) {
 	kp := newKP(t, time.Second)
 	dsn := newPGDSN(t)
 	store, operator := openPG(t, dsn), openPG(t, dsn)
-	clock := newFakeClock()
+	clock := fakeclock.At(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	const ttl = time.Hour
 	logger, logs := observedLogger()
 	cache, reg := newCache(t, store, kp.p, keycache.Options{
@@ -117,7 +119,7 @@ func TestKMSOutage(t *testing.T) {
 	cold := sealA(t, coldAEAD, "vent-2", "", "v1", 1767225600, readingsFor(4))
 
 	openOK(t, d, cached[0]) // loads device/vent-1@v3 while the KMS is up
-	if v := metric(t, reg, "decryptd_dek_cache_stale_serving"); v != 0 {
+	if v := metrictest.Value(t, reg, "decryptd_dek_cache_stale_serving"); v != 0 {
 		t.Fatalf("stale_serving = %v before the outage", v)
 	}
 
@@ -125,13 +127,13 @@ func TestKMSOutage(t *testing.T) {
 	t.Cleanup(func() { kp.srv.SetFaults(kpemu.Faults{}) })
 	clock.Advance(ttl + time.Minute) // every entry is past its lifetime
 
-	staleBefore := metric(t, reg, "decryptd_dek_cache_requests_total", "result", "stale")
+	staleBefore := metrictest.Value(t, reg, "decryptd_dek_cache_requests_total", "result", "stale")
 	for i, m := range cached[1:] {
 		openOK(t, d, m)
-		if v := metric(t, reg, "decryptd_dek_cache_stale_serving"); v != 1 {
+		if v := metrictest.Value(t, reg, "decryptd_dek_cache_stale_serving"); v != 1 {
 			t.Errorf("after stale open %d: decryptd_dek_cache_stale_serving = %v, want 1", i+1, v)
 		}
-		if v := metric(t, reg, "decryptd_dek_cache_requests_total", "result", "stale"); v != staleBefore+float64(i+1) {
+		if v := metrictest.Value(t, reg, "decryptd_dek_cache_requests_total", "result", "stale"); v != staleBefore+float64(i+1) {
 			t.Errorf("after stale open %d: requests{result=stale} = %v, want %v", i+1, v, staleBefore+float64(i+1))
 		}
 	}
@@ -139,7 +141,7 @@ func TestKMSOutage(t *testing.T) {
 	// (the cache stops waiting for it after StaleWait); it ends within the
 	// cache's unwrap timeout and is counted then.
 	deadline := time.Now().Add(30 * time.Second)
-	for metric(t, reg, "decryptd_kms_requests_total", "operation", "unwrap", "result", "transient") < 1 {
+	for metrictest.Value(t, reg, "decryptd_kms_requests_total", "operation", "unwrap", "result", "transient") < 1 {
 		if time.Now().After(deadline) {
 			t.Fatalf("no transient unwrap counted during the outage")
 		}
@@ -186,7 +188,7 @@ func TestKMSOutage(t *testing.T) {
 			}
 			time.Sleep(5 * time.Millisecond)
 		}
-		if v := metric(t, reg, "decryptd_dek_cache_stale_serving"); v != 0 {
+		if v := metrictest.Value(t, reg, "decryptd_dek_cache_stale_serving"); v != 0 {
 			t.Errorf("decryptd_dek_cache_stale_serving = %v after the revocation, want 0", v)
 		}
 	})

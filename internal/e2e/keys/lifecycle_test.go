@@ -18,6 +18,7 @@ import (
 	"github.com/decryptd/decryptd/internal/kms"
 	"github.com/decryptd/decryptd/internal/registry"
 	"github.com/decryptd/decryptd/internal/seal"
+	"github.com/decryptd/decryptd/internal/testutil/metrictest"
 )
 
 // provider is one KMS set-up under test: the provider, its root manager,
@@ -215,7 +216,7 @@ func TestRewrapAfterRootRotation(t *testing.T) {
 			for _, m := range msgs {
 				openOK(t, d2, m)
 			}
-			if n := metric(t, reg, "decryptd_kms_requests_total", "operation", "unwrap", "result", "ok"); n != 4 {
+			if n := metrictest.Value(t, reg, "decryptd_kms_requests_total", "operation", "unwrap", "result", "ok"); n != 4 {
 				t.Errorf("fresh cache made %v successful unwraps, want 4 (one per key version)", n)
 			}
 		})

@@ -16,6 +16,8 @@ import (
 	"github.com/decryptd/decryptd/internal/dek"
 	"github.com/decryptd/decryptd/internal/kms"
 	"github.com/decryptd/decryptd/internal/rotation"
+	"github.com/decryptd/decryptd/internal/testutil/metrictest"
+	"github.com/decryptd/decryptd/internal/testutil/wait"
 )
 
 // flakyRewrap is a KMS whose Rewrap fails for the named keys while failing
@@ -123,35 +125,35 @@ func TestRootRotationRewrap(t *testing.T) {
 		}
 		return out
 	}
-	poll(t, "the root rotation and a partial rewrap", 20*time.Second, func() (bool, string) {
-		f := metric(t, reg, "decryptd_rotation_rewrap_failures_total")
-		inc := metric(t, reg, "decryptd_rotation_rewrap_incomplete")
+	wait.Detail(t, 20*time.Second, "the root rotation and a partial rewrap", func() (bool, string) {
+		f := metrictest.Series(t, reg, "decryptd_rotation_rewrap_failures_total")
+		inc := metrictest.Series(t, reg, "decryptd_rotation_rewrap_incomplete")
 		return rotated() && f >= nVictims && inc == 1, fmt.Sprintf("rotated %v, failures %v, incomplete %v", rotated(), f, inc)
 	})
 	if v := underVersion(); v["1"] != nVictims || v["2"] != nDevices-nVictims {
 		t.Fatalf("DEKs by root version %v, want 1:%d 2:%d", v, nVictims, nDevices-nVictims)
 	}
-	if n := metric(t, reg, `decryptd_rotation_failures_total{operation="rewrap"}`); n < 1 {
+	if n := metrictest.Series(t, reg, `decryptd_rotation_failures_total{operation="rewrap"}`); n < 1 {
 		t.Fatalf("failures_total{operation=rewrap} = %v", n)
 	}
 	// The rewrap is retried at every scan: the count goes on rising.
-	first := metric(t, reg, "decryptd_rotation_rewrap_failures_total")
-	poll(t, "a retried rewrap", 10*time.Second, func() (bool, string) {
-		n := metric(t, reg, "decryptd_rotation_rewrap_failures_total")
+	first := metrictest.Series(t, reg, "decryptd_rotation_rewrap_failures_total")
+	wait.Detail(t, 10*time.Second, "a retried rewrap", func() (bool, string) {
+		n := metrictest.Series(t, reg, "decryptd_rotation_rewrap_failures_total")
 		return n >= first+nVictims, fmt.Sprintf("%v failures", n)
 	})
 	everyDeviceOpens("partial")
 
 	flaky.failing.Store(false)
-	poll(t, "the rewrap to complete", 20*time.Second, func() (bool, string) {
+	wait.Detail(t, 20*time.Second, "the rewrap to complete", func() (bool, string) {
 		v := underVersion()
-		inc := metric(t, reg, "decryptd_rotation_rewrap_incomplete")
+		inc := metrictest.Series(t, reg, "decryptd_rotation_rewrap_incomplete")
 		return v["2"] == nDevices && inc == 0, fmt.Sprintf("by root version %v, incomplete %v", v, inc)
 	})
 	// The root key's age restarts with the new version: seconds, not the
 	// hour the clock said before the rotation.
-	poll(t, "the root key age after rotation", 10*time.Second, func() (bool, string) {
-		a := metric(t, reg, "decryptd_rotation_root_key_age_seconds")
+	wait.Detail(t, 10*time.Second, "the root key age after rotation", func() (bool, string) {
+		a := metrictest.Series(t, reg, "decryptd_rotation_root_key_age_seconds")
 		return a > 0 && a < 30*60, fmt.Sprintf("root key age %vs", a)
 	})
 	if n := len(w.root.RootKey().Versions); n != 2 {

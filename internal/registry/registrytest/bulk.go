@@ -1,6 +1,7 @@
 package registrytest
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -191,19 +192,12 @@ func testUpdateManyWatch(t *testing.T, open Opener) {
 	if err := bulkOf(t, a).CreateMany(ctx, es); err != nil {
 		t.Fatal(err)
 	}
-	chA, err := a.Watch(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	chB, err := b.Watch(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	watchers := watchBoth(ctx, t, a, b)
 	start := time.Now()
 	if _, err := updaterOf(t, a).UpdateMany(ctx, refsOf(es), func(e *registry.Entry) error { e.State = dek.StateRevoked; return nil }); err != nil {
 		t.Fatal(err)
 	}
-	for name, ch := range map[string]<-chan registry.Change{"same handle": chA, "other handle": chB} {
+	for name, ch := range watchers {
 		for _, e := range es {
 			// A Created change of the set-up may still be queued: skip it
 			// unless it already carries the new state (a handle that
@@ -333,20 +327,13 @@ func testCreateManyWatch(t *testing.T, open Opener) {
 	a, another := handles(t, open)
 	b := another()
 	ctx := ctxT(t)
-	chA, err := a.Watch(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	chB, err := b.Watch(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	watchers := watchBoth(ctx, t, a, b)
 	es := bulkEntries("w", 50)
 	start := time.Now()
 	if err := bulkOf(t, a).CreateMany(ctx, es); err != nil {
 		t.Fatal(err)
 	}
-	for name, ch := range map[string]<-chan registry.Change{"same handle": chA, "other handle": chB} {
+	for name, ch := range watchers {
 		for _, e := range es {
 			c, took := waitChange(t, ch, start, e.KeyID, e.Version)
 			if c.Kind != registry.ChangeCreated || c.State != dek.StateActive {
@@ -367,14 +354,7 @@ func testCreateManyLargeWatch(t *testing.T, open Opener) {
 	a, another := handles(t, open)
 	b := another()
 	ctx := ctxT(t)
-	chA, err := a.Watch(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	chB, err := b.Watch(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	watchers := watchBoth(ctx, t, a, b)
 	es := bulkEntries("lw", BulkSize/4)
 	if err := bulkOf(t, a).CreateMany(ctx, es); err != nil {
 		t.Fatal(err)
@@ -383,7 +363,7 @@ func testCreateManyLargeWatch(t *testing.T, open Opener) {
 	// WatchOtherHandle's to check, and a 10,000-entry reload under the race
 	// detector on a busy machine is not what this test is about.
 	start := time.Now()
-	for name, ch := range map[string]<-chan registry.Change{"same handle": chA, "other handle": chB} {
+	for name, ch := range watchers {
 		pending := make(map[dek.Ref]struct{}, len(es))
 		for _, e := range es {
 			pending[e.Ref()] = struct{}{}
@@ -455,4 +435,19 @@ func benchCreate(b *testing.B, open func(b *testing.B) registry.Store, n int, cr
 		b.StartTimer()
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/entry")
+}
+
+// watchBoth watches a (the handle a bulk call goes through) and b
+// (another), named as the failures name them.
+func watchBoth(ctx context.Context, t *testing.T, a, b registry.Store) map[string]<-chan registry.Change {
+	t.Helper()
+	out := map[string]<-chan registry.Change{}
+	for name, s := range map[string]registry.Store{"same handle": a, "other handle": b} {
+		ch, err := s.Watch(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[name] = ch
+	}
+	return out
 }

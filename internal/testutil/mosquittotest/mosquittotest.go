@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -16,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/decryptd/decryptd/internal/mosquittoproc"
 	"github.com/decryptd/decryptd/internal/pki"
 )
 
@@ -53,9 +53,8 @@ type Broker struct {
 	sslPort int
 	tcpPort int
 
-	mu     sync.Mutex
-	cmd    *exec.Cmd
-	exited chan struct{}
+	mu   sync.Mutex
+	proc *mosquittoproc.Process
 }
 
 // Start starts a broker for t and registers its shutdown with t.Cleanup.
@@ -94,7 +93,7 @@ func Start(t testing.TB, o Options) *Broker {
 	t.Cleanup(func() {
 		b.Stop()
 		if t.Failed() {
-			t.Logf("mosquitto log (%s):\n%s", b.LogFile, tail(b.LogFile, 64<<10))
+			t.Logf("mosquitto log (%s):\n%s", b.LogFile, Tail(b.LogFile, 64<<10))
 		}
 	})
 	// Ports are picked by listening on :0 and closing, so another process
@@ -112,7 +111,7 @@ func Start(t testing.TB, o Options) *Broker {
 			break
 		}
 		if !errors.Is(lastErr, errAddrInUse) {
-			t.Fatalf("mosquittotest: %v\nlog:\n%s", lastErr, tail(b.LogFile, 16<<10))
+			t.Fatalf("mosquittotest: %v\nlog:\n%s", lastErr, Tail(b.LogFile, 16<<10))
 		}
 	}
 	if lastErr != nil {
@@ -174,7 +173,7 @@ func (b *Broker) Restart() {
 		time.Sleep(250 * time.Millisecond)
 	}
 	if err != nil {
-		b.t.Fatalf("mosquittotest: restart: %v\nlog:\n%s", err, tail(b.LogFile, 16<<10))
+		b.t.Fatalf("mosquittotest: restart: %v\nlog:\n%s", err, Tail(b.LogFile, 16<<10))
 	}
 }
 
@@ -182,15 +181,7 @@ func (b *Broker) Restart() {
 func (b *Broker) Running() bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.cmd == nil {
-		return false
-	}
-	select {
-	case <-b.exited:
-		return false
-	default:
-		return true
-	}
+	return b.proc.Running()
 }
 
 // Log returns the broker's log so far.
@@ -217,7 +208,7 @@ func RefusedTLS(err error) bool {
 	return false
 }
 
-var errAddrInUse = errors.New("address already in use")
+var errAddrInUse = mosquittoproc.ErrAddrInUse
 
 func (b *Broker) writeConfig() error {
 	var c strings.Builder
@@ -258,94 +249,39 @@ func (b *Broker) writeConfig() error {
 // start launches the process and waits until every listener accepts a TCP
 // connection, or the process exits (errAddrInUse if it could not bind).
 func (b *Broker) start() error {
-	logf, err := os.OpenFile(b.LogFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	addrs := []string{net.JoinHostPort("127.0.0.1", strconv.Itoa(b.sslPort))}
+	if b.tcpPort != 0 {
+		addrs = append(addrs, net.JoinHostPort("127.0.0.1", strconv.Itoa(b.tcpPort)))
+	}
+	p, err := mosquittoproc.Start([]string{Binary, "-c", b.conf}, b.LogFile, addrs...)
 	if err != nil {
 		return err
 	}
-	startOffset, _ := logf.Seek(0, 2)
-	cmd := exec.Command(Binary, "-c", b.conf)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	// Its own process group, so a ^C to `go test` reaches the test first
-	// and the broker is stopped by Cleanup rather than mid-write.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		return fmt.Errorf("start %s: %w", Binary, err)
-	}
-	exited := make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		logf.Close()
-		close(exited)
-	}()
 	b.mu.Lock()
-	b.cmd, b.exited = cmd, exited
+	b.proc = p
 	b.mu.Unlock()
-
-	ports := []int{b.sslPort}
-	if b.tcpPort != 0 {
-		ports = append(ports, b.tcpPort)
-	}
-	deadline := time.Now().Add(15 * time.Second)
-	for _, p := range ports {
-		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(p))
-		for {
-			select {
-			case <-exited:
-				logText := tailFrom(b.LogFile, startOffset)
-				if strings.Contains(logText, "Address already in use") {
-					return fmt.Errorf("port %d: %w", p, errAddrInUse)
-				}
-				return fmt.Errorf("mosquitto exited during start-up (%s)", cmd.ProcessState)
-			default:
-			}
-			c, err := net.DialTimeout("tcp", addr, time.Second)
-			if err == nil {
-				c.Close()
-				break
-			}
-			if time.Now().After(deadline) {
-				b.signal(syscall.SIGKILL, 5*time.Second)
-				return fmt.Errorf("mosquitto not listening on %s after 15s: %w", addr, err)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
 	return nil
 }
 
 func (b *Broker) signal(sig syscall.Signal, wait time.Duration) {
 	b.mu.Lock()
-	cmd, exited := b.cmd, b.exited
+	p := b.proc
 	b.mu.Unlock()
-	if cmd == nil {
-		return
-	}
-	select {
-	case <-exited:
-		return
-	default:
-	}
-	_ = cmd.Process.Signal(sig)
-	select {
-	case <-exited:
-	case <-time.After(wait):
-		_ = cmd.Process.Kill()
-		<-exited
-	}
+	p.Stop(sig, wait)
 }
 
 func freePort(t testing.TB) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := mosquittoproc.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	return port
 }
 
-func tail(path string, max int) string {
+// Tail returns the last max bytes of the file at path (from a line
+// start), for a failing test's log.
+func Tail(path string, max int) string {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Sprintf("(no log: %v)", err)
@@ -358,12 +294,4 @@ func tail(path string, max int) string {
 		return "...\n" + string(data)
 	}
 	return string(data)
-}
-
-func tailFrom(path string, offset int64) string {
-	data, err := os.ReadFile(path)
-	if err != nil || int64(len(data)) < offset {
-		return ""
-	}
-	return string(data[offset:])
 }

@@ -35,3 +35,19 @@ func (f *fakeTB) Fatalf(format string, args ...any) {
 }
 
 func sprintf(format string, args ...any) string { return fmt.Sprintf(format, args...) }
+
+func TestDetail(t *testing.T) {
+	var n atomic.Int32
+	Detail(t, time.Second, "three calls", func() (bool, string) { return n.Add(1) >= 3, "fewer" })
+	if n.Load() != 3 {
+		t.Fatalf("cond called %d times", n.Load())
+	}
+	ft := &fakeTB{TB: t}
+	func() {
+		defer func() { _ = recover() }()
+		Detail(ft, 10*time.Millisecond, "never", func() (bool, string) { return false, "2 of 3" })
+	}()
+	if ft.failed != "timed out after 10ms waiting for never: 2 of 3" {
+		t.Fatalf("failure %q", ft.failed)
+	}
+}
