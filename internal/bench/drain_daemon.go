@@ -174,7 +174,11 @@ func waitDrained(ctx context.Context, reg prometheus.Gatherer, sizes *sizeTimeli
 				delivered.Store(int64(g.delivered))
 				if g.delivered >= float64(messages) && g.acked >= float64(messages) {
 					w.end = time.Now()
-					return w, nil
+					// The sink counts a record once its write returned: the
+					// lines written since this loop's size poll are in the
+					// file now, and one more poll gives each a sample (else
+					// the last few records had no sink latency).
+					return w, sizes.poll(start)
 				}
 				if sample {
 					w.inflightSum, w.inflightN, w.inflightMax = w.inflightSum+g.inflight, w.inflightN+1, max(w.inflightMax, g.inflight)
