@@ -260,9 +260,13 @@ func TestGroupKeyRotation(t *testing.T) {
 	last := members[4]
 	publish(last.id, group, "v1", groupV1)
 	publish(last.id, group, "v2", last.groupKey("v2"))
-	wait.Detail(t, 15*time.Second, "group v2 adopted", func() (bool, string) {
+	// keyops.Adopt records the adoption and then demotes v1: two registry
+	// updates, so wait for both before reading either.
+	wait.Detail(t, 15*time.Second, "group v2 adopted and v1 demoted", func() (bool, string) {
 		x := versionOf(group, "v2")
-		return !x.Rotation.Pending && !x.Rotation.AdoptedAt.IsZero(), fmt.Sprintf("pending %v adopted by %v", x.Rotation.Pending, x.Rotation.AdoptedBy)
+		old := versionOf(group, "v1")
+		return !x.Rotation.Pending && !x.Rotation.AdoptedAt.IsZero() && old.State != dek.StateActive,
+			fmt.Sprintf("pending %v adopted by %v, v1 %s", x.Rotation.Pending, x.Rotation.AdoptedBy, old.State)
 	})
 	v2 = versionOf(group, "v2")
 	v1 := versionOf(group, "v1")

@@ -53,7 +53,21 @@ type verState struct {
 	// adopting: devices whose adoption is queued or done (deduplication),
 	// under the shard lock.
 	adopting map[string]bool
+	// known: the registry's view of the version has reached the tracker
+	// (set ran). Until then early holds the devices whose records
+	// decrypted under it (at most maxEarly), so that set can queue their
+	// adoptions if the version turns out to be pending: the backend can
+	// decrypt under a new version (the key cache reads the registry) before
+	// the change feed tells the tracker it exists, and a group member's
+	// device cannot be told from the key id afterwards. Both under the
+	// shard lock; known is also read without it.
+	known atomic.Bool
+	early map[string]bool
 }
+
+// maxEarly bounds the devices remembered for a version the tracker has not
+// heard of yet; past it a device's adoption waits for its next message.
+const maxEarly = 4096
 
 type trackerShard struct {
 	mu sync.RWMutex
@@ -127,7 +141,31 @@ func (t *Tracker) Observe(keyID, version, deviceID string) {
 	}
 	if v.pending.Load() {
 		t.queueAdoption(s, v, ref, deviceID)
+		return
 	}
+	if !v.known.Load() && deviceID != "" {
+		t.noteEarly(s, v, ref, deviceID)
+	}
+}
+
+// noteEarly remembers deviceID for a version whose registry entry has not
+// reached the tracker yet, or queues its adoption if set marked the
+// version pending in the meantime (checked under the shard lock, which set
+// holds while it takes the early devices).
+func (t *Tracker) noteEarly(s *trackerShard, v *verState, ref dek.Ref, deviceID string) {
+	s.mu.Lock()
+	if v.pending.Load() {
+		s.mu.Unlock()
+		t.queueAdoption(s, v, ref, deviceID)
+		return
+	}
+	if !v.known.Load() && len(v.early) < maxEarly {
+		if v.early == nil {
+			v.early = map[string]bool{}
+		}
+		v.early[deviceID] = true
+	}
+	s.mu.Unlock()
 }
 
 func (t *Tracker) queueAdoption(s *trackerShard, v *verState, ref dek.Ref, deviceID string) {
@@ -201,11 +239,21 @@ func (t *Tracker) set(e registry.Entry) {
 	v.decryptOnly.Store(e.State == dek.StateDecryptOnly)
 	v.pending.Store(pending)
 	var replay []string
-	if pending && !wasPending && v.count.Load() > 0 && !v.group {
-		// Messages arrived before we learned it is pending (another
-		// replica's change reached us late): adopt now.
-		replay = append(replay, deviceOfKey(e.KeyID))
+	if pending && !wasPending {
+		// Records decrypted before we learned it is pending (the change
+		// reached us after the key cache read the version): adopt now,
+		// for the devices that sent them.
+		if v.count.Load() > 0 && !v.group {
+			replay = append(replay, deviceOfKey(e.KeyID))
+		}
+		for d := range v.early {
+			if !v.group || contains(e.Devices, d) {
+				replay = append(replay, d)
+			}
+		}
 	}
+	v.early = nil
+	v.known.Store(true)
 	if pending && v.group {
 		// Forget devices the registry does not list as adopted yet, so a
 		// lost update is retried by their next message.
