@@ -106,3 +106,31 @@ func TestTypeConfigs(t *testing.T) {
 		t.Errorf("defaults: %v, batch_max %d", err, h.BatchMax)
 	}
 }
+
+func TestChunkedBytes(t *testing.T) {
+	rec := func(id string, n int) sink.Record {
+		return sink.Record{ID: id, JSON: []byte(`"` + strings.Repeat("x", n-2) + `"`)}
+	}
+	// Each record is 10 bytes of JSON plus its '\n'.
+	batch := []sink.Record{rec("a", 10), rec("b", 10), rec("c", 10), rec("d", 40), rec("e", 10), rec("f", 10)}
+	c := &countingSink{}
+	if err := sink.ChunkedBytes(c, 100, 25).Write(context.Background(), batch); err != nil {
+		t.Fatal(err)
+	}
+	// 22 bytes fit under 25, a third record would not; d (41 bytes) is
+	// larger than the bound and goes alone.
+	if got := strings.Join(flat(c.batches), "|"); got != "a,b|c|d|e,f" {
+		t.Errorf("chunks %s, want a,b|c|d|e,f", got)
+	}
+	c = &countingSink{}
+	if err := sink.ChunkedBytes(c, 1, 1000).Write(context.Background(), batch[:3]); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(flat(c.batches), "|"); got != "a|b|c" {
+		t.Errorf("chunks %s, want a|b|c (the record bound still holds)", got)
+	}
+	c = &countingSink{}
+	if s := sink.ChunkedBytes(c, 0, 0); s != sink.Sink(c) {
+		t.Error("no bounds must leave the sink as it is")
+	}
+}
