@@ -227,11 +227,10 @@ func (c *Consumer) freeSlot(size int64) {
 		default:
 		}
 	}
-	if n <= int64(c.o.MaxInFlight/2) && c.budget.Held() <= c.budget.Limit()/2 {
-		if conn := c.overflowConn.Load(); conn != nil && c.overflowConn.CompareAndSwap(conn, nil) {
-			c.log.Info("room again after overflow; reconnecting so the broker redelivers the released messages")
-			go conn.abort() // a TLS close may wait on a write; never in the caller's path
-		}
+	if conn := c.overflowConn.Load(); conn != nil && n <= int64(c.o.MaxInFlight/2) && c.budget.Held() <= c.budget.Limit()/2 &&
+		c.overflowConn.CompareAndSwap(conn, nil) {
+		c.log.Info("room again after overflow; reconnecting so the broker redelivers the released messages")
+		go conn.abort() // a TLS close may wait on a write; never in the caller's path
 	}
 }
 

@@ -118,6 +118,21 @@ func bigPayload(topic string, i int) string {
 // 1024 x 240 KiB in), intake resumes when the sink recovers, and every
 // message reaches the sink.
 func TestByteBudgetLargeMessagesFailingSink(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// overflow: how long intake waits for room before releasing the
+		// connection's messages (then reconnecting for redelivery).
+		overflow time.Duration
+		outage   time.Duration
+	}{
+		{"sink back before intake gives up", time.Minute, 0},
+		{"intake releases and reconnects", 200 * time.Millisecond, time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testLargeMessagesFailingSink(t, tc.overflow, tc.outage) })
+	}
+}
+
+func testLargeMessagesFailingSink(t *testing.T, overflow, outage time.Duration) {
 	h := newHarness(t, mosquittotest.Options{})
 	const budget = 3 << 20 // about 12 messages
 	const n = 60
@@ -142,6 +157,7 @@ func TestByteBudgetLargeMessagesFailingSink(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	c.overflowWait = overflow
 	h.start(c)
 	go func() {
 		for i := range n {
@@ -154,8 +170,12 @@ func TestByteBudgetLargeMessagesFailingSink(t *testing.T) {
 	if held := c.inUse.Load(); held >= n {
 		t.Fatalf("%d messages held while the sink fails; the byte budget should have stopped intake", held)
 	}
+	time.Sleep(outage)
 	s.failing.Store(false)
 	wait.For(t, "every message written", func() bool { return s.distinct() == n })
+	if overflow < time.Second && metricValue(t, c.m.released) == 0 {
+		t.Fatal("intake never released a message: the overflow path was not taken")
+	}
 	wait.For(t, "all acknowledged", func() bool { return idle(c) })
 	if peak := c.budget.Peak(); peak > budget {
 		t.Fatalf("peak in-flight bytes %d, budget %d", peak, budget)
@@ -206,6 +226,11 @@ func TestByteBudgetLoneLargeMessage(t *testing.T) {
 	if pk, one := c.budget.Peak(), messageBytesOf(want[0], topic(0)); pk != one {
 		t.Fatalf("peak %d bytes, want one message's %d", pk, one)
 	}
+}
+
+func metricValue(t *testing.T, c prometheus.Collector) float64 {
+	t.Helper()
+	return testutil.ToFloat64(c)
 }
 
 func messageBytesOf(payload, topic string) int64 {
