@@ -86,7 +86,7 @@ func TestTypeConfigs(t *testing.T) {
 		{&sink.FileConfig{}, []string{"path: required for type file"}},
 		{&sink.FileConfig{Path: "/x", MaxBytes: -1, Keep: -1}, []string{"max_bytes: must be positive", "keep: must be positive"}},
 		{&sink.StdoutConfig{Format: "xml"}, []string{`format: must be json or pretty, got "xml"`}},
-		{&sink.HTTPConfig{URL: "http://example.com/x"}, []string{"url: must be https (http only to a loopback host)", "batch_max", "timeout"}},
+		{&sink.HTTPConfig{URL: "http://example.com/x"}, []string{"url: must be https (http only to a loopback host)", "batch_max", "batch_max_bytes", "timeout"}},
 	} {
 		got := sink.AsProblems(tc.cfg.Validate(sink.Env{}))
 		if len(got) != len(tc.want) {
