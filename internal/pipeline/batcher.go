@@ -169,8 +169,8 @@ func (b *batcher) take(maxRecords, maxBytes int) (n, size int) {
 }
 
 // full reports whether the pending batch should go out without lingering
-// further: MaxBatch records or MaxBatchBytes, or a lone record of the only delivery under
-// way (nothing else can join it soon). A batch of several records
+// further: MaxBatch records or MaxBatchBytes, or a lone record of the only
+// delivery under way (nothing else can join it soon). A batch of several records
 // lingers its whole Linger even when every delivery under way has handed
 // its record over: under load the next messages are already on their way
 // from the broker, and on a virtual disk one fsync costs as much CPU as
@@ -219,14 +219,17 @@ func (b *batcher) flush(batch []job) {
 		if err == nil {
 			m.sinkBatch.WithLabelValues(b.name).Observe(float64(n))
 			m.delivered.WithLabelValues(b.name).Add(float64(n))
-			if b.down {
+			answerAll(batch[:n], nil)
+			clear(batch[:n])
+			batch = batch[n:]
+			// Up once the whole batch is written: while parts still fail
+			// now and then, the sink counts as down (one log line each way,
+			// not one per part).
+			if b.down && len(batch) == 0 {
 				b.down = false
 				m.sinkUp.WithLabelValues(b.name).Set(1)
 				b.log.Info("sink back up", zap.Int("attempts", attempt+1))
 			}
-			answerAll(batch[:n], nil)
-			clear(batch[:n])
-			batch = batch[n:]
 			part, fails = min(2*part, len(batch)), 0
 			part = max(part, 1)
 			continue
