@@ -62,10 +62,11 @@ func (e *entry) message() intake.Message {
 // messages, but Mosquitto 2.0.11 leaks that window; and no broker window
 // counts bytes, so with large messages the budget, not the window, is what
 // stops intake. Then it waits for room for at most overflowWait (half the
-// keep-alive). While it waits, paho's reader stops reading (its hand-off to
-// the router is unbuffered), so TCP pushes back on the broker and at most a
-// packet or two more sit in paho; pings stall too, which is why the wait is
-// bounded well inside the keep-alive. If no room frees up it releases the
+// keep-alive). While it waits, paho's reader stops reading (its hand-offs
+// to the router are unbuffered), so TCP pushes back on the broker and at
+// most four more packets sit in paho; pings stall too (a PINGRESP queues
+// behind them), which is why the wait is bounded well inside the
+// keep-alive. If no room frees up it releases the
 // message and the rest of the connection's, rather than holding unbounded
 // messages, and freeSlot reconnects once there is room again (half the
 // slots and half the bytes free), for the broker to redeliver them.

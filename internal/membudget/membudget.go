@@ -27,11 +27,13 @@ const (
 	// share of the count bound (mqtt.max_in_flight): the consumer's
 	// per-message overhead and a topic.
 	MessageSlack = consumer.MessageOverhead + 1024
-	// ReadCopies: the MQTT client (paho) reads a whole packet into a
-	// buffer and copies its payload out, and hands it to the consumer
-	// through an unbuffered channel: while admission waits, one packet is
-	// read and one is handed over, each up to twice its size.
-	ReadCopies = 4
+	// ReadCopies: messages the MQTT client holds that admission has not
+	// counted yet. paho passes each packet through a chain of unbuffered
+	// hand-offs between goroutines (the reader, its incoming logic, the
+	// comms relay, the client's relay to the router): while the handler
+	// waits for room with one message, up to four more sit in that chain,
+	// the one being read twice (its packet buffer and its payload's copy).
+	ReadCopies = 6
 	// CachedDEKBytes bounds one cached DEK version (1,414 B RSS measured
 	// in BENCHMARKS.md, bound 1,536 B).
 	CachedDEKBytes = 1536
