@@ -9,9 +9,9 @@
 // Files by job: consumer.go (the Consumer's lifecycle: New, Run, Ready,
 // Shutdown), admit.go (admission on paho's router goroutine, lanes and the
 // cached-key fast path), budget.go (the byte budget admission takes from),
-// order.go (per-topic workers, retries and the
-// in-order acknowledgements), conn.go (connecting, dialing, subscribing),
-// wire.go (the buffered, group-committed connection), options.go.
+// order.go (per-topic workers, retries and the in-order
+// acknowledgements), conn.go (connecting, dialing, subscribing), wire.go
+// (the buffered, group-committed connection), options.go.
 //
 // # Delivery promise
 //
