@@ -11,7 +11,13 @@ import (
 // replayKey is the first 16 bytes of SHA-256(key_id 0x00 key_version 0x00
 // nonce): a fixed-size stand-in for the triple, so an entry costs the same
 // whatever the names' lengths. 128 bits keep an accidental collision (a
-// false replay) out of reach for any realistic window.
+// false replay) out of reach for any realistic window. The SHA-256 is the
+// one the record id needs anyway (the spec's id is its hex of the first
+// sealed value's triple), so for shape A the key costs nothing more; a
+// cheaper keyed hash would be an extra pass, not a saving. Only shape B's
+// second and later sealed values pay a SHA-256 of their own (about 40 ns
+// with the SHA extensions), so every value of a message, first or not,
+// gets the same key for its triple.
 type replayKey [16]byte
 
 // msgDigest is a 64-bit keyed hash of (topic, payload): what tells an
@@ -50,9 +56,10 @@ func (g *digester) digest(topic string, payload []byte) msgDigest {
 
 // Layout of the window (see doc.go for what it promises).
 //
-// Accepted entries (key, digest, acceptance time) are appended, in order,
-// to the current generation: one of windowGens slices, each holding up to
-// genCap entries. When the current one is full the oldest generation is
+// Accepted entries (key, digest, acceptance time: 32 bytes, two to a cache
+// line) are appended, in order, to the current generation: one of
+// windowGens slices, each holding up to genCap entries, so an insert writes
+// its entry where the last one was written, never at a random place. When the current one is full the oldest generation is
 // dropped whole (its slice is reused, nothing is deleted entry by entry)
 // and becomes the current one. The windowGens-1 full generations always
 // hold at least max entries, so the window remembers at least the last max

@@ -566,6 +566,7 @@ func (s *scanner) object() error {
 	isMeta := s.collect && s.depth == 2 && string(s.name(s.curName)) == "metadata"
 	base := len(s.names)
 	var set map[string]struct{}
+	var err error
 	if s.collect {
 		s.path = append(s.path, pathSeg{})
 	}
@@ -579,8 +580,16 @@ func (s *scanner) object() error {
 				return s.fail("expected member name")
 			}
 			nameStart := s.pos
-			esc, err := s.str()
-			if err != nil {
+			// Most names are short plain ASCII: scanned here, without
+			// str's call and its eight-byte steps; anything else is str's.
+			var esc bool
+			p, b := s.pos+1, s.buf
+			for p < len(b) && plainByte[b[p]] != 0 {
+				p++
+			}
+			if p < len(b) && b[p] == '"' {
+				s.pos = p + 1
+			} else if esc, err = s.str(); err != nil {
 				return err
 			}
 			ref := s.nameAt(nameStart, s.pos, esc)
