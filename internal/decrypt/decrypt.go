@@ -142,6 +142,13 @@ func (d *Decryptor) open(ctx context.Context, st *state, m Message, noWait bool)
 	// rec is filled in place (a Record is a few hundred bytes: no copies).
 	var rec Record
 	st.newRecord(&rec, m, received, &env)
+	if d.win != nil {
+		// The window's lines are read from memory while the key is
+		// resolved and the message opened.
+		for i := range st.keys {
+			d.win.prefetch(&st.keys[i])
+		}
+	}
 	aead, err := d.resolve(ctx, &rec, noWait)
 	if err != nil {
 		return Record{}, err
