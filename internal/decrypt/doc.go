@@ -55,7 +55,11 @@
 // default million entries; fewer for larger windows) with its entry's
 // generation and index. A lookup reads one line in the common case (a new
 // nonce: its home line, into which it is then inserted), and reads an entry
-// only on a fingerprint match. A fingerprint match is only a hint: "seen"
+// only on a fingerprint match. Open asks the processor to prefetch that
+// line as soon as the triple is known, before the key lookup and the tag
+// check, so at production size (a table of megabytes) its memory access
+// overlaps that work instead of being waited for under the window's lock;
+// the window is still only read and written once the tag has verified. A fingerprint match is only a hint: "seen"
 // is answered solely by comparing the full 128-bit triple key (and then the
 // message digest) of the entry it points at, so a fingerprint collision
 // (about one lookup in a hundred at the default size) costs one more
