@@ -61,9 +61,9 @@ func (g *digester) digest(topic string, payload []byte) msgDigest {
 // Accepted entries (key, digest, acceptance time: 32 bytes, two to a cache
 // line) are appended, in order, to the current generation: one of
 // windowGens slices, each holding up to genCap entries, so an insert writes
-// its entry where the last one was written, never at a random place. When the current one is full the oldest generation is
-// dropped whole (its slice is reused, nothing is deleted entry by entry)
-// and becomes the current one. The windowGens-1 full generations always
+// its entry next to the last one, never at a random place. When the
+// current one is full the oldest generation is dropped whole (its slice is
+// reused, nothing is deleted entry by entry) and becomes the current one. The windowGens-1 full generations always
 // hold at least max entries, so the window remembers at least the last max
 // accepted entries (and at most max+genCap).
 //
