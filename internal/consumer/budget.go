@@ -35,7 +35,7 @@ func (c *Consumer) takeBytes(conn *trackedConn, size int64, wait time.Duration) 
 		case <-t.C:
 			c.log.Warn("messages in flight hold the whole byte budget (a slow or failing sink); releasing this connection's messages until half of it is free, then reconnecting for redelivery",
 				zap.Int64("max_in_flight_bytes", c.budget.Limit()), zap.Int64("held_bytes", c.budget.Held()),
-				zap.Int64("message_bytes", size), zap.Duration("waited", c.overflowWait))
+				zap.Int64("message_bytes", size), zap.Duration("waited", max(wait, 0)))
 			c.overflowConn.Store(conn)
 			return false
 		}
