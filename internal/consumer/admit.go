@@ -19,6 +19,7 @@ import (
 // entry is one admitted message.
 type entry struct {
 	c          *Consumer
+	l          *link // the connection it came in on
 	msg        mqtt.Message
 	gen        uint64
 	route      uint32 // hash of the topic: picks its lane and its worker
@@ -47,10 +48,11 @@ func (e *entry) message() intake.Message {
 	return intake.Message{Source: Source, Topic: topic, DeviceID: id, Payload: e.msg.Payload(), Redelivered: e.msg.Duplicate(), ReceivedAt: e.receivedAt}
 }
 
-// onMessage is paho's handler for every message (the default handler; no
-// per-route handlers exist). It runs on paho's router goroutine, in the
-// order the PUBLISH packets arrived on this connection, and hands the
-// message to the worker that owns its topic.
+// onMessage is paho's handler for every message of link l (the default
+// handler; no per-route handlers exist). It runs on l's paho router
+// goroutine, in the order the PUBLISH packets arrived on l's connection,
+// and hands the message to the lane that owns its topic, which every
+// link shares.
 //
 // It does not block, except when MaxInFlight messages are already held: the
 // broker's window (max_inflight_messages) should have stopped it from
@@ -59,41 +61,46 @@ func (e *entry) message() intake.Message {
 // survive the stall); if none frees up it releases the message and the rest
 // of the connection's, rather than holding unbounded messages, and
 // freeSlot reconnects once there is room, for the broker to redeliver them.
-func (c *Consumer) onMessage(_ mqtt.Client, pm mqtt.Message) {
+func (l *link) onMessage(_ mqtt.Client, pm mqtt.Message) {
+	c := l.c
 	now := time.Now()
-	c.m.received.Inc()
+	l.m.received.Inc()
 	if pm.Duplicate() {
-		c.m.redelivered.Inc()
+		l.m.redelivered.Inc()
 	}
 	c.lastRecv.Store(now.UnixNano())
 
-	c.mu.Lock()
-	stopping, gen, conn := c.stopping, c.gen, c.conn
-	c.mu.Unlock()
+	l.mu.Lock()
+	gen, conn := l.gen, l.conn
+	l.mu.Unlock()
+	stopping := c.stopping.Load()
 	// Once one message of a connection is released, every later one must
 	// be too: admitting a later one would ack it ahead of the released one
 	// and process it ahead of that one's redelivery.
-	if conn == nil || conn.releasing.Load() || stopping || !c.acquire(conn) {
+	if conn == nil || conn.releasing.Load() || stopping || !c.acquire(l, conn) {
 		if conn != nil {
 			conn.releasing.Store(true)
 		}
-		c.m.released.Inc()
+		l.m.released.Inc()
 		return
 	}
-	e := &entry{c: c, msg: pm, gen: gen, route: hashTopic(pm.Topic()), receivedAt: now}
+	e := &entry{c: c, l: l, msg: pm, gen: gen, route: hashTopic(pm.Topic()), receivedAt: now}
 	e.refs.Store(2)
 	e.call.Store(callReturned) // a failure reported by TryProcess's done is retried on its own
-	c.mu.Lock()
-	if c.stopping || c.gen != gen {
-		c.mu.Unlock()
+	l.mu.Lock()
+	// stopping is set before shutdown reads inUse, and acquire counted e
+	// in inUse before this reads stopping: either shutdown waits for e or
+	// e is released here.
+	if c.stopping.Load() || l.gen != gen {
+		l.mu.Unlock()
 		conn.releasing.Store(true)
-		c.m.released.Inc()
+		l.m.released.Inc()
 		c.freeSlot()
 		return
 	}
-	c.ackq = append(c.ackq, e)
-	c.unacked.Add(1)
-	c.mu.Unlock()
+	l.ackq = append(l.ackq, e)
+	l.unacked.Add(1)
+	l.mu.Unlock()
 	c.lanes[e.route%uint32(len(c.lanes))].push(e)
 }
 
@@ -121,10 +128,10 @@ func (c *Consumer) runLane(l *lane) {
 // (its key is cached). Otherwise e goes to its topic's worker, and later
 // messages of the topic queue behind it.
 func (c *Consumer) dispatch(e *entry) {
-	if e.gen != c.genNow.Load() {
+	if e.gen != e.l.genNow.Load() {
 		// Its connection is gone and the broker redelivers it on the new
 		// one: processing this copy would only duplicate work.
-		c.m.released.Inc()
+		e.l.m.released.Inc()
 		c.unref(e) // the processing side; the acknowledgement side was voided by dial
 		return
 	}
@@ -137,7 +144,7 @@ func (c *Consumer) dispatch(e *entry) {
 	q.push(e)
 }
 
-func (c *Consumer) acquire(conn *trackedConn) bool {
+func (c *Consumer) acquire(l *link, conn *trackedConn) bool {
 	select {
 	case c.slots <- struct{}{}:
 		c.inUse.Add(1)
@@ -161,7 +168,9 @@ func (c *Consumer) acquire(conn *trackedConn) bool {
 		// right away would only reconnect into a still-full consumer.
 		c.log.Warn("broker sent more unacknowledged messages than MaxInFlight; releasing them until the consumer has room, then reconnecting for redelivery (set max_inflight_messages at or below MaxInFlight)",
 			zap.Int("max_in_flight", c.o.MaxInFlight), zap.Duration("waited", c.overflowWait))
-		c.overflowConn.Store(conn)
+		if l.overflowConn.Swap(conn) == nil {
+			c.overflowing.Add(1)
+		}
 		return false
 	}
 }
@@ -176,9 +185,14 @@ func (c *Consumer) freeSlot() {
 		}
 	}
 	if n <= int64(c.o.MaxInFlight/2) {
-		if conn := c.overflowConn.Load(); conn != nil && c.overflowConn.CompareAndSwap(conn, nil) {
-			c.log.Info("room again after overflow; reconnecting so the broker redelivers the released messages")
-			go conn.abort() // a TLS close may wait on a write; never in the caller's path
+		if c.overflowing.Load() > 0 {
+			for _, l := range c.links {
+				if conn := l.overflowConn.Load(); conn != nil && l.overflowConn.CompareAndSwap(conn, nil) {
+					c.overflowing.Add(-1)
+					l.log.Info("room again after overflow; reconnecting so the broker redelivers the released messages")
+					go conn.abort() // a TLS close may wait on a write; never in the caller's path
+				}
+			}
 		}
 	}
 }

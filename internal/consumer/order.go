@@ -10,8 +10,13 @@ import (
 
 // Ordering and acknowledgement: the per-topic workers that call the
 // Processor for messages that may wait, retrying in order, and the acker
-// that writes the PUBACKs of the finished prefix of each connection's
-// receive order (MQTT-4.6.0-2), in one write per prefix.
+// of each link, which writes the PUBACKs of the finished prefix of its
+// connection's receive order (MQTT-4.6.0-2), in one write per prefix.
+//
+// Workers are keyed by topic across links: a topic's messages that came in
+// on different connections queue behind each other in the order their
+// routers handed them over, so a replica processes one topic's messages
+// one at a time whatever connection brought them.
 
 // finish is the Processor's done for e.
 func (e *entry) finish(err error) {
@@ -32,17 +37,11 @@ func (e *entry) finish(err error) {
 	if err == nil {
 		e.done.Store(true)
 		select {
-		case c.ackWake <- struct{}{}:
+		case e.l.ackWake <- struct{}{}:
 		default:
 		}
 	}
 	c.unref(e)
-}
-
-func (c *Consumer) currentGen() uint64 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.gen
 }
 
 func (c *Consumer) work(q *workQueue) {
@@ -52,11 +51,11 @@ func (c *Consumer) work(q *workQueue) {
 		if !ok {
 			return
 		}
-		if e.gen != c.currentGen() || c.procCtx.Err() != nil {
+		if e.gen != e.l.currentGen() || c.procCtx.Err() != nil {
 			// Its connection is gone and the broker redelivers it on the
 			// new one (processing this copy would only duplicate work), or
 			// the shutdown deadline passed and it stays unacknowledged.
-			c.m.released.Inc()
+			e.l.m.released.Inc()
 			c.unref(e)
 			q.busy.Add(-1)
 			continue
@@ -105,36 +104,38 @@ func (c *Consumer) retryLater(e *entry) {
 	})
 }
 
-// acker sends acknowledgements in receive order: only the finished prefix
-// of the current connection's receive queue is acknowledged, so one slow
-// message holds back every later PUBACK (MQTT-4.6.0-2). It is the only
-// goroutine calling Ack, which may block while the socket is busy, and it
-// never holds c.mu while doing so.
-func (c *Consumer) acker() {
-	defer c.wg.Done()
+// acker sends l's acknowledgements in receive order: only the finished
+// prefix of the current connection's receive queue is acknowledged, so one
+// slow message holds back every later PUBACK of that connection
+// (MQTT-4.6.0-2), and no other connection's. It is the only goroutine
+// writing l's acknowledgements, which may block while the socket is busy,
+// and it never holds l.mu while doing so.
+func (l *link) acker() {
+	defer l.c.wg.Done()
 	for {
 		select {
-		case <-c.ackWake:
-		case <-c.quit:
+		case <-l.ackWake:
+		case <-l.c.quit:
 			return
 		}
-		for c.ackPrefix() {
+		for l.ackPrefix() {
 		}
 	}
 }
 
-func (c *Consumer) ackPrefix() bool {
-	c.mu.Lock()
+func (l *link) ackPrefix() bool {
+	c := l.c
+	l.mu.Lock()
 	n := 0
-	for n < len(c.ackq) && c.ackq[n].done.Load() {
+	for n < len(l.ackq) && l.ackq[n].done.Load() {
 		n++
 	}
-	c.ackBuf = append(c.ackBuf[:0], c.ackq[:n]...)
-	clear(c.ackq[:n])
-	c.ackq = c.ackq[n:]
-	c.unacked.Add(int64(-n))
-	gen, conn := c.gen, c.conn
-	c.mu.Unlock()
+	l.ackBuf = append(l.ackBuf[:0], l.ackq[:n]...)
+	clear(l.ackq[:n])
+	l.ackq = l.ackq[n:]
+	l.unacked.Add(int64(-n))
+	gen, conn := l.gen, l.conn
+	l.mu.Unlock()
 	if n == 0 {
 		return false
 	}
@@ -145,9 +146,9 @@ func (c *Consumer) ackPrefix() bool {
 	// cost, per message, a packet, a channel hand-off to its writer and a
 	// Write call. Messages of an ended connection are not acknowledged:
 	// the broker redelivers them on the new one.
-	buf := c.ackBytes[:0]
+	buf := l.ackBytes[:0]
 	now := time.Now()
-	for _, e := range c.ackBuf {
+	for _, e := range l.ackBuf {
 		if e.gen == gen && e.msg.Qos() > 0 {
 			id := e.msg.MessageID()
 			buf = append(buf, pubackType, 2, byte(id>>8), byte(id))
@@ -159,15 +160,15 @@ func (c *Consumer) ackPrefix() bool {
 		// too, reconnects, and the broker redelivers.
 		_, _ = conn.Write(buf)
 	}
-	c.ackBytes = buf[:0]
+	l.ackBytes = buf[:0]
 	// Only now, with the acknowledgements queued ahead of anything paho
 	// writes later (a DISCONNECT at shutdown), may the slots free up.
-	for i, e := range c.ackBuf {
+	for i, e := range l.ackBuf {
 		if c.ackHook != nil {
 			c.ackHook(e.message())
 		}
 		c.unref(e)
-		c.ackBuf[i] = nil
+		l.ackBuf[i] = nil
 	}
 	return true
 }
