@@ -154,6 +154,8 @@ func TestInvalid(t *testing.T) {
 		{"cert without key", add("  tls: {cert_file: /c.pem}", "mqtt"), []string{"mqtt.tls.key_file: required when cert_file is set"}},
 		{"workers negative", add("  workers: -1", "mqtt"), []string{"mqtt.workers: want 1-1024, got -1"}},
 		{"max in flight huge", add("  max_in_flight: 70000", "mqtt"), []string{"mqtt.max_in_flight: want 1-65535"}},
+		{"connections negative", add("  connections: -2", "mqtt"), []string{"mqtt.connections: want 1-64, or 0 for the default"}},
+		{"connections too many", add("  connections: 65", "mqtt"), []string{"mqtt.connections: want 1-64"}},
 		{"no provider", rep("provider: local", "provider: \"\""), []string{"kms.provider: required"}},
 		{"bad provider", rep("provider: local", "provider: vault"), []string{`kms.provider: must be local or keyprotect, got "vault"`}},
 		{"local without file", rep("local: {root_key_file: /k/root.json}", "local: {}"), []string{"kms.local.root_key_file: required for provider local"}},

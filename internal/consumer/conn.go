@@ -246,6 +246,15 @@ func (l *link) unsubscribe(ctx context.Context) error {
 	return nil
 }
 
+// handle is paho's handler for l's messages: onMessage, after the tests'
+// recvHook if one is set.
+func (l *link) handle(cl mqtt.Client, pm mqtt.Message) {
+	if h := l.c.recvHook; h != nil {
+		h(l.n, pm)
+	}
+	l.onMessage(cl, pm)
+}
+
 // onNotify logs connection state changes (never payloads) and counts
 // reconnects.
 func (l *link) onNotify(_ mqtt.Client, n mqtt.ConnectionNotification) {
@@ -347,7 +356,7 @@ func (l *link) pahoOptions() *mqtt.ClientOptions {
 		// Before Connect: a persistent session delivers queued messages
 		// before any SUBSCRIBE registers a route, and paho never acks a
 		// message no handler took.
-		SetDefaultPublishHandler(l.onMessage).
+		SetDefaultPublishHandler(l.handle).
 		SetOnConnectHandler(l.onConnect).
 		SetConnectionNotificationHandler(l.onNotify).
 		SetCustomOpenConnectionFn(l.dial).

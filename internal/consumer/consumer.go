@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"go.uber.org/zap"
 
 	"github.com/decryptd/decryptd/internal/intake"
@@ -77,6 +78,10 @@ type Consumer struct {
 	// to the client, in each link's acknowledgement order (links call it
 	// concurrently).
 	ackHook func(intake.Message)
+	// recvHook, if set (tests, before Run), is called on each link's router
+	// with every message it receives, before admission, in that link's
+	// receive order.
+	recvHook func(link int, m mqtt.Message)
 }
 
 // New validates the options and prepares a Consumer; it does not connect.

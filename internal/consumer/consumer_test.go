@@ -91,7 +91,7 @@ func TestOptionsValidation(t *testing.T) {
 
 func TestMetricsRegistered(t *testing.T) {
 	reg := prometheus.NewPedanticRegistry()
-	_, err := New(Options{Brokers: []string{"tcp://127.0.0.1:1"}, AllowPlainTCP: true, ClientID: "m", Topics: []string{"a"}, Registerer: reg}, &fakeProc{})
+	_, err := New(Options{Brokers: []string{"tcp://127.0.0.1:1"}, AllowPlainTCP: true, ClientID: "m", Topics: []string{"a"}, Connections: 1, Registerer: reg}, &fakeProc{})
 	if err != nil {
 		t.Fatal(err)
 	}
