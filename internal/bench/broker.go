@@ -16,7 +16,8 @@ import (
 	"github.com/decryptd/decryptd/internal/pki"
 )
 
-// MosquittoBinary is where the Debian package installs the broker.
+// MosquittoBinary is where the Debian package installs the broker (used
+// when MosquittoPath is empty and none is on PATH).
 const MosquittoBinary = "/usr/sbin/mosquitto"
 
 // BrokerOptions configure the benchmark's broker. Both drains of a run use
@@ -56,8 +57,8 @@ type Broker struct {
 // StartBroker writes the configuration and starts Mosquitto, retrying with
 // a fresh port if the one picked was taken meanwhile.
 func StartBroker(o BrokerOptions) (*Broker, error) {
-	if _, err := os.Stat(MosquittoBinary); err != nil {
-		return nil, fmt.Errorf("mosquitto not found at %s (%v): run scripts/test-deps.sh (as root) to install it", MosquittoBinary, err)
+	if _, err := os.Stat(mosquittoBin()); err != nil {
+		return nil, fmt.Errorf("mosquitto not found at %s (%v): run scripts/test-deps.sh (as root) to install it, or give its path (decryptd-bench -mosquitto)", mosquittoBin(), err)
 	}
 	if o.MaxInflight <= 0 || o.MaxQueued <= 0 {
 		return nil, errors.New("bench: broker needs MaxInflight and MaxQueued")
@@ -116,7 +117,7 @@ func brokerConfig(o BrokerOptions, srv pki.Files, port int) string {
 var errAddrInUse = mosquittoproc.ErrAddrInUse
 
 func (b *Broker) start(port int) error {
-	argv := []string{MosquittoBinary, "-c", b.conf}
+	argv := []string{mosquittoBin(), "-c", b.conf}
 	if b.cpus != "" {
 		argv = append([]string{"taskset", "-c", b.cpus}, argv...)
 	}

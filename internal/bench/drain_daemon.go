@@ -100,6 +100,7 @@ func newDrainDaemon(ctx context.Context, b *Broker, client pki.Files, id string,
 		return nil, nil, "", err
 	}
 	cfg := daemonConfig(dir, b.URL, client, id, o.Workers, o.MaxInFlight, regFile)
+	cfg.MQTT.Connections = o.Connections
 	cfg.KMS = config.KMS{Provider: config.ProviderLocal, Local: config.LocalKMS{RootKeyFile: rootFile}}
 	if o.AuditDir != "" {
 		cfg.Audit.Path = filepath.Join(o.AuditDir, fmt.Sprintf("audit-drain-%d.log", round))
