@@ -101,6 +101,10 @@ func (l *link) onMessage(_ mqtt.Client, pm mqtt.Message) {
 	l.ackq = append(l.ackq, e)
 	l.unacked.Add(1)
 	l.mu.Unlock()
+	if len(c.lanes) == 0 {
+		c.dispatch(e) // several connections: each router hands its messages on itself
+		return
+	}
 	c.lanes[e.route%uint32(len(c.lanes))].push(e)
 }
 
@@ -127,6 +131,12 @@ func (c *Consumer) runLane(l *lane) {
 // overtake one of its topic) and the Processor takes it without blocking
 // (its key is cached). Otherwise e goes to its topic's worker, and later
 // messages of the topic queue behind it.
+//
+// It runs on a lane, or, without lanes, on the router of e's link, so
+// several goroutines may dispatch messages of one worker at once: the
+// fast path claims the worker (busy 0 to 1) and holds its proc lock for
+// the call, so that neither another fast path nor the worker runs a
+// message of these topics beside it.
 func (c *Consumer) dispatch(e *entry) {
 	if e.gen != e.l.genNow.Load() {
 		// Its connection is gone and the broker redelivers it on the new
@@ -136,8 +146,18 @@ func (c *Consumer) dispatch(e *entry) {
 		return
 	}
 	q := c.queues[e.route%uint32(len(c.queues))]
-	if q.busy.Load() == 0 && c.procCtx.Err() == nil && c.proc.TryProcess(c.procCtx, e.message(), e.finish) {
-		c.m.inline.Inc()
+	if q.busy.Load() == 0 && c.procCtx.Err() == nil && q.busy.CompareAndSwap(0, 1) {
+		// busy was 0: the worker is not in a call and holds no proc lock,
+		// so this Lock does not wait.
+		q.proc.Lock()
+		ok := c.proc.TryProcess(c.procCtx, e.message(), e.finish)
+		q.proc.Unlock()
+		if ok {
+			c.m.inline.Inc()
+			q.busy.Add(-1)
+			return
+		}
+		q.push(e) // declined: the worker takes it, with the busy count claimed above
 		return
 	}
 	q.busy.Add(1)

@@ -109,35 +109,56 @@ func (r *recorder) ackCount() map[string]int {
 // logs how often two consecutive messages of a topic arrived over
 // different connections.
 func TestConnectionsOrderNoLoss(t *testing.T) {
+	// Lanes 0: the default with several connections, each router hands
+	// its messages on itself; 2: two lanes shared by the four routers.
+	for _, lanes := range []int{0, 2} {
+		t.Run(fmt.Sprintf("lanes=%d", lanes), func(t *testing.T) { testConnectionsOrderNoLoss(t, lanes) })
+	}
+}
+
+func testConnectionsOrderNoLoss(t *testing.T, lanes int) {
 	h := newHarness(t, mosquittotest.Options{})
 	var mu sync.Mutex
 	inCall := map[string]int{}
 	var overlap atomic.Int64
-	p := &fakeProc{
-		fn: func(_ context.Context, m intake.Message) error {
-			mu.Lock()
-			inCall[m.Topic]++
-			if inCall[m.Topic] > 1 {
-				overlap.Add(1)
-			}
-			mu.Unlock()
-			time.Sleep(time.Duration(rand.IntN(300)) * time.Microsecond)
-			mu.Lock()
-			inCall[m.Topic]--
-			mu.Unlock()
-			return nil
-		},
-		// A third of the messages go to a worker, the rest are taken on
-		// their lane: the two paths interleave within a topic.
-		decline: func(m intake.Message) bool { return m.Payload[len(m.Payload)-1]%3 == 0 },
+	// call models a Processor call of m's topic that takes a while; two at
+	// once for one topic are counted.
+	call := func(m intake.Message) {
+		mu.Lock()
+		inCall[m.Topic]++
+		if inCall[m.Topic] > 1 {
+			overlap.Add(1)
+		}
+		mu.Unlock()
+		time.Sleep(time.Duration(rand.IntN(300)) * time.Microsecond)
+		mu.Lock()
+		inCall[m.Topic]--
+		mu.Unlock()
 	}
-	o := h.options("multi")
+	p := &fakeProc{
+		fn: func(_ context.Context, m intake.Message) error { call(m); return nil },
+		// A third of the messages go to a worker, the rest are taken on
+		// the fast path (a lane or a router): the paths interleave within
+		// a topic.
+		decline: func(m intake.Message) bool {
+			if m.Payload[len(m.Payload)-1]%3 == 0 {
+				return true
+			}
+			call(m)
+			return false
+		},
+	}
+	o := h.options(fmt.Sprintf("multi%d", lanes))
 	o.Connections = 4
+	o.Lanes = lanes
 	o.Workers = 4
 	o.MaxInFlight = 128
 	c, err := New(o, p)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if len(c.lanes) != lanes {
+		t.Fatalf("%d lanes, want %d", len(c.lanes), lanes)
 	}
 	r := record(c)
 	h.start(c)

@@ -114,7 +114,12 @@ type Options struct {
 	// and hand the ones that need no waiting to the Processor themselves
 	// (TryProcess), so that decryption runs beside paho's reading instead
 	// of on its one router goroutine; messages of one topic always go to
-	// the same lane. Default: GOMAXPROCS-1, at least 1.
+	// the same lane. Default: with one connection GOMAXPROCS-1, at least
+	// 1; with several, none (negative also means none): each connection's
+	// router hands its messages on itself, the connections give the
+	// parallelism, and no message costs a goroutine hand-off (a lane that
+	// waits for its next message costs a wake-up per message, and with
+	// many lanes on many cores most lanes wait).
 	Lanes int
 	// UnsubscribeOnShutdown unsubscribes before stopping, for a replica
 	// removed for good: otherwise the broker keeps queueing this replica's
@@ -238,9 +243,6 @@ func (o Options) withDefaults() (Options, error) {
 	if o.MaxInFlight <= 0 {
 		o.MaxInFlight = DefaultMaxInFlight
 	}
-	if o.Lanes <= 0 {
-		o.Lanes = max(runtime.GOMAXPROCS(0)-1, 1)
-	}
 	if o.Workers <= 0 {
 		o.Workers = DefaultWorkers
 	}
@@ -249,6 +251,12 @@ func (o Options) withDefaults() (Options, error) {
 		return o, fmt.Errorf("consumer: connections: want 1-%d (0: the default), got %d", MaxConnections, o.Connections)
 	case o.Connections == 0:
 		o.Connections = DefaultConnections()
+	}
+	switch {
+	case o.Lanes < 0:
+		o.Lanes = 0
+	case o.Lanes == 0 && o.Connections == 1:
+		o.Lanes = max(runtime.GOMAXPROCS(0)-1, 1)
 	}
 	if o.ShutdownTimeout <= 0 {
 		o.ShutdownTimeout = DefaultShutdownTimeout

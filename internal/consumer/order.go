@@ -60,7 +60,9 @@ func (c *Consumer) work(q *workQueue) {
 			q.busy.Add(-1)
 			continue
 		}
+		q.proc.Lock() // waits for a fast-path call of these topics under way
 		c.process(e)
+		q.proc.Unlock()
 		// Only now may a later message of these topics take the fast
 		// path: whatever this call handed on went first.
 		q.busy.Add(-1)
@@ -183,9 +185,13 @@ type workQueue struct {
 	mu    sync.Mutex
 	items []*entry
 	wake  chan struct{}
-	// busy counts the messages queued here or in their Processor call;
-	// the intake takes its fast path only while it is zero.
+	// busy counts the messages queued here or in their Processor call
+	// (a fast-path call included); the intake takes its fast path only
+	// while it is zero.
 	busy atomic.Int64
+	// proc is held for every Processor call of these topics, so that one
+	// runs at a time: the worker's, or a fast path's on a lane or router.
+	proc sync.Mutex
 }
 
 func (q *workQueue) push(e *entry) {
