@@ -99,6 +99,9 @@ func (l *link) onMessage(_ mqtt.Client, pm mqtt.Message) {
 		return
 	}
 	l.ackq = append(l.ackq, e)
+	if len(l.ackq) == 1 {
+		l.head.Store(e)
+	}
 	l.unacked.Add(1)
 	l.mu.Unlock()
 	if len(c.lanes) == 0 {

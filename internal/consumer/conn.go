@@ -43,6 +43,10 @@ type link struct {
 	genNow        atomic.Uint64 // gen, readable without mu (lanes and workers, per message)
 	conn          *trackedConn  // connection of gen
 	ackq          []*entry      // receive order of gen's admitted, unacknowledged messages
+	// head is ackq[0] (nil when empty), stored under mu, read by finish
+	// without it: only the head's finishing can let the acker advance, so
+	// only it wakes the acker.
+	head atomic.Pointer[entry]
 	subscribedGen uint64        // gen whose subscriptions succeeded
 
 	connMu       sync.Mutex                  // serialises the first Connect with Disconnect
@@ -155,6 +159,7 @@ func (l *link) dial(u *url.URL, _ mqtt.ClientOptions) (net.Conn, error) {
 	l.conn = tracked
 	stale := l.ackq
 	l.ackq = nil
+	l.head.Store(nil)
 	l.unacked.Store(0)
 	l.mu.Unlock()
 	// The previous connection's unacknowledged messages are void here: the

@@ -36,9 +36,16 @@ func (e *entry) finish(err error) {
 	}
 	if err == nil {
 		e.done.Store(true)
-		select {
-		case e.l.ackWake <- struct{}{}:
-		default:
+		// Only the oldest unacknowledged message of its connection lets the
+		// acker advance; a later one waits for it anyway, so it wakes no
+		// one. (The acker stores the next head before it checks that
+		// head's done, and this loads head after storing done: one of the
+		// two sees the other.)
+		if e.l.head.Load() == e {
+			select {
+			case e.l.ackWake <- struct{}{}:
+			default:
+			}
 		}
 	}
 	c.unref(e)
@@ -136,10 +143,18 @@ func (l *link) ackPrefix() bool {
 	clear(l.ackq[:n])
 	l.ackq = l.ackq[n:]
 	l.unacked.Add(int64(-n))
+	var head *entry
+	if len(l.ackq) > 0 {
+		head = l.ackq[0]
+	}
+	l.head.Store(head)
+	// The new head may have finished after the scan above, before the
+	// store: its finish saw the old head and woke no one, so look again.
+	again := head != nil && head.done.Load()
 	gen, conn := l.gen, l.conn
 	l.mu.Unlock()
 	if n == 0 {
-		return false
+		return again
 	}
 	// The PUBACKs of the whole prefix, in order, in one write on the
 	// connection the messages came in on. paho writes each of its own
