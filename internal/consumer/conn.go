@@ -38,16 +38,16 @@ type link struct {
 	ackBytes []byte   // owned by the acker goroutine
 	unacked  atomic.Int64
 
-	mu            sync.Mutex
-	gen           uint64        // connection generation, bumped on every successful dial
-	genNow        atomic.Uint64 // gen, readable without mu (lanes and workers, per message)
-	conn          *trackedConn  // connection of gen
-	ackq          []*entry      // receive order of gen's admitted, unacknowledged messages
+	mu     sync.Mutex
+	gen    uint64        // connection generation, bumped on every successful dial
+	genNow atomic.Uint64 // gen, readable without mu (lanes and workers, per message)
+	conn   *trackedConn  // connection of gen
+	ackq   []*entry      // receive order of gen's admitted, unacknowledged messages
 	// head is ackq[0] (nil when empty), stored under mu, read by finish
 	// without it: only the head's finishing can let the acker advance, so
 	// only it wakes the acker.
-	head atomic.Pointer[entry]
-	subscribedGen uint64        // gen whose subscriptions succeeded
+	head          atomic.Pointer[entry]
+	subscribedGen uint64 // gen whose subscriptions succeeded
 
 	connMu       sync.Mutex                  // serialises the first Connect with Disconnect
 	connected    atomic.Bool                 // a connection was established at least once
