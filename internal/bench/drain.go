@@ -45,6 +45,10 @@ type DrainOptions struct {
 	// GOMAXPROCS/2 between 1 and 8); the backlog is queued for that many
 	// sessions, split by the broker's shared subscription.
 	Connections int
+	// Plain drains over plain TCP (every drainer; the backlog is still
+	// published over TLS), as issue 17's figures were taken; default
+	// mutual TLS, as deployed.
+	Plain bool
 	// NoCSub leaves the mosquitto_sub side out (it is also left out, with a
 	// progress line, when MosquittoSub finds no binary).
 	NoCSub bool
@@ -173,7 +177,8 @@ type DrainResult struct {
 	Autosave       int        `json:"broker_autosave_interval_s"`
 	BrokerCPUs     string     `json:"broker_cpus,omitempty"`
 	GOMAXPROCS     int        `json:"gomaxprocs"`
-	Connections    int        `json:"connections"` // decryptd's mqtt.connections as run
+	Plain          bool       `json:"plain_tcp,omitempty"` // the drainers used plain TCP
+	Connections    int        `json:"connections"`         // decryptd's mqtt.connections as run
 	Runs           []DrainRun `json:"runs"`
 	BareMedian     float64    `json:"bare_median_msg_per_s"`
 	DecryptdMedian float64    `json:"decryptd_median_msg_per_s"`
@@ -204,7 +209,7 @@ func Drain(ctx context.Context, o DrainOptions) (*DrainResult, error) {
 			fmt.Fprintf(o.Progress, format+"\n", args...)
 		}
 	}
-	b, err := StartBroker(BrokerOptions{Dir: filepath.Join(o.Dir, "broker"), MaxInflight: o.BrokerInflight, MaxQueued: 2*o.Messages + 1000, Autosave: o.Autosave, CPUs: o.BrokerCPUs})
+	b, err := StartBroker(BrokerOptions{Dir: filepath.Join(o.Dir, "broker"), MaxInflight: o.BrokerInflight, MaxQueued: 2*o.Messages + 1000, Autosave: o.Autosave, CPUs: o.BrokerCPUs, Plain: o.Plain})
 	if err != nil {
 		return nil, err
 	}
@@ -238,7 +243,7 @@ func Drain(ctx context.Context, o DrainOptions) (*DrainResult, error) {
 
 	res := &DrainResult{Messages: o.Messages, Devices: o.Devices, DistinctKeys: f.Keys(), Workers: o.Workers,
 		MaxInFlight: o.MaxInFlight, BrokerInflight: o.BrokerInflight, Autosave: o.Autosave, UnwrapsMatch: true,
-		BrokerCPUs: o.BrokerCPUs, GOMAXPROCS: runtime.GOMAXPROCS(0), Connections: o.Connections}
+		BrokerCPUs: o.BrokerCPUs, GOMAXPROCS: runtime.GOMAXPROCS(0), Connections: o.Connections, Plain: o.Plain}
 	ds := &drainSetup{o: o, b: b, pubTLS: pubTLS, drainTLS: drainTLS, drainFiles: drainFiles, f: f, rootFile: rootFile, regFile: regFile, say: say}
 	sides := []string{"bare", "decryptd"}
 	switch {
@@ -343,6 +348,15 @@ type drainSetup struct {
 	say              func(format string, args ...any)
 }
 
+// drainURL is the broker URL the drainers use: plain TCP with
+// DrainOptions.Plain, else mutual TLS.
+func (s *drainSetup) drainURL() string {
+	if s.o.Plain {
+		return s.b.PlainURL
+	}
+	return s.b.URL
+}
+
 // sessionIDs are the client ids whose persistent sessions drain side's
 // backlog in round r: one, or decryptd's connections (its client id, then
 // "<id>-1" ...), each of which gets its share of the backlog.
@@ -382,9 +396,9 @@ func (s *drainSetup) round(ctx context.Context, side string, r int) (*DrainRun, 
 	}
 	switch side {
 	case "bare":
-		run, err = drainBare(ctx, s.b, s.drainTLS, id, s.o.Messages, s.o.Progress, label)
+		run, err = drainBare(ctx, s.b, s.drainURL(), s.drainTLS, id, s.o.Messages, s.o.Progress, label)
 	case SideCSub:
-		run, err = drainCSub(ctx, s.csub, s.b, s.drainFiles, id, s.o.Messages, s.o.Progress, label)
+		run, err = drainCSub(ctx, s.csub, s.b, s.drainURL(), s.drainFiles, id, s.o.Messages, s.o.Progress, label)
 	default:
 		run, err = drainDaemon(ctx, s.b, s.drainFiles, id, s.o, s.rootFile, s.regFile, r, label)
 	}

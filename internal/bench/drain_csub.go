@@ -59,16 +59,16 @@ func findBinary(given, name, fallback string) string {
 // it includes the process start, the TLS handshake and the disconnect
 // (milliseconds, as the bare paho side's connect). Its CPU is the child's
 // own (user + system from its rusage), not this process's.
-func drainCSub(ctx context.Context, bin string, b *Broker, client pki.Files, id string, n int, progress io.Writer, label string) (*DrainRun, error) {
-	u, err := url.Parse(b.URL)
+func drainCSub(ctx context.Context, bin string, b *Broker, brokerURL string, client pki.Files, id string, n int, progress io.Writer, label string) (*DrainRun, error) {
+	u, err := url.Parse(brokerURL)
 	if err != nil {
 		return nil, err
 	}
-	args := []string{
-		"-h", u.Hostname(), "-p", u.Port(),
-		"--cafile", client.CA, "--cert", client.Cert, "--key", client.Key, "--tls-version", "tlsv1.2",
-		"-i", id, "-c", "-q", "1", "-t", sharedFilter, "-C", strconv.Itoa(n), "-k", "30",
+	args := []string{"-h", u.Hostname(), "-p", u.Port()}
+	if u.Scheme == "ssl" {
+		args = append(args, "--cafile", client.CA, "--cert", client.Cert, "--key", client.Key, "--tls-version", "tlsv1.2")
 	}
+	args = append(args, "-i", id, "-c", "-q", "1", "-t", sharedFilter, "-C", strconv.Itoa(n), "-k", "30")
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(cctx, bin, args...)

@@ -101,6 +101,9 @@ func newDrainDaemon(ctx context.Context, b *Broker, client pki.Files, id string,
 	}
 	cfg := daemonConfig(dir, b.URL, client, id, o.Workers, o.MaxInFlight, regFile)
 	cfg.MQTT.Connections = o.Connections
+	if o.Plain {
+		cfg.MQTT.Brokers, cfg.MQTT.AllowPlaintext = []string{b.PlainURL}, true
+	}
 	cfg.KMS = config.KMS{Provider: config.ProviderLocal, Local: config.LocalKMS{RootKeyFile: rootFile}}
 	if o.AuditDir != "" {
 		cfg.Audit.Path = filepath.Join(o.AuditDir, fmt.Sprintf("audit-drain-%d.log", round))

@@ -124,8 +124,12 @@ func (r *Results) WriteSummary(w io.Writer) {
 		}
 	}
 	if d := r.Drain; d != nil {
-		fmt.Fprintf(w, "\ndrain: %d messages, %d devices, broker max_inflight_messages %d, decryptd workers %d, max_in_flight %d, connections %d, GOMAXPROCS %d\n",
-			d.Messages, d.Devices, d.BrokerInflight, d.Workers, d.MaxInFlight, d.Connections, d.GOMAXPROCS)
+		transport := "mutual TLS"
+		if d.Plain {
+			transport = "plain TCP"
+		}
+		fmt.Fprintf(w, "\ndrain: %d messages, %d devices, broker max_inflight_messages %d, decryptd workers %d, max_in_flight %d, connections %d, GOMAXPROCS %d, %s\n",
+			d.Messages, d.Devices, d.BrokerInflight, d.Workers, d.MaxInFlight, d.Connections, d.GOMAXPROCS, transport)
 		fmt.Fprintf(w, "  %-5s %-13s %9s %8s %10s %10s %10s %10s %9s %8s\n", "round", "side", "msg/s", "s", "p50 ms", "p99 ms", "CPU µs/msg", "broker µs", "peak MiB", "unwraps")
 		for _, run := range d.Runs {
 			p50, p99 := fmt.Sprintf("%.0f", run.Receipt.P50), fmt.Sprintf("%.0f", run.Receipt.P99)
