@@ -22,9 +22,15 @@
 // shared subscription group, with its own receive order, acknowledgement
 // queue and acker. One paho connection reads and routes one message after
 // the other (about 60,000 messages/s); several read in parallel. What the
-// links share is one admission (the MaxInFlight slots), one set of lanes
-// and per-topic workers, and one Processor: a topic always maps to the
-// same lane and worker whatever link brought its message.
+// links share is one admission (the MaxInFlight slots), the per-topic
+// workers (and lanes, if any), and one Processor: a topic always maps to
+// the same worker whatever link brought its message. With one connection,
+// lanes decrypt beside the router; with several, by default there are no
+// lanes: each router hands its messages to the Processor itself (the links
+// give the parallelism), so a message costs no goroutine hand-off, and a
+// per-worker lock keeps one Processor call per topic at a time across
+// routers. Only the oldest unacknowledged message of a link wakes its
+// acker when it finishes.
 //
 // Readiness: Ready is true only while every link is connected and
 // subscribed, since the broker keeps a disconnected member of a shared
