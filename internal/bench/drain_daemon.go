@@ -235,6 +235,11 @@ func daemonConfig(dir, brokerURL string, client pki.Files, id string, workers, m
 	cfg.MQTT.SharedGroup = shareGroup
 	cfg.MQTT.TLS = config.TLS{CAFile: client.CA, CertFile: client.Cert, KeyFile: client.Key, ServerName: "127.0.0.1"}
 	cfg.MQTT.Workers, cfg.MQTT.MaxInFlight = workers, maxInFlight
+	// One session, the one the harness prepared and wipes (the drain sets
+	// its own count and prepares each session): a default that followed
+	// GOMAXPROCS would leave sessions in the group that later backlogs
+	// are split into.
+	cfg.MQTT.Connections = 1
 	cfg.Registry = config.Registry{Driver: config.DriverFile, Path: regFile}
 	// Large enough that the file never rotates under the harness following
 	// it by its size.
