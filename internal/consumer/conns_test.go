@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -37,6 +38,17 @@ func TestConnectionsOptions(t *testing.T) {
 	}
 	if d := DefaultConnections(); d < 1 || d > 8 {
 		t.Fatalf("DefaultConnections %d", d)
+	}
+	// Lanes: with one connection GOMAXPROCS-1 (at least 1); with several
+	// none unless set; negative: none.
+	for _, tc := range []struct{ conns, lanes, want int }{
+		{1, 0, max(runtime.GOMAXPROCS(0)-1, 1)}, {2, 0, 0}, {1, -1, 0}, {4, 3, 3},
+	} {
+		o := base
+		o.Connections, o.Lanes = tc.conns, tc.lanes
+		if got, err := o.withDefaults(); err != nil || got.Lanes != tc.want {
+			t.Errorf("connections %d, lanes %d: lanes %d (%v), want %d", tc.conns, tc.lanes, got.Lanes, err, tc.want)
+		}
 	}
 	// Connection 0 keeps the plain client id: going from one connection
 	// to several keeps the replica's session.
