@@ -12,9 +12,10 @@ import (
 )
 
 // Admission: what paho's router goroutine does with each message (a slot
-// under MaxInFlight, or release), and the lanes that hand admitted
-// messages to the Processor without a goroutine hand-off per message when
-// their key is cached (dispatch), or to their topic's worker otherwise.
+// under MaxInFlight and its bytes under the byte budget, or release), and
+// the lanes that hand admitted messages to the Processor without a
+// goroutine hand-off per message when their key is cached (dispatch), or
+// to their topic's worker otherwise.
 
 // entry is one admitted message.
 type entry struct {
@@ -22,6 +23,7 @@ type entry struct {
 	l          *link // the connection it came in on
 	msg        mqtt.Message
 	gen        uint64
+	size       int64  // what it holds of the byte budget (messageBytes)
 	route      uint32 // hash of the topic: picks its lane and its worker
 	receivedAt time.Time
 	done       atomic.Bool  // the Processor finished it: it may be acknowledged
@@ -54,13 +56,22 @@ func (e *entry) message() intake.Message {
 // and hands the message to the lane that owns its topic, which every
 // link shares.
 //
-// It does not block, except when MaxInFlight messages are already held: the
-// broker's window (max_inflight_messages) should have stopped it from
-// sending more, but Mosquitto 2.0.11 leaks that window. Then it waits for a
-// slot for at most overflowWait (half the keep-alive, so paho's pings
-// survive the stall); if none frees up it releases the message and the rest
-// of the connection's, rather than holding unbounded messages, and
-// freeSlot reconnects once there is room, for the broker to redeliver them.
+// It does not block, except when MaxInFlight messages are already held, or
+// the message's bytes do not fit in the byte budget (both shared by every
+// link). The broker's window (max_inflight_messages, per link) should have
+// stopped it from sending more messages, but Mosquitto 2.0.11 leaks that
+// window, and with several links the broker's windows together may exceed
+// MaxInFlight; and no broker window counts bytes, so with large messages
+// the budget, not the window, is what stops intake. Then it waits for room
+// for at most overflowWait (half the keep-alive). While it waits, paho's
+// reader stops reading (its hand-offs to the router are unbuffered), so TCP
+// pushes back on the broker and at most four more packets sit in paho;
+// pings stall too (a PINGRESP queues behind them), which is why the wait
+// is bounded well inside the keep-alive. If no room frees up it releases
+// the message and the rest of the connection's, rather than holding
+// unbounded messages, and freeSlot reconnects that link once there is room
+// again (half the slots and half the bytes free), for the broker to
+// redeliver them.
 func (l *link) onMessage(_ mqtt.Client, pm mqtt.Message) {
 	c := l.c
 	now := time.Now()
@@ -77,14 +88,15 @@ func (l *link) onMessage(_ mqtt.Client, pm mqtt.Message) {
 	// Once one message of a connection is released, every later one must
 	// be too: admitting a later one would ack it ahead of the released one
 	// and process it ahead of that one's redelivery.
-	if conn == nil || conn.releasing.Load() || stopping || !c.acquire(l, conn) {
+	size := messageBytes(pm)
+	if conn == nil || conn.releasing.Load() || stopping || !c.acquire(l, conn, size, now) {
 		if conn != nil {
 			conn.releasing.Store(true)
 		}
 		l.m.released.Inc()
 		return
 	}
-	e := &entry{c: c, l: l, msg: pm, gen: gen, route: hashTopic(pm.Topic()), receivedAt: now}
+	e := &entry{c: c, l: l, msg: pm, gen: gen, size: size, route: hashTopic(pm.Topic()), receivedAt: now}
 	e.refs.Store(2)
 	e.call.Store(callReturned) // a failure reported by TryProcess's done is retried on its own
 	l.mu.Lock()
@@ -95,7 +107,7 @@ func (l *link) onMessage(_ mqtt.Client, pm mqtt.Message) {
 		l.mu.Unlock()
 		conn.releasing.Store(true)
 		l.m.released.Inc()
-		c.freeSlot()
+		c.freeSlot(size)
 		return
 	}
 	l.ackq = append(l.ackq, e)
@@ -167,7 +179,29 @@ func (c *Consumer) dispatch(e *entry) {
 	q.push(e)
 }
 
-func (c *Consumer) acquire(l *link, conn *trackedConn) bool {
+// acquire takes a slot and size bytes of the budget for one message
+// received at now on l's conn, waiting for both together at most
+// overflowWait; false: the message must be released (see onMessage).
+func (c *Consumer) acquire(l *link, conn *trackedConn, size int64, now time.Time) bool {
+	if !c.acquireSlot(l, conn) {
+		return false
+	}
+	if c.takeBytes(l, conn, size, c.overflowWait-time.Since(now)) {
+		return true
+	}
+	c.freeSlot(0)
+	return false
+}
+
+// markOverflow records that l's conn releases messages until there is room
+// again; freeSlot then closes it so the broker redelivers them.
+func (c *Consumer) markOverflow(l *link, conn *trackedConn) {
+	if l.overflowConn.Swap(conn) == nil {
+		c.overflowing.Add(1)
+	}
+}
+
+func (c *Consumer) acquireSlot(l *link, conn *trackedConn) bool {
 	select {
 	case c.slots <- struct{}{}:
 		c.inUse.Add(1)
@@ -191,14 +225,14 @@ func (c *Consumer) acquire(l *link, conn *trackedConn) bool {
 		// right away would only reconnect into a still-full consumer.
 		c.log.Warn("broker sent more unacknowledged messages than MaxInFlight; releasing them until the consumer has room, then reconnecting for redelivery (set max_inflight_messages at or below MaxInFlight)",
 			zap.Int("max_in_flight", c.o.MaxInFlight), zap.Duration("waited", c.overflowWait))
-		if l.overflowConn.Swap(conn) == nil {
-			c.overflowing.Add(1)
-		}
+		c.markOverflow(l, conn)
 		return false
 	}
 }
 
-func (c *Consumer) freeSlot() {
+// freeSlot gives back a message's slot and its size bytes of the budget.
+func (c *Consumer) freeSlot(size int64) {
+	c.budget.release(size)
 	<-c.slots
 	n := c.inUse.Add(-1)
 	if n == 0 {
@@ -207,25 +241,23 @@ func (c *Consumer) freeSlot() {
 		default:
 		}
 	}
-	if n <= int64(c.o.MaxInFlight/2) {
-		if c.overflowing.Load() > 0 {
-			for _, l := range c.links {
-				if conn := l.overflowConn.Load(); conn != nil && l.overflowConn.CompareAndSwap(conn, nil) {
-					c.overflowing.Add(-1)
-					l.log.Info("room again after overflow; reconnecting so the broker redelivers the released messages")
-					go conn.abort() // a TLS close may wait on a write; never in the caller's path
-				}
+	if n <= int64(c.o.MaxInFlight/2) && c.overflowing.Load() > 0 && c.budget.Held() <= c.budget.Limit()/2 {
+		for _, l := range c.links {
+			if conn := l.overflowConn.Load(); conn != nil && l.overflowConn.CompareAndSwap(conn, nil) {
+				c.overflowing.Add(-1)
+				l.log.Info("room again after overflow; reconnecting so the broker redelivers the released messages")
+				go conn.abort() // a TLS close may wait on a write; never in the caller's path
 			}
 		}
 	}
 }
 
-// unref drops one side's hold on e; the slot is freed when both the worker
-// and the acknowledgement side are through with it.
+// unref drops one side's hold on e; the slot and the bytes are freed when
+// both the worker and the acknowledgement side are through with it.
 func (c *Consumer) unref(e *entry) {
 	if e.refs.Add(-1) == 0 {
 		e.msg = nil
-		c.freeSlot()
+		c.freeSlot(e.size)
 	}
 }
 
