@@ -111,6 +111,7 @@ func (s *Spool) drain(ctx context.Context, d *device, h Handler) {
 		s.mu.Lock()
 		if len(d.q) == 0 {
 			delete(s.devs, d.key)
+			s.ndevs.Add(-1)
 			s.mu.Unlock()
 			return
 		}

@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -46,9 +47,11 @@ const (
 	// probeWidth is how many devices the replay loop tries at once while
 	// every recent try found the keys unreachable (an outage).
 	probeWidth = 2
-	// lockWait bounds the wait for another process's lock on the directory.
-	lockWait = 10 * time.Second
 )
+
+// lockWait bounds the wait for another process's lock on the directory (a
+// variable for tests).
+var lockWait = 10 * time.Second
 
 // Options configure a Spool. Dir is required.
 type Options struct {
@@ -95,6 +98,7 @@ type Spool struct {
 	nextSeq  uint64
 	active   *segment // appended to; nil until the first append
 	devs     map[string]*device
+	ndevs    atomic.Int64 // len(devs), read without mu by Pending's fast path
 	bytes    int64 // segment files' total size
 	msgs     int64 // records not yet acknowledged
 	buf      []byte
@@ -197,8 +201,9 @@ func Open(o Options) (*Spool, error) {
 	if !fi.IsDir() {
 		return nil, fmt.Errorf("spool: %s is not a directory", o.Dir)
 	}
-	if err := fileperm.Private(o.Dir, fi.Mode()); err != nil {
-		return nil, fmt.Errorf("spool: directory: %w", err)
+	if p := fi.Mode().Perm(); p&0o077 != 0 {
+		return nil, fmt.Errorf("spool: directory %s: %w: mode %04o lets group or others reach the spooled messages; chmod 700 %s (or point spool.dir at a directory decryptd creates itself)",
+			o.Dir, fileperm.ErrExposed, p, o.Dir)
 	}
 	if err := s.takeLock(); err != nil {
 		return nil, err
@@ -380,6 +385,7 @@ func (s *Spool) loadSegment(seq uint64) error {
 		if d == nil {
 			d = &device{key: l.key, next: now}
 			s.devs[l.key] = d
+			s.ndevs.Add(1)
 		}
 		d.q = append(d.q, l.r)
 	}
@@ -412,6 +418,9 @@ func readAcks(path string) (map[int64]bool, error) {
 // Pending reports whether messages of key's device wait in the spool: a
 // later message of that device must then be appended behind them.
 func (s *Spool) Pending(key string) bool {
+	if s.ndevs.Load() == 0 {
+		return false // the common case: no lock on the hot path
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.devs[key] != nil
@@ -480,6 +489,7 @@ func (s *Spool) Append(m intake.Message, ifPending bool, durable func(error)) (b
 	if d == nil {
 		d = &device{key: key, next: s.o.Now().Add(s.o.MinBackoff)}
 		s.devs[key] = d
+		s.ndevs.Add(1)
 		s.kick()
 	}
 	d.q = append(d.q, r)
