@@ -61,6 +61,10 @@ func newMetrics(reg prometheus.Registerer, s *Spool) (*metrics, error) {
 			Help: "Bytes of the key-pending spool's segment files (bounded by spool.max_bytes).",
 		}, func() float64 { return float64(s.Stats().Bytes) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "decryptd_spool_max_bytes",
+			Help: "The spool's bound on its segment files' total size (spool.max_bytes).",
+		}, func() float64 { return float64(s.o.MaxBytes) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "decryptd_spool_oldest_age_seconds",
 			Help: "Age (since receipt) of the oldest spooled message not yet handed to the sinks; 0 when none.",
 		}, func() float64 {
