@@ -99,8 +99,8 @@ type Spool struct {
 	active   *segment // appended to; nil until the first append
 	devs     map[string]*device
 	ndevs    atomic.Int64 // len(devs), read without mu by Pending's fast path
-	bytes    int64 // segment files' total size
-	msgs     int64 // records not yet acknowledged
+	bytes    int64        // segment files' total size
+	msgs     int64        // records not yet acknowledged
 	buf      []byte
 	closed   bool
 	failed   error // an fsync or write failed: appends refused until restart
