@@ -24,7 +24,8 @@ type Handler func(ctx context.Context, m intake.Message, done func(outcome strin
 
 // Run is the replay loop: until ctx ends it hands each device's spooled
 // messages to h, in order, one device's messages at a time and at most
-// Options.Concurrency devices at once. A device whose key is still
+// Options.Concurrency devices at once, with at most Options.MaxInFlight
+// messages handed over and not yet done. A device whose key is still
 // unresolvable is tried again after a capped, jittered back-off (its head
 // message only: one key fetch per device at a time, never one per
 // message). While every recent try failed (a KMS or registry outage), only
@@ -117,18 +118,22 @@ func (s *Spool) drain(ctx context.Context, d *device, h Handler) {
 		}
 		r := d.q[0]
 		s.mu.Unlock()
-		if ctx.Err() != nil {
+		select {
+		case s.slots <- struct{}{}:
+		case <-ctx.Done():
 			s.retry(d, false)
 			return
 		}
 		m, err := s.read(r)
 		if err != nil {
+			<-s.slots
 			s.m.replayed.WithLabelValues(OutcomeUnreadable).Inc()
 			s.log.Error("spooled message cannot be read back; retrying", zap.Error(err))
 			s.retry(d, false)
 			return
 		}
 		ok := h(ctx, m, func(outcome string, err error) {
+			<-s.slots
 			s.m.replayed.WithLabelValues(outcome).Inc()
 			if err != nil {
 				s.log.Warn("spooled message handed over but not delivered; it stays spooled for the next start", zap.Error(err))
@@ -137,6 +142,7 @@ func (s *Spool) drain(ctx context.Context, d *device, h Handler) {
 			s.ack(r)
 		})
 		if !ok {
+			<-s.slots
 			s.m.replayed.WithLabelValues(OutcomeRetry).Inc()
 			s.retry(d, ctx.Err() == nil)
 			return

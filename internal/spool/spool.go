@@ -42,6 +42,7 @@ const (
 	DefaultMinBackoff  = 100 * time.Millisecond
 	DefaultMaxBackoff  = time.Second
 	DefaultConcurrency = 16
+	DefaultMaxInFlight = 256
 	maxSegmentBytes    = 64 << 20
 	minSegmentBytes    = 1 << 20
 	// probeWidth is how many devices the replay loop tries at once while
@@ -69,6 +70,10 @@ type Options struct {
 	MinBackoff, MaxBackoff time.Duration
 	// Concurrency bounds the devices replayed at once (default 16).
 	Concurrency int
+	// MaxInFlight bounds the replayed messages handed over and not yet
+	// done (default 256): while a sink is down, the replay does not read
+	// the spool into memory.
+	MaxInFlight int
 
 	Registerer prometheus.Registerer // nil: metrics kept, not exported
 	Logger     *zap.Logger           // nil: no logging
@@ -113,6 +118,7 @@ type Spool struct {
 	probeAt  time.Time
 
 	wake       chan struct{}
+	slots      chan struct{} // one per replayed message handed over and not yet done
 	syncerDone chan struct{}
 }
 
@@ -151,7 +157,7 @@ func Open(o Options) (*Spool, error) {
 	if o.Dir == "" {
 		return nil, errors.New("spool: Options.Dir is required")
 	}
-	if o.MaxBytes < 0 || o.SegmentBytes < 0 || o.MinBackoff < 0 || o.MaxBackoff < 0 || o.Concurrency < 0 {
+	if o.MaxBytes < 0 || o.SegmentBytes < 0 || o.MinBackoff < 0 || o.MaxBackoff < 0 || o.Concurrency < 0 || o.MaxInFlight < 0 {
 		return nil, errors.New("spool: Options must not be negative")
 	}
 	if o.MaxBytes == 0 {
@@ -172,6 +178,9 @@ func Open(o Options) (*Spool, error) {
 	if o.Concurrency == 0 {
 		o.Concurrency = DefaultConcurrency
 	}
+	if o.MaxInFlight == 0 {
+		o.MaxInFlight = DefaultMaxInFlight
+	}
 	if o.Logger == nil {
 		o.Logger = zap.NewNop()
 	}
@@ -187,6 +196,7 @@ func Open(o Options) (*Spool, error) {
 		segs:       map[uint64]*segment{},
 		devs:       map[string]*device{},
 		wake:       make(chan struct{}, 1),
+		slots:      make(chan struct{}, o.MaxInFlight),
 		syncerDone: make(chan struct{}),
 		nextSeq:    1,
 	}

@@ -407,3 +407,55 @@ func TestRecordRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// TestReplayInFlightBound: while the sinks hold nothing (no done), the
+// replay hands over at most MaxInFlight messages, and goes on as they are
+// done.
+func TestReplayInFlightBound(t *testing.T) {
+	s := open(t, tempDir(t), func(o *Options) { o.MaxInFlight = 3 })
+	defer s.Close()
+	var ms []intake.Message
+	for i := 0; i < 10; i++ {
+		ms = append(ms, msg("a", i), msg("b", i))
+	}
+	appendAll(t, s, ms...)
+	var mu sync.Mutex
+	var dones []func(string, error)
+	handed := 0
+	h := func(_ context.Context, m intake.Message, done func(string, error)) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		handed++
+		dones = append(dones, done)
+		return true
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan struct{})
+	go func() { s.Run(ctx, h); close(stopped) }()
+	count := func() int { mu.Lock(); defer mu.Unlock(); return handed }
+	for count() < 3 {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if n := count(); n != 3 {
+		t.Fatalf("%d handed over with no done, want MaxInFlight 3", n)
+	}
+	for {
+		mu.Lock()
+		ds := dones
+		dones = nil
+		mu.Unlock()
+		for _, d := range ds {
+			d(OutcomeDelivered, nil)
+		}
+		if s.Stats().Messages == 0 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	<-stopped
+	if n := count(); n != 20 {
+		t.Fatalf("%d handed over, want 20", n)
+	}
+}
