@@ -1,6 +1,16 @@
 package config
 
-import "time"
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/decryptd/decryptd/internal/fileperm"
+)
 
 // Spool configures the key-pending spool (package spool): a message whose
 // key cannot be resolved for now (KMS or registry unreachable or hanging)
@@ -67,4 +77,40 @@ func (s Spool) validate(ck *checker) {
 	if s.MaxBackoff < 10*time.Millisecond || s.MaxBackoff > time.Minute {
 		ck.add("spool.max_backoff", "must be between 10ms and 1m, got %s", s.MaxBackoff)
 	}
+}
+
+// checkDir checks the spool directory as the daemon will (package spool):
+// an existing one must be a directory its group and others cannot reach,
+// holding no file they can; a missing one must be creatable.
+func (s Spool) checkDir() string {
+	if !s.On() {
+		return ""
+	}
+	fi, err := os.Stat(s.Dir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return checkCreatable(s.Dir)
+	case err != nil:
+		return err.Error()
+	case !fi.IsDir():
+		return fmt.Sprintf("%s is not a directory", s.Dir)
+	case fi.Mode().Perm()&0o077 != 0:
+		return fmt.Sprintf("%s: %v: mode %04o lets group or others reach the spooled messages; chmod 700 %s", s.Dir, fileperm.ErrExposed, fi.Mode().Perm(), s.Dir)
+	case syscall.Access(s.Dir, 7 /* R_OK|W_OK|X_OK */) != nil:
+		return fmt.Sprintf("%s is not readable and writable by this user (uid %d)", s.Dir, os.Geteuid())
+	}
+	ents, err := os.ReadDir(s.Dir)
+	if err != nil {
+		return err.Error()
+	}
+	for _, e := range ents {
+		fi, err := e.Info()
+		if err != nil {
+			continue
+		}
+		if err := fileperm.Private(filepath.Join(s.Dir, e.Name()), fi.Mode()); err != nil {
+			return err.Error()
+		}
+	}
+	return ""
 }
