@@ -256,7 +256,7 @@ func (p *Pipeline) Process(ctx context.Context, m intake.Message, done func(erro
 // wait. Otherwise it returns true and done is called as for Process; ctx
 // bounds only how long a failing sink retries m.
 func (p *Pipeline) TryProcess(ctx context.Context, m intake.Message, done func(error)) bool {
-	if p.sp != nil && p.sp.Pending(spool.Key(m)) {
+	if p.sp != nil && !p.sp.Idle() && p.sp.Pending(spool.Key(m)) {
 		return false // behind its device's spooled messages: Process spools it
 	}
 	t0 := time.Now()

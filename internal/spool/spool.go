@@ -425,6 +425,10 @@ func readAcks(path string) (map[int64]bool, error) {
 	return acked, nil
 }
 
+// Idle reports whether no device has messages waiting in the spool; it
+// takes no lock.
+func (s *Spool) Idle() bool { return s.ndevs.Load() == 0 }
+
 // Pending reports whether messages of key's device wait in the spool: a
 // later message of that device must then be appended behind them.
 func (s *Spool) Pending(key string) bool {
@@ -445,6 +449,9 @@ func (s *Spool) Pending(key string) bool {
 // failed write or fsync). Appends of one device are replayed in the order
 // they were made. m.Payload is not kept.
 func (s *Spool) Append(m intake.Message, ifPending bool, durable func(error)) (bool, error) {
+	if ifPending && s.ndevs.Load() == 0 {
+		return false, nil // nothing spooled: no lock on the common path
+	}
 	key := Key(m)
 	if m.ReceivedAt.IsZero() {
 		m.ReceivedAt = s.o.Now()

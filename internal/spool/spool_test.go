@@ -459,3 +459,31 @@ func TestReplayInFlightBound(t *testing.T) {
 		t.Fatalf("%d handed over, want 20", n)
 	}
 }
+
+// BenchmarkAppend: appends from many goroutines, each waiting for its
+// fsync, as the pipeline's topic workers do during an outage; group
+// commit makes one fsync cover the appends made while the previous ran.
+func BenchmarkAppend(b *testing.B) {
+	s, err := Open(Options{Dir: filepath.Join(b.TempDir(), "spool"), MaxBytes: 1 << 40})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	m := msg("device-0001", 1)
+	m.Payload = make([]byte, 512)
+	b.SetBytes(int64(recordLen(m)))
+	b.SetParallelism(16)
+	b.RunParallel(func(pb *testing.PB) {
+		ch := make(chan error, 1)
+		for pb.Next() {
+			if _, err := s.Append(m, false, func(err error) { ch <- err }); err != nil {
+				b.Error(err)
+				return
+			}
+			if err := <-ch; err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
