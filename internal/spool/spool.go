@@ -331,6 +331,12 @@ func (s *Spool) loadSegment(seq uint64) error {
 		f.Close()
 		return fmt.Errorf("spool: %s: not a spool segment", path)
 	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("spool: %w", err)
+	}
+	size := fi.Size()
 	off := int64(len(segMagic))
 	var rec []byte
 	type loaded struct {
@@ -344,6 +350,9 @@ func (s *Spool) loadSegment(seq uint64) error {
 			break
 		}
 		n, herr := recordHeader(h)
+		if herr == nil && off+int64(recHeader+n) > size {
+			herr = fmt.Errorf("%w: record of %d bytes at %d runs past the end (%d)", errTorn, recHeader+n, off, size)
+		}
 		if herr == nil {
 			rec = append(rec[:0], make([]byte, recHeader+n)...)
 			if _, err := io.ReadFull(r, rec); err != nil {
@@ -355,10 +364,9 @@ func (s *Spool) loadSegment(seq uint64) error {
 			m, herr = decodeRecord(rec)
 		}
 		if herr != nil {
-			fi, _ := f.Stat()
 			s.m.torn.Inc()
 			s.log.Warn("spool segment ends in a torn or corrupt record (a crash during its write, before it was acknowledged): truncated there",
-				zap.String("segment", segName(seq)), zap.Int64("offset", off), zap.Int64("bytes_dropped", fi.Size()-off), zap.Error(herr))
+				zap.String("segment", segName(seq)), zap.Int64("offset", off), zap.Int64("bytes_dropped", size-off), zap.Error(herr))
 			if err := f.Truncate(off); err != nil {
 				f.Close()
 				return fmt.Errorf("spool: truncate %s: %w", path, err)
