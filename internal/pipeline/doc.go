@@ -45,7 +45,9 @@
 //
 // The key-pending spool (Options.Spool, package spool; spool.go): a
 // Process call whose key is not resolved within Options.KeyWait (default
-// 1s) appends the message as received to the spool and reports done(nil)
+// 1s; 10ms while keys were found unresolvable in the last 5s, so that a
+// hanging KMS costs each device's first message a moment, not a second, of
+// the consumer's workers and window) appends the message as received to the spool and reports done(nil)
 // once the spool's group-commit fsync covers it, so the input acknowledges
 // it and devices whose keys are cached are not held behind it. While a
 // device has spooled messages, its later ones are spooled behind them and

@@ -131,9 +131,12 @@ type Pipeline struct {
 
 	bufs sync.Pool // *[]byte for records' JSON, see getBuf
 
-	sp           *spool.Spool // nil without a spool
-	replayCancel context.CancelFunc
-	replayDone   chan struct{}
+	sp *spool.Spool // nil without a spool
+	// lastTransient is when a key was last found unresolvable (Unix ns):
+	// during an outage, messages are spooled without waiting KeyWait.
+	lastTransient atomic.Int64
+	replayCancel  context.CancelFunc
+	replayDone    chan struct{}
 
 	kmsDown atomic.Bool
 	seenMu  sync.Mutex
@@ -405,7 +408,7 @@ func (p *Pipeline) open(ctx context.Context, m decrypt.Message, spoolable *deliv
 		t0 := time.Now()
 		octx, cancel := ctx, context.CancelFunc(func() {})
 		if spoolable != nil {
-			octx, cancel = context.WithTimeout(ctx, p.o.KeyWait)
+			octx, cancel = context.WithTimeout(ctx, p.keyWait())
 		}
 		rec, err := p.o.Opener.Open(octx, m)
 		cancel()
@@ -422,6 +425,7 @@ func (p *Pipeline) open(ctx context.Context, m decrypt.Message, spoolable *deliv
 		if p.kmsDown.CompareAndSwap(false, true) {
 			p.log.Warn("key could not be resolved for now (KMS or registry unreachable); retrying, never dead-lettering", zap.Error(err))
 		}
+		p.lastTransient.Store(time.Now().UnixNano())
 		if spoolable != nil && p.spool(spoolable, false) {
 			return decrypt.Record{}, errSpooled
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -36,6 +37,24 @@ import (
 // OutcomeSpooled is the Result outcome of a message the spool holds (its
 // delivery is counted when the spool replays it).
 const OutcomeSpooled = "spooled"
+
+// outageKeyWait is how long a message waits for its key before it is
+// spooled while keys were found unresolvable within outageMemory: a KMS
+// that hangs would otherwise cost each device KeyWait of a consumer worker
+// and of its in-flight window, and cached devices' acknowledgements wait
+// behind.
+const (
+	outageKeyWait = 10 * time.Millisecond
+	outageMemory  = 5 * time.Second
+)
+
+// keyWait is how long a Process call waits for a key before spooling.
+func (p *Pipeline) keyWait() time.Duration {
+	if last := p.lastTransient.Load(); last != 0 && time.Since(time.Unix(0, last)) < outageMemory {
+		return min(p.o.KeyWait, outageKeyWait)
+	}
+	return p.o.KeyWait
+}
 
 // errSpooled ends open for a message handed to the spool.
 var errSpooled = errors.New("pipeline: spooled")
@@ -118,6 +137,9 @@ func (p *Pipeline) replay(ctx context.Context, m intake.Message, done func(strin
 	rec, err := p.o.Opener.Open(octx, m)
 	cancel()
 	if errors.Is(err, decrypt.ErrTransient) {
+		if ctx.Err() == nil {
+			p.lastTransient.Store(time.Now().UnixNano())
+		}
 		return false
 	}
 	if p.kmsDown.Load() && p.kmsDown.CompareAndSwap(true, false) {
