@@ -9,8 +9,14 @@
 // What is kept. The message as received: source, topic, device id, payload
 // (ciphertext, never plaintext), the redelivered flag, the receive time.
 // The in-memory index holds, per device, only where its messages are
-// (segment, offset, length, receive time), never payloads: they are read
-// back from disk at replay.
+// (segment, offset, length: 16 bytes a message) and its head's receive
+// time, never payloads: they are read back from disk at replay.
+//
+// Memory: the index (16 bytes per spooled message, plus a map entry per
+// device: a 1 GiB spool of 1 KiB messages indexes in about 16 MiB), and
+// the replayed records handed over and not yet done (MaxInFlightBytes, 1
+// MiB by default, plus one record), which the base slack of the memory
+// budget in deploy/README.md covers.
 //
 // On disk. Dir (0700, refused when group or others can reach it; files
 // 0600, an existing one readable by group or others refused, see

@@ -25,7 +25,8 @@ type Handler func(ctx context.Context, m intake.Message, done func(outcome strin
 // Run is the replay loop: until ctx ends it hands each device's spooled
 // messages to h, in order, one device's messages at a time and at most
 // Options.Concurrency devices at once, with at most Options.MaxInFlight
-// messages handed over and not yet done. A device whose key is still
+// messages (Options.MaxInFlightBytes of records) handed over and not yet
+// done. A device whose key is still
 // unresolvable is tried again after a capped, jittered back-off (its head
 // message only: one key fetch per device at a time, never one per
 // message). While every recent try failed (a KMS or registry outage), only
@@ -118,22 +119,25 @@ func (s *Spool) drain(ctx context.Context, d *device, h Handler) {
 		}
 		r := d.q[0]
 		s.mu.Unlock()
-		select {
-		case s.slots <- struct{}{}:
-		case <-ctx.Done():
+		if !s.acquire(ctx, int64(r.n)) {
 			s.retry(d, false)
 			return
 		}
 		m, err := s.read(r)
+		if err == nil && !m.ReceivedAt.IsZero() {
+			s.mu.Lock()
+			d.headAt = m.ReceivedAt.UnixNano()
+			s.mu.Unlock()
+		}
 		if err != nil {
-			<-s.slots
+			s.release(int64(r.n))
 			s.m.replayed.WithLabelValues(OutcomeUnreadable).Inc()
 			s.log.Error("spooled message cannot be read back; retrying", zap.Error(err))
 			s.retry(d, false)
 			return
 		}
 		ok := h(ctx, m, func(outcome string, err error) {
-			<-s.slots
+			s.release(int64(r.n))
 			s.m.replayed.WithLabelValues(outcome).Inc()
 			if err != nil {
 				s.log.Warn("spooled message handed over but not delivered; it stays spooled for the next start", zap.Error(err))
@@ -142,7 +146,7 @@ func (s *Spool) drain(ctx context.Context, d *device, h Handler) {
 			s.ack(r)
 		})
 		if !ok {
-			<-s.slots
+			s.release(int64(r.n))
 			s.m.replayed.WithLabelValues(OutcomeRetry).Inc()
 			s.retry(d, ctx.Err() == nil)
 			return
@@ -192,4 +196,35 @@ func (s *Spool) backoff(attempt int) time.Duration {
 		}
 	}
 	return d/2 + time.Duration(s.o.Rand()*float64(d/2))
+}
+
+// acquire waits for room to hand over a replayed record of n bytes
+// (MaxInFlight, MaxInFlightBytes; one record always fits when none is
+// out); false when ctx ended first.
+func (s *Spool) acquire(ctx context.Context, n int64) bool {
+	for {
+		s.mu.Lock()
+		if s.handed == 0 || (s.handed < s.o.MaxInFlight && s.handedBytes+n <= s.o.MaxInFlightBytes) {
+			s.handed++
+			s.handedBytes += n
+			s.mu.Unlock()
+			return true
+		}
+		ch := s.freed
+		s.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+func (s *Spool) release(n int64) {
+	s.mu.Lock()
+	s.handed--
+	s.handedBytes -= n
+	close(s.freed)
+	s.freed = make(chan struct{})
+	s.mu.Unlock()
 }

@@ -38,13 +38,14 @@ var (
 
 // Defaults of Options.
 const (
-	DefaultMaxBytes    = 1 << 30
-	DefaultMinBackoff  = 100 * time.Millisecond
-	DefaultMaxBackoff  = time.Second
-	DefaultConcurrency = 16
-	DefaultMaxInFlight = 256
-	maxSegmentBytes    = 64 << 20
-	minSegmentBytes    = 1 << 20
+	DefaultMaxBytes         = 1 << 30
+	DefaultMinBackoff       = 100 * time.Millisecond
+	DefaultMaxBackoff       = time.Second
+	DefaultConcurrency      = 16
+	DefaultMaxInFlight      = 256
+	DefaultMaxInFlightBytes = 1 << 20
+	maxSegmentBytes         = 64 << 20
+	minSegmentBytes         = 1 << 20
 	// probeWidth is how many devices the replay loop tries at once while
 	// every recent try found the keys unreachable (an outage).
 	probeWidth = 2
@@ -70,10 +71,13 @@ type Options struct {
 	MinBackoff, MaxBackoff time.Duration
 	// Concurrency bounds the devices replayed at once (default 16).
 	Concurrency int
-	// MaxInFlight bounds the replayed messages handed over and not yet
-	// done (default 256): while a sink is down, the replay does not read
-	// the spool into memory.
-	MaxInFlight int
+	// MaxInFlight and MaxInFlightBytes bound the replayed messages handed
+	// over and not yet done (defaults 256 and 1 MiB of records; one
+	// message is handed over whatever its size): while a sink is down, the
+	// replay does not read the spool into memory, and what it holds stays
+	// within the slack of the memory budget (deploy/README.md).
+	MaxInFlight      int
+	MaxInFlightBytes int64
 
 	Registerer prometheus.Registerer // nil: metrics kept, not exported
 	Logger     *zap.Logger           // nil: no logging
@@ -113,12 +117,16 @@ type Spool struct {
 	unsynced []*segment
 	synced   *sync.Cond // signalled when waiters arrive or at Close
 	running  int
-	outage   bool
-	outTries int
-	probeAt  time.Time
+	// Replayed messages handed over and not yet done; freed is closed
+	// (and replaced) when one is done.
+	handed      int
+	handedBytes int64
+	freed       chan struct{}
+	outage      bool
+	outTries    int
+	probeAt     time.Time
 
 	wake       chan struct{}
-	slots      chan struct{} // one per replayed message handed over and not yet done
 	syncerDone chan struct{}
 }
 
@@ -134,11 +142,12 @@ type segment struct {
 
 // ref is where one spooled message is: the in-memory index keeps these,
 // never payloads.
+// 16 bytes per spooled message: a segment is at most SegmentBytes (64 MiB)
+// plus one record, so offsets fit 32 bits.
 type ref struct {
-	seg      *segment
-	off      int64
-	n        int32
-	received int64 // Unix ns, for the oldest-age gauge
+	seg *segment
+	off uint32
+	n   uint32
 }
 
 type device struct {
@@ -147,6 +156,7 @@ type device struct {
 	busy    bool  // a replay worker owns it
 	next    time.Time
 	attempt int
+	headAt  int64 // receive time (Unix ns) of q[0], for the oldest-age gauge
 }
 
 // Open opens (creating it if needed) the spool in o.Dir, reading back every
@@ -157,7 +167,7 @@ func Open(o Options) (*Spool, error) {
 	if o.Dir == "" {
 		return nil, errors.New("spool: Options.Dir is required")
 	}
-	if o.MaxBytes < 0 || o.SegmentBytes < 0 || o.MinBackoff < 0 || o.MaxBackoff < 0 || o.Concurrency < 0 || o.MaxInFlight < 0 {
+	if o.MaxBytes < 0 || o.SegmentBytes < 0 || o.MinBackoff < 0 || o.MaxBackoff < 0 || o.Concurrency < 0 || o.MaxInFlight < 0 || o.MaxInFlightBytes < 0 {
 		return nil, errors.New("spool: Options must not be negative")
 	}
 	if o.MaxBytes == 0 {
@@ -181,6 +191,9 @@ func Open(o Options) (*Spool, error) {
 	if o.MaxInFlight == 0 {
 		o.MaxInFlight = DefaultMaxInFlight
 	}
+	if o.MaxInFlightBytes == 0 {
+		o.MaxInFlightBytes = DefaultMaxInFlightBytes
+	}
 	if o.Logger == nil {
 		o.Logger = zap.NewNop()
 	}
@@ -196,11 +209,11 @@ func Open(o Options) (*Spool, error) {
 		segs:       map[uint64]*segment{},
 		devs:       map[string]*device{},
 		wake:       make(chan struct{}, 1),
-		slots:      make(chan struct{}, o.MaxInFlight),
 		syncerDone: make(chan struct{}),
 		nextSeq:    1,
 	}
 	s.synced = sync.NewCond(&s.mu)
+	s.freed = make(chan struct{})
 	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("spool: %w", err)
 	}
@@ -342,6 +355,7 @@ func (s *Spool) loadSegment(seq uint64) error {
 	type loaded struct {
 		key string
 		r   ref
+		at  int64
 	}
 	var found []loaded
 	for {
@@ -382,7 +396,7 @@ func (s *Spool) loadSegment(seq uint64) error {
 			if !m.ReceivedAt.IsZero() {
 				ns = m.ReceivedAt.UnixNano()
 			}
-			found = append(found, loaded{Key(m), ref{seg: seg, off: off, n: int32(len(rec)), received: ns}})
+			found = append(found, loaded{Key(m), ref{seg: seg, off: uint32(off), n: uint32(len(rec))}, ns})
 		}
 		off += int64(len(rec))
 	}
@@ -404,6 +418,9 @@ func (s *Spool) loadSegment(seq uint64) error {
 			d = &device{key: l.key, next: now}
 			s.devs[l.key] = d
 			s.ndevs.Add(1)
+		}
+		if len(d.q) == 0 {
+			d.headAt = l.at
 		}
 		d.q = append(d.q, l.r)
 	}
@@ -501,7 +518,7 @@ func (s *Spool) Append(m intake.Message, ifPending bool, durable func(error)) (b
 	if cap(s.buf) > 1<<20 {
 		s.buf = nil
 	}
-	r := ref{seg: seg, off: seg.size, n: int32(n), received: m.ReceivedAt.UnixNano()}
+	r := ref{seg: seg, off: uint32(seg.size), n: uint32(n)}
 	seg.size += n
 	seg.live++
 	s.bytes += n
@@ -516,6 +533,9 @@ func (s *Spool) Append(m intake.Message, ifPending bool, durable func(error)) (b
 		s.devs[key] = d
 		s.ndevs.Add(1)
 		s.kick()
+	}
+	if len(d.q) == 0 {
+		d.headAt = m.ReceivedAt.UnixNano()
 	}
 	d.q = append(d.q, r)
 	s.waiters = append(s.waiters, durable)
@@ -662,7 +682,7 @@ func (s *Spool) maybeRemove(seg *segment) {
 // read reads back the message at r.
 func (s *Spool) read(r ref) (intake.Message, error) {
 	b := make([]byte, r.n)
-	if _, err := r.seg.f.ReadAt(b, r.off); err != nil {
+	if _, err := r.seg.f.ReadAt(b, int64(r.off)); err != nil {
 		return intake.Message{}, fmt.Errorf("spool: read %s at %d: %w", segName(r.seg.seq), r.off, err)
 	}
 	return decodeRecord(b)
@@ -690,8 +710,8 @@ func (s *Spool) oldest() int64 {
 	defer s.mu.Unlock()
 	var o int64
 	for _, d := range s.devs {
-		if len(d.q) > 0 && (o == 0 || d.q[0].received < o) {
-			o = d.q[0].received
+		if len(d.q) > 0 && (o == 0 || d.headAt < o) {
+			o = d.headAt
 		}
 	}
 	return o

@@ -178,6 +178,9 @@ func TestAppendReplayPerDeviceFIFOAndDeletion(t *testing.T) {
 	if !s.Pending("a") || s.Pending("zz") {
 		t.Fatal("Pending wrong")
 	}
+	if got, want := s.oldest(), time.Unix(1700000000, 0).UnixNano(); got != want {
+		t.Fatalf("oldest %d, want %d", got, want)
+	}
 	c := &collector{want: 120}
 	stop := run(t, s, c)
 	waitAll(t, c)
@@ -191,6 +194,9 @@ func TestAppendReplayPerDeviceFIFOAndDeletion(t *testing.T) {
 	}
 	if s.Pending("a") {
 		t.Fatal("drained device still pending")
+	}
+	if got := s.oldest(); got != 0 {
+		t.Fatalf("oldest of an empty spool: %d", got)
 	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
