@@ -34,6 +34,7 @@ type Config struct {
 	Audit      Audit      `yaml:"audit" json:"audit"`
 	Log        Log        `yaml:"log" json:"log"`
 	Rotation   Rotation   `yaml:"rotation" json:"rotation"`
+	Spool      Spool      `yaml:"spool" json:"spool"`
 	// ShutdownTimeout bounds the whole graceful shutdown (default 30s).
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout" json:"shutdown_timeout"`
 
@@ -670,6 +671,7 @@ func (c *Config) applyDefaults() {
 	setS(&c.Log.Level, DefaultLogLevel)
 	setS(&c.Log.Format, DefaultLogFormat)
 	setD(&c.ShutdownTimeout, DefaultShutdownTimeout)
+	c.Spool.applyDefaults()
 }
 
 // resolvePaths makes every relative file path absolute against dir.
@@ -692,4 +694,5 @@ func (c *Config) resolvePaths(dir string) {
 	abs(&c.DeadLetter.Path)
 	c.DeadLetter.TLS.ResolvePaths(abs)
 	abs(&c.Audit.Path)
+	abs(&c.Spool.Dir)
 }

@@ -85,6 +85,9 @@ func (c *Config) CheckFiles() error {
 			ck.add(f.field, "%s", p)
 		}
 	}
+	if p := c.Spool.checkDir(); p != "" {
+		ck.add("spool.dir", "%s", p)
+	}
 	if len(ck.probs) == 0 {
 		return nil
 	}

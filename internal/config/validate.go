@@ -78,6 +78,7 @@ func (c *Config) Validate() error {
 	c.validateSinks(&ck)
 	c.validateDeadLetter(&ck)
 	c.validateRotation(&ck)
+	c.Spool.validate(&ck)
 	if err := checkListen(c.Metrics.Listen); err != "" {
 		ck.add("metrics.listen", "%s", err)
 	}

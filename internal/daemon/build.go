@@ -20,6 +20,7 @@ import (
 	"github.com/decryptd/decryptd/internal/registry"
 	"github.com/decryptd/decryptd/internal/rotation"
 	"github.com/decryptd/decryptd/internal/sink"
+	"github.com/decryptd/decryptd/internal/spool"
 	"github.com/decryptd/decryptd/internal/wire"
 )
 
@@ -175,17 +176,45 @@ func (p *parts) buildPipeline(ctx context.Context, o *Options, opener pipeline.O
 			return fmt.Errorf("sinks[%d] (%s): %w", i, e.Name, err)
 		}
 	}
+	sp, err := openSpool(p.cfg.Spool, o)
+	if err != nil {
+		closeSinks(sinks)
+		return err
+	}
 	p.pipe, err = pipeline.New(pipeline.Options{
 		Opener: opener, Sinks: sinks[1:], DeadLetter: sinks[0],
 		MaxBatch: p.cfg.Batch.MaxRecords, MaxBatchBytes: p.cfg.Batch.MaxBytes, Linger: p.cfg.Batch.Linger,
+		Spool: sp, KeyWait: p.cfg.Spool.KeyWait,
 		KMSUnwraps: p.unwraps.Load,
 		Registerer: o.Registry, Logger: o.Logger,
 	})
 	if err != nil {
 		closeSinks(sinks)
+		if sp != nil {
+			sp.Close()
+		}
 		return err
 	}
 	return nil
+}
+
+// openSpool opens the key-pending spool when the configuration turns it on
+// (nil otherwise); the pipeline owns it from then on (its Close closes
+// it). Whatever a previous process left spooled is replayed once the
+// pipeline runs.
+func openSpool(c config.Spool, o *Options) (*spool.Spool, error) {
+	if !c.On() {
+		return nil, nil
+	}
+	sp, err := spool.Open(spool.Options{
+		Dir: c.Dir, MaxBytes: c.MaxBytes,
+		MinBackoff: min(spool.DefaultMinBackoff, c.MaxBackoff), MaxBackoff: c.MaxBackoff,
+		Registerer: o.Registry, Logger: o.Logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("spool.dir: %w", err)
+	}
+	return sp, nil
 }
 
 // recordUnwrap writes one key cache unwrap to the audit log and counts it.

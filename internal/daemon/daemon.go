@@ -409,6 +409,10 @@ func Replay(ctx context.Context, o Options, in io.Reader) (pipeline.Summary, err
 	// A replay observes nothing for rotation: no tracker runs here.
 	cfg := *o.Config
 	cfg.Rotation.Enabled = false
+	// Nor does it touch the key-pending spool: it belongs to the running
+	// daemon (which holds its lock and replays it), and a replay waits for
+	// each outcome anyway (Handle never spools).
+	cfg.Spool.Dir = ""
 	o.Config = &cfg
 	p, err := build(ctx, &o)
 	if err != nil {

@@ -269,6 +269,9 @@ func TestAlerts(t *testing.T) {
   decryptd_rotation_stragglers{instance="a"} 0x90
   decryptd_rotation_rewrap_incomplete{instance="a"} 0x90
   decryptd_rotation_rewrap_failures_total{instance="a"} 0x90
+  decryptd_spool_oldest_age_seconds{instance="a"} 0 3 0x88
+  decryptd_spool_bytes{instance="a"} 0+1x90
+  decryptd_spool_max_bytes{instance="a"} 1000x90
 `
 	for _, r := range allRules(t) {
 		t.Run(r.Alert+"/healthy", func(t *testing.T) {
@@ -329,6 +332,11 @@ func TestAlerts(t *testing.T) {
 		{"no rotation leader", "DecryptdRotationNoLeader", `
   decryptd_rotation_leader{instance="a"} 0x90
   decryptd_rotation_leader{instance="b"} 0x90`, 10 * time.Minute, 11 * time.Minute},
+		{"spooled messages waiting for their keys", "DecryptdSpoolOld", `
+  decryptd_spool_oldest_age_seconds{instance="a"} 0x10 60+60x80`, 20 * time.Minute, 21 * time.Minute},
+		{"spool nearly full", "DecryptdSpoolFilling", `
+  decryptd_spool_bytes{instance="a"} 0+20x90
+  decryptd_spool_max_bytes{instance="a"} 1000x90`, 45 * time.Minute, 46 * time.Minute},
 	}
 	for _, c := range cases {
 		t.Run(c.alert+"/"+c.name, func(t *testing.T) {
