@@ -8,6 +8,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/decryptd/decryptd/internal/redact"
 	"github.com/decryptd/decryptd/internal/sink"
 )
 
@@ -191,6 +192,7 @@ func (b *batcher) flush(batch []job) {
 				b.down = false
 				m.sinkUp.WithLabelValues(b.name).Set(1)
 				b.log.Info("sink back up", zap.Int("attempts", attempt+1))
+				b.p.sinkState(b.name, true, nil)
 			}
 			answerAll(batch, nil)
 			return
@@ -215,7 +217,10 @@ func (b *batcher) flush(batch []job) {
 		if !b.down {
 			b.down = true
 			m.sinkUp.WithLabelValues(b.name).Set(0)
-			b.log.Warn("sink down; holding its records and retrying", zap.Error(err))
+			// redact: a sink's error may quote its URL (an HTTP
+			// client error does, query and all).
+			b.log.Warn("sink down; holding its records and retrying", zap.Error(redact.Error(err)))
+			b.p.sinkState(b.name, false, err)
 		}
 		m.retries.WithLabelValues(causeSink).Inc()
 		batch = dropAbandoned(batch)
