@@ -37,7 +37,7 @@ type parts struct {
 	store registry.Store
 	cache *keycache.Cache
 	pipe  *pipeline.Pipeline
-	rot   *rotationParts   // nil unless rotation.enabled
+	rot   *rotationParts  // nil unless rotation.enabled
 	h     *health.Tracker // degraded state by cause
 	// pseudonyms are the pseudonymization keys the field policies use, by
 	// name.

@@ -42,28 +42,28 @@ func retryStart[T any](ctx context.Context, log *zap.Logger, h *health.Tracker, 
 	for attempt := 1; ; attempt++ {
 		v, err := open(ctx)
 		if err == nil {
-			h.Set(cause, "start", false, "")
+			h.Set(cause, "", false, "")
 			if attempt > 1 {
 				log.Info(what+" reachable; starting", zap.Int("attempts", attempt))
 			}
 			return v, nil
 		}
 		if ctx.Err() != nil {
-			h.Set(cause, "start", false, "")
+			h.Set(cause, "", false, "")
 			return v, fmt.Errorf("%w (%w): %s: %w", ErrStartCanceled, ctx.Err(), what, redact.Error(err))
 		}
 		if permanent != nil && permanent(err) {
-			h.Set(cause, "start", false, "")
+			h.Set(cause, "", false, "")
 			return v, err
 		}
-		h.Set(cause, "start", true, "unreachable at start")
+		h.Set(cause, "", true, "unreachable at start")
 		log.Warn(what+" unreachable at start; retrying (not ready meanwhile)",
 			zap.Int("attempt", attempt), zap.Stringer("retry_in", wait), zap.Error(redact.Error(err)))
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			h.Set(cause, "start", false, "")
+			h.Set(cause, "", false, "")
 			return v, fmt.Errorf("%w after %d attempts (%w): %s: %w", ErrStartCanceled, attempt, ctx.Err(), what, redact.Error(err))
 		case <-t.C:
 		}
