@@ -12,6 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+
 	"github.com/decryptd/decryptd/internal/config"
 	"github.com/decryptd/decryptd/internal/daemon"
 	"github.com/decryptd/decryptd/internal/kpemu"
@@ -201,5 +205,51 @@ func TestStartRefusedCredentials(t *testing.T) {
 	}
 	if strings.Contains(err.Error(), "not-the-key") {
 		t.Fatalf("the error quotes the API key: %v", err)
+	}
+}
+
+// TestBrokerDegradedAndShutdownLog: an input that cannot connect makes
+// the broker cause degraded (/healthz, /readyz naming the input); the
+// shutdown log writes its deadline with a unit, and a stop with rotation
+// off and a healthy sink blames neither.
+func TestBrokerDegradedAndShutdownLog(t *testing.T) {
+	cfg, _, base := kpConfig(t, kpAPIKey)
+	cfg.MQTT.ConnectTimeout = time.Second
+	obs, logs := observer.New(zapcore.InfoLevel)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	d, err := daemon.New(ctx, daemon.Options{Config: cfg, Logger: zap.New(obs)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runErr := make(chan error, 1)
+	go func() { runErr <- d.Run(ctx) }()
+	wait.For(t, "the broker cause degraded", func() bool {
+		h, ok := getHealthz(t, base)
+		return ok && h.Phase == "running" && h.Causes["broker"].Degraded && h.Causes["broker"].Reason == "mqtt not connected" &&
+			!h.Causes["kms"].Degraded && !h.Causes["sink"].Degraded
+	})
+	if code, body := httpGet(t, base+"/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "mqtt not connected") {
+		t.Errorf("/readyz = %d %q", code, body)
+	}
+	if h := d.Health(); h.Status != "degraded" {
+		t.Errorf("Health() = %+v", h)
+	}
+	cancel()
+	var err2 error
+	select {
+	case err2 = <-runErr:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Run did not return")
+	}
+	if err2 != nil && (strings.Contains(err2.Error(), "rotation") || strings.Contains(err2.Error(), "unwritten")) {
+		t.Errorf("the stop blames what was not at fault: %v", err2)
+	}
+	sd := logs.FilterMessage("shutting down").All()
+	if len(sd) != 1 {
+		t.Fatalf("%d shutting-down lines", len(sd))
+	}
+	if got := sd[0].ContextMap()["deadline"]; got != "5s" {
+		t.Errorf(`"deadline" = %#v, want "5s" (a duration with its unit)`, got)
 	}
 }
