@@ -1,0 +1,56 @@
+package daemon
+
+import (
+	"testing"
+
+	"github.com/decryptd/decryptd/internal/config"
+	"github.com/decryptd/decryptd/internal/health"
+)
+
+// TestReadinessWhileDegraded: what /readyz answers for each degraded
+// state (the decision documented in health.go): a KMS or registry outage
+// leaves the replica ready, every record sink down does not, the
+// dead-letter sink alone does not count.
+func TestReadinessWhileDegraded(t *testing.T) {
+	h, err := health.New(health.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := &config.Config{Sinks: []config.Sink{{Name: "records"}, {Name: "archive"}}}
+	d := &Daemon{o: Options{Config: cfg}, health: h}
+	if got := d.notReadyReason(); got != "starting" {
+		t.Fatalf("before built: %q", got)
+	}
+	h.Set(health.Registry, "", true, "unreachable at start")
+	if got := d.notReadyReason(); got != "starting: waiting for registry" {
+		t.Fatalf("waiting: %q", got)
+	}
+	h.Set(health.Registry, "", false, "")
+	d.built.Store(true)
+
+	for _, c := range []struct {
+		name  string
+		set   func()
+		ready bool
+	}{
+		{"healthy", func() {}, true},
+		{"kms unreachable", func() { h.Set(health.KMS, "", true, "unreachable") }, true},
+		{"registry unreachable", func() { h.Set(health.Registry, "lookup", true, "unreachable") }, true},
+		{"dead-letter sink down", func() { h.Set(health.Sink, DeadLetterSinkName, true, "down") }, true},
+		{"one of two sinks down", func() { h.Set(health.Sink, "records", true, "down") }, true},
+		{"every sink down", func() { h.Set(health.Sink, "archive", true, "down") }, false},
+		{"a sink back", func() { h.Set(health.Sink, "records", false, "") }, true},
+	} {
+		c.set()
+		if got := d.notReadyReason(); (got == "") != c.ready {
+			t.Errorf("%s: not-ready reason %q, want ready %v", c.name, got, c.ready)
+		}
+	}
+	d.stopping.Store(true)
+	if got := d.notReadyReason(); got != "shutting down" {
+		t.Errorf("stopping: %q", got)
+	}
+	if deg, _ := d.brokerProbe(); deg {
+		t.Error("the broker probe blames the broker while stopping")
+	}
+}
