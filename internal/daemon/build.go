@@ -124,6 +124,9 @@ func (p *parts) openStores(ctx context.Context, o *Options) error {
 	p.store, err = retryStart(ctx, o.Logger, p.h, health.Registry, "registry "+cfg.Registry.Driver, func(ctx context.Context) (registry.Store, error) {
 		return wire.OpenRegistry(ctx, cfg.Registry, wire.RegistryOptions{
 			Logger: o.Logger.With(zap.String("component", "registry")), Watch: true,
+			ListenerState: func(up bool) {
+				p.h.Set(health.Registry, "listener", !up, "change feed connection lost")
+			},
 		})
 	}, func(err error) bool { return cfg.Registry.Driver != config.DriverPostgres || pgPermanent(err) })
 	if err != nil {
