@@ -202,6 +202,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 		return nil
 	})
+	g.Go(func() error { d.recheck(gctx); return nil }) // ends with gctx
 	d.runInputs(g, gctx, errs)
 	rot := d.startRotation(gctx)
 	g.Go(func() error {

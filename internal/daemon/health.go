@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/decryptd/decryptd/internal/config"
 	"github.com/decryptd/decryptd/internal/health"
@@ -195,4 +196,51 @@ func probeKMS(ctx context.Context, cfg config.KMS, p kms.Provider) error {
 	// Any other refusal is an answer: the KMS is reachable. Unwraps say
 	// more, per key.
 	return nil
+}
+
+// recheckEvery is how often a degraded KMS or registry is asked again
+// by the daemon itself. The traffic clears a cause on its next success;
+// without traffic (the failing device went quiet, every other key is
+// cached) nothing would, and the cause would stay degraded after the
+// outage ended.
+const recheckEvery = 15 * time.Second
+
+// probeKeyID names no key (registry key ids are device ids): a Get for it
+// answers "no such version" from a reachable registry.
+const probeKeyID = "decryptd-health-probe"
+
+// recheck runs recheckOnce every recheckEvery until ctx ends.
+func (d *Daemon) recheck(ctx context.Context) {
+	t := time.NewTicker(recheckEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			d.recheckOnce(ctx)
+		}
+	}
+}
+
+// recheckOnce asks a degraded KMS (Key Protect: the root key's newest
+// version) and a registry degraded by its lookups (a Get for a key that
+// does not exist) whether they answer again, and clears the cause when
+// they do. It only clears: failures are the traffic's to report.
+func (d *Daemon) recheckOnce(ctx context.Context) {
+	r := d.health.Report()
+	if r.Causes[health.KMS].Degraded {
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		if probeKMS(pctx, d.o.Config.KMS, d.parts.kms) == nil {
+			d.health.Set(health.KMS, "", false, "")
+		}
+		cancel()
+	}
+	if r.Causes[health.Registry].Degraded {
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		if _, err := d.parts.store.Get(pctx, probeKeyID, "v0"); err == nil || errors.Is(err, registry.ErrNotFound) {
+			d.health.Set(health.Registry, "lookup", false, "")
+		}
+		cancel()
+	}
 }

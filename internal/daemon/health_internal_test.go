@@ -1,10 +1,16 @@
 package daemon
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"testing"
+	"time"
 
 	"github.com/decryptd/decryptd/internal/config"
 	"github.com/decryptd/decryptd/internal/health"
+	"github.com/decryptd/decryptd/internal/kms"
+	"github.com/decryptd/decryptd/internal/registry"
 )
 
 // TestReadinessWhileDegraded: what /readyz answers for each degraded
@@ -52,5 +58,49 @@ func TestReadinessWhileDegraded(t *testing.T) {
 	}
 	if deg, _ := d.brokerProbe(); deg {
 		t.Error("the broker probe blames the broker while stopping")
+	}
+}
+
+type fakeKP struct {
+	kms.Provider
+	err error
+}
+
+func (f fakeKP) NewestRootVersion(context.Context) (string, string, time.Time, error) {
+	return "root", "v1", time.Time{}, f.err
+}
+
+type fakeStore struct {
+	registry.Store
+	err error
+}
+
+func (f fakeStore) Get(context.Context, string, string) (registry.Entry, error) {
+	return registry.Entry{}, f.err
+}
+
+// TestRecheckClears: a degraded KMS or registry with no traffic is asked
+// again; an answer clears the cause, a failure leaves it.
+func TestRecheckClears(t *testing.T) {
+	h, err := health.New(health.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := &config.Config{KMS: config.KMS{Provider: config.ProviderKeyProtect}}
+	down := fmt.Errorf("keyprotect describe: %w", kms.ErrTransient)
+	d := &Daemon{o: Options{Config: cfg}, health: h, parts: &parts{
+		kms: fakeKP{err: down}, store: fakeStore{err: errors.New("registry postgres: connect: refused")},
+	}}
+	h.Set(health.KMS, "", true, "unreachable")
+	h.Set(health.Registry, "lookup", true, "unreachable")
+	d.recheckOnce(t.Context())
+	if !h.Degraded(health.KMS) || !h.Degraded(health.Registry) {
+		t.Fatal("cleared while still failing")
+	}
+	d.parts.kms = fakeKP{}
+	d.parts.store = fakeStore{err: fmt.Errorf("x: %w", registry.ErrNotFound)}
+	d.recheckOnce(t.Context())
+	if h.Degraded(health.KMS) || h.Degraded(health.Registry) {
+		t.Fatalf("still degraded once answering: %+v", h.Report())
 	}
 }
