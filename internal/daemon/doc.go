@@ -36,7 +36,9 @@
 //   - Health sources: the key cache's registry reads and KMS unwraps go
 //     through wrappers that report to the health tracker, the pipeline
 //     reports sinks going down and up (pipeline.Options.SinkState), and
-//     the inputs' Ready is probed for the broker cause.
+//     the inputs' Ready is probed for the broker cause; a degraded KMS or
+//     registry is asked again every 15 s (recheck), so that it clears
+//     without traffic.
 //
 //   - Shutdown, when Run's context ends or a part fails, follows one
 //     deadline (shutdown_timeout): each input stops intake, lets in-flight
