@@ -309,7 +309,7 @@ func (d *Daemon) shutdown(ctx context.Context, rot *rotationRun, errs *errList) 
 	defer cancel()
 	for _, in := range d.inputs {
 		if err := in.Shutdown(sctx); err != nil {
-			errs.add(err)
+			errs.add(d.whyUnfinished(err))
 		}
 	}
 	rot.stopTracker()
@@ -337,7 +337,7 @@ func (d *Daemon) shutdown(ctx context.Context, rot *rotationRun, errs *errList) 
 		}
 	}
 	if err := d.closeParts(sctx); err != nil {
-		errs.add(err)
+		errs.add(d.whyUnfinished(err))
 	}
 	if err := d.srv.Shutdown(sctx); err != nil {
 		errs.add(fmt.Errorf("http: shutdown: %w", err))

@@ -46,7 +46,11 @@
 //     when configured) and disconnects; then the pipeline writes what its
 //     batchers hold and flushes and closes every sink; then the key cache,
 //     the registry, the KMS provider and the audit log close; the HTTP
-//     server stops last. Errors of every step are joined. An unclean stop
+//     server stops last. Errors of every step are joined; a step's error
+//     names what was degraded meanwhile (whyUnfinished: "kms
+//     unreachable", "sink records: down"), and rotation is named only when
+//     it runs. The log line "shutting down" writes the deadline with its
+//     unit ("30s"). An unclean stop
 //     duplicates (records carry a stable id), never loses.
 //
 //   - Every KMS unwrap the key cache makes is written to the audit log

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -243,4 +244,22 @@ func (d *Daemon) recheckOnce(ctx context.Context) {
 		}
 		cancel()
 	}
+}
+
+// whyUnfinished adds to a shutdown step's error what was degraded at the
+// time (messages waiting for keys while the KMS was unreachable, records
+// held for a sink that was down), so that the error names what did not
+// finish and why rather than only that the deadline passed.
+func (d *Daemon) whyUnfinished(err error) error {
+	r := d.health.Report()
+	var why []string
+	for _, c := range health.Causes {
+		if s := r.Causes[c]; s.Degraded {
+			why = append(why, string(c)+" "+s.Reason)
+		}
+	}
+	if len(why) == 0 {
+		return err
+	}
+	return fmt.Errorf("%w (degraded meanwhile: %s)", err, strings.Join(why, "; "))
 }

@@ -104,3 +104,18 @@ func TestRecheckClears(t *testing.T) {
 		t.Fatalf("still degraded once answering: %+v", h.Report())
 	}
 }
+
+// TestWhyUnfinished: a shutdown error names what was degraded.
+func TestWhyUnfinished(t *testing.T) {
+	h, _ := health.New(health.Options{})
+	d := &Daemon{health: h}
+	base := errors.New("consumer: 3 messages unfinished at the shutdown deadline")
+	if got := d.whyUnfinished(base); got != base {
+		t.Fatalf("healthy: %v", got)
+	}
+	h.Set(health.KMS, "", true, "unreachable")
+	got := d.whyUnfinished(base)
+	if !errors.Is(got, base) || got.Error() != base.Error()+" (degraded meanwhile: kms unreachable)" {
+		t.Fatalf("got %v", got)
+	}
+}
