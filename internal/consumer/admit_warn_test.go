@@ -67,10 +67,7 @@ func TestOverflowBlamesBrokerOnlyWhenItIsAtFault(t *testing.T) {
 				// are held; the broker redelivers its window on the new
 				// connection, into slots the old one's messages still
 				// hold. The broker is not at fault.
-				c.mu.Lock()
-				conn := c.conn
-				c.mu.Unlock()
-				conn.abort()
+				dropConnection(c)
 				wait.For(t, "the warning naming the earlier connection", func() bool {
 					return logs.FilterMessageSnippet("held, by messages of an earlier connection").Len() > 0
 				})
