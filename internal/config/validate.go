@@ -184,6 +184,9 @@ func (c *Config) validateMQTT(ck *checker) {
 	positive(ck, "mqtt.connect_timeout", m.ConnectTimeout)
 }
 
+// kpSecretsGo says where the Key Protect credential goes instead of a URL.
+const kpSecretsGo = "put the API key in the file kms.keyprotect.api_key_file names, or in the environment variable kms.keyprotect.api_key_env names"
+
 func (c *Config) validateKMS(ck *checker) {
 	k := c.KMS
 	switch k.Provider {
@@ -198,11 +201,11 @@ func (c *Config) validateKMS(ck *checker) {
 		kp := k.KeyProtect
 		if kp.BaseURL == "" {
 			ck.add("kms.keyprotect.base_url", "required for provider keyprotect")
-		} else if p := sink.CheckHTTPURL(kp.BaseURL, true); p != "" {
+		} else if p := sink.CheckHTTPURL(kp.BaseURL, true, kpSecretsGo); p != "" {
 			ck.add("kms.keyprotect.base_url", "%s", p)
 		}
 		if kp.TokenURL != "" {
-			if p := sink.CheckHTTPURL(kp.TokenURL, true); p != "" {
+			if p := sink.CheckHTTPURL(kp.TokenURL, true, kpSecretsGo); p != "" {
 				ck.add("kms.keyprotect.token_url", "%s", p)
 			}
 		}

@@ -223,8 +223,18 @@ func (c *Consumer) acquireSlot(l *link, conn *trackedConn) bool {
 		// caller marks it); once half the slots are free again, freeSlot
 		// closes the connection so the broker redelivers them. Closing
 		// right away would only reconnect into a still-full consumer.
-		c.log.Warn("broker sent more unacknowledged messages than MaxInFlight; releasing them until the consumer has room, then reconnecting for redelivery (set max_inflight_messages at or below MaxInFlight)",
-			zap.Int("max_in_flight", c.o.MaxInFlight), zap.Duration("waited", c.overflowWait))
+		// Blame the broker's window only when this connection alone
+		// holds MaxInFlight unacknowledged messages: otherwise the slots
+		// are held by messages of an earlier connection still being
+		// processed (after a reconnect) or of the other connections, and
+		// max_inflight_messages is not at fault.
+		if n := l.unacked.Load(); n >= int64(c.o.MaxInFlight) {
+			c.log.Warn("broker sent more unacknowledged messages than MaxInFlight; releasing them until the consumer has room, then reconnecting for redelivery (set max_inflight_messages at or below MaxInFlight)",
+				zap.Int("max_in_flight", c.o.MaxInFlight), zap.Int64("unacknowledged", n), zap.Duration("waited", c.overflowWait))
+		} else {
+			c.log.Warn("every in-flight slot is held, by messages of an earlier connection still being processed or of the other connections; releasing this connection's messages until the consumer has room, then reconnecting for redelivery",
+				zap.Int("max_in_flight", c.o.MaxInFlight), zap.Int64("unacknowledged", n), zap.Duration("waited", c.overflowWait))
+		}
 		c.markOverflow(l, conn)
 		return false
 	}

@@ -110,6 +110,12 @@ type Options struct {
 	// difference in its Summary.
 	KMSUnwraps func() uint64
 
+	// SinkState, if set, is told when a sink goes down (up false, err
+	// its failure) and when it is back up (up true, err nil), once per
+	// change, on that sink's writer goroutine; it must not block. The
+	// daemon's health tracker listens here (decryptd_degraded{cause="sink"}).
+	SinkState func(sink string, up bool, err error)
+
 	Registerer prometheus.Registerer // nil: metrics kept, not exported
 	Logger     *zap.Logger           // nil: no logging
 	// Now is the clock (latency metrics); default time.Now.
@@ -407,6 +413,13 @@ func (p *Pipeline) opened(d *delivery, rec decrypt.Record, err error) {
 		p.logOnce("message under a revoked key", err)
 	}
 	p.deadLetter(d, reason, err.Error())
+}
+
+// sinkState reports a sink's change of state to Options.SinkState.
+func (p *Pipeline) sinkState(name string, up bool, err error) {
+	if p.o.SinkState != nil {
+		p.o.SinkState(name, up, err)
+	}
 }
 
 // open calls the Opener, retrying transient faults until ctx ends. With
