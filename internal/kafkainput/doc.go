@@ -79,6 +79,10 @@
 // decryptd_inflight_messages as the MQTT input has it. Nothing logs or
 // exports payloads; logs carry partition numbers, never device ids.
 //
+// Ready is true once the group is joined (a replica holding no partition
+// is ready too; one rebuilding a partition's window is, as it consumes
+// the others meanwhile) and while fetches do not fail.
+//
 // An Input is safe for concurrent use: Run once, Ready and Shutdown from
 // any goroutine.
 package kafkainput
