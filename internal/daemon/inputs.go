@@ -101,8 +101,9 @@ func newKafkaInput(o Options, proc intake.Processor, dec *decrypt.Decryptor) (*k
 		CommitInterval: k.CommitInterval,
 		Window:         win, ReplayLookback: k.ReplayLookback, ReplayMaxAge: o.Config.Decrypt.ReplayWindowAge,
 		ReplayRebuildTimeout: k.ReplayRebuildTimeout,
-		ShutdownTimeout:      o.Config.ShutdownTimeout,
-		Logger:               o.Logger, Registerer: o.Registry,
+		SessionTimeout:       k.SessionTimeout, RebalanceTimeout: k.RebalanceTimeout,
+		ShutdownTimeout: o.Config.ShutdownTimeout,
+		Logger:          o.Logger, Registerer: o.Registry,
 	}, proc)
 }
 

@@ -135,6 +135,9 @@ func New(o Options, proc intake.Processor) (*Input, error) {
 		kgo.ConsumerGroup(o.Group),
 		kgo.ConsumeTopics(o.Topics...),
 		kgo.Balancers(kgo.CooperativeStickyBalancer()),
+		kgo.SessionTimeout(o.SessionTimeout),
+		kgo.HeartbeatInterval(min(3*time.Second, o.SessionTimeout/3)),
+		kgo.RebalanceTimeout(o.RebalanceTimeout),
 		kgo.DisableAutoCommit(),
 		// Callbacks run between polls, never while a polled batch is
 		// being handed out: a revocation then sees every record of the
