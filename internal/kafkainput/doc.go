@@ -81,7 +81,8 @@
 //
 // Ready is true once the group is joined (a replica holding no partition
 // is ready too; one rebuilding a partition's window is, as it consumes
-// the others meanwhile) and while fetches do not fail.
+// the others meanwhile) and while fetches do not fail and a broker answers
+// a ping (every 5 s).
 //
 // An Input is safe for concurrent use: Run once, Ready and Shutdown from
 // any goroutine.

@@ -58,6 +58,7 @@ type Input struct {
 
 	joined       atomic.Bool // the group was joined (an assignment came)
 	fetchFailing atomic.Bool
+	unreachable  atomic.Bool // the last ping reached no broker
 	stopping     atomic.Bool
 	running      atomic.Bool
 
@@ -174,8 +175,9 @@ func (in *Input) Run(ctx context.Context) error {
 		in.wg.Add(1)
 		go in.work(q)
 	}
-	in.wg.Add(1)
+	in.wg.Add(2)
 	go in.committer()
+	go in.pinger()
 	go in.poll()
 	select {
 	case <-ctx.Done():
@@ -190,8 +192,36 @@ func (in *Input) Run(ctx context.Context) error {
 // Ready reports whether the input has joined its group and its fetches
 // are not failing.
 func (in *Input) Ready() bool {
-	return in.joined.Load() && !in.fetchFailing.Load() && !in.stopping.Load()
+	return in.joined.Load() && !in.fetchFailing.Load() && !in.unreachable.Load() && !in.stopping.Load()
 }
+
+// pinger checks every pingInterval that a broker answers: an idle
+// partition fetches nothing and reports no error, so a cluster gone away
+// would otherwise look ready.
+func (in *Input) pinger() {
+	defer in.wg.Done()
+	t := time.NewTicker(pingInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+		case <-in.quit:
+			return
+		}
+		ctx, cancel := context.WithTimeout(in.procCtx, pingInterval)
+		err := in.cl.Ping(ctx)
+		cancel()
+		if was := in.unreachable.Swap(err != nil); was != (err != nil) {
+			if err != nil {
+				in.log.Warn("no Kafka broker answers", zap.Error(err))
+			} else {
+				in.log.Info("Kafka brokers answer again")
+			}
+		}
+	}
+}
+
+const pingInterval = 5 * time.Second
 
 // Shutdown stops fetching, lets in-flight messages finish, commits every
 // partition's done prefix and leaves the group, all within ctx; what is
