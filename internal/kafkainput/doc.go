@@ -39,7 +39,9 @@
 //   - At most MaxInFlight records (and MaxInFlightBytes of values, passed
 //     by at most one poll) are between fetch and settling; polling waits
 //     (PollRecords is asked for no more than the room left), so a slow
-//     sink slows fetching instead of filling memory.
+//     sink slows fetching instead of filling memory. Beside them the
+//     client buffers at most one fetch response per broker, each at most
+//     min(MaxInFlightBytes, 50 MiB).
 //   - Redelivered is set on a record that the partition's previous holder
 //     had already received, per its last commit's metadata
 //     ("decryptd/1 received=<offset>"): processed again, its record

@@ -145,6 +145,10 @@ func New(o Options, proc intake.Processor) (*Input, error) {
 		// partition already in flight.
 		kgo.BlockRebalanceOnPoll(),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		// The client buffers at most one fetch response per broker while
+		// polling waits: no larger than the in-flight byte bound.
+		kgo.FetchMaxBytes(int32(min(o.MaxInFlightBytes, 50<<20))),
+		kgo.FetchMaxPartitionBytes(int32(min(o.MaxInFlightBytes, 1<<20))),
 		// A partition without a commit starts at its beginning: a new
 		// group reads the backlog rather than skipping it.
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
