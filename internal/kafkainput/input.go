@@ -32,7 +32,8 @@ type Input struct {
 	proc    intake.Processor
 	log     *zap.Logger
 	m       *metrics
-	cl      *kgo.Client
+	clp     atomic.Pointer[kgo.Client] // made by Run: nothing joins the group before
+	opts    []kgo.Opt                  // the group client's options
 	mapper  mapper
 	pattern intake.TopicPattern
 	clOpts  []kgo.Opt // connection options, for the rebuild readers
@@ -158,9 +159,7 @@ func New(o Options, proc intake.Processor) (*Input, error) {
 		kgo.OnPartitionsRevoked(in.onRevoked),
 		kgo.OnPartitionsLost(in.onLost),
 	)
-	if in.cl, err = kgo.NewClient(opts...); err != nil {
-		return nil, fmt.Errorf("kafkainput: %w", err)
-	}
+	in.opts = opts
 	in.queues = make([]*workQueue, o.Workers)
 	for i := range in.queues {
 		in.queues[i] = &workQueue{wake: make(chan struct{}, 1)}
@@ -175,6 +174,16 @@ func (in *Input) Run(ctx context.Context) error {
 	if !in.running.CompareAndSwap(false, true) {
 		return ErrAlreadyRunning
 	}
+	if in.stopping.Load() {
+		return nil
+	}
+	// The client is made here, not in New: it joins the group at once,
+	// and a daemon that fails to start after New must not hold partitions.
+	cl, err := kgo.NewClient(in.opts...)
+	if err != nil {
+		return fmt.Errorf("kafkainput: %w", err)
+	}
+	in.clp.Store(cl)
 	for _, q := range in.queues {
 		in.wg.Add(1)
 		go in.work(q)
@@ -213,7 +222,7 @@ func (in *Input) pinger() {
 			return
 		}
 		ctx, cancel := context.WithTimeout(in.procCtx, pingInterval)
-		err := in.cl.Ping(ctx)
+		err := in.clp.Load().Ping(ctx)
 		cancel()
 		if was := in.unreachable.Swap(err != nil); was != (err != nil) {
 			if err != nil {
@@ -267,14 +276,19 @@ func (in *Input) shutdown(ctx context.Context) error {
 	}
 	// Leaving runs onRevoked for every partition (nothing left to wait
 	// for or commit), then the group rebalances without this member.
-	if err := in.cl.LeaveGroupContext(ctx); err != nil && !errors.Is(err, context.Canceled) {
-		errs = append(errs, fmt.Errorf("kafkainput: leave group: %w", err))
+	cl := in.clp.Load()
+	if cl != nil {
+		if err := cl.LeaveGroupContext(ctx); err != nil && !errors.Is(err, context.Canceled) {
+			errs = append(errs, fmt.Errorf("kafkainput: leave group: %w", err))
+		}
 	}
 	in.procCancel()
 	close(in.quit)
 	in.flightCond.Broadcast()
 	in.wg.Wait()
-	in.cl.Close()
+	if cl != nil {
+		cl.Close()
+	}
 	in.log.Info("kafka input stopped")
 	return errors.Join(errs...)
 }
@@ -283,16 +297,17 @@ func (in *Input) shutdown(ctx context.Context) error {
 // poll and AllowRebalance it never blocks.
 func (in *Input) poll() {
 	defer close(in.pollDone)
+	cl := in.clp.Load()
 	for {
 		n, ok := in.waitRoom()
 		if !ok {
 			return
 		}
-		fs := in.cl.PollRecords(in.pollCtx, n)
+		fs := cl.PollRecords(in.pollCtx, n)
 		if in.pollCtx.Err() != nil || fs.IsClientClosed() {
 			// Records polled now are not handed out: not committed, they
 			// come back to whoever holds the partition next.
-			in.cl.AllowRebalance()
+			cl.AllowRebalance()
 			return
 		}
 		failed := false
@@ -327,7 +342,7 @@ func (in *Input) poll() {
 		} else {
 			in.fetchFailing.Store(true)
 		}
-		in.cl.AllowRebalance()
+		cl.AllowRebalance()
 		if failed && got == 0 {
 			select {
 			case <-time.After(100 * time.Millisecond):
@@ -512,7 +527,11 @@ func (in *Input) commit(ctx context.Context, only []*partition) error {
 		return nil
 	})
 	var errs []error
-	in.cl.CommitOffsetsSync(cctx, offsets, func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, resp *kmsg.OffsetCommitResponse, err error) {
+	cl := in.clp.Load()
+	if cl == nil {
+		return nil
+	}
+	cl.CommitOffsetsSync(cctx, offsets, func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, resp *kmsg.OffsetCommitResponse, err error) {
 		if err != nil {
 			errs = append(errs, err)
 			return
