@@ -57,6 +57,7 @@ type Input struct {
 
 	commitMu sync.Mutex // one commit at a time (periodic, revoke, final)
 
+	runMu        sync.Mutex  // Run's start against Shutdown's stop
 	joined       atomic.Bool // the group was joined (an assignment came)
 	fetchFailing atomic.Bool
 	unreachable  atomic.Bool // the last ping reached no broker
@@ -174,13 +175,17 @@ func (in *Input) Run(ctx context.Context) error {
 	if !in.running.CompareAndSwap(false, true) {
 		return ErrAlreadyRunning
 	}
+	in.runMu.Lock()
 	if in.stopping.Load() {
-		return nil
+		in.runMu.Unlock()
+		<-in.shutdownDone
+		return in.shutdownErr
 	}
 	// The client is made here, not in New: it joins the group at once,
 	// and a daemon that fails to start after New must not hold partitions.
 	cl, err := kgo.NewClient(in.opts...)
 	if err != nil {
+		in.runMu.Unlock()
 		return fmt.Errorf("kafkainput: %w", err)
 	}
 	in.clp.Store(cl)
@@ -192,6 +197,7 @@ func (in *Input) Run(ctx context.Context) error {
 	go in.committer()
 	go in.pinger()
 	go in.poll()
+	in.runMu.Unlock()
 	select {
 	case <-ctx.Done():
 		sctx, cancel := context.WithTimeout(context.Background(), in.o.ShutdownTimeout)
@@ -253,7 +259,10 @@ func (in *Input) Shutdown(ctx context.Context) error {
 }
 
 func (in *Input) shutdown(ctx context.Context) error {
+	in.runMu.Lock()
 	in.stopping.Store(true)
+	started := in.clp.Load() != nil
+	in.runMu.Unlock()
 	in.flightMu.Lock() // no waitRoom between its check and its Wait
 	in.flightMu.Unlock()
 	in.flightCond.Broadcast()
@@ -261,7 +270,7 @@ func (in *Input) shutdown(ctx context.Context) error {
 	defer stopProc()
 	in.pollCancel()
 	var errs []error
-	if in.running.Load() {
+	if started {
 		select {
 		case <-in.pollDone:
 		case <-ctx.Done():
