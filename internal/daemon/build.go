@@ -38,8 +38,9 @@ type parts struct {
 	store registry.Store
 	cache *keycache.Cache
 	pipe  *pipeline.Pipeline
-	rot   *rotationParts  // nil unless rotation.enabled
-	h     *health.Tracker // degraded state by cause
+	rot   *rotationParts     // nil unless rotation.enabled
+	h     *health.Tracker    // degraded state by cause
+	dec   *decrypt.Decryptor // the replay window an input may rebuild (Kafka)
 	// pseudonyms are the pseudonymization keys the field policies use, by
 	// name.
 	pseudonyms map[string]*pseudonym.Key
@@ -168,6 +169,7 @@ func (p *parts) buildOpener(o *Options) (pipeline.Opener, error) {
 	if err != nil {
 		return nil, err
 	}
+	p.dec = dec
 	if !p.cfg.Rotation.Enabled {
 		return dec, nil
 	}
