@@ -311,9 +311,10 @@ func drainKafkaBare(ctx context.Context, brokers []string, group string, n int, 
 	if sum == 0 {
 		return nil, errors.New("drained empty records")
 	}
-	return &KafkaDrainRun{Side: "bare", Messages: n, Seconds: end.Sub(start).Seconds(), JoinSeconds: first.Sub(start).Seconds(),
-		Rate:        float64(int64(n)-atFirst) / end.Sub(first).Seconds(),
-		CPUPerMsgUS: float64((cpu1 - cpu0).Microseconds()) / float64(n), PeakRSS: peak}, nil
+	run := &KafkaDrainRun{Side: "bare", Messages: n, Seconds: end.Sub(start).Seconds(), JoinSeconds: first.Sub(start).Seconds(),
+		CPUPerMsgUS: float64((cpu1 - cpu0).Microseconds()) / float64(n), PeakRSS: peak}
+	run.Rate = rateAfterFirst(n, float64(atFirst), first, end, start)
+	return run, nil
 }
 
 // drainKafkaDaemon drains the topic with decryptd in process, configured
@@ -364,8 +365,8 @@ func drainKafkaDaemon(ctx context.Context, brokers []string, group string, o Kaf
 	}
 	cpu1 := cpuTime()
 	run := &KafkaDrainRun{Side: "decryptd", Messages: o.Messages, Seconds: w.end.Sub(start).Seconds(), JoinSeconds: w.first.Sub(start).Seconds(),
-		Rate:        (float64(o.Messages) - w.atFirst) / w.end.Sub(w.first).Seconds(),
 		CPUPerMsgUS: float64((cpu1 - cpu0).Microseconds()) / float64(o.Messages), PeakRSS: peakRSS(), KMSUnwraps: d.KMSUnwraps()}
+	run.Rate = rateAfterFirst(o.Messages, w.atFirst, w.first, w.end, start)
 	run.Delivered, _ = metricSum(reg, "decryptd_records_delivered_total")
 	run.DeadLetters, _ = metricSum(reg, "decryptd_dead_letters_total")
 	run.Duplicates, _ = metricSum(reg, "decryptd_duplicates_total")
@@ -379,6 +380,18 @@ func drainKafkaDaemon(ctx context.Context, brokers []string, group string, o Kaf
 		return nil, fmt.Errorf("%.0f messages dead-lettered", run.DeadLetters)
 	}
 	return run, nil
+}
+
+// rateAfterFirst is the drain's rate from its first records on: the n
+// records less the atFirst already there at first, over the time from
+// first to end. When the first poll or write already held nearly all of
+// them (a tiny backlog), it is the whole drain's rate from start.
+func rateAfterFirst(n int, atFirst float64, first, end, start time.Time) float64 {
+	rest, span := float64(n)-atFirst, end.Sub(first).Seconds()
+	if rest < float64(n)/10 || span <= 0 {
+		return float64(n) / end.Sub(start).Seconds()
+	}
+	return rest / span
 }
 
 // kafkaWatch is what waitKafkaDrained saw: when the sink's file first held
