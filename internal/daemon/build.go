@@ -36,6 +36,7 @@ type parts struct {
 	store registry.Store
 	cache *keycache.Cache
 	pipe  *pipeline.Pipeline
+	dec   *decrypt.Decryptor // the replay window an input may rebuild (Kafka)
 	rot   *rotationParts // nil unless rotation.enabled
 	// pseudonyms are the pseudonymization keys the field policies use, by
 	// name.
@@ -152,6 +153,7 @@ func (p *parts) buildOpener(o *Options) (pipeline.Opener, error) {
 	if err != nil {
 		return nil, err
 	}
+	p.dec = dec
 	if !p.cfg.Rotation.Enabled {
 		return dec, nil
 	}

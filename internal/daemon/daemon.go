@@ -111,7 +111,7 @@ func New(ctx context.Context, o Options) (_ *Daemon, err error) {
 		}
 	}()
 
-	d.inputs, err = buildInputs(o, p.pipe)
+	d.inputs, err = buildInputs(o, p.pipe, p.dec)
 	if err != nil {
 		return nil, err
 	}

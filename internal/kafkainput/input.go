@@ -73,8 +73,10 @@ type Input struct {
 	shutdownDone chan struct{}
 	shutdownErr  error
 
-	// commitHook, in tests, sees every offset committed.
+	// commitHook, in tests, sees every offset committed; noCommit, in
+	// tests, turns commits off (a replica that dies without committing).
 	commitHook func(topic string, partition int32, offset int64)
+	noCommit   atomic.Bool
 }
 
 // tp names a partition.
@@ -427,6 +429,9 @@ func (in *Input) committer() {
 func (in *Input) commit(ctx context.Context, only []*partition) error {
 	in.commitMu.Lock()
 	defer in.commitMu.Unlock()
+	if in.noCommit.Load() {
+		return nil
+	}
 	if only == nil {
 		in.mu.Lock()
 		for _, p := range in.parts {
