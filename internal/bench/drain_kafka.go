@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -348,6 +349,15 @@ func drainKafkaDaemon(ctx context.Context, brokers []string, group string, o Kaf
 	cpu0 := cpuTime()
 	start := time.Now()
 	stopDaemon := runDaemon(ctx, d)
+	if o.ProfileDir != "" {
+		// Where the goroutines wait, once the drain is under way.
+		time.AfterFunc(2*time.Second, func() {
+			if f, err := os.Create(filepath.Join(o.ProfileDir, fmt.Sprintf("kafka-goroutines-%d.txt", round))); err == nil {
+				_ = pprof.Lookup("goroutine").WriteTo(f, 1)
+				f.Close()
+			}
+		})
+	}
 	var delivered atomic.Int64
 	stopProgress := reportEvery(o.Progress, time.Second, func() string {
 		k := delivered.Load()
