@@ -154,6 +154,13 @@ type Kafka struct {
 	// ReplayRebuildTimeout bounds one rebuild (default 30s; keep it below
 	// the group's rebalance timeout, 60s).
 	ReplayRebuildTimeout time.Duration `yaml:"replay_rebuild_timeout" json:"replay_rebuild_timeout"`
+	// SessionTimeout: a replica silent this long (killed, partitioned)
+	// loses its partitions to the others (default 45s, Kafka's).
+	SessionTimeout time.Duration `yaml:"session_timeout" json:"session_timeout"`
+	// RebalanceTimeout bounds a rebalance: a replica must finish its
+	// revocations (in-flight messages, final commits) and rebuilds in it
+	// (default 60s).
+	RebalanceTimeout time.Duration `yaml:"rebalance_timeout" json:"rebalance_timeout"`
 	// TLS, AllowPlaintext and SASL: the keys of the kafka sink.
 	TLS            KafkaTLS  `yaml:"tls" json:"tls"`
 	AllowPlaintext bool      `yaml:"allow_plaintext" json:"allow_plaintext"`
@@ -489,6 +496,8 @@ const (
 	DefaultKafkaCommitInterval       = time.Second
 	DefaultKafkaReplayLookback       = 100_000
 	DefaultKafkaReplayRebuildTimeout = 30 * time.Second
+	DefaultKafkaSessionTimeout       = 45 * time.Second
+	DefaultKafkaRebalanceTimeout     = 60 * time.Second
 )
 
 // Default returns a Config holding every default (mqtt.client_id is the host
@@ -692,6 +701,8 @@ func (c *Config) applyDefaults() {
 	setD(&k.CommitInterval, DefaultKafkaCommitInterval)
 	setI(&k.ReplayLookback, DefaultKafkaReplayLookback)
 	setD(&k.ReplayRebuildTimeout, DefaultKafkaReplayRebuildTimeout)
+	setD(&k.SessionTimeout, DefaultKafkaSessionTimeout)
+	setD(&k.RebalanceTimeout, DefaultKafkaRebalanceTimeout)
 
 	c.KMS.KeyProtect.BaseURL = strings.TrimRight(c.KMS.KeyProtect.BaseURL, "/")
 	setD(&c.KMS.KeyProtect.Timeout, DefaultKeyProtectTimeout)

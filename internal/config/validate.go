@@ -235,6 +235,14 @@ func (c *Config) validateKafka(ck *checker) {
 		ck.add("kafka.replay_lookback", "must be positive, got %d", k.ReplayLookback)
 	}
 	positive(ck, "kafka.replay_rebuild_timeout", k.ReplayRebuildTimeout)
+	if k.SessionTimeout < time.Second {
+		ck.add("kafka.session_timeout", "want at least 1s, got %s", k.SessionTimeout)
+	}
+	if k.RebalanceTimeout < time.Second {
+		ck.add("kafka.rebalance_timeout", "want at least 1s, got %s", k.RebalanceTimeout)
+	} else if k.ReplayRebuildTimeout >= k.RebalanceTimeout {
+		ck.add("kafka.replay_rebuild_timeout", "must be shorter than kafka.rebalance_timeout (%s), got %s", k.RebalanceTimeout, k.ReplayRebuildTimeout)
+	}
 }
 
 // CheckTopicTemplate checks a kafka.topic_template: an MQTT topic name

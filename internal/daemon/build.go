@@ -37,7 +37,7 @@ type parts struct {
 	cache *keycache.Cache
 	pipe  *pipeline.Pipeline
 	dec   *decrypt.Decryptor // the replay window an input may rebuild (Kafka)
-	rot   *rotationParts // nil unless rotation.enabled
+	rot   *rotationParts     // nil unless rotation.enabled
 	// pseudonyms are the pseudonymization keys the field policies use, by
 	// name.
 	pseudonyms map[string]*pseudonym.Key

@@ -1,8 +1,10 @@
 // Package daemon owns decryptd's lifecycle: it builds every part from a
 // validated configuration, from the leaves up (audit log, KMS provider,
 // registry, key cache, decryptor, sinks, dead-letter sink, pipeline, the
-// inputs that input.type names (intake.Input: the MQTT consumer), HTTP
-// server), runs them, and takes them down again.
+// inputs that input.type names (intake.Input: the MQTT consumer, or the
+// Kafka input, handed the decryptor so it can rebuild the replay window of
+// each partition it is assigned), HTTP server), runs them, and takes them
+// down again.
 //
 // Promises:
 //

@@ -1,8 +1,11 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/decryptd/decryptd/internal/config"
 	"github.com/decryptd/decryptd/internal/consumer"
@@ -23,6 +26,19 @@ type input struct {
 // input type is one case here and its own package.
 func buildInputs(o Options, proc intake.Processor, dec *decrypt.Decryptor) ([]input, error) {
 	cfg := o.Config
+	if o.Registry != nil {
+		// Which input this replica runs, for dashboards that show the
+		// source-neutral metrics by input (one input per process, so no
+		// label on every series).
+		info := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "decryptd_input_info",
+			Help: "1 for the input this replica runs (input.type: mqtt or kafka).",
+		}, []string{"input"})
+		info.WithLabelValues(cmp.Or(cfg.Input.Type, config.InputMQTT)).Set(1)
+		if err := o.Registry.Register(info); err != nil {
+			return nil, fmt.Errorf("input metrics: %w", err)
+		}
+	}
 	switch cfg.Input.Type {
 	case config.InputMQTT, "":
 		c, err := newMQTTInput(o, proc)
@@ -85,8 +101,9 @@ func newKafkaInput(o Options, proc intake.Processor, dec *decrypt.Decryptor) (*k
 		CommitInterval: k.CommitInterval,
 		Window:         win, ReplayLookback: k.ReplayLookback, ReplayMaxAge: o.Config.Decrypt.ReplayWindowAge,
 		ReplayRebuildTimeout: k.ReplayRebuildTimeout,
-		ShutdownTimeout:      o.Config.ShutdownTimeout,
-		Logger:               o.Logger, Registerer: o.Registry,
+		SessionTimeout:       k.SessionTimeout, RebalanceTimeout: k.RebalanceTimeout,
+		ShutdownTimeout: o.Config.ShutdownTimeout,
+		Logger:          o.Logger, Registerer: o.Registry,
 	}, proc)
 }
 

@@ -173,6 +173,7 @@ func TestDaemonVectorsKafka(t *testing.T) {
 		`decryptd_kafka_records_unmapped_total 0`,
 		fmt.Sprintf(`decryptd_kafka_partition_lag{partition="0",topic="%s"} 0`, kafkaTopic),
 		`decryptd_inflight_messages 0`,
+		`decryptd_input_info{input="kafka"} 1`,
 	} {
 		if !strings.Contains(page, line) {
 			t.Errorf("/metrics lacks %s", line)

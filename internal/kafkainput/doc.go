@@ -39,7 +39,9 @@
 //   - At most MaxInFlight records (and MaxInFlightBytes of values, passed
 //     by at most one poll) are between fetch and settling; polling waits
 //     (PollRecords is asked for no more than the room left), so a slow
-//     sink slows fetching instead of filling memory.
+//     sink slows fetching instead of filling memory. Beside them the
+//     client buffers at most one fetch response per broker, each at most
+//     min(MaxInFlightBytes, 50 MiB).
 //   - Redelivered is set on a record that the partition's previous holder
 //     had already received, per its last commit's metadata
 //     ("decryptd/1 received=<offset>"): processed again, its record
@@ -78,6 +80,11 @@
 // decryptd_kafka_committed_offset by topic and partition number, and
 // decryptd_inflight_messages as the MQTT input has it. Nothing logs or
 // exports payloads; logs carry partition numbers, never device ids.
+//
+// Ready is true once the group is joined (a replica holding no partition
+// is ready too; one rebuilding a partition's window is, as it consumes
+// the others meanwhile) and while fetches do not fail and a broker answers
+// a ping (every 5 s).
 //
 // An Input is safe for concurrent use: Run once, Ready and Shutdown from
 // any goroutine.

@@ -188,3 +188,19 @@ func (h *holdProc) TryProcess(ctx context.Context, m intake.Message, done func(e
 	h.Process(ctx, m, done)
 	return true
 }
+
+// produceFrom appends n records to partition 0, seqs from start on.
+func produceFrom(t testing.TB, c *kfake.Cluster, start, n int) {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...), kgo.RecordPartitioner(kgo.ManualPartitioner()), kgo.DefaultProduceTopic(testTopic))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	for s := start; s < start+n; s++ {
+		r := &kgo.Record{Partition: 0, Value: []byte(fmt.Sprintf("0:%d", s)), Headers: []kgo.RecordHeader{{Key: "mqtt_topic", Value: []byte("dev/0-x")}}}
+		if err := cl.ProduceSync(context.Background(), r).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

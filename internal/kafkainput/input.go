@@ -32,7 +32,8 @@ type Input struct {
 	proc    intake.Processor
 	log     *zap.Logger
 	m       *metrics
-	cl      *kgo.Client
+	clp     atomic.Pointer[kgo.Client] // made by Run: nothing joins the group before
+	opts    []kgo.Opt                  // the group client's options
 	mapper  mapper
 	pattern intake.TopicPattern
 	clOpts  []kgo.Opt // connection options, for the rebuild readers
@@ -56,8 +57,10 @@ type Input struct {
 
 	commitMu sync.Mutex // one commit at a time (periodic, revoke, final)
 
+	runMu        sync.Mutex  // Run's start against Shutdown's stop
 	joined       atomic.Bool // the group was joined (an assignment came)
 	fetchFailing atomic.Bool
+	unreachable  atomic.Bool // the last ping reached no broker
 	stopping     atomic.Bool
 	running      atomic.Bool
 
@@ -135,12 +138,19 @@ func New(o Options, proc intake.Processor) (*Input, error) {
 		kgo.ConsumerGroup(o.Group),
 		kgo.ConsumeTopics(o.Topics...),
 		kgo.Balancers(kgo.CooperativeStickyBalancer()),
+		kgo.SessionTimeout(o.SessionTimeout),
+		kgo.HeartbeatInterval(min(3*time.Second, o.SessionTimeout/3)),
+		kgo.RebalanceTimeout(o.RebalanceTimeout),
 		kgo.DisableAutoCommit(),
 		// Callbacks run between polls, never while a polled batch is
 		// being handed out: a revocation then sees every record of the
 		// partition already in flight.
 		kgo.BlockRebalanceOnPoll(),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		// The client buffers at most one fetch response per broker while
+		// polling waits: no larger than the in-flight byte bound.
+		kgo.FetchMaxBytes(int32(min(o.MaxInFlightBytes, 50<<20))),
+		kgo.FetchMaxPartitionBytes(int32(min(o.MaxInFlightBytes, 1<<20))),
 		// A partition without a commit starts at its beginning: a new
 		// group reads the backlog rather than skipping it.
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
@@ -150,9 +160,7 @@ func New(o Options, proc intake.Processor) (*Input, error) {
 		kgo.OnPartitionsRevoked(in.onRevoked),
 		kgo.OnPartitionsLost(in.onLost),
 	)
-	if in.cl, err = kgo.NewClient(opts...); err != nil {
-		return nil, fmt.Errorf("kafkainput: %w", err)
-	}
+	in.opts = opts
 	in.queues = make([]*workQueue, o.Workers)
 	for i := range in.queues {
 		in.queues[i] = &workQueue{wake: make(chan struct{}, 1)}
@@ -167,13 +175,29 @@ func (in *Input) Run(ctx context.Context) error {
 	if !in.running.CompareAndSwap(false, true) {
 		return ErrAlreadyRunning
 	}
+	in.runMu.Lock()
+	if in.stopping.Load() {
+		in.runMu.Unlock()
+		<-in.shutdownDone
+		return in.shutdownErr
+	}
+	// The client is made here, not in New: it joins the group at once,
+	// and a daemon that fails to start after New must not hold partitions.
+	cl, err := kgo.NewClient(in.opts...)
+	if err != nil {
+		in.runMu.Unlock()
+		return fmt.Errorf("kafkainput: %w", err)
+	}
+	in.clp.Store(cl)
 	for _, q := range in.queues {
 		in.wg.Add(1)
 		go in.work(q)
 	}
-	in.wg.Add(1)
+	in.wg.Add(2)
 	go in.committer()
+	go in.pinger()
 	go in.poll()
+	in.runMu.Unlock()
 	select {
 	case <-ctx.Done():
 		sctx, cancel := context.WithTimeout(context.Background(), in.o.ShutdownTimeout)
@@ -187,8 +211,36 @@ func (in *Input) Run(ctx context.Context) error {
 // Ready reports whether the input has joined its group and its fetches
 // are not failing.
 func (in *Input) Ready() bool {
-	return in.joined.Load() && !in.fetchFailing.Load() && !in.stopping.Load()
+	return in.joined.Load() && !in.fetchFailing.Load() && !in.unreachable.Load() && !in.stopping.Load()
 }
+
+// pinger checks every pingInterval that a broker answers: an idle
+// partition fetches nothing and reports no error, so a cluster gone away
+// would otherwise look ready.
+func (in *Input) pinger() {
+	defer in.wg.Done()
+	t := time.NewTicker(pingInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+		case <-in.quit:
+			return
+		}
+		ctx, cancel := context.WithTimeout(in.procCtx, pingInterval)
+		err := in.clp.Load().Ping(ctx)
+		cancel()
+		if was := in.unreachable.Swap(err != nil); was != (err != nil) {
+			if err != nil {
+				in.log.Warn("no Kafka broker answers", zap.Error(err))
+			} else {
+				in.log.Info("Kafka brokers answer again")
+			}
+		}
+	}
+}
+
+const pingInterval = 5 * time.Second
 
 // Shutdown stops fetching, lets in-flight messages finish, commits every
 // partition's done prefix and leaves the group, all within ctx; what is
@@ -207,7 +259,10 @@ func (in *Input) Shutdown(ctx context.Context) error {
 }
 
 func (in *Input) shutdown(ctx context.Context) error {
+	in.runMu.Lock()
 	in.stopping.Store(true)
+	started := in.clp.Load() != nil
+	in.runMu.Unlock()
 	in.flightMu.Lock() // no waitRoom between its check and its Wait
 	in.flightMu.Unlock()
 	in.flightCond.Broadcast()
@@ -215,7 +270,7 @@ func (in *Input) shutdown(ctx context.Context) error {
 	defer stopProc()
 	in.pollCancel()
 	var errs []error
-	if in.running.Load() {
+	if started {
 		select {
 		case <-in.pollDone:
 		case <-ctx.Done():
@@ -230,14 +285,19 @@ func (in *Input) shutdown(ctx context.Context) error {
 	}
 	// Leaving runs onRevoked for every partition (nothing left to wait
 	// for or commit), then the group rebalances without this member.
-	if err := in.cl.LeaveGroupContext(ctx); err != nil && !errors.Is(err, context.Canceled) {
-		errs = append(errs, fmt.Errorf("kafkainput: leave group: %w", err))
+	cl := in.clp.Load()
+	if cl != nil {
+		if err := cl.LeaveGroupContext(ctx); err != nil && !errors.Is(err, context.Canceled) {
+			errs = append(errs, fmt.Errorf("kafkainput: leave group: %w", err))
+		}
 	}
 	in.procCancel()
 	close(in.quit)
 	in.flightCond.Broadcast()
 	in.wg.Wait()
-	in.cl.Close()
+	if cl != nil {
+		cl.Close()
+	}
 	in.log.Info("kafka input stopped")
 	return errors.Join(errs...)
 }
@@ -246,16 +306,17 @@ func (in *Input) shutdown(ctx context.Context) error {
 // poll and AllowRebalance it never blocks.
 func (in *Input) poll() {
 	defer close(in.pollDone)
+	cl := in.clp.Load()
 	for {
 		n, ok := in.waitRoom()
 		if !ok {
 			return
 		}
-		fs := in.cl.PollRecords(in.pollCtx, n)
+		fs := cl.PollRecords(in.pollCtx, n)
 		if in.pollCtx.Err() != nil || fs.IsClientClosed() {
 			// Records polled now are not handed out: not committed, they
 			// come back to whoever holds the partition next.
-			in.cl.AllowRebalance()
+			cl.AllowRebalance()
 			return
 		}
 		failed := false
@@ -290,7 +351,7 @@ func (in *Input) poll() {
 		} else {
 			in.fetchFailing.Store(true)
 		}
-		in.cl.AllowRebalance()
+		cl.AllowRebalance()
 		if failed && got == 0 {
 			select {
 			case <-time.After(100 * time.Millisecond):
@@ -475,7 +536,11 @@ func (in *Input) commit(ctx context.Context, only []*partition) error {
 		return nil
 	})
 	var errs []error
-	in.cl.CommitOffsetsSync(cctx, offsets, func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, resp *kmsg.OffsetCommitResponse, err error) {
+	cl := in.clp.Load()
+	if cl == nil {
+		return nil
+	}
+	cl.CommitOffsetsSync(cctx, offsets, func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, resp *kmsg.OffsetCommitResponse, err error) {
 		if err != nil {
 			errs = append(errs, err)
 			return

@@ -84,3 +84,18 @@ func TestInFlightBound(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestReadyFollowsBrokers: ready once the group is joined, not ready once
+// no broker answers (an idle input reports no fetch error), and shutdown
+// still ends within its deadline.
+func TestReadyFollowsBrokers(t *testing.T) {
+	c := fakeCluster(t, 2)
+	in := newInput(t, c, newFakeProc(t, 0), nil)
+	go in.Run(context.Background())
+	waitFor(t, 20*time.Second, "ready", in.Ready)
+	c.Close()
+	waitFor(t, 30*time.Second, "not ready with the cluster gone", func() bool { return !in.Ready() })
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_ = in.Shutdown(ctx) // leaving a dead group fails; it must return
+}

@@ -36,12 +36,20 @@ func newMapper(from, header, template string) mapper {
 
 // topic returns r's MQTT topic, or ok=false when r carries none (no such
 // header, an empty one, or an empty key), or one that could not be an
-// MQTT topic name (wildcards, NUL, a key holding '/').
+// MQTT topic name (wildcards, NUL; a key holding '/' where it fills one
+// level of a template).
 func (m mapper) topic(r *kgo.Record) (string, bool) {
 	var t string
 	if m.fromKey {
 		k := r.Key
-		if len(k) == 0 || strings.ContainsAny(string(k), "/+#\x00") {
+		// A key fills one level, unless it is the whole topic (template
+		// "{key}": Confluent's MQTT source and HiveMQ key records by
+		// their MQTT topic).
+		bad := "/+#\x00"
+		if m.prefix == "" && m.suffix == "" {
+			bad = "+#\x00"
+		}
+		if len(k) == 0 || strings.ContainsAny(string(k), bad) {
 			return "", false
 		}
 		t = m.prefix + string(k) + m.suffix

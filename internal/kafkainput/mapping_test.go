@@ -56,6 +56,23 @@ func TestMapperKey(t *testing.T) {
 	}
 }
 
+func TestMapperWholeKey(t *testing.T) {
+	m := newMapper(TopicFromKey, "", "{key}")
+	for _, c := range []struct {
+		key, want string
+		ok        bool
+	}{
+		{"iot-2/type/m/id/d1/evt/e/fmt/json", "iot-2/type/m/id/d1/evt/e/fmt/json", true},
+		{"a/#", "", false},
+		{"", "", false},
+	} {
+		got, ok := m.topic(&kgo.Record{Key: []byte(c.key)})
+		if got != c.want || ok != c.ok {
+			t.Errorf("key %q: %q, %v; want %q, %v", c.key, got, ok, c.want, c.ok)
+		}
+	}
+}
+
 func TestMeta(t *testing.T) {
 	for _, n := range []int64{0, 1, 12345, 1<<63 - 1} {
 		got, ok := parseMeta(formatMeta(n))

@@ -27,6 +27,8 @@ const (
 	DefaultReplayRebuildTimeout = 30 * time.Second
 	DefaultRevokeTimeout        = 30 * time.Second
 	DefaultShutdownTimeout      = 15 * time.Second
+	DefaultSessionTimeout       = 45 * time.Second
+	DefaultRebalanceTimeout     = 60 * time.Second
 )
 
 // Window is the replay window the input rebuilds when it is assigned a
@@ -79,6 +81,11 @@ type Options struct {
 	ReplayLookback       int
 	ReplayMaxAge         time.Duration
 	ReplayRebuildTimeout time.Duration
+	// SessionTimeout and RebalanceTimeout are the group's (defaults 45 s
+	// and 60 s). RevokeTimeout and ReplayRebuildTimeout must fit in
+	// RebalanceTimeout.
+	SessionTimeout   time.Duration
+	RebalanceTimeout time.Duration
 	// RevokeTimeout bounds how long a revocation waits for the partition's
 	// in-flight messages before committing what is done and releasing it
 	// (keep it below the group's rebalance timeout, 60 s by default).
@@ -129,7 +136,9 @@ func (o Options) withDefaults() (Options, error) {
 	setD(&o.CommitInterval, DefaultCommitInterval)
 	setD(&o.ReplayMaxAge, DefaultReplayMaxAge)
 	setD(&o.ReplayRebuildTimeout, DefaultReplayRebuildTimeout)
-	setD(&o.RevokeTimeout, DefaultRevokeTimeout)
+	setD(&o.SessionTimeout, DefaultSessionTimeout)
+	setD(&o.RebalanceTimeout, DefaultRebalanceTimeout)
+	setD(&o.RevokeTimeout, min(DefaultRevokeTimeout, o.RebalanceTimeout/2))
 	setD(&o.ShutdownTimeout, DefaultShutdownTimeout)
 	if o.Logger == nil {
 		o.Logger = zap.NewNop()

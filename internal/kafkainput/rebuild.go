@@ -31,7 +31,16 @@ func (in *Input) rebuild(ctx context.Context, parts []rebuildPart) {
 	defer cancel()
 	start := time.Now()
 	since := start.Add(-in.o.ReplayMaxAge)
-	parts = in.rebuildStarts(ctx, parts, since)
+	opts := append([]kgo.Opt{}, in.clOpts...)
+	opts = append(opts, kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	rd, err := kgo.NewClient(opts...)
+	if err != nil {
+		in.log.Error("replay window rebuild: reader", zap.Error(err))
+		in.m.rebuildTruncated.Add(float64(len(parts)))
+		return
+	}
+	defer rd.Close()
+	parts = in.rebuildStarts(ctx, rd, parts, since)
 	if len(parts) == 0 {
 		return
 	}
@@ -44,16 +53,7 @@ func (in *Input) rebuild(ctx context.Context, parts []rebuildPart) {
 		offs[p.topic][p.p] = kgo.NewOffset().At(p.start)
 		want[p.tp] = p.end
 	}
-	opts := append([]kgo.Opt{}, in.clOpts...)
-	opts = append(opts, kgo.ConsumePartitions(offs), kgo.FetchIsolationLevel(kgo.ReadCommitted()),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
-	rd, err := kgo.NewClient(opts...)
-	if err != nil {
-		in.log.Error("replay window rebuild: reader", zap.Error(err))
-		in.m.rebuildTruncated.Add(float64(len(parts)))
-		return
-	}
-	defer rd.Close()
+	rd.AddConsumePartitions(offs)
 	n := 0
 	for len(want) > 0 && ctx.Err() == nil {
 		fs := rd.PollFetches(ctx)
@@ -111,7 +111,7 @@ func (in *Input) remember(ctx context.Context, r *kgo.Record) {
 // rebuildStarts sets each part's start: the first offset whose timestamp
 // is not before since (ListOffsets by time), raised to end -
 // ReplayLookback. A part with nothing to read is dropped.
-func (in *Input) rebuildStarts(ctx context.Context, parts []rebuildPart, since time.Time) []rebuildPart {
+func (in *Input) rebuildStarts(ctx context.Context, rd *kgo.Client, parts []rebuildPart, since time.Time) []rebuildPart {
 	req := kmsg.NewPtrListOffsetsRequest()
 	req.ReplicaID = -1
 	byTopic := map[string]int{}
@@ -131,7 +131,7 @@ func (in *Input) rebuildStarts(ctx context.Context, parts []rebuildPart, since t
 		req.Topics[i].Partitions = append(req.Topics[i].Partitions, rp)
 	}
 	byTime := map[tp]int64{}
-	for _, sh := range in.cl.RequestSharded(ctx, req) {
+	for _, sh := range rd.RequestSharded(ctx, req) {
 		if sh.Err != nil {
 			in.log.Warn("replay window rebuild: list offsets", zap.Error(sh.Err))
 			continue
