@@ -24,8 +24,11 @@
 //     replica also writes a file sink (a ledger), so every delivery is on
 //     disk by id; the ids delivered more than once are the duplicates, each
 //     one of the produced ids and one row in the table (ON CONFLICT DO
-//     NOTHING), and every live replica's decryptd_* metrics agree with its
-//     ledger;
+//     NOTHING); there is at least one, decryptd's count of the records it
+//     knew for redelivered (decryptd_kafka_records_redelivered_total: those
+//     the victim had received by its last commit) is at most their number,
+//     and every live replica's decryptd_records_delivered_total agrees
+//     with its ledger;
 //   - an independent client (kcat, librdkafka) reads the topic back (100,000
 //     records, key = the device of the mqtt_topic header) and then joins
 //     the group once the replicas stopped, finding nothing left to consume:

@@ -152,7 +152,7 @@ func TestGroupReplicaKilledRebalanceLosesNothing(t *testing.T) {
 		delivered += final[n].sum("decryptd_records_delivered_total", "sink", "ledger")
 		duplicates += final[n].sum("decryptd_duplicates_total")
 		deadLetters += final[n].sum("decryptd_dead_letters_total")
-		redelivered += final[n].sumMatching("decryptd_kafka_", "redelivered")
+		redelivered += final[n].sum("decryptd_kafka_records_redelivered_total")
 	}
 	delivered += float64(len(killedLedger.ids))
 

@@ -470,18 +470,6 @@ next:
 	return total
 }
 
-// sumMatching adds every counter or gauge sample of the families whose
-// name starts with prefix and contains part.
-func (m metrics) sumMatching(prefix, part string) float64 {
-	total := 0.0
-	for name := range m {
-		if strings.HasPrefix(name, prefix) && strings.Contains(name, part) {
-			total += m.sum(name)
-		}
-	}
-	return total
-}
-
 // ledger is what a replica's file sink holds: record ids in file order,
 // and lines that are no record (the last line torn by a SIGKILL).
 type ledger struct {
