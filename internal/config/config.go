@@ -100,6 +100,12 @@ type MQTT struct {
 	// for the sinks, so Workers bounds the key loads a cold start runs at
 	// once (cache.max_concurrent_unwraps bounds the KMS calls among them).
 	Workers int `yaml:"workers" json:"workers"`
+	// Connections is how many MQTT connections the input opens, each a
+	// persistent session in the shared group (client ids: client_id, then
+	// client_id-1, client_id-2, ...), all feeding one pipeline. 0 (the
+	// default) means GOMAXPROCS/2, between 1 and 8
+	// (consumer.DefaultConnections); at most 64.
+	Connections int `yaml:"connections" json:"connections"`
 	// UnsubscribeOnShutdown unsubscribes before disconnecting, so a
 	// persistent session stops queueing for this instance (default false:
 	// a restart picks up where it left off).
@@ -463,8 +469,10 @@ const (
 
 // Defaults.
 const (
-	DefaultMaxInFlight         = 1024
-	DefaultWorkers             = 256
+	DefaultMaxInFlight = 1024
+	DefaultWorkers     = 256
+	// MaxMQTTConnections bounds mqtt.connections (consumer.MaxConnections).
+	MaxMQTTConnections         = 64
 	DefaultKeepAlive           = 30 * time.Second
 	DefaultConnectTimeout      = 10 * time.Second
 	DefaultKeyProtectTimeout   = 10 * time.Second

@@ -155,6 +155,8 @@ func TestInvalid(t *testing.T) {
 		{"cert without key", add("  tls: {cert_file: /c.pem}", "mqtt"), []string{"mqtt.tls.key_file: required when cert_file is set"}},
 		{"workers negative", add("  workers: -1", "mqtt"), []string{"mqtt.workers: want 1-1024, got -1"}},
 		{"max in flight huge", add("  max_in_flight: 70000", "mqtt"), []string{"mqtt.max_in_flight: want 1-65535"}},
+		{"connections negative", add("  connections: -2", "mqtt"), []string{"mqtt.connections: want 1-64, or 0 for the default"}},
+		{"connections too many", add("  connections: 65", "mqtt"), []string{"mqtt.connections: want 1-64"}},
 		{"in-flight bytes below two messages", add("  max_in_flight_bytes: 300000", "mqtt"), []string{"mqtt.max_in_flight_bytes: want 524288 (twice decrypt.max_message_bytes)"}},
 		{"in-flight bytes negative", add("  max_in_flight_bytes: -1", "mqtt"), []string{"mqtt.max_in_flight_bytes: want 524288"}},
 		{"batch bytes tiny", add("batch: {max_bytes: 100}", ""), []string{"batch.max_bytes: want 4096-1073741824, got 100"}},
