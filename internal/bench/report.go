@@ -22,6 +22,8 @@ type Results struct {
 	Drain     *DrainResult     `json:"drain,omitempty"`
 	ColdStart *ColdStartResult `json:"cold_start,omitempty"`
 	Sinks     *SinkDrainResult `json:"sinks,omitempty"`
+	// KafkaDrain is the drain of a Kafka backlog (decryptd-bench -input).
+	KafkaDrain *KafkaDrainResult `json:"kafka_drain,omitempty"`
 }
 
 // Machine describes where the run happened.
