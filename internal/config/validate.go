@@ -193,6 +193,7 @@ func (c *Config) validateMQTT(ck *checker) {
 
 // kpSecretsGo says where the Key Protect credential goes instead of a URL.
 const kpSecretsGo = "put the API key in the file kms.keyprotect.api_key_file names, or in the environment variable kms.keyprotect.api_key_env names"
+
 func (c *Config) validateKafka(ck *checker) {
 	k := c.Kafka
 	for _, p := range k.Conn().Problems() {
