@@ -228,7 +228,6 @@ func New(o Options) (*Pipeline, error) {
 		seen: map[string]struct{}{},
 		stop: make(chan struct{}),
 	}
-	p.flight.active = map[uint64]struct{}{}
 	p.writeCtx, p.cancel = context.WithCancel(context.Background())
 	for _, s := range o.Sinks {
 		b := p.newBatcher(s)
@@ -318,7 +317,7 @@ type delivery struct {
 	p      *Pipeline
 	ctx    context.Context // a batcher retrying a failed write gives up on it when this ends
 	m      decrypt.Message
-	ticket uint64
+	ticket flightTicket        // in p.flight from begin to finish
 	done   func(error)         // the consumer's callback, or
 	fin    func(Result, error) // Handle's
 
@@ -336,12 +335,14 @@ type delivery struct {
 
 func (p *Pipeline) begin(ctx context.Context, m decrypt.Message, done func(error), fin func(Result, error)) *delivery {
 	p.active.Add(1)
-	return &delivery{p: p, ctx: ctx, m: m, ticket: p.flight.begin(), done: done, fin: fin}
+	d := &delivery{p: p, ctx: ctx, m: m, done: done, fin: fin}
+	p.flight.begin(&d.ticket)
+	return d
 }
 
 // finish ends d: its ticket, then the caller's callback.
 func (d *delivery) finish(res Result, err error) {
-	d.p.flight.end(d.ticket)
+	d.p.flight.end(&d.ticket)
 	d.p.active.Add(-1)
 	if d.done != nil {
 		d.done(err)
@@ -374,7 +375,7 @@ func (p *Pipeline) submit(ctx context.Context, m decrypt.Message, done func(erro
 			// every delivery that started before it has finished, then ask
 			// the decryptor again (a forgotten first copy makes this one
 			// new).
-			if werr := p.flight.waitBefore(ctx, d.ticket); werr != nil {
+			if werr := p.flight.waitBefore(ctx, &d.ticket); werr != nil {
 				d.finish(Result{}, werr)
 				return
 			}
@@ -747,59 +748,4 @@ func (p *Pipeline) Close(ctx context.Context) error {
 		p.closeErr = errors.Join(errs...)
 	})
 	return p.closeErr
-}
-
-// tracker numbers Process calls so a duplicate can wait for every call
-// that started before it.
-type tracker struct {
-	mu      sync.Mutex
-	next    uint64
-	active  map[uint64]struct{}
-	changed chan struct{} // closed when a call ends, made only when someone waits
-}
-
-func (t *tracker) begin() uint64 {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.next++
-	t.active[t.next] = struct{}{}
-	return t.next
-}
-
-func (t *tracker) end(id uint64) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	delete(t.active, id)
-	if t.changed != nil {
-		close(t.changed)
-		t.changed = nil
-	}
-}
-
-// waitBefore returns once no call numbered below id is under way.
-func (t *tracker) waitBefore(ctx context.Context, id uint64) error {
-	for {
-		t.mu.Lock()
-		busy := false
-		for a := range t.active {
-			if a < id {
-				busy = true
-				break
-			}
-		}
-		if !busy {
-			t.mu.Unlock()
-			return nil
-		}
-		if t.changed == nil {
-			t.changed = make(chan struct{})
-		}
-		ch := t.changed
-		t.mu.Unlock()
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return fmt.Errorf("pipeline: waiting for an earlier delivery before acknowledging a duplicate: %w", ctx.Err())
-		}
-	}
 }

@@ -161,7 +161,7 @@ func (p *Pipeline) replay(ctx context.Context, m intake.Message, done func(strin
 		// As in submit: a copy of m (a redelivery of a message spooled
 		// before a crash) may still be on its way; wait for it, then ask
 		// again.
-		if werr := p.flight.waitBefore(ctx, d.ticket); werr != nil {
+		if werr := p.flight.waitBefore(ctx, &d.ticket); werr != nil {
 			d.finish(Result{}, werr)
 			return true
 		}
