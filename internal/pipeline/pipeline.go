@@ -134,8 +134,11 @@ type Pipeline struct {
 	batchers []*batcher
 	dead     *batcher
 
-	// active counts Process calls under way; a batcher stops lingering once
-	// it holds as many records as there are calls that could send one.
+	// active counts Process calls under way, with a positive Linger only
+	// (the one place it is read): a batcher stops lingering once it holds
+	// as many records as there are calls that could send one. Without a
+	// Linger it is not kept, sparing every message two increments of one
+	// shared counter.
 	active atomic.Int64
 	flight tracker
 	// encoders: some sink is a RecordEncoder, so records are encoded per
@@ -334,7 +337,9 @@ type delivery struct {
 }
 
 func (p *Pipeline) begin(ctx context.Context, m decrypt.Message, done func(error), fin func(Result, error)) *delivery {
-	p.active.Add(1)
+	if p.o.Linger > 0 {
+		p.active.Add(1)
+	}
 	d := &delivery{p: p, ctx: ctx, m: m, done: done, fin: fin}
 	p.flight.begin(&d.ticket)
 	return d
@@ -343,7 +348,9 @@ func (p *Pipeline) begin(ctx context.Context, m decrypt.Message, done func(error
 // finish ends d: its ticket, then the caller's callback.
 func (d *delivery) finish(res Result, err error) {
 	d.p.flight.end(&d.ticket)
-	d.p.active.Add(-1)
+	if d.p.o.Linger > 0 {
+		d.p.active.Add(-1)
+	}
 	if d.done != nil {
 		d.done(err)
 	} else {
