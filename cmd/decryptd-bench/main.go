@@ -55,7 +55,7 @@ func run() int {
 	fs.IntVar(&do.Workers, "workers", def.MQTT.Workers, "drain: decryptd mqtt.workers")
 	fs.IntVar(&do.MaxInFlight, "max-in-flight", def.MQTT.MaxInFlight, "drain: decryptd mqtt.max_in_flight")
 	fs.BoolVar(&do.Plain, "plain", false, "drain: the drainers (bare, mosquitto_sub, decryptd) connect over plain TCP instead of mutual TLS (issue 17's figures were plain TCP)")
-	fs.IntVar(&do.Connections, "connections", 0, "drain: decryptd mqtt.connections (0: decryptd's default, GOMAXPROCS/2 between 1 and 8); the backlog is queued for that many sessions")
+	fs.IntVar(&do.Connections, "connections", 0, "drain: decryptd mqtt.connections (0: decryptd's default, GOMAXPROCS/2 between 1 and 4); the backlog is queued for that many sessions")
 	fs.StringVar(&bench.MosquittoPath, "mosquitto", "", "the Mosquitto broker binary (default: mosquitto on PATH, else "+bench.MosquittoBinary+")")
 	csub := fs.String("mosquitto-sub", "", "drain: the mosquitto_sub binary of the C-client baseline (default: on PATH, else "+bench.MosquittoSubBinary+"; none: leave the baseline out)")
 	fs.IntVar(&do.BrokerInflight, "broker-inflight", 0, "drain: Mosquitto max_inflight_messages for both drainers (default: -max-in-flight)")

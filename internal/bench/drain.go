@@ -42,7 +42,7 @@ type DrainOptions struct {
 	// max_inflight_messages for every drainer (default MaxInFlight).
 	Workers, MaxInFlight, BrokerInflight int
 	// Connections is decryptd's mqtt.connections (0: its default,
-	// GOMAXPROCS/2 between 1 and 8); the backlog is queued for that many
+	// GOMAXPROCS/2 between 1 and 4); the backlog is queued for that many
 	// sessions, split by the broker's shared subscription.
 	Connections int
 	// Plain drains over plain TCP (every drainer; the backlog is still

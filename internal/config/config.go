@@ -104,7 +104,7 @@ type MQTT struct {
 	// Connections is how many MQTT connections the input opens, each a
 	// persistent session in the shared group (client ids: client_id, then
 	// client_id-1, client_id-2, ...), all feeding one pipeline. 0 (the
-	// default) means GOMAXPROCS/2, between 1 and 8
+	// default) means GOMAXPROCS/2, between 1 and 4
 	// (consumer.DefaultConnections); at most 64.
 	Connections int `yaml:"connections" json:"connections"`
 	// UnsubscribeOnShutdown unsubscribes before disconnecting, so a

@@ -185,7 +185,7 @@ func (c *Config) validateMQTT(ck *checker) {
 		ck.add("mqtt.workers", "want 1-1024, got %d", m.Workers)
 	}
 	if m.Connections < 0 || m.Connections > MaxMQTTConnections {
-		ck.add("mqtt.connections", "want 1-%d, or 0 for the default (GOMAXPROCS/2, 1-8), got %d", MaxMQTTConnections, m.Connections)
+		ck.add("mqtt.connections", "want 1-%d, or 0 for the default (GOMAXPROCS/2, 1-4), got %d", MaxMQTTConnections, m.Connections)
 	}
 	positive(ck, "mqtt.keep_alive", m.KeepAlive)
 	positive(ck, "mqtt.connect_timeout", m.ConnectTimeout)

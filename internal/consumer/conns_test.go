@@ -36,7 +36,7 @@ func TestConnectionsOptions(t *testing.T) {
 	if err != nil || got.Connections != DefaultConnections() {
 		t.Fatalf("default connections %d (%v), want %d", got.Connections, err, DefaultConnections())
 	}
-	if d := DefaultConnections(); d < 1 || d > 8 {
+	if d := DefaultConnections(); d < 1 || d > 4 {
 		t.Fatalf("DefaultConnections %d", d)
 	}
 	// Lanes: with one connection GOMAXPROCS-1 (at least 1); with several

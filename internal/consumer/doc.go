@@ -17,7 +17,7 @@
 // # Several connections
 //
 // A Consumer opens Options.Connections MQTT connections ("links"; default
-// GOMAXPROCS/2, between 1 and 8). Each link is its own paho client (its own
+// GOMAXPROCS/2, between 1 and 4). Each link is its own paho client (its own
 // reader and router goroutines), its own persistent session under its own
 // client id (ClientID for link 0, "<ClientID>-<n>" for link n), in the same
 // shared subscription group, with its own receive order, acknowledgement

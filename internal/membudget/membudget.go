@@ -34,9 +34,10 @@ const (
 	// waits for room with one message, up to four more sit in that chain,
 	// the one being read twice (its packet buffer and its payload's copy).
 	ReadCopies = 6
-	// DefaultConnectionsBound is the most connections mqtt.connections 0
-	// can mean (consumer.DefaultConnections: GOMAXPROCS/2, at most 8): the
-	// budget may not depend on the machine it runs on.
+	// DefaultConnectionsBound bounds the connections mqtt.connections 0
+	// can mean (consumer.DefaultConnections: GOMAXPROCS/2, at most 4; 8,
+	// its earlier maximum, leaves room): the budget may not depend on the
+	// machine it runs on.
 	DefaultConnectionsBound = 8
 	// CachedDEKBytes bounds one cached DEK version (1,414 B RSS measured
 	// in BENCHMARKS.md, bound 1,536 B).
