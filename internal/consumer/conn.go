@@ -334,6 +334,19 @@ func (t *trackedConn) Write(p []byte) (int, error) {
 	return n, err
 }
 
+// writeNow is Write through wireConn.writeNow (the acker's writes).
+func (t *trackedConn) writeNow(p []byte) (int, error) {
+	w, ok := t.Conn.(*wireConn)
+	if !ok {
+		return t.Write(p)
+	}
+	n, err := w.writeNow(p)
+	if err != nil && t.aborted.Load() {
+		err = errAborted
+	}
+	return n, err
+}
+
 // pahoOptions configures l's paho client for the consumer's promises: a persistent
 // session, manual acknowledgement, no store, wire-order handling, and the
 // consumer's own dialing, subscribing and reconnect policy.

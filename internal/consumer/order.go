@@ -174,8 +174,10 @@ func (l *link) ackPrefix() bool {
 	}
 	if len(buf) > 0 && conn != nil {
 		// A failed write means the connection is ending; paho sees that
-		// too, reconnects, and the broker redelivers.
-		_, _ = conn.Write(buf)
+		// too, reconnects, and the broker redelivers. writeNow: this
+		// goroutine writes them itself when the connection is idle,
+		// instead of waking the wireConn's flusher for them.
+		_, _ = conn.writeNow(buf)
 	}
 	l.ackBytes = buf[:0]
 	// Only now, with the acknowledgements queued ahead of anything paho

@@ -38,6 +38,12 @@ const (
 // lone packet at once (no timer, no Nagle-style wait). Bytes leave in the
 // order of the Write calls.
 //
+// The acker writes its PUBACKs with writeNow instead: when nothing is
+// pending and no write is under way it writes them itself, saving the
+// flusher's wake-up (one per acknowledgement write, which on many cores
+// cost as much as the write); otherwise they queue like a Write. Either
+// way bytes leave in the order of the calls.
+//
 // Once an underlying write fails, the connection is closed (so paho's reader
 // fails too and paho reconnects) and every later Write returns that error,
 // text unchanged: paho looks for "use of closed network connection".
@@ -57,6 +63,9 @@ type wireConn struct {
 	spare   []byte // the buffer last written, reused for pending
 	err     error  // first underlying write error, sticky
 	closing bool
+	// writing: an underlying Write is under way, the flusher's or
+	// writeNow's; the other waits (the flusher) or queues (writeNow).
+	writing bool
 	waiters int // Writes waiting in room.Wait (tests observe it)
 
 	done         chan struct{} // closed when the flusher has returned
@@ -109,6 +118,41 @@ func (w *wireConn) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// writeNow is Write for a caller that may wait for the network (the
+// acker): when nothing is pending and no underlying write is under way it
+// writes p on the connection itself, sparing the flusher a wake-up, and
+// returns once p is written; otherwise it queues p as Write does. Bytes
+// leave in the order of the Write and writeNow calls either way, and a
+// failure ends the connection as a failed flusher write does.
+func (w *wireConn) writeNow(p []byte) (int, error) {
+	w.mu.Lock()
+	if w.writing || len(w.pending) > 0 || w.closing || w.err != nil {
+		w.mu.Unlock()
+		return w.Write(p)
+	}
+	w.writing = true
+	w.mu.Unlock()
+
+	_, err := w.Conn.Write(p)
+
+	w.mu.Lock()
+	w.writing = false
+	if err != nil && w.err == nil {
+		w.err = err
+		w.pending = nil
+		w.room.Broadcast()
+	}
+	if len(w.pending) > 0 || w.closing {
+		w.more.Signal() // the flusher waited for this write
+	}
+	w.mu.Unlock()
+	if err != nil {
+		_ = w.Conn.Close() // paho's reader fails too and paho reconnects
+		return 0, err
+	}
+	return len(p), nil
+}
+
 // flush is the flusher goroutine: it takes everything pending and writes it
 // with one underlying Write, until Close leaves nothing pending or a write
 // fails.
@@ -116,8 +160,8 @@ func (w *wireConn) flush() {
 	defer close(w.done)
 	w.mu.Lock()
 	for {
-		if len(w.pending) == 0 && !w.closing {
-			for len(w.pending) == 0 && !w.closing {
+		if w.writing || (len(w.pending) == 0 && !w.closing) {
+			for w.writing || (len(w.pending) == 0 && !w.closing) {
 				w.more.Wait()
 			}
 			// Woken by the first packet of what is often a burst (the
@@ -128,6 +172,7 @@ func (w *wireConn) flush() {
 			w.mu.Unlock()
 			runtime.Gosched()
 			w.mu.Lock()
+			continue // a writeNow may have begun meanwhile
 		}
 		if len(w.pending) == 0 { // closing, all written
 			w.mu.Unlock()
@@ -135,12 +180,14 @@ func (w *wireConn) flush() {
 		}
 		buf := w.pending
 		w.pending = w.spare[:0]
+		w.writing = true
 		w.room.Broadcast()
 		w.mu.Unlock()
 
 		_, err := w.Conn.Write(buf)
 
 		w.mu.Lock()
+		w.writing = false
 		if cap(buf) <= 2*wireMaxPending { // do not keep one huge Write's buffer
 			w.spare = buf[:0]
 		}

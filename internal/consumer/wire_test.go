@@ -394,6 +394,105 @@ func TestWireWriteError(t *testing.T) {
 	}
 }
 
+// TestWireWriteNow: on an idle connection writeNow has written p when it
+// returns (the caller wrote it, not the flusher); behind a write under way
+// it queues, and bytes leave in the order of the calls; a failed writeNow
+// ends the connection as a failed flush does.
+func TestWireWriteNow(t *testing.T) {
+	t.Run("idle: written on return", func(t *testing.T) {
+		f := newFakeConn(false)
+		c := newWireConn(f)
+		w := c.(*wireConn)
+		for i := range 3 {
+			if n, err := w.writeNow(puback(uint16(i))); n != 4 || err != nil {
+				t.Fatalf("writeNow %d = %d, %v", i, n, err)
+			}
+			if got, calls := f.written(); calls != i+1 || !bytes.Equal(got[4*i:], puback(uint16(i))) {
+				t.Fatalf("after writeNow %d: %d writes, %x", i, calls, got)
+			}
+		}
+		if err := c.Close(); err != nil {
+			t.Fatal(err)
+		}
+		requireStopped(t, c)
+	})
+	t.Run("behind a write: queued in order", func(t *testing.T) {
+		f := newFakeConn(true)
+		c := newWireConn(f)
+		w := c.(*wireConn)
+		var want []byte
+		for i := range 6 {
+			p := puback(uint16(i))
+			want = append(want, p...)
+			var err error
+			if i%2 == 0 {
+				_, err = c.Write(p)
+			} else {
+				_, err = w.writeNow(p) // queues: a write is under way
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if i == 0 {
+				<-f.entered // the flusher is stuck in the first write
+			}
+		}
+		close(f.gate)
+		if err := c.Close(); err != nil {
+			t.Fatal(err)
+		}
+		requireStopped(t, c)
+		if got, _ := f.written(); !bytes.Equal(got, want) {
+			t.Fatalf("peer got %x, want %x", got, want)
+		}
+	})
+	t.Run("a writeNow under way holds the flusher back", func(t *testing.T) {
+		f := newFakeConn(true)
+		c := newWireConn(f)
+		w := c.(*wireConn)
+		done := make(chan error, 1)
+		go func() { _, err := w.writeNow(puback(1)); done <- err }()
+		<-f.entered // writeNow is in the underlying write
+		for i := 2; i < 5; i++ {
+			if _, err := c.Write(puback(uint16(i))); err != nil {
+				t.Fatal(err)
+			}
+		}
+		close(f.gate)
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Close(); err != nil {
+			t.Fatal(err)
+		}
+		requireStopped(t, c)
+		want := bytes.Join([][]byte{puback(1), puback(2), puback(3), puback(4)}, nil)
+		if got, _ := f.written(); !bytes.Equal(got, want) {
+			t.Fatalf("peer got %x, want %x", got, want)
+		}
+	})
+	t.Run("failure is sticky", func(t *testing.T) {
+		werr := &net.OpError{Op: "write", Net: "tcp", Err: os.NewSyscallError("write", syscall.ECONNRESET)}
+		f := newFakeConn(false)
+		f.writeErr = werr
+		c := newWireConn(f)
+		w := c.(*wireConn)
+		if _, err := w.writeNow(puback(1)); !errors.Is(err, werr) {
+			t.Fatalf("writeNow = %v, want %v", err, werr)
+		}
+		<-f.closed
+		for _, write := range []func([]byte) (int, error){c.Write, w.writeNow} {
+			if _, err := write(puback(2)); err == nil || err.Error() != werr.Error() {
+				t.Fatalf("write after failure = %v, want %v unchanged", err, werr)
+			}
+		}
+		if err := c.Close(); !errors.Is(err, werr) {
+			t.Errorf("Close = %v, want it to report %v", err, werr)
+		}
+		requireStopped(t, c)
+	})
+}
+
 // mqttStream returns the bytes of a run of packets as a broker sends them to
 // the consumer: PUBLISHes of assorted sizes between small control packets.
 func mqttStream(t testing.TB, n int) []byte {
