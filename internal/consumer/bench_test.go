@@ -3,6 +3,9 @@ package consumer
 import (
 	"context"
 	"fmt"
+	"os"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -33,7 +36,11 @@ func (p *countProc) TryProcess(_ context.Context, _ intake.Message, done func(er
 // compares MaxInFlight settings, i.e. how far in-order acknowledgement and
 // the bound cost throughput, and one connection with four (the backlog
 // split over four sessions). cpu-ns/op is this process's CPU time per
-// message (user + system), the figure that should not grow with cores.
+// message (user + system), the figure that should not grow with cores;
+// csw/op its voluntary context switches per message (threads parked and
+// woken, what goroutine hand-offs cost on many cores) and syscw/op its
+// write system calls per message (PUBACKs per write), both less noisy than
+// CPU time on a shared machine.
 func BenchmarkConsume(b *testing.B) {
 	for _, tc := range []struct{ inflight, conns int }{{64, 1}, {1024, 1}, {1024, 4}} {
 		inflight := tc.inflight
@@ -80,7 +87,7 @@ func BenchmarkConsume(b *testing.B) {
 			}
 			b.ReportAllocs()
 			b.ResetTimer()
-			cpu0 := processCPU()
+			cpu0, csw0, w0 := processCPU(), processCSW(), processWrites()
 			ctx, cancel = context.WithCancel(context.Background())
 			defer cancel()
 			go func() { done <- c.Run(ctx) }()
@@ -89,6 +96,10 @@ func BenchmarkConsume(b *testing.B) {
 			}
 			b.StopTimer()
 			b.ReportMetric(float64(processCPU()-cpu0)/float64(b.N), "cpu-ns/op")
+			b.ReportMetric(float64(processCSW()-csw0)/float64(b.N), "csw/op")
+			if w0 >= 0 {
+				b.ReportMetric(float64(processWrites()-w0)/float64(b.N), "syscw/op")
+			}
 			cancel()
 			<-done
 		})
@@ -102,4 +113,32 @@ func processCPU() int64 {
 		return 0
 	}
 	return ru.Utime.Nano() + ru.Stime.Nano()
+}
+
+// processCSW is this process's voluntary context switches so far.
+func processCSW() int64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return ru.Nvcsw
+}
+
+// processWrites is this process's write system calls so far (Linux
+// /proc/self/io), or -1 where that cannot be read.
+func processWrites() int64 {
+	b, err := os.ReadFile("/proc/self/io")
+	if err != nil {
+		return -1
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "syscw: "); ok {
+			n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+			if err != nil {
+				return -1
+			}
+			return n
+		}
+	}
+	return -1
 }

@@ -1,6 +1,7 @@
 package consumer
 
 import (
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -119,6 +120,13 @@ func (c *Consumer) retryLater(e *entry) {
 // (MQTT-4.6.0-2), and no other connection's. It is the only goroutine
 // writing l's acknowledgements, which may block while the socket is busy,
 // and it never holds l.mu while doing so.
+//
+// Woken by the head's finishing, it takes the finished prefix, lets the
+// goroutine finishing messages (a sink batch's answers, one after the
+// other) go on, and takes again, until a look finds nothing new; then it
+// writes everything taken at once (at most maxAckBatch). On many cores it
+// would otherwise run beside that goroutine and write a PUBACK or two per
+// wake-up.
 func (l *link) acker() {
 	defer l.c.wg.Done()
 	for {
@@ -127,19 +135,30 @@ func (l *link) acker() {
 		case <-l.c.quit:
 			return
 		}
-		for l.ackPrefix() {
+		for l.takePrefix() {
+			if len(l.ackBuf) >= maxAckBatch {
+				l.sendAcks()
+			}
+			runtime.Gosched()
 		}
+		l.sendAcks()
 	}
 }
 
-func (l *link) ackPrefix() bool {
-	c := l.c
+// maxAckBatch bounds the acknowledgements the acker gathers before it
+// writes them (4 KiB of PUBACKs).
+const maxAckBatch = 1024
+
+// takePrefix moves the finished prefix of l's receive queue to ackBuf. It
+// reports whether it took any, or the new head finished meanwhile: worth
+// looking again.
+func (l *link) takePrefix() bool {
 	l.mu.Lock()
 	n := 0
 	for n < len(l.ackq) && l.ackq[n].done.Load() {
 		n++
 	}
-	l.ackBuf = append(l.ackBuf[:0], l.ackq[:n]...)
+	l.ackBuf = append(l.ackBuf, l.ackq[:n]...)
 	clear(l.ackq[:n])
 	l.ackq = l.ackq[n:]
 	l.unacked.Add(int64(-n))
@@ -151,11 +170,19 @@ func (l *link) ackPrefix() bool {
 	// The new head may have finished after the scan above, before the
 	// store: its finish saw the old head and woke no one, so look again.
 	again := head != nil && head.done.Load()
+	l.mu.Unlock()
+	return n > 0 || again
+}
+
+// sendAcks acknowledges the messages in ackBuf and lets their slots go.
+func (l *link) sendAcks() {
+	if len(l.ackBuf) == 0 {
+		return
+	}
+	c := l.c
+	l.mu.Lock()
 	gen, conn := l.gen, l.conn
 	l.mu.Unlock()
-	if n == 0 {
-		return again
-	}
 	// The PUBACKs of the whole prefix, in order, in one write on the
 	// connection the messages came in on. paho writes each of its own
 	// packets with a single Write too, and wireConn keeps whole Writes
@@ -189,7 +216,7 @@ func (l *link) ackPrefix() bool {
 		c.unref(e)
 		l.ackBuf[i] = nil
 	}
-	return true
+	l.ackBuf = l.ackBuf[:0]
 }
 
 // pubackType is the first byte of an MQTT 3.1.1 PUBACK (type 4, no flags).
