@@ -16,11 +16,11 @@ import (
 const flightShards = 64
 
 // flightTicket is one delivery's place in the tracker, kept in the
-// delivery itself so that taking one allocates nothing.
+// delivery itself so that taking one allocates nothing (and small: it
+// keeps a delivery within 512 bytes, one allocation size class).
 type flightTicket struct {
 	id         uint64
 	prev, next *flightTicket // in its shard's list while linked
-	linked     bool
 }
 
 // tracker numbers deliveries so that a duplicate can wait for every
@@ -48,7 +48,7 @@ func (tr *tracker) begin(t *flightTicket) {
 	t.id = tr.next.Add(1)
 	s := &tr.shards[t.id%flightShards]
 	s.mu.Lock()
-	t.prev, t.next, t.linked = nil, s.head, true
+	t.prev, t.next = nil, s.head
 	if s.head != nil {
 		s.head.prev = t
 	}
@@ -61,7 +61,7 @@ func (tr *tracker) begin(t *flightTicket) {
 func (tr *tracker) end(t *flightTicket) {
 	s := &tr.shards[t.id%flightShards]
 	s.mu.Lock()
-	if !t.linked {
+	if t.prev == nil && s.head != t { // not linked: ended already
 		s.mu.Unlock()
 		return
 	}
@@ -73,7 +73,7 @@ func (tr *tracker) end(t *flightTicket) {
 	if t.next != nil {
 		t.next.prev = t.prev
 	}
-	t.prev, t.next, t.linked = nil, nil, false
+	t.prev, t.next = nil, nil
 	s.mu.Unlock()
 	// A waiter counts itself before it scans the shards, and the shard
 	// lock orders its scan against the unlink above: either the scan saw
