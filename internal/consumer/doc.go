@@ -64,7 +64,11 @@
 //   - The consumer writes the PUBACKs itself, a whole finished prefix in one
 //     write on the connection's wireConn (paho's own packets are single
 //     writes too, so they never interleave), rather than one paho Ack per
-//     message; wireConn then groups writes made while one is in progress.
+//     message. The acker gathers the prefixes that finish while it looks
+//     (yielding between looks) before it writes, and writes on its own
+//     goroutine when the connection is idle (wireConn.writeNow); behind a
+//     write in progress its bytes queue, and wireConn groups them with
+//     what else was written meanwhile.
 //   - Messages of one topic (the topic carries the device id) are handed
 //     to the Processor one at a time in receive order. The intake
 //     goroutine hands a message over itself (Processor.TryProcess, which

@@ -36,9 +36,11 @@
 //     of being taken for a duplicate or a replay.
 //   - A duplicate (the decryptor's ErrDuplicate: an exact repeat of an
 //     accepted message, envelope amendment 1) is acknowledged only once
-//     every delivery that started before it has finished: if the first copy
-//     failed and was forgotten, the duplicate is decrypted and delivered
-//     instead. It is never dead-lettered nor delivered twice, and is
+//     every delivery that started before it has finished: if the first
+//     copy failed and was forgotten, the duplicate is decrypted and
+//     delivered instead (flight.go: every message pays one atomic
+//     increment and one rarely contended shard lock for this; only a
+//     duplicate looks at every shard). It is never dead-lettered nor delivered twice, and is
 //     counted by cause (decryptd_duplicates_total{cause}): redelivery (the
 //     broker's, DUP set) or repeat (the device sent it again, e.g. a QoS 1
 //     resend after a lost PUBACK, which reaches us without DUP).
