@@ -69,7 +69,7 @@ type Consumer struct {
 	wg         sync.WaitGroup // workers, lanes and ackers
 	connectWG  sync.WaitGroup // the links' first-connect loops
 
-	lastRecv     atomic.Int64
+	lastRecv     atomic.Int64 // when a message last came in (Unix ns, kept to the millisecond)
 	shutdownOnce sync.Once
 	shutdownDone chan struct{}
 	shutdownErr  error
