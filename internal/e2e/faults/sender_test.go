@@ -97,7 +97,7 @@ func newSender(t *testing.T, e *env, gateways int, mix fleet.Mix) *sender {
 			t.Fatalf("gateway %s: %v", g.name, err)
 		}
 		s.gws = append(s.gws, g)
-		go func() { g.done <- g.run() }()
+		go func(in <-chan outMsg) { g.done <- g.run(in) }(g.in)
 	}
 	t.Cleanup(func() { s.close() })
 	return s
@@ -135,7 +135,7 @@ type pendingMsg struct {
 
 // run publishes what comes in, at most window unacknowledged, and resends
 // the unacknowledged ones after a reconnect.
-func (g *gateway) run() error {
+func (g *gateway) run(in <-chan outMsg) error {
 	const window = 200
 	var pending []pendingMsg
 	ack := func(p pendingMsg) {
@@ -180,13 +180,36 @@ func (g *gateway) run() error {
 		pending = keep
 		return nil
 	}
-	for m := range g.in {
-		for len(pending) >= window {
-			if err := settle(); err != nil {
-				return err
-			}
+	// drain books the acknowledged messages at the front, so what was
+	// sent is known while the stream runs.
+	drain := func() {
+		for len(pending) > 0 && pending[0].tok.WaitTimeout(0) && pending[0].tok.Error() == nil {
+			ack(pending[0])
+			pending = pending[1:]
 		}
-		pending = append(pending, pendingMsg{m: m, tok: g.c.Publish(m.topic, 1, false, m.payload)})
+	}
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case m, ok := <-in:
+			if !ok {
+				in = nil
+				break
+			}
+			for len(pending) >= window {
+				if err := settle(); err != nil {
+					return err
+				}
+			}
+			pending = append(pending, pendingMsg{m: m, tok: g.c.Publish(m.topic, 1, false, m.payload)})
+			drain()
+		case <-tick.C:
+			drain()
+		}
+		if in == nil {
+			break
+		}
 	}
 	for len(pending) > 0 {
 		if err := settle(); err != nil {
