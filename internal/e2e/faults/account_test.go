@@ -58,12 +58,14 @@ func account(t *testing.T, s *sender, sinks []string, deadLetters []string) (r r
 	for k, v := range s.good {
 		good[k] = v
 	}
-	bad := make(map[[32]byte]string, len(s.bad))
+	bad := make(map[[32]byte]badSent, len(s.bad))
+	nbad := 0
 	for k, v := range s.bad {
 		bad[k] = v
+		nbad += v.n
 	}
 	s.mu.Unlock()
-	r.Sent = len(good) + len(bad)
+	r.Sent = len(good) + nbad
 	have := map[string]int{}
 	lines := 0
 	for _, p := range sinks {
@@ -88,21 +90,21 @@ func account(t *testing.T, s *sender, sinks []string, deadLetters []string) (r r
 	r.Duplicates = lines - len(have)
 	r.DeadLettered = map[string]int{}
 	wrong := map[string]int{}
-	seenBad := map[[32]byte]bool{}
+	seenBad := map[[32]byte]int{}
 	for _, p := range deadLetters {
 		for _, dl := range readDeadLetters(p) {
 			want, ok := bad[dl.payload]
 			switch {
 			case !ok:
 				wrong["not a bad message ("+dl.reason+")"]++
-			case want != dl.reason:
-				wrong[fmt.Sprintf("%s, want %s", dl.reason, want)]++
-			case seenBad[dl.payload]:
+			case want.reason != dl.reason:
+				wrong[fmt.Sprintf("%s, want %s", dl.reason, want.reason)]++
+			case seenBad[dl.payload] >= want.n:
 				// The same bad message dead-lettered again (a
 				// redelivery after a kill): not a new one.
 				r.Duplicates++
 			default:
-				seenBad[dl.payload] = true
+				seenBad[dl.payload]++
 				r.DeadLettered[dl.reason]++
 			}
 		}
@@ -110,7 +112,11 @@ func account(t *testing.T, s *sender, sinks []string, deadLetters []string) (r r
 	for k, v := range wrong {
 		t.Errorf("dead letters: %d %s", v, k)
 	}
-	if n := len(bad) - len(seenBad); n != 0 {
+	dl := 0
+	for _, n := range seenBad {
+		dl += n
+	}
+	if n := nbad - dl; n != 0 {
 		t.Errorf("%d bad messages sent but not dead-lettered", n)
 	}
 	return r, missing

@@ -54,6 +54,7 @@ func settle(t *testing.T, s *sender, p *proc, limit time.Duration) (result, []st
 		n := m.sum("decryptd_inflight_messages")
 		return n == 0, fmt.Sprintf("decryptd_inflight_messages %v", n)
 	})
+	s.e.plantReadings(p.files.Records)
 	r, miss = account(t, s, []string{p.files.Records}, []string{p.files.DeadLetter})
 	return r, miss, m
 }

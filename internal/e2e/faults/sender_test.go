@@ -70,9 +70,16 @@ type sender struct {
 
 	mu       sync.Mutex
 	good     map[string]string   // record id -> device, acknowledged
-	bad      map[[32]byte]string // payload hash -> expected reason, acknowledged
+	bad      map[[32]byte]badSent // payload hash -> expected reason, acknowledged
 	firstAck map[string]time.Time
 	resent   int
+}
+
+// badSent is a bad message sent n times (the same bytes: a replay drawn
+// twice from the same history).
+type badSent struct {
+	reason string
+	n      int
 }
 
 type gateway struct {
@@ -90,7 +97,7 @@ func newSender(t *testing.T, e *env, gateways int, mix fleet.Mix) *sender {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &sender{e: e, gen: gen, nr: nr, good: map[string]string{}, bad: map[[32]byte]string{}, firstAck: map[string]time.Time{}}
+	s := &sender{e: e, gen: gen, nr: nr, good: map[string]string{}, bad: map[[32]byte]badSent{}, firstAck: map[string]time.Time{}}
 	for i := range gateways {
 		g := &gateway{s: s, name: fmt.Sprintf("gw-%d-%s", i, randHex(3)), in: make(chan outMsg, 64), done: make(chan error, 1)}
 		if err := g.connect(30 * time.Second); err != nil {
@@ -146,7 +153,11 @@ func (g *gateway) run(in <-chan outMsg) error {
 				g.s.firstAck[p.m.id] = time.Now()
 			}
 		} else {
-			g.s.bad[sha256.Sum256(p.m.payload)] = p.m.reason
+			h := sha256.Sum256(p.m.payload)
+			b := g.s.bad[h]
+			b.reason = p.m.reason
+			b.n++
+			g.s.bad[h] = b
 		}
 		g.s.mu.Unlock()
 	}
@@ -293,12 +304,6 @@ func (s *sender) close() error {
 		}
 	}
 	return first
-}
-
-func (s *sender) counts() (good, bad int) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.good), len(s.bad)
 }
 
 // allDevices is 0..n-1.
