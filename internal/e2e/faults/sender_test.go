@@ -69,7 +69,7 @@ type sender struct {
 	stop atomic.Bool
 
 	mu       sync.Mutex
-	good     map[string]string   // record id -> device, acknowledged
+	good     map[string]string    // record id -> device, acknowledged
 	bad      map[[32]byte]badSent // payload hash -> expected reason, acknowledged
 	firstAck map[string]time.Time
 	resent   int
