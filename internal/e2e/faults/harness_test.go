@@ -323,6 +323,7 @@ type daemonConfig struct {
 	Extra       string // top-level YAML appended verbatim
 	MaxMsgBytes int    // decrypt.max_message_bytes (0: default)
 	NoLoad      bool   // do not load it here (a configuration meant to be refused)
+	NotShared   bool   // a plain subscription instead of $share/decryptd/...
 }
 
 type daemonFiles struct {
@@ -354,7 +355,11 @@ func (e *env) writeConfig(dc daemonConfig) daemonFiles {
 	}
 	cert := e.broker.ClientCert("decryptd-" + dc.ClientID)
 	var b strings.Builder
-	fmt.Fprintf(&b, "mqtt:\n  brokers: [%q]\n  client_id: %q\n  topics: [%q]\n  shared_group: decryptd\n", e.broker.SSLURL, dc.ClientID, topicFilter)
+	group := "decryptd"
+	if dc.NotShared {
+		group = ""
+	}
+	fmt.Fprintf(&b, "mqtt:\n  brokers: [%q]\n  client_id: %q\n  topics: [%q]\n  shared_group: %q\n", e.broker.SSLURL, dc.ClientID, topicFilter, group)
 	fmt.Fprintf(&b, "  tls:\n    ca_file: %q\n    cert_file: %q\n    key_file: %q\n", cert.CA, cert.Cert, cert.Key)
 	fmt.Fprintf(&b, "  max_in_flight: %d\n  workers: %d\n  keep_alive: 5s\n  connect_timeout: 5s\n", dc.MaxInFlight, dc.Workers)
 	b.WriteString(e.kmsYAML)
