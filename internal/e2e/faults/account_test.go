@@ -173,10 +173,27 @@ func writeTable() error {
 		if r.Note != "" {
 			fault += " (" + r.Note + ")"
 		}
-		fmt.Fprintf(&b, "| %s | %d | %d | %d | %s | %d | %d | %s (%s) | %s (%s) |\n",
-			fault, r.Sent, r.Delivered, r.Duplicates, dls, r.Lost, r.LostBroker,
-			r.Recover.Round(100*time.Millisecond), r.RecoverBound, mib(r.PeakRSS), mib(r.Budget))
+		rec := "n/a (no outage)"
+		if r.RecoverBound > 0 {
+			rec = fmt.Sprintf("%s (%s)", r.Recover.Round(100*time.Millisecond), r.RecoverBound)
+		}
+		rss := mib(r.PeakRSS)
+		if r.Budget > 0 {
+			rss += " (" + mib(r.Budget) + ")"
+		}
+		fmt.Fprintf(&b, "| %s | %d | %d | %d | %s | %d | %d | %s | %s |\n",
+			fault, r.Sent, r.Delivered, r.Duplicates, dls, r.Lost, r.LostBroker, rec, rss)
 	}
 	fmt.Fprintf(&b, "\nSecret scan: %d log lines (decryptd, kpemu, Mosquitto), %d planted secrets checked, none found unless a test failed.\n", scanLines, scanKeys)
+	// A file holding the markers gets the table between them (the prose
+	// around it stays); any other file is the table alone.
+	const begin, end = "<!-- faults-table:begin -->\n", "<!-- faults-table:end -->"
+	if old, err := os.ReadFile(path); err == nil {
+		i, j := strings.Index(string(old), begin), strings.Index(string(old), end)
+		if i >= 0 && j > i {
+			out := string(old[:i+len(begin)]) + b.String() + string(old[j:])
+			return os.WriteFile(path, []byte(out), 0o644)
+		}
+	}
 	return os.WriteFile(path, []byte(b.String()), 0o644)
 }
