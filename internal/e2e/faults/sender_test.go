@@ -65,8 +65,9 @@ type sender struct {
 	gws  []*gateway
 	gen  *fleet.Generator
 	nr   *nonceRecorder
-	big  int // extra bytes of padding in shape A metadata (large messages)
 	stop atomic.Bool
+
+	genMu sync.Mutex // gen and nr: streams may run at once
 
 	mu       sync.Mutex
 	good     map[string]string    // record id -> device, acknowledged
@@ -232,6 +233,8 @@ func (g *gateway) run(in <-chan outMsg) error {
 
 // next makes device d's next message (good or bad as the mix draws).
 func (s *sender) next(di int) (outMsg, error) {
+	s.genMu.Lock()
+	defer s.genMu.Unlock()
 	d := s.e.fleet.Device(di)
 	s.nr.first = nil
 	m, err := s.gen.Next(d, time.Now().Unix())
