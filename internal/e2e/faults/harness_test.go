@@ -110,14 +110,20 @@ type env struct {
 }
 
 type envOptions struct {
-	devices     int
-	keyProtect  bool
-	maxInflight int // the broker's max_inflight_messages (default 1000)
+	devices    int
+	keyProtect bool
+	// maxInflight is the broker's max_inflight_messages: as deployed, equal
+	// to the daemon's mqtt.max_in_flight (default 200, the daemons'
+	// default here).
+	maxInflight int
 }
 
 func newEnv(t *testing.T, o envOptions) *env {
 	t.Helper()
 	e := &env{t: t, dir: t.TempDir()}
+	if o.maxInflight == 0 {
+		o.maxInflight = 200
+	}
 	e.broker = mosquittotest.Start(t, mosquittotest.Options{MaxInflight: o.maxInflight})
 	e.logs = append(e.logs, e.broker.LogFile)
 	e.registry = filepath.Join(e.dir, "registry.json")

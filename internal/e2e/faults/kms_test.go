@@ -52,7 +52,7 @@ func kmsOutage(t *testing.T, fault string, kill bool) {
 		perDev = 15 // messages of each uncached device sent in the outage
 		bound  = pick(30*time.Second, 5*time.Second)
 	)
-	e := newEnv(t, envOptions{devices: devices, keyProtect: true})
+	e := newEnv(t, envOptions{devices: devices, keyProtect: true, maxInflight: 100})
 	df := e.writeConfig(daemonConfig{ClientID: "k1", MaxInFlight: 100, Extra: spoolYAML(filepath.Join(e.dir, "spool"))})
 	var peak int64
 	p := e.startDaemon(df, &peak)
