@@ -690,6 +690,7 @@ func readSink(path string) sinkRecords {
 type deadLetter struct {
 	reason  string
 	payload [32]byte
+	raw     []byte
 }
 
 func readDeadLetters(path string) []deadLetter {
@@ -710,7 +711,7 @@ func readDeadLetters(path string) []deadLetter {
 			out = append(out, deadLetter{reason: "(torn line)"})
 			continue
 		}
-		out = append(out, deadLetter{reason: l.Reason, payload: sha256.Sum256(l.Payload)})
+		out = append(out, deadLetter{reason: l.Reason, payload: sha256.Sum256(l.Payload), raw: l.Payload})
 	}
 	return out
 }

@@ -68,6 +68,7 @@ type sender struct {
 	stop atomic.Bool
 
 	genMu sync.Mutex // gen and nr: streams may run at once
+	index map[string]int // device id -> index in the fleet
 
 	mu       sync.Mutex
 	good     map[string]string    // record id -> device, acknowledged
@@ -98,7 +99,10 @@ func newSender(t *testing.T, e *env, gateways int, mix fleet.Mix) *sender {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &sender{e: e, gen: gen, nr: nr, good: map[string]string{}, bad: map[[32]byte]badSent{}, firstAck: map[string]time.Time{}}
+	s := &sender{e: e, gen: gen, nr: nr, good: map[string]string{}, bad: map[[32]byte]badSent{}, firstAck: map[string]time.Time{}, index: map[string]int{}}
+	for i, d := range e.fleet.Devices() {
+		s.index[d.ID] = i
+	}
 	for i := range gateways {
 		g := &gateway{s: s, name: fmt.Sprintf("gw-%d-%s", i, randHex(3)), in: make(chan outMsg, 64), done: make(chan error, 1)}
 		if err := g.connect(30 * time.Second); err != nil {
@@ -241,7 +245,9 @@ func (s *sender) next(di int) (outMsg, error) {
 	if err != nil {
 		return outMsg{}, err
 	}
-	om := outMsg{dev: di, topic: m.Topic, payload: m.Payload, device: d.ID}
+	// A replay is of an earlier message of any device: it goes on that
+	// device's connection, after its original.
+	om := outMsg{dev: s.index[m.Device.ID], topic: m.Topic, payload: m.Payload, device: m.Device.ID}
 	if m.Kind == fleet.Good {
 		ver, _ := d.Current()
 		if s.nr.first == nil {

@@ -222,7 +222,7 @@ func TestLargeMessagesSinkOutage(t *testing.T) {
 	const devices = 20
 	var (
 		down  = pick(20*time.Second, 60*time.Second)
-		count = pick(300, 1500)
+		count = pick(200, 1500)
 		bound = pick(60*time.Second, 20*time.Second)
 	)
 	e := newEnv(t, envOptions{devices: devices, maxInflight: 64})
@@ -238,10 +238,12 @@ func TestLargeMessagesSinkOutage(t *testing.T) {
 		for i := from; i < to; i++ {
 			m, err := s.nextLarge(i%devices, 240<<10, marker)
 			if err != nil {
-				t.Fatal(err)
+				t.Error(err)
+				return
 			}
 			if i == from && (len(m.payload) < 200<<10 || len(m.payload) > 256<<10) {
-				t.Fatalf("large message of %d bytes, want about 240 KiB", len(m.payload))
+				t.Errorf("large message of %d bytes, want about 240 KiB", len(m.payload))
+				return
 			}
 			s.send(m)
 		}
@@ -253,12 +255,14 @@ func TestLargeMessagesSinkOutage(t *testing.T) {
 	})
 	o.fail(t)
 	failAt := time.Now()
-	send(20, count)
+	sent := make(chan struct{})
+	go func() { defer close(sent); send(20, count) }()
 	time.Sleep(time.Until(failAt.Add(down)))
 	base := countLines(df.Records)
 	o.repair(t)
 	upAt := time.Now()
 	rec := resumed(t, df.Records, base, upAt, 2*time.Minute)
+	<-sent
 	s.flush(t)
 	r, miss, _ := settle(t, s, p, 2*time.Minute)
 	r.Lost = len(miss)
