@@ -67,7 +67,7 @@ type sender struct {
 	nr   *nonceRecorder
 	stop atomic.Bool
 
-	genMu sync.Mutex // gen and nr: streams may run at once
+	genMu sync.Mutex     // gen and nr: streams may run at once
 	index map[string]int // device id -> index in the fleet
 
 	mu       sync.Mutex
