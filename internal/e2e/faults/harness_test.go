@@ -367,7 +367,9 @@ func (e *env) writeConfig(dc daemonConfig) daemonFiles {
 	}
 	fmt.Fprintf(&b, "mqtt:\n  brokers: [%q]\n  client_id: %q\n  topics: [%q]\n  shared_group: %q\n", e.broker.SSLURL, dc.ClientID, topicFilter, group)
 	fmt.Fprintf(&b, "  tls:\n    ca_file: %q\n    cert_file: %q\n    key_file: %q\n", cert.CA, cert.Cert, cert.Key)
-	fmt.Fprintf(&b, "  max_in_flight: %d\n  workers: %d\n  keep_alive: 5s\n  connect_timeout: 5s\n", dc.MaxInFlight, dc.Workers)
+	// keep_alive stays at its default (30 s): a short one turns a large
+	// backlog into a reconnect loop (the PINGRESP waits behind it).
+	fmt.Fprintf(&b, "  max_in_flight: %d\n  workers: %d\n  connect_timeout: 5s\n", dc.MaxInFlight, dc.Workers)
 	b.WriteString(e.kmsYAML)
 	fmt.Fprintf(&b, "registry:\n  driver: file\n  path: %q\n", e.registry)
 	fmt.Fprintf(&b, "sinks:\n%s", dc.Sinks)

@@ -184,7 +184,7 @@ func TestBrokerSIGKILL(t *testing.T) {
 			runStream(t, streamScenario{
 				name: "broker SIGKILL + restart, " + label, devices: 40,
 				count: pick(3000, 20000), rate: pick(300.0, 1000.0), faultAt: 0.3,
-				bound: pick(30*time.Second, 10*time.Second), brokerOK: true, notShared: notShared,
+				bound: pick(30*time.Second, 15*time.Second), brokerOK: true, notShared: notShared,
 				inject: func(t *testing.T, e *env, p *proc) func() *proc {
 					return func() *proc {
 						e.broker.Kill()
