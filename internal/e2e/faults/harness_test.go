@@ -203,7 +203,7 @@ func (e *env) addLog(path string) {
 func (e *env) scanLogs() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	lines := 0
+	lines, hits := 0, 0
 	for _, path := range e.logs {
 		data, err := os.ReadFile(path)
 		if err != nil {
@@ -222,12 +222,13 @@ func (e *env) scanLogs() {
 				}
 				line := string(data[start : i+end])
 				line = strings.ReplaceAll(line, s, "<SECRET>")
+				hits++
 				e.t.Errorf("secret scan: a planted secret (%d chars) is in %s: %.300s", len(s), filepath.Base(path), line)
 			}
 		}
 	}
 	e.t.Logf("secret scan: %d log lines in %d files, %d planted secrets", lines, len(e.logs), len(e.secrets))
-	recordSecretScan(lines, len(e.secrets))
+	recordSecretScan(lines, len(e.secrets), hits)
 }
 
 // kpProc is the kpemu binary with its runtime fault control.

@@ -57,6 +57,13 @@ func settle(t *testing.T, s *sender, p *proc, limit time.Duration) (result, []st
 	})
 	s.e.plantReadings(p.files.Records)
 	r, miss = account(t, s, []string{p.files.Records}, []string{p.files.DeadLetter})
+	if len(miss) > 0 {
+		t.Logf("%d sent records not in the sink after %s; decryptd: received %v, released %v, processed %v (delivered %v, duplicate %v), in flight %v, unacked %v, sink up %v, exited %v",
+			len(miss), limit, m.sum("decryptd_mqtt_messages_received_total"), m.sum("decryptd_mqtt_messages_released_total"),
+			m.sum("decryptd_messages_processed_total"), m.sum("decryptd_messages_processed_total", "outcome", "delivered"),
+			m.sum("decryptd_messages_processed_total", "outcome", "duplicate"), m.sum("decryptd_inflight_messages"),
+			m.sum("decryptd_mqtt_unacked_messages"), m.sum("decryptd_sink_up"), p.exited())
+	}
 	return r, miss, m
 }
 
