@@ -24,7 +24,7 @@ type result struct {
 	LostBroker   int            // good messages acknowledged by the broker that never reached decryptd
 	Recover      time.Duration  // fault over -> delivery resumed
 	RecoverBound time.Duration
-	Swapped      int // replays decryptd took before their originals
+	Swapped      int  // replays decryptd took before their originals
 	Held         bool // the scenario's assertions held (so far: the log scan runs after)
 	PeakRSS      int64
 	Budget       int64
