@@ -83,6 +83,13 @@ type MQTT struct {
 	// (default 1024, the consumer's own). The broker's window (Mosquitto's
 	// max_inflight_messages) should be at or below it.
 	MaxInFlight int `yaml:"max_in_flight" json:"max_in_flight"`
+	// MaxInFlightBytes bounds the bytes of those messages (payload, topic
+	// and 1 KiB each; default 64 MiB), whatever their count: with large
+	// messages it, not MaxInFlight, stops intake while a sink is slow or
+	// down. One budget per replica (deploy/README.md, "Memory", turns it
+	// into the container's memory limit). At least twice
+	// decrypt.max_message_bytes.
+	MaxInFlightBytes int64 `yaml:"max_in_flight_bytes" json:"max_in_flight_bytes"`
 	// Workers is how many messages that must wait for their key (a load
 	// from the registry and the KMS) are processed at once (default 256).
 	// Messages whose key is cached never wait here: the intake decrypts
@@ -201,6 +208,12 @@ type Cache struct {
 type Batch struct {
 	// MaxRecords bounds the records of one sink write (default 1024).
 	MaxRecords int `yaml:"max_records" json:"max_records"`
+	// MaxBytes bounds the records' JSON of one sink write (default 4 MiB),
+	// so that what a sink copies for one write (a file's buffer, a
+	// request body) is bounded whatever the record sizes; a record larger
+	// than it is written alone. A write that fails is retried in smaller
+	// parts (package pipeline).
+	MaxBytes int `yaml:"max_bytes" json:"max_bytes"`
 	// Linger is the longest a record waits for others to join its sink
 	// batch, unless the batch reaches MaxRecords first (default 2ms; a
 	// message alone in flight is written at once). Larger batches cost
@@ -395,6 +408,8 @@ const (
 	DefaultLogFormat           = "json"
 	DefaultShutdownTimeout     = 30 * time.Second
 	DefaultBatchMaxRecords     = 1024
+	DefaultBatchMaxBytes       = 4 << 20
+	DefaultMaxInFlightBytes    = 64 << 20
 	DefaultBatchLinger         = 2 * time.Millisecond
 )
 
@@ -581,6 +596,9 @@ func (c *Config) applyDefaults() {
 		}
 	}
 	setI(&c.MQTT.MaxInFlight, DefaultMaxInFlight)
+	if c.MQTT.MaxInFlightBytes == 0 {
+		c.MQTT.MaxInFlightBytes = DefaultMaxInFlightBytes
+	}
 	setI(&c.MQTT.Workers, DefaultWorkers)
 	setD(&c.MQTT.KeepAlive, DefaultKeepAlive)
 	setD(&c.MQTT.ConnectTimeout, DefaultConnectTimeout)
@@ -637,6 +655,7 @@ func (c *Config) applyDefaults() {
 	setD(&r.FlushInterval, DefaultRotationFlushInterval)
 
 	setI(&c.Batch.MaxRecords, DefaultBatchMaxRecords)
+	setI(&c.Batch.MaxBytes, DefaultBatchMaxBytes)
 	setD(&c.Batch.Linger, DefaultBatchLinger)
 
 	setS(&c.Metrics.Listen, DefaultMetricsListen)

@@ -130,7 +130,8 @@ func TestBaseIsValidWithDefaults(t *testing.T) {
 	}
 	if c.Cache.TTL != DefaultCacheTTL || c.MQTT.Workers != DefaultWorkers || c.ShutdownTimeout != DefaultShutdownTimeout ||
 		c.Sinks[0].Config.(*sink.FileConfig).Keep != DefaultSinkKeep || !c.Sinks[0].Config.(*sink.FileConfig).FsyncEnabled() || c.Log.Level != "info" ||
-		c.Decrypt.MaxMessageBytes != 262144 || c.Metrics.Listen != "127.0.0.1:9464" {
+		c.Decrypt.MaxMessageBytes != 262144 || c.Metrics.Listen != "127.0.0.1:9464" ||
+		c.MQTT.MaxInFlightBytes != 64<<20 || c.Batch.MaxBytes != 4<<20 {
 		t.Fatalf("defaults not applied: %+v", c)
 	}
 }
@@ -154,6 +155,10 @@ func TestInvalid(t *testing.T) {
 		{"cert without key", add("  tls: {cert_file: /c.pem}", "mqtt"), []string{"mqtt.tls.key_file: required when cert_file is set"}},
 		{"workers negative", add("  workers: -1", "mqtt"), []string{"mqtt.workers: want 1-1024, got -1"}},
 		{"max in flight huge", add("  max_in_flight: 70000", "mqtt"), []string{"mqtt.max_in_flight: want 1-65535"}},
+		{"in-flight bytes below two messages", add("  max_in_flight_bytes: 300000", "mqtt"), []string{"mqtt.max_in_flight_bytes: want 524288 (twice decrypt.max_message_bytes)"}},
+		{"in-flight bytes negative", add("  max_in_flight_bytes: -1", "mqtt"), []string{"mqtt.max_in_flight_bytes: want 524288"}},
+		{"batch bytes tiny", add("batch: {max_bytes: 100}", ""), []string{"batch.max_bytes: want 4096-1073741824, got 100"}},
+		{"http batch bytes", add("  - {type: http, url: 'https://x/y', batch_max_bytes: 10}", "sinks"), []string{"sinks[1].batch_max_bytes: want 4096-"}},
 		{"no provider", rep("provider: local", "provider: \"\""), []string{"kms.provider: required"}},
 		{"bad provider", rep("provider: local", "provider: vault"), []string{`kms.provider: must be local or keyprotect, got "vault"`}},
 		{"local without file", rep("local: {root_key_file: /k/root.json}", "local: {}"), []string{"kms.local.root_key_file: required for provider local"}},

@@ -98,6 +98,9 @@ func (c *Config) Validate() error {
 	if c.Batch.MaxRecords < 1 {
 		ck.add("batch.max_records", "must be at least 1, got %d", c.Batch.MaxRecords)
 	}
+	if c.Batch.MaxBytes < MinBatchMaxBytes || c.Batch.MaxBytes > MaxBatchMaxBytes {
+		ck.add("batch.max_bytes", "want %d-%d, got %d", MinBatchMaxBytes, MaxBatchMaxBytes, c.Batch.MaxBytes)
+	}
 	if c.Batch.Linger < 0 || c.Batch.Linger > time.Second {
 		ck.add("batch.linger", "must be between 0s and 1s, got %s", c.Batch.Linger)
 	}
@@ -106,6 +109,14 @@ func (c *Config) Validate() error {
 	}
 	return &ValidationError{Problems: ck.probs}
 }
+
+// Bounds of the memory settings: sanity, not policy (deploy/README.md,
+// "Memory", says what each costs).
+const (
+	MaxInFlightBytesLimit = 64 << 30 // mqtt.max_in_flight_bytes at most 64 GiB
+	MinBatchMaxBytes      = 4 << 10  // batch.max_bytes 4 KiB ..
+	MaxBatchMaxBytes      = 1 << 30  // .. 1 GiB
+)
 
 func positive(ck *checker, field string, d time.Duration) {
 	if d <= 0 {
@@ -158,6 +169,9 @@ func (c *Config) validateMQTT(ck *checker) {
 	}
 	if m.MaxInFlight < 1 || m.MaxInFlight > 65535 {
 		ck.add("mqtt.max_in_flight", "want 1-65535, got %d", m.MaxInFlight)
+	}
+	if least := 2 * int64(c.Decrypt.MaxMessageBytes); m.MaxInFlightBytes < least || m.MaxInFlightBytes > MaxInFlightBytesLimit {
+		ck.add("mqtt.max_in_flight_bytes", "want %d (twice decrypt.max_message_bytes) to %d, got %d", least, int64(MaxInFlightBytesLimit), m.MaxInFlightBytes)
 	}
 	if m.Workers < 1 || m.Workers > 1024 {
 		ck.add("mqtt.workers", "want 1-1024, got %d", m.Workers)

@@ -12,15 +12,17 @@ import (
 )
 
 // Admission: what paho's router goroutine does with each message (a slot
-// under MaxInFlight, or release), and the lanes that hand admitted
-// messages to the Processor without a goroutine hand-off per message when
-// their key is cached (dispatch), or to their topic's worker otherwise.
+// under MaxInFlight and its bytes under the byte budget, or release), and
+// the lanes that hand admitted messages to the Processor without a
+// goroutine hand-off per message when their key is cached (dispatch), or
+// to their topic's worker otherwise.
 
 // entry is one admitted message.
 type entry struct {
 	c          *Consumer
 	msg        mqtt.Message
 	gen        uint64
+	size       int64  // what it holds of the byte budget (messageBytes)
 	route      uint32 // hash of the topic: picks its lane and its worker
 	receivedAt time.Time
 	done       atomic.Bool  // the Processor finished it: it may be acknowledged
@@ -52,13 +54,20 @@ func (e *entry) message() intake.Message {
 // order the PUBLISH packets arrived on this connection, and hands the
 // message to the worker that owns its topic.
 //
-// It does not block, except when MaxInFlight messages are already held: the
-// broker's window (max_inflight_messages) should have stopped it from
-// sending more, but Mosquitto 2.0.11 leaks that window. Then it waits for a
-// slot for at most overflowWait (half the keep-alive, so paho's pings
-// survive the stall); if none frees up it releases the message and the rest
-// of the connection's, rather than holding unbounded messages, and
-// freeSlot reconnects once there is room, for the broker to redeliver them.
+// It does not block, except when MaxInFlight messages are already held, or
+// the message's bytes do not fit in the byte budget. The broker's window
+// (max_inflight_messages) should have stopped it from sending more
+// messages, but Mosquitto 2.0.11 leaks that window; and no broker window
+// counts bytes, so with large messages the budget, not the window, is what
+// stops intake. Then it waits for room for at most overflowWait (half the
+// keep-alive). While it waits, paho's reader stops reading (its hand-offs
+// to the router are unbuffered), so TCP pushes back on the broker and at
+// most four more packets sit in paho; pings stall too (a PINGRESP queues
+// behind them), which is why the wait is bounded well inside the
+// keep-alive. If no room frees up it releases the
+// message and the rest of the connection's, rather than holding unbounded
+// messages, and freeSlot reconnects once there is room again (half the
+// slots and half the bytes free), for the broker to redeliver them.
 func (c *Consumer) onMessage(_ mqtt.Client, pm mqtt.Message) {
 	now := time.Now()
 	c.m.received.Inc()
@@ -73,14 +82,15 @@ func (c *Consumer) onMessage(_ mqtt.Client, pm mqtt.Message) {
 	// Once one message of a connection is released, every later one must
 	// be too: admitting a later one would ack it ahead of the released one
 	// and process it ahead of that one's redelivery.
-	if conn == nil || conn.releasing.Load() || stopping || !c.acquire(conn) {
+	size := messageBytes(pm)
+	if conn == nil || conn.releasing.Load() || stopping || !c.acquire(conn, size, now) {
 		if conn != nil {
 			conn.releasing.Store(true)
 		}
 		c.m.released.Inc()
 		return
 	}
-	e := &entry{c: c, msg: pm, gen: gen, route: hashTopic(pm.Topic()), receivedAt: now}
+	e := &entry{c: c, msg: pm, gen: gen, size: size, route: hashTopic(pm.Topic()), receivedAt: now}
 	e.refs.Store(2)
 	e.call.Store(callReturned) // a failure reported by TryProcess's done is retried on its own
 	c.mu.Lock()
@@ -88,7 +98,7 @@ func (c *Consumer) onMessage(_ mqtt.Client, pm mqtt.Message) {
 		c.mu.Unlock()
 		conn.releasing.Store(true)
 		c.m.released.Inc()
-		c.freeSlot()
+		c.freeSlot(size)
 		return
 	}
 	c.ackq = append(c.ackq, e)
@@ -137,7 +147,21 @@ func (c *Consumer) dispatch(e *entry) {
 	q.push(e)
 }
 
-func (c *Consumer) acquire(conn *trackedConn) bool {
+// acquire takes a slot and size bytes of the budget for one message
+// received at now, waiting for both together at most overflowWait; false:
+// the message must be released (see onMessage).
+func (c *Consumer) acquire(conn *trackedConn, size int64, now time.Time) bool {
+	if !c.acquireSlot(conn) {
+		return false
+	}
+	if c.takeBytes(conn, size, c.overflowWait-time.Since(now)) {
+		return true
+	}
+	c.freeSlot(0)
+	return false
+}
+
+func (c *Consumer) acquireSlot(conn *trackedConn) bool {
 	select {
 	case c.slots <- struct{}{}:
 		c.inUse.Add(1)
@@ -166,7 +190,9 @@ func (c *Consumer) acquire(conn *trackedConn) bool {
 	}
 }
 
-func (c *Consumer) freeSlot() {
+// freeSlot gives back a message's slot and its size bytes of the budget.
+func (c *Consumer) freeSlot(size int64) {
+	c.budget.release(size)
 	<-c.slots
 	n := c.inUse.Add(-1)
 	if n == 0 {
@@ -175,20 +201,19 @@ func (c *Consumer) freeSlot() {
 		default:
 		}
 	}
-	if n <= int64(c.o.MaxInFlight/2) {
-		if conn := c.overflowConn.Load(); conn != nil && c.overflowConn.CompareAndSwap(conn, nil) {
-			c.log.Info("room again after overflow; reconnecting so the broker redelivers the released messages")
-			go conn.abort() // a TLS close may wait on a write; never in the caller's path
-		}
+	if conn := c.overflowConn.Load(); conn != nil && n <= int64(c.o.MaxInFlight/2) && c.budget.Held() <= c.budget.Limit()/2 &&
+		c.overflowConn.CompareAndSwap(conn, nil) {
+		c.log.Info("room again after overflow; reconnecting so the broker redelivers the released messages")
+		go conn.abort() // a TLS close may wait on a write; never in the caller's path
 	}
 }
 
-// unref drops one side's hold on e; the slot is freed when both the worker
-// and the acknowledgement side are through with it.
+// unref drops one side's hold on e; the slot and the bytes are freed when
+// both the worker and the acknowledgement side are through with it.
 func (c *Consumer) unref(e *entry) {
 	if e.refs.Add(-1) == 0 {
 		e.msg = nil
-		c.freeSlot()
+		c.freeSlot(e.size)
 	}
 }
 

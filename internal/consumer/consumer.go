@@ -46,6 +46,7 @@ type Consumer struct {
 	slots    chan struct{}
 	inUse    atomic.Int64
 	idleWake chan struct{} // signalled when inUse drops to zero
+	budget   *Budget       // the bytes of messages in flight (admit.go)
 
 	lanes    []*lane
 	queues   []*workQueue
@@ -105,6 +106,9 @@ func New(o Options, p Processor) (*Consumer, error) {
 		// Long enough to ride out a slot freeing up, well short of the
 		// keep-alive, since a blocked router also stops PINGRESP reading.
 		overflowWait: max(o.KeepAlive/2, time.Second),
+	}
+	if c.budget, err = o.byteBudget(); err != nil {
+		return nil, err
 	}
 	c.procCtx, c.procCancel = context.WithCancel(context.Background())
 	if o.TopicPattern != "" {

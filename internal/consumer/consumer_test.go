@@ -99,12 +99,13 @@ func TestMetricsRegistered(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n != 9 {
-		t.Fatalf("%d metrics, want 9", n)
+	if n != 11 {
+		t.Fatalf("%d metrics, want 11", n)
 	}
 	for _, name := range []string{"decryptd_mqtt_messages_received_total", "decryptd_mqtt_connection_up", "decryptd_mqtt_reconnects_total",
 		"decryptd_inflight_messages", "decryptd_mqtt_ack_latency_seconds", "decryptd_mqtt_unacked_messages", "decryptd_mqtt_messages_released_total",
-		"decryptd_mqtt_messages_redelivered_total", "decryptd_mqtt_messages_fast_path_total"} {
+		"decryptd_mqtt_messages_redelivered_total", "decryptd_mqtt_messages_fast_path_total",
+		"decryptd_inflight_bytes", "decryptd_inflight_bytes_limit"} {
 		if c, _ := testutil.GatherAndCount(reg, name); c != 1 {
 			t.Errorf("metric %s missing", name)
 		}

@@ -8,9 +8,10 @@
 //
 // Files by job: consumer.go (the Consumer's lifecycle: New, Run, Ready,
 // Shutdown), admit.go (admission on paho's router goroutine, lanes and the
-// cached-key fast path), order.go (per-topic workers, retries and the
-// in-order acknowledgements), conn.go (connecting, dialing, subscribing),
-// wire.go (the buffered, group-committed connection), options.go.
+// cached-key fast path), budget.go (the byte budget admission takes from),
+// order.go (per-topic workers, retries and the in-order
+// acknowledgements), conn.go (connecting, dialing, subscribing), wire.go
+// (the buffered, group-committed connection), options.go.
 //
 // # Delivery promise
 //
@@ -51,6 +52,16 @@
 //     then releases (neither processes nor acknowledges) the rest of that
 //     connection's messages and, once half the slots are free again, closes
 //     the connection so the broker redelivers them.
+//   - At most MaxInFlightBytes are held the same way, each message counted
+//     as its payload, its topic and MessageOverhead, so that large messages
+//     cannot fill memory under the count bound: one Budget per replica,
+//     shared by all its connections (Options.Budget). No broker window
+//     counts bytes, so with large messages this bound, not the broker's,
+//     stops intake: paho's handler waits for room (paho then stops reading
+//     the socket, and TCP pushes back on the broker), at most half the
+//     keep-alive, then releases as above and reconnects once half the
+//     budget is free. A message larger than the whole budget is admitted
+//     alone, once nothing else is held.
 //   - Shutdown stops intake first (later arrivals are neither processed nor
 //     acknowledged and come back after a restart), lets in-flight messages
 //     finish and acknowledges them, optionally unsubscribes (for a replica

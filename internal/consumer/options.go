@@ -21,6 +21,7 @@ const (
 	DefaultConnectTimeout       = 10 * time.Second
 	DefaultMaxReconnectInterval = 30 * time.Second
 	DefaultMaxInFlight          = 1024
+	DefaultMaxInFlightBytes     = 64 << 20
 	DefaultWorkers              = 64
 	DefaultShutdownTimeout      = 15 * time.Second
 
@@ -76,6 +77,17 @@ type Options struct {
 	// broker's max_inflight_messages at or below it. Default
 	// DefaultMaxInFlight.
 	MaxInFlight int
+	// MaxInFlightBytes bounds the bytes of the messages held between
+	// receipt and acknowledgement, each counted as its payload, its topic
+	// and MessageOverhead, beside MaxInFlight's count: intake waits (see
+	// Budget) while a message would take the held bytes past it. A single
+	// message larger than it is admitted alone. Default
+	// DefaultMaxInFlightBytes. Ignored when Budget is set.
+	MaxInFlightBytes int64
+	// Budget, if set, is the byte budget shared by every consumer
+	// (connection) of the replica, NewBudget's; nil: New makes one of
+	// MaxInFlightBytes and registers its gauges with Registerer.
+	Budget *Budget
 	// Workers is the number of goroutines that process messages which may
 	// wait (a key being loaded); messages of one topic always go to the
 	// same worker. Default DefaultWorkers.
@@ -183,6 +195,12 @@ func (o Options) withDefaults() (Options, error) {
 	if o.MaxInFlight <= 0 {
 		o.MaxInFlight = DefaultMaxInFlight
 	}
+	if o.MaxInFlightBytes < 0 {
+		return o, errors.New("consumer: max in-flight bytes: must not be negative")
+	}
+	if o.MaxInFlightBytes == 0 {
+		o.MaxInFlightBytes = DefaultMaxInFlightBytes
+	}
 	if o.Lanes <= 0 {
 		o.Lanes = max(runtime.GOMAXPROCS(0)-1, 1)
 	}
@@ -227,6 +245,15 @@ func validFilter(f string) error {
 		}
 	}
 	return nil
+}
+
+// byteBudget returns Budget, or a new one of MaxInFlightBytes whose gauges
+// are registered with Registerer.
+func (o Options) byteBudget() (*Budget, error) {
+	if o.Budget != nil {
+		return o.Budget, nil
+	}
+	return NewBudget(o.MaxInFlightBytes, o.Registerer)
 }
 
 // subscription returns the filter as subscribed: $share/<group>/<filter>.

@@ -177,7 +177,7 @@ func (p *parts) buildPipeline(ctx context.Context, o *Options, opener pipeline.O
 	}
 	p.pipe, err = pipeline.New(pipeline.Options{
 		Opener: opener, Sinks: sinks[1:], DeadLetter: sinks[0],
-		MaxBatch: p.cfg.Batch.MaxRecords, Linger: p.cfg.Batch.Linger,
+		MaxBatch: p.cfg.Batch.MaxRecords, MaxBatchBytes: p.cfg.Batch.MaxBytes, Linger: p.cfg.Batch.Linger,
 		KMSUnwraps: p.unwraps.Load,
 		Registerer: o.Registry, Logger: o.Logger,
 	})

@@ -46,7 +46,7 @@ func newMQTTInput(o Options, proc intake.Processor) (*consumer.Consumer, error) 
 		TopicPattern: o.Config.Decrypt.TopicPattern,
 		TLS:          tc, AllowPlainTCP: m.AllowPlaintext,
 		KeepAlive: m.KeepAlive, ConnectTimeout: m.ConnectTimeout,
-		MaxInFlight: m.MaxInFlight, Workers: m.Workers,
+		MaxInFlight: m.MaxInFlight, MaxInFlightBytes: m.MaxInFlightBytes, Workers: m.Workers,
 		UnsubscribeOnShutdown: m.UnsubscribeOnShutdown,
 		ShutdownTimeout:       o.Config.ShutdownTimeout,
 		Logger:                o.Logger, Registerer: o.Registry,

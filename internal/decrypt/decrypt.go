@@ -10,6 +10,7 @@ import (
 	"slices"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/decryptd/decryptd/internal/dek"
 	"github.com/decryptd/decryptd/internal/intake"
@@ -68,6 +69,7 @@ type state struct {
 	bin  []byte // decoded SEALED values, opened in place
 	aad  []byte
 	out  []byte
+	rec  []byte // the record's room for metadata and plaintext (newRecord), empty
 	keys []replayKey
 	pts  []span // each sealed value's plaintext JSON value, in bin
 }
@@ -80,6 +82,7 @@ func (st *state) wipe() {
 	clear(st.out)
 	clear(st.meta)
 	st.refs, st.bin, st.out, st.meta = st.refs[:0], st.bin[:0], st.out[:0], st.meta[:0]
+	st.rec = nil // the record's, not scratch: only dropped
 }
 
 // envelope is what Open learns before it needs a key.
@@ -139,6 +142,13 @@ func (d *Decryptor) open(ctx context.Context, st *state, m Message, noWait bool)
 	// rec is filled in place (a Record is a few hundred bytes: no copies).
 	var rec Record
 	st.newRecord(&rec, m, received, &env)
+	if d.win != nil {
+		// The window's lines are read from memory while the key is
+		// resolved and the message opened.
+		for i := range st.keys {
+			d.win.prefetch(&st.keys[i])
+		}
+	}
 	aead, err := d.resolve(ctx, &rec, noWait)
 	if err != nil {
 		return Record{}, err
@@ -150,8 +160,7 @@ func (d *Decryptor) open(ctx context.Context, st *state, m Message, noWait bool)
 		// Ages count from the receive time: no second clock read per
 		// message, and a message retried after a transient fault keeps the
 		// age of its first receipt.
-		var dg msgDigest
-		dg, st.aad = d.win.dg.digest(st.aad, m.Topic, m.Payload)
+		dg := d.win.dg.digest(m.Topic, m.Payload)
 		if err := d.win.admit(st.keys, &dg, received.UnixNano()); err != nil {
 			return Record{}, fmt.Errorf("%w: nonce already accepted under %s %s", err, rec.KeyID, rec.KeyVersion)
 		}
@@ -161,11 +170,12 @@ func (d *Decryptor) open(ctx context.Context, st *state, m Message, noWait bool)
 		}
 	}
 	if env.shapeA {
+		// Into the room newRecord left after the record's strings.
 		p := st.pts[0]
-		buf := make([]byte, len(st.meta)+p.end-p.start)
-		n := copy(buf, st.meta)
-		copy(buf[n:], st.bin[p.start:p.end])
-		rec.Metadata, rec.Data = buf[:n:n], buf[n:]
+		buf := append(st.rec, st.meta...)
+		n := len(buf)
+		buf = append(buf, st.bin[p.start:p.end]...)
+		rec.Metadata, rec.Data = buf[:n:n], buf[n:len(buf):len(buf)]
 		rec.Sealed = wholeData
 		return rec, nil
 	}
@@ -210,8 +220,12 @@ func (d *Decryptor) checkEnvelope(st *state, m Message, env *envelope) (time.Tim
 }
 
 // newRecord computes what needs no key: each sealed value's replay key
-// (st.keys) and the record's id and names, all its strings in one
-// allocation, into rec.
+// (st.keys) and the record's id and names, into rec. The record's own bytes
+// take one allocation: its strings first, then (shape A) room for its
+// metadata and plaintext, which open fills in once the message has opened
+// (st.rec). The strings' bytes are never written again, and no slice of the
+// record reaches them (Metadata and Data lie after them, their capacity
+// capped), so they may back strings.
 func (st *state) newRecord(rec *Record, m Message, received time.Time, env *envelope) {
 	st.keys = st.keys[:0]
 	var id [sha256.Size]byte
@@ -229,13 +243,21 @@ func (st *state) newRecord(rec *Record, m Message, received time.Time, env *enve
 		}
 		st.keys = append(st.keys, replayKey(sum[:len(replayKey{})]))
 	}
-	out := hex.AppendEncode(st.out[:0], id[:])
-	out = append(out, env.deviceID...)
-	out = append(out, env.keyID...)
-	out = append(out, env.keyVersion...)
-	st.out = out
-	strs := string(out)
 	o := 2 * sha256.Size
+	n := o + len(env.deviceID) + len(env.keyID) + len(env.keyVersion)
+	size := n
+	if env.shapeA {
+		// The plaintext is the sealed value less nonce and tag.
+		sp := env.sealed[0].bin
+		size += len(st.meta) + sp.end - sp.start - sealedMin
+	}
+	buf := make([]byte, n, size)
+	hex.Encode(buf, id[:])
+	copy(buf[o:], env.deviceID)
+	copy(buf[o+len(env.deviceID):], env.keyID)
+	copy(buf[o+len(env.deviceID)+len(env.keyID):], env.keyVersion)
+	strs := unsafe.String(&buf[0], n)
+	st.rec = buf[n:n:size]
 	rec.ID, rec.Topic, rec.ReceivedAt, rec.Timestamp = strs[:o], m.Topic, received, env.ts
 	rec.DeviceID, o = strs[o:o+len(env.deviceID)], o+len(env.deviceID)
 	rec.KeyID, o = strs[o:o+len(env.keyID)], o+len(env.keyID)

@@ -13,10 +13,11 @@
 //     bad_plaintext, replay), as sentinel errors for errors.Is and Reason;
 //     everything that needs no key is checked before the key is looked up;
 //   - the replay window of accepted (key id, key version, nonce) triples,
-//     each with a digest of its message (a 128-bit keyed hash of topic
-//     0x00 payload, amendment 1; replay.go says why not the spec's example,
-//     SHA-256), in memory, bounded by entries and age, consulted only once
-//     the tag has verified so forgeries cannot poison it;
+//     each with a digest of its message (a 64-bit keyed hash of topic and
+//     payload, amendment 1; replay.go says why not the spec's example,
+//     SHA-256, and why 64 bits suffice), in memory, bounded by entries and
+//     age, consulted only once the tag has verified so forgeries cannot
+//     poison it;
 //   - the record: its stable id and its JSON form (Record.AppendJSON).
 //
 // Keys come through KeyResolver (the key cache implements it). A resolver
@@ -45,21 +46,33 @@
 //     duplicate of it (the window already holds it).
 //
 // The replay window (replay.go) and its false positives: accepted entries
-// are appended to the newest of 17 generations; when it is full the
-// oldest generation is dropped whole, so the window holds at least the
+// (the 128-bit triple key, the 64-bit message digest, the acceptance time:
+// 32 bytes) are appended to the newest of 17 generations; when it is full
+// the oldest generation is dropped whole, so the window holds at least the
 // last ReplayEntries accepted entries (at most 1/16 more) and none older
-// than ReplayMaxAge counts. A table of 64-byte lines holds a fingerprint
-// per entry (10 bits at the default million entries; fewer for larger
-// windows); a lookup reads one line in the common case. A fingerprint
-// match is only a hint: "seen" is answered solely by comparing the full
-// 128-bit triple digest (and then the message digest) of the entry it
-// points at, so a fingerprint collision costs one more memory read and
-// never turns a new message into a replay or a duplicate. The remaining
-// false "seen" is a collision of the 128-bit triple digest (SHA-256), and
-// a false duplicate one of the 128-bit keyed message digest, whose seeds
-// never leave the process: out of reach. Memory is
-// about 40 bytes per entry plus 4 to 8 of table (about 50 MB at the
-// default bound), grown on demand.
+// than ReplayMaxAge counts. A table of 64-byte lines is the filter in front
+// of them: 15 slots per line, each a fingerprint of a key (10 bits at the
+// default million entries; fewer for larger windows) with its entry's
+// generation and index. A lookup reads one line in the common case (a new
+// nonce: its home line, into which it is then inserted), and reads an entry
+// only on a fingerprint match. Open asks the processor to prefetch that
+// line as soon as the triple is known, before the key lookup and the tag
+// check, so at production size (a table of megabytes) its memory access
+// overlaps that work instead of being waited for under the window's lock;
+// the window is still only read and written once the tag has verified. A fingerprint match is only a hint: "seen"
+// is answered solely by comparing the full 128-bit triple key (and then the
+// message digest) of the entry it points at, so a fingerprint collision
+// (about one lookup in a hundred at the default size) costs one more
+// memory read and never turns a new message into a replay or a duplicate:
+// no false "seen" from the filter ever drops a message. What remains is a
+// collision of the 128-bit triple key (the first 16 bytes of SHA-256 of
+// the triple, which the record id computes anyway): out of reach; and a
+// collision of the 64-bit keyed message digest between a replay and the
+// message it replays, which can only turn that replay (not delivered) into
+// a duplicate (not delivered either). Memory: 32 bytes per entry (17/16 of
+// ReplayEntries at most) plus the table's 7 to 15 bytes per entry, grown
+// on demand: 42.4 MB at the default bound, at most about 49 bytes per
+// configured entry for any bound.
 //
 // Choices where the spec is silent: nesting deeper than 1000 levels, lone
 // UTF-16 surrogate escapes and timestamps beyond int64 are malformed; the

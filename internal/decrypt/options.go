@@ -42,7 +42,7 @@ type Options struct {
 	// last ReplayEntries accepted (key id, key version, nonce) triples are
 	// remembered (at most 1/16 more), none for longer than ReplayMaxAge; the
 	// oldest are forgotten first. 0 means the default (1,000,000 and 24 h).
-	// Memory is about 45 to 50 bytes per entry (about 50 MB at the default
+	// Memory is about 40 to 49 bytes per entry (42.4 MB at the default
 	// bound), grown on demand; see doc.go for the layout.
 	ReplayEntries int
 	ReplayMaxAge  time.Duration

@@ -167,6 +167,12 @@ func (s *scanner) release() { s.reset(nil, false) }
 
 func (s *scanner) fail(msg string) error { return &scanError{off: s.pos, msg: msg} }
 
+// failAt is fail at pos, for the loops that keep the position in a local.
+func (s *scanner) failAt(pos int, msg string) error {
+	s.pos = pos
+	return s.fail(msg)
+}
+
 // document scans buf as one JSON text and returns the kind and span of its
 // value (surrounding whitespace excluded).
 func (s *scanner) document(buf []byte, collect bool) (valueKind, span, error) {
@@ -236,9 +242,19 @@ func (s *scanner) member() (valueKind, error) {
 		switch c := s.buf[s.pos]; {
 		case c == '"':
 			start := s.pos
-			esc, err := s.str()
-			if err != nil {
+			// A short plain ASCII value (most of telemetry's) is scanned
+			// here; past 16 bytes, or at anything else, str takes over.
+			var esc bool
+			p, b := s.pos+1, s.buf
+			for end := min(len(b), p+16); p < end && plainByte[b[p]] != 0; {
+				p++
+			}
+			if p < len(b) && b[p] == '"' {
+				s.pos = p + 1
+			} else if e, err := s.str(); err != nil {
 				return 0, err
+			} else {
+				esc = e
 			}
 			if s.collect {
 				s.checkSealed(start, esc)
@@ -259,49 +275,51 @@ func (s *scanner) literal(lit string) error {
 	return nil
 }
 
+// number scans a number, its position in a local like skipWS and str.
 func (s *scanner) number() error {
-	b := s.buf
-	if b[s.pos] == '-' {
-		s.pos++
+	b, pos := s.buf, s.pos
+	if b[pos] == '-' {
+		pos++
 	}
-	if s.pos >= len(b) {
-		return s.fail("truncated number")
+	if pos >= len(b) {
+		return s.failAt(pos, "truncated number")
 	}
-	switch c := b[s.pos]; {
+	switch c := b[pos]; {
 	case c == '0':
-		s.pos++
+		pos++
 	case c >= '1' && c <= '9':
-		for s.pos < len(b) && b[s.pos] >= '0' && b[s.pos] <= '9' {
-			s.pos++
+		pos++
+		for pos < len(b) && b[pos]-'0' <= 9 {
+			pos++
 		}
 	default:
-		return s.fail("invalid number")
+		return s.failAt(pos, "invalid number")
 	}
-	if s.pos < len(b) && b[s.pos] == '.' {
-		s.pos++
-		if s.digits() == 0 {
-			return s.fail("invalid number fraction")
+	if pos < len(b) && b[pos] == '.' {
+		pos++
+		d := pos
+		for pos < len(b) && b[pos]-'0' <= 9 {
+			pos++
+		}
+		if pos == d {
+			return s.failAt(pos, "invalid number fraction")
 		}
 	}
-	if s.pos < len(b) && (b[s.pos] == 'e' || b[s.pos] == 'E') {
-		s.pos++
-		if s.pos < len(b) && (b[s.pos] == '+' || b[s.pos] == '-') {
-			s.pos++
+	if pos < len(b) && (b[pos] == 'e' || b[pos] == 'E') {
+		pos++
+		if pos < len(b) && (b[pos] == '+' || b[pos] == '-') {
+			pos++
 		}
-		if s.digits() == 0 {
-			return s.fail("invalid number exponent")
+		d := pos
+		for pos < len(b) && b[pos]-'0' <= 9 {
+			pos++
+		}
+		if pos == d {
+			return s.failAt(pos, "invalid number exponent")
 		}
 	}
+	s.pos = pos
 	return nil
-}
-
-func (s *scanner) digits() int {
-	n := 0
-	for s.pos < len(s.buf) && s.buf[s.pos] >= '0' && s.buf[s.pos] <= '9' {
-		s.pos++
-		n++
-	}
-	return n
 }
 
 // str scans a string starting at its opening quote and reports whether it
@@ -566,6 +584,7 @@ func (s *scanner) object() error {
 	isMeta := s.collect && s.depth == 2 && string(s.name(s.curName)) == "metadata"
 	base := len(s.names)
 	var set map[string]struct{}
+	var err error
 	if s.collect {
 		s.path = append(s.path, pathSeg{})
 	}
@@ -579,8 +598,16 @@ func (s *scanner) object() error {
 				return s.fail("expected member name")
 			}
 			nameStart := s.pos
-			esc, err := s.str()
-			if err != nil {
+			// Most names are short plain ASCII: scanned here, without
+			// str's call and its eight-byte steps; anything else is str's.
+			var esc bool
+			p, b := s.pos+1, s.buf
+			for p < len(b) && plainByte[b[p]] != 0 {
+				p++
+			}
+			if p < len(b) && b[p] == '"' {
+				s.pos = p + 1
+			} else if esc, err = s.str(); err != nil {
 				return err
 			}
 			ref := s.nameAt(nameStart, s.pos, esc)

@@ -20,6 +20,7 @@ import (
 	"sigs.k8s.io/kustomize/kyaml/filesys"
 
 	"github.com/decryptd/decryptd/internal/config"
+	"github.com/decryptd/decryptd/internal/membudget"
 )
 
 const kubeDir = "../../deploy/kubernetes"
@@ -320,9 +321,7 @@ func TestMemoryBudget(t *testing.T) {
 			}
 			wantGML := fmt.Sprintf("%dMiB", GoMemLimitMiB(cfg))
 			if gml != wantGML {
-				t.Errorf("GOMEMLIMIT %q, want %q (budget %d B: 64 MiB + %d x %d x %d + %d x %d + %d x %d)", gml, wantGML, MemoryBudget(cfg),
-					cfg.MQTT.MaxInFlight, cfg.Decrypt.MaxMessageBytes, InFlightCopies, cfg.Cache.MaxEntries, CachedDEKBytes,
-					cfg.Decrypt.ReplayWindowEntries, ReplayEntryBytes)
+				t.Errorf("GOMEMLIMIT %q, want %q (budget %d B: %+v)", gml, wantGML, MemoryBudget(cfg), membudget.Of(cfg))
 			}
 			wantLimit := resource.NewQuantity(MemoryLimit(cfg), resource.BinarySI)
 			lim, req := c.Resources.Limits[corev1.ResourceMemory], c.Resources.Requests[corev1.ResourceMemory]
@@ -332,9 +331,16 @@ func TestMemoryBudget(t *testing.T) {
 			if _, ok := c.Resources.Limits[corev1.ResourceCPU]; ok {
 				t.Error("a CPU limit: Go would derive GOMAXPROCS from it (see the StatefulSet's comment)")
 			}
-			t.Logf("budget %.1f MiB, GOMEMLIMIT %s, limit %s", float64(MemoryBudget(cfg))/(1<<20), gml, lim.String())
+			t.Logf("budget %.1f MiB (%s), GOMEMLIMIT %s, limit %s", float64(MemoryBudget(cfg))/(1<<20), mib(membudget.Of(cfg)), gml, lim.String())
 		})
 	}
+}
+
+// mib writes the budget's terms in MiB, as deploy/README.md does.
+func mib(t membudget.Terms) string {
+	f := func(b int64) float64 { return float64(b) / (1 << 20) }
+	return fmt.Sprintf("base %.1f + in flight %.1f + reading %.1f + batches %.1f + cache %.1f + replay %.1f MiB",
+		f(t.Base), f(t.InFlight), f(t.Reading), f(t.Batches), f(t.Cache), f(t.Replay))
 }
 
 // builtConfig parses the built ConfigMap's config.yaml as the daemon would

@@ -24,10 +24,18 @@ type job struct {
 // batch is being written; one writer goroutine (run) writes one batch at a
 // time, so the sink's Write is never called concurrently, and answers
 // every job of it. When the writer finishes a batch it takes everything
-// appended meanwhile (up to MaxBatch) at once: the records that arrived
-// during one write + fsync share the next one. Appending never blocks and
-// wakes the writer only when it is idle, so a busy pipeline costs no
-// goroutine hand-off per record.
+// appended meanwhile (up to MaxBatch records and MaxBatchBytes) at once:
+// the records that arrived during one write + fsync share the next one.
+// Appending never blocks and wakes the writer only when it is idle, so a
+// busy pipeline costs no goroutine hand-off per record.
+//
+// A batch the sink fails to write is split: the retry writes its first
+// half, halving down to one record, and once a part is written the size
+// doubles back towards the whole batch. A sink that cannot take a batch
+// whole (a disk with room for some records, a receiver limiting request
+// bodies) thus gets what fits, instead of the same batch retried forever.
+// Parts are written in order, so records keep their order per sink, and
+// each record is answered only once its part was written.
 type batcher struct {
 	p    *Pipeline
 	s    sink.Sink
@@ -35,10 +43,11 @@ type batcher struct {
 	name string
 	log  *zap.Logger
 
-	mu      sync.Mutex
-	pending []job
-	firstAt time.Time // when pending's first job came (set only with a positive Linger)
-	idle    bool      // the writer waits for add's wake-up
+	mu           sync.Mutex
+	pending      []job
+	pendingBytes int       // the records' JSON in pending
+	firstAt      time.Time // when pending's first job came (set only with a positive Linger)
+	idle         bool      // the writer waits for add's wake-up
 	// lingering: the writer waits for its batch to fill (full) or its
 	// oldest record to have waited Linger; add wakes it only when full.
 	lingering bool
@@ -72,6 +81,7 @@ func (b *batcher) add(j job) bool {
 		b.firstAt = time.Now()
 	}
 	b.pending = append(b.pending, j)
+	b.pendingBytes += len(j.rec.JSON)
 	// A lingering writer needs waking only once its batch may go out.
 	wake := b.idle || (b.lingering && b.full())
 	b.mu.Unlock()
@@ -85,13 +95,13 @@ func (b *batcher) add(j job) bool {
 }
 
 // run is the writer. It writes the pending records at once, or, with a
-// positive Linger, once MaxBatch are pending, or the oldest pending record
-// has waited Linger (a lone record of the only delivery under way goes at
-// once). While it writes, the next batch gathers. After Close's stop it
-// writes what is pending and exits.
+// positive Linger, once MaxBatch records or MaxBatchBytes are pending, or
+// the oldest pending record has waited Linger (a lone record of the only
+// delivery under way goes at once). While it writes, the next batch
+// gathers. After Close's stop it writes what is pending and exits.
 func (b *batcher) run() {
 	defer close(b.exited)
-	maxBatch := b.p.o.MaxBatch
+	maxBatch, maxBytes := b.p.o.MaxBatch, b.p.o.MaxBatchBytes
 	linger := b.p.o.Linger
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
@@ -126,7 +136,8 @@ func (b *batcher) run() {
 				}
 			}
 		}
-		n := min(len(b.pending), maxBatch)
+		n, size := b.take(maxBatch, maxBytes)
+		b.pendingBytes -= size
 		if n == len(b.pending) {
 			batch, b.pending = b.pending, batch[:0]
 		} else {
@@ -142,16 +153,31 @@ func (b *batcher) run() {
 	}
 }
 
+// take returns how many of the pending records the next batch holds: at
+// most maxRecords, and at most maxBytes of JSON unless the first record
+// alone is larger; and their bytes. Called with b.mu held.
+func (b *batcher) take(maxRecords, maxBytes int) (n, size int) {
+	for n < len(b.pending) && n < maxRecords {
+		l := len(b.pending[n].rec.JSON)
+		if n > 0 && size+l > maxBytes {
+			break
+		}
+		size += l
+		n++
+	}
+	return n, size
+}
+
 // full reports whether the pending batch should go out without lingering
-// further: MaxBatch records, or a lone record of the only delivery under
-// way (nothing else can join it soon). A batch of several records
+// further: MaxBatch records or MaxBatchBytes, or a lone record of the only
+// delivery under way (nothing else can join it soon). A batch of several records
 // lingers its whole Linger even when every delivery under way has handed
 // its record over: under load the next messages are already on their way
 // from the broker, and on a virtual disk one fsync costs as much CPU as
 // decrypting a hundred messages. Called with b.mu held.
 func (b *batcher) full() bool {
 	n := len(b.pending)
-	return n >= b.p.o.MaxBatch || (n == 1 && b.p.active.Load() <= 1)
+	return n >= b.p.o.MaxBatch || b.pendingBytes >= b.p.o.MaxBatchBytes || (n == 1 && b.p.active.Load() <= 1)
 }
 
 // wait releases b.mu until add wakes the writer, the timer fires or the
@@ -172,12 +198,18 @@ func (b *batcher) wait(timer <-chan time.Time) (stop bool) {
 
 // flush writes the batch, retrying every failure but sink.ErrBadRecord
 // until it succeeds, nobody waits for its records any more, or the
-// pipeline's write context ends, and answers every job in it.
+// pipeline's write context ends, and answers every job in it. After a
+// failure it writes the batch in parts (see batcher): part is the records
+// of the next attempt, halved after each failure down to one, doubled
+// after each success up to the whole batch.
 func (b *batcher) flush(batch []job) {
 	m := b.p.m
+	part := len(batch)
+	fails := 0 // failures since the last write that succeeded at one record
 	for attempt := 0; len(batch) > 0; attempt++ {
+		n := min(part, len(batch))
 		b.recs = b.recs[:0]
-		for i := range batch {
+		for i := range batch[:n] {
 			b.recs = append(b.recs, batch[i].rec)
 		}
 		t0 := time.Now()
@@ -185,28 +217,37 @@ func (b *batcher) flush(batch []job) {
 		m.sinkWrite.WithLabelValues(b.name).Observe(time.Since(t0).Seconds())
 		clear(b.recs)
 		if err == nil {
-			m.sinkBatch.WithLabelValues(b.name).Observe(float64(len(batch)))
-			m.delivered.WithLabelValues(b.name).Add(float64(len(batch)))
-			if b.down {
+			m.sinkBatch.WithLabelValues(b.name).Observe(float64(n))
+			m.delivered.WithLabelValues(b.name).Add(float64(n))
+			answerAll(batch[:n], nil)
+			clear(batch[:n])
+			batch = batch[n:]
+			// Up once the whole batch is written: while parts still fail
+			// now and then, the sink counts as down (one log line each way,
+			// not one per part).
+			if b.down && len(batch) == 0 {
 				b.down = false
 				m.sinkUp.WithLabelValues(b.name).Set(1)
 				b.log.Info("sink back up", zap.Int("attempts", attempt+1))
 			}
-			answerAll(batch, nil)
-			return
+			part, fails = min(2*part, len(batch)), 0
+			part = max(part, 1)
+			continue
 		}
 		m.sinkErrors.WithLabelValues(b.name).Inc()
 		if errors.Is(err, sink.ErrBadRecord) {
-			if len(batch) == 1 {
-				answerAll(batch, err)
-				return
+			if n == 1 {
+				answerAll(batch[:1], err)
+				batch = batch[1:]
+				continue
 			}
 			// The sink checks the whole batch before writing any of it:
 			// find the records it refuses, write the others.
-			for i := range batch {
+			for i := range batch[:n] {
 				b.flush(batch[i : i+1])
 			}
-			return
+			batch = batch[n:]
+			continue
 		}
 		if b.p.writeCtx.Err() != nil {
 			answerAll(batch, fmt.Errorf("pipeline: sink %s: gave up at shutdown: %w", b.name, err))
@@ -218,8 +259,18 @@ func (b *batcher) flush(batch []job) {
 			b.log.Warn("sink down; holding its records and retrying", zap.Error(err))
 		}
 		m.retries.WithLabelValues(causeSink).Inc()
+		// Split before waiting long: a smaller write may fit (a nearly full
+		// disk) where the whole batch cannot. While halving, wait only the
+		// shortest back-off; at one record, back off as usual.
+		wait := b.p.backoff(0)
+		if n > 1 {
+			part = n / 2
+		} else {
+			wait = b.p.backoff(fails)
+			fails++
+		}
 		batch = dropAbandoned(batch)
-		if serr := b.sleep(batch, b.p.backoff(attempt)); serr != nil {
+		if serr := b.sleep(batch, wait); serr != nil {
 			answerAll(batch, fmt.Errorf("pipeline: sink %s: gave up at shutdown: %w", b.name, err))
 			return
 		}

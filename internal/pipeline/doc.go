@@ -52,12 +52,16 @@
 // one batch at a time (a sink's Write is never called concurrently) and
 // then answers every record of it. Calls append their records to the
 // sink's pending list at any time, also while a batch is written; when the
-// writer is done it takes everything gathered meanwhile (up to MaxBatch) at
-// once. With a positive Linger a record waits up to Linger for others to
+// writer is done it takes everything gathered meanwhile (up to MaxBatch
+// records and MaxBatchBytes of JSON, so one write never needs more memory
+// than that) at once. With a positive Linger a record waits up to Linger for others to
 // join its batch (a lone record of the only delivery under way is written
 // at once). One fsync then covers a whole batch, and
 // intake never stalls on it; appending wakes the writer only when it is
-// idle.
+// idle. A batch whose write fails is retried in parts, halving down to one
+// record and growing back after each success, in order: a sink that cannot
+// take the whole batch (a nearly full disk) is never retried forever at a
+// size that cannot fit.
 //
 // Nothing here logs or exports a payload, plaintext or key; metric labels
 // come from fixed sets (reason, sink name, cause, outcome). Logs record

@@ -51,9 +51,11 @@ var ErrClosed = errors.New("pipeline: closed")
 
 // Defaults of Options.
 const (
-	DefaultMaxBatch   = 1024
-	DefaultMinBackoff = 100 * time.Millisecond
-	DefaultMaxBackoff = 10 * time.Second
+	DefaultMaxBatch = 1024
+	// DefaultMaxBatchBytes bounds a batch's records' JSON (4 MiB).
+	DefaultMaxBatchBytes = 4 << 20
+	DefaultMinBackoff    = 100 * time.Millisecond
+	DefaultMaxBackoff    = 10 * time.Second
 )
 
 // maxErrorText bounds the error text kept in a dead letter.
@@ -72,6 +74,11 @@ type Options struct {
 
 	// MaxBatch bounds the records of one sink Write (default 1024).
 	MaxBatch int
+	// MaxBatchBytes bounds the bytes (records' JSON) of one sink Write
+	// beside MaxBatch, so that what a sink copies for one write is bounded
+	// whatever the record sizes; a record larger than it is written alone
+	// (default DefaultMaxBatchBytes).
+	MaxBatchBytes int
 	// Linger, when positive, is the longest a record waits for others to
 	// join its batch, unless the batch reaches MaxBatch first; a lone record
 	// of the only delivery under way is written at once. Default 0: the
@@ -142,11 +149,14 @@ func New(o Options) (*Pipeline, error) {
 		return nil, errors.New("pipeline: Options.Sinks: at least one sink is required")
 	case o.DeadLetter == nil:
 		return nil, errors.New("pipeline: Options.DeadLetter is required: a message that cannot be decrypted is kept, never dropped")
-	case o.MaxBatch < 0 || o.Linger < 0 || o.MinBackoff < 0 || o.MaxBackoff < 0:
-		return nil, errors.New("pipeline: Options: MaxBatch, Linger and back-offs must not be negative")
+	case o.MaxBatch < 0 || o.MaxBatchBytes < 0 || o.Linger < 0 || o.MinBackoff < 0 || o.MaxBackoff < 0:
+		return nil, errors.New("pipeline: Options: MaxBatch, MaxBatchBytes, Linger and back-offs must not be negative")
 	}
 	if o.MaxBatch == 0 {
 		o.MaxBatch = DefaultMaxBatch
+	}
+	if o.MaxBatchBytes == 0 {
+		o.MaxBatchBytes = DefaultMaxBatchBytes
 	}
 	if o.MinBackoff == 0 {
 		o.MinBackoff = DefaultMinBackoff

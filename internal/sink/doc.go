@@ -34,8 +34,9 @@
 //   - HTTP (NewHTTP): the batch POSTed as NDJSON; Write returns after a 2xx
 //     answer. Retries with back-off happen inside Write up to a bound; a
 //     refusal that retrying cannot fix is ErrRejected. HTTPConfig's New
-//     wraps it in Chunked, so one Write is at most batch_max records per
-//     request.
+//     wraps it in ChunkedBytes, so one request is at most batch_max
+//     records and batch_max_bytes of body (a larger record alone); a
+//     response body is never read past 64 KiB.
 //
 // Records that no sink can frame (empty JSON, JSON spanning lines, a device
 // id unusable in an MQTT topic) fail the whole batch with ErrBadRecord

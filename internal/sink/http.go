@@ -293,8 +293,9 @@ func (s *HTTP) post(ctx context.Context, body []byte, key, auth string) (time.Du
 		// redacted, and the URL carries none); never the headers.
 		return 0, err
 	}
-	// Drain a little so the connection can be reused; never read the body
-	// into an error: a receiver may echo records back.
+	// Drain a little (at most 64 KiB, whatever the receiver sends) so the
+	// connection can be reused; never read the body into memory nor into
+	// an error: a receiver may echo records back.
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	resp.Body.Close()
 	code := resp.StatusCode
@@ -438,7 +439,9 @@ func withScheme(scheme, secret string) string {
 // Default settings of an HTTP sink's configuration.
 const (
 	DefaultHTTPBatchMax = 100
-	DefaultHTTPTimeout  = 10 * time.Second
+	// DefaultHTTPBatchMaxBytes bounds one request body (1 MiB).
+	DefaultHTTPBatchMaxBytes = 1 << 20
+	DefaultHTTPTimeout       = 10 * time.Second
 )
 
 // HTTPType is the http sink type, for the registry (package sinktypes).
@@ -448,14 +451,16 @@ func HTTPType() Type {
 
 // HTTPConfig is an http sink's entry in the configuration: records POSTed
 // as NDJSON batches to URL (https, or http to a loopback host), at most
-// BatchMax per request (default 100), each request bounded by Timeout
-// (default 10s). AuthHeaderFile holds the Authorization header value;
+// BatchMax records (default 100) and BatchMaxBytes of body (default 1 MiB;
+// a record larger than that goes alone) per request, each request bounded
+// by Timeout (default 10s). AuthHeaderFile holds the Authorization header value;
 // CAFile the CA bundle to trust.
 type HTTPConfig struct {
 	URL            string        `yaml:"url,omitempty" json:"url,omitempty"`
 	AuthHeaderFile string        `yaml:"auth_header_file,omitempty" json:"auth_header_file,omitempty"`
 	CAFile         string        `yaml:"ca_file,omitempty" json:"ca_file,omitempty"`
 	BatchMax       int           `yaml:"batch_max,omitempty" json:"batch_max,omitempty"`
+	BatchMaxBytes  int           `yaml:"batch_max_bytes,omitempty" json:"batch_max_bytes,omitempty"`
 	Timeout        time.Duration `yaml:"timeout,omitempty" json:"timeout,omitempty"`
 }
 
@@ -464,12 +469,15 @@ func (c *HTTPConfig) Defaults() {
 	if c.BatchMax == 0 {
 		c.BatchMax = DefaultHTTPBatchMax
 	}
+	if c.BatchMaxBytes == 0 {
+		c.BatchMaxBytes = DefaultHTTPBatchMaxBytes
+	}
 	if c.Timeout == 0 {
 		c.Timeout = DefaultHTTPTimeout
 	}
 }
 
-// Validate checks url, batch_max and timeout.
+// Validate checks url, batch_max, batch_max_bytes and timeout.
 func (c *HTTPConfig) Validate(Env) error {
 	var p Problems
 	if c.URL == "" {
@@ -479,6 +487,9 @@ func (c *HTTPConfig) Validate(Env) error {
 	}
 	if c.BatchMax < 1 || c.BatchMax > 10000 {
 		p.Add("batch_max", "want 1-10000, got %d", c.BatchMax)
+	}
+	if c.BatchMaxBytes < 4<<10 || c.BatchMaxBytes > 1<<30 {
+		p.Add("batch_max_bytes", "want 4096-1073741824, got %d", c.BatchMaxBytes)
 	}
 	if c.Timeout <= 0 {
 		p.Add("timeout", "must be positive, got %s", c.Timeout)
@@ -493,7 +504,7 @@ func (c *HTTPConfig) ResolvePaths(abs func(*string)) {
 }
 
 // New returns the HTTP sink, its Writes split into requests of at most
-// BatchMax records (Chunked).
+// BatchMax records and BatchMaxBytes of body (ChunkedBytes).
 func (c *HTTPConfig) New(_ context.Context, name string, _ Env) (Sink, error) {
 	u, err := url.Parse(c.URL)
 	if err != nil {
@@ -506,7 +517,7 @@ func (c *HTTPConfig) New(_ context.Context, name string, _ Env) (Sink, error) {
 	if err != nil {
 		return nil, err
 	}
-	return Chunked(h, c.BatchMax), nil
+	return ChunkedBytes(h, c.BatchMax, c.BatchMaxBytes), nil
 }
 
 // CheckHTTPURL checks an absolute http(s) URL named in the configuration:

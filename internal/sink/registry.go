@@ -153,28 +153,51 @@ func AsProblems(err error) Problems {
 
 // Chunked splits a Write into Writes of at most max records (a receiver's
 // batch limit); max <= 0 leaves batches whole. A failed chunk fails the
-// whole Write, which the pipeline retries whole: the receiver may see
-// earlier chunks again, as it may after any retry (records carry stable
-// ids).
-func Chunked(s Sink, max int) Sink {
-	if max <= 0 {
+// whole Write, which the pipeline retries (in smaller parts): the receiver
+// may see earlier chunks again, as it may after any retry (records carry
+// stable ids).
+func Chunked(s Sink, max int) Sink { return ChunkedBytes(s, max, 0) }
+
+// ChunkedBytes is Chunked with a byte bound as well: each Write holds at
+// most maxRecords records and at most maxBytes of records' JSON (a
+// request body's size, one '\n' per record counted), except that a record
+// larger than maxBytes goes alone. maxRecords or maxBytes <= 0: no bound
+// of that kind.
+func ChunkedBytes(s Sink, maxRecords, maxBytes int) Sink {
+	if maxRecords <= 0 && maxBytes <= 0 {
 		return s
 	}
-	return chunked{Sink: s, max: max}
+	return chunked{Sink: s, max: maxRecords, maxBytes: maxBytes}
 }
 
 type chunked struct {
 	Sink
-	max int
+	max      int
+	maxBytes int
 }
 
 func (c chunked) Write(ctx context.Context, batch []Record) error {
 	for len(batch) > 0 {
-		n := min(c.max, len(batch))
+		n := c.next(batch)
 		if err := c.Sink.Write(ctx, batch[:n]); err != nil {
 			return err
 		}
 		batch = batch[n:]
 	}
 	return nil
+}
+
+// next returns how many of batch's first records make the next chunk (at
+// least one).
+func (c chunked) next(batch []Record) int {
+	n, size := 0, 0
+	for n < len(batch) && (c.max <= 0 || n < c.max) {
+		l := len(batch[n].JSON) + 1
+		if n > 0 && c.maxBytes > 0 && size+l > c.maxBytes {
+			break
+		}
+		size += l
+		n++
+	}
+	return n
 }

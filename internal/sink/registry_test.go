@@ -86,7 +86,7 @@ func TestTypeConfigs(t *testing.T) {
 		{&sink.FileConfig{}, []string{"path: required for type file"}},
 		{&sink.FileConfig{Path: "/x", MaxBytes: -1, Keep: -1}, []string{"max_bytes: must be positive", "keep: must be positive"}},
 		{&sink.StdoutConfig{Format: "xml"}, []string{`format: must be json or pretty, got "xml"`}},
-		{&sink.HTTPConfig{URL: "http://example.com/x"}, []string{"url: must be https (http only to a loopback host)", "batch_max", "timeout"}},
+		{&sink.HTTPConfig{URL: "http://example.com/x"}, []string{"url: must be https (http only to a loopback host)", "batch_max", "batch_max_bytes", "timeout"}},
 	} {
 		got := sink.AsProblems(tc.cfg.Validate(sink.Env{}))
 		if len(got) != len(tc.want) {
@@ -104,5 +104,33 @@ func TestTypeConfigs(t *testing.T) {
 	h.Defaults()
 	if err := h.Validate(sink.Env{}); err != nil || h.BatchMax != sink.DefaultHTTPBatchMax {
 		t.Errorf("defaults: %v, batch_max %d", err, h.BatchMax)
+	}
+}
+
+func TestChunkedBytes(t *testing.T) {
+	rec := func(id string, n int) sink.Record {
+		return sink.Record{ID: id, JSON: []byte(`"` + strings.Repeat("x", n-2) + `"`)}
+	}
+	// Each record is 10 bytes of JSON plus its '\n'.
+	batch := []sink.Record{rec("a", 10), rec("b", 10), rec("c", 10), rec("d", 40), rec("e", 10), rec("f", 10)}
+	c := &countingSink{}
+	if err := sink.ChunkedBytes(c, 100, 25).Write(context.Background(), batch); err != nil {
+		t.Fatal(err)
+	}
+	// 22 bytes fit under 25, a third record would not; d (41 bytes) is
+	// larger than the bound and goes alone.
+	if got := strings.Join(flat(c.batches), "|"); got != "a,b|c|d|e,f" {
+		t.Errorf("chunks %s, want a,b|c|d|e,f", got)
+	}
+	c = &countingSink{}
+	if err := sink.ChunkedBytes(c, 1, 1000).Write(context.Background(), batch[:3]); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(flat(c.batches), "|"); got != "a|b|c" {
+		t.Errorf("chunks %s, want a|b|c (the record bound still holds)", got)
+	}
+	c = &countingSink{}
+	if s := sink.ChunkedBytes(c, 0, 0); s != sink.Sink(c) {
+		t.Error("no bounds must leave the sink as it is")
 	}
 }

@@ -1,0 +1,108 @@
+package membudget_test
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/decryptd/decryptd/internal/config"
+	"github.com/decryptd/decryptd/internal/membudget"
+)
+
+const base = `
+mqtt:
+  brokers: [ssl://127.0.0.1:8883]
+  client_id: t
+  topics: [iot-2/type/+/id/+/evt/+/fmt/+]
+  max_in_flight: 1024
+  max_in_flight_bytes: 33554432
+kms: {provider: local, local: {root_key_file: /k/root.json}}
+registry: {driver: file, path: /k/registry.json}
+cache: {max_entries: 1000}
+decrypt: {replay_window_entries: 10000}
+sinks:
+  - {name: out, type: file, path: /k/out.jsonl}
+dead_letter: {type: file, path: /k/dl.jsonl}
+audit: {path: /k/audit.log}
+`
+
+func parse(t *testing.T, y string) *config.Config {
+	t.Helper()
+	c, err := config.Parse([]byte(y), func(string) (string, bool) { return "", false })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+const (
+	kib = 1 << 10
+	mib = 1 << 20
+)
+
+func TestTerms(t *testing.T) {
+	cases := []struct {
+		name string
+		edit func(string) string
+		want membudget.Terms
+	}{
+		{"defaults: the byte budget binds", nil, membudget.Terms{
+			Base:     64 * mib,
+			InFlight: 32 * mib * 3,
+			Reading:  6 * 256 * kib,
+			Batches:  2 * 4 * mib, // file sink and file dead letter, one copy of a 4 MiB batch each
+			Cache:    1000 * 1536,
+			Replay:   10000 * 64,
+		}},
+		{"the count binds", func(s string) string {
+			return strings.Replace(s, "max_in_flight: 1024", "max_in_flight: 10", 1)
+		}, membudget.Terms{
+			Base: 64 * mib, InFlight: 10 * (256*kib + 2*kib) * 3, Reading: 6 * 256 * kib, Batches: 8 * mib,
+			Cache: 1000 * 1536, Replay: 10000 * 64,
+		}},
+		{"a field policy adds a copy; batches smaller than two messages count two", func(s string) string {
+			s = strings.Replace(s, "  - {name: out, type: file, path: /k/out.jsonl}",
+				"  - {name: out, type: file, path: /k/out.jsonl, policy: {rules: [{pointer: /data/x, action: drop}]}}\n  - {name: web, type: http, url: 'https://x/y'}", 1)
+			return s + "batch: {max_bytes: 65536}\n"
+		}, membudget.Terms{
+			Base: 64 * mib, InFlight: 32 * mib * 4, Reading: 6 * 256 * kib,
+			Batches: 3 * 512 * kib, // file, http, dead letter: max(64 KiB, 2 x 256 KiB)
+			Cache:   1000 * 1536, Replay: 10000 * 64,
+		}},
+		{"kafka and postgres copy more", func(s string) string {
+			return strings.Replace(s, "  - {name: out, type: file, path: /k/out.jsonl}",
+				"  - {name: k, type: kafka, brokers: ['b:9093'], topic: t}\n  - {name: pg, type: postgres, dsn: 'postgres://u@db/x', table: records}", 1)
+		}, membudget.Terms{
+			Base: 64 * mib, InFlight: 32 * mib * 3, Reading: 6 * 256 * kib,
+			Batches: (3 + 2 + 1) * 4 * mib,
+			Cache:   1000 * 1536, Replay: 10000 * 64,
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			y := base
+			if tc.edit != nil {
+				y = tc.edit(y)
+			}
+			c := parse(t, y)
+			got := membudget.Of(c)
+			if got != tc.want {
+				t.Fatalf("terms %+v\nwant  %+v", got, tc.want)
+			}
+			if membudget.Budget(c) != got.Total() {
+				t.Fatal("Budget is not the sum of the terms")
+			}
+		})
+	}
+}
+
+func TestLimits(t *testing.T) {
+	c := parse(t, base)
+	b := membudget.Budget(c)
+	if g := membudget.GoMemLimitMiB(c); g*mib < b || (g-1)*mib >= b {
+		t.Fatalf("GOMEMLIMIT %d MiB for a budget of %d B", g, b)
+	}
+	l := membudget.ContainerLimit(c)
+	if float64(l) < 1.25*float64(b) || l%membudget.LimitStep != 0 || float64(l-membudget.LimitStep) >= 1.25*float64(b) {
+		t.Fatalf("limit %d for a budget of %d B", l, b)
+	}
+}
