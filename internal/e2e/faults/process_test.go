@@ -58,6 +58,13 @@ func settle(t *testing.T, s *sender, p *proc, limit time.Duration) (result, []st
 	s.e.plantReadings(p.files.Records)
 	r, miss = account(t, s, []string{p.files.Records}, []string{p.files.DeadLetter})
 	if len(miss) > 0 {
+		sr := readSink(p.files.Records)
+		fi, _ := os.Stat(p.files.Records)
+		var size int64
+		if fi != nil {
+			size = fi.Size()
+		}
+		t.Logf("sink file: %d records, %d lines that are not a record, %d lines, %d bytes", len(sr.ids), sr.torn, countLines(p.files.Records), size)
 		t.Logf("%d sent records not in the sink after %s; decryptd: received %v, released %v, processed %v (delivered %v, duplicate %v), in flight %v, unacked %v, sink up %v, exited %v",
 			len(miss), limit, m.sum("decryptd_mqtt_messages_received_total"), m.sum("decryptd_mqtt_messages_released_total"),
 			m.sum("decryptd_messages_processed_total"), m.sum("decryptd_messages_processed_total", "outcome", "delivered"),
