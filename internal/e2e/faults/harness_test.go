@@ -664,11 +664,32 @@ type sinkRecords struct {
 	torn   int
 }
 
+// sinkFiles is a file sink's files, oldest first: the rotated ones
+// (path.N ... path.1) and path itself.
+func sinkFiles(path string) []string {
+	var out []string
+	for i := 1; ; i++ {
+		p := path + "." + strconv.Itoa(i)
+		if _, err := os.Stat(p); err != nil {
+			break
+		}
+		out = append([]string{p}, out...)
+	}
+	return append(out, path)
+}
+
 func readSink(path string) sinkRecords {
 	s := sinkRecords{device: map[string]string{}}
+	for _, p := range sinkFiles(path) {
+		s.read(p)
+	}
+	return s
+}
+
+func (s *sinkRecords) read(path string) {
 	f, err := os.Open(path)
 	if err != nil {
-		return s
+		return
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
@@ -685,7 +706,6 @@ func readSink(path string) sinkRecords {
 		s.ids = append(s.ids, r.ID)
 		s.device[r.ID] = r.DeviceID
 	}
-	return s
 }
 
 // deadLetter is one line of the dead-letter file: its reason and the hash

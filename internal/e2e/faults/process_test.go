@@ -11,13 +11,17 @@ import (
 	"github.com/decryptd/decryptd/internal/testutil/mosquittotest"
 )
 
-// countLines counts a file's newlines (cheap enough to poll).
+// countLines counts the newlines of a file sink's files, the rotated ones
+// included (cheap enough to poll).
 func countLines(path string) int {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return 0
+	n := 0
+	for _, p := range sinkFiles(path) {
+		data, err := os.ReadFile(p)
+		if err == nil {
+			n += bytes.Count(data, []byte{'\n'})
+		}
 	}
-	return bytes.Count(data, []byte{'\n'})
+	return n
 }
 
 // resumed waits until the sink has more lines than base and returns how
