@@ -424,6 +424,11 @@ func TestSecretInSinkURL(t *testing.T) {
 	} else {
 		t.Logf("the sink's failure as logged: %.400s", warned)
 	}
+	// The row says whether the token stayed out of the log (the scan of
+	// every log runs again at the end).
+	if strings.Contains(string(readFile(df.Log)), token) {
+		t.Errorf("the token planted in the sink URL's query is in decryptd's log")
+	}
 	r.Fault = "HTTP sink timing out for 15s, token in its URL"
 	r.Recover, r.RecoverBound, r.PeakRSS, r.Budget = rtt, pick(30*time.Second, 10*time.Second), peak, 0
 	bookkeep(t, r)
