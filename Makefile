@@ -6,7 +6,8 @@ demo:
 test:
 	./scripts/test.sh
 
-# Micro-benchmarks, the drain against a bare subscriber and the cold start;
-# figures in docs/bench/ (see BENCHMARKS.md). About a minute on 2 cores.
+# Micro-benchmarks, the drain against a bare subscriber (MQTT) and a bare
+# franz-go consumer (Kafka, kfake), the cold start and the sinks; figures in
+# docs/bench/ (see BENCHMARKS.md). A few minutes on 2 cores.
 bench:
 	./scripts/bench.sh

@@ -3,6 +3,9 @@
 #   1. the Go micro-benchmarks of the decryption core and the key cache;
 #   2. the end-to-end drain: a backlog queued at QoS 1 on a local Mosquitto,
 #      drained by a bare paho subscriber and by decryptd, alternately;
+#      The same for a Kafka backlog (an in-process kfake broker, 12
+#      partitions): a bare franz-go group consumer against decryptd with
+#      input.type kafka (-input mqtt|kafka|both; both by default);
 #   3. the cold start: first messages of many devices against the Key
 #      Protect emulator answering after 20 ms.
 # It installs Mosquitto when missing (scripts/test-deps.sh, as root), writes

@@ -14,6 +14,8 @@ log() { printf 'test-deps: %s\n' "$*" >&2; }
 
 need_apt=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
+# mosquitto_sub: decryptd-bench's C-client baseline (internal/bench's drain test).
+command -v mosquitto_sub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
 if ! command -v pg_ctlcluster >/dev/null 2>&1; then
   need_apt+=(postgresql)
 fi
@@ -64,5 +66,5 @@ if ! psql "$dsn" -qAtc 'select 1' >/dev/null 2>&1; then
   dsn="postgres://decryptd_test:decryptd_test@127.0.0.1:5432/postgres?sslmode=disable"
   psql "$dsn" -qAtc 'select 1' >/dev/null || { log "cannot connect with $dsn"; exit 1; }
 fi
-log "mosquitto: $(command -v mosquitto || echo /usr/sbin/mosquitto); kcat: $(command -v kcat); postgres: ok"
+log "mosquitto: $(command -v mosquitto || echo /usr/sbin/mosquitto); mosquitto_sub: $(command -v mosquitto_sub); kcat: $(command -v kcat); postgres: ok"
 echo "$dsn"

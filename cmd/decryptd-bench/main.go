@@ -1,6 +1,7 @@
 // Command decryptd-bench runs decryptd's benchmark harness (package
 // internal/bench): the end-to-end drain of a backlog by decryptd against
-// a bare MQTT subscriber, and the cold start against the Key Protect
+// a bare MQTT subscriber, the same for a Kafka backlog against a bare
+// franz-go consumer (-input), and the cold start against the Key Protect
 // emulator. It writes the results as JSON and the chart as SVG, and prints
 // a summary. scripts/bench.sh (make bench) runs it after the Go
 // micro-benchmarks, whose output it takes with -micro.
@@ -37,7 +38,10 @@ func run() int {
 	// operator gets without setting them.
 	def := config.Default()
 	fs := flag.NewFlagSet("decryptd-bench", flag.ContinueOnError)
-	drain := fs.Bool("drain", true, "run the drain benchmark")
+	drain := fs.Bool("drain", true, "run the drain benchmark (of the inputs -input names)")
+	input := fs.String("input", "both", "drain: which input's backlog: mqtt (Mosquitto, against a bare paho subscriber), kafka (kfake, against a bare franz-go consumer) or both")
+	var ko bench.KafkaDrainOptions
+	fs.IntVar(&ko.Partitions, "kafka-partitions", 12, "kafka drain: partitions of the topic")
 	cold := fs.Bool("cold", true, "run the cold start benchmark")
 	var so bench.SinkDrainOptions
 	sinks := fs.Bool("sinks", true, "run the sink drain: file, Kafka (kfake) and PostgreSQL sinks, as ratios to the file sink")
@@ -50,6 +54,10 @@ func run() int {
 	fs.IntVar(&do.Rounds, "rounds", 3, "drain: pairs of drains (bare, then decryptd); the ratio is of the medians")
 	fs.IntVar(&do.Workers, "workers", def.MQTT.Workers, "drain: decryptd mqtt.workers")
 	fs.IntVar(&do.MaxInFlight, "max-in-flight", def.MQTT.MaxInFlight, "drain: decryptd mqtt.max_in_flight")
+	fs.BoolVar(&do.Plain, "plain", false, "drain: the drainers (bare, mosquitto_sub, decryptd) connect over plain TCP instead of mutual TLS (issue 17's figures were plain TCP)")
+	fs.IntVar(&do.Connections, "connections", 0, "drain: decryptd mqtt.connections (0: decryptd's default, GOMAXPROCS/2 between 1 and 8); the backlog is queued for that many sessions")
+	fs.StringVar(&bench.MosquittoPath, "mosquitto", "", "the Mosquitto broker binary (default: mosquitto on PATH, else "+bench.MosquittoBinary+")")
+	csub := fs.String("mosquitto-sub", "", "drain: the mosquitto_sub binary of the C-client baseline (default: on PATH, else "+bench.MosquittoSubBinary+"; none: leave the baseline out)")
 	fs.IntVar(&do.BrokerInflight, "broker-inflight", 0, "drain: Mosquitto max_inflight_messages for both drainers (default: -max-in-flight)")
 	fs.IntVar(&do.Autosave, "autosave", 60, "drain: Mosquitto autosave_interval in seconds")
 	fs.StringVar(&do.BrokerCPUs, "broker-cpus", "", "drain: run Mosquitto on these CPUs (taskset -c list); start the bench under taskset on the others")
@@ -90,6 +98,11 @@ func run() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	do.AuditDir, co.AuditDir = *auditDir, *auditDir
+	if *csub == "none" {
+		do.NoCSub = true
+	} else {
+		bench.MosquittoSubPath = *csub
+	}
 	if *render != "" {
 		if err := renderOnly(*render, *svg); err != nil {
 			fmt.Fprintln(os.Stderr, "decryptd-bench:", err)
@@ -100,14 +113,31 @@ func run() int {
 	if !*sinks {
 		so.Rounds = -1
 	}
-	if err := runBench(ctx, fs, *drain, *cold, do, co, so, *micro, *out, *svg, *dir); err != nil {
+	var mqttDrain, kafkaDrain bool
+	switch *input {
+	case "mqtt":
+		mqttDrain = *drain
+	case "kafka":
+		kafkaDrain = *drain
+	case "both":
+		mqttDrain, kafkaDrain = *drain, *drain
+	default:
+		fmt.Fprintf(os.Stderr, "decryptd-bench: -input %q: want mqtt, kafka or both\n", *input)
+		return 2
+	}
+	// The Kafka drain takes the MQTT drain's sizes and decryptd settings.
+	ko.Messages, ko.Devices, ko.Rounds, ko.MaxInFlight, ko.ProfileDir = do.Messages, do.Devices, do.Rounds, do.MaxInFlight, do.ProfileDir
+	if !kafkaDrain {
+		ko.Rounds = -1
+	}
+	if err := runBench(ctx, fs, mqttDrain, *cold, do, co, so, ko, *micro, *out, *svg, *dir); err != nil {
 		fmt.Fprintln(os.Stderr, "decryptd-bench:", err)
 		return 1
 	}
 	return 0
 }
 
-func runBench(ctx context.Context, fs *flag.FlagSet, drain, cold bool, do bench.DrainOptions, co bench.ColdStartOptions, so bench.SinkDrainOptions, micro, out, svg, dir string) error {
+func runBench(ctx context.Context, fs *flag.FlagSet, drain, cold bool, do bench.DrainOptions, co bench.ColdStartOptions, so bench.SinkDrainOptions, ko bench.KafkaDrainOptions, micro, out, svg, dir string) error {
 	if dir == "" {
 		d, err := os.MkdirTemp("", "decryptd-bench-")
 		if err != nil {
@@ -142,6 +172,12 @@ func runBench(ctx context.Context, fs *flag.FlagSet, drain, cold bool, do bench.
 			return fmt.Errorf("drain: %w", err)
 		}
 	}
+	if ko.Rounds >= 0 {
+		ko.Dir, ko.Progress, ko.Logger = filepath.Join(dir, "kafka"), os.Stderr, log.With(zap.String("bench", "kafka drain"))
+		if res.KafkaDrain, err = bench.KafkaDrain(ctx, ko); err != nil {
+			return fmt.Errorf("kafka drain: %w", err)
+		}
+	}
 	if cold {
 		co.Dir, co.Progress, co.Logger = filepath.Join(dir, "cold"), os.Stderr, log.With(zap.String("bench", "cold start"))
 		if res.ColdStart, err = bench.ColdStart(ctx, co); err != nil {
@@ -170,6 +206,9 @@ func runBench(ctx context.Context, fs *flag.FlagSet, drain, cold bool, do bench.
 	}
 	fmt.Println()
 	res.WriteSummary(os.Stdout)
+	if res.KafkaDrain != nil {
+		res.KafkaDrain.WriteSummary(os.Stdout)
+	}
 	if res.Sinks != nil {
 		res.Sinks.WriteSummary(os.Stdout)
 	}
@@ -204,6 +243,9 @@ func renderOnly(resultsFile, svg string) error {
 		}
 	}
 	res.WriteSummary(os.Stdout)
+	if res.KafkaDrain != nil {
+		res.KafkaDrain.WriteSummary(os.Stdout)
+	}
 	return nil
 }
 

@@ -18,6 +18,7 @@ import (
 	"github.com/decryptd/decryptd/internal/config"
 	"github.com/decryptd/decryptd/internal/daemon"
 	"github.com/decryptd/decryptd/internal/demo"
+	"github.com/decryptd/decryptd/internal/redact"
 	buildversion "github.com/decryptd/decryptd/internal/version"
 )
 
@@ -170,11 +171,11 @@ func printConfigError(path string, err error, stderr io.Writer) {
 	if errors.As(err, &ve) {
 		fmt.Fprintf(stderr, "decryptd: configuration %s is invalid:\n", path)
 		for _, p := range ve.Problems {
-			fmt.Fprintf(stderr, "  %s\n", p.Error())
+			fmt.Fprintf(stderr, "  %s\n", redact.Text(p.Error()))
 		}
 		return
 	}
-	fmt.Fprintf(stderr, "decryptd: %v\n", err)
+	fmt.Fprintf(stderr, "decryptd: %v\n", redact.Error(err))
 }
 
 // newLogger builds the one logger: JSON (or console) on stderr at the
@@ -192,7 +193,9 @@ func newLogger(c config.Log, stderr io.Writer) (*zap.Logger, error) {
 	} else {
 		enc = zapcore.NewJSONEncoder(ec)
 	}
-	return zap.New(zapcore.NewCore(enc, zapcore.AddSync(stderr), lvl)), nil
+	// redact.Core: a URL or DSN that reaches a log line by any path is
+	// written with its password and query values removed.
+	return zap.New(redact.Core(zapcore.NewCore(enc, zapcore.AddSync(stderr), lvl))), nil
 }
 
 func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -214,6 +217,12 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		log.Info("GOMAXPROCS raised so that fsyncs do not stall intake", zap.Int("from", before), zap.Int("to", after))
 	}
 	if err := daemon.Run(ctx, daemon.Options{Config: cfg, Logger: log, Version: version()}); err != nil {
+		if errors.Is(err, daemon.ErrStartCanceled) && ctx.Err() != nil {
+			// SIGTERM while the start waited for the KMS or PostgreSQL:
+			// nothing was received, nothing is owed.
+			log.Info("stopped before the start completed", zap.String("waited_for", err.Error()))
+			return exitOK
+		}
 		log.Error("decryptd failed", zap.Error(err))
 		return exitFailed
 	}
@@ -270,7 +279,7 @@ func cmdReplay(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	sum, err := daemon.Replay(ctx, daemon.Options{Config: cfg, Logger: log, Version: version(), Stdout: stdout}, r)
 	code := exitOK
 	if err != nil {
-		fmt.Fprintf(stderr, "decryptd replay: %v\n", err)
+		fmt.Fprintf(stderr, "decryptd replay: %v\n", redact.Error(err))
 		code = exitFailed
 	}
 	if sum.Reasons != nil {

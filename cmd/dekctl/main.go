@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/decryptd/decryptd/internal/keyops"
+	"github.com/decryptd/decryptd/internal/redact"
 	"github.com/decryptd/decryptd/internal/registry"
 	buildversion "github.com/decryptd/decryptd/internal/version"
 )
@@ -171,13 +172,13 @@ func (c *cli) exit(err error) int {
 		fmt.Fprintf(c.stderr, "dekctl: %s\nRun 'dekctl help' for usage.\n", ue.msg)
 		return exitUsage
 	case errors.Is(err, keyops.ErrInvalidArgument):
-		fmt.Fprintf(c.stderr, "dekctl: %v\nRun 'dekctl help' for usage.\n", err)
+		fmt.Fprintf(c.stderr, "dekctl: %v\nRun 'dekctl help' for usage.\n", redact.Error(err))
 		return exitUsage
 	case errors.Is(err, keyops.ErrNotFound), errors.Is(err, registry.ErrNotFound):
-		fmt.Fprintf(c.stderr, "dekctl: %v\n", err)
+		fmt.Fprintf(c.stderr, "dekctl: %v\n", redact.Error(err))
 		return exitNotFound
 	}
-	fmt.Fprintf(c.stderr, "dekctl: %v\n", err)
+	fmt.Fprintf(c.stderr, "dekctl: %v\n", redact.Error(err))
 	return exitFailed
 }
 

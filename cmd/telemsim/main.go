@@ -21,6 +21,7 @@ import (
 	"github.com/decryptd/decryptd/internal/fleet"
 	"github.com/decryptd/decryptd/internal/keyops"
 	"github.com/decryptd/decryptd/internal/pki"
+	"github.com/decryptd/decryptd/internal/redact"
 	"github.com/decryptd/decryptd/internal/rekey"
 	buildversion "github.com/decryptd/decryptd/internal/version"
 )
@@ -179,7 +180,7 @@ func run(args []string, stdout, stderr io.Writer, env func(string) (string, bool
 	defer stop()
 	code, err := simulate(ctx, o, stdout, stderr, env)
 	if err != nil {
-		fmt.Fprintf(stderr, "telemsim: %v\n", err)
+		fmt.Fprintf(stderr, "telemsim: %v\n", redact.Error(err))
 	}
 	return code
 }
@@ -296,7 +297,7 @@ func simulate(ctx context.Context, o *options, stdout, stderr io.Writer, env fun
 	if progress {
 		ropts.Progress = stderr
 	}
-	fmt.Fprintf(stderr, "telemsim: %d devices (%d keys) over %d connections to %s, seed %d\n", f.Len(), f.Keys(), pub.Connections(), popts.Broker, ropts.Seed)
+	fmt.Fprintf(stderr, "telemsim: %d devices (%d keys) over %d connections to %s, seed %d\n", f.Len(), f.Keys(), pub.Connections(), redact.URL(popts.Broker), ropts.Seed)
 	sum, err := fleet.Run(ctx, f, pub, ropts)
 	if err != nil {
 		return exitFailed, err

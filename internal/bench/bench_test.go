@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/xml"
 	"math"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -118,19 +119,40 @@ func TestSVGIsWellFormed(t *testing.T) {
 func TestDrainSmall(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	res, err := Drain(ctx, DrainOptions{Dir: t.TempDir(), Messages: 2000, Devices: 50, Rounds: 1, Workers: 16, MaxInFlight: 256})
+	csub := MosquittoSub() != ""
+	if !csub && os.Getenv("CI") == "true" {
+		t.Fatal("no mosquitto_sub: scripts/test-deps.sh installs mosquitto-clients")
+	}
+	// Two decryptd connections: the backlog is split over two sessions.
+	res, err := Drain(ctx, DrainOptions{Dir: t.TempDir(), Messages: 2000, Devices: 50, Rounds: 1, Workers: 16, MaxInFlight: 256, Connections: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(res.Runs) != 2 {
+	want := 2
+	if csub {
+		want = 3
+	}
+	if len(res.Runs) != want || res.Connections != 2 {
 		t.Fatalf("runs: %+v", res.Runs)
 	}
 	for _, run := range res.Runs {
+		if run.Side == SideCSub {
+			if run.Rate <= 0 || run.Messages != 2000 {
+				t.Errorf("%s: rate %v", run.Side, run.Rate)
+			}
+			continue
+		}
 		if run.Rate <= 0 || run.Receipt.Count != 2000 {
 			t.Errorf("%s: rate %v, %d latencies", run.Side, run.Rate, run.Receipt.Count)
 		}
 	}
-	dec := res.Runs[1]
+	if csub && (res.CSubMedian <= 0 || res.CSubRatio <= 0 || len(res.CSubRoundRatios) != 1) {
+		t.Errorf("mosquitto_sub figures missing: %+v", res)
+	}
+	if len(res.CPUMedianUS) != want {
+		t.Errorf("CPU medians %v", res.CPUMedianUS)
+	}
+	dec := res.Runs[len(res.Runs)-1]
 	if dec.Side != "decryptd" || dec.KMSUnwraps != 50 || !res.UnwrapsMatch || dec.DeadLetters != 0 || dec.Delivered != 2000 {
 		t.Fatalf("decryptd run: %+v", dec)
 	}

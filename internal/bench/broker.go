@@ -16,7 +16,8 @@ import (
 	"github.com/decryptd/decryptd/internal/pki"
 )
 
-// MosquittoBinary is where the Debian package installs the broker.
+// MosquittoBinary is where the Debian package installs the broker (used
+// when MosquittoPath is empty and none is on PATH).
 const MosquittoBinary = "/usr/sbin/mosquitto"
 
 // BrokerOptions configure the benchmark's broker. Both drains of a run use
@@ -37,6 +38,10 @@ type BrokerOptions struct {
 	// so that it does not share CPUs with the drainer started under
 	// "taskset -c 0".
 	CPUs string
+	// Plain adds a plain-TCP listener on 127.0.0.1 (PlainURL) that accepts
+	// clients without a certificate, for drains without TLS (as issue 17's
+	// figures were taken); the mutual-TLS listener stays.
+	Plain bool
 }
 
 // Broker is a Mosquitto process with one mutual-TLS listener on 127.0.0.1,
@@ -44,20 +49,21 @@ type BrokerOptions struct {
 // brokers (persistence on, autosave 1 s, TLS 1.2 minimum, identity from
 // the client certificate), but started without a testing.T.
 type Broker struct {
-	URL     string // ssl://127.0.0.1:PORT
-	CA      *pki.CA
-	Server  pki.Files
-	LogFile string
-	conf    string
-	cpus    string
-	proc    *mosquittoproc.Process
+	URL      string // ssl://127.0.0.1:PORT
+	PlainURL string // tcp://127.0.0.1:PORT with BrokerOptions.Plain, else empty
+	CA       *pki.CA
+	Server   pki.Files
+	LogFile  string
+	conf     string
+	cpus     string
+	proc     *mosquittoproc.Process
 }
 
 // StartBroker writes the configuration and starts Mosquitto, retrying with
 // a fresh port if the one picked was taken meanwhile.
 func StartBroker(o BrokerOptions) (*Broker, error) {
-	if _, err := os.Stat(MosquittoBinary); err != nil {
-		return nil, fmt.Errorf("mosquitto not found at %s (%v): run scripts/test-deps.sh (as root) to install it", MosquittoBinary, err)
+	if _, err := os.Stat(mosquittoBin()); err != nil {
+		return nil, fmt.Errorf("mosquitto not found at %s (%v): run scripts/test-deps.sh (as root) to install it, or give its path (decryptd-bench -mosquitto)", mosquittoBin(), err)
 	}
 	if o.MaxInflight <= 0 || o.MaxQueued <= 0 {
 		return nil, errors.New("bench: broker needs MaxInflight and MaxQueued")
@@ -80,11 +86,20 @@ func StartBroker(o BrokerOptions) (*Broker, error) {
 		if err != nil {
 			return nil, err
 		}
-		if err := os.WriteFile(b.conf, []byte(brokerConfig(o, srv, port)), 0o600); err != nil {
+		plainPort := 0
+		if o.Plain {
+			if plainPort, err = freePort(); err != nil {
+				return nil, err
+			}
+		}
+		if err := os.WriteFile(b.conf, []byte(brokerConfig(o, srv, port, plainPort)), 0o600); err != nil {
 			return nil, err
 		}
-		if lastErr = b.start(port); lastErr == nil {
+		if lastErr = b.start(port, plainPort); lastErr == nil {
 			b.URL = fmt.Sprintf("ssl://127.0.0.1:%d", port)
+			if plainPort != 0 {
+				b.PlainURL = fmt.Sprintf("tcp://127.0.0.1:%d", plainPort)
+			}
 			return b, nil
 		}
 		if !errors.Is(lastErr, errAddrInUse) {
@@ -94,7 +109,7 @@ func StartBroker(o BrokerOptions) (*Broker, error) {
 	return nil, fmt.Errorf("bench: start mosquitto: %w", lastErr)
 }
 
-func brokerConfig(o BrokerOptions, srv pki.Files, port int) string {
+func brokerConfig(o BrokerOptions, srv pki.Files, port, plainPort int) string {
 	var c strings.Builder
 	c.WriteString("# written by decryptd-bench\n")
 	if os.Geteuid() == 0 {
@@ -102,7 +117,9 @@ func brokerConfig(o BrokerOptions, srv pki.Files, port int) string {
 		// 0700 working directory.
 		c.WriteString("user root\n")
 	}
-	c.WriteString("per_listener_settings false\nallow_anonymous false\n")
+	// Anonymous clients only matter on the plain listener: the TLS one
+	// requires a client certificate either way.
+	fmt.Fprintf(&c, "per_listener_settings false\nallow_anonymous %t\n", plainPort != 0)
 	fmt.Fprintf(&c, "persistence true\npersistence_location %s/\npersistence_file mosquitto.db\nautosave_interval %d\n", filepath.Join(o.Dir, "data"), max(o.Autosave, 1))
 	fmt.Fprintf(&c, "max_inflight_messages %d\nmax_queued_messages %d\nmax_queued_bytes 0\n", o.MaxInflight, o.MaxQueued)
 	c.WriteString("set_tcp_nodelay true\nlog_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\n")
@@ -110,17 +127,24 @@ func brokerConfig(o BrokerOptions, srv pki.Files, port int) string {
 	fmt.Fprintf(&c, "\nlistener %d 127.0.0.1\n", port)
 	fmt.Fprintf(&c, "cafile %s\ncertfile %s\nkeyfile %s\n", srv.CA, srv.Cert, srv.Key)
 	c.WriteString("require_certificate true\nuse_identity_as_username true\ntls_version tlsv1.2\n")
+	if plainPort != 0 {
+		fmt.Fprintf(&c, "\nlistener %d 127.0.0.1\n", plainPort)
+	}
 	return c.String()
 }
 
 var errAddrInUse = mosquittoproc.ErrAddrInUse
 
-func (b *Broker) start(port int) error {
-	argv := []string{MosquittoBinary, "-c", b.conf}
+func (b *Broker) start(port, plainPort int) error {
+	argv := []string{mosquittoBin(), "-c", b.conf}
 	if b.cpus != "" {
 		argv = append([]string{"taskset", "-c", b.cpus}, argv...)
 	}
-	p, err := mosquittoproc.Start(argv, b.LogFile, net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	addrs := []string{net.JoinHostPort("127.0.0.1", strconv.Itoa(port))}
+	if plainPort != 0 {
+		addrs = append(addrs, net.JoinHostPort("127.0.0.1", strconv.Itoa(plainPort)))
+	}
+	p, err := mosquittoproc.Start(argv, b.LogFile, addrs...)
 	if err != nil {
 		return err
 	}

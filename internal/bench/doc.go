@@ -13,6 +13,18 @@
 //     second, latency from the device timestamp (milliseconds) to receipt
 //     and to the sink, CPU time per message (getrusage of this process, the
 //     broker apart), peak RSS and the KMS unwraps decryptd made.
+//   - Kafka drain (decryptd-bench -input kafka or both): a backlog of the
+//     same messages produced once into an in-process Kafka (kfake, one
+//     broker on a 127.0.0.1 port, 12 partitions, keyed by device, the
+//     MQTT topic in the mqtt_topic header, as a bridge writes them), then
+//     drained from the start of the topic, each time in a consumer group
+//     of its own, by a bare franz-go group consumer that only counts the
+//     records and commits (the transport's limit) and by decryptd
+//     (input.type kafka), in process, into the same fsynced file sink as
+//     above, alternately; the ratio is taken from medians of the same run.
+//     Rates are taken from the first record on (the group join, the same
+//     for both, is reported apart); CPU per message includes the broker,
+//     which runs in this process.
 //   - Cold start: one first message from each of N devices, decryptd
 //     unwrapping through the real Key Protect provider against the
 //     emulator (internal/kpemu) answering after a set latency. It reports
@@ -26,7 +38,8 @@
 // counted instead of written (the daemon under test writes its own audit
 // log, fsyncs included).
 //
-// The harness is a tool, not a test: it needs /usr/sbin/mosquitto, writes
+// The harness is a tool, not a test: it needs /usr/sbin/mosquitto (the
+// Kafka drain does not), writes
 // only under its working directory, listens only on 127.0.0.1 and stops
 // the processes it started.
 package bench

@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/decryptd/decryptd/internal/config"
+	"github.com/decryptd/decryptd/internal/consumer"
 	"github.com/decryptd/decryptd/internal/fleet"
 	"github.com/decryptd/decryptd/internal/kms/local"
 	"github.com/decryptd/decryptd/internal/pki"
@@ -38,8 +39,19 @@ type DrainOptions struct {
 	PublishConns int    // publisher connections (default 8)
 	// Workers and MaxInFlight are decryptd's mqtt.workers and
 	// mqtt.max_in_flight; BrokerInflight is Mosquitto's
-	// max_inflight_messages for both drainers (default MaxInFlight).
+	// max_inflight_messages for every drainer (default MaxInFlight).
 	Workers, MaxInFlight, BrokerInflight int
+	// Connections is decryptd's mqtt.connections (0: its default,
+	// GOMAXPROCS/2 between 1 and 8); the backlog is queued for that many
+	// sessions, split by the broker's shared subscription.
+	Connections int
+	// Plain drains over plain TCP (every drainer; the backlog is still
+	// published over TLS), as issue 17's figures were taken; default
+	// mutual TLS, as deployed.
+	Plain bool
+	// NoCSub leaves the mosquitto_sub side out (it is also left out, with a
+	// progress line, when MosquittoSub finds no binary).
+	NoCSub bool
 	// Autosave is Mosquitto's autosave_interval in seconds (default 60,
 	// the production setting of docs/mqtt-notes §5).
 	Autosave int
@@ -72,6 +84,9 @@ func (o *DrainOptions) defaults() {
 		o.PublishConns = 8
 	}
 	daemonDefaults(&o.Workers, &o.MaxInFlight)
+	if o.Connections <= 0 {
+		o.Connections = consumer.DefaultConnections()
+	}
 	if o.BrokerInflight <= 0 {
 		o.BrokerInflight = o.MaxInFlight
 	}
@@ -98,14 +113,14 @@ func daemonDefaults(workers, maxInFlight *int) {
 
 // DrainRun is one timed drain.
 type DrainRun struct {
-	Side     string  `json:"side"` // "bare" or "decryptd"
+	Side     string  `json:"side"` // "bare", "mosquitto_sub" or "decryptd"
 	Round    int     `json:"round"`
 	Messages int     `json:"messages"`
 	Seconds  float64 `json:"seconds"`
 	Rate     float64 `json:"msg_per_s"`
 	// CPUPerMsg is this process's CPU time (user+system, getrusage) over
-	// the drain divided by the messages; the broker is another process,
-	// reported apart.
+	// the drain divided by the messages (mosquitto_sub: the child
+	// process's); the broker is another process, reported apart.
 	CPUPerMsgUS       float64 `json:"cpu_us_per_msg"`
 	BrokerCPUPerMsgUS float64 `json:"broker_cpu_us_per_msg"`
 	// BaseRSS is the process RSS just before the drain (after a full GC);
@@ -113,7 +128,8 @@ type DrainRun struct {
 	BaseRSS int64 `json:"base_rss_bytes"`
 	PeakRSS int64 `json:"peak_rss_bytes"`
 	// Receipt is the latency from the message's timestamp to its receipt
-	// by the drainer's MQTT client. Sink (decryptd) is to the record being
+	// by the drainer's MQTT client (not measured for mosquitto_sub, whose
+	// output is discarded: Count 0). Sink (decryptd) is to the record being
 	// written to the sink file, seen by the harness taking the file's size
 	// every 2 ms (the line is seen at the first size that holds its end);
 	// the batch's fsync follows.
@@ -161,6 +177,8 @@ type DrainResult struct {
 	Autosave       int        `json:"broker_autosave_interval_s"`
 	BrokerCPUs     string     `json:"broker_cpus,omitempty"`
 	GOMAXPROCS     int        `json:"gomaxprocs"`
+	Plain          bool       `json:"plain_tcp,omitempty"` // the drainers used plain TCP
+	Connections    int        `json:"connections"`         // decryptd's mqtt.connections as run
 	Runs           []DrainRun `json:"runs"`
 	BareMedian     float64    `json:"bare_median_msg_per_s"`
 	DecryptdMedian float64    `json:"decryptd_median_msg_per_s"`
@@ -168,6 +186,13 @@ type DrainResult struct {
 	// pair.
 	Ratio       float64   `json:"ratio"`
 	RoundRatios []float64 `json:"round_ratios"`
+	// CSubMedian is mosquitto_sub's median (0: not run); CSubRatio is
+	// DecryptdMedian / CSubMedian, CSubRoundRatios the same per round.
+	CSubMedian      float64   `json:"mosquitto_sub_median_msg_per_s,omitempty"`
+	CSubRatio       float64   `json:"ratio_to_mosquitto_sub,omitempty"`
+	CSubRoundRatios []float64 `json:"round_ratios_to_mosquitto_sub,omitempty"`
+	// CPUMedianUS is the median CPU µs per message of each side.
+	CPUMedianUS map[string]float64 `json:"cpu_us_per_msg_median,omitempty"`
 	// UnwrapsMatch: every decryptd run made exactly DistinctKeys unwraps.
 	UnwrapsMatch bool `json:"unwraps_match_distinct_keys"`
 }
@@ -184,7 +209,7 @@ func Drain(ctx context.Context, o DrainOptions) (*DrainResult, error) {
 			fmt.Fprintf(o.Progress, format+"\n", args...)
 		}
 	}
-	b, err := StartBroker(BrokerOptions{Dir: filepath.Join(o.Dir, "broker"), MaxInflight: o.BrokerInflight, MaxQueued: 2*o.Messages + 1000, Autosave: o.Autosave, CPUs: o.BrokerCPUs})
+	b, err := StartBroker(BrokerOptions{Dir: filepath.Join(o.Dir, "broker"), MaxInflight: o.BrokerInflight, MaxQueued: 2*o.Messages + 1000, Autosave: o.Autosave, CPUs: o.BrokerCPUs, Plain: o.Plain})
 	if err != nil {
 		return nil, err
 	}
@@ -218,29 +243,48 @@ func Drain(ctx context.Context, o DrainOptions) (*DrainResult, error) {
 
 	res := &DrainResult{Messages: o.Messages, Devices: o.Devices, DistinctKeys: f.Keys(), Workers: o.Workers,
 		MaxInFlight: o.MaxInFlight, BrokerInflight: o.BrokerInflight, Autosave: o.Autosave, UnwrapsMatch: true,
-		BrokerCPUs: o.BrokerCPUs, GOMAXPROCS: runtime.GOMAXPROCS(0)}
+		BrokerCPUs: o.BrokerCPUs, GOMAXPROCS: runtime.GOMAXPROCS(0), Connections: o.Connections, Plain: o.Plain}
 	ds := &drainSetup{o: o, b: b, pubTLS: pubTLS, drainTLS: drainTLS, drainFiles: drainFiles, f: f, rootFile: rootFile, regFile: regFile, say: say}
-	var bare, dec []float64
+	sides := []string{"bare", "decryptd"}
+	switch {
+	case o.NoCSub:
+	case MosquittoSub() == "":
+		say("drain: no mosquitto_sub found (PATH, %s; decryptd-bench -mosquitto-sub): the C-client baseline is left out", MosquittoSubBinary)
+	default:
+		ds.csub = MosquittoSub()
+		sides = []string{"bare", SideCSub, "decryptd"}
+	}
+	rates, cpus := map[string][]float64{}, map[string][]float64{}
 	for r := 1; r <= o.Rounds; r++ {
-		for _, side := range []string{"bare", "decryptd"} {
+		for _, side := range sides {
 			run, err := ds.round(ctx, side, r)
 			if err != nil {
 				return nil, err
 			}
-			if side == "bare" {
-				bare = append(bare, run.Rate)
-			} else {
-				dec = append(dec, run.Rate)
+			rates[side] = append(rates[side], run.Rate)
+			cpus[side] = append(cpus[side], run.CPUPerMsgUS)
+			if side == "decryptd" {
 				if run.KMSUnwraps != uint64(res.DistinctKeys) {
 					res.UnwrapsMatch = false
 				}
-				res.RoundRatios = append(res.RoundRatios, run.Rate/bare[len(bare)-1])
+				res.RoundRatios = append(res.RoundRatios, run.Rate/rates["bare"][r-1])
+				if ds.csub != "" {
+					res.CSubRoundRatios = append(res.CSubRoundRatios, run.Rate/rates[SideCSub][r-1])
+				}
 			}
 			res.Runs = append(res.Runs, *run)
 		}
 	}
-	res.BareMedian, res.DecryptdMedian = median(bare), median(dec)
+	res.BareMedian, res.DecryptdMedian = median(rates["bare"]), median(rates["decryptd"])
 	res.Ratio = res.DecryptdMedian / res.BareMedian
+	if ds.csub != "" {
+		res.CSubMedian = median(rates[SideCSub])
+		res.CSubRatio = res.DecryptdMedian / res.CSubMedian
+	}
+	res.CPUMedianUS = map[string]float64{}
+	for side, v := range cpus {
+		res.CPUMedianUS[side] = median(v)
+	}
 	return res, nil
 }
 
@@ -300,16 +344,43 @@ type drainSetup struct {
 	f                *fleet.Fleet
 	rootFile         string
 	regFile          string
+	csub             string // mosquitto_sub's path; empty: not run
 	say              func(format string, args ...any)
+}
+
+// drainURL is the broker URL the drainers use: plain TCP with
+// DrainOptions.Plain, else mutual TLS.
+func (s *drainSetup) drainURL() string {
+	if s.o.Plain {
+		return s.b.PlainURL
+	}
+	return s.b.URL
+}
+
+// sessionIDs are the client ids whose persistent sessions drain side's
+// backlog in round r: one, or decryptd's connections (its client id, then
+// "<id>-1" ...), each of which gets its share of the backlog.
+func (s *drainSetup) sessionIDs(side string, r int) []string {
+	id := fmt.Sprintf("bench-%s-%d", side, r)
+	ids := []string{id}
+	if side == "decryptd" {
+		for n := 1; n < s.o.Connections; n++ {
+			ids = append(ids, fmt.Sprintf("%s-%d", id, n))
+		}
+	}
+	return ids
 }
 
 // round queues a fresh backlog in side's session ("bare" or "decryptd")
 // and drains it.
 func (s *drainSetup) round(ctx context.Context, side string, r int) (*DrainRun, error) {
-	id := fmt.Sprintf("bench-%s-%d", side, r)
+	ids := s.sessionIDs(side, r)
+	id := ids[0]
 	label := fmt.Sprintf("round %d/%d %s", r, s.o.Rounds, side)
-	if err := prepareSession(s.b.URL, s.drainTLS, id); err != nil {
-		return nil, err
+	for _, id := range ids {
+		if err := prepareSession(s.b.URL, s.drainTLS, id); err != nil {
+			return nil, err
+		}
 	}
 	pstart := time.Now()
 	sent, err := publishBacklog(ctx, s.b.URL, s.pubTLS, s.f, s.o.Messages, s.o.PublishConns, uint64(r*10), s.o.Progress, label)
@@ -323,17 +394,22 @@ func (s *drainSetup) round(ctx context.Context, side string, r int) (*DrainRun, 
 	if err != nil {
 		return nil, err
 	}
-	if side == "bare" {
-		run, err = drainBare(ctx, s.b, s.drainTLS, id, s.o.Messages, s.o.Progress, label)
-	} else {
+	switch side {
+	case "bare":
+		run, err = drainBare(ctx, s.b, s.drainURL(), s.drainTLS, id, s.o.Messages, s.o.Progress, label)
+	case SideCSub:
+		run, err = drainCSub(ctx, s.csub, s.b, s.drainURL(), s.drainFiles, id, s.o.Messages, s.o.Progress, label)
+	default:
 		run, err = drainDaemon(ctx, s.b, s.drainFiles, id, s.o, s.rootFile, s.regFile, r, label)
 	}
 	stopProfile()
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", label, err)
 	}
-	if err := wipeSession(s.b.URL, s.drainTLS, id); err != nil {
-		return nil, err
+	for _, id := range ids {
+		if err := wipeSession(s.b.URL, s.drainTLS, id); err != nil {
+			return nil, err
+		}
 	}
 	run.Round, run.PublishRate, run.PayloadAvg = r, prate, float64(sent)/float64(s.o.Messages)
 	s.say("%s: drained %d in %.2f s = %.0f msg/s, %.1f µs CPU/msg, latency p50 %.0f ms p99 %.0f ms, peak RSS %d MiB",

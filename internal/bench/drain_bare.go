@@ -16,7 +16,7 @@ import (
 // decryptd's consumer) counting the message and reading its timestamp,
 // paho acknowledging it when the handler returns. The transport's own
 // limit.
-func drainBare(ctx context.Context, b *Broker, tc *tls.Config, id string, n int, progress io.Writer, label string) (*DrainRun, error) {
+func drainBare(ctx context.Context, b *Broker, brokerURL string, tc *tls.Config, id string, n int, progress io.Writer, label string) (*DrainRun, error) {
 	lat := make([]float64, n)
 	var count atomic.Int64
 	done := make(chan struct{})
@@ -33,7 +33,7 @@ func drainBare(ctx context.Context, b *Broker, tc *tls.Config, id string, n int,
 			close(done)
 		}
 	}
-	opts := mqtt.NewClientOptions().AddBroker(b.URL).SetClientID(id).SetTLSConfig(tc).
+	opts := mqtt.NewClientOptions().AddBroker(brokerURL).SetClientID(id).SetTLSConfig(tc).
 		SetCleanSession(false).SetOrderMatters(true).SetDefaultPublishHandler(handler).
 		SetKeepAlive(30 * time.Second).SetConnectTimeout(10 * time.Second).SetAutoReconnect(false)
 	c := mqtt.NewClient(opts)

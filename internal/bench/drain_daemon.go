@@ -100,6 +100,10 @@ func newDrainDaemon(ctx context.Context, b *Broker, client pki.Files, id string,
 		return nil, nil, "", err
 	}
 	cfg := daemonConfig(dir, b.URL, client, id, o.Workers, o.MaxInFlight, regFile)
+	cfg.MQTT.Connections = o.Connections
+	if o.Plain {
+		cfg.MQTT.Brokers, cfg.MQTT.AllowPlaintext = []string{b.PlainURL}, true
+	}
 	cfg.KMS = config.KMS{Provider: config.ProviderLocal, Local: config.LocalKMS{RootKeyFile: rootFile}}
 	if o.AuditDir != "" {
 		cfg.Audit.Path = filepath.Join(o.AuditDir, fmt.Sprintf("audit-drain-%d.log", round))
@@ -231,6 +235,11 @@ func daemonConfig(dir, brokerURL string, client pki.Files, id string, workers, m
 	cfg.MQTT.SharedGroup = shareGroup
 	cfg.MQTT.TLS = config.TLS{CAFile: client.CA, CertFile: client.Cert, KeyFile: client.Key, ServerName: "127.0.0.1"}
 	cfg.MQTT.Workers, cfg.MQTT.MaxInFlight = workers, maxInFlight
+	// One session, the one the harness prepared and wipes (the drain sets
+	// its own count and prepares each session): a default that followed
+	// GOMAXPROCS would leave sessions in the group that later backlogs
+	// are split into.
+	cfg.MQTT.Connections = 1
 	cfg.Registry = config.Registry{Driver: config.DriverFile, Path: regFile}
 	// Large enough that the file never rotates under the harness following
 	// it by its size.

@@ -22,6 +22,8 @@ type Results struct {
 	Drain     *DrainResult     `json:"drain,omitempty"`
 	ColdStart *ColdStartResult `json:"cold_start,omitempty"`
 	Sinks     *SinkDrainResult `json:"sinks,omitempty"`
+	// KafkaDrain is the drain of a Kafka backlog (decryptd-bench -input).
+	KafkaDrain *KafkaDrainResult `json:"kafka_drain,omitempty"`
 }
 
 // Machine describes where the run happened.
@@ -59,7 +61,7 @@ func DescribeMachine() Machine {
 		m.Kernel = strings.TrimSpace(string(data))
 	}
 	// mosquitto -h prints its version first and exits non-zero.
-	out, _ := exec.Command(MosquittoBinary, "-h").CombinedOutput()
+	out, _ := exec.Command(mosquittoBin(), "-h").CombinedOutput()
 	if line, _, _ := strings.Cut(string(out), "\n"); strings.HasPrefix(line, "mosquitto version") {
 		m.Mosquitto = strings.TrimSpace(strings.TrimPrefix(line, "mosquitto version"))
 	}
@@ -124,12 +126,20 @@ func (r *Results) WriteSummary(w io.Writer) {
 		}
 	}
 	if d := r.Drain; d != nil {
-		fmt.Fprintf(w, "\ndrain: %d messages, %d devices, broker max_inflight_messages %d, decryptd workers %d, max_in_flight %d\n",
-			d.Messages, d.Devices, d.BrokerInflight, d.Workers, d.MaxInFlight)
-		fmt.Fprintf(w, "  %-5s %-8s %9s %8s %10s %10s %10s %10s %9s %8s\n", "round", "side", "msg/s", "s", "p50 ms", "p99 ms", "CPU µs/msg", "broker µs", "peak MiB", "unwraps")
+		transport := "mutual TLS"
+		if d.Plain {
+			transport = "plain TCP"
+		}
+		fmt.Fprintf(w, "\ndrain: %d messages, %d devices, broker max_inflight_messages %d, decryptd workers %d, max_in_flight %d, connections %d, GOMAXPROCS %d, %s\n",
+			d.Messages, d.Devices, d.BrokerInflight, d.Workers, d.MaxInFlight, d.Connections, d.GOMAXPROCS, transport)
+		fmt.Fprintf(w, "  %-5s %-13s %9s %8s %10s %10s %10s %10s %9s %8s\n", "round", "side", "msg/s", "s", "p50 ms", "p99 ms", "CPU µs/msg", "broker µs", "peak MiB", "unwraps")
 		for _, run := range d.Runs {
-			fmt.Fprintf(w, "  %-5d %-8s %9.0f %8.2f %10.0f %10.0f %10.1f %10.1f %9.1f %8d\n", run.Round, run.Side, run.Rate, run.Seconds,
-				run.Receipt.P50, run.Receipt.P99, run.CPUPerMsgUS, run.BrokerCPUPerMsgUS, float64(run.PeakRSS)/(1<<20), run.KMSUnwraps)
+			p50, p99 := fmt.Sprintf("%.0f", run.Receipt.P50), fmt.Sprintf("%.0f", run.Receipt.P99)
+			if run.Receipt.Count == 0 {
+				p50, p99 = "-", "-" // mosquitto_sub: not measured
+			}
+			fmt.Fprintf(w, "  %-5d %-13s %9.0f %8.2f %10s %10s %10.1f %10.1f %9.1f %8d\n", run.Round, run.Side, run.Rate, run.Seconds,
+				p50, p99, run.CPUPerMsgUS, run.BrokerCPUPerMsgUS, float64(run.PeakRSS)/(1<<20), run.KMSUnwraps)
 		}
 		verdict := "MET"
 		if d.Ratio < 0.85 {
@@ -137,6 +147,23 @@ func (r *Results) WriteSummary(w io.Writer) {
 		}
 		fmt.Fprintf(w, "  median bare %.0f msg/s, decryptd %.0f msg/s: ratio %.2f (criterion ≥ 0.85: %s); per round %s\n",
 			d.BareMedian, d.DecryptdMedian, d.Ratio, verdict, fmtRatios(d.RoundRatios))
+		if d.CSubMedian > 0 {
+			verdict := "MET"
+			if d.CSubRatio < 0.9 {
+				verdict = "NOT MET"
+			}
+			fmt.Fprintf(w, "  median mosquitto_sub %.0f msg/s, decryptd %.0f msg/s: ratio %.2f (issue 17 criterion ≥ 0.9: %s); per round %s\n",
+				d.CSubMedian, d.DecryptdMedian, d.CSubRatio, verdict, fmtRatios(d.CSubRoundRatios))
+		}
+		if len(d.CPUMedianUS) > 0 {
+			var parts []string
+			for _, side := range []string{"bare", SideCSub, "decryptd"} {
+				if v, ok := d.CPUMedianUS[side]; ok {
+					parts = append(parts, fmt.Sprintf("%s %.1f", side, v))
+				}
+			}
+			fmt.Fprintf(w, "  median CPU µs/msg (GOMAXPROCS %d): %s\n", d.GOMAXPROCS, strings.Join(parts, ", "))
+		}
 		fmt.Fprintf(w, "  KMS unwraps equal the %d distinct key versions in every run: %t\n", d.DistinctKeys, d.UnwrapsMatch)
 	}
 	if c := r.ColdStart; c != nil {

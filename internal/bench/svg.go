@@ -20,6 +20,7 @@ func (r *Results) WriteSVG(w io.Writer) error {
 		width, height = 960, 480
 		colBare       = "#3566b8"
 		colDec        = "#e07b1a"
+		colCSub       = "#4a9a4a"
 	)
 	var s strings.Builder
 	fmt.Fprintf(&s, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="DejaVu Sans, Helvetica, Arial, sans-serif" font-size="12">`+"\n", width, height, width, height)
@@ -61,16 +62,27 @@ func (r *Results) WriteSVG(w io.Writer) error {
 				continue
 			}
 			col := colBare
-			if run.Side == "decryptd" {
+			switch run.Side {
+			case "decryptd":
 				col = colDec
+			case SideCSub:
+				col = colCSub
 			}
 			g = append(g, bar{run.Side, run.Rate, col})
 		}
 		groups = append(groups, g)
 		glabels = append(glabels, fmt.Sprintf("round %d", rd))
 	}
-	groups = append(groups, []bar{{"bare", d.BareMedian, colBare}, {"decryptd", d.DecryptdMedian, colDec}})
-	glabels = append(glabels, fmt.Sprintf("median (%.2f×)", d.Ratio))
+	medians := []bar{{"bare", d.BareMedian, colBare}}
+	mlabel := fmt.Sprintf("median (%.2f×)", d.Ratio)
+	items := []legendItem{{colBare, "", "bare paho subscriber (count + ack)"}}
+	if d.CSubMedian > 0 {
+		medians = append(medians, bar{SideCSub, d.CSubMedian, colCSub})
+		mlabel = fmt.Sprintf("median (%.2f×, %.2f× C)", d.Ratio, d.CSubRatio)
+		items = append(items, legendItem{colCSub, "", "mosquitto_sub (C, output discarded)"})
+	}
+	groups = append(groups, append(medians, bar{"decryptd", d.DecryptdMedian, colDec}))
+	glabels = append(glabels, mlabel)
 	gw := pw / float64(len(groups))
 	for gi, g := range groups {
 		bw := gw * 0.7 / float64(max(len(g), 1))
@@ -82,7 +94,7 @@ func (r *Results) WriteSVG(w io.Writer) error {
 		}
 		fmt.Fprintf(&s, `<text x="%.1f" y="%.0f" text-anchor="middle">%s</text>`+"\n", x0+gw*float64(gi)+gw/2, y0+ph+18, glabels[gi])
 	}
-	legend(&s, x0+10, y0+ph+40, []legendItem{{colBare, "", "bare paho subscriber (count + ack)"}, {colDec, "", "decryptd → file sink (fsync per batch)"}})
+	legend(&s, x0+10, y0+ph+40, append(items, legendItem{colDec, "", "decryptd → file sink (fsync per batch)"}))
 
 	// Right: latency CDF.
 	x0, pw = 560.0, 360.0
@@ -120,9 +132,11 @@ func (r *Results) WriteSVG(w io.Writer) error {
 		fmt.Fprintf(&s, `<polyline fill="none" stroke="%s" stroke-width="1.8" stroke-dasharray="%s" points="%s"/>`+"\n", col, dash, strings.Join(pts, " "))
 	}
 	for _, run := range d.Runs {
-		if run.Side == "bare" {
+		switch run.Side {
+		case SideCSub: // no latencies: its output is discarded
+		case "bare":
 			curve(run.Receipt.CDF, colBare, "none")
-		} else {
+		default:
 			curve(run.Receipt.CDF, colDec, "none")
 			if run.Sink != nil {
 				curve(run.Sink.CDF, colDec, "5,3")

@@ -12,6 +12,7 @@ import (
 
 	"github.com/decryptd/decryptd/internal/fieldpolicy"
 	"github.com/decryptd/decryptd/internal/sink"
+	kafkasink "github.com/decryptd/decryptd/internal/sink/kafka"
 	"github.com/decryptd/decryptd/internal/sinktypes"
 	"github.com/decryptd/decryptd/internal/tlsfiles"
 	"go.yaml.in/yaml/v3"
@@ -23,6 +24,7 @@ import (
 type Config struct {
 	Input      Input      `yaml:"input" json:"input"`
 	MQTT       MQTT       `yaml:"mqtt" json:"mqtt"`
+	Kafka      Kafka      `yaml:"kafka" json:"kafka"`
 	KMS        KMS        `yaml:"kms" json:"kms"`
 	Registry   Registry   `yaml:"registry" json:"registry"`
 	Cache      Cache      `yaml:"cache" json:"cache"`
@@ -34,6 +36,7 @@ type Config struct {
 	Audit      Audit      `yaml:"audit" json:"audit"`
 	Log        Log        `yaml:"log" json:"log"`
 	Rotation   Rotation   `yaml:"rotation" json:"rotation"`
+	Spool      Spool      `yaml:"spool" json:"spool"`
 	// ShutdownTimeout bounds the whole graceful shutdown (default 30s).
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout" json:"shutdown_timeout"`
 
@@ -44,13 +47,14 @@ type Config struct {
 // Input selects where messages come from.
 type Input struct {
 	// Type is the input kind: mqtt (the default; the mqtt section
-	// configures it). Another kind (kafka) brings a section of its own.
+	// configures it) or kafka (the kafka section).
 	Type string `yaml:"type" json:"type"`
 }
 
 // Input types.
 const (
-	InputMQTT = "mqtt"
+	InputMQTT  = "mqtt"
+	InputKafka = "kafka"
 )
 
 // SinkTypes returns the sink type registry the configuration was decoded
@@ -97,6 +101,12 @@ type MQTT struct {
 	// for the sinks, so Workers bounds the key loads a cold start runs at
 	// once (cache.max_concurrent_unwraps bounds the KMS calls among them).
 	Workers int `yaml:"workers" json:"workers"`
+	// Connections is how many MQTT connections the input opens, each a
+	// persistent session in the shared group (client ids: client_id, then
+	// client_id-1, client_id-2, ...), all feeding one pipeline. 0 (the
+	// default) means GOMAXPROCS/2, between 1 and 8
+	// (consumer.DefaultConnections); at most 64.
+	Connections int `yaml:"connections" json:"connections"`
 	// UnsubscribeOnShutdown unsubscribes before disconnecting, so a
 	// persistent session stops queueing for this instance (default false:
 	// a restart picks up where it left off).
@@ -106,6 +116,81 @@ type MQTT struct {
 	// ConnectTimeout bounds one connection attempt (default 10s).
 	ConnectTimeout time.Duration `yaml:"connect_timeout" json:"connect_timeout"`
 }
+
+// Kafka is the Kafka input's consumer group (input.type kafka; package
+// kafkainput). Records are the MQTT messages a bridge copied into Kafka:
+// the value is the payload unchanged, the MQTT topic comes from a header
+// (TopicFrom header) or is built from the key (TopicFrom key).
+type Kafka struct {
+	// Brokers are the bootstrap brokers, host:port.
+	Brokers []string `yaml:"brokers" json:"brokers"`
+	// Group is the consumer group: replicas in one group split the
+	// partitions (default decryptd).
+	Group string `yaml:"group" json:"group"`
+	// Topics are the Kafka topics to consume.
+	Topics []string `yaml:"topics" json:"topics"`
+	// ClientID names the client to the brokers (default: mqtt.client_id,
+	// the host name unless set).
+	ClientID string `yaml:"client_id" json:"client_id"`
+	// TopicHeader is the record header holding the device's MQTT topic
+	// (TopicFrom header; default mqtt_topic).
+	TopicHeader string `yaml:"topic_header" json:"topic_header"`
+	// TopicFrom is header (the topic is the TopicHeader header's value;
+	// default) or key (the topic is TopicTemplate with {key} replaced by
+	// the record key).
+	TopicFrom string `yaml:"topic_from" json:"topic_from"`
+	// TopicTemplate builds the topic from the key (TopicFrom key), e.g.
+	// "iot-2/type/monitor/id/{key}/evt/telemetry/fmt/json".
+	TopicTemplate string `yaml:"topic_template" json:"topic_template"`
+	// MaxInFlight bounds records received and not yet committable
+	// (default 1024); fetching waits while it is reached.
+	MaxInFlight int `yaml:"max_in_flight" json:"max_in_flight"`
+	// MaxInFlightBytes bounds their payload bytes (default 64 MiB).
+	MaxInFlightBytes int `yaml:"max_in_flight_bytes" json:"max_in_flight_bytes"`
+	// Workers is how many device topics are processed at once when
+	// their messages must wait for a key (default 256).
+	Workers int `yaml:"workers" json:"workers"`
+	// CommitInterval is how often the finished prefix of every partition
+	// is committed (default 1s); also on revocation and at shutdown.
+	CommitInterval time.Duration `yaml:"commit_interval" json:"commit_interval"`
+	// ReplayLookback is how many records before the committed offset a
+	// newly assigned partition is read back to rebuild its replay window
+	// (default 100000; records older than decrypt.replay_window_age are
+	// skipped). See docs/kafka-input.md for the guarantee.
+	ReplayLookback int `yaml:"replay_lookback" json:"replay_lookback"`
+	// ReplayRebuildTimeout bounds one rebuild (default 30s; keep it below
+	// the group's rebalance timeout, 60s).
+	ReplayRebuildTimeout time.Duration `yaml:"replay_rebuild_timeout" json:"replay_rebuild_timeout"`
+	// SessionTimeout: a replica silent this long (killed, partitioned)
+	// loses its partitions to the others (default 45s, Kafka's).
+	SessionTimeout time.Duration `yaml:"session_timeout" json:"session_timeout"`
+	// RebalanceTimeout bounds a rebalance: a replica must finish its
+	// revocations (in-flight messages, final commits) and rebuilds in it
+	// (default 60s).
+	RebalanceTimeout time.Duration `yaml:"rebalance_timeout" json:"rebalance_timeout"`
+	// TLS, AllowPlaintext and SASL: the keys of the kafka sink.
+	TLS            KafkaTLS  `yaml:"tls" json:"tls"`
+	AllowPlaintext bool      `yaml:"allow_plaintext" json:"allow_plaintext"`
+	SASL           KafkaSASL `yaml:"sasl" json:"sasl"`
+}
+
+// KafkaTLS and KafkaSASL are the kafka sink's TLS and SASL settings,
+// shared by the Kafka input.
+type (
+	KafkaTLS  = kafkasink.TLS
+	KafkaSASL = kafkasink.SASL
+)
+
+// Conn is the input's connection settings in the kafka sink's terms.
+func (k Kafka) Conn() kafkasink.Conn {
+	return kafkasink.Conn{Brokers: k.Brokers, TLS: k.TLS, AllowPlaintext: k.AllowPlaintext, SASL: k.SASL}
+}
+
+// Kafka input topic sources.
+const (
+	TopicFromHeader = "header"
+	TopicFromKey    = "key"
+)
 
 // TLS names the files of a TLS client: the CA bundle to trust (empty: the
 // system roots) and the client certificate and key for mutual TLS (both or
@@ -385,8 +470,10 @@ const (
 
 // Defaults.
 const (
-	DefaultMaxInFlight         = 1024
-	DefaultWorkers             = 256
+	DefaultMaxInFlight = 1024
+	DefaultWorkers     = 256
+	// MaxMQTTConnections bounds mqtt.connections (consumer.MaxConnections).
+	MaxMQTTConnections         = 64
 	DefaultKeepAlive           = 30 * time.Second
 	DefaultConnectTimeout      = 10 * time.Second
 	DefaultKeyProtectTimeout   = 10 * time.Second
@@ -411,6 +498,15 @@ const (
 	DefaultBatchMaxBytes       = 4 << 20
 	DefaultMaxInFlightBytes    = 64 << 20
 	DefaultBatchLinger         = 2 * time.Millisecond
+
+	DefaultKafkaGroup                = "decryptd"
+	DefaultKafkaTopicHeader          = "mqtt_topic"
+	DefaultKafkaMaxInFlightBytes     = 64 << 20
+	DefaultKafkaCommitInterval       = time.Second
+	DefaultKafkaReplayLookback       = 100_000
+	DefaultKafkaReplayRebuildTimeout = 30 * time.Second
+	DefaultKafkaSessionTimeout       = 45 * time.Second
+	DefaultKafkaRebalanceTimeout     = 60 * time.Second
 )
 
 // Default returns a Config holding every default (mqtt.client_id is the host
@@ -603,6 +699,20 @@ func (c *Config) applyDefaults() {
 	setD(&c.MQTT.KeepAlive, DefaultKeepAlive)
 	setD(&c.MQTT.ConnectTimeout, DefaultConnectTimeout)
 
+	k := &c.Kafka
+	setS(&k.Group, DefaultKafkaGroup)
+	setS(&k.ClientID, c.MQTT.ClientID)
+	setS(&k.TopicHeader, DefaultKafkaTopicHeader)
+	setS(&k.TopicFrom, TopicFromHeader)
+	setI(&k.MaxInFlight, DefaultMaxInFlight)
+	setI(&k.MaxInFlightBytes, DefaultKafkaMaxInFlightBytes)
+	setI(&k.Workers, DefaultWorkers)
+	setD(&k.CommitInterval, DefaultKafkaCommitInterval)
+	setI(&k.ReplayLookback, DefaultKafkaReplayLookback)
+	setD(&k.ReplayRebuildTimeout, DefaultKafkaReplayRebuildTimeout)
+	setD(&k.SessionTimeout, DefaultKafkaSessionTimeout)
+	setD(&k.RebalanceTimeout, DefaultKafkaRebalanceTimeout)
+
 	c.KMS.KeyProtect.BaseURL = strings.TrimRight(c.KMS.KeyProtect.BaseURL, "/")
 	setD(&c.KMS.KeyProtect.Timeout, DefaultKeyProtectTimeout)
 
@@ -662,6 +772,7 @@ func (c *Config) applyDefaults() {
 	setS(&c.Log.Level, DefaultLogLevel)
 	setS(&c.Log.Format, DefaultLogFormat)
 	setD(&c.ShutdownTimeout, DefaultShutdownTimeout)
+	c.Spool.applyDefaults()
 }
 
 // resolvePaths makes every relative file path absolute against dir.
@@ -672,6 +783,10 @@ func (c *Config) resolvePaths(dir string) {
 		}
 	}
 	c.MQTT.TLS.ResolvePaths(abs)
+	abs(&c.Kafka.TLS.CAFile)
+	abs(&c.Kafka.TLS.CertFile)
+	abs(&c.Kafka.TLS.KeyFile)
+	abs(&c.Kafka.SASL.SecretFile)
 	abs(&c.KMS.Local.RootKeyFile)
 	abs(&c.KMS.KeyProtect.APIKeyFile)
 	abs(&c.KMS.KeyProtect.CAFile)
@@ -684,4 +799,5 @@ func (c *Config) resolvePaths(dir string) {
 	abs(&c.DeadLetter.Path)
 	c.DeadLetter.TLS.ResolvePaths(abs)
 	abs(&c.Audit.Path)
+	abs(&c.Spool.Dir)
 }

@@ -155,6 +155,8 @@ func TestInvalid(t *testing.T) {
 		{"cert without key", add("  tls: {cert_file: /c.pem}", "mqtt"), []string{"mqtt.tls.key_file: required when cert_file is set"}},
 		{"workers negative", add("  workers: -1", "mqtt"), []string{"mqtt.workers: want 1-1024, got -1"}},
 		{"max in flight huge", add("  max_in_flight: 70000", "mqtt"), []string{"mqtt.max_in_flight: want 1-65535"}},
+		{"connections negative", add("  connections: -2", "mqtt"), []string{"mqtt.connections: want 1-64, or 0 for the default"}},
+		{"connections too many", add("  connections: 65", "mqtt"), []string{"mqtt.connections: want 1-64"}},
 		{"in-flight bytes below two messages", add("  max_in_flight_bytes: 300000", "mqtt"), []string{"mqtt.max_in_flight_bytes: want 524288 (twice decrypt.max_message_bytes)"}},
 		{"in-flight bytes negative", add("  max_in_flight_bytes: -1", "mqtt"), []string{"mqtt.max_in_flight_bytes: want 524288"}},
 		{"batch bytes tiny", add("batch: {max_bytes: 100}", ""), []string{"batch.max_bytes: want 4096-1073741824, got 100"}},
@@ -497,9 +499,102 @@ func TestInputType(t *testing.T) {
 	if _, err := Parse([]byte(base+"input: {type: mqtt}\n"), noEnv); err != nil {
 		t.Fatalf("input.type mqtt: %v", err)
 	}
-	_, err = Parse([]byte(base+"input: {type: kafka}\n"), noEnv)
-	if err == nil || !strings.Contains(err.Error(), `input.type: must be mqtt, got "kafka"`) {
+	_, err = Parse([]byte(base+"input: {type: amqp}\n"), noEnv)
+	if err == nil || !strings.Contains(err.Error(), `input.type: must be mqtt or kafka, got "amqp"`) {
 		t.Fatalf("unknown input type: %v", err)
+	}
+	_, err = Parse([]byte(base+"input: {type: kafka}\n"), noEnv)
+	if err == nil || !strings.Contains(err.Error(), "kafka.brokers: at least one host:port required; kafka.topics: at least one topic required") {
+		t.Fatalf("kafka without a kafka section: %v", err)
+	}
+}
+
+// The kafka input's section: defaults, and each rule naming its key.
+func TestKafkaInput(t *testing.T) {
+	const k = base + "input: {type: kafka}\nkafka:\n  brokers: [127.0.0.1:9092]\n  topics: [device-events]\n"
+	c, err := Parse([]byte(k), noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := c.Kafka
+	if got.Group != "decryptd" || got.TopicFrom != "header" || got.TopicHeader != "mqtt_topic" || got.ClientID != "test-1" ||
+		got.MaxInFlight != 1024 || got.CommitInterval != time.Second || got.ReplayLookback != 100000 {
+		t.Fatalf("defaults: %+v", got)
+	}
+	for _, tc := range []struct{ extra, want string }{
+		{"  brokers: [nohost]\n", "kafka.brokers[0]: want host:port"},
+		{"  topics: [\"a b\"]\n", "kafka.topics[0]: want 1-249"},
+		{"  topic_from: value\n", "kafka.topic_from: must be header or key"},
+		{"  topic_from: key\n", "kafka.topic_template: required for topic_from key"},
+		{"  topic_from: key\n  topic_template: devices/{key}/{key}\n", "kafka.topic_template: want {key} exactly once"},
+		{"  topic_from: key\n  topic_template: devices/+/{key}\n", "kafka.topic_template: "},
+		{"  topic_template: devices/{key}\n", "kafka.topic_template: used only with topic_from key"},
+		{"  max_in_flight: -1\n", "kafka.max_in_flight: want 1-1048576"},
+		{"  sasl: {mechanism: plain, username: token}\n", "kafka.sasl: exactly one of secret_file and secret_env"},
+		{"  sasl: {mechanism: gssapi}\n", "kafka.sasl.mechanism: \"gssapi\""},
+		{"  allow_plaintext: true\n  tls: {ca_file: /k/ca.pem}\n", "kafka.allow_plaintext: set together with tls"},
+	} {
+		text := strings.Replace(k, "  brokers: [127.0.0.1:9092]\n", "", 1)
+		if !strings.Contains(tc.extra, "brokers") {
+			text += "  brokers: [127.0.0.1:9092]\n"
+		}
+		text = strings.Replace(text, "  topics: [device-events]\n", "", 1)
+		if !strings.Contains(tc.extra, "topics") {
+			text += "  topics: [device-events]\n"
+		}
+		_, err := Parse([]byte(text+tc.extra), noEnv)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: err = %v, want %q", tc.extra, err, tc.want)
+		}
+	}
+	c, err = Parse([]byte(k+"  topic_from: key\n  topic_template: iot-2/type/monitor/id/{key}/evt/telemetry/fmt/json\n"), noEnv)
+	if err != nil || c.Kafka.TopicTemplate == "" {
+		t.Fatalf("topic_from key: %v", err)
+	}
+	// The section's keys take environment overrides like any other.
+	c, err = Parse([]byte(k), func(n string) (string, bool) {
+		if n == "DECRYPTD_KAFKA_GROUP" {
+			return "other", true
+		}
+		return "", false
+	})
+	if err != nil || c.Kafka.Group != "other" {
+		t.Fatalf("DECRYPTD_KAFKA_GROUP: %v, %q", err, c.Kafka.Group)
+	}
+}
+
+// The commented kafka block of the example, uncommented with input.type
+// kafka, is valid.
+func TestExampleKafkaBlock(t *testing.T) {
+	data, err := os.ReadFile("../../config.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	in := false
+	for _, line := range strings.Split(string(data), "\n") {
+		switch {
+		case line == "# kafka:":
+			in = true
+			out = append(out, "kafka:")
+			continue
+		case in && strings.HasPrefix(line, "#   #"), in && strings.HasPrefix(line, "#     #"):
+			continue
+		case in && strings.HasPrefix(line, "#   "):
+			out = append(out, "  "+strings.TrimPrefix(line, "#   "))
+			continue
+		case in:
+			in = false
+		}
+		out = append(out, line)
+	}
+	text := strings.Replace(strings.Join(out, "\n"), "  type: mqtt\n", "  type: kafka\n", 1)
+	c, err := Parse([]byte(text), noEnv)
+	if err != nil {
+		t.Fatalf("kafka variant: %v", err)
+	}
+	if c.Input.Type != InputKafka || c.Kafka.SASL.Username != "token" || c.Kafka.Topics[0] != "device-events" {
+		t.Fatalf("kafka = %+v", c.Kafka)
 	}
 }
 

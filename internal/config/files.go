@@ -47,6 +47,13 @@ func (c *Config) files() []namedFile {
 		add(prefix+".key_file", t.KeyFile, roleSecret)
 	}
 	tls("mqtt.tls", c.MQTT.TLS)
+	if c.Input.Type == InputKafka {
+		k := c.Kafka
+		add("kafka.tls.ca_file", k.TLS.CAFile, rolePublic)
+		add("kafka.tls.cert_file", k.TLS.CertFile, rolePublic)
+		add("kafka.tls.key_file", k.TLS.KeyFile, roleSecret)
+		add("kafka.sasl.secret_file", k.SASL.SecretFile, roleSecret)
+	}
 	switch c.KMS.Provider {
 	case ProviderLocal:
 		add("kms.local.root_key_file", c.KMS.Local.RootKeyFile, roleRootKey)
@@ -84,6 +91,9 @@ func (c *Config) CheckFiles() error {
 		if p := checkFile(f); p != "" {
 			ck.add(f.field, "%s", p)
 		}
+	}
+	if p := c.Spool.checkDir(); p != "" {
+		ck.add("spool.dir", "%s", p)
 	}
 	if len(ck.probs) == 0 {
 		return nil

@@ -9,6 +9,7 @@ import (
 
 	"github.com/decryptd/decryptd/internal/mqttcheck"
 	"github.com/decryptd/decryptd/internal/sink"
+	kafkasink "github.com/decryptd/decryptd/internal/sink/kafka"
 )
 
 // FieldError is one problem, naming the key at fault by its YAML path
@@ -68,8 +69,14 @@ func (c *Config) Validate() error {
 	switch c.Input.Type {
 	case InputMQTT:
 		c.validateMQTT(&ck)
+	case InputKafka:
+		c.validateKafka(&ck)
+		if c.Rotation.Enabled {
+			// Rekeys go to the devices over MQTT whatever the input.
+			c.validateMQTT(&ck)
+		}
 	default:
-		ck.add("input.type", "must be mqtt, got %q", clip(c.Input.Type))
+		ck.add("input.type", "must be mqtt or kafka, got %q", clip(c.Input.Type))
 	}
 	c.validateKMS(&ck)
 	c.validateRegistry(&ck)
@@ -78,6 +85,7 @@ func (c *Config) Validate() error {
 	c.validateSinks(&ck)
 	c.validateDeadLetter(&ck)
 	c.validateRotation(&ck)
+	c.Spool.validate(&ck)
 	if err := checkListen(c.Metrics.Listen); err != "" {
 		ck.add("metrics.listen", "%s", err)
 	}
@@ -176,8 +184,88 @@ func (c *Config) validateMQTT(ck *checker) {
 	if m.Workers < 1 || m.Workers > 1024 {
 		ck.add("mqtt.workers", "want 1-1024, got %d", m.Workers)
 	}
+	if m.Connections < 0 || m.Connections > MaxMQTTConnections {
+		ck.add("mqtt.connections", "want 1-%d, or 0 for the default (GOMAXPROCS/2, 1-8), got %d", MaxMQTTConnections, m.Connections)
+	}
 	positive(ck, "mqtt.keep_alive", m.KeepAlive)
 	positive(ck, "mqtt.connect_timeout", m.ConnectTimeout)
+}
+
+// kpSecretsGo says where the Key Protect credential goes instead of a URL.
+const kpSecretsGo = "put the API key in the file kms.keyprotect.api_key_file names, or in the environment variable kms.keyprotect.api_key_env names"
+
+func (c *Config) validateKafka(ck *checker) {
+	k := c.Kafka
+	for _, p := range k.Conn().Problems() {
+		ck.add("kafka."+p.Key, "%s", p.Text)
+	}
+	if k.Group == "" || len(k.Group) > 249 || strings.ContainsAny(k.Group, "\x00\n") {
+		ck.add("kafka.group", "want 1-249 characters, got %q", clip(k.Group))
+	}
+	if len(k.Topics) == 0 {
+		ck.add("kafka.topics", "at least one topic required")
+	}
+	for i, t := range k.Topics {
+		if !kafkasink.ValidTopic(t) {
+			ck.add(fmt.Sprintf("kafka.topics[%d]", i), "want 1-249 of A-Z a-z 0-9 . _ -, got %q", clip(t))
+		}
+	}
+	if k.ClientID == "" || len(k.ClientID) > 256 {
+		ck.add("kafka.client_id", "want 1-256 characters")
+	}
+	switch k.TopicFrom {
+	case TopicFromHeader:
+		if k.TopicHeader == "" {
+			ck.add("kafka.topic_header", "required for topic_from header")
+		}
+		if k.TopicTemplate != "" {
+			ck.add("kafka.topic_template", "used only with topic_from key")
+		}
+	case TopicFromKey:
+		if p := CheckTopicTemplate(k.TopicTemplate); p != "" {
+			ck.add("kafka.topic_template", "%s", p)
+		}
+	default:
+		ck.add("kafka.topic_from", "must be header or key, got %q", clip(k.TopicFrom))
+	}
+	if k.MaxInFlight < 1 || k.MaxInFlight > 1<<20 {
+		ck.add("kafka.max_in_flight", "want 1-1048576, got %d", k.MaxInFlight)
+	}
+	if k.MaxInFlightBytes < 1<<20 {
+		ck.add("kafka.max_in_flight_bytes", "want at least 1048576, got %d", k.MaxInFlightBytes)
+	}
+	if k.Workers < 1 || k.Workers > 1024 {
+		ck.add("kafka.workers", "want 1-1024, got %d", k.Workers)
+	}
+	positive(ck, "kafka.commit_interval", k.CommitInterval)
+	if k.ReplayLookback < 1 {
+		ck.add("kafka.replay_lookback", "must be positive, got %d", k.ReplayLookback)
+	}
+	positive(ck, "kafka.replay_rebuild_timeout", k.ReplayRebuildTimeout)
+	if k.SessionTimeout < time.Second {
+		ck.add("kafka.session_timeout", "want at least 1s, got %s", k.SessionTimeout)
+	}
+	if k.RebalanceTimeout < time.Second {
+		ck.add("kafka.rebalance_timeout", "want at least 1s, got %s", k.RebalanceTimeout)
+	} else if k.ReplayRebuildTimeout >= k.RebalanceTimeout {
+		ck.add("kafka.replay_rebuild_timeout", "must be shorter than kafka.rebalance_timeout (%s), got %s", k.RebalanceTimeout, k.ReplayRebuildTimeout)
+	}
+}
+
+// CheckTopicTemplate checks a kafka.topic_template: an MQTT topic name
+// once {key} is filled, with {key} exactly once and nothing else braced.
+func CheckTopicTemplate(p string) string {
+	if p == "" {
+		return "required for topic_from key (e.g. iot-2/type/monitor/id/{key}/evt/telemetry/fmt/json)"
+	}
+	if strings.Count(p, "{key}") != 1 {
+		return "want {key} exactly once"
+	}
+	filled := strings.Replace(p, "{key}", "k", 1)
+	if strings.ContainsAny(filled, "{}") {
+		return "only {key} may be replaced"
+	}
+	return mqttcheck.TopicName(filled)
 }
 
 func (c *Config) validateKMS(ck *checker) {
@@ -194,11 +282,11 @@ func (c *Config) validateKMS(ck *checker) {
 		kp := k.KeyProtect
 		if kp.BaseURL == "" {
 			ck.add("kms.keyprotect.base_url", "required for provider keyprotect")
-		} else if p := sink.CheckHTTPURL(kp.BaseURL, true); p != "" {
+		} else if p := sink.CheckHTTPURL(kp.BaseURL, true, kpSecretsGo); p != "" {
 			ck.add("kms.keyprotect.base_url", "%s", p)
 		}
 		if kp.TokenURL != "" {
-			if p := sink.CheckHTTPURL(kp.TokenURL, true); p != "" {
+			if p := sink.CheckHTTPURL(kp.TokenURL, true, kpSecretsGo); p != "" {
 				ck.add("kms.keyprotect.token_url", "%s", p)
 			}
 		}

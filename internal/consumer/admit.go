@@ -20,6 +20,7 @@ import (
 // entry is one admitted message.
 type entry struct {
 	c          *Consumer
+	l          *link // the connection it came in on
 	msg        mqtt.Message
 	gen        uint64
 	size       int64  // what it holds of the byte budget (messageBytes)
@@ -49,61 +50,76 @@ func (e *entry) message() intake.Message {
 	return intake.Message{Source: Source, Topic: topic, DeviceID: id, Payload: e.msg.Payload(), Redelivered: e.msg.Duplicate(), ReceivedAt: e.receivedAt}
 }
 
-// onMessage is paho's handler for every message (the default handler; no
-// per-route handlers exist). It runs on paho's router goroutine, in the
-// order the PUBLISH packets arrived on this connection, and hands the
-// message to the worker that owns its topic.
+// onMessage is paho's handler for every message of link l (the default
+// handler; no per-route handlers exist). It runs on l's paho router
+// goroutine, in the order the PUBLISH packets arrived on l's connection,
+// and hands the message to the lane that owns its topic, which every
+// link shares.
 //
 // It does not block, except when MaxInFlight messages are already held, or
-// the message's bytes do not fit in the byte budget. The broker's window
-// (max_inflight_messages) should have stopped it from sending more
-// messages, but Mosquitto 2.0.11 leaks that window; and no broker window
-// counts bytes, so with large messages the budget, not the window, is what
-// stops intake. Then it waits for room for at most overflowWait (half the
-// keep-alive). While it waits, paho's reader stops reading (its hand-offs
-// to the router are unbuffered), so TCP pushes back on the broker and at
-// most four more packets sit in paho; pings stall too (a PINGRESP queues
-// behind them), which is why the wait is bounded well inside the
-// keep-alive. If no room frees up it releases the
-// message and the rest of the connection's, rather than holding unbounded
-// messages, and freeSlot reconnects once there is room again (half the
-// slots and half the bytes free), for the broker to redeliver them.
-func (c *Consumer) onMessage(_ mqtt.Client, pm mqtt.Message) {
+// the message's bytes do not fit in the byte budget (both shared by every
+// link). The broker's window (max_inflight_messages, per link) should have
+// stopped it from sending more messages, but Mosquitto 2.0.11 leaks that
+// window, and with several links the broker's windows together may exceed
+// MaxInFlight; and no broker window counts bytes, so with large messages
+// the budget, not the window, is what stops intake. Then it waits for room
+// for at most overflowWait (half the keep-alive). While it waits, paho's
+// reader stops reading (its hand-offs to the router are unbuffered), so TCP
+// pushes back on the broker and at most four more packets sit in paho;
+// pings stall too (a PINGRESP queues behind them), which is why the wait
+// is bounded well inside the keep-alive. If no room frees up it releases
+// the message and the rest of the connection's, rather than holding
+// unbounded messages, and freeSlot reconnects that link once there is room
+// again (half the slots and half the bytes free), for the broker to
+// redeliver them.
+func (l *link) onMessage(_ mqtt.Client, pm mqtt.Message) {
+	c := l.c
 	now := time.Now()
-	c.m.received.Inc()
+	l.m.received.Inc()
 	if pm.Duplicate() {
-		c.m.redelivered.Inc()
+		l.m.redelivered.Inc()
 	}
 	c.lastRecv.Store(now.UnixNano())
 
-	c.mu.Lock()
-	stopping, gen, conn := c.stopping, c.gen, c.conn
-	c.mu.Unlock()
+	l.mu.Lock()
+	gen, conn := l.gen, l.conn
+	l.mu.Unlock()
+	stopping := c.stopping.Load()
 	// Once one message of a connection is released, every later one must
 	// be too: admitting a later one would ack it ahead of the released one
 	// and process it ahead of that one's redelivery.
 	size := messageBytes(pm)
-	if conn == nil || conn.releasing.Load() || stopping || !c.acquire(conn, size, now) {
+	if conn == nil || conn.releasing.Load() || stopping || !c.acquire(l, conn, size, now) {
 		if conn != nil {
 			conn.releasing.Store(true)
 		}
-		c.m.released.Inc()
+		l.m.released.Inc()
 		return
 	}
-	e := &entry{c: c, msg: pm, gen: gen, size: size, route: hashTopic(pm.Topic()), receivedAt: now}
+	e := &entry{c: c, l: l, msg: pm, gen: gen, size: size, route: hashTopic(pm.Topic()), receivedAt: now}
 	e.refs.Store(2)
 	e.call.Store(callReturned) // a failure reported by TryProcess's done is retried on its own
-	c.mu.Lock()
-	if c.stopping || c.gen != gen {
-		c.mu.Unlock()
+	l.mu.Lock()
+	// stopping is set before shutdown reads inUse, and acquire counted e
+	// in inUse before this reads stopping: either shutdown waits for e or
+	// e is released here.
+	if c.stopping.Load() || l.gen != gen {
+		l.mu.Unlock()
 		conn.releasing.Store(true)
-		c.m.released.Inc()
+		l.m.released.Inc()
 		c.freeSlot(size)
 		return
 	}
-	c.ackq = append(c.ackq, e)
-	c.unacked.Add(1)
-	c.mu.Unlock()
+	l.ackq = append(l.ackq, e)
+	if len(l.ackq) == 1 {
+		l.head.Store(e)
+	}
+	l.unacked.Add(1)
+	l.mu.Unlock()
+	if len(c.lanes) == 0 {
+		c.dispatch(e) // several connections: each router hands its messages on itself
+		return
+	}
 	c.lanes[e.route%uint32(len(c.lanes))].push(e)
 }
 
@@ -130,17 +146,33 @@ func (c *Consumer) runLane(l *lane) {
 // overtake one of its topic) and the Processor takes it without blocking
 // (its key is cached). Otherwise e goes to its topic's worker, and later
 // messages of the topic queue behind it.
+//
+// It runs on a lane, or, without lanes, on the router of e's link, so
+// several goroutines may dispatch messages of one worker at once: the
+// fast path claims the worker (busy 0 to 1) and holds its proc lock for
+// the call, so that neither another fast path nor the worker runs a
+// message of these topics beside it.
 func (c *Consumer) dispatch(e *entry) {
-	if e.gen != c.genNow.Load() {
+	if e.gen != e.l.genNow.Load() {
 		// Its connection is gone and the broker redelivers it on the new
 		// one: processing this copy would only duplicate work.
-		c.m.released.Inc()
+		e.l.m.released.Inc()
 		c.unref(e) // the processing side; the acknowledgement side was voided by dial
 		return
 	}
 	q := c.queues[e.route%uint32(len(c.queues))]
-	if q.busy.Load() == 0 && c.procCtx.Err() == nil && c.proc.TryProcess(c.procCtx, e.message(), e.finish) {
-		c.m.inline.Inc()
+	if q.busy.Load() == 0 && c.procCtx.Err() == nil && q.busy.CompareAndSwap(0, 1) {
+		// busy was 0: the worker is not in a call and holds no proc lock,
+		// so this Lock does not wait.
+		q.proc.Lock()
+		ok := c.proc.TryProcess(c.procCtx, e.message(), e.finish)
+		q.proc.Unlock()
+		if ok {
+			c.m.inline.Inc()
+			q.busy.Add(-1)
+			return
+		}
+		q.push(e) // declined: the worker takes it, with the busy count claimed above
 		return
 	}
 	q.busy.Add(1)
@@ -148,20 +180,28 @@ func (c *Consumer) dispatch(e *entry) {
 }
 
 // acquire takes a slot and size bytes of the budget for one message
-// received at now, waiting for both together at most overflowWait; false:
-// the message must be released (see onMessage).
-func (c *Consumer) acquire(conn *trackedConn, size int64, now time.Time) bool {
-	if !c.acquireSlot(conn) {
+// received at now on l's conn, waiting for both together at most
+// overflowWait; false: the message must be released (see onMessage).
+func (c *Consumer) acquire(l *link, conn *trackedConn, size int64, now time.Time) bool {
+	if !c.acquireSlot(l, conn) {
 		return false
 	}
-	if c.takeBytes(conn, size, c.overflowWait-time.Since(now)) {
+	if c.takeBytes(l, conn, size, c.overflowWait-time.Since(now)) {
 		return true
 	}
 	c.freeSlot(0)
 	return false
 }
 
-func (c *Consumer) acquireSlot(conn *trackedConn) bool {
+// markOverflow records that l's conn releases messages until there is room
+// again; freeSlot then closes it so the broker redelivers them.
+func (c *Consumer) markOverflow(l *link, conn *trackedConn) {
+	if l.overflowConn.Swap(conn) == nil {
+		c.overflowing.Add(1)
+	}
+}
+
+func (c *Consumer) acquireSlot(l *link, conn *trackedConn) bool {
 	select {
 	case c.slots <- struct{}{}:
 		c.inUse.Add(1)
@@ -183,9 +223,19 @@ func (c *Consumer) acquireSlot(conn *trackedConn) bool {
 		// caller marks it); once half the slots are free again, freeSlot
 		// closes the connection so the broker redelivers them. Closing
 		// right away would only reconnect into a still-full consumer.
-		c.log.Warn("broker sent more unacknowledged messages than MaxInFlight; releasing them until the consumer has room, then reconnecting for redelivery (set max_inflight_messages at or below MaxInFlight)",
-			zap.Int("max_in_flight", c.o.MaxInFlight), zap.Duration("waited", c.overflowWait))
-		c.overflowConn.Store(conn)
+		// Blame the broker's window only when this connection alone
+		// holds MaxInFlight unacknowledged messages: otherwise the slots
+		// are held by messages of an earlier connection still being
+		// processed (after a reconnect) or of the other connections, and
+		// max_inflight_messages is not at fault.
+		if n := l.unacked.Load(); n >= int64(c.o.MaxInFlight) {
+			c.log.Warn("broker sent more unacknowledged messages than MaxInFlight; releasing them until the consumer has room, then reconnecting for redelivery (set max_inflight_messages at or below MaxInFlight)",
+				zap.Int("max_in_flight", c.o.MaxInFlight), zap.Int64("unacknowledged", n), zap.Duration("waited", c.overflowWait))
+		} else {
+			c.log.Warn("every in-flight slot is held, by messages of an earlier connection still being processed or of the other connections; releasing this connection's messages until the consumer has room, then reconnecting for redelivery",
+				zap.Int("max_in_flight", c.o.MaxInFlight), zap.Int64("unacknowledged", n), zap.Duration("waited", c.overflowWait))
+		}
+		c.markOverflow(l, conn)
 		return false
 	}
 }
@@ -201,10 +251,14 @@ func (c *Consumer) freeSlot(size int64) {
 		default:
 		}
 	}
-	if conn := c.overflowConn.Load(); conn != nil && n <= int64(c.o.MaxInFlight/2) && c.budget.Held() <= c.budget.Limit()/2 &&
-		c.overflowConn.CompareAndSwap(conn, nil) {
-		c.log.Info("room again after overflow; reconnecting so the broker redelivers the released messages")
-		go conn.abort() // a TLS close may wait on a write; never in the caller's path
+	if n <= int64(c.o.MaxInFlight/2) && c.overflowing.Load() > 0 && c.budget.Held() <= c.budget.Limit()/2 {
+		for _, l := range c.links {
+			if conn := l.overflowConn.Load(); conn != nil && l.overflowConn.CompareAndSwap(conn, nil) {
+				c.overflowing.Add(-1)
+				l.log.Info("room again after overflow; reconnecting so the broker redelivers the released messages")
+				go conn.abort() // a TLS close may wait on a write; never in the caller's path
+			}
+		}
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -30,15 +31,19 @@ func (p *countProc) TryProcess(_ context.Context, _ intake.Message, done func(er
 // mutual TLS: b.N messages (100 B, QoS 1, 100 topics) are queued in the
 // consumer's durable session first, then drained and acknowledged. It
 // compares MaxInFlight settings, i.e. how far in-order acknowledgement and
-// the bound cost throughput.
+// the bound cost throughput, and one connection with four (the backlog
+// split over four sessions). cpu-ns/op is this process's CPU time per
+// message (user + system), the figure that should not grow with cores.
 func BenchmarkConsume(b *testing.B) {
-	for _, inflight := range []int{64, 1024} {
-		b.Run(fmt.Sprintf("inflight=%d", inflight), func(b *testing.B) {
+	for _, tc := range []struct{ inflight, conns int }{{64, 1}, {1024, 1}, {1024, 4}} {
+		inflight := tc.inflight
+		b.Run(fmt.Sprintf("inflight=%d/connections=%d", inflight, tc.conns), func(b *testing.B) {
 			broker := mosquittotest.Start(b, mosquittotest.Options{Plain: true, MaxInflight: inflight})
 			p := &countProc{}
 			o := Options{
 				Brokers: []string{broker.SSLURL}, ClientID: "bench", Topics: []string{"dev/+/evt"},
 				SharedGroup: "g", TLS: broker.ClientTLS("bench"), MaxInFlight: inflight,
+				Connections: tc.conns,
 			}
 			c, err := New(o, p)
 			if err != nil {
@@ -75,6 +80,7 @@ func BenchmarkConsume(b *testing.B) {
 			}
 			b.ReportAllocs()
 			b.ResetTimer()
+			cpu0 := processCPU()
 			ctx, cancel = context.WithCancel(context.Background())
 			defer cancel()
 			go func() { done <- c.Run(ctx) }()
@@ -82,8 +88,18 @@ func BenchmarkConsume(b *testing.B) {
 				time.Sleep(time.Millisecond)
 			}
 			b.StopTimer()
+			b.ReportMetric(float64(processCPU()-cpu0)/float64(b.N), "cpu-ns/op")
 			cancel()
 			<-done
 		})
 	}
+}
+
+// processCPU is this process's CPU time (user + system) in nanoseconds.
+func processCPU() int64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return ru.Utime.Nano() + ru.Stime.Nano()
 }

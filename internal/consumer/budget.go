@@ -18,7 +18,7 @@ import (
 // earlier messages to release theirs; false: the message must be released
 // (see onMessage), and once half the budget is free again freeSlot closes
 // the connection so the broker redelivers it.
-func (c *Consumer) takeBytes(conn *trackedConn, size int64, wait time.Duration) bool {
+func (c *Consumer) takeBytes(l *link, conn *trackedConn, size int64, wait time.Duration) bool {
 	ok, room := c.budget.take(size)
 	if ok {
 		return true
@@ -35,8 +35,8 @@ func (c *Consumer) takeBytes(conn *trackedConn, size int64, wait time.Duration) 
 		case <-t.C:
 			c.log.Warn("messages in flight hold the whole byte budget (a slow or failing sink); releasing this connection's messages until half of it is free, then reconnecting for redelivery",
 				zap.Int64("max_in_flight_bytes", c.budget.Limit()), zap.Int64("held_bytes", c.budget.Held()),
-				zap.Int64("message_bytes", size), zap.Duration("waited", c.overflowWait))
-			c.overflowConn.Store(conn)
+				zap.Int64("message_bytes", size), zap.Duration("waited", max(wait, 0)))
+			c.markOverflow(l, conn)
 			return false
 		}
 		if ok, room = c.budget.take(size); ok {

@@ -173,7 +173,7 @@ func testLargeMessagesFailingSink(t *testing.T, overflow, outage time.Duration) 
 	time.Sleep(outage)
 	s.failing.Store(false)
 	wait.For(t, "every message written", func() bool { return s.distinct() == n })
-	if overflow < time.Second && metricValue(t, c.m.released) == 0 {
+	if overflow < time.Second && metricValue(t, c.links[0].m.released) == 0 {
 		t.Fatal("intake never released a message: the overflow path was not taken")
 	}
 	wait.For(t, "all acknowledged", func() bool { return idle(c) })

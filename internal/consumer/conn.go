@@ -16,26 +16,81 @@ import (
 	"go.uber.org/zap"
 )
 
-// Connection: the first connect with back-off, dialing (TLS, wireConn,
-// generations that void the previous connection's unacknowledged
-// messages), subscribing on every connection, and connection state logs.
+// Connection: the links (one MQTT connection each), the first connect
+// with back-off, dialing (TLS, wireConn, generations that void the
+// previous connection's unacknowledged messages), subscribing on every
+// connection, and connection state logs.
+
+// link is one of the Consumer's MQTT connections: its own paho client (so
+// its own reader and router goroutines), its own persistent session under
+// its own client id, its own receive order and acker. Everything else
+// (admission, lanes, workers, the Processor) is the Consumer's.
+type link struct {
+	c      *Consumer
+	n      int    // 0 .. Connections-1; the metrics' connection label
+	id     string // client id (Options.linkClientID)
+	log    *zap.Logger
+	m      linkMetrics
+	client mqtt.Client
+
+	ackWake  chan struct{}
+	ackBuf   []*entry // owned by the acker goroutine
+	ackBytes []byte   // owned by the acker goroutine
+	unacked  atomic.Int64
+
+	mu     sync.Mutex
+	gen    uint64        // connection generation, bumped on every successful dial
+	genNow atomic.Uint64 // gen, readable without mu (lanes and workers, per message)
+	conn   *trackedConn  // connection of gen
+	ackq   []*entry      // receive order of gen's admitted, unacknowledged messages
+	// head is ackq[0] (nil when empty), stored under mu, read by finish
+	// without it: only the head's finishing can let the acker advance, so
+	// only it wakes the acker.
+	head          atomic.Pointer[entry]
+	subscribedGen uint64 // gen whose subscriptions succeeded
+
+	connMu       sync.Mutex                  // serialises the first Connect with Disconnect
+	connected    atomic.Bool                 // a connection was established at least once
+	overflowConn atomic.Pointer[trackedConn] // connection releasing messages after an overflow
+}
+
+func newLink(c *Consumer, n int) *link {
+	l := &link{c: c, n: n, id: c.o.linkClientID(n), ackWake: make(chan struct{}, 1)}
+	l.log = c.log.With(zap.String("client_id", l.id))
+	l.client = mqtt.NewClient(l.pahoOptions())
+	return l
+}
+
+// ready reports whether l's connection is open and its subscriptions were
+// granted on that connection.
+func (l *link) ready() bool {
+	if !l.client.IsConnectionOpen() {
+		return false
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.gen != 0 && l.subscribedGen == l.gen
+}
+
+func (l *link) currentGen() uint64 { return l.genNow.Load() }
 
 // connect makes the first connection, retrying with capped back-off; from
 // then on paho reconnects by itself.
-func (c *Consumer) connect(ctx context.Context) {
+func (l *link) connect(ctx context.Context) {
+	c := l.c
 	backoff := 500 * time.Millisecond
 	for {
 		// connMu orders this against shutdown's Disconnect, so a connect
 		// can never start after it.
-		c.connMu.Lock()
+		l.connMu.Lock()
 		select {
 		case <-c.stopIntake:
-			c.connMu.Unlock()
+			l.connMu.Unlock()
 			return
 		default:
 		}
-		tok := c.client.Connect()
-		c.connMu.Unlock()
+		tok := l.client.Connect()
+		l.connMu.Unlock()
 		select {
 		case <-tok.Done():
 		case <-ctx.Done():
@@ -58,11 +113,20 @@ func (c *Consumer) connect(ctx context.Context) {
 	}
 }
 
+// disconnect ends l's connection (paho waits up to quiesce for its own
+// work), after intake stopped and the acknowledgements were written.
+func (l *link) disconnect(quiesce time.Duration) {
+	l.connMu.Lock()
+	defer l.connMu.Unlock()
+	l.client.Disconnect(uint(quiesce.Milliseconds()))
+}
+
 // dial opens the network connection for paho (CustomOpenConnectionFn). It
 // runs for every connection attempt, after paho's previous connection has
 // fully stopped (its router goroutine included), so bumping the generation
 // here separates the messages of one connection from the next exactly.
-func (c *Consumer) dial(u *url.URL, _ mqtt.ClientOptions) (net.Conn, error) {
+func (l *link) dial(u *url.URL, _ mqtt.ClientOptions) (net.Conn, error) {
+	c := l.c
 	ctx, cancel := context.WithTimeout(context.Background(), c.o.ConnectTimeout)
 	defer cancel()
 	d := net.Dialer{KeepAlive: 30 * time.Second}
@@ -86,15 +150,18 @@ func (c *Consumer) dial(u *url.URL, _ mqtt.ClientOptions) (net.Conn, error) {
 	// wireConn: one write for many PUBACKs, buffered reads (see there).
 	tracked := &trackedConn{Conn: newWireConn(conn), closed: make(chan struct{})}
 
-	c.overflowConn.Store(nil)
-	c.mu.Lock()
-	c.gen++
-	c.genNow.Store(c.gen)
-	c.conn = tracked
-	stale := c.ackq
-	c.ackq = nil
-	c.unacked.Store(0)
-	c.mu.Unlock()
+	if l.overflowConn.Swap(nil) != nil {
+		c.overflowing.Add(-1)
+	}
+	l.mu.Lock()
+	l.gen++
+	l.genNow.Store(l.gen)
+	l.conn = tracked
+	stale := l.ackq
+	l.ackq = nil
+	l.head.Store(nil)
+	l.unacked.Store(0)
+	l.mu.Unlock()
 	// The previous connection's unacknowledged messages are void here: the
 	// acker skips them and the broker redelivers them on this connection.
 	for _, e := range stale {
@@ -103,32 +170,31 @@ func (c *Consumer) dial(u *url.URL, _ mqtt.ClientOptions) (net.Conn, error) {
 	return tracked, nil
 }
 
-func (c *Consumer) onConnect(cl mqtt.Client) {
-	c.mu.Lock()
-	gen := c.gen
-	c.mu.Unlock()
+func (l *link) onConnect(cl mqtt.Client) {
+	c := l.c
+	gen := l.currentGen()
 	backoff := time.Second
 	for {
-		err := c.subscribe(cl)
+		err := l.subscribe(cl)
 		if err == nil {
-			c.mu.Lock()
-			current := c.gen == gen
+			l.mu.Lock()
+			current := l.gen == gen
 			if current {
-				c.subscribedGen = gen
+				l.subscribedGen = gen
 			}
-			c.mu.Unlock()
+			l.mu.Unlock()
 			if current {
-				c.log.Info("subscribed", zap.Strings("filters", c.filters))
+				l.log.Info("subscribed", zap.Strings("filters", c.filters))
 			}
 			return
 		}
-		c.log.Error("subscribe failed; retrying", zap.Error(err), zap.Duration("backoff", backoff))
+		l.log.Error("subscribe failed; retrying", zap.Error(err), zap.Duration("backoff", backoff))
 		select {
 		case <-time.After(backoff):
 		case <-c.stopIntake:
 			return
 		}
-		if c.currentGen() != gen || !cl.IsConnectionOpen() {
+		if l.currentGen() != gen || !cl.IsConnectionOpen() {
 			return // the next connection's onConnect takes over
 		}
 		backoff = min(2*backoff, c.o.MaxReconnectInterval)
@@ -139,11 +205,11 @@ func (c *Consumer) onConnect(cl mqtt.Client) {
 // connection matters: paho never re-subscribes, and a broker that lost its
 // state (persistence off) would otherwise leave a "connected" consumer
 // receiving nothing.
-func (c *Consumer) subscribe(cl mqtt.Client) error {
-	for _, f := range c.filters {
+func (l *link) subscribe(cl mqtt.Client) error {
+	for _, f := range l.c.filters {
 		tok := cl.Subscribe(f, 1, nil) // nil: every message goes to the default handler
-		if !tok.WaitTimeout(c.o.ConnectTimeout) {
-			return fmt.Errorf("subscribe %s: no SUBACK within %s", f, c.o.ConnectTimeout)
+		if !tok.WaitTimeout(l.c.o.ConnectTimeout) {
+			return fmt.Errorf("subscribe %s: no SUBACK within %s", f, l.c.o.ConnectTimeout)
 		}
 		if err := tok.Error(); err != nil {
 			return fmt.Errorf("subscribe %s: %w", f, err)
@@ -159,35 +225,63 @@ func (c *Consumer) subscribe(cl mqtt.Client) error {
 			case code == 0:
 				// Delivery at QoS 0 cannot be redelivered; the promise of this
 				// package does not hold for this filter.
-				c.log.Warn("broker granted QoS 0 instead of 1; messages on this filter may be lost", zap.String("filter", f))
+				l.log.Warn("broker granted QoS 0 instead of 1; messages on this filter may be lost", zap.String("filter", f))
 			}
 		}
 	}
 	return nil
 }
 
+// unsubscribe removes l's session from the subscriptions (nothing to do
+// while it is not connected).
+func (l *link) unsubscribe(ctx context.Context) error {
+	if !l.client.IsConnectionOpen() {
+		return nil
+	}
+	tok := l.client.Unsubscribe(l.c.filters...)
+	select {
+	case <-tok.Done():
+	case <-ctx.Done():
+		return fmt.Errorf("consumer: %s: unsubscribe: %w", l.id, ctx.Err())
+	}
+	if err := tok.Error(); err != nil {
+		return fmt.Errorf("consumer: %s: unsubscribe: %w", l.id, err)
+	}
+	l.log.Info("unsubscribed", zap.Strings("filters", l.c.filters))
+	return nil
+}
+
+// handle is paho's handler for l's messages: onMessage, after the tests'
+// recvHook if one is set.
+func (l *link) handle(cl mqtt.Client, pm mqtt.Message) {
+	if h := l.c.recvHook; h != nil {
+		h(l.n, pm)
+	}
+	l.onMessage(cl, pm)
+}
+
 // onNotify logs connection state changes (never payloads) and counts
 // reconnects.
-func (c *Consumer) onNotify(_ mqtt.Client, n mqtt.ConnectionNotification) {
+func (l *link) onNotify(_ mqtt.Client, n mqtt.ConnectionNotification) {
 	switch n := n.(type) {
 	case mqtt.ConnectionNotificationConnected:
-		if c.connected.Swap(true) {
-			c.m.reconnects.Inc()
-			c.log.Info("reconnected")
+		if l.connected.Swap(true) {
+			l.m.reconnects.Inc()
+			l.log.Info("reconnected")
 		} else {
-			c.log.Info("connected")
+			l.log.Info("connected")
 		}
 	case mqtt.ConnectionNotificationConnecting:
-		c.log.Debug("connecting", zap.Bool("reconnect", n.IsReconnect), zap.Int("attempt", n.Attempt))
+		l.log.Debug("connecting", zap.Bool("reconnect", n.IsReconnect), zap.Int("attempt", n.Attempt))
 	case mqtt.ConnectionNotificationBrokerFailed:
-		c.log.Warn("connection to broker failed", zap.String("broker", redact(n.Broker)), zap.Error(n.Reason))
+		l.log.Warn("connection to broker failed", zap.String("broker", redact(n.Broker)), zap.Error(n.Reason))
 	case mqtt.ConnectionNotificationFailed:
-		c.log.Warn("connect failed", zap.Error(n.Reason))
+		l.log.Warn("connect failed", zap.Error(n.Reason))
 	case mqtt.ConnectionNotificationLost:
 		// Ready needs no reset here: this notification may run after the
 		// next connection subscribed, and the new generation already
 		// makes the old subscription not count.
-		c.log.Warn("connection lost", zap.Error(n.Reason))
+		l.log.Warn("connection lost", zap.Error(n.Reason))
 	}
 }
 
@@ -240,16 +334,16 @@ func (t *trackedConn) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// pahoOptions configures paho for the consumer's promises: a persistent
+// pahoOptions configures l's paho client for the consumer's promises: a persistent
 // session, manual acknowledgement, no store, wire-order handling, and the
 // consumer's own dialing, subscribing and reconnect policy.
-func (c *Consumer) pahoOptions() *mqtt.ClientOptions {
-	o := c.o
+func (l *link) pahoOptions() *mqtt.ClientOptions {
+	o := l.c.o
 	po := mqtt.NewClientOptions()
 	for _, b := range o.Brokers {
 		po.AddBroker(b)
 	}
-	po.SetClientID(o.ClientID).
+	po.SetClientID(l.id).
 		SetCleanSession(false). // the broker keeps unacknowledged messages for a restarted replica
 		SetAutoAckDisabled(true).
 		// paho's default MemoryStore records every received QoS 1 message
@@ -267,10 +361,10 @@ func (c *Consumer) pahoOptions() *mqtt.ClientOptions {
 		// Before Connect: a persistent session delivers queued messages
 		// before any SUBSCRIBE registers a route, and paho never acks a
 		// message no handler took.
-		SetDefaultPublishHandler(c.onMessage).
-		SetOnConnectHandler(c.onConnect).
-		SetConnectionNotificationHandler(c.onNotify).
-		SetCustomOpenConnectionFn(c.dial).
+		SetDefaultPublishHandler(l.handle).
+		SetOnConnectHandler(l.onConnect).
+		SetConnectionNotificationHandler(l.onNotify).
+		SetCustomOpenConnectionFn(l.dial).
 		SetProtocolVersion(4). // no silent fall back to 3.1 after a refused connect
 		SetKeepAlive(o.KeepAlive).
 		SetPingTimeout(pingTimeout).

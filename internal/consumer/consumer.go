@@ -31,57 +31,58 @@ var (
 )
 
 // Consumer is the MQTT intake. Create it with New, run it with Run.
+//
+// It holds Options.Connections MQTT connections (links), each with its own
+// paho client, session and receive order; admission (the MaxInFlight
+// slots), the lanes, the per-topic workers and the Processor are shared by
+// all of them.
 type Consumer struct {
 	o       Options
 	proc    Processor
 	log     *zap.Logger
 	m       *metrics
-	client  mqtt.Client
+	links   []*link
 	filters []string // as subscribed ($share/... applied)
 	pattern intake.TopicPattern
 
-	// slots is the MaxInFlight semaphore: a message takes a slot when
-	// admitted and frees it when it is both finished by its worker and
-	// acknowledged (or discarded because its connection is gone).
-	slots    chan struct{}
-	inUse    atomic.Int64
-	idleWake chan struct{} // signalled when inUse drops to zero
-	budget   *Budget       // the bytes of messages in flight (admit.go)
+	// slots is the MaxInFlight semaphore, one for every link: a message
+	// takes a slot when admitted and frees it when it is both finished by
+	// its worker and acknowledged (or discarded because its connection is
+	// gone).
+	slots       chan struct{}
+	inUse       atomic.Int64
+	idleWake    chan struct{} // signalled when inUse drops to zero
+	budget      *Budget       // the bytes of messages in flight, one for every link (admit.go)
+	overflowing atomic.Int32  // links whose overflowConn is set
 
-	lanes    []*lane
-	queues   []*workQueue
-	ackWake  chan struct{}
-	ackBuf   []*entry // owned by the acker goroutine
-	ackBytes []byte   // owned by the acker goroutine
-	unacked  atomic.Int64
+	lanes  []*lane
+	queues []*workQueue
 
-	mu            sync.Mutex
-	gen           uint64        // connection generation, bumped on every successful dial
-	genNow        atomic.Uint64 // gen, readable without mu (lanes, per message)
-	conn          *trackedConn  // connection of gen
-	ackq          []*entry      // receive order of gen's admitted, unacknowledged messages
-	stopping      bool
-	subscribedGen uint64 // gen whose subscriptions succeeded
+	mu       sync.Mutex
+	running  bool        // guarded by mu
+	stopping atomic.Bool // set (under mu) when intake stops; read per message without it
 
 	stopIntake chan struct{} // closed when intake stops
-	quit       chan struct{} // closed to end workers and the acker
+	quit       chan struct{} // closed to end workers and the ackers
 	procCtx    context.Context
 	procCancel context.CancelFunc
-	wg         sync.WaitGroup // workers and acker
+	wg         sync.WaitGroup // workers, lanes and ackers
+	connectWG  sync.WaitGroup // the links' first-connect loops
 
-	running      bool        // guarded by mu
-	connMu       sync.Mutex  // serialises the first Connect with Disconnect
-	connected    atomic.Bool // a connection was established at least once
 	lastRecv     atomic.Int64
 	shutdownOnce sync.Once
 	shutdownDone chan struct{}
 	shutdownErr  error
 
 	overflowWait time.Duration
-	overflowConn atomic.Pointer[trackedConn] // connection releasing messages after an overflow
 	// ackHook, if set (tests), is called after each acknowledgement is handed
-	// to the client, in acknowledgement order.
+	// to the client, in each link's acknowledgement order (links call it
+	// concurrently).
 	ackHook func(intake.Message)
+	// recvHook, if set (tests, before Run), is called on each link's router
+	// with every message it receives, before admission, in that link's
+	// receive order.
+	recvHook func(link int, m mqtt.Message)
 }
 
 // New validates the options and prepares a Consumer; it does not connect.
@@ -96,10 +97,9 @@ func New(o Options, p Processor) (*Consumer, error) {
 	c := &Consumer{
 		o:            o,
 		proc:         p,
-		log:          o.Logger.With(zap.String("component", "mqtt"), zap.String("client_id", o.ClientID)),
+		log:          o.Logger.With(zap.String("component", "mqtt")),
 		slots:        make(chan struct{}, o.MaxInFlight),
 		idleWake:     make(chan struct{}, 1),
-		ackWake:      make(chan struct{}, 1),
 		stopIntake:   make(chan struct{}),
 		quit:         make(chan struct{}),
 		shutdownDone: make(chan struct{}),
@@ -127,12 +127,11 @@ func New(o Options, p Processor) (*Consumer, error) {
 	for i := range c.lanes {
 		c.lanes[i] = &lane{wake: make(chan struct{}, 1)}
 	}
-	c.client = mqtt.NewClient(c.pahoOptions())
-	c.m, err = newMetrics(o.Registerer,
-		func() float64 { return b2f(c.client.IsConnectionOpen()) },
-		func() float64 { return float64(c.inUse.Load()) },
-		func() float64 { return float64(c.unacked.Load()) },
-	)
+	c.links = make([]*link, o.Connections)
+	for n := range c.links {
+		c.links[n] = newLink(c, n)
+	}
+	c.m, err = newMetrics(o.Registerer, c.links, func() float64 { return float64(c.inUse.Load()) })
 	if err != nil {
 		return nil, err
 	}
@@ -143,11 +142,11 @@ func New(o Options, p Processor) (*Consumer, error) {
 // Shutdown is called. When ctx ends, Run shuts down gracefully within
 // Options.ShutdownTimeout and returns that shutdown's error (nil when every
 // in-flight message was delivered and acknowledged). Broker outages are
-// retried forever and are not errors.
+// retried forever and are not errors; each connection retries on its own.
 func (c *Consumer) Run(ctx context.Context) error {
 	c.mu.Lock()
 	switch {
-	case c.stopping:
+	case c.stopping.Load():
 		c.mu.Unlock()
 		return ErrClosed
 	case c.running:
@@ -155,7 +154,8 @@ func (c *Consumer) Run(ctx context.Context) error {
 		return ErrAlreadyRunning
 	}
 	c.running = true
-	c.wg.Add(len(c.queues) + len(c.lanes) + 1)
+	c.wg.Add(len(c.queues) + len(c.lanes) + len(c.links))
+	c.connectWG.Add(len(c.links))
 	c.mu.Unlock()
 	for _, q := range c.queues {
 		go c.work(q)
@@ -163,9 +163,15 @@ func (c *Consumer) Run(ctx context.Context) error {
 	for _, l := range c.lanes {
 		go c.runLane(l)
 	}
-	go c.acker()
-
-	c.connect(ctx)
+	for _, l := range c.links {
+		go l.acker()
+	}
+	for _, l := range c.links {
+		go func() {
+			defer c.connectWG.Done()
+			l.connect(ctx)
+		}()
+	}
 
 	select {
 	case <-ctx.Done():
@@ -177,25 +183,32 @@ func (c *Consumer) Run(ctx context.Context) error {
 	}
 }
 
-// Ready reports whether the connection is open and this connection's
-// subscriptions were granted.
+// Ready reports whether every connection is open and its subscriptions
+// were granted on it. One connection down is not ready: the broker keeps
+// that session in the shared group and queues its share of the messages
+// for it (Mosquitto round-robins over a group's sessions, connected or
+// not), so the replica is not consuming all it should.
 func (c *Consumer) Ready() bool {
-	if !c.client.IsConnectionOpen() {
+	if c.stopping.Load() {
 		return false
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return !c.stopping && c.gen != 0 && c.subscribedGen == c.gen
+	for _, l := range c.links {
+		if !l.ready() {
+			return false
+		}
+	}
+	return true
 }
 
-// Shutdown stops the consumer within ctx: it stops intake (messages
-// arriving from then on are neither processed nor acknowledged; the broker
-// redelivers them), unsubscribes first if Options.UnsubscribeOnShutdown,
-// waits for in-flight messages to be processed and acknowledged, then
-// disconnects. At ctx's deadline the Processor's context is cancelled and
-// whatever is unfinished stays unacknowledged. It returns an error naming
-// how many messages were left. Safe to call more than once and
-// concurrently with Run, which then returns the same error.
+// Shutdown stops the consumer within ctx: it stops intake on every
+// connection (messages arriving from then on are neither processed nor
+// acknowledged; the broker redelivers them), unsubscribes first if
+// Options.UnsubscribeOnShutdown, waits for in-flight messages to be
+// processed and acknowledged, each on its own connection, then
+// disconnects every connection. At ctx's deadline the Processor's context
+// is cancelled and whatever is unfinished stays unacknowledged. It returns
+// an error naming how many messages were left. Safe to call more than once
+// and concurrently with Run, which then returns the same error.
 func (c *Consumer) Shutdown(ctx context.Context) error {
 	// A second caller waits in Do until the first shutdown, which its own
 	// deadline bounds, has finished.
@@ -208,8 +221,8 @@ func (c *Consumer) Shutdown(ctx context.Context) error {
 
 func (c *Consumer) shutdown(ctx context.Context) error {
 	var errs []error
-	if c.o.UnsubscribeOnShutdown && c.client.IsConnectionOpen() {
-		if err := c.unsubscribe(ctx); err != nil {
+	if c.o.UnsubscribeOnShutdown {
+		if err := c.eachLink(func(l *link) error { return l.unsubscribe(ctx) }); err != nil {
 			errs = append(errs, err)
 		} else {
 			c.drain(ctx)
@@ -217,7 +230,7 @@ func (c *Consumer) shutdown(ctx context.Context) error {
 	}
 
 	c.mu.Lock()
-	c.stopping = true
+	c.stopping.Store(true)
 	close(c.stopIntake)
 	running := c.running
 	c.mu.Unlock()
@@ -228,19 +241,18 @@ func (c *Consumer) shutdown(ctx context.Context) error {
 	}
 	c.procCancel()
 
-	// The PUBACKs precede the DISCONNECT on the wire: the acker wrote them
-	// to the connection's wireConn before freeing their slots (so before
-	// waitIdle returned), and paho writes the DISCONNECT to the same
-	// wireConn later; wireConn keeps whole Writes in call order.
+	// The PUBACKs precede the DISCONNECT on the wire: each link's acker
+	// wrote them to its connection's wireConn before freeing their slots
+	// (so before waitIdle returned), and paho writes the DISCONNECT to the
+	// same wireConn later; wireConn keeps whole Writes in call order.
 	quiesce := time.Second
 	if dl, ok := ctx.Deadline(); ok {
 		quiesce = min(quiesce, max(time.Until(dl), 0))
 	}
-	c.connMu.Lock()
 	if running {
-		c.client.Disconnect(uint(quiesce.Milliseconds()))
+		c.connectWG.Wait() // the first-connect loops end on stopIntake
+		_ = c.eachLink(func(l *link) error { l.disconnect(quiesce); return nil })
 	}
-	c.connMu.Unlock()
 	close(c.quit)
 	if running {
 		done := make(chan struct{})
@@ -252,6 +264,21 @@ func (c *Consumer) shutdown(ctx context.Context) error {
 		}
 	}
 	c.log.Info("disconnected")
+	return errors.Join(errs...)
+}
+
+// eachLink runs f for every link at once and joins the errors.
+func (c *Consumer) eachLink(f func(*link) error) error {
+	errs := make([]error, len(c.links))
+	var wg sync.WaitGroup
+	for i, l := range c.links {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = f(l)
+		}()
+	}
+	wg.Wait()
 	return errors.Join(errs...)
 }
 
@@ -267,24 +294,10 @@ func (c *Consumer) waitIdle(ctx context.Context) error {
 	return nil
 }
 
-func (c *Consumer) unsubscribe(ctx context.Context) error {
-	tok := c.client.Unsubscribe(c.filters...)
-	select {
-	case <-tok.Done():
-	case <-ctx.Done():
-		return fmt.Errorf("consumer: unsubscribe: %w", ctx.Err())
-	}
-	if err := tok.Error(); err != nil {
-		return fmt.Errorf("consumer: unsubscribe: %w", err)
-	}
-	c.log.Info("unsubscribed", zap.Strings("filters", c.filters))
-	return nil
-}
-
 // drain keeps intake open after unsubscribing until the messages the broker
-// had already queued for this session have come in and been acknowledged
+// had already queued for these sessions have come in and been acknowledged
 // (nothing in flight and nothing received for a moment), so a replica
-// removed for good leaves nothing behind in its session.
+// removed for good leaves nothing behind in its sessions.
 func (c *Consumer) drain(ctx context.Context) {
 	const quiet = 300 * time.Millisecond
 	t := time.NewTicker(50 * time.Millisecond)

@@ -91,7 +91,7 @@ func TestOptionsValidation(t *testing.T) {
 
 func TestMetricsRegistered(t *testing.T) {
 	reg := prometheus.NewPedanticRegistry()
-	_, err := New(Options{Brokers: []string{"tcp://127.0.0.1:1"}, AllowPlainTCP: true, ClientID: "m", Topics: []string{"a"}, Registerer: reg}, &fakeProc{})
+	_, err := New(Options{Brokers: []string{"tcp://127.0.0.1:1"}, AllowPlainTCP: true, ClientID: "m", Topics: []string{"a"}, Connections: 1, Registerer: reg}, &fakeProc{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -168,7 +168,7 @@ func TestDeliverAndAck(t *testing.T) {
 			t.Fatalf("message on %s: device id %q, source %q; want %q, %q", m.Topic, m.DeviceID, m.Source, want, Source)
 		}
 	}
-	if got := testutil.ToFloat64(c.m.received); got != topics*per {
+	if got := testutil.ToFloat64(c.links[0].m.received); got != topics*per {
 		t.Errorf("received_total %v, want %d", got, topics*per)
 	}
 	if got := testutil.CollectAndCount(c.m.ackLatency); got != 1 {
@@ -199,7 +199,7 @@ func TestDeliverAndAck(t *testing.T) {
 			t.Errorf("%s processed %d times", payload, n)
 		}
 	}
-	if got := testutil.ToFloat64(c.m.reconnects); got != 1 {
+	if got := testutil.ToFloat64(c.links[0].m.reconnects); got != 1 {
 		t.Errorf("reconnects_total %v, want 1", got)
 	}
 }
@@ -481,7 +481,7 @@ func TestRedeliveryAfterKill(t *testing.T) {
 			t.Errorf("%s redelivered without Dup", m.Payload)
 		}
 	}
-	if got := testutil.ToFloat64(c2.m.redelivered); got != n {
+	if got := testutil.ToFloat64(c2.links[0].m.redelivered); got != n {
 		t.Errorf("redelivered counter = %v, want %d", got, n)
 	}
 }
@@ -620,7 +620,7 @@ func TestBrokerRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.start(c)
-	gen := c.currentGen()
+	gen := c.links[0].currentGen()
 	h.b.Restart()
 	waitReconnected(t, c, gen)
 	h.publish(topic(1), "after-restart")

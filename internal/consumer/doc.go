@@ -7,15 +7,47 @@
 // the topic with Options.TopicPattern.
 //
 // Files by job: consumer.go (the Consumer's lifecycle: New, Run, Ready,
-// Shutdown), admit.go (admission on paho's router goroutine, lanes and the
+// Shutdown), admit.go (admission on paho's router goroutines, lanes and the
 // cached-key fast path), budget.go (the byte budget admission takes from),
 // order.go (per-topic workers, retries and the in-order
-// acknowledgements), conn.go (connecting, dialing, subscribing), wire.go
-// (the buffered, group-committed connection), options.go.
+// acknowledgements), conn.go (the links: connecting, dialing,
+// subscribing), wire.go (the buffered, group-committed connection),
+// options.go.
+//
+// # Several connections
+//
+// A Consumer opens Options.Connections MQTT connections ("links"; default
+// GOMAXPROCS/2, between 1 and 8). Each link is its own paho client (its own
+// reader and router goroutines), its own persistent session under its own
+// client id (ClientID for link 0, "<ClientID>-<n>" for link n), in the same
+// shared subscription group, with its own receive order, acknowledgement
+// queue and acker. One paho connection reads and routes one message after
+// the other (about 60,000 messages/s); several read in parallel. What the
+// links share is one admission (the MaxInFlight slots and the byte
+// budget, MaxInFlightBytes), the per-topic
+// workers (and lanes, if any), and one Processor: a topic always maps to
+// the same worker whatever link brought its message. With one connection,
+// lanes decrypt beside the router; with several, by default there are no
+// lanes: each router hands its messages to the Processor itself (the links
+// give the parallelism), so a message costs no goroutine hand-off, and a
+// per-worker lock keeps one Processor call per topic at a time across
+// routers. Only the oldest unacknowledged message of a link wakes its
+// acker when it finishes.
+//
+// Readiness: Ready is true only while every link is connected and
+// subscribed, since the broker keeps a disconnected member of a shared
+// group in its rotation and queues that member's share in its session.
+// decryptd_mqtt_connection_up, _unacked_messages, _messages_received_total,
+// _redelivered_total, _released_total and _reconnects_total carry the
+// label connection="0".."N-1"; in-flight, fast-path and acknowledgement
+// latency are for the whole consumer. Shutdown stops intake on every link,
+// lets each acknowledge its finished prefix on its own connection, then
+// disconnects them all.
 //
 // # Delivery promise
 //
-// At least once, per topic in order:
+// At least once; per topic in order on each connection (see "Order across
+// connections" for what holds between connections):
 //
 //   - Every filter is subscribed at QoS 1, through $share/<group>/<filter>
 //     when a shared group is set, on a persistent session (clean session off)
@@ -45,8 +77,11 @@
 //     its done callback comes when the sinks hold it, so neither the
 //     intake nor a worker waits for a sink's fsync.
 //   - At most MaxInFlight messages are held between receipt and
-//     acknowledgement, so a slow sink slows intake instead of filling memory.
-//     The broker's window (max_inflight_messages) should be at or below it.
+//     acknowledgement, all links together, so a slow sink slows intake
+//     instead of filling memory. The broker's window (max_inflight_messages)
+//     applies to each link: set it to about MaxInFlight/Connections. A link
+//     whose router finds no free slot waits (backpressure through TCP), as
+//     below.
 //     Mosquitto 2.0.11 does not enforce that window reliably; when it sends
 //     more, paho's handler waits for a slot for at most half the keep-alive,
 //     then releases (neither processes nor acknowledges) the rest of that
@@ -67,6 +102,30 @@
 //     finish and acknowledges them, optionally unsubscribes (for a replica
 //     removed for good), and disconnects, all within one deadline; what is
 //     unfinished at the deadline stays unacknowledged.
+//
+// # Order across connections
+//
+// The broker decides which member of a shared group gets a message.
+// Mosquitto (2.0) round-robins per message over the group's sessions, so
+// consecutive messages of one topic usually go to different links; MQTT 5
+// (§4.8.2) leaves the choice to the server and its ordering promise (§4.6)
+// is per session, so no standard broker behaviour keeps one topic on one
+// member (some brokers offer it as an option, e.g. EMQX's hash_topic
+// strategy; with it, each topic stays on one link and the order below is
+// the publish order). With several replicas in one group this was already
+// so between replicas; several links make it so inside a replica as well.
+//
+// What the consumer keeps: on each link, a topic's messages are processed
+// in receive order (the broker's order for that session); and one topic's
+// messages, whatever link brought them, are processed one at a time, in
+// the order the links' routers handed them over (same lane, same worker).
+// Two messages of a topic that arrive at nearly the same moment on two
+// links can therefore be processed in the opposite order of their
+// publication; in tests with Mosquitto and four links about a quarter of a
+// topic's consecutive messages did. The Processor must not rely on
+// publication order between messages (decryptd's replay window is a set of
+// accepted nonces, not a high-water mark). Connections: 1 keeps the old
+// behaviour: one receive order per replica.
 //
 // # Why the paho handler runs with OrderMatters(true)
 //

@@ -126,6 +126,9 @@ func (h *harness) options(id string) Options {
 		TLS:         h.b.ClientTLS(id),
 		KeepAlive:   10 * time.Second,
 		Workers:     16,
+		// One connection unless a test asks for more: the default follows
+		// GOMAXPROCS, and these tests reason about one receive order.
+		Connections: 1,
 		Logger:      h.log.With(zap.String("test_consumer", id)),
 	}
 }
@@ -172,20 +175,25 @@ func seqPayloads(topic string, n int) []string {
 	return p
 }
 
-// dropConnection closes the consumer's current network connection as a
-// network failure would; paho reconnects by itself.
-func dropConnection(c *Consumer) uint64 {
-	c.mu.Lock()
-	conn, gen := c.conn, c.gen
-	c.mu.Unlock()
+// dropConnection closes the network connection of the consumer's first
+// link as a network failure would; paho reconnects by itself.
+func dropConnection(c *Consumer) uint64 { return dropLink(c.links[0]) }
+
+// dropLink closes l's current network connection and returns its
+// generation.
+func dropLink(l *link) uint64 {
+	l.mu.Lock()
+	conn, gen := l.conn, l.gen
+	l.mu.Unlock()
 	conn.abort()
 	return gen
 }
 
-// waitReconnected waits for a connection newer than gen to be subscribed.
+// waitReconnected waits for a connection of the first link newer than gen
+// to be subscribed.
 func waitReconnected(t *testing.T, c *Consumer, gen uint64) {
 	t.Helper()
-	wait.For(t, "reconnect and resubscribe", func() bool { return c.currentGen() > gen && c.Ready() })
+	wait.For(t, "reconnect and resubscribe", func() bool { return c.links[0].currentGen() > gen && c.Ready() })
 }
 
 // barrier returns once the broker has processed everything the consumer's
@@ -194,15 +202,27 @@ func waitReconnected(t *testing.T, c *Consumer, gen uint64) {
 // order, so its SUBACK means earlier PUBACKs were taken.
 func barrier(t *testing.T, c *Consumer) {
 	t.Helper()
-	tok := c.client.Subscribe(c.filters[0], 1, nil)
-	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		t.Fatalf("barrier subscribe: %v", tok.Error())
+	for _, l := range c.links {
+		tok := l.client.Subscribe(c.filters[0], 1, nil)
+		if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatalf("barrier subscribe (%s): %v", l.id, tok.Error())
+		}
 	}
 }
 
 // idle reports whether the consumer holds nothing: every message done and
-// acknowledged.
-func idle(c *Consumer) bool { return c.inUse.Load() == 0 && c.unacked.Load() == 0 }
+// acknowledged on every link.
+func idle(c *Consumer) bool {
+	if c.inUse.Load() != 0 {
+		return false
+	}
+	for _, l := range c.links {
+		if l.unacked.Load() != 0 {
+			return false
+		}
+	}
+	return true
+}
 
 // distinctTopics returns n topics that route to n different workers.
 func distinctTopics(n, workers int) []string {

@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"os"
 	"runtime"
+	"strconv"
 	"strings"
 	"time"
 
@@ -24,6 +25,8 @@ const (
 	DefaultMaxInFlightBytes     = 64 << 20
 	DefaultWorkers              = 64
 	DefaultShutdownTimeout      = 15 * time.Second
+	// MaxConnections bounds Options.Connections.
+	MaxConnections = 64
 
 	// ClientIDEnv names the environment variable DefaultClientID reads.
 	ClientIDEnv = "DECRYPTD_MQTT_CLIENT_ID"
@@ -42,8 +45,35 @@ type Options struct {
 	// ClientID must be stable per replica and unique across replicas: the
 	// broker keeps the session (subscriptions and unacknowledged messages)
 	// under it and kicks an older connection using the same id. Empty means
-	// DefaultClientID().
+	// DefaultClientID(). With several Connections, connection 0 uses
+	// ClientID itself and connection n the id "<ClientID>-<n>" (see
+	// Connections).
 	ClientID string
+	// Connections is how many MQTT connections the consumer opens, each
+	// its own persistent session in the same shared subscription group,
+	// read by its own paho client (reader and router goroutines), all
+	// feeding one set of lanes, workers and one Processor under one
+	// MaxInFlight. One connection keeps paho's reader and router serial at
+	// about 60,000 messages/s; several let a many-core replica read as fast
+	// as the broker sends. Default DefaultConnections(): GOMAXPROCS/2,
+	// between 1 and 8. At most MaxConnections.
+	//
+	// Client ids: connection 0 uses ClientID, connection n ≥ 1
+	// "<ClientID>-<n>", so they are stable across restarts (each session,
+	// with what the broker queued for it, is found again) and going from
+	// one connection to several keeps the session the replica had. Lowering
+	// Connections leaves the sessions of the ids no longer used in the
+	// shared group, where the broker keeps queueing their share: stop the
+	// replica once with UnsubscribeOnShutdown before lowering it.
+	//
+	// Order: the broker's shared subscription spreads one topic's messages
+	// over the connections (Mosquitto round-robins per message), so
+	// connections read them concurrently. The consumer keeps them in the
+	// order their connections' routers handed them over (one topic, one
+	// lane and one worker, whatever connection) but that order across
+	// connections is only the order of arrival inside the process, not
+	// the broker's: see the package documentation.
+	Connections int
 	// Topics are MQTT topic filters (wildcards allowed), subscribed at QoS 1.
 	Topics []string
 	// TopicPattern says where a topic carries the device id
@@ -96,7 +126,12 @@ type Options struct {
 	// and hand the ones that need no waiting to the Processor themselves
 	// (TryProcess), so that decryption runs beside paho's reading instead
 	// of on its one router goroutine; messages of one topic always go to
-	// the same lane. Default: GOMAXPROCS-1, at least 1.
+	// the same lane. Default: with one connection GOMAXPROCS-1, at least
+	// 1; with several, none (negative also means none): each connection's
+	// router hands its messages on itself, the connections give the
+	// parallelism, and no message costs a goroutine hand-off (a lane that
+	// waits for its next message costs a wake-up per message, and with
+	// many lanes on many cores most lanes wait).
 	Lanes int
 	// UnsubscribeOnShutdown unsubscribes before stopping, for a replica
 	// removed for good: otherwise the broker keeps queueing this replica's
@@ -125,6 +160,31 @@ func DefaultClientID() (string, error) {
 		return "", errors.New("consumer: client id: empty host name")
 	}
 	return h, nil
+}
+
+// DefaultConnections is the default of Options.Connections:
+// GOMAXPROCS/2, at least 1 and at most 8.
+//
+// Each connection's paho reader and router handle one message after the
+// other (TLS decryption and packet decoding on the reader, admission on the
+// router), about 60,000 messages/s; the other half of the Ps decrypts,
+// writes the sinks and acknowledges. With up to 3 Ps (a 2-vCPU pod) this is
+// one connection under the plain client id, as before. Eight connections
+// already read faster than one Mosquitto (single-threaded; its own C client
+// drains 150,000-200,000 messages/s on a 16-core machine) can send, and
+// every connection is one more session on the broker, so more would only
+// add sessions and goroutines.
+func DefaultConnections() int {
+	return max(1, min(8, runtime.GOMAXPROCS(0)/2))
+}
+
+// linkClientID is connection n's client id: ClientID for connection 0,
+// "<ClientID>-<n>" for the others.
+func (o Options) linkClientID(n int) string {
+	if n == 0 {
+		return o.ClientID
+	}
+	return o.ClientID + "-" + strconv.Itoa(n)
 }
 
 // withDefaults validates o and fills in defaults; it returns a copy.
@@ -201,11 +261,20 @@ func (o Options) withDefaults() (Options, error) {
 	if o.MaxInFlightBytes == 0 {
 		o.MaxInFlightBytes = DefaultMaxInFlightBytes
 	}
-	if o.Lanes <= 0 {
-		o.Lanes = max(runtime.GOMAXPROCS(0)-1, 1)
-	}
 	if o.Workers <= 0 {
 		o.Workers = DefaultWorkers
+	}
+	switch {
+	case o.Connections < 0 || o.Connections > MaxConnections:
+		return o, fmt.Errorf("consumer: connections: want 1-%d (0: the default), got %d", MaxConnections, o.Connections)
+	case o.Connections == 0:
+		o.Connections = DefaultConnections()
+	}
+	switch {
+	case o.Lanes < 0:
+		o.Lanes = 0
+	case o.Lanes == 0 && o.Connections == 1:
+		o.Lanes = max(runtime.GOMAXPROCS(0)-1, 1)
 	}
 	if o.ShutdownTimeout <= 0 {
 		o.ShutdownTimeout = DefaultShutdownTimeout

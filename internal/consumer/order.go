@@ -10,8 +10,13 @@ import (
 
 // Ordering and acknowledgement: the per-topic workers that call the
 // Processor for messages that may wait, retrying in order, and the acker
-// that writes the PUBACKs of the finished prefix of each connection's
-// receive order (MQTT-4.6.0-2), in one write per prefix.
+// of each link, which writes the PUBACKs of the finished prefix of its
+// connection's receive order (MQTT-4.6.0-2), in one write per prefix.
+//
+// Workers are keyed by topic across links: a topic's messages that came in
+// on different connections queue behind each other in the order their
+// routers handed them over, so a replica processes one topic's messages
+// one at a time whatever connection brought them.
 
 // finish is the Processor's done for e.
 func (e *entry) finish(err error) {
@@ -31,18 +36,19 @@ func (e *entry) finish(err error) {
 	}
 	if err == nil {
 		e.done.Store(true)
-		select {
-		case c.ackWake <- struct{}{}:
-		default:
+		// Only the oldest unacknowledged message of its connection lets the
+		// acker advance; a later one waits for it anyway, so it wakes no
+		// one. (The acker stores the next head before it checks that
+		// head's done, and this loads head after storing done: one of the
+		// two sees the other.)
+		if e.l.head.Load() == e {
+			select {
+			case e.l.ackWake <- struct{}{}:
+			default:
+			}
 		}
 	}
 	c.unref(e)
-}
-
-func (c *Consumer) currentGen() uint64 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.gen
 }
 
 func (c *Consumer) work(q *workQueue) {
@@ -52,16 +58,18 @@ func (c *Consumer) work(q *workQueue) {
 		if !ok {
 			return
 		}
-		if e.gen != c.currentGen() || c.procCtx.Err() != nil {
+		if e.gen != e.l.currentGen() || c.procCtx.Err() != nil {
 			// Its connection is gone and the broker redelivers it on the
 			// new one (processing this copy would only duplicate work), or
 			// the shutdown deadline passed and it stays unacknowledged.
-			c.m.released.Inc()
+			e.l.m.released.Inc()
 			c.unref(e)
 			q.busy.Add(-1)
 			continue
 		}
+		q.proc.Lock() // waits for a fast-path call of these topics under way
 		c.process(e)
+		q.proc.Unlock()
 		// Only now may a later message of these topics take the fast
 		// path: whatever this call handed on went first.
 		q.busy.Add(-1)
@@ -105,38 +113,48 @@ func (c *Consumer) retryLater(e *entry) {
 	})
 }
 
-// acker sends acknowledgements in receive order: only the finished prefix
-// of the current connection's receive queue is acknowledged, so one slow
-// message holds back every later PUBACK (MQTT-4.6.0-2). It is the only
-// goroutine calling Ack, which may block while the socket is busy, and it
-// never holds c.mu while doing so.
-func (c *Consumer) acker() {
-	defer c.wg.Done()
+// acker sends l's acknowledgements in receive order: only the finished
+// prefix of the current connection's receive queue is acknowledged, so one
+// slow message holds back every later PUBACK of that connection
+// (MQTT-4.6.0-2), and no other connection's. It is the only goroutine
+// writing l's acknowledgements, which may block while the socket is busy,
+// and it never holds l.mu while doing so.
+func (l *link) acker() {
+	defer l.c.wg.Done()
 	for {
 		select {
-		case <-c.ackWake:
-		case <-c.quit:
+		case <-l.ackWake:
+		case <-l.c.quit:
 			return
 		}
-		for c.ackPrefix() {
+		for l.ackPrefix() {
 		}
 	}
 }
 
-func (c *Consumer) ackPrefix() bool {
-	c.mu.Lock()
+func (l *link) ackPrefix() bool {
+	c := l.c
+	l.mu.Lock()
 	n := 0
-	for n < len(c.ackq) && c.ackq[n].done.Load() {
+	for n < len(l.ackq) && l.ackq[n].done.Load() {
 		n++
 	}
-	c.ackBuf = append(c.ackBuf[:0], c.ackq[:n]...)
-	clear(c.ackq[:n])
-	c.ackq = c.ackq[n:]
-	c.unacked.Add(int64(-n))
-	gen, conn := c.gen, c.conn
-	c.mu.Unlock()
+	l.ackBuf = append(l.ackBuf[:0], l.ackq[:n]...)
+	clear(l.ackq[:n])
+	l.ackq = l.ackq[n:]
+	l.unacked.Add(int64(-n))
+	var head *entry
+	if len(l.ackq) > 0 {
+		head = l.ackq[0]
+	}
+	l.head.Store(head)
+	// The new head may have finished after the scan above, before the
+	// store: its finish saw the old head and woke no one, so look again.
+	again := head != nil && head.done.Load()
+	gen, conn := l.gen, l.conn
+	l.mu.Unlock()
 	if n == 0 {
-		return false
+		return again
 	}
 	// The PUBACKs of the whole prefix, in order, in one write on the
 	// connection the messages came in on. paho writes each of its own
@@ -145,9 +163,9 @@ func (c *Consumer) ackPrefix() bool {
 	// cost, per message, a packet, a channel hand-off to its writer and a
 	// Write call. Messages of an ended connection are not acknowledged:
 	// the broker redelivers them on the new one.
-	buf := c.ackBytes[:0]
+	buf := l.ackBytes[:0]
 	now := time.Now()
-	for _, e := range c.ackBuf {
+	for _, e := range l.ackBuf {
 		if e.gen == gen && e.msg.Qos() > 0 {
 			id := e.msg.MessageID()
 			buf = append(buf, pubackType, 2, byte(id>>8), byte(id))
@@ -159,15 +177,15 @@ func (c *Consumer) ackPrefix() bool {
 		// too, reconnects, and the broker redelivers.
 		_, _ = conn.Write(buf)
 	}
-	c.ackBytes = buf[:0]
+	l.ackBytes = buf[:0]
 	// Only now, with the acknowledgements queued ahead of anything paho
 	// writes later (a DISCONNECT at shutdown), may the slots free up.
-	for i, e := range c.ackBuf {
+	for i, e := range l.ackBuf {
 		if c.ackHook != nil {
 			c.ackHook(e.message())
 		}
 		c.unref(e)
-		c.ackBuf[i] = nil
+		l.ackBuf[i] = nil
 	}
 	return true
 }
@@ -182,9 +200,13 @@ type workQueue struct {
 	mu    sync.Mutex
 	items []*entry
 	wake  chan struct{}
-	// busy counts the messages queued here or in their Processor call;
-	// the intake takes its fast path only while it is zero.
+	// busy counts the messages queued here or in their Processor call
+	// (a fast-path call included); the intake takes its fast path only
+	// while it is zero.
 	busy atomic.Int64
+	// proc is held for every Processor call of these topics, so that one
+	// runs at a time: the worker's, or a fast path's on a lane or router.
+	proc sync.Mutex
 }
 
 func (q *workQueue) push(e *entry) {

@@ -13,6 +13,7 @@ import (
 	"github.com/decryptd/decryptd/internal/audit"
 	"github.com/decryptd/decryptd/internal/config"
 	"github.com/decryptd/decryptd/internal/decrypt"
+	"github.com/decryptd/decryptd/internal/health"
 	"github.com/decryptd/decryptd/internal/keycache"
 	"github.com/decryptd/decryptd/internal/kms"
 	"github.com/decryptd/decryptd/internal/pipeline"
@@ -20,6 +21,7 @@ import (
 	"github.com/decryptd/decryptd/internal/registry"
 	"github.com/decryptd/decryptd/internal/rotation"
 	"github.com/decryptd/decryptd/internal/sink"
+	"github.com/decryptd/decryptd/internal/spool"
 	"github.com/decryptd/decryptd/internal/wire"
 )
 
@@ -36,7 +38,9 @@ type parts struct {
 	store registry.Store
 	cache *keycache.Cache
 	pipe  *pipeline.Pipeline
-	rot   *rotationParts // nil unless rotation.enabled
+	rot   *rotationParts     // nil unless rotation.enabled
+	h     *health.Tracker    // degraded state by cause
+	dec   *decrypt.Decryptor // the replay window an input may rebuild (Kafka)
 	// pseudonyms are the pseudonymization keys the field policies use, by
 	// name.
 	pseudonyms map[string]*pseudonym.Key
@@ -67,10 +71,10 @@ func (p *parts) closeAll() error {
 
 // build makes every part below the inputs, from the leaves up: the
 // stores (audit log, KMS, registry), the key cache, the opener (decryptor,
-// observed by rotation when enabled), the sinks and the pipeline. On error,
-// what was built is released.
-func build(ctx context.Context, o *Options) (_ *parts, err error) {
-	p := &parts{cfg: o.Config, log: o.Logger}
+// observed by rotation when enabled), the sinks and the pipeline, each
+// reporting its state to h. On error, what was built is released.
+func build(ctx context.Context, o *Options, h *health.Tracker) (_ *parts, err error) {
+	p := &parts{cfg: o.Config, log: o.Logger, h: h}
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, p.closeAll())
@@ -109,12 +113,22 @@ func (p *parts) openStores(ctx context.Context, o *Options) error {
 	}
 	p.kms = k.Provider
 	p.onClose("kms", k.Close)
+	// A KMS down at start is waited for, with backoff, instead of being
+	// found by every device's first message (retryStart).
+	if _, err := retryStart(ctx, o.Logger, p.h, health.KMS, "kms "+cfg.KMS.Provider, func(ctx context.Context) (struct{}, error) {
+		return struct{}{}, probeKMS(ctx, cfg.KMS, p.kms)
+	}, kmsPermanent); err != nil {
+		return fmt.Errorf("kms %s: %w", cfg.KMS.Provider, err)
+	}
 
 	// PostgreSQL down at start (restarting with the pods) is waited for,
 	// with backoff, instead of ending the daemon (retryStart).
-	p.store, err = retryStart(ctx, o.Logger, "registry "+cfg.Registry.Driver, func(ctx context.Context) (registry.Store, error) {
+	p.store, err = retryStart(ctx, o.Logger, p.h, health.Registry, "registry "+cfg.Registry.Driver, func(ctx context.Context) (registry.Store, error) {
 		return wire.OpenRegistry(ctx, cfg.Registry, wire.RegistryOptions{
 			Logger: o.Logger.With(zap.String("component", "registry")), Watch: true,
+			ListenerState: func(up bool) {
+				p.h.Set(health.Registry, "listener", !up, "change feed connection lost")
+			},
 		})
 	}, func(err error) bool { return cfg.Registry.Driver != config.DriverPostgres || pgPermanent(err) })
 	if err != nil {
@@ -126,8 +140,11 @@ func (p *parts) openStores(ctx context.Context, o *Options) error {
 
 func (p *parts) buildCache(o *Options) (err error) {
 	c := p.cfg.Cache
+	// The cache's reads of the registry and unwraps by the KMS tell the
+	// health tracker whether either is reachable.
+	reg := registryHealth{Store: p.store, h: p.h}
 	p.cache, err = keycache.New(keycache.Options{
-		Registry: p.store, KMS: p.kms, Changes: p.store,
+		Registry: reg, KMS: kmsHealth{Unwrapper: p.kms, h: p.h}, Changes: reg,
 		Audit:      keycache.AuditFunc(p.recordUnwrap),
 		Registerer: o.Registry, Logger: o.Logger,
 		TTL: c.TTL, RefreshAhead: c.RefreshAhead, StaleLimit: c.StaleLimit, NegativeTTL: c.NegativeTTL,
@@ -152,6 +169,7 @@ func (p *parts) buildOpener(o *Options) (pipeline.Opener, error) {
 	if err != nil {
 		return nil, err
 	}
+	p.dec = dec
 	if !p.cfg.Rotation.Enabled {
 		return dec, nil
 	}
@@ -175,17 +193,48 @@ func (p *parts) buildPipeline(ctx context.Context, o *Options, opener pipeline.O
 			return fmt.Errorf("sinks[%d] (%s): %w", i, e.Name, err)
 		}
 	}
-	p.pipe, err = pipeline.New(pipeline.Options{
-		Opener: opener, Sinks: sinks[1:], DeadLetter: sinks[0],
-		MaxBatch: p.cfg.Batch.MaxRecords, MaxBatchBytes: p.cfg.Batch.MaxBytes, Linger: p.cfg.Batch.Linger,
-		KMSUnwraps: p.unwraps.Load,
-		Registerer: o.Registry, Logger: o.Logger,
-	})
+	sp, err := openSpool(p.cfg.Spool, o)
 	if err != nil {
 		closeSinks(sinks)
 		return err
 	}
+	p.pipe, err = pipeline.New(pipeline.Options{
+		Opener: opener, Sinks: sinks[1:], DeadLetter: sinks[0],
+		MaxBatch: p.cfg.Batch.MaxRecords, MaxBatchBytes: p.cfg.Batch.MaxBytes, Linger: p.cfg.Batch.Linger,
+		Spool: sp, KeyWait: p.cfg.Spool.KeyWait,
+		KMSUnwraps: p.unwraps.Load,
+		SinkState: func(name string, up bool, _ error) {
+			p.h.Set(health.Sink, name, !up, "down")
+		},
+		Registerer: o.Registry, Logger: o.Logger,
+	})
+	if err != nil {
+		closeSinks(sinks)
+		if sp != nil {
+			sp.Close()
+		}
+		return err
+	}
 	return nil
+}
+
+// openSpool opens the key-pending spool when the configuration turns it on
+// (nil otherwise); the pipeline owns it from then on (its Close closes
+// it). Whatever a previous process left spooled is replayed once the
+// pipeline runs.
+func openSpool(c config.Spool, o *Options) (*spool.Spool, error) {
+	if !c.On() {
+		return nil, nil
+	}
+	sp, err := spool.Open(spool.Options{
+		Dir: c.Dir, MaxBytes: c.MaxBytes,
+		MinBackoff: min(spool.DefaultMinBackoff, c.MaxBackoff), MaxBackoff: c.MaxBackoff,
+		Registerer: o.Registry, Logger: o.Logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("spool.dir: %w", err)
+	}
+	return sp, nil
 }
 
 // recordUnwrap writes one key cache unwrap to the audit log and counts it.

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/decryptd/decryptd/internal/config"
+	"github.com/decryptd/decryptd/internal/health"
 	"github.com/decryptd/decryptd/internal/pipeline"
 )
 
@@ -69,14 +70,20 @@ func (o *Options) env(name string) (string, bool) { return o.Env(name) }
 // Daemon is one built decryptd: New builds it, Run runs it until its
 // context ends, then shuts it down.
 type Daemon struct {
-	o        Options
-	log      *zap.Logger
-	parts    *parts
-	inputs   []input
-	ln       net.Listener
-	srv      *http.Server
-	stopping atomic.Bool
-	ran      atomic.Bool
+	o      Options
+	log    *zap.Logger
+	health *health.Tracker
+	// parts and inputs are set by New before built; the HTTP handlers,
+	// which run from before, read them only once built is true.
+	parts     *parts
+	inputs    []input
+	built     atomic.Bool
+	ln        net.Listener
+	srv       *http.Server
+	serveDone <-chan struct{}
+	errs      errList // of the HTTP server and of Run's goroutines
+	stopping  atomic.Bool
+	ran       atomic.Bool
 }
 
 // Run builds the daemon and runs it until ctx ends, then shuts it down
@@ -89,10 +96,14 @@ func Run(ctx context.Context, o Options) error {
 	return d.Run(ctx)
 }
 
-// New builds every part and binds the HTTP listener, but receives nothing
-// yet: Run starts the work. ctx bounds the building only (registry lock,
-// broker connections of MQTT sinks). If Run is never called, Close
-// releases what New built.
+// New binds the HTTP listener and serves /healthz, /readyz (503 until
+// Run's inputs are connected) and /metrics at once, then builds every part,
+// waiting with backoff for a KMS or PostgreSQL registry that is down at
+// start (degraded state set meanwhile), but receives nothing yet: Run
+// starts the work. ctx bounds the building only (the waits, registry
+// lock, broker connections of MQTT sinks); when it ends during a wait, the
+// error wraps ErrStartCanceled. If Run is never called, Close releases
+// what New built.
 func New(ctx context.Context, o Options) (_ *Daemon, err error) {
 	if err := o.withDefaults(); err != nil {
 		return nil, err
@@ -100,27 +111,42 @@ func New(ctx context.Context, o Options) (_ *Daemon, err error) {
 	if err := registerProcessMetrics(o.Registry, o.Version); err != nil {
 		return nil, err
 	}
-	p, err := build(ctx, &o)
+	d := &Daemon{o: o, log: o.Logger.With(zap.String("component", "daemon"))}
+	d.health, err = health.New(health.Options{Registerer: o.Registry, Logger: o.Logger})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("daemon: register metrics: %w", err)
 	}
-	d := &Daemon{o: o, log: o.Logger.With(zap.String("component", "daemon")), parts: p}
-	defer func() {
-		if err != nil {
-			err = errors.Join(err, d.closeParts(context.Background()))
-		}
-	}()
-
-	d.inputs, err = buildInputs(o, p.pipe)
-	if err != nil {
-		return nil, err
-	}
+	d.health.Probe(health.Broker, d.brokerProbe)
 
 	d.ln, err = net.Listen("tcp", o.Config.Metrics.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("metrics.listen: %w", err)
 	}
 	d.srv = &http.Server{Handler: d.handler(), ReadHeaderTimeout: 10 * time.Second}
+	d.serveDone = d.serve(&d.errs)
+	defer func() {
+		if err != nil {
+			_ = d.srv.Close()
+			<-d.serveDone
+		}
+	}()
+
+	p, err := build(ctx, &d.o, d.health)
+	if err != nil {
+		return nil, err
+	}
+	d.parts = p
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, d.closeParts(context.Background()))
+		}
+	}()
+
+	d.inputs, err = buildInputs(o, p.pipe, p.dec)
+	if err != nil {
+		return nil, err
+	}
+	d.built.Store(true)
 	return d, nil
 }
 
@@ -131,14 +157,16 @@ func (d *Daemon) Addr() net.Addr { return d.ln.Addr() }
 // KMSUnwraps is how many KMS unwraps the key cache has made.
 func (d *Daemon) KMSUnwraps() uint64 { return d.parts.unwraps.Load() }
 
-// Ready reports what /readyz reports: every input ready (MQTT connected
-// and subscribed), the registry loaded (it is, once New returned), and not
-// shutting down.
-func (d *Daemon) Ready() bool {
-	return !d.stopping.Load() && d.notReady() == ""
-}
+// Ready reports what /readyz reports: built (the registry loaded, the KMS
+// reachable at start), every input ready (MQTT connected and subscribed),
+// at least one record sink up, and not shutting down.
+func (d *Daemon) Ready() bool { return d.notReadyReason() == "" }
 
-// notReady names the first input that is not ready, or "".
+// Health is the degraded state by cause, as /healthz reports it.
+func (d *Daemon) Health() health.Report { return d.health.Report() }
+
+// notReady names the first input that is not ready, or "". Call it only
+// once built.
 func (d *Daemon) notReady() string {
 	for _, in := range d.inputs {
 		if !in.Ready() {
@@ -155,9 +183,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if !d.ran.CompareAndSwap(false, true) {
 		return errors.New("daemon: Run called twice")
 	}
-	var errs errList
+	errs := &d.errs
+	serveDone := d.serveDone
 	g, gctx := errgroup.WithContext(ctx)
-	serveDone := d.serve(&errs)
 	g.Go(func() error {
 		select {
 		case <-gctx.Done():
@@ -174,11 +202,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 		return nil
 	})
-	d.runInputs(g, gctx, &errs)
+	g.Go(func() error { d.recheck(gctx); return nil }) // ends with gctx
+	d.runInputs(g, gctx, errs)
 	rot := d.startRotation(gctx)
 	g.Go(func() error {
 		<-gctx.Done()
-		d.shutdown(ctx, rot, &errs)
+		d.shutdown(ctx, rot, errs)
 		return nil
 	})
 	_ = g.Wait()
@@ -280,7 +309,7 @@ func (d *Daemon) shutdown(ctx context.Context, rot *rotationRun, errs *errList) 
 	defer cancel()
 	for _, in := range d.inputs {
 		if err := in.Shutdown(sctx); err != nil {
-			errs.add(err)
+			errs.add(d.whyUnfinished(err))
 		}
 	}
 	rot.stopTracker()
@@ -308,7 +337,7 @@ func (d *Daemon) shutdown(ctx context.Context, rot *rotationRun, errs *errList) 
 		}
 	}
 	if err := d.closeParts(sctx); err != nil {
-		errs.add(err)
+		errs.add(d.whyUnfinished(err))
 	}
 	if err := d.srv.Shutdown(sctx); err != nil {
 		errs.add(fmt.Errorf("http: shutdown: %w", err))
@@ -327,9 +356,11 @@ func (d *Daemon) Close(ctx context.Context) error {
 		errs = append(errs, in.Shutdown(ctx))
 	}
 	errs = append(errs, d.closeParts(ctx))
-	if d.ln != nil {
-		errs = append(errs, d.ln.Close())
+	d.stopping.Store(true)
+	if err := d.srv.Close(); err != nil { // closes the listener too
+		errs = append(errs, fmt.Errorf("http: %w", err))
 	}
+	<-d.serveDone
 	return errors.Join(errs...)
 }
 
@@ -347,23 +378,8 @@ func (d *Daemon) closeParts(ctx context.Context) error {
 func (d *Daemon) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(d.o.Registry, promhttp.HandlerOpts{Registry: d.o.Registry}))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		_, _ = io.WriteString(w, "ok\n")
-	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		switch {
-		case d.stopping.Load():
-			w.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = io.WriteString(w, "shutting down\n")
-		case d.notReady() != "":
-			w.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = io.WriteString(w, d.notReady()+" not connected and subscribed\n")
-		default:
-			_, _ = io.WriteString(w, "ready\n")
-		}
-	})
+	mux.HandleFunc("GET /healthz", d.serveHealthz)
+	mux.HandleFunc("GET /readyz", d.serveReadyz)
 	return mux
 }
 
@@ -409,8 +425,16 @@ func Replay(ctx context.Context, o Options, in io.Reader) (pipeline.Summary, err
 	// A replay observes nothing for rotation: no tracker runs here.
 	cfg := *o.Config
 	cfg.Rotation.Enabled = false
+	// Nor does it touch the key-pending spool: it belongs to the running
+	// daemon (which holds its lock and replays it), and a replay waits for
+	// each outcome anyway (Handle never spools).
+	cfg.Spool.Dir = ""
 	o.Config = &cfg
-	p, err := build(ctx, &o)
+	h, err := health.New(health.Options{Logger: o.Logger}) // nothing serves it
+	if err != nil {
+		return pipeline.Summary{}, err
+	}
+	p, err := build(ctx, &o, h)
 	if err != nil {
 		return pipeline.Summary{}, err
 	}

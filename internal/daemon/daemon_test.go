@@ -283,7 +283,7 @@ func TestDaemonVectors(t *testing.T) {
 		`decryptd_duplicates_total{cause="redelivery"} 0`,
 		`decryptd_build_info{goversion="`,
 		`go_goroutines `,
-		`decryptd_mqtt_connection_up 1`,
+		`decryptd_mqtt_connection_up{connection="0"} 1`,
 	} {
 		if !strings.Contains(page, line) {
 			t.Errorf("/metrics lacks %s", line)

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/decryptd/decryptd/internal/health"
 	"github.com/decryptd/decryptd/internal/registry"
 	"github.com/decryptd/decryptd/internal/registry/pgstore"
 	"github.com/decryptd/decryptd/internal/testutil/pgtest"
@@ -72,11 +73,29 @@ func TestRegistryRetriedAtStart(t *testing.T) {
 	defer cancel()
 	open := func(ctx context.Context) (registry.Store, error) { return pgstore.Open(ctx, dsn) }
 	start := time.Now()
-	st, err := retryStart(ctx, zap.New(core), "registry postgres", open, pgPermanent)
+	h, _ := health.New(health.Options{})
+	degradedSeen := make(chan bool, 1)
+	go func() { // while it waits, the registry is degraded
+		for ctx.Err() == nil {
+			if h.Degraded(health.Registry) {
+				degradedSeen <- true
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		degradedSeen <- false
+	}()
+	st, err := retryStart(ctx, zap.New(core), h, health.Registry, "registry postgres", open, pgPermanent)
 	if err != nil {
 		t.Fatalf("start: %v", err)
 	}
 	st.Close()
+	if !<-degradedSeen {
+		t.Error("the registry was never degraded while the start waited")
+	}
+	if h.Degraded(health.Registry) {
+		t.Error("the registry stays degraded once reachable")
+	}
 	if warned := logs.FilterMessage("registry postgres unreachable at start; retrying (not ready meanwhile)").Len(); warned < 2 {
 		t.Fatalf("%d retry warnings before PostgreSQL came up (%s), want at least 2 (backoff 0.5s, 1s)", warned, time.Since(start))
 	}
@@ -86,7 +105,7 @@ func TestRegistryRetriedAtStart(t *testing.T) {
 
 	// A DSN that does not parse: at once, no retry.
 	calls := 0
-	_, err = retryStart(ctx, zap.NewNop(), "registry postgres", func(ctx context.Context) (registry.Store, error) {
+	_, err = retryStart(ctx, zap.NewNop(), h, health.Registry, "registry postgres", func(ctx context.Context) (registry.Store, error) {
 		calls++
 		return pgstore.Open(ctx, "postgres://%zz")
 	}, pgPermanent)
@@ -98,8 +117,8 @@ func TestRegistryRetriedAtStart(t *testing.T) {
 	cctx, ccancel := context.WithTimeout(ctx, 700*time.Millisecond)
 	defer ccancel()
 	boom := errors.New("connection refused")
-	_, err = retryStart(cctx, zap.NewNop(), "registry postgres", func(context.Context) (int, error) { return 0, boom }, pgPermanent)
-	if !errors.Is(err, boom) || !errors.Is(err, context.DeadlineExceeded) {
+	_, err = retryStart(cctx, zap.NewNop(), h, health.Registry, "registry postgres", func(context.Context) (int, error) { return 0, boom }, pgPermanent)
+	if !errors.Is(err, boom) || !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, ErrStartCanceled) {
 		t.Fatalf("cancelled start: %v", err)
 	}
 }
@@ -113,4 +132,23 @@ func proxy(c net.Conn, target string) {
 	defer s.Close()
 	go func() { _, _ = io.Copy(s, c); s.Close() }()
 	_, _ = io.Copy(c, s)
+}
+
+// TestPermanentStartErrors: what ends a start at once instead of waiting.
+func TestPermanentStartErrors(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		want bool
+	}{
+		{errors.New("registry postgres: cannot parse the DSN"), true},
+		{errors.New("registry postgres: migrate: postgres 28P01: password authentication failed for user \"app\""), true},
+		{errors.New("registry postgres: migrate: postgres 28000: no pg_hba.conf entry"), true},
+		{errors.New("registry postgres: migrate: postgres 3D000: database \"reg\" does not exist"), true},
+		{errors.New("registry postgres: migrate: dial tcp 127.0.0.1:5432: connect: connection refused"), false},
+		{errors.New("registry postgres: migrate: postgres 57P03: the database system is starting up"), false},
+	} {
+		if got := pgPermanent(c.err); got != c.want {
+			t.Errorf("pgPermanent(%v) = %v, want %v", c.err, got, c.want)
+		}
+	}
 }

@@ -146,6 +146,7 @@ sinks:
 dead_letter: {type: file, path: %q, fsync: true}
 metrics: {listen: "127.0.0.1:0"}
 audit: {path: %q}
+spool: {dir: %q}
 shutdown_timeout: 10s
 rotation:
   enabled: true
@@ -160,7 +161,7 @@ rotation:
   tick: 200ms
   flush_interval: 500ms
 `, b.SSLURL, client.CA, client.Cert, client.Key, filepath.Join(dir, "root-key.json"), regPath,
-		filepath.Join(dir, "records.jsonl"), filepath.Join(dir, "dead-letter.jsonl"), filepath.Join(dir, "audit.log"))
+		filepath.Join(dir, "records.jsonl"), filepath.Join(dir, "dead-letter.jsonl"), filepath.Join(dir, "audit.log"), filepath.Join(dir, "spool"))
 	cfg, err := config.Parse([]byte(yml), nil)
 	if err != nil {
 		t.Fatalf("configuration: %v\n%s", err, yml)

@@ -263,12 +263,19 @@ func TestAlerts(t *testing.T) {
   decryptd_kms_requests_total{instance="a",operation="unwrap",result="ok"} 0+2x90
   decryptd_dek_cache_stale_serving{instance="a"} 0x90
   decryptd_sink_up{instance="a",sink="records"} 1x90
+  decryptd_degraded{instance="a",cause="kms"} 0x90
+  decryptd_degraded{instance="a",cause="registry"} 0x90
+  decryptd_degraded{instance="a",cause="sink"} 0x90
+  decryptd_degraded{instance="a",cause="broker"} 0x90
   decryptd_rotation_leader{instance="a"} 1x90
   decryptd_rotation_leader{instance="b"} 0x90
   decryptd_rotation_paused{instance="a"} 0x90
   decryptd_rotation_stragglers{instance="a"} 0x90
   decryptd_rotation_rewrap_incomplete{instance="a"} 0x90
   decryptd_rotation_rewrap_failures_total{instance="a"} 0x90
+  decryptd_spool_oldest_age_seconds{instance="a"} 0 3 0x88
+  decryptd_spool_bytes{instance="a"} 0+1x90
+  decryptd_spool_max_bytes{instance="a"} 1000x90
 `
 	for _, r := range allRules(t) {
 		t.Run(r.Alert+"/healthy", func(t *testing.T) {
@@ -310,6 +317,10 @@ func TestAlerts(t *testing.T) {
   decryptd_kms_requests_total{instance="a",operation="unwrap",result="transient"} 0+5x90`, 10 * time.Minute, 16 * time.Minute},
 		{"sink down", "DecryptdSinkDown", `
   decryptd_sink_up{instance="a",sink="records"} 0x90`, 2 * time.Minute, 3 * time.Minute},
+		{"KMS degraded on one replica", "DecryptdDegraded", `
+  decryptd_degraded{instance="a",cause="kms"} 0x10 1x80
+  decryptd_degraded{instance="b",cause="kms"} 0x90
+  decryptd_degraded{instance="a",cause="sink"} 0x90`, 20 * time.Minute, 21 * time.Minute},
 		{"a stuck replica beside a healthy one", "DecryptdBacklogGrowing", `
   decryptd_inflight_messages{instance="a"} 4x90
   decryptd_messages_processed_total{instance="a"} 0+600x90
@@ -329,6 +340,11 @@ func TestAlerts(t *testing.T) {
 		{"no rotation leader", "DecryptdRotationNoLeader", `
   decryptd_rotation_leader{instance="a"} 0x90
   decryptd_rotation_leader{instance="b"} 0x90`, 10 * time.Minute, 11 * time.Minute},
+		{"spooled messages waiting for their keys", "DecryptdSpoolOld", `
+  decryptd_spool_oldest_age_seconds{instance="a"} 0x10 60+60x80`, 20 * time.Minute, 21 * time.Minute},
+		{"spool nearly full", "DecryptdSpoolFilling", `
+  decryptd_spool_bytes{instance="a"} 0+20x90
+  decryptd_spool_max_bytes{instance="a"} 1000x90`, 45 * time.Minute, 46 * time.Minute},
 	}
 	for _, c := range cases {
 		t.Run(c.alert+"/"+c.name, func(t *testing.T) {

@@ -12,6 +12,7 @@ import (
 func TestProcessingSideImportsNoInput(t *testing.T) {
 	forbidden := []string{
 		"github.com/decryptd/decryptd/internal/consumer",
+		"github.com/decryptd/decryptd/internal/kafkainput",
 		"github.com/eclipse/paho.mqtt.golang",
 	}
 	for _, pkg := range []string{"pipeline", "decrypt", "sink", "keycache"} {

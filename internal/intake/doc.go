@@ -1,8 +1,8 @@
-// Package intake is the contract between decryptd's inputs (MQTT today,
-// Kafka later) and what processes their messages (package pipeline). It
-// is a leaf: it imports nothing of decryptd and no transport, so the
-// pipeline, the decryption core and the sinks depend on it and never on an
-// input's client library.
+// Package intake is the contract between decryptd's inputs (MQTT, package
+// consumer; Kafka, package kafkainput) and what processes their messages
+// (package pipeline). It is a leaf: it imports nothing of decryptd and no
+// transport, so the pipeline, the decryption core and the sinks depend on
+// it and never on an input's client library.
 //
 // What it owns:
 //

@@ -11,7 +11,7 @@
 // scratch or the record's plaintext, the record's JSON shared by the sinks,
 // one more JSON per sink with a field policy, and each sink's own copy of
 // the batch it writes. It holds as long as the MQTT broker refuses packets
-// larger than decrypt.max_message_bytes (Mosquitto's message_size_limit):
+// much larger than decrypt.max_message_bytes (Mosquitto's max_packet_size):
 // the client has to read a whole packet before anything can refuse it.
 //
 // Nothing here reads the environment or the process; it is arithmetic on a

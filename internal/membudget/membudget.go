@@ -34,6 +34,10 @@ const (
 	// waits for room with one message, up to four more sit in that chain,
 	// the one being read twice (its packet buffer and its payload's copy).
 	ReadCopies = 6
+	// DefaultConnectionsBound is the most connections mqtt.connections 0
+	// can mean (consumer.DefaultConnections: GOMAXPROCS/2, at most 8): the
+	// budget may not depend on the machine it runs on.
+	DefaultConnectionsBound = 8
 	// CachedDEKBytes bounds one cached DEK version (1,414 B RSS measured
 	// in BENCHMARKS.md, bound 1,536 B).
 	CachedDEKBytes = 1536
@@ -76,8 +80,9 @@ type Terms struct {
 	// (decrypt.max_message_bytes + MessageSlack), times MessageCopies plus
 	// one per sink with a field policy (its own encoding of each record).
 	InFlight int64
-	// Reading is ReadCopies x decrypt.max_message_bytes: packets the MQTT
-	// client holds before admission.
+	// Reading is ReadCopies x decrypt.max_message_bytes per MQTT
+	// connection (mqtt.connections, 0 counting DefaultConnectionsBound):
+	// packets each connection's client holds before admission.
 	Reading int64
 	// Batches is, for each sink and the dead-letter sink, its SinkCopies x
 	// the largest batch it writes: batch.max_bytes, or a record larger
@@ -114,11 +119,18 @@ func Of(c *config.Config) Terms {
 	return Terms{
 		Base:     BaseBytes,
 		InFlight: held * copies,
-		Reading:  ReadCopies * msg,
+		Reading:  ReadCopies * msg * int64(connections(c)),
 		Batches:  batches,
 		Cache:    int64(c.Cache.MaxEntries) * CachedDEKBytes,
 		Replay:   int64(c.Decrypt.ReplayWindowEntries) * ReplayEntryBytes,
 	}
+}
+
+func connections(c *config.Config) int {
+	if c.MQTT.Connections > 0 {
+		return c.MQTT.Connections
+	}
+	return DefaultConnectionsBound
 }
 
 func sinkCopies(s config.Sink) int {

@@ -48,7 +48,7 @@ func TestTerms(t *testing.T) {
 		{"defaults: the byte budget binds", nil, membudget.Terms{
 			Base:     64 * mib,
 			InFlight: 32 * mib * 3,
-			Reading:  6 * 256 * kib,
+			Reading:  6 * 256 * kib * 8,
 			Batches:  2 * 4 * mib, // file sink and file dead letter, one copy of a 4 MiB batch each
 			Cache:    1000 * 1536,
 			Replay:   10000 * 64,
@@ -56,7 +56,7 @@ func TestTerms(t *testing.T) {
 		{"the count binds", func(s string) string {
 			return strings.Replace(s, "max_in_flight: 1024", "max_in_flight: 10", 1)
 		}, membudget.Terms{
-			Base: 64 * mib, InFlight: 10 * (256*kib + 2*kib) * 3, Reading: 6 * 256 * kib, Batches: 8 * mib,
+			Base: 64 * mib, InFlight: 10 * (256*kib + 2*kib) * 3, Reading: 6 * 256 * kib * 8, Batches: 8 * mib,
 			Cache: 1000 * 1536, Replay: 10000 * 64,
 		}},
 		{"a field policy adds a copy; batches smaller than two messages count two", func(s string) string {
@@ -64,15 +64,21 @@ func TestTerms(t *testing.T) {
 				"  - {name: out, type: file, path: /k/out.jsonl, policy: {rules: [{pointer: /data/x, action: drop}]}}\n  - {name: web, type: http, url: 'https://x/y'}", 1)
 			return s + "batch: {max_bytes: 65536}\n"
 		}, membudget.Terms{
-			Base: 64 * mib, InFlight: 32 * mib * 4, Reading: 6 * 256 * kib,
+			Base: 64 * mib, InFlight: 32 * mib * 4, Reading: 6 * 256 * kib * 8,
 			Batches: 3 * 512 * kib, // file, http, dead letter: max(64 KiB, 2 x 256 KiB)
 			Cache:   1000 * 1536, Replay: 10000 * 64,
+		}},
+		{"connections set: reading per connection", func(s string) string {
+			return strings.Replace(s, "max_in_flight: 1024", "max_in_flight: 1024\n  connections: 2", 1)
+		}, membudget.Terms{
+			Base: 64 * mib, InFlight: 32 * mib * 3, Reading: 6 * 256 * kib * 2, Batches: 8 * mib,
+			Cache: 1000 * 1536, Replay: 10000 * 64,
 		}},
 		{"kafka and postgres copy more", func(s string) string {
 			return strings.Replace(s, "  - {name: out, type: file, path: /k/out.jsonl}",
 				"  - {name: k, type: kafka, brokers: ['b:9093'], topic: t}\n  - {name: pg, type: postgres, dsn: 'postgres://u@db/x', table: records}", 1)
 		}, membudget.Terms{
-			Base: 64 * mib, InFlight: 32 * mib * 3, Reading: 6 * 256 * kib,
+			Base: 64 * mib, InFlight: 32 * mib * 3, Reading: 6 * 256 * kib * 8,
 			Batches: (3 + 2 + 1) * 4 * mib,
 			Cache:   1000 * 1536, Replay: 10000 * 64,
 		}},

@@ -8,6 +8,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/decryptd/decryptd/internal/redact"
 	"github.com/decryptd/decryptd/internal/sink"
 )
 
@@ -229,6 +230,7 @@ func (b *batcher) flush(batch []job) {
 				b.down = false
 				m.sinkUp.WithLabelValues(b.name).Set(1)
 				b.log.Info("sink back up", zap.Int("attempts", attempt+1))
+				b.p.sinkState(b.name, true, nil)
 			}
 			part, fails = min(2*part, len(batch)), 0
 			part = max(part, 1)
@@ -256,7 +258,10 @@ func (b *batcher) flush(batch []job) {
 		if !b.down {
 			b.down = true
 			m.sinkUp.WithLabelValues(b.name).Set(0)
-			b.log.Warn("sink down; holding its records and retrying", zap.Error(err))
+			// redact: a sink's error may quote its URL (an HTTP
+			// client error does, query and all).
+			b.log.Warn("sink down; holding its records and retrying", zap.Error(redact.Error(err)))
+			b.p.sinkState(b.name, false, err)
 		}
 		m.retries.WithLabelValues(causeSink).Inc()
 		// Split before waiting long: a smaller write may fit (a nearly full

@@ -21,7 +21,8 @@
 //     that may wait.
 //   - Records reach each sink in the order the calls handed them over.
 //   - Transient faults are retried, never dead-lettered: a key that cannot
-//     be resolved for now (KMS down) is retried inside Process, and a sink
+//     be resolved for now (KMS down) is retried inside Process (or, with
+//     Options.Spool, spooled: see below), and a sink
 //     that fails a write is retried by its batcher, both with capped,
 //     jittered exponential back-off, until they succeed or the message's
 //     context ends. While a sink is down, done is not called, so the
@@ -41,6 +42,20 @@
 //     counted by cause (decryptd_duplicates_total{cause}): redelivery (the
 //     broker's, DUP set) or repeat (the device sent it again, e.g. a QoS 1
 //     resend after a lost PUBACK, which reaches us without DUP).
+//
+// The key-pending spool (Options.Spool, package spool; spool.go): a
+// Process call whose key is not resolved within Options.KeyWait (default
+// 1s; 10ms while keys were found unresolvable in the last 5s, so that a
+// hanging KMS costs each device's first message a moment, not a second, of
+// the consumer's workers and window) appends the message as received to the spool and reports done(nil)
+// once the spool's group-commit fsync covers it, so the input acknowledges
+// it and devices whose keys are cached are not held behind it. While a
+// device has spooled messages, its later ones are spooled behind them and
+// TryProcess declines them, so per-device order holds. The spool's replay
+// loop hands the messages back when their key resolves; they then go the
+// normal way (decrypt, replay window, sinks or dead letter) and leave the
+// spool once their done is nil. A full spool falls back to holding the
+// message in Process (backpressure). Handle never spools.
 //
 // Each sink gets its own encoded record: the record's standard JSON
 // (decrypt.Record.AppendJSON), shared by every sink that takes it as is,

@@ -17,6 +17,7 @@ import (
 	"github.com/decryptd/decryptd/internal/decrypt"
 	"github.com/decryptd/decryptd/internal/intake"
 	"github.com/decryptd/decryptd/internal/sink"
+	"github.com/decryptd/decryptd/internal/spool"
 )
 
 // Opener is the decryption core as the pipeline uses it; *decrypt.Decryptor
@@ -56,6 +57,7 @@ const (
 	DefaultMaxBatchBytes = 4 << 20
 	DefaultMinBackoff    = 100 * time.Millisecond
 	DefaultMaxBackoff    = 10 * time.Second
+	DefaultKeyWait       = time.Second
 )
 
 // maxErrorText bounds the error text kept in a dead letter.
@@ -93,10 +95,26 @@ type Options struct {
 	// and 10s).
 	MinBackoff, MaxBackoff time.Duration
 
+	// Spool, if set, keeps messages whose key cannot be resolved for now
+	// (decrypt.ErrTransient) durably, so that they are acknowledged and
+	// the others keep moving; see spool.go. The pipeline runs its replay
+	// loop and closes it at Close.
+	Spool *spool.Spool
+	// KeyWait, with a Spool, bounds how long a message waits for its key
+	// before it is spooled (default 1s): a KMS that hangs delays a
+	// message by at most this much.
+	KeyWait time.Duration
+
 	// KMSUnwraps, if set, reports the KMS unwraps made so far (the daemon
 	// counts them from the key cache's audit events); Replay reports the
 	// difference in its Summary.
 	KMSUnwraps func() uint64
+
+	// SinkState, if set, is told when a sink goes down (up false, err
+	// its failure) and when it is back up (up true, err nil), once per
+	// change, on that sink's writer goroutine; it must not block. The
+	// daemon's health tracker listens here (decryptd_degraded{cause="sink"}).
+	SinkState func(sink string, up bool, err error)
 
 	Registerer prometheus.Registerer // nil: metrics kept, not exported
 	Logger     *zap.Logger           // nil: no logging
@@ -126,6 +144,13 @@ type Pipeline struct {
 
 	bufs sync.Pool // *[]byte for records' JSON, see getBuf
 
+	sp *spool.Spool // nil without a spool
+	// lastTransient is when a key was last found unresolvable (Unix ns):
+	// during an outage, messages are spooled without waiting KeyWait.
+	lastTransient atomic.Int64
+	replayCancel  context.CancelFunc
+	replayDone    chan struct{}
+
 	kmsDown atomic.Bool
 	seenMu  sync.Mutex
 	seen    map[string]struct{} // revoked-key errors already logged
@@ -149,8 +174,8 @@ func New(o Options) (*Pipeline, error) {
 		return nil, errors.New("pipeline: Options.Sinks: at least one sink is required")
 	case o.DeadLetter == nil:
 		return nil, errors.New("pipeline: Options.DeadLetter is required: a message that cannot be decrypted is kept, never dropped")
-	case o.MaxBatch < 0 || o.MaxBatchBytes < 0 || o.Linger < 0 || o.MinBackoff < 0 || o.MaxBackoff < 0:
-		return nil, errors.New("pipeline: Options: MaxBatch, MaxBatchBytes, Linger and back-offs must not be negative")
+	case o.MaxBatch < 0 || o.MaxBatchBytes < 0 || o.Linger < 0 || o.MinBackoff < 0 || o.MaxBackoff < 0 || o.KeyWait < 0:
+		return nil, errors.New("pipeline: Options: MaxBatch, MaxBatchBytes, Linger, back-offs and KeyWait must not be negative")
 	}
 	if o.MaxBatch == 0 {
 		o.MaxBatch = DefaultMaxBatch
@@ -163,6 +188,9 @@ func New(o Options) (*Pipeline, error) {
 	}
 	if o.MaxBackoff == 0 {
 		o.MaxBackoff = DefaultMaxBackoff
+	}
+	if o.KeyWait == 0 {
+		o.KeyWait = DefaultKeyWait
 	}
 	if o.MaxBackoff < o.MinBackoff {
 		return nil, fmt.Errorf("pipeline: Options.MaxBackoff %s is below MinBackoff %s", o.MaxBackoff, o.MinBackoff)
@@ -215,6 +243,7 @@ func New(o Options) (*Pipeline, error) {
 			b.run()
 		}()
 	}
+	p.startSpool()
 	return p, nil
 }
 
@@ -246,6 +275,9 @@ func (p *Pipeline) Process(ctx context.Context, m intake.Message, done func(erro
 // wait. Otherwise it returns true and done is called as for Process; ctx
 // bounds only how long a failing sink retries m.
 func (p *Pipeline) TryProcess(ctx context.Context, m intake.Message, done func(error)) bool {
+	if p.sp != nil && !p.sp.Idle() && p.sp.Pending(spool.Key(m)) {
+		return false // behind its device's spooled messages: Process spools it
+	}
 	t0 := time.Now()
 	rec, err := p.o.Opener.TryOpen(m)
 	if errors.Is(err, decrypt.ErrWouldBlock) || errors.Is(err, decrypt.ErrTransient) || errors.Is(err, decrypt.ErrDuplicate) {
@@ -320,9 +352,21 @@ func (d *delivery) finish(res Result, err error) {
 
 func (p *Pipeline) submit(ctx context.Context, m decrypt.Message, done func(error), fin func(Result, error)) {
 	d := p.begin(ctx, m, done, fin)
+	var spoolable *delivery
+	if p.sp != nil && done != nil {
+		// Handle (fin) is for callers that wait for the outcome: never
+		// spooled.
+		if p.spoolBehind(d) {
+			return
+		}
+		spoolable = d
+	}
 	waited := false
 	for {
-		rec, err := p.open(ctx, m)
+		rec, err := p.open(ctx, m, spoolable)
+		if errors.Is(err, errSpooled) {
+			return
+		}
 		if errors.Is(err, decrypt.ErrDuplicate) && !waited {
 			// An exact repeat (a broker redelivery, or a device's resend):
 			// the first copy may still be on its way to the sinks, and may
@@ -371,11 +415,26 @@ func (p *Pipeline) opened(d *delivery, rec decrypt.Record, err error) {
 	p.deadLetter(d, reason, err.Error())
 }
 
-// open calls the Opener, retrying transient faults until ctx ends.
-func (p *Pipeline) open(ctx context.Context, m decrypt.Message) (decrypt.Record, error) {
+// sinkState reports a sink's change of state to Options.SinkState.
+func (p *Pipeline) sinkState(name string, up bool, err error) {
+	if p.o.SinkState != nil {
+		p.o.SinkState(name, up, err)
+	}
+}
+
+// open calls the Opener, retrying transient faults until ctx ends. With
+// spoolable (a Process call, with a Spool) it waits at most KeyWait for a
+// key and then spools the message (errSpooled: spoolable is finished once
+// the spool holds it), or, when the spool is full, goes on retrying.
+func (p *Pipeline) open(ctx context.Context, m decrypt.Message, spoolable *delivery) (decrypt.Record, error) {
 	for attempt := 0; ; attempt++ {
 		t0 := time.Now()
-		rec, err := p.o.Opener.Open(ctx, m)
+		octx, cancel := ctx, context.CancelFunc(func() {})
+		if spoolable != nil {
+			octx, cancel = context.WithTimeout(ctx, p.keyWait())
+		}
+		rec, err := p.o.Opener.Open(octx, m)
+		cancel()
 		p.m.decryptDur.Observe(time.Since(t0).Seconds())
 		if !errors.Is(err, decrypt.ErrTransient) {
 			if p.kmsDown.Load() && p.kmsDown.CompareAndSwap(true, false) {
@@ -388,6 +447,10 @@ func (p *Pipeline) open(ctx context.Context, m decrypt.Message) (decrypt.Record,
 		}
 		if p.kmsDown.CompareAndSwap(false, true) {
 			p.log.Warn("key could not be resolved for now (KMS or registry unreachable); retrying, never dead-lettering", zap.Error(err))
+		}
+		p.lastTransient.Store(time.Now().UnixNano())
+		if spoolable != nil && p.spool(spoolable, false) {
+			return decrypt.Record{}, errSpooled
 		}
 		p.m.retries.WithLabelValues(causeKMS).Inc()
 		if err := sleep(ctx, p.backoff(attempt)); err != nil {
@@ -639,6 +702,7 @@ const closeGrace = 250 * time.Millisecond
 // joined; Close returns the same result when called again.
 func (p *Pipeline) Close(ctx context.Context) error {
 	p.closeOnce.Do(func() {
+		p.stopReplay()
 		close(p.stop)
 		done := make(chan struct{})
 		go func() { p.wg.Wait(); close(done) }()
@@ -673,6 +737,11 @@ func (p *Pipeline) Close(ctx context.Context) error {
 			}
 			if err := b.s.Close(ctx); err != nil {
 				errs = append(errs, fmt.Errorf("pipeline: close sink %s: %w", b.name, err))
+			}
+		}
+		if p.sp != nil {
+			if err := p.sp.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("pipeline: close spool: %w", err))
 			}
 		}
 		p.closeErr = errors.Join(errs...)

@@ -18,6 +18,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/decryptd/decryptd/internal/redact"
 )
 
 // ErrRejected means the receiver refused the batch for good (an HTTP 4xx
@@ -280,7 +282,7 @@ func (s *HTTP) post(ctx context.Context, body []byte, key, auth string) (time.Du
 	defer cancel()
 	req, err := http.NewRequestWithContext(actx, http.MethodPost, s.url, bytes.NewReader(body))
 	if err != nil {
-		return 0, fmt.Errorf("%w: build request: %w", ErrRejected, err)
+		return 0, fmt.Errorf("%w: build request: %w", ErrRejected, redact.Error(err))
 	}
 	req.Header.Set("Content-Type", "application/x-ndjson")
 	req.Header.Set("Idempotency-Key", key)
@@ -289,9 +291,10 @@ func (s *HTTP) post(ctx context.Context, body []byte, key, auth string) (time.Du
 	}
 	resp, err := s.client.Do(req)
 	if err != nil {
-		// *url.Error names the method and URL (with any password
-		// redacted, and the URL carries none); never the headers.
-		return 0, err
+		// *url.Error names the method and the whole URL, query
+		// included (a token there would reach the "sink down" log):
+		// redacted here, at the source. It never names the headers.
+		return 0, redact.Error(err)
 	}
 	// Drain a little (at most 64 KiB, whatever the receiver sends) so the
 	// connection can be reused; never read the body into memory nor into
@@ -482,7 +485,7 @@ func (c *HTTPConfig) Validate(Env) error {
 	var p Problems
 	if c.URL == "" {
 		p.Add("url", "required for type http")
-	} else if s := CheckHTTPURL(c.URL, true); s != "" {
+	} else if s := CheckHTTPURL(c.URL, true, HTTPSecretsGo); s != "" {
 		p.Add("url", "%s", s)
 	}
 	if c.BatchMax < 1 || c.BatchMax > 10000 {
@@ -520,16 +523,32 @@ func (c *HTTPConfig) New(_ context.Context, name string, _ Env) (Sink, error) {
 	return ChunkedBytes(h, c.BatchMax, c.BatchMaxBytes), nil
 }
 
+// HTTPSecretsGo says where an http sink's credential goes instead of its
+// URL.
+const HTTPSecretsGo = "put the header value (e.g. \"Bearer TOKEN\") in a file named by auth_header_file, sent as the Authorization header"
+
 // CheckHTTPURL checks an absolute http(s) URL named in the configuration:
 // https, or http only to a loopback host when loopbackPlain; no
-// credentials. It returns the problem, or "".
-func CheckHTTPURL(s string, loopbackPlain bool) string {
+// credentials: no userinfo, no query parameter that names one (token,
+// key, secret, sig, password, apikey, access_token and the like:
+// redact.CredentialKey). secretsGo says where the secret goes instead
+// ("put the Authorization header value in auth_header_file"); it ends a
+// credentials problem. It returns the problem, or "".
+func CheckHTTPURL(s string, loopbackPlain bool, secretsGo string) string {
 	u, err := url.Parse(s)
 	if err != nil || u.Host == "" {
 		return "want an absolute http(s) URL"
 	}
-	if u.User != nil {
-		return "must not carry credentials (the file holds no secrets)"
+	what := redact.CredentialInURL(u)
+	if what == "" && u.User != nil {
+		what = "userinfo"
+	}
+	if what != "" {
+		p := "must not carry credentials (" + what + "; the file holds no secrets and logs would show them)"
+		if secretsGo != "" {
+			p += ": " + secretsGo
+		}
+		return p
 	}
 	switch u.Scheme {
 	case "https":

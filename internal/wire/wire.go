@@ -102,6 +102,9 @@ type RegistryOptions struct {
 	// change made by another process reaches this one within a moment; a
 	// short-lived tool leaves it off.
 	Watch bool
+	// ListenerState, for driver postgres, is told when the change feed's
+	// connection comes up and goes down (pgstore.WithListenerState).
+	ListenerState func(up bool)
 }
 
 // OpenRegistry opens the registry cfg names.
@@ -127,6 +130,9 @@ func OpenRegistry(ctx context.Context, cfg config.Registry, o RegistryOptions) (
 		var opts []pgstore.Option
 		if o.Logger != nil {
 			opts = append(opts, pgstore.WithLogger(o.Logger))
+		}
+		if o.ListenerState != nil {
+			opts = append(opts, pgstore.WithListenerState(o.ListenerState))
 		}
 		st, err := pgstore.Open(ctx, cfg.DSN.Reveal(), opts...)
 		if err != nil {

@@ -230,7 +230,9 @@ func (f *fleet) writeConfig(t *testing.T, rc replicaConfig) replicaFiles {
 	var b strings.Builder
 	fmt.Fprintf(&b, "mqtt:\n  brokers: [%q]\n  client_id: %q\n  topics: [%q]\n  shared_group: decryptd\n", f.broker.SSLURL, rc.ClientID, topicFilter)
 	fmt.Fprintf(&b, "  tls:\n    ca_file: %q\n    cert_file: %q\n    key_file: %q\n", cert.CA, cert.Cert, cert.Key)
-	fmt.Fprintf(&b, "  max_in_flight: %d\n  workers: %d\n  keep_alive: 10s\n  connect_timeout: 5s\n", rc.MaxInFlight, rc.Workers)
+	// One connection whatever the machine's cores (the default follows
+	// GOMAXPROCS): these tests reason about one session per replica.
+	fmt.Fprintf(&b, "  max_in_flight: %d\n  workers: %d\n  connections: 1\n  keep_alive: 10s\n  connect_timeout: 5s\n", rc.MaxInFlight, rc.Workers)
 	fmt.Fprintf(&b, "kms:\n  provider: local\n  local:\n    root_key_file: %q\n", f.rootKey)
 	fmt.Fprintf(&b, "registry:\n  driver: file\n  path: %q\n", f.registry)
 	fmt.Fprintf(&b, "sinks:\n%s", rc.Sinks)

@@ -27,6 +27,7 @@ type options struct {
 	listenWait time.Duration
 	keepalive  time.Duration
 	maxConns   int32
+	listenerUp func(up bool)
 }
 
 // Option configures Open.
@@ -47,6 +48,13 @@ func WithReconnectBackoff(min, max time.Duration) Option {
 // WithListenWait bounds how long Watch waits for the first LISTEN to be in
 // place before giving up with an error (default 10 s).
 func WithListenWait(d time.Duration) Option { return func(o *options) { o.listenWait = d } }
+
+// WithListenerState is told when the LISTEN connection (the change
+// feed) comes up (true) and when it is lost or cannot connect (false), on
+// the listener's goroutine; it must not block. The daemon's health
+// tracker listens here: with every key cached, no lookup would notice
+// PostgreSQL gone.
+func WithListenerState(f func(up bool)) Option { return func(o *options) { o.listenerUp = f } }
 
 // WithMaxConns caps the pool (default: pgxpool's, or pool_max_conns in the DSN).
 func WithMaxConns(n int32) Option { return func(o *options) { o.maxConns = n } }

@@ -80,6 +80,7 @@ func (s *Store) listen() {
 			s.mu.Unlock()
 			if logIt {
 				s.opt.log.Warn("registry postgres: listener cannot connect, retrying", zap.Error(err))
+				s.listenerState(false)
 			}
 			t := time.NewTimer(backoff)
 			select {
@@ -95,6 +96,7 @@ func (s *Store) listen() {
 		s.mu.Lock()
 		s.listenErr = nil
 		s.mu.Unlock()
+		s.listenerState(true)
 		if first {
 			first = false
 			close(s.ready)
@@ -109,6 +111,13 @@ func (s *Store) listen() {
 			return
 		}
 		s.opt.log.Warn("registry postgres: listener connection lost, reconnecting", zap.Error(err))
+		s.listenerState(false)
+	}
+}
+
+func (s *Store) listenerState(up bool) {
+	if s.opt.listenerUp != nil {
+		s.opt.listenerUp(up)
 	}
 }
 

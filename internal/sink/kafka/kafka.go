@@ -7,7 +7,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"strings"
 	"sync"
@@ -98,52 +97,23 @@ func (c Config) validate() error {
 	return fmt.Errorf("kafka sink %q: %s", c.Name, strings.Join(msgs, "; "))
 }
 
-// Problems lists what Validate reports, one problem per key.
+// Problems lists what Validate reports, one problem per key: the
+// connection's (Conn.Problems, shared with the Kafka input) and the topic.
 func (c Config) Problems() []Problem {
-	var ps []Problem
-	add := func(key, format string, a ...any) { ps = append(ps, Problem{key, fmt.Sprintf(format, a...)}) }
-	if len(c.Brokers) == 0 {
-		add("brokers", "at least one host:port required")
-	}
-	for i, b := range c.Brokers {
-		if _, port, err := net.SplitHostPort(b); err != nil || port == "" {
-			add(fmt.Sprintf("brokers[%d]", i), "want host:port, got %q", b)
-		}
-	}
+	ps := c.Conn().Problems()
 	switch {
 	case c.Topic == "":
-		add("topic", "required")
-	case len(c.Topic) > 249 || strings.Trim(c.Topic, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") != "" || c.Topic == "." || c.Topic == "..":
-		add("topic", "want 1-249 of A-Z a-z 0-9 . _ -")
-	}
-	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
-		add("tls", "cert_file and key_file go together")
-	}
-	if c.AllowPlaintext && c.TLS != (TLS{}) {
-		add("allow_plaintext", "set together with tls")
-	}
-	s := c.SASL
-	switch s.Mechanism {
-	case "":
-		if s != (SASL{}) {
-			add("sasl.mechanism", "required when sasl is set")
-		}
-		return ps
-	case MechPlain, MechScramSHA512:
-		if s.Username == "" {
-			add("sasl.username", "required for %s", s.Mechanism)
-		}
-	case MechOAuthBearer:
-		if s.Username != "" {
-			add("sasl.username", "not used by oauthbearer")
-		}
-	default:
-		add("sasl.mechanism", "%q: want plain, scram-sha-512 or oauthbearer", s.Mechanism)
-	}
-	if (s.SecretFile == "") == (s.SecretEnv == "") {
-		add("sasl", "exactly one of secret_file and secret_env (the secret is never written in the configuration)")
+		ps = append(ps, Problem{"topic", "required"})
+	case !ValidTopic(c.Topic):
+		ps = append(ps, Problem{"topic", "want 1-249 of A-Z a-z 0-9 . _ -"})
 	}
 	return ps
+}
+
+// ValidTopic reports whether name is a legal Kafka topic name.
+func ValidTopic(name string) bool {
+	return name != "" && len(name) <= 249 && name != "." && name != ".." &&
+		strings.Trim(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") == ""
 }
 
 // Option adjusts New.
@@ -191,9 +161,11 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Sink, error) {
 	if clientID == "" {
 		clientID = "decryptd"
 	}
-	kopts := []kgo.Opt{
-		kgo.SeedBrokers(cfg.Brokers...),
-		kgo.ClientID(clientID),
+	kopts, err := cfg.Conn().ClientOptions(clientID, o.getenv)
+	if err != nil {
+		return nil, fmt.Errorf("kafka sink %q: %w", cfg.Name, err)
+	}
+	kopts = append(kopts,
 		kgo.DefaultProduceTopic(cfg.Topic),
 		kgo.RequiredAcks(kgo.AllISRAcks()),
 		// Idempotence is franz-go's default with acks=all (no
@@ -203,17 +175,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Sink, error) {
 		// Keyed records hash by key (Kafka's murmur2): one device, one
 		// partition, in order.
 		kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)),
-	}
-	if !cfg.AllowPlaintext {
-		tc, err := tlsConfig(cfg.TLS)
-		if err != nil {
-			return nil, fmt.Errorf("kafka sink %q: tls: %w", cfg.Name, err)
-		}
-		kopts = append(kopts, kgo.DialTLSConfig(tc))
-	}
-	if m := mechanism(cfg.SASL, o.getenv); m != nil {
-		kopts = append(kopts, kgo.SASL(m))
-	}
+	)
 	cl, err := kgo.NewClient(append(kopts, o.kgo...)...)
 	if err != nil {
 		return nil, fmt.Errorf("kafka sink %q: %w", cfg.Name, err)
@@ -243,6 +205,8 @@ func tlsConfig(t TLS) (*tls.Config, error) {
 	}
 	return c, nil
 }
+
+func lookupEnv(name string) (string, bool) { return os.LookupEnv(name) }
 
 // maxSecret bounds a secret file (an API key or token is far smaller).
 const maxSecret = 64 << 10

@@ -1,0 +1,589 @@
+package kafka_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/decryptd/decryptd/internal/audit"
+	"github.com/decryptd/decryptd/internal/config"
+	"github.com/decryptd/decryptd/internal/decrypt"
+	"github.com/decryptd/decryptd/internal/fleet"
+	"github.com/decryptd/decryptd/internal/kms/local"
+	"github.com/decryptd/decryptd/internal/registry/filestore"
+)
+
+// The topic the bridge writes and the group the replicas share, as the
+// agreed configuration names them.
+const (
+	topic = "device-events"
+	group = "decryptd"
+	// topicHeader carries the device's MQTT topic (kafka.topic_header's
+	// default).
+	topicHeader = "mqtt_topic"
+)
+
+// buildDecryptd builds cmd/decryptd once per test, without the race
+// detector whatever the test runs with: the replicas are the product as
+// shipped, and a race-built daemon would be several times slower on a
+// loaded CI machine.
+func buildDecryptd(t *testing.T) string {
+	t.Helper()
+	goBin, err := exec.LookPath("go") // go test puts its toolchain first in PATH
+	if err != nil {
+		t.Fatalf("build decryptd: no go command in PATH: %v", err)
+	}
+	bin := filepath.Join(t.TempDir(), "decryptd")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, goBin, "build", "-o", bin, "github.com/decryptd/decryptd/cmd/decryptd")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build decryptd: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// startCluster starts an in-process Kafka of one broker on a 127.0.0.1 TCP
+// port holding topic with the given partitions, closed when t ends.
+func startCluster(t *testing.T, partitions int32) *kfake.Cluster {
+	t.Helper()
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(partitions, topic))
+	if err != nil {
+		t.Fatalf("kfake: %v", err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+// keys are the files every replica shares and the fleet that seals for
+// them.
+type keys struct {
+	dir      string
+	rootKey  string
+	registry string
+	fleet    *fleet.Fleet
+}
+
+// provisionFleet provisions n devices, a key each, with fleet.Bulk (dekctl
+// provision's semantics) under a local root key into a file registry.
+func provisionFleet(t *testing.T, n int) *keys {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	k := &keys{dir: dir, rootKey: filepath.Join(dir, "root-key.json"), registry: filepath.Join(dir, "registry.json")}
+	lp, err := local.Create(k.rootKey, "kafka-e2e-root")
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := filestore.Open(ctx, k.registry, filestore.WithoutFSNotify())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	aw, err := audit.Open(ctx, filepath.Join(dir, "dekctl-audit.log"), audit.WithActor("dekctl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer aw.Close()
+	reqs, err := fleet.Requests(n, fleet.ProvisionOptions{Prefix: "dev-"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &fleet.Bulk{KMS: lp, Registry: store, Audit: aw, Operator: "e2e-kafka"}
+	creds, err := b.ProvisionMany(ctx, reqs)
+	if err != nil {
+		t.Fatalf("provision: %v", err)
+	}
+	if k.fleet, err = fleet.NewFleet(creds, ""); err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// produced is what the bridge wrote: the record id of every message, in
+// the order made, and how many the broker acknowledged.
+type produced struct {
+	ids   []string
+	acked atomic.Int64
+}
+
+// produce writes n messages to the topic as a bridge from MQTT does: the
+// fleet's devices in turn (so each device's messages spread over the whole
+// stream), value = the envelope v1 payload unchanged, key = the device id,
+// header mqtt_topic = the device's MQTT topic; acks=all and idempotence
+// (franz-go's defaults). Each message's record id is computed as decryptd
+// computes it (the decryption core, the fleet resolving its own keys)
+// before it is sent. It returns when the broker acknowledged every one.
+func produce(ctx context.Context, brokers []string, k *keys, n int, seed uint64, p *produced) error {
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.DefaultProduceTopic(topic),
+		kgo.ProducerLinger(5*time.Millisecond), kgo.MaxBufferedRecords(20_000))
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	devices := k.fleet.Devices()
+	var failed atomic.Value
+	// Sealing and computing ids is the producer's cost (several times
+	// more under the race detector): workers share it, each with the
+	// devices w, w+workers, ... (len(devices) a multiple of workers), so
+	// each device's messages stay in order.
+	const workers = 4
+	if len(devices)%workers != 0 {
+		return fmt.Errorf("%d devices: want a multiple of %d", len(devices), workers)
+	}
+	errs := make(chan error, workers)
+	for w := range workers {
+		go func() {
+			errs <- func() error {
+				g, err := fleet.NewGenerator(devices, fleet.DefaultMix(), seed+uint64(w), nil)
+				if err != nil {
+					return err
+				}
+				dec, err := decrypt.New(k.fleet, decrypt.Options{})
+				if err != nil {
+					return err
+				}
+				for i := w; i < n; i += workers {
+					d := devices[i%len(devices)]
+					m, err := g.Next(d, time.Now().Unix())
+					if err != nil {
+						return err
+					}
+					rec, err := dec.Open(ctx, decrypt.Message{Topic: m.Topic, Payload: m.Payload})
+					if err != nil {
+						return fmt.Errorf("message %d does not open: %w", i, err)
+					}
+					p.ids[i] = rec.ID
+					r := &kgo.Record{Key: []byte(d.ID), Value: m.Payload, Headers: []kgo.RecordHeader{{Key: topicHeader, Value: []byte(m.Topic)}}}
+					cl.Produce(ctx, r, func(_ *kgo.Record, err error) {
+						if err != nil {
+							failed.CompareAndSwap(nil, err)
+							return
+						}
+						p.acked.Add(1)
+					})
+				}
+				return nil
+			}()
+		}()
+	}
+	for range workers {
+		if err := <-errs; err != nil {
+			return err
+		}
+	}
+	if err := cl.Flush(ctx); err != nil {
+		return err
+	}
+	if err, _ := failed.Load().(error); err != nil {
+		return fmt.Errorf("produce: %w", err)
+	}
+	return nil
+}
+
+// replicaFiles are the files one replica's configuration names.
+type replicaFiles struct {
+	Config, Ledger, DeadLetter, Log string
+}
+
+// pgEnv names the variable holding the PostgreSQL DSN (it may carry the
+// test role's password, which the sink takes only from the environment).
+const pgEnv = "KAFKA_E2E_PG_DSN"
+
+// writeConfig writes replica name's configuration file, as an operator
+// would with the agreed Kafka input section: the group's brokers, group
+// and topic, this replica's client id; the shared PostgreSQL table; a
+// ledger file sink of its own (fsynced); the fleet's keys.
+func (k *keys) writeConfig(t *testing.T, name string, brokers []string) replicaFiles {
+	t.Helper()
+	dir := filepath.Join(k.dir, name)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	rf := replicaFiles{
+		Config:     filepath.Join(dir, "config.yaml"),
+		Ledger:     filepath.Join(dir, "ledger.jsonl"),
+		DeadLetter: filepath.Join(dir, "dead-letter.jsonl"),
+		Log:        filepath.Join(dir, "decryptd.log"),
+	}
+	var b strings.Builder
+	b.WriteString("input:\n  type: kafka\n")
+	fmt.Fprintf(&b, "kafka:\n  brokers: [%s]\n  group: %s\n  topics: [%s]\n  client_id: %s\n  topic_header: %s\n  max_in_flight: 1024\n  allow_plaintext: true\n",
+		strings.Join(quoteAll(brokers), ", "), group, topic, name, topicHeader)
+	fmt.Fprintf(&b, "kms:\n  provider: local\n  local:\n    root_key_file: %q\n", k.rootKey)
+	fmt.Fprintf(&b, "registry:\n  driver: file\n  path: %q\n", k.registry)
+	fmt.Fprintf(&b, "sinks:\n  - name: warehouse\n    type: postgres\n    dsn_env: %s\n", pgEnv)
+	fmt.Fprintf(&b, "  - name: ledger\n    type: file\n    path: %q\n    fsync: true\n", rf.Ledger)
+	fmt.Fprintf(&b, "dead_letter:\n  type: file\n  path: %q\n", rf.DeadLetter)
+	b.WriteString("metrics:\n  listen: 127.0.0.1:0\n")
+	fmt.Fprintf(&b, "audit:\n  path: %q\n", filepath.Join(dir, "audit.log"))
+	b.WriteString("log:\n  level: info\n  format: json\nshutdown_timeout: 20s\n")
+	if err := os.WriteFile(rf.Config, []byte(b.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("decryptd log %s:\n%s", rf.Log, tail(rf.Log, 12<<10))
+		}
+	})
+	return rf
+}
+
+func quoteAll(ss []string) []string {
+	out := make([]string, len(ss))
+	for i, s := range ss {
+		out[i] = fmt.Sprintf("%q", s)
+	}
+	return out
+}
+
+// tail returns the last max bytes of a file (for failure messages).
+func tail(path string, max int) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Sprintf("(%v)", err)
+	}
+	if len(data) > max {
+		data = data[len(data)-max:]
+	}
+	return string(data)
+}
+
+// process is the decryptd binary run with `decryptd run --config F`.
+type process struct {
+	name  string
+	files replicaFiles
+	cmd   *exec.Cmd
+	addr  string
+	done  chan struct{}
+	err   error // of Wait, once done is closed
+}
+
+// startProcess runs bin with the configuration, learns its HTTP address
+// from its "serving" log line and waits until /readyz says ready.
+func startProcess(t *testing.T, bin, name string, rf replicaFiles, env []string) *process {
+	t.Helper()
+	logf, err := os.OpenFile(rf.Log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lw := &logWatcher{w: logf, addr: make(chan string, 1)}
+	cmd := exec.Command(bin, "run", "--config", rf.Config)
+	cmd.Env = append(cleanEnv(), env...)
+	cmd.Stdout, cmd.Stderr = logf, lw
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // ^C reaches the test, whose cleanup stops it
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		t.Fatal(err)
+	}
+	p := &process{name: name, files: rf, cmd: cmd, done: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		logf.Close()
+		close(p.done)
+	}()
+	t.Cleanup(p.kill)
+	select {
+	case p.addr = <-lw.addr:
+	case <-p.done:
+		t.Fatalf("%s exited during start-up (%v); log:\n%s", name, p.err, tail(rf.Log, 8<<10))
+	case <-time.After(60 * time.Second):
+		t.Fatalf("%s logged no \"serving\" line within 60s; log:\n%s", name, tail(rf.Log, 8<<10))
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if p.exited() {
+			t.Fatalf("%s exited before it was ready (%v); log:\n%s", name, p.err, tail(rf.Log, 8<<10))
+		}
+		resp, err := httpGet("http://" + p.addr + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return p
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not ready within 60s (%v)", name, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (p *process) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// kill sends SIGKILL (no warning, no shutdown, no commit) and waits.
+func (p *process) kill() {
+	if p.exited() {
+		return
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.done
+}
+
+// terminate sends SIGTERM (graceful: in-flight finished and committed,
+// the group left) and returns the exit error.
+func (p *process) terminate(timeout time.Duration) error {
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+		return p.err
+	case <-time.After(timeout):
+		p.kill()
+		return fmt.Errorf("no exit within %s of SIGTERM; killed", timeout)
+	}
+}
+
+// cleanEnv is the test's environment without DECRYPTD_* variables, so only
+// the configuration file configures the daemon.
+func cleanEnv() []string {
+	var out []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, config.EnvPrefix) {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+// logWatcher copies the daemon's log to a file and reports the address of
+// its first "serving" line (zap JSON: {"msg":"serving","http":"host:port"}).
+type logWatcher struct {
+	mu   sync.Mutex
+	w    io.Writer
+	buf  []byte
+	addr chan string
+	sent bool
+}
+
+func (l *logWatcher) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if _, err := l.w.Write(p); err != nil {
+		return 0, err
+	}
+	if l.sent {
+		return len(p), nil
+	}
+	l.buf = append(l.buf, p...)
+	for {
+		i := bytes.IndexByte(l.buf, '\n')
+		if i < 0 {
+			break
+		}
+		var line struct {
+			Msg  string `json:"msg"`
+			HTTP string `json:"http"`
+		}
+		if json.Unmarshal(l.buf[:i], &line) == nil && line.Msg == "serving" && line.HTTP != "" {
+			l.addr <- line.HTTP
+			l.sent, l.buf = true, nil
+			break
+		}
+		l.buf = l.buf[i+1:]
+	}
+	return len(p), nil
+}
+
+// httpGet is a GET bounded by 5 s (a hung daemon must not hang the test).
+func httpGet(url string) (*http.Response, error) {
+	return (&http.Client{Timeout: 5 * time.Second}).Get(url)
+}
+
+// metrics is one scrape of a daemon's /metrics.
+type metrics map[string]*dto.MetricFamily
+
+func scrape(addr string) (metrics, error) {
+	resp, err := httpGet("http://" + addr + "/metrics")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET /metrics: %s", resp.Status)
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := p.TextToMetricFamilies(resp.Body)
+	return metrics(mfs), err
+}
+
+// sum adds the samples of a counter or gauge whose labels include the
+// given name, value pairs.
+func (m metrics) sum(name string, labels ...string) float64 {
+	total := 0.0
+	mf := m[name]
+	if mf == nil {
+		return 0
+	}
+next:
+	for _, s := range mf.GetMetric() {
+		for i := 0; i+1 < len(labels); i += 2 {
+			found := false
+			for _, lp := range s.GetLabel() {
+				if lp.GetName() == labels[i] && lp.GetValue() == labels[i+1] {
+					found = true
+				}
+			}
+			if !found {
+				continue next
+			}
+		}
+		switch {
+		case s.Counter != nil:
+			total += s.GetCounter().GetValue()
+		case s.Gauge != nil:
+			total += s.GetGauge().GetValue()
+		case s.Untyped != nil:
+			total += s.GetUntyped().GetValue()
+		}
+	}
+	return total
+}
+
+// ledger is what a replica's file sink holds: record ids in file order,
+// and lines that are no record (the last line torn by a SIGKILL).
+type ledger struct {
+	ids  []string
+	torn int
+}
+
+func readLedger(path string) (ledger, error) {
+	var l ledger
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return l, nil
+	}
+	if err != nil {
+		return l, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	for sc.Scan() {
+		var r struct {
+			ID string `json:"id"`
+		}
+		if json.Unmarshal(sc.Bytes(), &r) != nil || len(r.ID) != 64 {
+			l.torn++
+			continue
+		}
+		l.ids = append(l.ids, r.ID)
+	}
+	return l, sc.Err()
+}
+
+// tableCounts returns the records table's rows and distinct ids.
+func tableCounts(ctx context.Context, conn *pgx.Conn) (rows, distinct int, err error) {
+	err = conn.QueryRow(ctx, "SELECT count(*), count(DISTINCT id) FROM decryptd_records").Scan(&rows, &distinct)
+	if err != nil && strings.Contains(err.Error(), "does not exist") {
+		return 0, 0, nil // not created yet: no replica has started its sink
+	}
+	return rows, distinct, err
+}
+
+// tableIDs returns every id in the records table.
+func tableIDs(ctx context.Context, conn *pgx.Conn) (map[string]int, error) {
+	r, err := conn.Query(ctx, "SELECT id FROM decryptd_records")
+	if err != nil {
+		return nil, err
+	}
+	got, err := pgx.CollectRows(r, pgx.RowTo[string])
+	if err != nil {
+		return nil, err
+	}
+	return counts(got), nil
+}
+
+func counts(ids []string) map[string]int {
+	m := make(map[string]int, len(ids))
+	for _, id := range ids {
+		m[id]++
+	}
+	return m
+}
+
+// groupState describes the consumer group as the coordinator sees it: its
+// state, and the partitions of the topic assigned to each member by client
+// id.
+type groupState struct {
+	state    string
+	assigned map[string][]int32 // client id -> partitions
+}
+
+func (g groupState) String() string {
+	return fmt.Sprintf("%s %v", g.state, g.assigned)
+}
+
+// partitions is how many partitions the members hold between them.
+func (g groupState) partitions() int {
+	n := 0
+	for _, ps := range g.assigned {
+		n += len(ps)
+	}
+	return n
+}
+
+// describeGroup asks the coordinator (DescribeGroups) and decodes each
+// member's consumer-protocol assignment.
+func describeGroup(ctx context.Context, admin *kgo.Client) (groupState, error) {
+	req := kmsg.NewPtrDescribeGroupsRequest()
+	req.Groups = []string{group}
+	resp, err := req.RequestWith(ctx, admin)
+	if err != nil {
+		return groupState{}, err
+	}
+	if len(resp.Groups) != 1 {
+		return groupState{}, fmt.Errorf("describe groups: %d groups", len(resp.Groups))
+	}
+	g := resp.Groups[0]
+	if err := kerr.ErrorForCode(g.ErrorCode); err != nil {
+		return groupState{}, err
+	}
+	gs := groupState{state: g.State, assigned: map[string][]int32{}}
+	for _, m := range g.Members {
+		var a kmsg.ConsumerMemberAssignment
+		if len(m.MemberAssignment) > 0 {
+			if err := a.ReadFrom(m.MemberAssignment); err != nil {
+				return groupState{}, fmt.Errorf("member %s assignment: %w", m.ClientID, err)
+			}
+		}
+		ps := []int32{}
+		for _, t := range a.Topics {
+			if t.Topic == topic {
+				ps = append(ps, t.Partitions...)
+			}
+		}
+		gs.assigned[m.ClientID] = append(gs.assigned[m.ClientID], ps...)
+	}
+	return gs, nil
+}

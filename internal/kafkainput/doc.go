@@ -1,0 +1,91 @@
+// Package kafkainput is decryptd's Kafka input (input.type kafka): a
+// franz-go consumer group (cooperative-sticky balancer) over topics that a
+// bridge fills with the devices' MQTT messages. It is an intake.Input and
+// hands intake.Messages to an intake.Processor: Source "kafka", Payload the
+// record value unchanged, Topic the MQTT topic (from a header, or a
+// template filled with the record key; see mapping.go), DeviceID read
+// from that topic with the topic pattern as the MQTT input does,
+// ReceivedAt the time of the poll. Decryption, sinks, dead letters and
+// retries belong to the Processor.
+//
+// Files by job: input.go (New, Run, Ready, Shutdown, the poll loop, the
+// in-flight bound, commits), group.go (the rebalance callbacks),
+// tracker.go (the per-partition ordered-commit tracker), dispatch.go (per
+// topic order, workers), rebuild.go (the replay window's rebuild),
+// mapping.go (MQTT topic and commit metadata), metrics.go.
+//
+// # Delivery promise
+//
+// At least once, per device in order:
+//
+//   - Offsets are committed only by the input (auto-commit off), per
+//     partition, for the prefix of handed-out records whose done came back
+//     nil, in offset order: a record that finished early waits for every
+//     earlier one of its partition (tracker). So a committed offset never
+//     passes a record that every sink (or the dead-letter sink) does not
+//     hold. Commits run every CommitInterval, on revocation and at
+//     shutdown. A crash, a kill or a lost session redelivers what was not
+//     committed (from the committed offset on), never loses.
+//   - Revocation (cooperative: only the partitions that move): the
+//     partition's in-flight messages finish (at most RevokeTimeout), its
+//     done prefix is committed, then it is released; the next holder
+//     starts exactly there. A lost partition (session expired, fenced) is
+//     dropped at once without a commit: its queued messages are not
+//     processed, and those being processed may reach the sinks twice.
+//   - Records of one MQTT topic (one device) are handed to the Processor
+//     one at a time in offset order; different topics run concurrently
+//     (the poll goroutine itself when the key is cached, else a fixed
+//     pool of workers, one per topic hash).
+//   - At most MaxInFlight records (and MaxInFlightBytes of values, passed
+//     by at most one poll) are between fetch and settling; polling waits
+//     (PollRecords is asked for no more than the room left), so a slow
+//     sink slows fetching instead of filling memory. Beside them the
+//     client buffers at most one fetch response per broker, each at most
+//     min(MaxInFlightBytes, 50 MiB).
+//   - Redelivered is set on a record that the partition's previous holder
+//     had already received, per its last commit's metadata
+//     ("decryptd/1 received=<offset>"): processed again, its record
+//     repeats an earlier record id (sinks drop it by id). Records that
+//     holder received after its last commit come back unmarked.
+//   - Shutdown stops fetching (what was polled but not handed out is not
+//     committed), lets in-flight messages finish, commits, and leaves the
+//     group, within one deadline; what is unfinished then is redelivered.
+//
+// # Replay window per partition
+//
+// The decryptor's replay window is per process; a partition moves between
+// replicas. So when a partition is assigned, before any of its records is
+// fetched (kgo.AdjustFetchOffsetsFn), its log is read back from
+// max(committed - ReplayLookback, first offset not older than
+// ReplayMaxAge) up to the committed offset by a separate reader, and
+// every record is authenticated and remembered (Window.Remember, never
+// delivered). Guarantee: an exact repeat (or a nonce reuse) of a message
+// is caught, whichever replica accepted the original, when the original
+// lies in the same partition (the bridge keys by device) and is either
+// among the last ReplayLookback records before the committed offset of
+// the assignment, or was processed by the current holder since; and in
+// both cases is younger than ReplayMaxAge (by record timestamp for read
+// back records) and still within the window's entry bound. The rebuild is
+// bounded by ReplayRebuildTimeout (and ends when the group revokes
+// again); a rebuild that stops early is logged and counted
+// (decryptd_kafka_replay_rebuild_truncated_total), and repeats of what it
+// did not read are then delivered again (same record id). Records past the
+// committed offset are never remembered (they are not known to be
+// delivered; remembering one would make its own delivery a duplicate): a
+// redelivery after a crash is processed again and repeats its record id.
+//
+// Metrics: decryptd_kafka_* (records received, redelivered, without a
+// topic; fetch errors; rebalances by event; commits by result; the
+// rebuild), decryptd_kafka_partition_lag and
+// decryptd_kafka_committed_offset by topic and partition number, and
+// decryptd_inflight_messages as the MQTT input has it. Nothing logs or
+// exports payloads; logs carry partition numbers, never device ids.
+//
+// Ready is true once the group is joined (a replica holding no partition
+// is ready too; one rebuilding a partition's window is, as it consumes
+// the others meanwhile) and while fetches do not fail and a broker answers
+// a ping (every 5 s).
+//
+// An Input is safe for concurrent use: Run once, Ready and Shutdown from
+// any goroutine.
+package kafkainput

@@ -1,0 +1,106 @@
+package kafkainput
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+func TestMapperHeader(t *testing.T) {
+	m := newMapper(TopicFromHeader, "mqtt_topic", "")
+	h := func(kv ...string) []kgo.RecordHeader {
+		var out []kgo.RecordHeader
+		for i := 0; i < len(kv); i += 2 {
+			out = append(out, kgo.RecordHeader{Key: kv[i], Value: []byte(kv[i+1])})
+		}
+		return out
+	}
+	cases := []struct {
+		name    string
+		headers []kgo.RecordHeader
+		want    string
+		ok      bool
+	}{
+		{"present", h("mqtt_topic", "iot-2/type/m/id/d1/evt/e/fmt/json"), "iot-2/type/m/id/d1/evt/e/fmt/json", true},
+		{"among others", h("a", "b", "mqtt_topic", "t/1", "c", "d"), "t/1", true},
+		{"last wins", h("mqtt_topic", "t/1", "mqtt_topic", "t/2"), "t/2", true},
+		{"absent", h("topic", "t/1"), "", false},
+		{"empty", h("mqtt_topic", ""), "", false},
+		{"wildcard", h("mqtt_topic", "t/+"), "", false},
+		{"NUL", h("mqtt_topic", "t/\x00"), "", false},
+	}
+	for _, c := range cases {
+		got, ok := m.topic(&kgo.Record{Headers: c.headers, Key: []byte("d1")})
+		if got != c.want || ok != c.ok {
+			t.Errorf("%s: %q, %v; want %q, %v", c.name, got, ok, c.want, c.ok)
+		}
+	}
+}
+
+func TestMapperKey(t *testing.T) {
+	m := newMapper(TopicFromKey, "mqtt_topic", "iot-2/type/monitor/id/{key}/evt/telemetry/fmt/json")
+	for _, c := range []struct {
+		key, want string
+		ok        bool
+	}{
+		{"sensor-001", "iot-2/type/monitor/id/sensor-001/evt/telemetry/fmt/json", true},
+		{"", "", false},
+		{"a/b", "", false},
+		{"a+", "", false},
+	} {
+		got, ok := m.topic(&kgo.Record{Key: []byte(c.key), Headers: []kgo.RecordHeader{{Key: "mqtt_topic", Value: []byte("x")}}})
+		if got != c.want || ok != c.ok {
+			t.Errorf("key %q: %q, %v; want %q, %v", c.key, got, ok, c.want, c.ok)
+		}
+	}
+}
+
+func TestMapperWholeKey(t *testing.T) {
+	m := newMapper(TopicFromKey, "", "{key}")
+	for _, c := range []struct {
+		key, want string
+		ok        bool
+	}{
+		{"iot-2/type/m/id/d1/evt/e/fmt/json", "iot-2/type/m/id/d1/evt/e/fmt/json", true},
+		{"a/#", "", false},
+		{"", "", false},
+	} {
+		got, ok := m.topic(&kgo.Record{Key: []byte(c.key)})
+		if got != c.want || ok != c.ok {
+			t.Errorf("key %q: %q, %v; want %q, %v", c.key, got, ok, c.want, c.ok)
+		}
+	}
+}
+
+func TestMeta(t *testing.T) {
+	for _, n := range []int64{0, 1, 12345, 1<<63 - 1} {
+		got, ok := parseMeta(formatMeta(n))
+		if !ok || got != n {
+			t.Errorf("round trip %d: %d, %v", n, got, ok)
+		}
+	}
+	for _, s := range []string{"", "decryptd/1 received=", "decryptd/1 received=-1", "decryptd/1 received=1x", "other", "decryptd/1 received=99999999999999999999", "decryptd/2 received=5"} {
+		if n, ok := parseMeta(s); ok {
+			t.Errorf("parseMeta(%q) = %d, ok", s, n)
+		}
+	}
+}
+
+func FuzzParseMeta(f *testing.F) {
+	f.Add(formatMeta(42))
+	f.Add("decryptd/1 received=")
+	f.Add("")
+	f.Fuzz(func(t *testing.T, s string) {
+		n, ok := parseMeta(s)
+		if !ok {
+			return
+		}
+		if n < 0 || !strings.HasPrefix(s, metaPrefix) {
+			t.Fatalf("parseMeta(%q) = %d", s, n)
+		}
+		if formatMeta(n) != s {
+			t.Fatalf("parseMeta(%q) = %d, which formats as %q", s, n, formatMeta(n))
+		}
+	})
+}

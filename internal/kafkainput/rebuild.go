@@ -1,0 +1,167 @@
+package kafkainput
+
+import (
+	"context"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+	"go.uber.org/zap"
+)
+
+// Rebuilding the replay window of newly assigned partitions: each is read
+// back from max(end - ReplayLookback, the first offset not older than
+// ReplayMaxAge) up to end, its committed offset, by a reader of its own
+// (no group), and every record is handed to Window.Remember (checked,
+// authenticated and recorded as accepted, never delivered). Records at or
+// past end are not: they are not known to be delivered, and remembering
+// one would make its own first delivery look like a duplicate.
+
+type rebuildPart struct {
+	tp
+	end   int64 // the committed offset: read below it
+	start int64
+}
+
+// rebuild reads the parts back; it returns when all are read, at
+// ReplayRebuildTimeout, or when ctx ends (the session is revoking).
+func (in *Input) rebuild(ctx context.Context, parts []rebuildPart) {
+	ctx, cancel := context.WithTimeout(ctx, in.o.ReplayRebuildTimeout)
+	defer cancel()
+	start := time.Now()
+	since := start.Add(-in.o.ReplayMaxAge)
+	opts := append([]kgo.Opt{}, in.clOpts...)
+	opts = append(opts, kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	rd, err := kgo.NewClient(opts...)
+	if err != nil {
+		in.log.Error("replay window rebuild: reader", zap.Error(err))
+		in.m.rebuildTruncated.Add(float64(len(parts)))
+		return
+	}
+	defer rd.Close()
+	parts = in.rebuildStarts(ctx, rd, parts, since)
+	if len(parts) == 0 {
+		return
+	}
+	offs := map[string]map[int32]kgo.Offset{}
+	want := map[tp]int64{}
+	for _, p := range parts {
+		if offs[p.topic] == nil {
+			offs[p.topic] = map[int32]kgo.Offset{}
+		}
+		offs[p.topic][p.p] = kgo.NewOffset().At(p.start)
+		want[p.tp] = p.end
+	}
+	rd.AddConsumePartitions(offs)
+	n := 0
+	for len(want) > 0 && ctx.Err() == nil {
+		fs := rd.PollFetches(ctx)
+		fs.EachPartition(func(ftp kgo.FetchTopicPartition) {
+			k := tp{ftp.Topic, ftp.Partition}
+			end, ok := want[k]
+			if !ok {
+				return
+			}
+			for _, r := range ftp.Records {
+				if r.Offset >= end {
+					delete(want, k)
+					return
+				}
+				if !r.Timestamp.Before(since) {
+					in.remember(ctx, r)
+					n++
+				}
+				if r.Offset >= end-1 || r.Offset >= ftp.HighWatermark-1 {
+					delete(want, k)
+					return
+				}
+			}
+		})
+	}
+	in.m.rebuilt.Add(float64(n))
+	if len(want) > 0 {
+		in.m.rebuildTruncated.Add(float64(len(want)))
+		in.log.Warn("replay window rebuild stopped before the committed offset (timeout or revocation); repeats of the records not read back are not caught",
+			zap.Int("partitions", len(want)), zap.Int("records", n), zap.Duration("took", time.Since(start)))
+		return
+	}
+	in.log.Info("replay window rebuilt", zap.Int("partitions", len(parts)), zap.Int("records", n), zap.Duration("took", time.Since(start)))
+}
+
+// remember records r in the window, retrying while the answer is
+// "later" (a key fault), until ctx ends.
+func (in *Input) remember(ctx context.Context, r *kgo.Record) {
+	m := in.message(r, r.Timestamp)
+	backoff := 50 * time.Millisecond
+	for {
+		err := in.o.Window.Remember(ctx, m)
+		if err == nil || ctx.Err() != nil {
+			return
+		}
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+			return
+		}
+		backoff = min(2*backoff, time.Second)
+	}
+}
+
+// rebuildStarts sets each part's start: the first offset whose timestamp
+// is not before since (ListOffsets by time), raised to end -
+// ReplayLookback. A part with nothing to read is dropped.
+func (in *Input) rebuildStarts(ctx context.Context, rd *kgo.Client, parts []rebuildPart, since time.Time) []rebuildPart {
+	req := kmsg.NewPtrListOffsetsRequest()
+	req.ReplicaID = -1
+	byTopic := map[string]int{}
+	for _, p := range parts {
+		i, ok := byTopic[p.topic]
+		if !ok {
+			i = len(req.Topics)
+			byTopic[p.topic] = i
+			rt := kmsg.NewListOffsetsRequestTopic()
+			rt.Topic = p.topic
+			req.Topics = append(req.Topics, rt)
+		}
+		rp := kmsg.NewListOffsetsRequestTopicPartition()
+		rp.Partition = p.p
+		rp.CurrentLeaderEpoch = -1
+		rp.Timestamp = since.UnixMilli()
+		req.Topics[i].Partitions = append(req.Topics[i].Partitions, rp)
+	}
+	byTime := map[tp]int64{}
+	for _, sh := range rd.RequestSharded(ctx, req) {
+		if sh.Err != nil {
+			in.log.Warn("replay window rebuild: list offsets", zap.Error(sh.Err))
+			continue
+		}
+		resp := sh.Resp.(*kmsg.ListOffsetsResponse)
+		for _, t := range resp.Topics {
+			for _, rp := range t.Partitions {
+				if err := kerr.ErrorForCode(rp.ErrorCode); err != nil {
+					in.log.Warn("replay window rebuild: list offsets", zap.String("topic", t.Topic), zap.Int32("partition", rp.Partition), zap.Error(err))
+					continue
+				}
+				byTime[tp{t.Topic, rp.Partition}] = rp.Offset
+			}
+		}
+	}
+	out := parts[:0]
+	for _, p := range parts {
+		s, ok := byTime[p.tp]
+		if !ok {
+			// Unknown: read the whole lookback (the timestamps are
+			// still checked record by record).
+			s = 0
+		}
+		if s < 0 {
+			continue // no record that recent: nothing to remember
+		}
+		p.start = max(s, p.end-int64(in.o.ReplayLookback), 0)
+		if p.start < p.end {
+			out = append(out, p)
+		}
+	}
+	return out
+}
