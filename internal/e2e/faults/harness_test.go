@@ -20,6 +20,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -445,13 +446,13 @@ type proc struct {
 	err   error
 
 	mu    sync.Mutex
-	hwm   int64 // highest VmHWM read, bytes
-	peaks *int64
+	hwm   int64         // highest VmHWM read, bytes
+	peaks *atomic.Int64 // the scenario's peak over all its processes
 }
 
 // startDaemon runs decryptd, learns its HTTP address from the "serving"
 // log line and waits until /readyz says ready (within limit).
-func (e *env) startDaemon(df daemonFiles, peak *int64) *proc {
+func (e *env) startDaemon(df daemonFiles, peak *atomic.Int64) *proc {
 	t := e.t
 	t.Helper()
 	p := e.launch(df, peak)
@@ -460,7 +461,7 @@ func (e *env) startDaemon(df daemonFiles, peak *int64) *proc {
 }
 
 // launch starts the process and waits for its address only.
-func (e *env) launch(df daemonFiles, peak *int64) *proc {
+func (e *env) launch(df daemonFiles, peak *atomic.Int64) *proc {
 	t := e.t
 	t.Helper()
 	logf, err := os.OpenFile(df.Log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
@@ -520,8 +521,11 @@ func (p *proc) readHWM() {
 				p.mu.Lock()
 				if kb*1024 > p.hwm {
 					p.hwm = kb * 1024
-					if p.peaks != nil && p.hwm > *p.peaks {
-						*p.peaks = p.hwm
+					for p.peaks != nil {
+						old := p.peaks.Load()
+						if p.hwm <= old || p.peaks.CompareAndSwap(old, p.hwm) {
+							break
+						}
 					}
 				}
 				p.mu.Unlock()

@@ -54,7 +54,7 @@ func kmsOutage(t *testing.T, fault string, kill bool) {
 	)
 	e := newEnv(t, envOptions{devices: devices, keyProtect: true, maxInflight: 100})
 	df := e.writeConfig(daemonConfig{ClientID: "k1", MaxInFlight: 100, Extra: spoolYAML(filepath.Join(e.dir, "spool"))})
-	var peak int64
+	var peak atomic.Int64
 	p := e.startDaemon(df, &peak)
 	s := newSender(t, e, 4, fleet.DefaultMix())
 	var cached, uncached []int
@@ -172,7 +172,7 @@ func kmsOutage(t *testing.T, fault string, kill bool) {
 		r.Fault += " + decryptd SIGKILL"
 	}
 	r.Fault += fmt.Sprintf(" %s, half cached", outage)
-	r.Recover, r.RecoverBound, r.PeakRSS, r.Budget, r.Note = rec, bound, peak, df.budget, note
+	r.Recover, r.RecoverBound, r.PeakRSS, r.Budget, r.Note = rec, bound, peak.Load(), df.budget, note
 	t.Logf("metrics: transient retries %v, KMS errors in dead letters %v", m.sum("decryptd_transient_retries_total"), m.sum("decryptd_dead_letters_total"))
 	bookkeep(t, r)
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -114,7 +115,7 @@ type streamScenario struct {
 func runStream(t *testing.T, sc streamScenario) {
 	e := newEnv(t, envOptions{devices: sc.devices})
 	df := e.writeConfig(daemonConfig{ClientID: "d1", NotShared: sc.notShared})
-	var peak int64
+	var peak atomic.Int64
 	p := e.startDaemon(df, &peak)
 	mix := fleet.DefaultMix()
 	if sc.badShares > 0 {
@@ -143,7 +144,7 @@ func runStream(t *testing.T, sc streamScenario) {
 		limit = 20 * time.Second // what a dead broker lost does not come back
 	}
 	r, miss, m := settle(t, s, p, limit)
-	r.Fault, r.Recover, r.RecoverBound, r.PeakRSS, r.Budget = sc.name, rec, sc.bound, peak, df.budget
+	r.Fault, r.Recover, r.RecoverBound, r.PeakRSS, r.Budget = sc.name, rec, sc.bound, peak.Load(), df.budget
 	if len(miss) > 0 {
 		received := m.sum("decryptd_mqtt_messages_received_total") - m.sum("decryptd_mqtt_messages_released_total")
 		processed := m.sum("decryptd_messages_processed_total")

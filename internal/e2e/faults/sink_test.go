@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -187,7 +188,7 @@ func TestSinkFailure(t *testing.T) {
 	o := newOutage(t, e, 256<<20)
 	df := e.writeConfig(daemonConfig{ClientID: "s1", Sinks: o.sinks})
 	df.Records = o.records
-	var peak int64
+	var peak atomic.Int64
 	p := e.startDaemon(df, &peak)
 	s := newSender(t, e, 4, fleet.DefaultMix())
 	done := s.stream(allDevices(devices), count, rate)
@@ -210,7 +211,7 @@ func TestSinkFailure(t *testing.T) {
 	r, miss, _ := settle(t, s, p, 90*time.Second)
 	r.Lost = len(miss)
 	r.Fault = fmt.Sprintf("sink %s for %s", o.kind, down)
-	r.Recover, r.RecoverBound, r.PeakRSS, r.Budget = rec, bound, peak, df.budget
+	r.Recover, r.RecoverBound, r.PeakRSS, r.Budget = rec, bound, peak.Load(), df.budget
 	bookkeep(t, r)
 }
 
@@ -229,7 +230,7 @@ func TestLargeMessagesSinkOutage(t *testing.T) {
 	o := newOutage(t, e, int64(pick(256<<20, 768<<20)))
 	df := e.writeConfig(daemonConfig{ClientID: "l1", Sinks: o.sinks, MaxInFlight: 64})
 	df.Records = o.records
-	var peak int64
+	var peak atomic.Int64
 	p := e.startDaemon(df, &peak)
 	s := newSender(t, e, 2, fleet.DefaultMix())
 	marker := "rv-" + randHex(8)
@@ -267,7 +268,7 @@ func TestLargeMessagesSinkOutage(t *testing.T) {
 	r, miss, _ := settle(t, s, p, 2*time.Minute)
 	r.Lost = len(miss)
 	r.Fault = fmt.Sprintf("240 KiB messages, sink %s for %s", o.kind, down)
-	r.Recover, r.RecoverBound, r.PeakRSS, r.Budget = rec, bound, peak, df.budget
+	r.Recover, r.RecoverBound, r.PeakRSS, r.Budget = rec, bound, peak.Load(), df.budget
 	r.Note = "max_in_flight 64"
 	bookkeep(t, r)
 }
@@ -286,7 +287,7 @@ func TestHostileFlood(t *testing.T) {
 	)
 	e := newEnv(t, envOptions{devices: devices})
 	df := e.writeConfig(daemonConfig{ClientID: "h1"})
-	var peak int64
+	var peak atomic.Int64
 	p := e.startDaemon(df, &peak)
 	mix := fleet.Mix{ShapeB: 0.5, Bad: map[fleet.Kind]float64{}}
 	for _, k := range fleet.BadKinds() {
@@ -335,7 +336,7 @@ func TestHostileFlood(t *testing.T) {
 	r, miss, _ := settle(t, s, p, 60*time.Second)
 	r.Lost = len(miss)
 	r.Fault = "hostile flood"
-	r.PeakRSS, r.Budget = peak, df.budget
+	r.PeakRSS, r.Budget = peak.Load(), df.budget
 	bad := 0
 	for _, n := range r.DeadLettered {
 		bad += n
@@ -393,10 +394,21 @@ func TestSecretInSinkURL(t *testing.T) {
 				t.Errorf("decryptd %s accepted a token in the sink URL's query", args[0])
 			}
 		}
-		record(result{Fault: "token in a sink URL query", Note: "refused at start, token not echoed"})
-		return
+		record(result{Fault: "token in a sink URL query", Note: "refused at start, token not echoed", Held: !t.Failed()})
+		// What check-config lets through must still be logged redacted:
+		// a secret in a query parameter it does not know as a credential
+		// (every query value is redacted in logs).
+		token = "tenant-" + randHex(12)
+		e.plant(token)
+		sinks = fmt.Sprintf("  - name: ehr\n    type: http\n    url: %q\n    auth_header_file: %q\n    batch_max: 50\n    timeout: 2s\n", srv.URL+"/records?tenant="+token, authFile)
+		df = e.writeConfig(daemonConfig{ClientID: "u2", Sinks: sinks, NoLoad: true})
+		df.Records = rec
+		if _, err := config.Load(df.Config, func(string) (string, bool) { return "", false }); err != nil {
+			t.Logf("a value in the query parameter tenant is refused too (%v): nothing more to run", err)
+			return
+		}
 	}
-	var peak int64
+	var peak atomic.Int64
 	p := e.startDaemon(df, &peak)
 	rcv.setDown(true)
 	s := newSender(t, e, 2, fleet.DefaultMix())
@@ -427,10 +439,10 @@ func TestSecretInSinkURL(t *testing.T) {
 	// The row says whether the token stayed out of the log (the scan of
 	// every log runs again at the end).
 	if strings.Contains(string(readFile(df.Log)), token) {
-		t.Errorf("the token planted in the sink URL's query is in decryptd's log")
+		t.Errorf("the secret planted in the sink URL's query is in decryptd's log")
 	}
-	r.Fault = "HTTP sink timing out for 15s, token in its URL"
-	r.Recover, r.RecoverBound, r.PeakRSS, r.Budget = rtt, pick(30*time.Second, 10*time.Second), peak, 0
+	r.Fault = "HTTP sink timing out for 15s, a secret in its URL's query"
+	r.Recover, r.RecoverBound, r.PeakRSS, r.Budget = rtt, pick(30*time.Second, 10*time.Second), peak.Load(), 0
 	bookkeep(t, r)
 }
 
