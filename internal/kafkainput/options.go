@@ -18,7 +18,7 @@ import (
 const (
 	DefaultGroup                = "decryptd"
 	DefaultTopicHeader          = "mqtt_topic"
-	DefaultMaxInFlight          = 1024
+	DefaultMaxInFlight          = 8192 // config.DefaultKafkaMaxInFlight
 	DefaultMaxInFlightBytes     = 64 << 20
 	DefaultWorkers              = 256
 	DefaultCommitInterval       = time.Second
