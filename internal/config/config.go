@@ -147,8 +147,10 @@ type Kafka struct {
 	MaxInFlight int `yaml:"max_in_flight" json:"max_in_flight"`
 	// MaxInFlightBytes bounds their payload bytes (default 64 MiB).
 	MaxInFlightBytes int `yaml:"max_in_flight_bytes" json:"max_in_flight_bytes"`
-	// Workers is how many device topics are processed at once when
-	// their messages must wait for a key (default 256).
+	// Workers is how many goroutines hand records on (default 256): each
+	// takes the device topics its hash picks, one message at a time in
+	// order, so up to Workers devices are decrypted (or wait for a key)
+	// at once.
 	Workers int `yaml:"workers" json:"workers"`
 	// CommitInterval is how often the finished prefix of every partition
 	// is committed (default 1s); also on revocation and at shutdown.
