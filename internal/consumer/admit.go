@@ -195,10 +195,18 @@ func (c *Consumer) acquire(l *link, conn *trackedConn, size int64, now time.Time
 
 // markOverflow records that l's conn releases messages until there is room
 // again; freeSlot then closes it so the broker redelivers them.
+//
+// It checks for room itself as well: the messages in flight may all have
+// finished (their freeSlot calls seeing no overflow yet) between the wait
+// giving up and this mark, and then no later freeSlot would come to
+// reconnect the link, leaving the released messages at the broker, never
+// redelivered on a connection that stays up. Each side writes its own
+// counter before reading the other's, so at least one of them sees both.
 func (c *Consumer) markOverflow(l *link, conn *trackedConn) {
 	if l.overflowConn.Swap(conn) == nil {
 		c.overflowing.Add(1)
 	}
+	c.reconnectIfRoom(c.inUse.Load())
 }
 
 func (c *Consumer) acquireSlot(l *link, conn *trackedConn) bool {
@@ -251,6 +259,14 @@ func (c *Consumer) freeSlot(size int64) {
 		default:
 		}
 	}
+	c.reconnectIfRoom(n)
+}
+
+// reconnectIfRoom closes every link marked by markOverflow once there is
+// room again (n, the messages in flight, at most half the slots, and at
+// most half the byte budget held), so that the broker redelivers what it
+// released.
+func (c *Consumer) reconnectIfRoom(n int64) {
 	if n <= int64(c.o.MaxInFlight/2) && c.overflowing.Load() > 0 && c.budget.Held() <= c.budget.Limit()/2 {
 		for _, l := range c.links {
 			if conn := l.overflowConn.Load(); conn != nil && l.overflowConn.CompareAndSwap(conn, nil) {
