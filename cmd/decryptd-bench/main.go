@@ -42,6 +42,7 @@ func run() int {
 	input := fs.String("input", "both", "drain: which input's backlog: mqtt (Mosquitto, against a bare paho subscriber), kafka (kfake, against a bare franz-go consumer) or both")
 	var ko bench.KafkaDrainOptions
 	fs.IntVar(&ko.Partitions, "kafka-partitions", 12, "kafka drain: partitions of the topic")
+	fs.IntVar(&ko.MaxInFlight, "kafka-max-in-flight", def.Kafka.MaxInFlight, "kafka drain: decryptd kafka.max_in_flight")
 	cold := fs.Bool("cold", true, "run the cold start benchmark")
 	var so bench.SinkDrainOptions
 	sinks := fs.Bool("sinks", true, "run the sink drain: file, Kafka (kfake) and PostgreSQL sinks, as ratios to the file sink")
@@ -125,8 +126,9 @@ func run() int {
 		fmt.Fprintf(os.Stderr, "decryptd-bench: -input %q: want mqtt, kafka or both\n", *input)
 		return 2
 	}
-	// The Kafka drain takes the MQTT drain's sizes and decryptd settings.
-	ko.Messages, ko.Devices, ko.Rounds, ko.MaxInFlight, ko.ProfileDir = do.Messages, do.Devices, do.Rounds, do.MaxInFlight, do.ProfileDir
+	// The Kafka drain takes the MQTT drain's sizes (its in-flight bound is
+	// -kafka-max-in-flight).
+	ko.Messages, ko.Devices, ko.Rounds, ko.ProfileDir = do.Messages, do.Devices, do.Rounds, do.ProfileDir
 	if !kafkaDrain {
 		ko.Rounds = -1
 	}

@@ -42,7 +42,7 @@ type KafkaDrainOptions struct {
 	Partitions int // default 12
 	Rounds     int // a,b pairs (default 3)
 	// MaxInFlight is decryptd's kafka.max_in_flight (default: the
-	// configuration's).
+	// configuration's kafka default).
 	MaxInFlight int
 	ProfileDir  string
 	Progress    io.Writer
@@ -124,8 +124,9 @@ func KafkaDrain(ctx context.Context, o KafkaDrainOptions) (*KafkaDrainResult, er
 			fmt.Fprintf(o.Progress, format+"\n", args...)
 		}
 	}
-	workers := 0
-	daemonDefaults(&workers, &o.MaxInFlight)
+	if o.MaxInFlight <= 0 {
+		o.MaxInFlight = config.Default().Kafka.MaxInFlight
+	}
 	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(int32(o.Partitions), kafkaTopic))
 	if err != nil {
 		return nil, fmt.Errorf("kfake: %w", err)

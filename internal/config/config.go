@@ -143,12 +143,14 @@ type Kafka struct {
 	// "iot-2/type/monitor/id/{key}/evt/telemetry/fmt/json".
 	TopicTemplate string `yaml:"topic_template" json:"topic_template"`
 	// MaxInFlight bounds records received and not yet committable
-	// (default 1024); fetching waits while it is reached.
+	// (default 8192); fetching waits while it is reached.
 	MaxInFlight int `yaml:"max_in_flight" json:"max_in_flight"`
 	// MaxInFlightBytes bounds their payload bytes (default 64 MiB).
 	MaxInFlightBytes int `yaml:"max_in_flight_bytes" json:"max_in_flight_bytes"`
-	// Workers is how many device topics are processed at once when
-	// their messages must wait for a key (default 256).
+	// Workers is how many goroutines hand records on (default 256): each
+	// takes the device topics its hash picks, one message at a time in
+	// order, so up to Workers devices are decrypted (or wait for a key)
+	// at once.
 	Workers int `yaml:"workers" json:"workers"`
 	// CommitInterval is how often the finished prefix of every partition
 	// is committed (default 1s); also on revocation and at shutdown.
@@ -499,9 +501,15 @@ const (
 	DefaultMaxInFlightBytes    = 64 << 20
 	DefaultBatchLinger         = 2 * time.Millisecond
 
-	DefaultKafkaGroup                = "decryptd"
-	DefaultKafkaTopicHeader          = "mqtt_topic"
-	DefaultKafkaMaxInFlightBytes     = 64 << 20
+	DefaultKafkaGroup            = "decryptd"
+	DefaultKafkaTopicHeader      = "mqtt_topic"
+	DefaultKafkaMaxInFlightBytes = 64 << 20
+	// DefaultKafkaMaxInFlight is larger than the MQTT input's: a Kafka
+	// record settles only once its sink batch is written (fsynced), so
+	// the bound has to cover what arrives during a write or two
+	// (throughput ≈ bound / settle time); 8192 records of a few hundred
+	// bytes are a few MiB, well inside the byte bound.
+	DefaultKafkaMaxInFlight          = 8192
 	DefaultKafkaCommitInterval       = time.Second
 	DefaultKafkaReplayLookback       = 100_000
 	DefaultKafkaReplayRebuildTimeout = 30 * time.Second
@@ -704,7 +712,7 @@ func (c *Config) applyDefaults() {
 	setS(&k.ClientID, c.MQTT.ClientID)
 	setS(&k.TopicHeader, DefaultKafkaTopicHeader)
 	setS(&k.TopicFrom, TopicFromHeader)
-	setI(&k.MaxInFlight, DefaultMaxInFlight)
+	setI(&k.MaxInFlight, DefaultKafkaMaxInFlight)
 	setI(&k.MaxInFlightBytes, DefaultKafkaMaxInFlightBytes)
 	setI(&k.Workers, DefaultWorkers)
 	setD(&k.CommitInterval, DefaultKafkaCommitInterval)

@@ -518,7 +518,7 @@ func TestKafkaInput(t *testing.T) {
 	}
 	got := c.Kafka
 	if got.Group != "decryptd" || got.TopicFrom != "header" || got.TopicHeader != "mqtt_topic" || got.ClientID != "test-1" ||
-		got.MaxInFlight != 1024 || got.CommitInterval != time.Second || got.ReplayLookback != 100000 {
+		got.MaxInFlight != DefaultKafkaMaxInFlight || got.CommitInterval != time.Second || got.ReplayLookback != 100000 {
 		t.Fatalf("defaults: %+v", got)
 	}
 	for _, tc := range []struct{ extra, want string }{

@@ -2,7 +2,6 @@ package kafkainput
 
 import (
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -10,12 +9,17 @@ import (
 	"github.com/decryptd/decryptd/internal/intake"
 )
 
-// Handing records to the Processor, in order per MQTT topic (device):
-// the poll goroutine hands a record over itself (TryProcess, which never
-// blocks) when nothing of its worker is pending, otherwise the worker
-// that owns its topic does (Process, which may wait for a key) and the
-// topic's later records queue behind it. Different topics run
-// concurrently on different workers.
+// Handing records to the Processor, in order per MQTT topic (device): the
+// poll goroutine only tracks the records of a poll and hands them, grouped
+// by worker, to the workers (one queue push and at most one wake-up per
+// worker and poll); a topic's records always go to the worker its hash
+// picks, which takes them in order, one at a time: TryProcess (never
+// blocks) and, when that declines (a key being loaded, a transient fault),
+// Process (which may wait; the topic's later records queue behind it; see
+// work for how the keys of a batch load together).
+// Different topics run concurrently on different workers, so decryption
+// uses as many cores as there are busy workers, and the poll goroutine is
+// free to fetch the next records meanwhile.
 
 // entry is one record handed out.
 type entry struct {
@@ -27,38 +31,90 @@ type entry struct {
 	backoff time.Duration
 }
 
-// dispatch hands e to the Processor without waiting when nothing of its
-// worker's topics is queued or being processed and the Processor takes
-// it at once; otherwise e goes to its topic's worker.
-func (in *Input) dispatch(e *entry) {
-	q := in.queues[hashTopic(e.msg.Topic)%uint32(len(in.queues))]
-	if q.busy.Load() == 0 && in.proc.TryProcess(in.procCtx, e.msg, e.finish) {
-		in.m.inline.Inc()
-		return
+// dispatchAll hands the entries of one poll to their topics' workers, in
+// order. It never blocks (the in-flight bound bounds the queues).
+func (in *Input) dispatchAll(es []*entry) {
+	touched := in.touched[:0]
+	for _, e := range es {
+		qi := hashTopic(e.msg.Topic) % uint32(len(in.queues))
+		if len(in.pend[qi]) == 0 {
+			touched = append(touched, qi)
+		}
+		in.pend[qi] = append(in.pend[qi], e)
 	}
-	q.busy.Add(1)
-	q.push(e)
+	for _, qi := range touched {
+		in.queues[qi].pushAll(in.pend[qi])
+		clear(in.pend[qi])
+		in.pend[qi] = in.pend[qi][:0]
+	}
+	in.touched = touched
 }
 
+// work takes its queue's entries in order until the input stops. Each
+// batch popped goes in two passes: first every entry whose topic has not
+// had to wait yet in this batch is offered to TryProcess (which also
+// starts loading the key of one it declines, so the keys of a batch load
+// concurrently); the declined entries, and every later entry of their
+// topics, are then handed over in order (TryProcess, else Process, which
+// waits). A topic's entries thus still reach the Processor one at a time
+// in offset order.
 func (in *Input) work(q *workQueue) {
 	defer in.wg.Done()
+	var batch, waiting []*entry
+	blocked := map[string]struct{}{}
 	for {
-		e, ok := q.pop(in.quit)
+		var ok bool
+		batch, ok = q.popAll(in.quit, batch[:0])
 		if !ok {
 			return
 		}
-		if e.p.lost.Load() || in.procCtx.Err() != nil {
-			// Its partition is gone without a commit, or the shutdown
-			// deadline passed: not processed, not committed; whoever
-			// holds the partition next gets it.
-			e.settle(false)
-		} else {
+		fast := 0
+		for i, e := range batch {
+			batch[i] = nil
+			if len(blocked) > 0 {
+				if _, b := blocked[e.msg.Topic]; b {
+					waiting = append(waiting, e)
+					continue
+				}
+			}
+			if in.skip(e) {
+				continue
+			}
+			if in.proc.TryProcess(in.procCtx, e.msg, e.finish) {
+				fast++
+				continue
+			}
+			blocked[e.msg.Topic] = struct{}{}
+			waiting = append(waiting, e)
+		}
+		for i, e := range waiting {
+			waiting[i] = nil
+			if in.skip(e) {
+				continue
+			}
+			if in.proc.TryProcess(in.procCtx, e.msg, e.finish) {
+				fast++
+				continue
+			}
 			in.proc.Process(in.procCtx, e.msg, e.finish)
 		}
-		// Only now may a later message of these topics take the fast
-		// path: whatever this call handed on went first.
-		q.busy.Add(-1)
+		waiting = waiting[:0]
+		clear(blocked)
+		if fast > 0 {
+			in.m.inline.Add(float64(fast))
+		}
 	}
+}
+
+// skip settles e undone when its partition is gone without a commit or
+// the shutdown deadline passed: not processed, not committed; whoever
+// holds the partition next gets it.
+func (in *Input) skip(e *entry) bool {
+	if e.p.lost.Load() || in.procCtx.Err() != nil {
+		e.settle(false)
+		return true
+	}
+	return false
 }
 
 // finish is the Processor's done for e.
@@ -112,14 +168,12 @@ type workQueue struct {
 	mu    sync.Mutex
 	items []*entry
 	wake  chan struct{}
-	// busy counts the messages queued here or in their Processor call;
-	// the poll goroutine takes its fast path only while it is zero.
-	busy atomic.Int64
 }
 
-func (q *workQueue) push(e *entry) {
+// pushAll appends es (in order) and wakes the worker.
+func (q *workQueue) pushAll(es []*entry) {
 	q.mu.Lock()
-	q.items = append(q.items, e)
+	q.items = append(q.items, es...)
 	q.mu.Unlock()
 	select {
 	case q.wake <- struct{}{}:
@@ -127,15 +181,17 @@ func (q *workQueue) push(e *entry) {
 	}
 }
 
-func (q *workQueue) pop(quit <-chan struct{}) (*entry, bool) {
+// popAll waits for entries and returns all of them, in order, swapping
+// buf (emptied) in as the queue's next storage; ok=false once quit is
+// closed.
+func (q *workQueue) popAll(quit <-chan struct{}, buf []*entry) ([]*entry, bool) {
 	for {
 		q.mu.Lock()
 		if len(q.items) > 0 {
-			e := q.items[0]
-			q.items[0] = nil
-			q.items = q.items[1:]
+			out := q.items
+			q.items = buf[:0]
 			q.mu.Unlock()
-			return e, true
+			return out, true
 		}
 		q.mu.Unlock()
 		select {

@@ -34,12 +34,16 @@
 //     processed, and those being processed may reach the sinks twice.
 //   - Records of one MQTT topic (one device) are handed to the Processor
 //     one at a time in offset order; different topics run concurrently
-//     (the poll goroutine itself when the key is cached, else a fixed
-//     pool of workers, one per topic hash).
+//     on a fixed pool of Workers goroutines (a topic's records always go
+//     to the worker its hash picks). The poll goroutine only tracks and
+//     queues records, so it fetches the next ones while the workers
+//     decrypt and the sinks write.
 //   - At most MaxInFlight records (and MaxInFlightBytes of values, passed
 //     by at most one poll) are between fetch and settling; polling waits
-//     (PollRecords is asked for no more than the room left), so a slow
-//     sink slows fetching instead of filling memory. Beside them the
+//     (PollRecords is asked for no more than the room left; once the
+//     bound is reached, until a sixteenth of it, at most 256 records, is
+//     free again), so a slow sink slows fetching instead of filling
+//     memory. Beside them the
 //     client buffers at most one fetch response per broker, each at most
 //     min(MaxInFlightBytes, 50 MiB).
 //   - Redelivered is set on a record that the partition's previous holder

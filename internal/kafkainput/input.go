@@ -52,8 +52,15 @@ type Input struct {
 	flightCond  *sync.Cond
 	flightN     int
 	flightBytes int
+	pollWaiting bool // waitRoom waits: release wakes it once there is room
+	minRoom     int  // the room waitRoom waits for (hysteresis: no poll for a record or two)
 
 	queues []*workQueue
+	// Owned by the poll goroutine: a poll's entries, and its entries by
+	// worker (pend) with the workers that got any (touched).
+	polled  []*entry
+	pend    [][]*entry
+	touched []uint32
 
 	commitMu sync.Mutex // one commit at a time (periodic, revoke, final)
 
@@ -165,6 +172,8 @@ func New(o Options, proc intake.Processor) (*Input, error) {
 	for i := range in.queues {
 		in.queues[i] = &workQueue{wake: make(chan struct{}, 1)}
 	}
+	in.pend = make([][]*entry, o.Workers)
+	in.minRoom = max(1, min(o.MaxInFlight/16, 256))
 	return in, nil
 }
 
@@ -330,6 +339,7 @@ func (in *Input) poll() {
 		})
 		now := time.Now()
 		got := 0
+		in.polled = in.polled[:0]
 		fs.EachPartition(func(ftp kgo.FetchTopicPartition) {
 			if len(ftp.Records) == 0 {
 				in.mu.Lock()
@@ -341,11 +351,13 @@ func (in *Input) poll() {
 			}
 			p := in.partition(ftp.Topic, ftp.Partition)
 			p.hwm.Store(ftp.HighWatermark)
-			for _, r := range ftp.Records {
-				in.admit(p, r, now)
-				got++
-			}
+			got += len(ftp.Records)
+			in.admit(p, ftp.Records, now)
 		})
+		if len(in.polled) > 0 {
+			in.dispatchAll(in.polled)
+			clear(in.polled)
+		}
 		if got > 0 || !failed {
 			in.fetchFailing.Store(false)
 		} else {
@@ -382,30 +394,44 @@ func newPartition(k tp, committed, prevReceived int64) *partition {
 	return p
 }
 
-// admit hands one record out: tracked for the commit, counted against
-// the in-flight bound, and given to the Processor or its topic's worker.
-func (in *Input) admit(p *partition, r *kgo.Record, now time.Time) {
-	e := &entry{in: in, p: p, size: len(r.Value)}
-	e.msg = in.message(r, now)
+// admit takes the records of one partition from one poll (in offset
+// order): tracked for the commit, counted against the in-flight bound,
+// and appended to in.polled for dispatchAll. Nothing is taken from a
+// partition already revoked or lost.
+func (in *Input) admit(p *partition, rs []*kgo.Record, now time.Time) {
+	es := make([]entry, len(rs)) // one allocation for the poll's entries of p
+	size := 0
+	for i, r := range rs {
+		es[i] = entry{in: in, p: p, size: len(r.Value), msg: in.message(r, now)}
+		size += len(r.Value)
+	}
+	redelivered := 0
 	p.mu.Lock()
 	if p.gone.Load() {
 		p.mu.Unlock()
 		return
 	}
-	e.msg.Redelivered = r.Offset < p.redeliverBelow
-	e.seq = p.tr.add(r.Offset, r.LeaderEpoch)
-	p.pending++
-	p.received = r.Offset + 1
+	for i, r := range rs {
+		e := &es[i]
+		if e.msg.Redelivered = r.Offset < p.redeliverBelow; e.msg.Redelivered {
+			redelivered++
+		}
+		e.seq = p.tr.add(r.Offset, r.LeaderEpoch)
+	}
+	p.pending += len(rs)
+	p.received = rs[len(rs)-1].Offset + 1
 	p.mu.Unlock()
 	in.flightMu.Lock()
-	in.flightN++
-	in.flightBytes += e.size
+	in.flightN += len(rs)
+	in.flightBytes += size
 	in.flightMu.Unlock()
-	in.m.received.Inc()
-	if e.msg.Redelivered {
-		in.m.redelivered.Inc()
+	in.m.received.Add(float64(len(rs)))
+	if redelivered > 0 {
+		in.m.redelivered.Add(float64(redelivered))
 	}
-	in.dispatch(e)
+	for i := range es {
+		in.polled = append(in.polled, &es[i])
+	}
 }
 
 // message is r as the Processor sees it.
@@ -422,26 +448,40 @@ func (in *Input) message(r *kgo.Record, now time.Time) intake.Message {
 	return intake.Message{Source: Source, Topic: topic, DeviceID: id, Payload: r.Value, ReceivedAt: now}
 }
 
-// waitRoom waits until the in-flight bound has room and returns how many
+// waitRoom waits until the in-flight bound has room (at least minRoom
+// records, and value bytes below the byte bound) and returns how many
 // records the next poll may take; ok=false once the input stops.
 func (in *Input) waitRoom() (int, bool) {
 	in.flightMu.Lock()
 	defer in.flightMu.Unlock()
-	for (in.flightN >= in.o.MaxInFlight || in.flightBytes >= in.o.MaxInFlightBytes) && !in.stopping.Load() {
+	for !in.roomLocked() && !in.stopping.Load() {
+		in.pollWaiting = true
 		in.flightCond.Wait()
 	}
+	in.pollWaiting = false
 	if in.stopping.Load() {
 		return 0, false
 	}
 	return in.o.MaxInFlight - in.flightN, true
 }
 
+// roomLocked reports whether the poll goroutine may poll (flightMu held).
+func (in *Input) roomLocked() bool {
+	return in.o.MaxInFlight-in.flightN >= in.minRoom && in.flightBytes < in.o.MaxInFlightBytes
+}
+
 func (in *Input) release(size int) {
 	in.flightMu.Lock()
 	in.flightN--
 	in.flightBytes -= size
+	wake := in.pollWaiting && in.roomLocked()
+	if wake {
+		in.pollWaiting = false
+	}
 	in.flightMu.Unlock()
-	in.flightCond.Broadcast()
+	if wake {
+		in.flightCond.Broadcast()
+	}
 }
 
 func (in *Input) inFlight() int {

@@ -47,7 +47,7 @@ func newMetrics(reg prometheus.Registerer, in *Input) (*metrics, error) {
 		}),
 		inline: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "decryptd_kafka_records_fast_path_total",
-			Help: "Records the poll goroutine processed itself (key cached, none of the topic's messages waiting); the others went to a worker.",
+			Help: "Records a worker handed to the pipeline without waiting (key cached); the others waited for their key (or a transient fault) in the pipeline.",
 		}),
 		fetchErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "decryptd_kafka_fetch_errors_total",

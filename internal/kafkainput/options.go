@@ -18,7 +18,7 @@ import (
 const (
 	DefaultGroup                = "decryptd"
 	DefaultTopicHeader          = "mqtt_topic"
-	DefaultMaxInFlight          = 1024
+	DefaultMaxInFlight          = 8192 // config.DefaultKafkaMaxInFlight
 	DefaultMaxInFlightBytes     = 64 << 20
 	DefaultWorkers              = 256
 	DefaultCommitInterval       = time.Second
@@ -68,9 +68,10 @@ type Options struct {
 	// while either is reached (the byte bound may be passed by one poll).
 	MaxInFlight      int
 	MaxInFlightBytes int
-	// Workers is how many device topics are processed at once when their
-	// messages have to wait (a key being loaded); messages of one topic go
-	// to one worker, in order.
+	// Workers is how many goroutines hand records to the Processor: each
+	// takes the records of the topics (devices) its hash picks, in order,
+	// so up to Workers topics are decrypted at once (and wait for a key at
+	// once).
 	Workers int
 	// CommitInterval: how often each partition's done prefix is committed.
 	CommitInterval time.Duration
