@@ -71,7 +71,7 @@ func TestPostgresSinkKilledRestartedExactlyUnique(t *testing.T) {
 		}
 		return n >= messages/2, fmt.Sprintf("%d rows", n)
 	})
-	first.kill()
+	first.Kill()
 	atKill, _, err := pgIDs(t.Context(), conn)
 	if err != nil {
 		t.Fatal(err)
@@ -105,7 +105,7 @@ func TestPostgresSinkKilledRestartedExactlyUnique(t *testing.T) {
 		n := m.sum("decryptd_inflight_messages")
 		return n == 0, fmt.Sprintf("decryptd_inflight_messages %v", n)
 	})
-	if err := second.terminate(30 * time.Second); err != nil {
+	if err := second.Terminate(30 * time.Second); err != nil {
 		t.Errorf("second process: graceful stop: %v", err)
 	}
 	rows, have, err := pgIDs(t.Context(), conn)

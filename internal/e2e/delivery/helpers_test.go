@@ -14,12 +14,10 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -36,6 +34,7 @@ import (
 	"github.com/decryptd/decryptd/internal/kms/local"
 	"github.com/decryptd/decryptd/internal/registry/filestore"
 	"github.com/decryptd/decryptd/internal/seal"
+	"github.com/decryptd/decryptd/internal/testutil/daemonproc"
 	"github.com/decryptd/decryptd/internal/testutil/mosquittotest"
 )
 
@@ -307,11 +306,9 @@ func startInProcess(t *testing.T, rf replicaFiles) *inProcess {
 
 // process is the decryptd binary run with `decryptd run --config F`.
 type process struct {
+	*daemonproc.Proc
 	files replicaFiles
-	cmd   *exec.Cmd
 	addr  string
-	done  chan struct{}
-	err   error // of Wait, once done is closed
 }
 
 // startProcess runs bin with the configuration, learns its HTTP address
@@ -319,148 +316,31 @@ type process struct {
 // until /readyz says ready.
 func startProcess(t *testing.T, bin string, rf replicaFiles) *process {
 	t.Helper()
-	logf, err := os.OpenFile(rf.Log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	ctx := context.Background()
+	dp, err := daemonproc.Start(ctx, bin, daemonproc.Options{Args: []string{"run", "--config", rf.Config}, Log: rf.Log})
 	if err != nil {
 		t.Fatal(err)
 	}
-	lw := &logWatcher{w: logf, addr: make(chan string, 1)}
-	cmd := exec.Command(bin, "run", "--config", rf.Config)
-	cmd.Env = cleanEnv()
-	cmd.Stdout, cmd.Stderr = logf, lw
-	// Its own process group: a ^C to go test reaches the test, whose
-	// cleanup stops the daemon.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		t.Fatal(err)
+	p := &process{Proc: dp, files: rf}
+	t.Cleanup(p.Kill)
+	if p.addr, err = p.WaitServing(ctx, 30*time.Second); err != nil {
+		t.Fatalf("decryptd %v; log:\n%s", err, mosquittotest.Tail(rf.Log, 8<<10))
 	}
-	p := &process{files: rf, cmd: cmd, done: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		logf.Close()
-		close(p.done)
-	}()
-	t.Cleanup(p.kill)
-	select {
-	case p.addr = <-lw.addr:
-	case <-p.done:
-		t.Fatalf("decryptd exited during start-up (%v); log:\n%s", p.err, mosquittotest.Tail(rf.Log, 8<<10))
-	case <-time.After(30 * time.Second):
-		t.Fatalf("decryptd logged no \"serving\" line within 30s; log:\n%s", mosquittotest.Tail(rf.Log, 8<<10))
-	}
-	waitReady(t, p.addr, p.exited)
+	waitReady(t, p.addr, p.Exited)
 	return p
-}
-
-func (p *process) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// kill sends SIGKILL (no warning, no shutdown) and waits for the exit.
-func (p *process) kill() {
-	if p.exited() {
-		return
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGKILL)
-	<-p.done
-}
-
-// terminate sends SIGTERM (graceful shutdown) and returns the exit error.
-func (p *process) terminate(timeout time.Duration) error {
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-		return p.err
-	case <-time.After(timeout):
-		p.kill()
-		return fmt.Errorf("no exit within %s of SIGTERM; killed", timeout)
-	}
-}
-
-// cleanEnv is the test's environment without DECRYPTD_* variables, so that
-// only the configuration file configures the daemon.
-func cleanEnv() []string {
-	var out []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, config.EnvPrefix) {
-			out = append(out, kv)
-		}
-	}
-	return out
-}
-
-// logWatcher copies the daemon's log to a file and reports the address of
-// its first "serving" line (zap JSON: {"msg":"serving","http":"host:port"}).
-type logWatcher struct {
-	mu   sync.Mutex
-	w    io.Writer
-	buf  []byte
-	addr chan string
-	sent bool
-}
-
-func (l *logWatcher) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if _, err := l.w.Write(p); err != nil {
-		return 0, err
-	}
-	if l.sent {
-		return len(p), nil
-	}
-	l.buf = append(l.buf, p...)
-	for {
-		i := bytes.IndexByte(l.buf, '\n')
-		if i < 0 {
-			break
-		}
-		var line struct {
-			Msg  string `json:"msg"`
-			HTTP string `json:"http"`
-		}
-		if json.Unmarshal(l.buf[:i], &line) == nil && line.Msg == "serving" && line.HTTP != "" {
-			l.addr <- line.HTTP
-			l.sent, l.buf = true, nil
-			break
-		}
-		l.buf = l.buf[i+1:]
-	}
-	return len(p), nil
 }
 
 // httpGet is a GET bounded by 5 s (a hung daemon must not hang the test).
 func httpGet(url string) (*http.Response, error) {
-	return (&http.Client{Timeout: 5 * time.Second}).Get(url)
+	return daemonproc.HTTPGet(context.Background(), url)
 }
 
 // waitReady polls /readyz until 200, for at most 30 s.
 func waitReady(t *testing.T, addr string, exited func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	last := ""
-	for time.Now().Before(deadline) {
-		if exited() {
-			t.Fatalf("daemon on %s exited before it was ready", addr)
-		}
-		resp, err := httpGet("http://" + addr + "/readyz")
-		if err == nil {
-			body, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-			last = fmt.Sprintf("%d %s", resp.StatusCode, strings.TrimSpace(string(body)))
-		} else {
-			last = err.Error()
-		}
-		time.Sleep(50 * time.Millisecond)
+	if err := daemonproc.WaitReady(context.Background(), addr, 30*time.Second, 50*time.Millisecond, exited); err != nil {
+		t.Fatalf("daemon on %s %v", addr, err)
 	}
-	t.Fatalf("daemon on %s not ready within 30s (last /readyz: %s)", addr, last)
 }
 
 // sinkFile is what a file sink holds: record ids in file order, and lines

@@ -58,7 +58,7 @@ func TestKilledReplicaRestartedLosesNothing(t *testing.T) {
 		return n >= messages/2, fmt.Sprintf("%d lines", n)
 	})
 	before := mustScrape(t, first.addr)
-	first.kill()
+	first.Kill()
 	killedAt := time.Now()
 	atKill, err := readSink(rf.Records)
 	if err != nil {
@@ -68,7 +68,7 @@ func TestKilledReplicaRestartedLosesNothing(t *testing.T) {
 		t.Fatalf("the kill came after the whole stream (%d records): nothing was mid-stream", len(atKill.ids))
 	}
 	t.Logf("killed the first process (%v) with %d records in the sink (%d torn lines); shortly before: received %v, delivered %v, acknowledged %v, in flight %v",
-		first.err, len(atKill.ids), atKill.torn,
+		first.Err(), len(atKill.ids), atKill.torn,
 		before.sum("decryptd_mqtt_messages_received_total"),
 		before.sum("decryptd_messages_processed_total", "outcome", "delivered"),
 		before.sum("decryptd_mqtt_ack_latency_seconds_count"),
@@ -186,7 +186,7 @@ func TestKilledReplicaRestartedLosesNothing(t *testing.T) {
 		t.Logf("%s = %v >= %d duplicates written by the second process", name, v, dupSecond)
 	}
 
-	if err := second.terminate(30 * time.Second); err != nil {
+	if err := second.Terminate(30 * time.Second); err != nil {
 		t.Errorf("second process: graceful stop (SIGTERM): %v", err)
 	}
 	after, err := readSink(rf.Records)

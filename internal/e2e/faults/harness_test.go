@@ -34,6 +34,7 @@ import (
 	"github.com/decryptd/decryptd/internal/kms/keyprotect"
 	"github.com/decryptd/decryptd/internal/kms/local"
 	"github.com/decryptd/decryptd/internal/registry/filestore"
+	"github.com/decryptd/decryptd/internal/testutil/daemonproc"
 	"github.com/decryptd/decryptd/internal/testutil/mosquittotest"
 )
 
@@ -439,11 +440,9 @@ func configHas(field string) bool {
 
 // proc is the decryptd binary run with `decryptd run --config F`.
 type proc struct {
+	*daemonproc.Proc
 	files daemonFiles
-	cmd   *exec.Cmd
 	addr  string
-	done  chan struct{}
-	err   error
 
 	mu    sync.Mutex
 	hwm   int64         // highest VmHWM read, bytes
@@ -464,33 +463,16 @@ func (e *env) startDaemon(df daemonFiles, peak *atomic.Int64) *proc {
 func (e *env) launch(df daemonFiles, peak *atomic.Int64) *proc {
 	t := e.t
 	t.Helper()
-	logf, err := os.OpenFile(df.Log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	ctx := context.Background()
+	dp, err := daemonproc.Start(ctx, bins.decryptd, daemonproc.Options{Args: []string{"run", "--config", df.Config}, Log: df.Log, WatchStdout: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	lw := &logWatcher{w: logf, addr: make(chan string, 1)}
-	cmd := exec.Command(bins.decryptd, "run", "--config", df.Config)
-	cmd.Env = cleanEnv()
-	cmd.Stdout, cmd.Stderr = lw, lw
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		t.Fatal(err)
-	}
-	p := &proc{files: df, cmd: cmd, done: make(chan struct{}), peaks: peak}
-	go func() {
-		p.err = cmd.Wait()
-		logf.Close()
-		close(p.done)
-	}()
+	p := &proc{Proc: dp, files: df, peaks: peak}
 	go p.sampleRSS()
 	t.Cleanup(p.kill)
-	select {
-	case p.addr = <-lw.addr:
-	case <-p.done:
-		t.Fatalf("decryptd exited during start-up (%v); log:\n%s", p.err, mosquittotest.Tail(df.Log, 8<<10))
-	case <-time.After(60 * time.Second):
-		t.Fatalf("decryptd logged no \"serving\" line within 60s; log:\n%s", mosquittotest.Tail(df.Log, 8<<10))
+	if p.addr, err = p.WaitServing(ctx, 60*time.Second); err != nil {
+		t.Fatalf("decryptd %v; log:\n%s", err, mosquittotest.Tail(df.Log, 8<<10))
 	}
 	return p
 }
@@ -501,7 +483,7 @@ func (p *proc) sampleRSS() {
 	for {
 		p.readHWM()
 		select {
-		case <-p.done:
+		case <-p.Done():
 			return
 		case <-time.After(100 * time.Millisecond):
 		}
@@ -509,139 +491,49 @@ func (p *proc) sampleRSS() {
 }
 
 func (p *proc) readHWM() {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	rss, err := daemonproc.PeakRSS(p.Cmd.Process.Pid)
 	if err != nil {
 		return
 	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			f := strings.Fields(rest)
-			if len(f) >= 1 {
-				kb, _ := strconv.ParseInt(f[0], 10, 64)
-				p.mu.Lock()
-				if kb*1024 > p.hwm {
-					p.hwm = kb * 1024
-					for p.peaks != nil {
-						old := p.peaks.Load()
-						if p.hwm <= old || p.peaks.CompareAndSwap(old, p.hwm) {
-							break
-						}
-					}
-				}
-				p.mu.Unlock()
+	p.mu.Lock()
+	if rss > p.hwm {
+		p.hwm = rss
+		for p.peaks != nil {
+			old := p.peaks.Load()
+			if p.hwm <= old || p.peaks.CompareAndSwap(old, p.hwm) {
+				break
 			}
 		}
 	}
+	p.mu.Unlock()
 }
 
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// kill sends SIGKILL and waits for the exit.
+// kill reads VmHWM a last time, sends SIGKILL and waits for the exit.
 func (p *proc) kill() {
-	if p.exited() {
+	if p.Exited() {
 		return
 	}
 	p.readHWM()
-	_ = p.cmd.Process.Signal(syscall.SIGKILL)
-	<-p.done
+	p.Kill()
 }
 
-// terminate sends SIGTERM and returns the exit error.
+// terminate reads VmHWM a last time, sends SIGTERM and returns the exit
+// error.
 func (p *proc) terminate(timeout time.Duration) error {
 	p.readHWM()
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-		return p.err
-	case <-time.After(timeout):
-		p.kill()
-		return fmt.Errorf("no exit within %s of SIGTERM; killed", timeout)
-	}
-}
-
-func cleanEnv() []string {
-	var out []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, config.EnvPrefix) {
-			out = append(out, kv)
-		}
-	}
-	return out
-}
-
-// logWatcher copies the daemon's output to its log file and reports the
-// address of its first "serving" line.
-type logWatcher struct {
-	mu   sync.Mutex
-	w    io.Writer
-	buf  []byte
-	addr chan string
-	sent bool
-}
-
-func (l *logWatcher) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if _, err := l.w.Write(p); err != nil {
-		return 0, err
-	}
-	if l.sent {
-		return len(p), nil
-	}
-	l.buf = append(l.buf, p...)
-	for {
-		i := bytes.IndexByte(l.buf, '\n')
-		if i < 0 {
-			break
-		}
-		var line struct {
-			Msg  string `json:"msg"`
-			HTTP string `json:"http"`
-		}
-		if json.Unmarshal(l.buf[:i], &line) == nil && line.Msg == "serving" && line.HTTP != "" {
-			l.addr <- line.HTTP
-			l.sent, l.buf = true, nil
-			break
-		}
-		l.buf = l.buf[i+1:]
-	}
-	return len(p), nil
+	return p.Terminate(timeout)
 }
 
 func httpGet(url string) (*http.Response, error) {
-	return (&http.Client{Timeout: 5 * time.Second}).Get(url)
+	return daemonproc.HTTPGet(context.Background(), url)
 }
 
 func (e *env) waitReady(p *proc, limit time.Duration) {
 	t := e.t
 	t.Helper()
-	deadline := time.Now().Add(limit)
-	last := ""
-	for time.Now().Before(deadline) {
-		if p.exited() {
-			t.Fatalf("daemon exited before it was ready (%v)", p.err)
-		}
-		resp, err := httpGet("http://" + p.addr + "/readyz")
-		if err == nil {
-			body, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-			last = fmt.Sprintf("%d %s", resp.StatusCode, strings.TrimSpace(string(body)))
-		} else {
-			last = err.Error()
-		}
-		time.Sleep(100 * time.Millisecond)
+	if err := daemonproc.WaitReady(context.Background(), p.addr, limit, 100*time.Millisecond, p.Exited); err != nil {
+		t.Fatalf("daemon %v (%v)", err, p.Err())
 	}
-	t.Fatalf("daemon not ready within %s (last /readyz: %s)", limit, last)
 }
 
 // waitUntil polls cond every 100 ms until it holds, or fails the test.

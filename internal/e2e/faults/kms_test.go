@@ -163,7 +163,7 @@ func kmsOutage(t *testing.T, fault string, kill bool) {
 		m, _ := scrape(p.addr)
 		t.Fatalf("the uncached devices' messages were not all delivered within 90s of the KMS's return: %d of %d sent missing; decryptd received %v, released %v, processed %v, in flight %v, exited %v",
 			lastLeft.Load(), lastSent.Load(), m.sum("decryptd_mqtt_messages_received_total"), m.sum("decryptd_mqtt_messages_released_total"),
-			m.sum("decryptd_messages_processed_total"), m.sum("decryptd_inflight_messages"), p.exited())
+			m.sum("decryptd_messages_processed_total"), m.sum("decryptd_inflight_messages"), p.Exited())
 	}
 	r, miss, m := settle(t, s, p, 30*time.Second)
 	r.Lost = len(miss)

@@ -74,7 +74,7 @@ func settle(t *testing.T, s *sender, p *proc, limit time.Duration) (result, []st
 			len(miss), limit, m.sum("decryptd_mqtt_messages_received_total"), m.sum("decryptd_mqtt_messages_released_total"),
 			m.sum("decryptd_messages_processed_total"), m.sum("decryptd_messages_processed_total", "outcome", "delivered"),
 			m.sum("decryptd_messages_processed_total", "outcome", "duplicate"), m.sum("decryptd_inflight_messages"),
-			m.sum("decryptd_mqtt_unacked_messages"), m.sum("decryptd_sink_up"), p.exited())
+			m.sum("decryptd_mqtt_unacked_messages"), m.sum("decryptd_sink_up"), p.Exited())
 	}
 	return r, miss, m
 }
@@ -181,8 +181,8 @@ func runStream(t *testing.T, sc streamScenario) {
 	// expected reason: a transient cause (broker, daemon restart) could
 	// only dead-letter good ones.
 	bookkeep(t, r)
-	if p.exited() {
-		t.Errorf("decryptd exited: %v", p.err)
+	if p.Exited() {
+		t.Errorf("decryptd exited: %v", p.Err())
 	}
 }
 

@@ -23,6 +23,7 @@ import (
 	"github.com/decryptd/decryptd/internal/config"
 	"github.com/decryptd/decryptd/internal/fleet"
 	"github.com/decryptd/decryptd/internal/seal"
+	"github.com/decryptd/decryptd/internal/testutil/daemonproc"
 )
 
 // outage is a sink failure the test switches on and off: a full
@@ -342,8 +343,8 @@ func TestHostileFlood(t *testing.T) {
 		bad += n
 	}
 	r.Note = fmt.Sprintf("%d hostile", bad)
-	if p.exited() {
-		t.Errorf("decryptd exited during the flood: %v", p.err)
+	if p.Exited() {
+		t.Errorf("decryptd exited during the flood: %v", p.Err())
 	}
 	if resp, err := httpGet("http://" + p.addr + "/healthz"); err != nil || resp.StatusCode != http.StatusOK {
 		t.Errorf("/healthz after the flood: %v %v", resp, err)
@@ -387,7 +388,7 @@ func TestSecretInSinkURL(t *testing.T) {
 		}
 		for _, args := range [][]string{{"check-config", "--config", df.Config}, {"run", "--config", df.Config}} {
 			cmd := exec.Command(bins.decryptd, args...)
-			cmd.Env = cleanEnv()
+			cmd.Env = daemonproc.CleanEnv()
 			out, err := cmd.CombinedOutput()
 			_ = os.WriteFile(df.Log, append(readFile(df.Log), out...), 0o600)
 			if err == nil {

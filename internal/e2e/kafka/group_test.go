@@ -76,7 +76,7 @@ func TestGroupReplicaKilledRebalanceLosesNothing(t *testing.T) {
 		}
 		return rows >= messages/3, fmt.Sprintf("%d rows, %d produced", rows, p.acked.Load())
 	})
-	live[victim].kill()
+	live[victim].Kill()
 	killedAt := time.Now()
 	atKill, _, err := tableCounts(t.Context(), conn)
 	if err != nil {
@@ -162,7 +162,7 @@ func TestGroupReplicaKilledRebalanceLosesNothing(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := live[n].terminate(45 * time.Second); err != nil {
+			if err := live[n].Terminate(45 * time.Second); err != nil {
 				t.Errorf("%s: graceful stop: %v", n, err)
 			}
 		}()

@@ -2,20 +2,16 @@ package kafka_test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -29,11 +25,11 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/decryptd/decryptd/internal/audit"
-	"github.com/decryptd/decryptd/internal/config"
 	"github.com/decryptd/decryptd/internal/decrypt"
 	"github.com/decryptd/decryptd/internal/fleet"
 	"github.com/decryptd/decryptd/internal/kms/local"
 	"github.com/decryptd/decryptd/internal/registry/filestore"
+	"github.com/decryptd/decryptd/internal/testutil/daemonproc"
 )
 
 // The topic the bridge writes and the group the replicas share, as the
@@ -275,149 +271,35 @@ func tail(path string, max int) string {
 
 // process is the decryptd binary run with `decryptd run --config F`.
 type process struct {
+	*daemonproc.Proc
 	name  string
 	files replicaFiles
-	cmd   *exec.Cmd
 	addr  string
-	done  chan struct{}
-	err   error // of Wait, once done is closed
 }
 
 // startProcess runs bin with the configuration, learns its HTTP address
 // from its "serving" log line and waits until /readyz says ready.
 func startProcess(t *testing.T, bin, name string, rf replicaFiles, env []string) *process {
 	t.Helper()
-	logf, err := os.OpenFile(rf.Log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	ctx := context.Background()
+	dp, err := daemonproc.Start(ctx, bin, daemonproc.Options{Args: []string{"run", "--config", rf.Config}, Env: env, Log: rf.Log})
 	if err != nil {
 		t.Fatal(err)
 	}
-	lw := &logWatcher{w: logf, addr: make(chan string, 1)}
-	cmd := exec.Command(bin, "run", "--config", rf.Config)
-	cmd.Env = append(cleanEnv(), env...)
-	cmd.Stdout, cmd.Stderr = logf, lw
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // ^C reaches the test, whose cleanup stops it
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		t.Fatal(err)
+	p := &process{Proc: dp, name: name, files: rf}
+	t.Cleanup(p.Kill)
+	if p.addr, err = p.WaitServing(ctx, 60*time.Second); err != nil {
+		t.Fatalf("%s %v; log:\n%s", name, err, tail(rf.Log, 8<<10))
 	}
-	p := &process{name: name, files: rf, cmd: cmd, done: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		logf.Close()
-		close(p.done)
-	}()
-	t.Cleanup(p.kill)
-	select {
-	case p.addr = <-lw.addr:
-	case <-p.done:
-		t.Fatalf("%s exited during start-up (%v); log:\n%s", name, p.err, tail(rf.Log, 8<<10))
-	case <-time.After(60 * time.Second):
-		t.Fatalf("%s logged no \"serving\" line within 60s; log:\n%s", name, tail(rf.Log, 8<<10))
+	if err := daemonproc.WaitReady(ctx, p.addr, 60*time.Second, 50*time.Millisecond, p.Exited); err != nil {
+		t.Fatalf("%s %v (%v); log:\n%s", name, err, p.Err(), tail(rf.Log, 8<<10))
 	}
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		if p.exited() {
-			t.Fatalf("%s exited before it was ready (%v); log:\n%s", name, p.err, tail(rf.Log, 8<<10))
-		}
-		resp, err := httpGet("http://" + p.addr + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return p
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s not ready within 60s (%v)", name, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-func (p *process) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// kill sends SIGKILL (no warning, no shutdown, no commit) and waits.
-func (p *process) kill() {
-	if p.exited() {
-		return
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGKILL)
-	<-p.done
-}
-
-// terminate sends SIGTERM (graceful: in-flight finished and committed,
-// the group left) and returns the exit error.
-func (p *process) terminate(timeout time.Duration) error {
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-		return p.err
-	case <-time.After(timeout):
-		p.kill()
-		return fmt.Errorf("no exit within %s of SIGTERM; killed", timeout)
-	}
-}
-
-// cleanEnv is the test's environment without DECRYPTD_* variables, so only
-// the configuration file configures the daemon.
-func cleanEnv() []string {
-	var out []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, config.EnvPrefix) {
-			out = append(out, kv)
-		}
-	}
-	return out
-}
-
-// logWatcher copies the daemon's log to a file and reports the address of
-// its first "serving" line (zap JSON: {"msg":"serving","http":"host:port"}).
-type logWatcher struct {
-	mu   sync.Mutex
-	w    io.Writer
-	buf  []byte
-	addr chan string
-	sent bool
-}
-
-func (l *logWatcher) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if _, err := l.w.Write(p); err != nil {
-		return 0, err
-	}
-	if l.sent {
-		return len(p), nil
-	}
-	l.buf = append(l.buf, p...)
-	for {
-		i := bytes.IndexByte(l.buf, '\n')
-		if i < 0 {
-			break
-		}
-		var line struct {
-			Msg  string `json:"msg"`
-			HTTP string `json:"http"`
-		}
-		if json.Unmarshal(l.buf[:i], &line) == nil && line.Msg == "serving" && line.HTTP != "" {
-			l.addr <- line.HTTP
-			l.sent, l.buf = true, nil
-			break
-		}
-		l.buf = l.buf[i+1:]
-	}
-	return len(p), nil
+	return p
 }
 
 // httpGet is a GET bounded by 5 s (a hung daemon must not hang the test).
 func httpGet(url string) (*http.Response, error) {
-	return (&http.Client{Timeout: 5 * time.Second}).Get(url)
+	return daemonproc.HTTPGet(context.Background(), url)
 }
 
 // metrics is one scrape of a daemon's /metrics.
