@@ -1,14 +1,12 @@
 package delivery_test
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/cipher"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -36,6 +34,7 @@ import (
 	"github.com/decryptd/decryptd/internal/seal"
 	"github.com/decryptd/decryptd/internal/testutil/daemonproc"
 	"github.com/decryptd/decryptd/internal/testutil/mosquittotest"
+	"github.com/decryptd/decryptd/internal/testutil/recordfile"
 )
 
 // topicFilter is what every daemon subscribes to (Watson IoT's layout).
@@ -343,37 +342,10 @@ func waitReady(t *testing.T, addr string, exited func() bool) {
 	}
 }
 
-// sinkFile is what a file sink holds: record ids in file order, and lines
-// that are not a record (a line torn by a killed process).
-type sinkFile struct {
-	ids  []string
-	torn int
-}
+// sinkFile is what a file sink holds (recordfile.Lines).
+type sinkFile = recordfile.Lines
 
-func readSink(path string) (sinkFile, error) {
-	var s sinkFile
-	f, err := os.Open(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return s, nil
-	}
-	if err != nil {
-		return s, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
-	for sc.Scan() {
-		var r struct {
-			ID string `json:"id"`
-		}
-		if json.Unmarshal(sc.Bytes(), &r) != nil || len(r.ID) != 64 {
-			s.torn++
-			continue
-		}
-		s.ids = append(s.ids, r.ID)
-	}
-	return s, sc.Err()
-}
+func readSink(path string) (sinkFile, error) { return recordfile.Read(path) }
 
 // countLines counts the newlines of a file: cheap enough to poll often.
 func countLines(path string) int {

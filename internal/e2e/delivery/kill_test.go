@@ -64,11 +64,11 @@ func TestKilledReplicaRestartedLosesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(atKill.ids) >= messages {
-		t.Fatalf("the kill came after the whole stream (%d records): nothing was mid-stream", len(atKill.ids))
+	if len(atKill.IDs) >= messages {
+		t.Fatalf("the kill came after the whole stream (%d records): nothing was mid-stream", len(atKill.IDs))
 	}
 	t.Logf("killed the first process (%v) with %d records in the sink (%d torn lines); shortly before: received %v, delivered %v, acknowledged %v, in flight %v",
-		first.Err(), len(atKill.ids), atKill.torn,
+		first.Err(), len(atKill.IDs), atKill.Torn,
 		before.sum("decryptd_mqtt_messages_received_total"),
 		before.sum("decryptd_messages_processed_total", "outcome", "delivered"),
 		before.sum("decryptd_mqtt_ack_latency_seconds_count"),
@@ -96,15 +96,15 @@ func TestKilledReplicaRestartedLosesNothing(t *testing.T) {
 		if err != nil {
 			return false, err.Error()
 		}
-		final, have = s, counts(s.ids)
+		final, have = s, counts(s.IDs)
 		miss := missing(ids, have)
 		return len(miss) == 0, fmt.Sprintf("%d of %d published records missing", len(miss), messages)
 	})
 
 	// The first process's records are the file's first lines (a torn line
 	// is ended by the restarted sink and is not a record).
-	for i, id := range atKill.ids {
-		if final.ids[i] != id {
+	for i, id := range atKill.IDs {
+		if final.IDs[i] != id {
 			t.Fatalf("sink line %d changed after the kill", i)
 		}
 	}
@@ -114,8 +114,8 @@ func TestKilledReplicaRestartedLosesNothing(t *testing.T) {
 			t.Errorf("record %s in the sink was never published", id)
 		}
 	}
-	firstSet := counts(atKill.ids)
-	secondIDs := final.ids[len(atKill.ids):]
+	firstSet := counts(atKill.IDs)
+	secondIDs := final.IDs[len(atKill.IDs):]
 	dupSecond := 0 // records the second process wrote again
 	seen := map[string]bool{}
 	for _, id := range secondIDs {
@@ -124,15 +124,15 @@ func TestKilledReplicaRestartedLosesNothing(t *testing.T) {
 		}
 		seen[id] = true
 	}
-	dupLines := len(final.ids) - len(have)
+	dupLines := len(final.IDs) - len(have)
 	repeatedIDs := 0
 	for _, n := range have {
 		if n > 1 {
 			repeatedIDs++
 		}
 	}
-	if final.torn > 1 {
-		t.Errorf("%d lines of the sink are not records; a kill tears at most one", final.torn)
+	if final.Torn > 1 {
+		t.Errorf("%d lines of the sink are not records; a kill tears at most one", final.Torn)
 	}
 
 	// Let the second process acknowledge everything, then read its metrics.
@@ -146,7 +146,7 @@ func TestKilledReplicaRestartedLosesNothing(t *testing.T) {
 		return n == 0, fmt.Sprintf("decryptd_inflight_messages %v", n)
 	})
 	t.Logf("sink: %d lines (%d torn), %d distinct records = every one of %d published; %d duplicate lines (%d ids more than once), %d of them written by the second process",
-		len(final.ids)+final.torn, final.torn, len(have), messages, dupLines, repeatedIDs, dupSecond)
+		len(final.IDs)+final.Torn, final.Torn, len(have), messages, dupLines, repeatedIDs, dupSecond)
 	t.Logf("second process: received %v, delivered %v, duplicate %v, dead-lettered %v",
 		m.sum("decryptd_mqtt_messages_received_total"),
 		m.sum("decryptd_messages_processed_total", "outcome", "delivered"),
@@ -193,7 +193,7 @@ func TestKilledReplicaRestartedLosesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if miss := missing(ids, counts(after.ids)); len(miss) != 0 {
+	if miss := missing(ids, counts(after.IDs)); len(miss) != 0 {
 		t.Errorf("after the graceful stop %d records are missing", len(miss))
 	}
 }

@@ -51,7 +51,7 @@ func TestTwoReplicasSplitSharedSubscription(t *testing.T) {
 			}
 			sinks[i] = s
 		}
-		all = counts(append(append([]string(nil), sinks[0].ids...), sinks[1].ids...))
+		all = counts(append(append([]string(nil), sinks[0].IDs...), sinks[1].IDs...))
 		return len(missing(ids, all)) == 0, fmt.Sprintf("%d distinct of %d", len(all), messages)
 	})
 	drained := time.Since(t0)
@@ -65,17 +65,17 @@ func TestTwoReplicasSplitSharedSubscription(t *testing.T) {
 			t.Errorf("record %s in a sink was never published", id)
 		}
 	}
-	lines := len(sinks[0].ids) + len(sinks[1].ids)
+	lines := len(sinks[0].IDs) + len(sinks[1].IDs)
 	t.Logf("published %d in %s; all delivered after %s; sink lines %d + %d = %d, distinct %d, repeated %d",
 		messages, pubDur.Round(time.Millisecond), drained.Round(time.Millisecond),
-		len(sinks[0].ids), len(sinks[1].ids), lines, len(all), lines-len(all))
+		len(sinks[0].IDs), len(sinks[1].IDs), lines, len(all), lines-len(all))
 
 	// Mosquitto hands each message of a shared subscription to one member
 	// and redelivers only to that member's session: a record in both sinks
 	// means both replicas were given the message.
-	inA := counts(sinks[0].ids)
+	inA := counts(sinks[0].IDs)
 	both := 0
-	for id := range counts(sinks[1].ids) {
+	for id := range counts(sinks[1].IDs) {
 		if inA[id] > 0 {
 			both++
 		}
@@ -86,10 +86,10 @@ func TestTwoReplicasSplitSharedSubscription(t *testing.T) {
 
 	for i, r := range replicas {
 		s := sinks[i]
-		if s.torn != 0 {
-			t.Errorf("replica %d: %d lines of its sink are not records", i, s.torn)
+		if s.Torn != 0 {
+			t.Errorf("replica %d: %d lines of its sink are not records", i, s.Torn)
 		}
-		distinct := len(counts(s.ids))
+		distinct := len(counts(s.IDs))
 		share := float64(distinct) / messages
 		t.Logf("replica %d (%s): %d records (%.1f%% of the messages)", i, r.addr, distinct, 100*share)
 		if share < minShare {
@@ -114,7 +114,7 @@ func TestTwoReplicasSplitSharedSubscription(t *testing.T) {
 			t.Fatal(err)
 		}
 		sinks[i] = s
-		held := float64(len(s.ids))
+		held := float64(len(s.IDs))
 		delivered := m.sum("decryptd_messages_processed_total", "outcome", "delivered")
 		written := m.sum("decryptd_records_delivered_total", "sink", "records")
 		received := m.sum("decryptd_mqtt_messages_received_total")
@@ -125,7 +125,7 @@ func TestTwoReplicasSplitSharedSubscription(t *testing.T) {
 			m.sum("decryptd_kms_requests_total", "operation", "unwrap"))
 		// A replica writes a record twice only when its PUBACK was lost
 		// with a connection; none was lost here.
-		if rep := len(sinks[i].ids) - len(counts(sinks[i].ids)); rep != 0 && m.sum("decryptd_mqtt_reconnects_total") == 0 {
+		if rep := len(sinks[i].IDs) - len(counts(sinks[i].IDs)); rep != 0 && m.sum("decryptd_mqtt_reconnects_total") == 0 {
 			t.Errorf("replica %d wrote %d records twice without ever losing its connection", i, rep)
 		}
 		if written != held {

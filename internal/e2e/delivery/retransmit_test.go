@@ -95,8 +95,8 @@ func TestQoS1RetransmissionIsOneRecord(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(s.ids) != 1 || s.ids[0] != id {
-		t.Errorf("records sink holds %v, want [%s] once", s.ids, id)
+	if len(s.IDs) != 1 || s.IDs[0] != id {
+		t.Errorf("records sink holds %v, want [%s] once", s.IDs, id)
 	}
 	if fi, err := os.Stat(r.files.DeadLetter); err == nil && fi.Size() != 0 {
 		t.Errorf("dead-letter file holds %d bytes, want none", fi.Size())

@@ -271,8 +271,8 @@ func TestSinkDownPausesIntakeLosesNothing(t *testing.T) {
 	if v := m.sum("decryptd_dead_letters_total"); v != 0 {
 		t.Errorf("%v messages dead-lettered, want 0: a sink outage is transient", v)
 	}
-	if dl, err := readSink(rf.DeadLetter); err != nil || len(dl.ids)+dl.torn != 0 {
-		t.Errorf("dead-letter file holds %d lines (%v), want none", len(dl.ids)+dl.torn, err)
+	if dl, err := readSink(rf.DeadLetter); err != nil || len(dl.IDs)+dl.Torn != 0 {
+		t.Errorf("dead-letter file holds %d lines (%v), want none", len(dl.IDs)+dl.Torn, err)
 	}
 	if v := m.sum("decryptd_sink_up", "sink", "ehr"); v != 1 {
 		t.Errorf("decryptd_sink_up{sink=ehr} = %v after recovery, want 1", v)

@@ -134,9 +134,9 @@ func TestGroupReplicaKilledRebalanceLosesNothing(t *testing.T) {
 			if err != nil {
 				return false, err.Error()
 			}
-			lines := len(l.ids)
+			lines := len(l.IDs)
 			if n == victim {
-				lines -= len(killedLedger.ids)
+				lines -= len(killedLedger.IDs)
 			}
 			if got := m.sum("decryptd_records_delivered_total", "sink", "ledger"); got != float64(lines) {
 				off = append(off, fmt.Sprintf("%s: metrics %v, ledger %d", n, got, lines))
@@ -154,7 +154,7 @@ func TestGroupReplicaKilledRebalanceLosesNothing(t *testing.T) {
 		deadLetters += final[n].sum("decryptd_dead_letters_total")
 		redelivered += final[n].sum("decryptd_kafka_records_redelivered_total")
 	}
-	delivered += float64(len(killedLedger.ids))
+	delivered += float64(len(killedLedger.IDs))
 
 	// A graceful stop of all three: each finishes and commits what it holds.
 	var wg sync.WaitGroup
@@ -208,9 +208,9 @@ func TestGroupReplicaKilledRebalanceLosesNothing(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		torn += l.torn
-		lines += len(l.ids)
-		for _, id := range l.ids {
+		torn += l.Torn
+		lines += len(l.IDs)
+		for _, id := range l.IDs {
 			all[id]++
 		}
 	}
@@ -256,7 +256,7 @@ func TestGroupReplicaKilledRebalanceLosesNothing(t *testing.T) {
 		"rebalance to the survivors %s after the kill (the group's session timeout); table %d rows = %d unique ids; "+
 		"%d deliveries in the ledgers (%.0f by the metrics), %d records delivered twice or more (%d extra deliveries, same id, one row each); "+
 		"decryptd counted %v of them as redelivered (received by the victim before its last commit), decryptd_duplicates_total %v; kcat in the group afterwards: %d left",
-		messages, held, drained.Round(time.Second), victim, atKill, len(killedLedger.ids), rebalance.Round(time.Second),
+		messages, held, drained.Round(time.Second), victim, atKill, len(killedLedger.IDs), rebalance.Round(time.Second),
 		rows, distinct, lines, delivered, again, extra, redelivered, duplicates, left)
 }
 

@@ -1,10 +1,7 @@
 package kafka_test
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -30,6 +27,7 @@ import (
 	"github.com/decryptd/decryptd/internal/kms/local"
 	"github.com/decryptd/decryptd/internal/registry/filestore"
 	"github.com/decryptd/decryptd/internal/testutil/daemonproc"
+	"github.com/decryptd/decryptd/internal/testutil/recordfile"
 )
 
 // The topic the bridge writes and the group the replicas share, as the
@@ -352,37 +350,8 @@ next:
 	return total
 }
 
-// ledger is what a replica's file sink holds: record ids in file order,
-// and lines that are no record (the last line torn by a SIGKILL).
-type ledger struct {
-	ids  []string
-	torn int
-}
-
-func readLedger(path string) (ledger, error) {
-	var l ledger
-	f, err := os.Open(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return l, nil
-	}
-	if err != nil {
-		return l, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
-	for sc.Scan() {
-		var r struct {
-			ID string `json:"id"`
-		}
-		if json.Unmarshal(sc.Bytes(), &r) != nil || len(r.ID) != 64 {
-			l.torn++
-			continue
-		}
-		l.ids = append(l.ids, r.ID)
-	}
-	return l, sc.Err()
-}
+// readLedger reads a replica's file sink (its ledger of deliveries).
+func readLedger(path string) (recordfile.Lines, error) { return recordfile.Read(path) }
 
 // tableCounts returns the records table's rows and distinct ids.
 func tableCounts(ctx context.Context, conn *pgx.Conn) (rows, distinct int, err error) {
