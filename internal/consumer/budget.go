@@ -3,6 +3,7 @@ package consumer
 import (
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
@@ -69,10 +70,16 @@ func messageBytes(m mqtt.Message) int64 {
 type Budget struct {
 	limit int64
 
-	mu   sync.Mutex
-	held int64
-	peak int64
-	room chan struct{} // closed when bytes are released; made only when someone waits
+	// held and peak are atomics: every message takes and gives back its
+	// bytes on the intake's hot path, so the common case is one
+	// compare-and-swap, with no lock beside the slot semaphore. The lock
+	// guards only room, for callers that must wait.
+	held atomic.Int64
+	peak atomic.Int64
+
+	mu      sync.Mutex
+	room    chan struct{} // closed when bytes are released; made only when someone waits
+	waiting atomic.Bool   // room is set: release must close it
 }
 
 // NewBudget returns a Budget of limit bytes (at least 1) and registers its
@@ -107,34 +114,47 @@ func NewBudget(limit int64, reg prometheus.Registerer) (*Budget, error) {
 func (b *Budget) Limit() int64 { return b.limit }
 
 // Held returns the bytes held now.
-func (b *Budget) Held() int64 {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.held
-}
+func (b *Budget) Held() int64 { return b.held.Load() }
 
 // Peak returns the most bytes held at once so far: at most Limit, or one
 // message's size when a message larger than Limit was admitted alone.
-func (b *Budget) Peak() int64 {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.peak
-}
+func (b *Budget) Peak() int64 { return b.peak.Load() }
 
 // take takes n bytes when they fit, or when nothing is held. Otherwise it
 // returns a channel closed once bytes are released, to try again.
 func (b *Budget) take(n int64) (bool, <-chan struct{}) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.held == 0 || b.held+n <= b.limit {
-		b.held += n
-		b.peak = max(b.peak, b.held)
+	if b.tryTake(n) {
 		return true, nil
 	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	if b.room == nil {
 		b.room = make(chan struct{})
+		b.waiting.Store(true)
+	}
+	// Try again once waiting is set: a release that came between the first
+	// try and the store above saw no waiter, but its bytes are back by now.
+	// (take sets waiting, then reads held; release writes held, then reads
+	// waiting: at least one of them sees the other.)
+	if b.tryTake(n) {
+		return true, nil
 	}
 	return false, b.room
+}
+
+// tryTake takes n bytes if they fit, or if nothing is held.
+func (b *Budget) tryTake(n int64) bool {
+	for {
+		h := b.held.Load()
+		if h != 0 && h+n > b.limit {
+			return false
+		}
+		if b.held.CompareAndSwap(h, h+n) {
+			for p := b.peak.Load(); h+n > p && !b.peak.CompareAndSwap(p, h+n); p = b.peak.Load() {
+			}
+			return true
+		}
+	}
 }
 
 // release gives back n bytes taken by take.
@@ -142,11 +162,15 @@ func (b *Budget) release(n int64) {
 	if n == 0 {
 		return
 	}
+	b.held.Add(-n)
+	if !b.waiting.Load() {
+		return
+	}
 	b.mu.Lock()
-	b.held -= n
 	if b.room != nil {
 		close(b.room)
 		b.room = nil
+		b.waiting.Store(false)
 	}
 	b.mu.Unlock()
 }

@@ -293,3 +293,41 @@ func (s *flakySink) distinct() int {
 
 func (s *flakySink) Flush(context.Context) error { return nil }
 func (s *flakySink) Close(context.Context) error { return nil }
+
+// TestBudgetConcurrent: many takers and releasers at once, waiters on
+// room, never more than the limit held (every size fits), and every
+// waiter gets its bytes in the end (no lost wake-up).
+func TestBudgetConcurrent(t *testing.T) {
+	b, err := NewBudget(1000, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for g := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			n := int64(100 + 37*g)
+			for range 2000 {
+				for {
+					ok, room := b.take(n)
+					if ok {
+						break
+					}
+					<-room
+				}
+				if h := b.Held(); h > b.Limit() {
+					t.Errorf("held %d over the limit %d", h, b.Limit())
+				}
+				b.release(n)
+			}
+		}()
+	}
+	wg.Wait()
+	if h := b.Held(); h != 0 {
+		t.Fatalf("held %d after every release, want 0", h)
+	}
+	if p := b.Peak(); p > b.Limit() {
+		t.Fatalf("peak %d over the limit %d", p, b.Limit())
+	}
+}
