@@ -26,10 +26,10 @@ for pkg in $(go list ./...); do
     out=$(mktemp)
     if ! go test -run='^$' -fuzz="^${target}\$" -fuzztime="$FUZZTIME" -fuzzminimizetime=5s "$pkg" >"$out" 2>&1; then
       cat "$out"
-      # A crasher is written to testdata/fuzz/<target>/: that fails the run.
-      # Without one the fuzzer itself broke down (a worker hung or was
-      # killed on a loaded machine): try once more before failing.
-      if [ -n "$(find "$dir/testdata/fuzz/$target" -newer "$out" -type f 2>/dev/null)" ]; then
+      # A failing input (new, written to testdata/fuzz/<target>/, or a
+      # seed) fails the run at once. Without one the fuzzer itself broke
+      # down (a worker hung or was killed on a loaded machine): try again.
+      if grep -q -e 'Failing input written to' -e 'failure while testing seed corpus entry' "$out"; then
         echo "fuzz: $target found a failing input (kept in $dir/testdata/fuzz/$target)"; exit 1
       fi
       # (Go's fuzzer sometimes ends a clean run with "context deadline
