@@ -99,6 +99,12 @@ func TestMalformed(t *testing.T) {
 		{"A: device_id at top level only", a(`,"key_version":"v3","device_id":"sensor-9","timestamp":1700000000,"metadata":{}`)},
 		{"A: bad base64", `{"encrypted_data":"%%%","key_version":"v3"` + meta + `}`},
 		{"A: base64 with escaped newline", `{"encrypted_data":"` + b64[:8] + `\n` + b64[8:] + `","key_version":"v3"` + meta + `}`},
+		// Not JSON at all (a raw line break, control byte or invalid UTF-8
+		// in a string); the scanner leaves encrypted_data's text to the
+		// base64 decoder, which refuses it before any key lookup.
+		{"A: raw newline in encrypted_data", `{"encrypted_data":"` + b64[:8] + "\n" + b64[8:] + `","key_version":"v3"` + meta + `}`},
+		{"A: raw control byte in encrypted_data", `{"encrypted_data":"` + b64[:8] + "\x01" + b64[8:] + `","key_version":"v3"` + meta + `}`},
+		{"A: invalid UTF-8 in encrypted_data", `{"encrypted_data":"` + b64[:8] + "\xff" + b64[8:] + `","key_version":"v3"` + meta + `}`},
 		{"A: base64 alphabets mixed", `{"encrypted_data":"` + strings.Replace(strings.Replace(b64, "+", "-", 1), "/", "/", 1) + `+/","key_version":"v3"` + meta + `}`},
 		{"A: base64 bad padding", `{"encrypted_data":"` + b64 + `=","key_version":"v3"` + meta + `}`},
 		{"A: sealed too short", `{"encrypted_data":"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEB","key_version":"v3"` + meta + `}`},
