@@ -80,6 +80,19 @@
 // take the whole batch (a nearly full disk) is never retried forever at a
 // size that cannot fit.
 //
+// Several batches, one fsync: when the writer finds more than one batch
+// pending (records came faster than one write and fsync took) and its sink
+// is a sink.GroupWriter (the file sinks, the dead-letter file included), it
+// writes every pending batch, each within MaxBatch and MaxBatchBytes, with
+// WriteUnsynced, then makes them durable with one Sync, and answers their
+// records only after it. An fsync of a few milliseconds thus holds all
+// the records that came while the previous one ran, not at most MaxBatch:
+// what one group holds is bounded by the inputs' in-flight bounds (records
+// and bytes), not by the batch bounds. When anything of a group fails,
+// none of it counts as held: its batches are written again one by one with
+// Write (a failed fsync is not cured by a later one), in order. The write
+// metrics count such a group as one write (its duration and records).
+//
 // Nothing here logs or exports a payload, plaintext or key; metric labels
 // come from fixed sets (reason, sink name, cause, outcome). Logs record
 // state changes only: a sink going down and coming back, the KMS becoming

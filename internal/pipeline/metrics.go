@@ -99,12 +99,12 @@ func newMetrics(reg prometheus.Registerer, sinkNames []string) (*metrics, error)
 		}),
 		sinkWrite: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "decryptd_sink_write_duration_seconds",
-			Help:    "Duration of one sink Write call (one batch), failed ones included.",
+			Help:    "Duration of one sink Write call (one batch), or of one group of batches made durable with one Sync, failed ones included.",
 			Buckets: []float64{1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, .01, .025, .05, .1, .25, .5, 1, 2.5, 10},
 		}, []string{"sink"}),
 		sinkBatch: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "decryptd_sink_batch_records",
-			Help:    "Records per sink Write call.",
+			Help:    "Records per sink Write call, or per group of batches made durable with one Sync.",
 			Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024},
 		}, []string{"sink"}),
 		sinkErrors: prometheus.NewCounterVec(prometheus.CounterOpts{

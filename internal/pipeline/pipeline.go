@@ -471,7 +471,9 @@ func (p *Pipeline) open(ctx context.Context, m decrypt.Message, spoolable *deliv
 func (p *Pipeline) deliver(d *delivery, rec decrypt.Record) {
 	bp := p.getBuf(320 + len(rec.Data) + len(rec.Metadata) + len(rec.Topic))
 	buf := rec.AppendJSON(*bp)
-	if bytes.ContainsAny(buf, "\r\n") {
+	// Two IndexByte scans (vectorised) cost a fraction of one ContainsAny
+	// (a byte at a time) on every record.
+	if bytes.IndexByte(buf, '\n') >= 0 || bytes.IndexByte(buf, '\r') >= 0 {
 		// A plaintext or message sent pretty-printed: line breaks outside
 		// strings are insignificant in JSON (inside them they are
 		// escaped), and every sink frames records by line. Compact keeps

@@ -23,7 +23,9 @@
 //     the batch survives a power loss. FsyncInterval and FsyncNever return
 //     once the kernel has the data (it survives a crash of the daemon, not of
 //     the machine) and fsync in the background every interval, or on Flush
-//     and Close. Size-based rotation keeps Path.1 … Path.<Keep>; Path never
+//     and Close. It is a GroupWriter: WriteUnsynced and Sync let the
+//     pipeline make several batches durable with one fsync, answering
+//     their records only after it. Size-based rotation keeps Path.1 … Path.<Keep>; Path never
 //     goes missing during a rotation.
 //   - Stdout (NewStdout): JSON lines (or the Pretty demo format) handed to
 //     an io.Writer in one call. No durability: for demos, debugging and

@@ -220,6 +220,38 @@ func (s *File) open() error {
 
 // Write appends the batch; see FsyncPolicy for when it returns.
 func (s *File) Write(ctx context.Context, batch []Record) error {
+	return s.write(ctx, batch, true)
+}
+
+// WriteUnsynced is Write without its fsync (FsyncBatch); Sync makes the
+// batches written so durable (sink.GroupWriter).
+func (s *File) WriteUnsynced(ctx context.Context, batch []Record) error {
+	return s.write(ctx, batch, false)
+}
+
+// Sync ends the WriteUnsynced calls before it as Write would have: with
+// FsyncBatch it fsyncs the file (a rotation in between fsynced the file
+// it renamed away), and under every policy it reports a background fsync
+// failure (FsyncInterval) as Write does.
+func (s *File) Sync(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
+	if err := s.takeSyncErr(); err != nil {
+		return err
+	}
+	if s.opts.Fsync != FsyncBatch || s.f == nil {
+		return nil
+	}
+	if err := s.syncLocked(); err != nil {
+		return fmt.Errorf("file sink %q: %w", s.opts.Name, err)
+	}
+	return nil
+}
+
+func (s *File) write(ctx context.Context, batch []Record, sync bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
@@ -264,7 +296,7 @@ func (s *File) Write(ctx context.Context, batch []Record) error {
 	}
 	s.size += int64(n)
 	s.dirty = true
-	if s.opts.Fsync == FsyncBatch {
+	if sync && s.opts.Fsync == FsyncBatch {
 		if err := s.syncLocked(); err != nil {
 			return fmt.Errorf("file sink %q: %w", s.opts.Name, err)
 		}
@@ -435,7 +467,7 @@ func syncDir(dir string) error {
 	return nil
 }
 
-var _ Sink = (*File)(nil)
+var _ GroupWriter = (*File)(nil)
 
 // Default settings of a file sink's configuration.
 const (

@@ -308,3 +308,64 @@ func BenchmarkFileWrite(b *testing.B) {
 		})
 	}
 }
+
+// WriteUnsynced and Sync (sink.GroupWriter): batches written unsynced,
+// across rotations, are in the files in order once Sync returned; a bad
+// record fails its batch before anything of it is written; a closed sink
+// refuses both.
+func TestFileGroupWriter(t *testing.T) {
+	for _, v := range []struct {
+		name string
+		opts sink.FileOptions
+	}{
+		{"fsync_batch", sink.FileOptions{}},
+		{"fsync_batch_rotating", sink.FileOptions{MaxBytes: 200, Keep: 100}},
+		{"fsync_never", sink.FileOptions{Fsync: sink.FsyncNever}},
+	} {
+		t.Run(v.name, func(t *testing.T) {
+			ctx := context.Background()
+			o := v.opts
+			o.Name, o.Path = "f", filepath.Join(t.TempDir(), "out.jsonl")
+			s, err := sink.NewFile(o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var gw sink.GroupWriter = s
+			var want []string
+			for b := range 5 {
+				var batch []sink.Record
+				for i := range 3 {
+					j := fmt.Sprintf(`{"id":"b%d-%d"}`, b, i)
+					want = append(want, j)
+					batch = append(batch, sink.Record{ID: fmt.Sprintf("b%d-%d", b, i), JSON: []byte(j)})
+				}
+				if err := gw.WriteUnsynced(ctx, batch); err != nil {
+					t.Fatal(err)
+				}
+			}
+			bad := []sink.Record{{ID: "ok", JSON: []byte(`{"id":"ok"}`)}, {ID: "bad", JSON: []byte("{\n}")}}
+			if err := gw.WriteUnsynced(ctx, bad); !errors.Is(err, sink.ErrBadRecord) {
+				t.Fatalf("WriteUnsynced of a record spanning lines: %v, want ErrBadRecord", err)
+			}
+			if err := gw.Sync(ctx); err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, l := range readRotated(t, o.Path, 100) {
+				got = append(got, string(l))
+			}
+			if strings.Join(got, "\n") != strings.Join(want, "\n") {
+				t.Errorf("files hold\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+			}
+			if err := s.Close(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := gw.WriteUnsynced(ctx, bad[:1]); !errors.Is(err, sink.ErrClosed) {
+				t.Errorf("WriteUnsynced after Close: %v, want ErrClosed", err)
+			}
+			if err := gw.Sync(ctx); !errors.Is(err, sink.ErrClosed) {
+				t.Errorf("Sync after Close: %v, want ErrClosed", err)
+			}
+		})
+	}
+}

@@ -53,6 +53,24 @@ type Sink interface {
 	Close(ctx context.Context) error
 }
 
+// GroupWriter is a Sink whose Write ends with a step that makes the batch
+// durable (a file's fsync), and that can leave that step out, so that a
+// caller holding several batches at once makes them durable with one step
+// instead of one per batch. WriteUnsynced writes a batch as Write does,
+// except for that step; Sync then makes every batch written with
+// WriteUnsynced since the last Write or Sync as durable as Write would
+// have. A record written with WriteUnsynced is held only once a Sync after
+// it returns nil: when WriteUnsynced or Sync fails, none of the batches
+// since the last successful Write or Sync may be considered held (write
+// them again, with Write; a failed fsync is not cured by a later one that
+// succeeds). Like Write, they are never called concurrently with the
+// sink's other methods.
+type GroupWriter interface {
+	Sink
+	WriteUnsynced(ctx context.Context, batch []Record) error
+	Sync(ctx context.Context) error
+}
+
 // DeadLetter is one message that could not be decrypted, kept exactly as
 // received so it can be replayed once the cause is fixed: the message
 // (its Topic, Payload, Redelivered flag and ReceivedAt are kept; Source and
