@@ -58,9 +58,12 @@ type Input struct {
 	queues []*workQueue
 	// Owned by the poll goroutine: a poll's entries, and its entries by
 	// worker (pend) with the workers that got any (touched).
-	polled  []*entry
-	pend    [][]*entry
-	touched []uint32
+	polled []*entry
+	// polledTopics: the topic and device id found for a header value (or
+	// key), at most maxPolledTopics of them (see polledMessage).
+	polledTopics map[string]mappedTopic
+	pend         [][]*entry
+	touched      []uint32
 
 	commitMu sync.Mutex // one commit at a time (periodic, revoke, final)
 
@@ -402,7 +405,7 @@ func (in *Input) admit(p *partition, rs []*kgo.Record, now time.Time) {
 	es := make([]entry, len(rs)) // one allocation for the poll's entries of p
 	size := 0
 	for i, r := range rs {
-		es[i] = entry{in: in, p: p, size: len(r.Value), msg: in.message(r, now)}
+		es[i] = entry{in: in, p: p, size: len(r.Value), msg: in.polledMessage(r, now)}
 		size += len(r.Value)
 	}
 	redelivered := 0
@@ -437,6 +440,43 @@ func (in *Input) admit(p *partition, rs []*kgo.Record, now time.Time) {
 // message is r as the Processor sees it.
 func (in *Input) message(r *kgo.Record, now time.Time) intake.Message {
 	topic, ok := in.mapper.topic(r)
+	id, _ := in.pattern.DeviceID(topic)
+	return in.messageOf(r, now, topic, id, ok)
+}
+
+// maxPolledTopics bounds polledTopics: past it the map starts again empty
+// (a fleet larger than that pays one string and one check per record, as
+// without the map).
+const maxPolledTopics = 1 << 16
+
+// mappedTopic is what message finds for a header value (or key).
+type mappedTopic struct {
+	topic, device string
+	ok            bool
+}
+
+// polledMessage is message for the poll goroutine: the topic and device
+// id found for a header value (or key) are kept in polledTopics, so a
+// device's records after its first cost a map lookup instead of a string
+// allocation, the topic check and the pattern match.
+func (in *Input) polledMessage(r *kgo.Record, now time.Time) intake.Message {
+	raw, has := in.mapper.raw(r)
+	if !has {
+		return in.message(r, now)
+	}
+	if t, hit := in.polledTopics[string(raw)]; hit {
+		return in.messageOf(r, now, t.topic, t.device, t.ok)
+	}
+	topic, ok := in.mapper.topic(r)
+	id, _ := in.pattern.DeviceID(topic)
+	if in.polledTopics == nil || len(in.polledTopics) >= maxPolledTopics {
+		in.polledTopics = make(map[string]mappedTopic)
+	}
+	in.polledTopics[string(raw)] = mappedTopic{topic, id, ok}
+	return in.messageOf(r, now, topic, id, ok)
+}
+
+func (in *Input) messageOf(r *kgo.Record, now time.Time, topic, id string, ok bool) intake.Message {
 	if !ok {
 		// Handed on without a topic: the decryptor then has no device
 		// to check the payload's against, as for an MQTT topic the
@@ -444,7 +484,6 @@ func (in *Input) message(r *kgo.Record, now time.Time) intake.Message {
 		// layout is seen.
 		in.m.unmapped.Inc()
 	}
-	id, _ := in.pattern.DeviceID(topic)
 	return intake.Message{Source: Source, Topic: topic, DeviceID: id, Payload: r.Value, ReceivedAt: now}
 }
 

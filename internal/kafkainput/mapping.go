@@ -34,6 +34,21 @@ func newMapper(from, header, template string) mapper {
 	return mapper{fromKey: true, prefix: pre, suffix: suf}
 }
 
+// raw returns what r's MQTT topic is made from (the last header of that
+// name, or the key), and has=false when r has no such header: the same
+// raw value always gives the same topic.
+func (m mapper) raw(r *kgo.Record) (raw []byte, has bool) {
+	if m.fromKey {
+		return r.Key, true
+	}
+	for i := len(r.Headers) - 1; i >= 0; i-- {
+		if r.Headers[i].Key == m.header {
+			return r.Headers[i].Value, true
+		}
+	}
+	return nil, false
+}
+
 // topic returns r's MQTT topic, or ok=false when r carries none (no such
 // header, an empty one, or an empty key), or one that could not be an
 // MQTT topic name (wildcards, NUL; a key holding '/' where it fills one

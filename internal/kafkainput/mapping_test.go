@@ -3,6 +3,7 @@ package kafkainput
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 )
@@ -103,4 +104,37 @@ func FuzzParseMeta(f *testing.F) {
 			t.Fatalf("parseMeta(%q) = %d, which formats as %q", s, n, formatMeta(n))
 		}
 	})
+}
+
+// polledMessage (the poll goroutine's, with its map of topics found) gives
+// what message gives, for header and key mapping, for records that map and
+// records that do not, the second time as the first.
+func TestPolledMessageAsMessage(t *testing.T) {
+	hdr := func(v string) []kgo.RecordHeader { return []kgo.RecordHeader{{Key: "mqtt_topic", Value: []byte(v)}} }
+	recs := []*kgo.Record{
+		{Headers: hdr("dev/d1"), Key: []byte("d1"), Value: []byte("p1")},
+		{Headers: hdr("dev/d2"), Key: []byte("d2"), Value: []byte("p2")},
+		{Headers: hdr("other/d3"), Key: []byte("d3"), Value: []byte("p3")},
+		{Headers: hdr("dev/+"), Key: []byte("a/b"), Value: []byte("p4")},
+		{Headers: hdr(""), Key: nil, Value: []byte("p5")},
+		{Key: []byte("d6"), Value: []byte("p6")},
+	}
+	for _, from := range []string{TopicFromHeader, TopicFromKey} {
+		in, err := New(Options{
+			ClientOptions: []kgo.Opt{kgo.SeedBrokers("127.0.0.1:1")}, Topics: []string{"t"}, Group: "g",
+			TopicFrom: from, TopicTemplate: "dev/{key}", TopicPattern: "dev/{device_id}",
+		}, &nopProc{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		now := time.Unix(1, 0)
+		for round := range 2 {
+			for i, r := range recs {
+				want, got := in.message(r, now), in.polledMessage(r, now)
+				if got.Topic != want.Topic || got.DeviceID != want.DeviceID || string(got.Payload) != string(want.Payload) || got.Source != want.Source || !got.ReceivedAt.Equal(want.ReceivedAt) {
+					t.Errorf("%s, round %d, record %d: polledMessage %+v, message %+v", from, round, i, got, want)
+				}
+			}
+		}
+	}
 }

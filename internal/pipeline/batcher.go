@@ -286,18 +286,19 @@ func (b *batcher) flush(batch []job) {
 		if err == nil {
 			m.sinkBatch.WithLabelValues(b.name).Observe(float64(n))
 			m.delivered.WithLabelValues(b.name).Add(float64(n))
-			answerAll(batch[:n], nil)
-			clear(batch[:n])
-			batch = batch[n:]
 			// Up once the whole batch is written: while parts still fail
 			// now and then, the sink counts as down (one log line each way,
-			// not one per part).
-			if b.down && len(batch) == 0 {
+			// not one per part). Before the answers: whoever sees its
+			// record delivered sees the sink up.
+			if b.down && n == len(batch) {
 				b.down = false
 				m.sinkUp.WithLabelValues(b.name).Set(1)
 				b.log.Info("sink back up", zap.Int("attempts", attempt+1))
 				b.p.sinkState(b.name, true, nil)
 			}
+			answerAll(batch[:n], nil)
+			clear(batch[:n])
+			batch = batch[n:]
 			part, fails = min(2*part, len(batch)), 0
 			part = max(part, 1)
 			continue
