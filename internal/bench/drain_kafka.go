@@ -95,6 +95,13 @@ type KafkaDrainRun struct {
 	SinkBatch   float64 `json:"sink_batch_mean,omitempty"`
 	SinkWriteMS float64 `json:"sink_write_mean_ms,omitempty"`
 	DecryptUS   float64 `json:"decrypt_mean_us,omitempty"`
+	// KeysSeconds is when (since the start) the daemon had unwrapped
+	// every distinct key of the backlog, the end of its cold phase;
+	// RateAfterKeys the records delivered after that over the time to the
+	// end: the drain's rate without the cold phase (0 when fewer than a
+	// tenth of the records were left by then).
+	KeysSeconds   float64 `json:"keys_loaded_seconds,omitempty"`
+	RateAfterKeys float64 `json:"msg_per_s_after_keys,omitempty"`
 }
 
 // KafkaDrainResult is the Kafka drain benchmark.
@@ -172,7 +179,7 @@ func KafkaDrain(ctx context.Context, o KafkaDrainOptions) (*KafkaDrainResult, er
 			if side == "bare" {
 				run, err = drainKafkaBare(ctx, brokers, fmt.Sprintf("bench-bare-%d", r), o.Messages, o.Progress, label)
 			} else {
-				run, err = drainKafkaDaemon(ctx, brokers, fmt.Sprintf("bench-decryptd-%d", r), o, rootFile, regFile, r, label)
+				run, err = drainKafkaDaemon(ctx, brokers, fmt.Sprintf("bench-decryptd-%d", r), o, rootFile, regFile, r, label, res.DistinctKeys)
 			}
 			stopProfile()
 			if err != nil {
@@ -181,6 +188,9 @@ func KafkaDrain(ctx context.Context, o KafkaDrainOptions) (*KafkaDrainResult, er
 			run.Round = r
 			say("%s: drained %d in %.2f s (first record after %.2f s), %.0f msg/s after it, %.1f µs CPU/msg (broker included), peak RSS %d MiB",
 				label, run.Messages, run.Seconds, run.JoinSeconds, run.Rate, run.CPUPerMsgUS, run.PeakRSS>>20)
+			if run.KeysSeconds > 0 {
+				say("%s: every key loaded after %.2f s, %.0f msg/s after that", label, run.KeysSeconds, run.RateAfterKeys)
+			}
 			if side == "bare" {
 				bare = append(bare, run.Rate)
 			} else {
@@ -324,7 +334,7 @@ func drainKafkaBare(ctx context.Context, brokers []string, group string, n int, 
 // the local KMS and the file registry the fleet was provisioned into, a
 // file sink and a dead-letter file both fsynced per batch, the audit log),
 // until its records sink has acknowledged holding every record.
-func drainKafkaDaemon(ctx context.Context, brokers []string, group string, o KafkaDrainOptions, rootFile, regFile string, round int, label string) (*KafkaDrainRun, error) {
+func drainKafkaDaemon(ctx context.Context, brokers []string, group string, o KafkaDrainOptions, rootFile, regFile string, round int, label string, keys int) (*KafkaDrainRun, error) {
 	dir := filepath.Join(o.Dir, fmt.Sprintf("decryptd-kafka-%d", round))
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
@@ -369,7 +379,8 @@ func drainKafkaDaemon(ctx context.Context, brokers []string, group string, o Kaf
 		return stopDaemon()
 	}
 	records := filepath.Join(dir, "records.jsonl")
-	w, err := waitKafkaDrained(ctx, reg, records, o.Messages, start, &delivered)
+	keysLoaded := func() bool { return d.KMSUnwraps() >= uint64(keys) }
+	w, err := waitKafkaDrained(ctx, reg, records, o.Messages, start, &delivered, keysLoaded)
 	if err != nil {
 		_ = shutdown()
 		return nil, err
@@ -378,6 +389,12 @@ func drainKafkaDaemon(ctx context.Context, brokers []string, group string, o Kaf
 	run := &KafkaDrainRun{Side: "decryptd", Messages: o.Messages, Seconds: w.end.Sub(start).Seconds(), JoinSeconds: w.first.Sub(start).Seconds(),
 		CPUPerMsgUS: float64((cpu1 - cpu0).Microseconds()) / float64(o.Messages), PeakRSS: peakRSS(), KMSUnwraps: d.KMSUnwraps()}
 	run.Rate = rateAfterFirst(o.Messages, w.atFirst, w.first, w.end, start)
+	if !w.keys.IsZero() {
+		run.KeysSeconds = w.keys.Sub(start).Seconds()
+		if rest, span := float64(o.Messages)-w.atKeys, w.end.Sub(w.keys).Seconds(); rest >= float64(o.Messages)/10 && span > 0 {
+			run.RateAfterKeys = rest / span
+		}
+	}
 	run.Delivered, _ = metricSum(reg, "decryptd_records_delivered_total")
 	run.DeadLetters, _ = metricSum(reg, "decryptd_dead_letters_total")
 	run.Duplicates, _ = metricSum(reg, "decryptd_duplicates_total")
@@ -411,6 +428,9 @@ func rateAfterFirst(n int, atFirst float64, first, end, start time.Time) float64
 type kafkaWatch struct {
 	first, end time.Time
 	atFirst    float64
+	// keys: when keysLoaded first held, and the records acknowledged then.
+	keys   time.Time
+	atKeys float64
 }
 
 // waitKafkaDrained waits until the records sink has acknowledged n records.
@@ -419,13 +439,23 @@ type kafkaWatch struct {
 // a gather of the daemon's registry (hundreds of µs) at half the time the
 // remaining records should take at the recent pace (checkIn), so the end
 // is seen within a poll or two.
-func waitKafkaDrained(ctx context.Context, reg prometheus.Gatherer, records string, n int, start time.Time, delivered *atomic.Int64) (kafkaWatch, error) {
+//
+// keysLoaded (an atomic load) is asked at every poll until it holds; then
+// one gather notes the records acknowledged at that time (kafkaWatch.keys).
+func waitKafkaDrained(ctx context.Context, reg prometheus.Gatherer, records string, n int, start time.Time, delivered *atomic.Int64, keysLoaded func() bool) (kafkaWatch, error) {
 	var w kafkaWatch
 	deadline := start.Add(10 * time.Minute)
 	var rate, from float64
 	var fromAt, nextCheck time.Time
 	for {
 		now := time.Now()
+		if w.keys.IsZero() && keysLoaded != nil && keysLoaded() {
+			g, err := gatherDrain(reg)
+			if err != nil {
+				return w, err
+			}
+			w.keys, w.atKeys = now, g.delivered
+		}
 		if w.first.IsZero() {
 			if fi, err := os.Stat(records); err == nil && fi.Size() > 0 {
 				g, err := gatherDrain(reg)
@@ -487,10 +517,17 @@ func kafkaDaemonConfig(dir string, brokers []string, group string, maxInFlight i
 func (r *KafkaDrainResult) WriteSummary(w io.Writer) {
 	fmt.Fprintf(w, "\nkafka drain: %d records (%.0f B average), %d devices, %d partitions (kfake, in process), decryptd kafka.max_in_flight %d\n",
 		r.Messages, r.PayloadAvg, r.Devices, r.Partitions, r.MaxInFlight)
-	fmt.Fprintf(w, "  %-5s %-8s %9s %8s %8s %20s %9s %8s\n", "round", "side", "msg/s", "s", "join s", "CPU µs/msg (+kfake)", "peak MiB", "unwraps")
+	fmt.Fprintf(w, "  %-5s %-8s %9s %8s %8s %20s %9s %8s %7s %18s\n", "round", "side", "msg/s", "s", "join s", "CPU µs/msg (+kfake)", "peak MiB", "unwraps", "keys s", "msg/s after keys")
 	for _, run := range r.Runs {
-		fmt.Fprintf(w, "  %-5d %-8s %9.0f %8.2f %8.2f %20.1f %9.1f %8d\n", run.Round, run.Side, run.Rate, run.Seconds, run.JoinSeconds,
-			run.CPUPerMsgUS, float64(run.PeakRSS)/(1<<20), run.KMSUnwraps)
+		keys, after := "", ""
+		if run.KeysSeconds > 0 {
+			keys = fmt.Sprintf("%.2f", run.KeysSeconds)
+		}
+		if run.RateAfterKeys > 0 {
+			after = fmt.Sprintf("%.0f", run.RateAfterKeys)
+		}
+		fmt.Fprintf(w, "  %-5d %-8s %9.0f %8.2f %8.2f %20.1f %9.1f %8d %7s %18s\n", run.Round, run.Side, run.Rate, run.Seconds, run.JoinSeconds,
+			run.CPUPerMsgUS, float64(run.PeakRSS)/(1<<20), run.KMSUnwraps, keys, after)
 	}
 	verdict := "MET"
 	if r.Ratio < 0.9 {

@@ -45,6 +45,9 @@ func TestKafkaDrainSmall(t *testing.T) {
 	if d.Delivered < 2000 || d.DeadLetters != 0 || d.KMSUnwraps != uint64(res.DistinctKeys) {
 		t.Fatalf("decryptd run %+v, want 2000 delivered, none dead-lettered, %d unwraps", d, res.DistinctKeys)
 	}
+	if d.KeysSeconds <= 0 || d.KeysSeconds > d.Seconds {
+		t.Errorf("keys loaded after %v s of a %v s drain", d.KeysSeconds, d.Seconds)
+	}
 	if res.Ratio <= 0 || res.BareMedian <= 0 {
 		t.Fatalf("ratio %v of %v", res.Ratio, res.BareMedian)
 	}
