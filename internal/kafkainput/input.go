@@ -101,6 +101,14 @@ type tp struct {
 // partition is one assigned partition.
 type partition struct {
 	tp
+	// gone and lost are read for every record (a worker's skip) while
+	// settle writes mu, tr and pending for every record on the sinks'
+	// goroutines: the padding keeps them off that cache line, so the
+	// reads do not miss each time a record was settled.
+	gone atomic.Bool // revoked or lost: no more commits
+	lost atomic.Bool // lost: queued messages are dropped
+	_    [64]byte
+
 	mu       sync.Mutex
 	tr       tracker
 	pending  int   // handed out, not settled
@@ -108,8 +116,6 @@ type partition struct {
 	// redeliverBelow: records below it may have been handed out by the
 	// previous holder (its commit metadata said it had received them).
 	redeliverBelow int64
-	gone           atomic.Bool // revoked or lost: no more commits
-	lost           atomic.Bool // lost: queued messages are dropped
 	committed      atomic.Int64
 	hwm            atomic.Int64
 }

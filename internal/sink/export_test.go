@@ -14,3 +14,6 @@ func ParseRetryAfter(v string, now time.Time) time.Duration { return parseRetryA
 
 // WithScheme exposes withScheme to the tests.
 func WithScheme(scheme, secret string) string { return withScheme(scheme, secret) }
+
+// LinesOK exposes linesOK to the tests.
+func LinesOK(buf []byte, batch []Record) bool { return linesOK(buf, batch) }

@@ -260,8 +260,21 @@ func (s *File) write(ctx context.Context, batch []Record, sync bool) error {
 	if err := ContextError(ctx, "file", s.opts.Name); err != nil {
 		return err
 	}
-	if err := CheckBatch(batch); err != nil {
-		return fmt.Errorf("file sink %q: %w", s.opts.Name, err)
+	// The batch's lines are built first and checked as one buffer (one
+	// vectorised pass over memory just written, instead of a pass over
+	// every record's own bytes before the copy): as many line breaks as
+	// records, no carriage return, no empty record. Only a batch that
+	// fails it is checked record by record, for the error naming one.
+	defer func() {
+		if cap(s.buf) > 4<<20 {
+			s.buf = nil // do not pin one huge batch's buffer forever
+		}
+	}()
+	s.buf = AppendLines(s.buf[:0], batch)
+	if !linesOK(s.buf, batch) {
+		if err := CheckBatch(batch); err != nil {
+			return fmt.Errorf("file sink %q: %w", s.opts.Name, err)
+		}
 	}
 	if err := s.takeSyncErr(); err != nil {
 		return err
@@ -274,12 +287,6 @@ func (s *File) write(ctx context.Context, batch []Record, sync bool) error {
 			return fmt.Errorf("file sink %q: reopen: %w", s.opts.Name, err)
 		}
 	}
-	s.buf = AppendLines(s.buf[:0], batch)
-	defer func() {
-		if cap(s.buf) > 4<<20 {
-			s.buf = nil // do not pin one huge batch's buffer forever
-		}
-	}()
 	if s.opts.MaxBytes > 0 && s.size > 0 && s.size+int64(len(s.buf)) > s.opts.MaxBytes {
 		if err := s.rotate(); err != nil {
 			return fmt.Errorf("file sink %q: rotate: %w", s.opts.Name, err)

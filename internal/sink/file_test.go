@@ -369,3 +369,37 @@ func TestFileGroupWriter(t *testing.T) {
 		})
 	}
 }
+
+// linesOK, the file sink's check of a batch's lines as one buffer, agrees
+// with CheckBatch.
+func TestLinesOKAsCheckBatch(t *testing.T) {
+	rec := func(j string) sink.Record { return sink.Record{ID: j, JSON: []byte(j)} }
+	for _, batch := range [][]sink.Record{
+		nil,
+		{rec(`{"a":1}`)},
+		{rec(`{"a":1}`), rec(`{"b":2}`)},
+		{rec(`{"a":1}`), rec("")},
+		{rec("{\n}")},
+		{rec(`{"a":1}`), rec("{\"b\":\r2}")},
+		{rec("{}\n"), rec("{}")},
+		{rec("\n")},
+	} {
+		want := sink.CheckBatch(batch) == nil
+		if got := sink.LinesOK(sink.AppendLines(nil, batch), batch); got != want {
+			t.Errorf("batch %q: linesOK %v, CheckBatch passes: %v", batch, got, want)
+		}
+	}
+}
+
+func FuzzLinesOK(f *testing.F) {
+	f.Add(`{"a":1}`, `{"b":2}`)
+	f.Add("{\n}", "")
+	f.Add("\r", "{}")
+	f.Fuzz(func(t *testing.T, a, b string) {
+		batch := []sink.Record{{ID: "a", JSON: []byte(a)}, {ID: "b", JSON: []byte(b)}}
+		want := sink.CheckBatch(batch) == nil
+		if got := sink.LinesOK(sink.AppendLines(nil, batch), batch); got != want {
+			t.Errorf("%q, %q: linesOK %v, CheckBatch passes: %v", a, b, got, want)
+		}
+	})
+}

@@ -38,6 +38,17 @@ func AppendLines(buf []byte, batch []Record) []byte {
 	return buf
 }
 
+// linesOK reports whether buf, AppendLines of batch, passes CheckBatch:
+// no record empty, exactly one '\n' per record (its terminator), no '\r'.
+func linesOK(buf []byte, batch []Record) bool {
+	for _, r := range batch {
+		if len(r.JSON) == 0 {
+			return false
+		}
+	}
+	return bytes.Count(buf, []byte{'\n'}) == len(batch) && bytes.IndexByte(buf, '\r') < 0
+}
+
 // ContextError returns nil while ctx is live, else ctx's error prefixed with
 // "<kind> sink <name>", so errors.Is(err, context.Canceled) and
 // DeadlineExceeded hold; a custom cause is kept beside it.
