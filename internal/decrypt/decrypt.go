@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/cipher"
 	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"slices"
@@ -252,7 +251,7 @@ func (st *state) newRecord(rec *Record, m Message, received time.Time, env *enve
 		size += len(st.meta) + sp.end - sp.start - sealedMin
 	}
 	buf := make([]byte, n, size)
-	hex.Encode(buf, id[:])
+	hexEncode(buf, id[:])
 	copy(buf[o:], env.deviceID)
 	copy(buf[o+len(env.deviceID):], env.keyID)
 	copy(buf[o+len(env.deviceID)+len(env.keyID):], env.keyVersion)
@@ -350,7 +349,8 @@ var wholeData = []string{""}
 // plainRecord is the record of a shape B message without sealed values.
 func (st *state) plainRecord(m Message, received time.Time, env envelope) Record {
 	id := sha256.Sum256(m.Payload)
-	out := hex.AppendEncode(st.out[:0], id[:])
+	out := append(st.out[:0], make([]byte, 2*sha256.Size)...)
+	hexEncode(out, id[:])
 	out = append(out, env.deviceID...)
 	strs := string(out)
 	st.out = st.appendShapeBData(out[:0], env)
