@@ -83,7 +83,8 @@ func BenchmarkStages(b *testing.B) {
 		cpu := startCPU()
 		for b.Loop() {
 			var rec Record
-			st.newRecord(&rec, Message{Topic: topic}, time.Time{}, &env)
+			id := st.replayKeys(&env)
+			st.newRecord(&rec, Message{Topic: topic}, time.Time{}, &env, &id)
 		}
 		cpu.report(b)
 	})
