@@ -105,8 +105,8 @@ func (l *link) onMessage(_ mqtt.Client, pm mqtt.Message) {
 	e.refs.Store(2)
 	e.call.Store(callReturned) // a failure reported by TryProcess's done is retried on its own
 	l.mu.Lock()
-	// stopping is set before shutdown reads inUse, and acquire counted e
-	// in inUse before this reads stopping: either shutdown waits for e or
+	// stopping is set before shutdown reads the slots held, and acquire
+	// took e's slot before this reads stopping: either shutdown waits for e or
 	// e is released here.
 	if c.stopping.Load() || l.gen != gen {
 		l.mu.Unlock()
@@ -211,53 +211,54 @@ func (c *Consumer) markOverflow(l *link, conn *trackedConn) {
 	if l.overflowConn.Swap(conn) == nil {
 		c.overflowing.Add(1)
 	}
-	c.reconnectIfRoom(c.inUse.Load())
+	c.reconnectIfRoom(c.slots.Held())
 }
 
 func (c *Consumer) acquireSlot(l *link, conn *trackedConn) bool {
-	select {
-	case c.slots <- struct{}{}:
-		c.inUse.Add(1)
+	ok, room := c.slots.take(1)
+	if ok {
 		return true
-	default:
 	}
 	t := time.NewTimer(c.overflowWait)
 	defer t.Stop()
-	select {
-	case c.slots <- struct{}{}:
-		c.inUse.Add(1)
-		return true
-	case <-c.stopIntake:
-		return false
-	case <-conn.closed:
-		return false
-	case <-t.C:
-		// Release this and every later message of the connection (the
-		// caller marks it); once half the slots are free again, freeSlot
-		// closes the connection so the broker redelivers them. Closing
-		// right away would only reconnect into a still-full consumer.
-		// Blame the broker's window only when this connection alone
-		// holds MaxInFlight unacknowledged messages: otherwise the slots
-		// are held by messages of an earlier connection still being
-		// processed (after a reconnect) or of the other connections, and
-		// max_inflight_messages is not at fault.
-		if n := l.unacked.Load(); n >= int64(c.o.MaxInFlight) {
-			c.log.Warn("broker sent more unacknowledged messages than MaxInFlight; releasing them until the consumer has room, then reconnecting for redelivery (set max_inflight_messages at or below MaxInFlight)",
-				zap.Int("max_in_flight", c.o.MaxInFlight), zap.Int64("unacknowledged", n), zap.Duration("waited", c.overflowWait))
-		} else {
-			c.log.Warn("every in-flight slot is held, by messages of an earlier connection still being processed or of the other connections; releasing this connection's messages until the consumer has room, then reconnecting for redelivery",
-				zap.Int("max_in_flight", c.o.MaxInFlight), zap.Int64("unacknowledged", n), zap.Duration("waited", c.overflowWait))
+	for timedOut := false; !timedOut; {
+		select {
+		case <-room:
+			if ok, room = c.slots.take(1); ok {
+				return true
+			}
+		case <-c.stopIntake:
+			return false
+		case <-conn.closed:
+			return false
+		case <-t.C:
+			timedOut = true
 		}
-		c.markOverflow(l, conn)
-		return false
 	}
+	// Release this and every later message of the connection (the
+	// caller marks it); once half the slots are free again, freeSlot
+	// closes the connection so the broker redelivers them. Closing
+	// right away would only reconnect into a still-full consumer.
+	// Blame the broker's window only when this connection alone
+	// holds MaxInFlight unacknowledged messages: otherwise the slots
+	// are held by messages of an earlier connection still being
+	// processed (after a reconnect) or of the other connections, and
+	// max_inflight_messages is not at fault.
+	if n := l.unacked.Load(); n >= int64(c.o.MaxInFlight) {
+		c.log.Warn("broker sent more unacknowledged messages than MaxInFlight; releasing them until the consumer has room, then reconnecting for redelivery (set max_inflight_messages at or below MaxInFlight)",
+			zap.Int("max_in_flight", c.o.MaxInFlight), zap.Int64("unacknowledged", n), zap.Duration("waited", c.overflowWait))
+	} else {
+		c.log.Warn("every in-flight slot is held, by messages of an earlier connection still being processed or of the other connections; releasing this connection's messages until the consumer has room, then reconnecting for redelivery",
+			zap.Int("max_in_flight", c.o.MaxInFlight), zap.Int64("unacknowledged", n), zap.Duration("waited", c.overflowWait))
+	}
+	c.markOverflow(l, conn)
+	return false
 }
 
 // freeSlot gives back a message's slot and its size bytes of the budget.
 func (c *Consumer) freeSlot(size int64) {
 	c.budget.release(size)
-	<-c.slots
-	n := c.inUse.Add(-1)
+	n := c.slots.release(1)
 	if n == 0 {
 		select {
 		case c.idleWake <- struct{}{}:

@@ -57,7 +57,7 @@ func TestOverflowBlamesBrokerOnlyWhenItIsAtFault(t *testing.T) {
 			for i := range n {
 				h.publish(topic(i), fmt.Sprintf("m%02d", i))
 			}
-			wait.For(t, "10 messages held", func() bool { return c.inUse.Load() == 10 })
+			wait.For(t, "10 messages held", func() bool { return c.slots.Held() == 10 })
 			if tc.blame {
 				wait.For(t, "the warning blaming the broker", func() bool {
 					return logs.FilterMessageSnippet(brokerBlame).Len() > 0

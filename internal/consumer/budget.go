@@ -157,14 +157,15 @@ func (b *Budget) tryTake(n int64) bool {
 	}
 }
 
-// release gives back n bytes taken by take.
-func (b *Budget) release(n int64) {
+// release gives back n bytes taken by take and returns what is held
+// after it.
+func (b *Budget) release(n int64) int64 {
 	if n == 0 {
-		return
+		return b.held.Load()
 	}
-	b.held.Add(-n)
+	h := b.held.Add(-n)
 	if !b.waiting.Load() {
-		return
+		return h
 	}
 	b.mu.Lock()
 	if b.room != nil {
@@ -173,4 +174,5 @@ func (b *Budget) release(n int64) {
 		b.waiting.Store(false)
 	}
 	b.mu.Unlock()
+	return h
 }

@@ -167,7 +167,7 @@ func testLargeMessagesFailingSink(t *testing.T, overflow, outage time.Duration) 
 	}()
 	wait.For(t, "the budget filled", func() bool { return c.budget.Held() > budget-(240<<10+MessageOverhead+64) })
 	wait.For(t, "the sink retried", func() bool { return s.attempts.Load() >= 5 })
-	if held := c.inUse.Load(); held >= n {
+	if held := c.slots.Held(); held >= n {
 		t.Fatalf("%d messages held while the sink fails; the byte budget should have stopped intake", held)
 	}
 	time.Sleep(outage)

@@ -357,7 +357,7 @@ func TestShutdownDrainsEveryConnection(t *testing.T) {
 				return false
 			}
 		}
-		return c1.inUse.Load() == n
+		return c1.slots.Held() == n
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()

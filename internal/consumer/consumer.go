@@ -48,10 +48,12 @@ type Consumer struct {
 	// slots is the MaxInFlight semaphore, one for every link: a message
 	// takes a slot when admitted and frees it when it is both finished by
 	// its worker and acknowledged (or discarded because its connection is
-	// gone).
-	slots       chan struct{}
-	inUse       atomic.Int64
-	idleWake    chan struct{} // signalled when inUse drops to zero
+	// gone). A Budget of MaxInFlight units, one per message: taking and
+	// giving back is one compare-and-swap on a counter every router and
+	// worker shares, where a channel semaphore took its lock (and a second
+	// counter beside it) for each.
+	slots       *Budget
+	idleWake    chan struct{} // signalled when no slot is held
 	budget      *Budget       // the bytes of messages in flight, one for every link (admit.go)
 	overflowing atomic.Int32  // links whose overflowConn is set
 
@@ -98,7 +100,7 @@ func New(o Options, p Processor) (*Consumer, error) {
 		o:            o,
 		proc:         p,
 		log:          o.Logger.With(zap.String("component", "mqtt")),
-		slots:        make(chan struct{}, o.MaxInFlight),
+		slots:        &Budget{limit: int64(o.MaxInFlight)},
 		idleWake:     make(chan struct{}, 1),
 		stopIntake:   make(chan struct{}),
 		quit:         make(chan struct{}),
@@ -131,7 +133,7 @@ func New(o Options, p Processor) (*Consumer, error) {
 	for n := range c.links {
 		c.links[n] = newLink(c, n)
 	}
-	c.m, err = newMetrics(o.Registerer, c.links, func() float64 { return float64(c.inUse.Load()) })
+	c.m, err = newMetrics(o.Registerer, c.links, func() float64 { return float64(c.slots.Held()) })
 	if err != nil {
 		return nil, err
 	}
@@ -234,10 +236,10 @@ func (c *Consumer) shutdown(ctx context.Context) error {
 	close(c.stopIntake)
 	running := c.running
 	c.mu.Unlock()
-	c.log.Info("intake stopped; finishing in-flight messages", zap.Int64("in_flight", c.inUse.Load()))
+	c.log.Info("intake stopped; finishing in-flight messages", zap.Int64("in_flight", c.slots.Held()))
 
 	if err := c.waitIdle(ctx); err != nil {
-		errs = append(errs, fmt.Errorf("consumer: %d messages unfinished or unacknowledged at the shutdown deadline (the broker redelivers them): %w", c.inUse.Load(), err))
+		errs = append(errs, fmt.Errorf("consumer: %d messages unfinished or unacknowledged at the shutdown deadline (the broker redelivers them): %w", c.slots.Held(), err))
 	}
 	c.procCancel()
 
@@ -283,7 +285,7 @@ func (c *Consumer) eachLink(f func(*link) error) error {
 }
 
 func (c *Consumer) waitIdle(ctx context.Context) error {
-	for c.inUse.Load() > 0 {
+	for c.slots.Held() > 0 {
 		select {
 		case <-c.idleWake:
 		case <-ctx.Done():
@@ -303,7 +305,7 @@ func (c *Consumer) drain(ctx context.Context) {
 	t := time.NewTicker(50 * time.Millisecond)
 	defer t.Stop()
 	for {
-		idle := c.inUse.Load() == 0 && time.Since(time.Unix(0, c.lastRecv.Load())) >= quiet
+		idle := c.slots.Held() == 0 && time.Since(time.Unix(0, c.lastRecv.Load())) >= quiet
 		if idle {
 			return
 		}

@@ -249,7 +249,7 @@ func TestBoundedInFlight(t *testing.T) {
 			// Intake stays stopped while the processor is blocked.
 			deadline := time.Now().Add(700 * time.Millisecond)
 			for time.Now().Before(deadline) {
-				if held := c.inUse.Load(); held > 10 {
+				if held := c.slots.Held(); held > 10 {
 					t.Fatalf("%d messages held, MaxInFlight is 10", held)
 				}
 				time.Sleep(5 * time.Millisecond)
@@ -461,7 +461,7 @@ func TestRedeliveryAfterKill(t *testing.T) {
 	for i := range n {
 		h.publish(topic(i), fmt.Sprintf("k%02d", i))
 	}
-	wait.For(t, "all held", func() bool { return c1.inUse.Load() == n })
+	wait.For(t, "all held", func() bool { return c1.slots.Held() == n })
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
 	err = c1.Shutdown(ctx)

@@ -213,7 +213,7 @@ func barrier(t *testing.T, c *Consumer) {
 // idle reports whether the consumer holds nothing: every message done and
 // acknowledged on every link.
 func idle(c *Consumer) bool {
-	if c.inUse.Load() != 0 {
+	if c.slots.Held() != 0 {
 		return false
 	}
 	for _, l := range c.links {

@@ -18,7 +18,7 @@ func TestOverflowMarkedAfterLastFreeReconnects(t *testing.T) {
 		t.Fatal(err)
 	}
 	l := &link{log: zap.NewNop()}
-	c := &Consumer{o: Options{MaxInFlight: 4}, budget: b, links: []*link{l}, log: zap.NewNop()}
+	c := &Consumer{o: Options{MaxInFlight: 4}, budget: b, links: []*link{l}, log: zap.NewNop(), slots: &Budget{limit: 4}}
 	client, server := net.Pipe()
 	defer server.Close()
 	conn := &trackedConn{Conn: client, closed: make(chan struct{})}
@@ -42,10 +42,11 @@ func TestOverflowMarkedWhileFullWaits(t *testing.T) {
 		t.Fatal(err)
 	}
 	l := &link{log: zap.NewNop()}
-	c := &Consumer{o: Options{MaxInFlight: 4}, budget: b, links: []*link{l}, log: zap.NewNop(), slots: make(chan struct{}, 4)}
+	c := &Consumer{o: Options{MaxInFlight: 4}, budget: b, links: []*link{l}, log: zap.NewNop(), slots: &Budget{limit: 4}}
 	for range 4 {
-		c.slots <- struct{}{}
-		c.inUse.Add(1)
+		if ok, _ := c.slots.take(1); !ok {
+			t.Fatal("slot refused")
+		}
 	}
 	client, server := net.Pipe()
 	defer server.Close()
