@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/cipher"
 	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"slices"
@@ -131,8 +130,26 @@ func (d *Decryptor) openPooled(ctx context.Context, m Message, noWait bool) (Rec
 }
 
 func (d *Decryptor) open(ctx context.Context, st *state, m Message, noWait bool) (Record, error) {
-	var env envelope
-	received, err := d.checkEnvelope(st, m, &env)
+	env, err := st.parse(m.Payload)
+	if err != nil {
+		return Record{}, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	var id [sha256.Size]byte
+	if len(env.sealed) > 0 {
+		id = st.replayKeys(&env)
+		if d.win != nil {
+			// The window's lines are read from memory while the rest of
+			// the message is checked, the key resolved and the message
+			// opened: as early as the triples are known, since at the
+			// production size a line is a miss to memory that takes about
+			// as long as all that work. A hint only, for any message
+			// (checks still to come may refuse it).
+			for i := range st.keys {
+				d.win.prefetch(&st.keys[i])
+			}
+		}
+	}
+	received, err := d.checkEnvelope(m, &env)
 	if err != nil {
 		return Record{}, err
 	}
@@ -141,14 +158,7 @@ func (d *Decryptor) open(ctx context.Context, st *state, m Message, noWait bool)
 	}
 	// rec is filled in place (a Record is a few hundred bytes: no copies).
 	var rec Record
-	st.newRecord(&rec, m, received, &env)
-	if d.win != nil {
-		// The window's lines are read from memory while the key is
-		// resolved and the message opened.
-		for i := range st.keys {
-			d.win.prefetch(&st.keys[i])
-		}
-	}
+	st.newRecord(&rec, m, received, &env, &id)
 	aead, err := d.resolve(ctx, &rec, noWait)
 	if err != nil {
 		return Record{}, err
@@ -188,15 +198,10 @@ func (d *Decryptor) open(ctx context.Context, st *state, m Message, noWait bool)
 	return rec, nil
 }
 
-// checkEnvelope runs every check that needs no key, in the spec's order:
-// malformed, topic_mismatch, stale. It fills env and returns the receive
-// time.
-func (d *Decryptor) checkEnvelope(st *state, m Message, env *envelope) (time.Time, error) {
-	var err error
-	*env, err = st.parse(m.Payload)
-	if err != nil {
-		return time.Time{}, fmt.Errorf("%w: %v", ErrMalformed, err)
-	}
+// checkEnvelope runs the checks that need no key and come after malformed
+// (st.parse) in the spec's order: topic_mismatch, stale. It returns the
+// receive time.
+func (d *Decryptor) checkEnvelope(m Message, env *envelope) (time.Time, error) {
 	// The device id the input determined (the MQTT input reads it from the
 	// topic); a message without one (a replayed dead letter) falls back to
 	// Options.TopicPattern.
@@ -219,16 +224,10 @@ func (d *Decryptor) checkEnvelope(st *state, m Message, env *envelope) (time.Tim
 	return received, nil
 }
 
-// newRecord computes what needs no key: each sealed value's replay key
-// (st.keys) and the record's id and names, into rec. The record's own bytes
-// take one allocation: its strings first, then (shape A) room for its
-// metadata and plaintext, which open fills in once the message has opened
-// (st.rec). The strings' bytes are never written again, and no slice of the
-// record reaches them (Metadata and Data lie after them, their capacity
-// capped), so they may back strings.
-func (st *state) newRecord(rec *Record, m Message, received time.Time, env *envelope) {
+// replayKeys computes each sealed value's replay key (st.keys) and returns
+// the first value's SHA-256, the record id (one hash serves both).
+func (st *state) replayKeys(env *envelope) (id [sha256.Size]byte) {
 	st.keys = st.keys[:0]
-	var id [sha256.Size]byte
 	for i := range env.sealed {
 		b := st.bin[env.sealed[i].bin.start:]
 		h := append(st.aad[:0], env.keyID...)
@@ -243,6 +242,17 @@ func (st *state) newRecord(rec *Record, m Message, received time.Time, env *enve
 		}
 		st.keys = append(st.keys, replayKey(sum[:len(replayKey{})]))
 	}
+	return id
+}
+
+// newRecord fills in what needs no key: the record's id (the hex of id,
+// from replayKeys) and names, into rec. The record's own bytes take one
+// allocation: its strings first, then (shape A) room for its metadata and
+// plaintext, which open fills in once the message has opened (st.rec). The
+// strings' bytes are never written again, and no slice of the record
+// reaches them (Metadata and Data lie after them, their capacity capped),
+// so they may back strings.
+func (st *state) newRecord(rec *Record, m Message, received time.Time, env *envelope, id *[sha256.Size]byte) {
 	o := 2 * sha256.Size
 	n := o + len(env.deviceID) + len(env.keyID) + len(env.keyVersion)
 	size := n
@@ -252,7 +262,7 @@ func (st *state) newRecord(rec *Record, m Message, received time.Time, env *enve
 		size += len(st.meta) + sp.end - sp.start - sealedMin
 	}
 	buf := make([]byte, n, size)
-	hex.Encode(buf, id[:])
+	hexEncode(buf, id[:])
 	copy(buf[o:], env.deviceID)
 	copy(buf[o+len(env.deviceID):], env.keyID)
 	copy(buf[o+len(env.deviceID)+len(env.keyID):], env.keyVersion)
@@ -350,7 +360,8 @@ var wholeData = []string{""}
 // plainRecord is the record of a shape B message without sealed values.
 func (st *state) plainRecord(m Message, received time.Time, env envelope) Record {
 	id := sha256.Sum256(m.Payload)
-	out := hex.AppendEncode(st.out[:0], id[:])
+	out := append(st.out[:0], make([]byte, 2*sha256.Size)...)
+	hexEncode(out, id[:])
 	out = append(out, env.deviceID...)
 	strs := string(out)
 	st.out = st.appendShapeBData(out[:0], env)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"math/bits"
 	"strconv"
 	"unicode/utf8"
 )
@@ -64,6 +65,7 @@ type member struct {
 	start int  // offset of the name's opening quote
 	val   span // raw value (strings include their quotes)
 	kind  valueKind
+	esc   bool // a string value holding escapes
 }
 
 // sealedRef is one string value that starts with sealedPrefix.
@@ -73,6 +75,21 @@ type sealedRef struct {
 	text []byte // decoded base64 text after the prefix
 	ptr  []byte // RFC 6901 pointer
 	bin  span   // SEALED bytes in state.bin, once decoded
+}
+
+// nameTag is a member name with a summary of it (length, first and last
+// byte): two names with different tags differ, so the repeated-name check
+// compares bytes only when the tags are equal.
+type nameTag struct {
+	ref nameRef
+	tag uint64
+}
+
+func tagOf(name []byte) uint64 {
+	if len(name) == 0 {
+		return 0
+	}
+	return uint64(len(name)) | uint64(name[0])<<40 | uint64(name[len(name)-1])<<48
 }
 
 type pathSeg struct {
@@ -97,7 +114,7 @@ type scanner struct {
 	depth   int
 	collect bool // message mode: record top-level members and sealed strings
 
-	names   []nameRef // member names of the objects currently open, innermost last
+	names   []nameTag // member names of the objects currently open, innermost last
 	path    []pathSeg
 	arena   []byte // decoded names and strings; only ever appended to during one scan
 	top     []member
@@ -194,14 +211,18 @@ func (s *scanner) document(buf []byte, collect bool) (valueKind, span, error) {
 	return k, span{start, end}, nil
 }
 
-// skipWS and str keep the position in a local: through the pointer the
-// compiler would load and store s.pos on every byte.
-func (s *scanner) skipWS() {
-	b, pos := s.buf, s.pos
+// The scanning loops (skipWSAt, strFrom, number, object, array) keep the
+// position in a local: through the pointer the compiler would load and
+// store s.pos on every byte. s.pos is stored around the calls that read it.
+func (s *scanner) skipWS() { s.pos = skipWSAt(s.buf, s.pos) }
+
+// skipWSAt returns the offset of the first byte at or after pos that is
+// not JSON whitespace.
+func skipWSAt(b []byte, pos int) int {
 	for pos < len(b) && b[pos] <= ' ' && (b[pos] == ' ' || b[pos] == '\t' || b[pos] == '\n' || b[pos] == '\r') {
 		pos++
 	}
-	s.pos = pos
+	return pos
 }
 
 func (s *scanner) value() (valueKind, error) {
@@ -235,36 +256,37 @@ func (s *scanner) value() (valueKind, error) {
 	return 0, s.fail("invalid character")
 }
 
-// member is value for a member's value, with the common scalars handled
-// here rather than one call deeper.
-func (s *scanner) member() (valueKind, error) {
-	if s.pos < len(s.buf) {
-		switch c := s.buf[s.pos]; {
+// valueAt scans the value of a member or an array element, which starts
+// at pos (whitespace skipped), and returns its kind and end. Strings and
+// numbers, most of telemetry, are scanned here with the position in a
+// local; anything else is value's.
+func (s *scanner) valueAt(pos int) (kind valueKind, esc bool, end int, err error) {
+	b := s.buf
+	if pos < len(b) {
+		switch c := b[pos]; {
 		case c == '"':
-			start := s.pos
-			// A short plain ASCII value (most of telemetry's) is scanned
-			// here; past 16 bytes, or at anything else, str takes over.
-			var esc bool
-			p, b := s.pos+1, s.buf
-			for end := min(len(b), p+16); p < end && plainByte[b[p]] != 0; {
-				p++
-			}
+			p := plainEnd(b, pos+1)
 			if p < len(b) && b[p] == '"' {
 				s.pos = p + 1
-			} else if e, err := s.str(); err != nil {
-				return 0, err
 			} else {
-				esc = e
+				s.pos = pos
+				if esc, err = s.strFrom(p); err != nil {
+					return 0, false, 0, err
+				}
 			}
 			if s.collect {
-				s.checkSealed(start, esc)
+				s.checkSealed(pos, esc)
 			}
-			return kindString, nil
+			return kindString, esc, s.pos, nil
 		case c >= '0' && c <= '9' || c == '-':
-			return kindNumber, s.number()
+			s.pos = pos
+			err = s.number()
+			return kindNumber, false, s.pos, err
 		}
 	}
-	return s.value()
+	s.pos = pos
+	kind, err = s.value()
+	return kind, false, s.pos, err
 }
 
 func (s *scanner) literal(lit string) error {
@@ -275,7 +297,7 @@ func (s *scanner) literal(lit string) error {
 	return nil
 }
 
-// number scans a number, its position in a local like skipWS and str.
+// number scans the number at s.pos.
 func (s *scanner) number() error {
 	b, pos := s.buf, s.pos
 	if b[pos] == '-' {
@@ -326,21 +348,16 @@ func (s *scanner) number() error {
 // holds escapes. It validates UTF-8 and escapes, and rejects lone
 // surrogates (\ud800 alone cannot be written in UTF-8, so neither the AAD
 // pointer nor a sink could carry it faithfully).
-func (s *scanner) str() (esc bool, err error) {
-	b, pos := s.buf, s.pos+1
-	for pos < len(b) {
-		// Skip plain ASCII sixteen, then eight, bytes at a time: most of a
-		// message is base64 text and short names.
-		for pos+16 <= len(b) && plainASCII8(binary.LittleEndian.Uint64(b[pos:pos+8])) &&
-			plainASCII8(binary.LittleEndian.Uint64(b[pos+8:pos+16])) {
-			pos += 16
-		}
-		if pos+8 <= len(b) && plainASCII8(binary.LittleEndian.Uint64(b[pos:pos+8])) {
-			pos += 8
-		}
-		for pos < len(b) && plainByte[b[pos]] != 0 {
-			pos++
-		}
+func (s *scanner) str() (esc bool, err error) { return s.strFrom(s.pos + 1) }
+
+// strFrom is str for the string whose opening quote is at s.pos, its bytes
+// before pos already known to be plain (plainByte).
+func (s *scanner) strFrom(pos int) (esc bool, err error) {
+	b := s.buf
+	for {
+		// Most of a message is base64 text and short names: plainEnd
+		// skips plain ASCII eight bytes at a time.
+		pos = plainEnd(b, pos)
 		if pos >= len(b) {
 			break
 		}
@@ -372,6 +389,42 @@ func (s *scanner) str() (esc bool, err error) {
 	return false, s.fail("unterminated string")
 }
 
+// plainEnd returns the offset of the first byte at or after p that is not
+// plain (plainByte: a quote, a backslash, a control character or
+// non-ASCII), or len(b). It reads eight bytes at a time (specialMask), the
+// last ones with one load that overlaps bytes already passed, so a short
+// name costs one or two loads and no branch per byte.
+func plainEnd(b []byte, p int) int {
+	for p+16 <= len(b) {
+		if m := specialMask(binary.LittleEndian.Uint64(b[p:])); m != 0 {
+			return p + bits.TrailingZeros64(m)>>3
+		}
+		if m := specialMask(binary.LittleEndian.Uint64(b[p+8:])); m != 0 {
+			return p + 8 + bits.TrailingZeros64(m)>>3
+		}
+		p += 16
+	}
+	if p+8 <= len(b) {
+		if m := specialMask(binary.LittleEndian.Uint64(b[p:])); m != 0 {
+			return p + bits.TrailingZeros64(m)>>3
+		}
+		p += 8
+	}
+	if p >= len(b) {
+		return len(b)
+	}
+	if len(b) >= 8 {
+		// The last eight bytes, shifted so that lane 0 is b[p]; the zero
+		// bytes shifted in are control characters, so m is never 0.
+		w := binary.LittleEndian.Uint64(b[len(b)-8:]) >> (8 * uint(p-(len(b)-8)))
+		return min(p+bits.TrailingZeros64(specialMask(w))>>3, len(b))
+	}
+	for p < len(b) && plainByte[b[p]] != 0 {
+		p++
+	}
+	return p
+}
+
 // plainByte[c] is 1 for a byte a string holds as is: printable ASCII but
 // the quote and the backslash. A constant, so no package state.
 const plainByte = "\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x01\x01\x00\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x00\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"
@@ -382,15 +435,22 @@ const (
 )
 
 // plainASCII8 reports whether none of the eight bytes of w is a quote, a
-// backslash, a control character or non-ASCII (SWAR: a byte test in each
-// lane's high bit, exact for "any byte matches").
-func plainASCII8(w uint64) bool {
+// backslash, a control character or non-ASCII.
+func plainASCII8(w uint64) bool { return specialMask(w) == 0 }
+
+// specialMask sets the high bit of each byte lane of w (little-endian: lane
+// 0 is the first byte) that holds a quote, a backslash, a control character
+// or non-ASCII (SWAR: a byte test in each lane's high bit). A borrow only
+// runs from a lane that matches into the lanes above it, so the lowest set
+// bit is exact (the first special byte), and the mask is zero exactly when
+// no byte is special; lanes above the first match may be set spuriously.
+func specialMask(w uint64) uint64 {
 	ctl := (w - lo8*0x20) &^ w
 	quote := w ^ (lo8 * '"')
 	quote = (quote - lo8) &^ quote
 	bslash := w ^ (lo8 * '\\')
 	bslash = (bslash - lo8) &^ bslash
-	return (ctl|quote|bslash|w)&hi8 == 0
+	return (ctl | quote | bslash | w) & hi8
 }
 
 // escape validates one escape sequence at s.pos (the backslash).
@@ -505,19 +565,19 @@ func (s *scanner) decoded(start, end int, esc bool) []byte {
 	return s.arena[n:len(s.arena):len(s.arena)]
 }
 
-// base64String skips the string at s.pos when it holds no escape, without
+// base64String skips the string at pos (setting s.pos past it) when it holds no escape, without
 // checking its characters: only for the value of a top-level
 // encrypted_data, whose text every outcome other than malformed decodes as
 // base64, and the decoder refuses every character that is not base64 (so
 // control characters and non-ASCII). The SEALED text is most of a shape A
 // message; this spares it a second pass.
-func (s *scanner) base64String() bool {
-	body := s.buf[s.pos+1:]
+func (s *scanner) base64String(pos int) bool {
+	body := s.buf[pos+1:]
 	q := bytes.IndexByte(body, '"')
 	if q < 0 || bytes.IndexByte(body[:q], '\\') >= 0 {
 		return false
 	}
-	s.pos += q + 2
+	s.pos = pos + q + 2
 	return true
 }
 
@@ -577,40 +637,45 @@ func (s *scanner) object() error {
 	if s.depth > maxDepth {
 		return s.fail("nesting too deep")
 	}
-	s.pos++ // '{'
+	// The position is kept in a local (see skipWS) and stored in s.pos
+	// only around calls that read it.
+	b := s.buf
+	pos := s.pos + 1 // '{'
 	isTop := s.collect && s.depth == 1
 	// Shape A needs the members of metadata; catching them here saves a
 	// second scan.
 	isMeta := s.collect && s.depth == 2 && string(s.name(s.curName)) == "metadata"
 	base := len(s.names)
 	var set map[string]struct{}
-	var err error
 	if s.collect {
 		s.path = append(s.path, pathSeg{})
 	}
-	s.skipWS()
-	if s.pos < len(s.buf) && s.buf[s.pos] == '}' {
-		s.pos++
+	pos = skipWSAt(b, pos)
+	if pos < len(b) && b[pos] == '}' {
+		pos++
 	} else {
 		for {
-			s.skipWS()
-			if s.pos >= len(s.buf) || s.buf[s.pos] != '"' {
-				return s.fail("expected member name")
+			pos = skipWSAt(b, pos)
+			if pos >= len(b) || b[pos] != '"' {
+				return s.failAt(pos, "expected member name")
 			}
-			nameStart := s.pos
-			// Most names are short plain ASCII: scanned here, without
-			// str's call and its eight-byte steps; anything else is str's.
-			var esc bool
-			p, b := s.pos+1, s.buf
-			for p < len(b) && plainByte[b[p]] != 0 {
-				p++
+			nameStart := pos
+			// Most names are short plain ASCII: found here with plainEnd
+			// and kept as offsets into the document; anything else is
+			// strFrom's, from the first byte that is not plain.
+			var ref nameRef
+			if p := plainEnd(b, pos+1); p < len(b) && b[p] == '"' {
+				pos = p + 1
+				ref = nameRef{int32(nameStart + 1), int32(p - nameStart - 1)}
+			} else {
+				s.pos = nameStart
+				esc, err := s.strFrom(p)
+				if err != nil {
+					return err
+				}
+				pos = s.pos
+				ref = s.nameAt(nameStart, pos, esc)
 			}
-			if p < len(b) && b[p] == '"' {
-				s.pos = p + 1
-			} else if esc, err = s.str(); err != nil {
-				return err
-			}
-			ref := s.nameAt(nameStart, s.pos, esc)
 			name := s.name(ref)
 			if set != nil {
 				if _, dup := set[string(name)]; dup {
@@ -618,46 +683,50 @@ func (s *scanner) object() error {
 				}
 				set[string(name)] = struct{}{}
 			} else {
+				tag := tagOf(name)
 				for _, prev := range s.names[base:] {
-					if bytes.Equal(s.name(prev), name) {
+					if prev.tag == tag && bytes.Equal(s.name(prev.ref), name) {
 						return &scanError{off: nameStart, msg: "member name repeated"}
 					}
 				}
-				s.names = append(s.names, ref)
+				s.names = append(s.names, nameTag{ref, tag})
 				if len(s.names)-base > linearNames {
 					set = make(map[string]struct{}, 2*linearNames)
 					for _, prev := range s.names[base:] {
-						set[string(s.name(prev))] = struct{}{}
+						set[string(s.name(prev.ref))] = struct{}{}
 					}
 				}
 			}
-			s.skipWS()
-			if s.pos >= len(s.buf) || s.buf[s.pos] != ':' {
-				return s.fail("expected ':'")
+			pos = skipWSAt(b, pos)
+			if pos >= len(b) || b[pos] != ':' {
+				return s.failAt(pos, "expected ':'")
 			}
-			s.pos++
-			s.skipWS()
+			pos = skipWSAt(b, pos+1)
 			if s.collect {
 				s.path[len(s.path)-1] = pathSeg{name: ref}
 			}
 			if isTop {
 				s.curTop, s.curName = len(s.top), ref
 			}
-			valStart := s.pos
+			valStart := pos
 			var kind valueKind
-			if isTop && s.pos < len(s.buf) && s.buf[s.pos] == '"' && string(name) == "encrypted_data" && s.base64String() {
-				kind = kindString
-			} else if kind, err = s.member(); err != nil {
-				return err
+			var esc bool
+			if isTop && pos < len(b) && b[pos] == '"' && string(name) == "encrypted_data" && s.base64String(pos) {
+				kind, pos = kindString, s.pos
+			} else {
+				var err error
+				if kind, esc, pos, err = s.valueAt(pos); err != nil {
+					return err
+				}
 			}
 			switch {
 			case isTop:
-				s.top = append(s.top, member{name: ref, start: nameStart, val: span{valStart, s.pos}, kind: kind})
+				s.top = append(s.top, member{name: ref, start: nameStart, val: span{valStart, pos}, kind: kind, esc: esc})
 				if k := knownTop(name); k >= 0 {
 					s.known[k] = len(s.top)
 				}
 			case isMeta:
-				s.meta = append(s.meta, member{name: ref, start: nameStart, val: span{valStart, s.pos}, kind: kind})
+				s.meta = append(s.meta, member{name: ref, start: nameStart, val: span{valStart, pos}, kind: kind, esc: esc})
 				switch string(name) {
 				case "device_id":
 					s.known[knownMetaDeviceID] = len(s.meta)
@@ -665,20 +734,21 @@ func (s *scanner) object() error {
 					s.known[knownMetaTimestamp] = len(s.meta)
 				}
 			}
-			s.skipWS()
-			if s.pos >= len(s.buf) {
-				return s.fail("unterminated object")
+			pos = skipWSAt(b, pos)
+			if pos >= len(b) {
+				return s.failAt(pos, "unterminated object")
 			}
-			if c := s.buf[s.pos]; c == ',' {
-				s.pos++
+			if c := b[pos]; c == ',' {
+				pos++
 				continue
 			} else if c == '}' {
-				s.pos++
+				pos++
 				break
 			}
-			return s.fail("expected ',' or '}'")
+			return s.failAt(pos, "expected ',' or '}'")
 		}
 	}
+	s.pos = pos
 	s.names = s.names[:base]
 	if s.collect {
 		s.path = s.path[:len(s.path)-1]
@@ -692,36 +762,39 @@ func (s *scanner) array() error {
 	if s.depth > maxDepth {
 		return s.fail("nesting too deep")
 	}
-	s.pos++ // '['
+	b := s.buf
+	pos := s.pos + 1 // '['
 	if s.collect {
 		s.path = append(s.path, pathSeg{isIdx: true})
 	}
-	s.skipWS()
-	if s.pos < len(s.buf) && s.buf[s.pos] == ']' {
-		s.pos++
+	pos = skipWSAt(b, pos)
+	if pos < len(b) && b[pos] == ']' {
+		pos++
 	} else {
 		for i := 0; ; i++ {
-			s.skipWS()
+			pos = skipWSAt(b, pos)
 			if s.collect {
 				s.path[len(s.path)-1].index = i
 			}
-			if _, err := s.value(); err != nil {
+			var err error
+			if _, _, pos, err = s.valueAt(pos); err != nil {
 				return err
 			}
-			s.skipWS()
-			if s.pos >= len(s.buf) {
-				return s.fail("unterminated array")
+			pos = skipWSAt(b, pos)
+			if pos >= len(b) {
+				return s.failAt(pos, "unterminated array")
 			}
-			if c := s.buf[s.pos]; c == ',' {
-				s.pos++
+			if c := b[pos]; c == ',' {
+				pos++
 				continue
 			} else if c == ']' {
-				s.pos++
+				pos++
 				break
 			}
-			return s.fail("expected ',' or ']'")
+			return s.failAt(pos, "expected ',' or ']'")
 		}
 	}
+	s.pos = pos
 	if s.collect {
 		s.path = s.path[:len(s.path)-1]
 	}
@@ -744,9 +817,8 @@ func (s *scanner) get(k int) *member {
 
 // stringValue decodes a top-level string member's value.
 func (s *scanner) stringValue(m *member) []byte {
-	body := s.buf[m.val.start+1 : m.val.end-1]
-	if bytes.IndexByte(body, '\\') < 0 {
-		return body
+	if !m.esc {
+		return s.buf[m.val.start+1 : m.val.end-1]
 	}
 	return s.decoded(m.val.start, m.val.end, true)
 }

@@ -201,3 +201,31 @@ func TestParseTimestamp(t *testing.T) {
 		}
 	}
 }
+
+// TestPlainEnd checks plainEnd against a byte loop at every start offset of
+// random buffers of every length up to 40, special bytes dense and sparse.
+func TestPlainEnd(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 8))
+	special := []byte{'"', '\\', 0x00, 0x1f, 0x7f, 0x80, 0xff}
+	for n := range 41 {
+		for trial := range 300 {
+			b := make([]byte, n)
+			for i := range b {
+				if rng.IntN(2+trial%16) == 0 {
+					b[i] = special[rng.IntN(len(special))]
+				} else {
+					b[i] = byte(0x20 + rng.IntN(0x5f))
+				}
+			}
+			for p := 0; p <= n; p++ {
+				want := p
+				for want < n && plainByte[b[want]] != 0 {
+					want++
+				}
+				if got := plainEnd(b, p); got != want {
+					t.Fatalf("plainEnd(%q, %d) = %d, want %d", b, p, got, want)
+				}
+			}
+		}
+	}
+}
