@@ -25,6 +25,7 @@ const (
 	DefaultReplayLookback       = 100_000
 	DefaultReplayMaxAge         = 24 * time.Hour
 	DefaultReplayRebuildTimeout = 30 * time.Second
+	DefaultReplayRebuildWorkers = 64
 	DefaultRevokeTimeout        = 30 * time.Second
 	DefaultShutdownTimeout      = 15 * time.Second
 	DefaultSessionTimeout       = 45 * time.Second
@@ -37,6 +38,9 @@ const (
 // returns nil when m is recorded or needs no recording (a repeat, a
 // message that failed then too), and an error only when it should be
 // retried (a key fault, an ended context).
+//
+// Remember is called from up to ReplayRebuildWorkers goroutines at once,
+// each device's messages from one goroutine in offset order.
 type Window interface {
 	Remember(ctx context.Context, m intake.Message) error
 }
@@ -82,6 +86,12 @@ type Options struct {
 	ReplayLookback       int
 	ReplayMaxAge         time.Duration
 	ReplayRebuildTimeout time.Duration
+	// ReplayRebuildWorkers is how many read-back records are remembered
+	// at once (default DefaultReplayRebuildWorkers): each worker takes the
+	// devices its hash picks, in offset order, so a device's key is loaded
+	// by one worker once while up to ReplayRebuildWorkers devices wait for
+	// the KMS at once. Bounded, as each cold key is a KMS round trip.
+	ReplayRebuildWorkers int
 	// SessionTimeout and RebalanceTimeout are the group's (defaults 45 s
 	// and 60 s). RevokeTimeout and ReplayRebuildTimeout must fit in
 	// RebalanceTimeout.
@@ -134,6 +144,7 @@ func (o Options) withDefaults() (Options, error) {
 	setI(&o.MaxInFlightBytes, DefaultMaxInFlightBytes)
 	setI(&o.Workers, DefaultWorkers)
 	setI(&o.ReplayLookback, DefaultReplayLookback)
+	setI(&o.ReplayRebuildWorkers, DefaultReplayRebuildWorkers)
 	setD(&o.CommitInterval, DefaultCommitInterval)
 	setD(&o.ReplayMaxAge, DefaultReplayMaxAge)
 	setD(&o.ReplayRebuildTimeout, DefaultReplayRebuildTimeout)

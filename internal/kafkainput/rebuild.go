@@ -2,19 +2,24 @@ package kafkainput
 
 import (
 	"context"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 	"go.uber.org/zap"
+
+	"github.com/decryptd/decryptd/internal/intake"
 )
 
 // Rebuilding the replay window of newly assigned partitions: each is read
 // back from max(end - ReplayLookback, the first offset not older than
 // ReplayMaxAge) up to end, its committed offset, by a reader of its own
 // (no group), and every record is handed to Window.Remember (checked,
-// authenticated and recorded as accepted, never delivered). Records at or
+// authenticated and recorded as accepted, never delivered) by a bounded
+// pool of workers, a device's records by one worker in order. Records at or
 // past end are not: they are not known to be delivered, and remembering
 // one would make its own first delivery look like a duplicate.
 
@@ -24,8 +29,30 @@ type rebuildPart struct {
 	start int64
 }
 
-// rebuild reads the parts back; it returns when all are read, at
-// ReplayRebuildTimeout, or when ctx ends (the session is revoking).
+// rebuildQueue is how many read-back records wait for each rebuild
+// worker: enough that the reader keeps every worker busy while one waits
+// for a key, few enough that a rebuild holds at most
+// ReplayRebuildWorkers*rebuildQueue record values.
+const rebuildQueue = 256
+
+// rebuildRec is a read-back record on its way to a rebuild worker.
+type rebuildRec struct {
+	k tp
+	m intake.Message
+}
+
+// rebuild reads the parts back; it returns when all are read and
+// remembered, at ReplayRebuildTimeout, or when ctx ends (the session is
+// revoking). It never returns while a worker may still call Remember.
+//
+// Why concurrent: a Remember of a device whose key is cold waits for a
+// KMS round trip (tens of ms); one at a time, a lookback spanning
+// thousands of devices does not fit the timeout. The reader (this
+// goroutine) routes every record to one of ReplayRebuildWorkers workers
+// by its device (hashTopic of the device id, else the MQTT topic, else
+// the partition), so a device's records are remembered in offset order by
+// one worker (its key is loaded once, its window sees them in order) and
+// up to ReplayRebuildWorkers devices wait for keys at once.
 func (in *Input) rebuild(ctx context.Context, parts []rebuildPart) {
 	ctx, cancel := context.WithTimeout(ctx, in.o.ReplayRebuildTimeout)
 	defer cancel()
@@ -54,7 +81,53 @@ func (in *Input) rebuild(ctx context.Context, parts []rebuildPart) {
 		want[p.tp] = p.end
 	}
 	rd.AddConsumePartitions(offs)
-	n := 0
+
+	// short: partitions with a record read back but not remembered (the
+	// context ended first); guarded by shortMu.
+	var (
+		shortMu sync.Mutex
+		short   = map[tp]bool{}
+		n       atomic.Int64
+		wg      sync.WaitGroup
+	)
+	markShort := func(k tp) {
+		shortMu.Lock()
+		short[k] = true
+		shortMu.Unlock()
+	}
+	qs := make([]chan rebuildRec, in.o.ReplayRebuildWorkers)
+	for i := range qs {
+		qs[i] = make(chan rebuildRec, rebuildQueue)
+		wg.Add(1)
+		go func(q <-chan rebuildRec) {
+			defer wg.Done()
+			for r := range q {
+				// Once ctx ends the rest of the queue is only
+				// accounted for: the partition is truncated.
+				if ctx.Err() == nil && in.remember(ctx, r.m) {
+					n.Add(1)
+				} else {
+					markShort(r.k)
+				}
+			}
+		}(qs[i])
+	}
+	send := func(k tp, r *kgo.Record) {
+		m := in.message(r, r.Timestamp)
+		key := m.DeviceID
+		if key == "" {
+			key = m.Topic
+		}
+		h := hashTopic(key)
+		if key == "" {
+			h = hashTopic(k.topic) + uint32(k.p)
+		}
+		select {
+		case qs[h%uint32(len(qs))] <- rebuildRec{k: k, m: m}:
+		case <-ctx.Done():
+			markShort(k)
+		}
+	}
 	for len(want) > 0 && ctx.Err() == nil {
 		fs := rd.PollFetches(ctx)
 		fs.EachPartition(func(ftp kgo.FetchTopicPartition) {
@@ -69,8 +142,7 @@ func (in *Input) rebuild(ctx context.Context, parts []rebuildPart) {
 					return
 				}
 				if !r.Timestamp.Before(since) {
-					in.remember(ctx, r)
-					n++
+					send(k, r)
 				}
 				if r.Offset >= end-1 || r.Offset >= ftp.HighWatermark-1 {
 					delete(want, k)
@@ -79,30 +151,40 @@ func (in *Input) rebuild(ctx context.Context, parts []rebuildPart) {
 			}
 		})
 	}
-	in.m.rebuilt.Add(float64(n))
-	if len(want) > 0 {
-		in.m.rebuildTruncated.Add(float64(len(want)))
+	for _, q := range qs {
+		close(q)
+	}
+	wg.Wait()
+	for k := range want {
+		short[k] = true
+	}
+	in.m.rebuilt.Add(float64(n.Load()))
+	if len(short) > 0 {
+		in.m.rebuildTruncated.Add(float64(len(short)))
 		in.log.Warn("replay window rebuild stopped before the committed offset (timeout or revocation); repeats of the records not read back are not caught",
-			zap.Int("partitions", len(want)), zap.Int("records", n), zap.Duration("took", time.Since(start)))
+			zap.Int("partitions", len(short)), zap.Int64("records", n.Load()), zap.Duration("took", time.Since(start)))
 		return
 	}
-	in.log.Info("replay window rebuilt", zap.Int("partitions", len(parts)), zap.Int("records", n), zap.Duration("took", time.Since(start)))
+	in.log.Info("replay window rebuilt", zap.Int("partitions", len(parts)), zap.Int64("records", n.Load()), zap.Duration("took", time.Since(start)))
 }
 
-// remember records r in the window, retrying while the answer is
-// "later" (a key fault), until ctx ends.
-func (in *Input) remember(ctx context.Context, r *kgo.Record) {
-	m := in.message(r, r.Timestamp)
+// remember records m in the window, retrying while the answer is
+// "later" (a key fault), until ctx ends; it reports whether m was
+// recorded (or needed no recording).
+func (in *Input) remember(ctx context.Context, m intake.Message) bool {
 	backoff := 50 * time.Millisecond
 	for {
 		err := in.o.Window.Remember(ctx, m)
-		if err == nil || ctx.Err() != nil {
-			return
+		if err == nil {
+			return true
+		}
+		if ctx.Err() != nil {
+			return false
 		}
 		select {
 		case <-time.After(backoff):
 		case <-ctx.Done():
-			return
+			return false
 		}
 		backoff = min(2*backoff, time.Second)
 	}

@@ -3,6 +3,7 @@ package kafkainput
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -69,21 +70,25 @@ func TestRebuildReadsBackLookback(t *testing.T) {
 	go in.Run(ctx)
 	waitFor(t, 20*time.Second, "30 records read back", func() bool { return len(win.seqs(t)) >= 30 })
 	time.Sleep(50 * time.Millisecond) // nothing more comes
+	// Devices are remembered concurrently: the set is 70..99, each
+	// device's records in offset order.
 	got := win.seqs(t)
-	if len(got) != 30 || got[0] != 70 || got[29] != 99 {
+	if len(got) != 30 || !slices.Equal(slices.Sorted(slices.Values(got)), seqRange(70, 100)) {
 		t.Fatalf("remembered seqs %v, want 70..99", got)
 	}
-	for i := 1; i < len(got); i++ {
-		if got[i] != got[i-1]+1 {
-			t.Fatalf("remembered out of order: %v", got)
-		}
-	}
+	last := map[string]int{}
 	win.mu.Lock()
-	m := win.msgs[0]
-	win.mu.Unlock()
-	if m.Topic != "dev/0-1" || m.DeviceID != "0-1" || m.Source != Source {
-		t.Errorf("remembered message %+v", m)
+	for i, m := range win.msgs {
+		want := fmt.Sprintf("0-%d", got[i]%3)
+		if m.Topic != "dev/"+want || m.DeviceID != want || m.Source != Source {
+			t.Errorf("remembered message %+v (seq %d)", m, got[i])
+		}
+		if l, ok := last[m.DeviceID]; ok && got[i] <= l {
+			t.Errorf("device %s: seq %d remembered after %d", m.DeviceID, got[i], l)
+		}
+		last[m.DeviceID] = got[i]
 	}
+	win.mu.Unlock()
 	produceFrom(t, c, 100, 5)
 	waitFor(t, 20*time.Second, "the 5 new records processed", func() bool { u, _ := second.counts(); return u == 5 })
 	for s := range 100 {
@@ -136,4 +141,13 @@ func TestRebuildSkipsOld(t *testing.T) {
 	if err := in.Shutdown(ctx); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// seqRange is lo..hi-1.
+func seqRange(lo, hi int) []int {
+	var out []int
+	for s := lo; s < hi; s++ {
+		out = append(out, s)
+	}
+	return out
 }
