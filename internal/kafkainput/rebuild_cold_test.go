@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -181,4 +182,46 @@ func BenchmarkRebuildColdKeys(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkRebuildWarmCPU: the pool's CPU cost when no key waits (every
+// key warm after its first record, no delay): 20,000 records of 500
+// devices, by worker count. cpu-ns/record is the process's user+system
+// CPU (the in-process broker's included, the same for both) per record
+// remembered.
+func BenchmarkRebuildWarmCPU(b *testing.B) {
+	for _, workers := range []int{1, 64} {
+		b.Run(map[int]string{1: "workers=1", 64: "workers=64"}[workers], func(b *testing.B) {
+			const parts, perPart, devices = 2, 10_000, 250
+			c := fakeCluster(b, parts)
+			produce(b, c, parts, perPart, devices)
+			var rp []rebuildPart
+			for p := range int32(parts) {
+				rp = append(rp, rebuildPart{tp: tp{testTopic, p}, end: perPart})
+			}
+			cpu0 := cpuTime()
+			for b.Loop() {
+				win := newColdKeyWindow(b, 0, 0)
+				in := newInput(b, c, newFakeProc(b, 0), func(o *Options) {
+					o.Window = win
+					o.ReplayRebuildWorkers = workers
+					o.ReplayRebuildTimeout = time.Minute
+				})
+				in.rebuild(context.Background(), append([]rebuildPart(nil), rp...))
+				if r, _, _, _ := win.counts(); r != parts*perPart {
+					b.Fatalf("remembered %d of %d", r, parts*perPart)
+				}
+			}
+			b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N*parts*perPart), "cpu-ns/record")
+		})
+	}
+}
+
+// cpuTime is the process's user+system CPU time.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
