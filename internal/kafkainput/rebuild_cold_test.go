@@ -3,6 +3,7 @@ package kafkainput
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"syscall"
 	"testing"
@@ -18,11 +19,13 @@ import (
 // the rebuild's routing contract: a device's records come from one
 // goroutine at a time in offset order, so its key is "loaded" once. Every
 // failEvery-th device (0: none) answers its first Remember with a key
-// fault, which the rebuild must retry.
+// fault, which the rebuild must retry. kms, when set, bounds the loads
+// in flight as the key cache's MaxConcurrentUnwraps does (16 by default).
 type coldKeyWindow struct {
 	t         testing.TB
 	delay     time.Duration
 	failEvery int
+	kms       chan struct{}
 
 	mu      sync.Mutex
 	loaded  map[string]bool
@@ -57,6 +60,14 @@ func (w *coldKeyWindow) Remember(ctx context.Context, m intake.Message) error {
 		w.mu.Unlock()
 	}()
 	if cold {
+		if w.kms != nil {
+			select {
+			case w.kms <- struct{}{}:
+				defer func() { <-w.kms }()
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
 		select {
 		case <-time.After(w.delay):
 		case <-ctx.Done():
@@ -94,10 +105,13 @@ func (w *coldKeyWindow) counts() (records, loads, faults, devices int) {
 // coldRebuild produces parts partitions of perPart records over devices
 // devices each and rebuilds all of them (committed offset: their end)
 // into a fresh coldKeyWindow; it returns the window and the input.
-func coldRebuild(t testing.TB, parts int32, perPart, devices, workers int, delay, timeout time.Duration, failEvery int) (*coldKeyWindow, *Input) {
+func coldRebuild(t testing.TB, parts int32, perPart, devices, workers int, delay, timeout time.Duration, failEvery, kms int) (*coldKeyWindow, *Input) {
 	c := fakeCluster(t, parts)
 	produce(t, c, parts, perPart, devices)
 	win := newColdKeyWindow(t, delay, failEvery)
+	if kms > 0 {
+		win.kms = make(chan struct{}, kms)
+	}
 	in := newInput(t, c, newFakeProc(t, 0), func(o *Options) {
 		o.Window = win
 		o.ReplayRebuildWorkers = workers
@@ -113,14 +127,15 @@ func coldRebuild(t testing.TB, parts int32, perPart, devices, workers int, delay
 
 // TestRebuildColdKeysConcurrent: 1,000 devices over 4 partitions, 3,000
 // records, each device's key taking 25 ms to load (25 s one device after
-// another). With the default worker pool the rebuild remembers every
-// record within a 10 s timeout (it takes well under a second: at most
-// ~30 devices share a worker), each device's key loaded once, its
-// records in order, every 50th device's first key fault retried; the
-// truncation metric stays 0.
+// another), at most 16 loads at once (the key cache's default
+// MaxConcurrentUnwraps). With the default worker pool the rebuild
+// remembers every record within a 10 s timeout (it needs about 1,000/16
+// x 25 ms = 1.6 s), each device's key loaded once, its records in order,
+// every 50th device's first key fault retried; the truncation metric
+// stays 0.
 func TestRebuildColdKeysConcurrent(t *testing.T) {
 	const parts, perPart, devices = 4, 750, 250
-	win, in := coldRebuild(t, parts, perPart, devices, 0, 25*time.Millisecond, 10*time.Second, 50)
+	win, in := coldRebuild(t, parts, perPart, devices, 0, 25*time.Millisecond, 10*time.Second, 50, 16)
 	records, loads, faults, devs := win.counts()
 	if tr := testutil.ToFloat64(in.m.rebuildTruncated); tr != 0 {
 		t.Fatalf("rebuild truncated %v partitions (remembered %d of %d records)", tr, records, parts*perPart)
@@ -143,7 +158,7 @@ func TestRebuildColdKeysConcurrent(t *testing.T) {
 // against.
 func TestRebuildColdKeysSerialTruncates(t *testing.T) {
 	const parts, perPart, devices = 4, 750, 250
-	win, in := coldRebuild(t, parts, perPart, devices, 1, 25*time.Millisecond, time.Second, 0)
+	win, in := coldRebuild(t, parts, perPart, devices, 1, 25*time.Millisecond, time.Second, 0, 16)
 	records, _, _, _ := win.counts()
 	if tr := testutil.ToFloat64(in.m.rebuildTruncated); tr == 0 {
 		t.Fatalf("a serial rebuild of 1,000 cold keys fit in 1 s (%d records)", records)
@@ -156,11 +171,13 @@ func TestRebuildColdKeysSerialTruncates(t *testing.T) {
 }
 
 // BenchmarkRebuildColdKeys: a rebuild of 200 devices (400 records, 2
-// partitions) whose keys take 5 ms each to load, by worker count. Wall
-// time per rebuild is the figure (it waits for keys, not the CPU).
+// partitions) whose keys take 5 ms each to load, by worker count, with
+// loads unbounded and bounded to 16 at once (the key cache's default
+// MaxConcurrentUnwraps). Wall time per rebuild is the figure (it waits
+// for keys, not the CPU).
 func BenchmarkRebuildColdKeys(b *testing.B) {
-	for _, workers := range []int{1, 8, 64} {
-		b.Run(map[int]string{1: "workers=1", 8: "workers=8", 64: "workers=64"}[workers], func(b *testing.B) {
+	for _, bc := range []struct{ workers, kms int }{{1, 0}, {8, 0}, {64, 0}, {64, 16}} {
+		b.Run(fmt.Sprintf("workers=%d/kms=%d", bc.workers, bc.kms), func(b *testing.B) {
 			const parts, perPart, devices = 2, 200, 100
 			c := fakeCluster(b, parts)
 			produce(b, c, parts, perPart, devices)
@@ -170,9 +187,12 @@ func BenchmarkRebuildColdKeys(b *testing.B) {
 			}
 			for b.Loop() {
 				win := newColdKeyWindow(b, 5*time.Millisecond, 0)
+				if bc.kms > 0 {
+					win.kms = make(chan struct{}, bc.kms)
+				}
 				in := newInput(b, c, newFakeProc(b, 0), func(o *Options) {
 					o.Window = win
-					o.ReplayRebuildWorkers = workers
+					o.ReplayRebuildWorkers = bc.workers
 					o.ReplayRebuildTimeout = time.Minute
 				})
 				in.rebuild(context.Background(), append([]rebuildPart(nil), rp...))
