@@ -196,7 +196,7 @@ rotation:
 		body := get(ft, url)
 		at := time.Now()
 		run.scrapes = append(run.scrapes, scrape{at: at, body: body})
-		check(ft, appendScrape(run.store, at, body))
+		check(ft, appendScrape(run.store, at, body, "decryptd-0"))
 	}
 
 	wrong, err := seal.NewAEAD(make([]byte, 32))
@@ -268,9 +268,9 @@ func get(ft *testing.T, url string) []byte {
 }
 
 // appendScrape stores one exposition as Prometheus's scrape loop would:
-// every sample with the target's labels, histograms as _bucket, _sum and
-// _count series, and up 1.
-func appendScrape(store *teststorage.TestStorage, at time.Time, body []byte) error {
+// every sample with the target's labels (job decryptd, instance),
+// histograms as _bucket, _sum and _count series, and up 1.
+func appendScrape(store *teststorage.TestStorage, at time.Time, body []byte, instance string) error {
 	p := expfmt.NewTextParser(model.UTF8Validation)
 	mfs, err := p.TextToMetricFamilies(bytes.NewReader(body))
 	if err != nil {
@@ -279,7 +279,7 @@ func appendScrape(store *teststorage.TestStorage, at time.Time, body []byte) err
 	app := store.Appender(context.Background())
 	ts := at.UnixMilli()
 	add := func(name string, m *dto.Metric, v float64, extra ...string) error {
-		b := labels.NewBuilder(labels.FromStrings("__name__", name, "job", "decryptd", "instance", "decryptd-0"))
+		b := labels.NewBuilder(labels.FromStrings("__name__", name, "job", "decryptd", "instance", instance))
 		for _, l := range m.GetLabel() {
 			b.Set(l.GetName(), l.GetValue())
 		}
@@ -289,7 +289,7 @@ func appendScrape(store *teststorage.TestStorage, at time.Time, body []byte) err
 		_, err := app.Append(0, b.Labels(), ts, v)
 		return err
 	}
-	if _, err := app.Append(0, labels.FromStrings("__name__", "up", "job", "decryptd", "instance", "decryptd-0"), ts, 1); err != nil {
+	if _, err := app.Append(0, labels.FromStrings("__name__", "up", "job", "decryptd", "instance", instance), ts, 1); err != nil {
 		return err
 	}
 	for name, mf := range mfs {
