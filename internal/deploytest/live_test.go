@@ -264,6 +264,38 @@ func TestLiveDaemon(t *testing.T) {
 		}
 		return pd
 	}
+	// The Kafka run did what the kafka board is there to show: the second
+	// replica's join revoked partitions from the first and had it rebuild
+	// their replay windows from the log, and at the end the group held
+	// every partition and had committed them all.
+	t.Run("kafka run rebalanced", func(t *testing.T) {
+		for expr, want := range map[string]func(float64) bool{
+			`sum(decryptd_kafka_rebalances_total{event="revoked"})`:                         func(v float64) bool { return v >= 1 },
+			`count(decryptd_kafka_rebalances_total{event="assigned"} > 0)`:                  func(v float64) bool { return v == 2 },
+			`sum(decryptd_kafka_replay_rebuild_records_total)`:                              func(v float64) bool { return v > 0 },
+			`sum(decryptd_kafka_assigned_partitions)`:                                       func(v float64) bool { return v == kafkaPartitions },
+			`sum(decryptd_kafka_commits_total{result="ok"})`:                                func(v float64) bool { return v > 0 },
+			`sum(decryptd_kafka_partition_lag)`:                                             func(v float64) bool { return v == 0 },
+			`sum(decryptd_kafka_records_unmapped_total)`:                                    func(v float64) bool { return v > 0 },
+			`sum(decryptd_dead_letters_total) / sum(decryptd_kafka_records_received_total)`: func(v float64) bool { return v > 0.05 },
+		} {
+			q, err := engine.NewInstantQuery(context.Background(), kafkaRun.store, nil, expr, kafkaRun.end)
+			if err != nil {
+				t.Fatal(err)
+			}
+			res := q.Exec(context.Background())
+			v, err := res.Vector()
+			if err != nil || len(v) != 1 || !want(v[0].F) {
+				t.Errorf("%s at the end of the Kafka run: %v (%v)", expr, res.Value, err)
+				for _, e := range []string{"decryptd_kafka_partition_lag", "decryptd_kafka_committed_offset", "decryptd_inflight_messages"} {
+					dq, _ := engine.NewInstantQuery(context.Background(), kafkaRun.store, nil, e, kafkaRun.end)
+					t.Logf("%s", dq.Exec(context.Background()).Value)
+				}
+			}
+			q.Close()
+		}
+	})
+
 	// Panels that show a fault; a healthy run has none to show.
 	mayBeEmpty := map[string]bool{"KMS errors": true}
 	// The board each run draws: the kafka board is the Kafka input's; the

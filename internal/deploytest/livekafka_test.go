@@ -141,13 +141,15 @@ shutdown_timeout: 10s
 	run := &liveRun{store: teststorage.New(t), start: time.Now()}
 	t.Cleanup(func() { run.store.Close() })
 	var url1 string
+	tg0 := &target{store: run.store, instance: "decryptd-0"}
+	tg1 := &target{store: run.store, instance: "decryptd-1"}
 	scrapeNow := func() {
 		body := get(ft, url0)
 		at := time.Now()
 		run.scrapes = append(run.scrapes, scrape{at: at, body: body})
-		check(ft, appendScrape(run.store, at, body, "decryptd-0"))
+		check(ft, tg0.appendScrape(at, body))
 		if url1 != "" {
-			check(ft, appendScrape(run.store, time.Now(), get(ft, url1), "decryptd-1"))
+			check(ft, tg1.appendScrape(time.Now(), get(ft, url1)))
 		}
 	}
 
