@@ -47,36 +47,43 @@ type Board struct {
 
 // Boards are decryptd's dashboards.
 func Boards() []Board {
-	return []Board{overview(), keys(), rotation()}
+	return []Board{overview(), keys(), rotation(), kafka()}
 }
 
 func overview() Board {
 	return Board{UID: "decryptd-overview", Title: "decryptd / overview", File: "overview.json",
-		Description: "Messages in, records out, dead letters, duplicates, latency, in flight, sinks and the MQTT connection of each replica.",
+		Description: "Messages in, records out, dead letters, duplicates, latency, in flight, sinks and the input connection of each replica, for either input (input.type mqtt or kafka; the kafka input's own panels are on decryptd / kafka input).",
 		Panels: []Panel{
-			{Title: "Messages in", Unit: "ops", Description: "MQTT messages received per second, by replica.",
-				Queries: []Query{{`sum by (instance) (rate(decryptd_mqtt_messages_received_total[$__rate_interval]))`, "{{instance}}"}}},
+			// One input per replica: each instance has one of the two
+			// counters, so "or" gives one line per replica whichever it runs.
+			{Title: "Messages in", Unit: "ops", Description: "Messages received per second, by replica: MQTT messages (input.type mqtt) or Kafka records (input.type kafka), redeliveries included.",
+				Queries: []Query{{`sum by (instance) (rate(decryptd_mqtt_messages_received_total[$__rate_interval])) or sum by (instance) (rate(decryptd_kafka_records_received_total[$__rate_interval]))`, "{{instance}}"}}},
 			{Title: "Records out", Unit: "ops", Description: "Records each sink accepted per second (the dead-letter sink included).",
 				Queries: []Query{{`sum by (sink) (rate(decryptd_records_delivered_total[$__rate_interval]))`, "{{sink}}"}}},
 			{Title: "Dead letters by reason", Unit: "ops", Stacked: true, Description: "Messages that could not be decrypted, by the spec's reason (docs/runbooks.md#decryptddeadletters).",
 				Queries: []Query{{`sum by (reason) (rate(decryptd_dead_letters_total[$__rate_interval]))`, "{{reason}}"}}},
-			{Title: "Duplicates", Unit: "ops", Description: "Exact repeats of messages already delivered (acknowledged again, no new record), by cause: redelivery (the broker's) or repeat (the device sent it again).",
+			{Title: "Duplicates", Unit: "ops", Description: "Exact repeats of messages already delivered (acknowledged again, no new record), by cause: redelivery (the broker's) or repeat (the device sent it again); and what the input marked redelivered (MQTT: the broker's DUP flag; Kafka: below the previous holder's receipt point).",
 				Queries: []Query{{`sum by (cause) (rate(decryptd_duplicates_total[$__rate_interval]))`, "duplicates: {{cause}}"},
-					{`sum(rate(decryptd_mqtt_messages_redelivered_total[$__rate_interval]))`, "redelivered by the broker"}}},
-			{Title: "Ack latency", Unit: "s", Description: "Receipt to PUBACK, p50 and p99 over all replicas.",
+					{`sum(rate(decryptd_mqtt_messages_redelivered_total[$__rate_interval]))`, "redelivered by the broker"},
+					{`sum(rate(decryptd_kafka_records_redelivered_total[$__rate_interval]))`, "redelivered by Kafka"}}},
+			{Title: "Ack latency (MQTT input)", Unit: "s", Description: "Receipt to PUBACK, p50 and p99 over all MQTT replicas. The Kafka input commits offsets instead (decryptd / kafka input: lag and commits); this panel is empty there.",
 				Queries: []Query{{`histogram_quantile(0.5, sum by (le) (rate(decryptd_mqtt_ack_latency_seconds_bucket[$__rate_interval])))`, "p50"},
 					{`histogram_quantile(0.99, sum by (le) (rate(decryptd_mqtt_ack_latency_seconds_bucket[$__rate_interval])))`, "p99"}}},
 			{Title: "End-to-end latency", Unit: "s", Description: "Device timestamp to sink acceptance, p50 and p99 (includes device clock skew and buffering).",
 				Queries: []Query{{`histogram_quantile(0.5, sum by (le) (rate(decryptd_end_to_end_latency_seconds_bucket[$__rate_interval])))`, "p50"},
 					{`histogram_quantile(0.99, sum by (le) (rate(decryptd_end_to_end_latency_seconds_bucket[$__rate_interval])))`, "p99"}}},
-			{Title: "In flight", Unit: "short", Description: "Messages received and not yet acknowledged, by replica (bounded by mqtt.max_in_flight).",
+			{Title: "In flight", Unit: "short", Description: "Messages received and not yet settled (acknowledged, or commit-ready), by replica (bounded by mqtt.max_in_flight or kafka.max_in_flight).",
 				Queries: []Query{{`sum by (instance) (decryptd_inflight_messages)`, "{{instance}}"}}},
 			{Title: "Sinks: up", Unit: "short", Description: "1 while a sink accepts writes; 0 pauses intake (docs/runbooks.md#decryptdsinkdown).",
 				Queries: []Query{{`min by (sink) (decryptd_sink_up)`, "{{sink}}"}}},
 			{Title: "Sink write time p99", Unit: "s", Description: "Time of one batch write (and fsync), by sink.",
 				Queries: []Query{{`histogram_quantile(0.99, sum by (le, sink) (rate(decryptd_sink_write_duration_seconds_bucket[$__rate_interval])))`, "{{sink}}"}}},
-			{Title: "MQTT connection per replica", Unit: "short", Description: "1 while the replica is connected and subscribed.",
-				Queries: []Query{{`max by (instance) (decryptd_mqtt_connection_up)`, "{{instance}}"}}},
+			// MQTT: any connection open (as before). Kafka has no connection
+			// gauge; its readiness (group joined, fetches succeeding, a broker
+			// answering) is the broker cause of decryptd_degraded, which the
+			// join restricts to Kafka replicas.
+			{Title: "Input connected per replica", Unit: "short", Description: "1 while the replica's input is connected: MQTT, a connection open; Kafka, the group joined and fetches succeeding (not decryptd_degraded{cause=\"broker\"}).",
+				Queries: []Query{{`max by (instance) (decryptd_mqtt_connection_up) or max by (instance) ((1 - decryptd_degraded{cause="broker"}) and on (instance) decryptd_input_info{input="kafka"})`, "{{instance}}"}}},
 		}}
 }
 
@@ -132,6 +139,42 @@ func rotation() Board {
 					{`sum(increase(decryptd_rotation_rewrap_failures_total[1h]))`, "failures in the last hour"}}},
 			{Title: "Root key age", Unit: "s", Description: "Age of the root key version that wraps new DEKs, against the root rotation policy (rotation.root_max_age); 0 while root rotation is off.",
 				Queries: []Query{{`max(decryptd_rotation_root_key_age_seconds)`, "root key age"}}},
+		}}
+}
+
+// kafka is the board of the Kafka input (input.type kafka): what an
+// operator of a consumer group watches. Lag is per partition held (the
+// high watermark of the replica's last fetch less its committed offset),
+// so it counts the records in flight too, and a replica that stopped
+// fetching shows it flat, not growing: read it with the commits.
+func kafka() Board {
+	return Board{UID: "decryptd-kafka", Title: "decryptd / kafka input", File: "kafka.json",
+		Description: "The Kafka input (input.type kafka): lag by partition and replica, records in, commits, rebalances, the replay window rebuild on assignment, fetch errors and group membership. Source-neutral panels (records out, dead letters, latency) are on decryptd / overview.",
+		Panels: []Panel{
+			{Title: "Lag by partition", Unit: "short", Description: "Records of each partition not committed yet: the high watermark of the holder's last fetch less its committed offset (records in flight included). A holder that stopped fetching shows it flat (docs/runbooks.md#decryptdkafkalagnotdraining).",
+				Queries: []Query{{`max by (topic, partition) (decryptd_kafka_partition_lag)`, "{{topic}}/{{partition}}"}}},
+			{Title: "Lag and in flight by replica", Unit: "short", Description: "The lag of the partitions each replica holds, beside the records it holds in flight (bounded by kafka.max_in_flight): lag well above in flight is backlog still in Kafka.",
+				Queries: []Query{{`sum by (instance) (decryptd_kafka_partition_lag)`, "lag {{instance}}"},
+					{`sum by (instance) (decryptd_inflight_messages and on (instance) decryptd_input_info{input="kafka"})`, "in flight {{instance}}"}}},
+			{Title: "Records in", Unit: "ops", Description: "Records fetched and handed to processing, by replica; those marked redelivered (the previous holder had received them) and those without an MQTT topic (unmapped: no device check against the topic).",
+				Queries: []Query{{`sum by (instance) (rate(decryptd_kafka_records_received_total[$__rate_interval]))`, "{{instance}}"},
+					{`sum(rate(decryptd_kafka_records_redelivered_total[$__rate_interval]))`, "redelivered"},
+					{`sum(rate(decryptd_kafka_records_unmapped_total[$__rate_interval]))`, "unmapped"}}},
+			{Title: "Seconds behind", Unit: "s", Description: "The group's lag divided by its intake rate: how long the backlog takes to drain at the current pace (about kafka.commit_interval when keeping up; docs/runbooks.md#decryptdkafkalaggrowing).",
+				Queries: []Query{{`sum(max by (topic, partition) (decryptd_kafka_partition_lag)) / sum(rate(decryptd_kafka_records_received_total[$__rate_interval]))`, "seconds behind"}}},
+			{Title: "Commits by result", Unit: "ops", Stacked: true, Description: "Offset commits (every kafka.commit_interval while a partition progresses, on revocation, at shutdown) by result; error: at least one partition's commit failed (docs/runbooks.md#decryptdkafkacommiterrors).",
+				Queries: []Query{{`sum by (result) (rate(decryptd_kafka_commits_total[$__rate_interval]))`, "{{result}}"}}},
+			{Title: "Rebalances by event", Unit: "short", Description: "Rebalances that changed a replica's partitions over the last hour: assigned, revoked (committed and released), lost (session expired or fenced: dropped without a commit, docs/runbooks.md#decryptdkafkapartitionslost).",
+				Queries: []Query{{`sum by (event) (increase(decryptd_kafka_rebalances_total[1h]))`, "{{event}}"}}},
+			{Title: "Assigned partitions per replica", Unit: "short", Description: "Partitions each replica holds (0 is normal for a replica beyond the partition count).",
+				Queries: []Query{{`sum by (instance) (decryptd_kafka_assigned_partitions)`, "{{instance}}"}}},
+			{Title: "Replay window rebuild", Unit: "short", Description: "Records read back into the replay window on assignment, and partitions whose rebuild stopped early (kafka.replay_rebuild_timeout, revocation, a read failure) over the last hour (docs/runbooks.md#decryptdkafkareplayrebuildtruncated).",
+				Queries: []Query{{`sum(increase(decryptd_kafka_replay_rebuild_records_total[1h]))`, "records read back"},
+					{`sum(increase(decryptd_kafka_replay_rebuild_truncated_total[1h]))`, "partitions stopped short"}}},
+			{Title: "Fetch errors", Unit: "ops", Description: "Fetch errors the client reported (broker unreachable, authorization, ...), by replica; fetching retries.",
+				Queries: []Query{{`sum by (instance) (rate(decryptd_kafka_fetch_errors_total[$__rate_interval]))`, "{{instance}}"}}},
+			{Title: "Group joined and fetching", Unit: "short", Description: "1 while the replica has joined the group, its fetches succeed and a broker answers (/readyz); 0 is decryptd_degraded{cause=\"broker\"}.",
+				Queries: []Query{{`max by (instance) ((1 - decryptd_degraded{cause="broker"}) and on (instance) decryptd_input_info{input="kafka"})`, "{{instance}}"}}},
 		}}
 }
 

@@ -1,5 +1,5 @@
 // Package grafana defines decryptd's Grafana dashboards (overview, keys,
-// rotation) in Go, once, and builds them with the Grafana Foundation SDK
+// rotation, kafka input) in Go, once, and builds them with the Grafana Foundation SDK
 // (github.com/grafana/grafana-foundation-sdk/go) into the JSON files beside
 // this one, which are what ships (import them in Grafana, or provision
 // them from a ConfigMap).

@@ -262,11 +262,14 @@ func produceKafkaBacklog(ctx context.Context, brokers []string, f *fleet.Fleet, 
 // cooperative-sticky balancer (as decryptd's input), records counted and
 // nothing else done with them, offsets committed by franz-go's
 // auto-commit every second and once more at the end. The transport's own
-// limit.
+// limit. It reads committed records only, as decryptd's input does (a
+// bridge that produces in transactions must not have its aborted records
+// decrypted): like with like, since serving read_committed fetches costs
+// the broker more (kfake here: about 1.3 µs more CPU per record, 45 %).
 func drainKafkaBare(ctx context.Context, brokers []string, group string, n int, progress io.Writer, label string) (*KafkaDrainRun, error) {
 	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumerGroup(group), kgo.ConsumeTopics(kafkaTopic),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.Balancers(kgo.CooperativeStickyBalancer()),
-		kgo.AutoCommitInterval(time.Second))
+		kgo.AutoCommitInterval(time.Second), kgo.FetchIsolationLevel(kgo.ReadCommitted()))
 	if err != nil {
 		return nil, err
 	}

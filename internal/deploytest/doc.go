@@ -17,13 +17,16 @@
 //     the writer accepts across restarts under the kubelet's fsGroup
 //     handling (TestDataVolumeAcrossRestarts);
 //   - every PromQL expression of the rules and of every dashboard panel
-//     parses, and every metric they name is in a live daemon's /metrics
-//     after a run that rotates a key and dead-letters messages; promlint
-//     finds nothing in that scrape;
+//     parses, and every metric they name is in the /metrics of a live
+//     daemon after a run that rotates a key and dead-letters messages, or
+//     of a live two-replica deployment with input.type kafka (kfake);
+//     promlint finds nothing in either scrape; every panel has data over
+//     its input's run, the overview's over both;
 //   - every alert links an existing section of docs/runbooks.md, and the
 //     alerts fire (or stay silent) as intended on series evaluated by
 //     Prometheus's own rule code in process: no targets at all, revoked-only
-//     KMS results, a replica restart.
+//     KMS results, a replica restart, a healthy MQTT and a healthy Kafka
+//     fleet, a Kafka partition stuck or moving, a lag growing or draining.
 //
 // The Prometheus server module is used by tests only, so the daemon's
 // binary does not carry it.

@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"path/filepath"
 	"sort"
@@ -21,6 +22,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/model/value"
 	"github.com/prometheus/prometheus/util/teststorage"
 
 	"github.com/decryptd/decryptd/internal/audit"
@@ -44,7 +46,8 @@ type scrape struct {
 // liveRun is what one run of a real daemon left: its scrapes (one a
 // scrapeEvery, the last one after everything happened) and a TSDB holding
 // them as Prometheus would have stored them (job="decryptd",
-// instance="decryptd-0", plus up).
+// instance="decryptd-N" for each replica scraped, plus up); scrapes are
+// decryptd-0's.
 type liveRun struct {
 	scrapes []scrape
 	store   *teststorage.TestStorage
@@ -192,11 +195,12 @@ rotation:
 
 	run := &liveRun{store: teststorage.New(t), start: time.Now()}
 	t.Cleanup(func() { run.store.Close() })
+	tg := &target{store: run.store, instance: "decryptd-0"}
 	scrapeNow := func() {
 		body := get(ft, url)
 		at := time.Now()
 		run.scrapes = append(run.scrapes, scrape{at: at, body: body})
-		check(ft, appendScrape(run.store, at, body))
+		check(ft, tg.appendScrape(at, body))
 	}
 
 	wrong, err := seal.NewAEAD(make([]byte, 32))
@@ -267,31 +271,46 @@ func get(ft *testing.T, url string) []byte {
 	return body
 }
 
+// target is one scraped replica: its instance label, and the series its
+// last scrape held (for staleness markers).
+type target struct {
+	store    *teststorage.TestStorage
+	instance string
+	last     map[string]labels.Labels
+}
+
 // appendScrape stores one exposition as Prometheus's scrape loop would:
-// every sample with the target's labels, histograms as _bucket, _sum and
-// _count series, and up 1.
-func appendScrape(store *teststorage.TestStorage, at time.Time, body []byte) error {
+// every sample with the target's labels (job decryptd, instance),
+// histograms as _bucket, _sum and _count series, up 1, and a staleness
+// marker for each series the previous scrape held and this one does not
+// (a Kafka partition's lag after it moved to another replica ends there,
+// not five minutes of lookback later).
+func (tg *target) appendScrape(at time.Time, body []byte) error {
 	p := expfmt.NewTextParser(model.UTF8Validation)
 	mfs, err := p.TextToMetricFamilies(bytes.NewReader(body))
 	if err != nil {
 		return err
 	}
-	app := store.Appender(context.Background())
+	app := tg.store.Appender(context.Background())
 	ts := at.UnixMilli()
+	cur := map[string]labels.Labels{}
 	add := func(name string, m *dto.Metric, v float64, extra ...string) error {
-		b := labels.NewBuilder(labels.FromStrings("__name__", name, "job", "decryptd", "instance", "decryptd-0"))
+		b := labels.NewBuilder(labels.FromStrings("__name__", name, "job", "decryptd", "instance", tg.instance))
 		for _, l := range m.GetLabel() {
 			b.Set(l.GetName(), l.GetValue())
 		}
 		for i := 0; i+1 < len(extra); i += 2 {
 			b.Set(extra[i], extra[i+1])
 		}
-		_, err := app.Append(0, b.Labels(), ts, v)
+		ls := b.Labels()
+		cur[ls.String()] = ls
+		_, err := app.Append(0, ls, ts, v)
 		return err
 	}
-	if _, err := app.Append(0, labels.FromStrings("__name__", "up", "job", "decryptd", "instance", "decryptd-0"), ts, 1); err != nil {
+	if _, err := app.Append(0, labels.FromStrings("__name__", "up", "job", "decryptd", "instance", tg.instance), ts, 1); err != nil {
 		return err
 	}
+
 	for name, mf := range mfs {
 		for _, m := range mf.GetMetric() {
 			var err error
@@ -328,6 +347,14 @@ func appendScrape(store *teststorage.TestStorage, at time.Time, body []byte) err
 			}
 		}
 	}
+	for k, ls := range tg.last {
+		if _, ok := cur[k]; !ok {
+			if _, err := app.Append(0, ls, ts, math.Float64frombits(value.StaleNaN)); err != nil {
+				return err
+			}
+		}
+	}
+	tg.last = cur
 	return app.Commit()
 }
 

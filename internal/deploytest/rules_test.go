@@ -277,10 +277,56 @@ func TestAlerts(t *testing.T) {
   decryptd_spool_bytes{instance="a"} 0+1x90
   decryptd_spool_max_bytes{instance="a"} 1000x90
 `
+	// A healthy Kafka fleet (input.type kafka): two replicas, 150 records
+	// a second, 0.33% dead-lettered (under the alert's 1%), lag of a few seconds
+	// of intake, an idle partition behind a transaction marker (lag 1,
+	// never committed past), one failed commit during a rebalance, no
+	// decryptd_mqtt_* series at all.
+	healthyKafka := `
+  up{job="decryptd",instance="k0"} 1x90
+  up{job="decryptd",instance="k1"} 1x90
+  decryptd_input_info{instance="k0",input="kafka"} 1x90
+  decryptd_input_info{instance="k1",input="kafka"} 1x90
+  decryptd_degraded{instance="k0",cause="broker"} 0x90
+  decryptd_degraded{instance="k1",cause="broker"} 0x90
+  decryptd_degraded{instance="k0",cause="kms"} 0x90
+  decryptd_kafka_assigned_partitions{instance="k0"} 2x90
+  decryptd_kafka_assigned_partitions{instance="k1"} 2x90
+  decryptd_kafka_records_received_total{instance="k0"} 0+6000x90
+  decryptd_kafka_records_received_total{instance="k1"} 0+3000x90
+  decryptd_messages_processed_total{instance="k0"} 0+6000x90
+  decryptd_messages_processed_total{instance="k1"} 0+3000x90
+  decryptd_inflight_messages{instance="k0"} 40x90
+  decryptd_inflight_messages{instance="k1"} 20x90
+  decryptd_dead_letters_total{instance="k0",reason="malformed"} 0+30x90
+  decryptd_kafka_partition_lag{instance="k0",topic="t",partition="0"} 60 140 90 200 60x86
+  decryptd_kafka_partition_lag{instance="k0",topic="t",partition="1"} 40x90
+  decryptd_kafka_partition_lag{instance="k1",topic="t",partition="2"} 0 30 0x88
+  decryptd_kafka_partition_lag{instance="k1",topic="t",partition="3"} 1x90
+  decryptd_kafka_committed_offset{instance="k0",topic="t",partition="0"} 0+3000x90
+  decryptd_kafka_committed_offset{instance="k0",topic="t",partition="1"} 0+3000x90
+  decryptd_kafka_committed_offset{instance="k1",topic="t",partition="2"} 0+3000x90
+  decryptd_kafka_committed_offset{instance="k1",topic="t",partition="3"} 500x90
+  decryptd_kafka_commits_total{instance="k0",result="ok"} 0+60x90
+  decryptd_kafka_commits_total{instance="k0",result="error"} 0x90
+  decryptd_kafka_commits_total{instance="k1",result="ok"} 0+60x90
+  decryptd_kafka_commits_total{instance="k1",result="error"} 0x30 1x60
+  decryptd_kafka_rebalances_total{instance="k0",event="assigned"} 1x90
+  decryptd_kafka_rebalances_total{instance="k0",event="lost"} 0x90
+  decryptd_kafka_rebalances_total{instance="k1",event="lost"} 0x30 1x60
+  decryptd_kafka_replay_rebuild_truncated_total{instance="k0"} 0x90
+  decryptd_kafka_replay_rebuild_truncated_total{instance="k1"} 0x90
+  decryptd_sink_up{instance="k0",sink="records"} 1x90
+`
 	for _, r := range allRules(t) {
 		t.Run(r.Alert+"/healthy", func(t *testing.T) {
 			if at := firstFiring(exprRun(t, r, "load 1m"+healthy, end), end); at >= 0 {
 				t.Errorf("fired at %s on a healthy fleet", at)
+			}
+		})
+		t.Run(r.Alert+"/healthy kafka", func(t *testing.T) {
+			if at := firstFiring(exprRun(t, r, "load 1m"+healthyKafka, end), end); at >= 0 {
+				t.Errorf("fired at %s on a healthy Kafka fleet", at)
 			}
 		})
 	}
@@ -298,6 +344,55 @@ func TestAlerts(t *testing.T) {
 		{"up but no replica connected", "DecryptdNotReady", `
   up{job="decryptd",instance="a"} 1x90
   decryptd_mqtt_connection_up{instance="a"} 0x90`, 5 * time.Minute, 6 * time.Minute},
+		{"every Kafka replica out of the group", "DecryptdNotReady", `
+  up{job="decryptd",instance="k0"} 1x90
+  up{job="decryptd",instance="k1"} 1x90
+  decryptd_input_info{instance="k0",input="kafka"} 1x90
+  decryptd_input_info{instance="k1",input="kafka"} 1x90
+  decryptd_degraded{instance="k0",cause="broker"} 1x90
+  decryptd_degraded{instance="k1",cause="broker"} 1x90
+  decryptd_kafka_assigned_partitions{instance="k0"} 0x90
+  decryptd_kafka_assigned_partitions{instance="k1"} 0x90`, 5 * time.Minute, 6 * time.Minute},
+		{"Kafka replicas ready but holding no partition", "DecryptdNotReady", `
+  up{job="decryptd",instance="k0"} 1x90
+  decryptd_input_info{instance="k0",input="kafka"} 1x90
+  decryptd_degraded{instance="k0",cause="broker"} 0x90
+  decryptd_kafka_assigned_partitions{instance="k0"} 0x90`, 5 * time.Minute, 6 * time.Minute},
+		{"one Kafka replica failing its fetches", "DecryptdReplicaDown", `
+  up{job="decryptd",instance="k0"} 1x90
+  up{job="decryptd",instance="k1"} 1x90
+  decryptd_input_info{instance="k0",input="kafka"} 1x90
+  decryptd_input_info{instance="k1",input="kafka"} 1x90
+  decryptd_degraded{instance="k0",cause="broker"} 0x20 1x70
+  decryptd_degraded{instance="k1",cause="broker"} 0x90`, 30 * time.Minute, 31 * time.Minute},
+		// Partition 0's committed offset stops at minute 20 while records
+		// keep arriving behind a stuck one; partition 1 goes on.
+		{"a Kafka partition stuck behind a record", "DecryptdKafkaLagNotDraining", `
+  decryptd_kafka_partition_lag{instance="k0",topic="t",partition="0"} 40x20 100+100x70
+  decryptd_kafka_committed_offset{instance="k0",topic="t",partition="0"} 0+3000x20 60000x70
+  decryptd_kafka_partition_lag{instance="k0",topic="t",partition="1"} 40x90
+  decryptd_kafka_committed_offset{instance="k0",topic="t",partition="1"} 0+3000x90`, 30 * time.Minute, 36 * time.Minute},
+		// The holder stopped fetching at minute 30 (its in-flight bound
+		// full): its lag is flat, its committed offset too.
+		{"a Kafka holder that stopped: lag flat", "DecryptdKafkaLagNotDraining", `
+  decryptd_kafka_partition_lag{instance="k0",topic="t",partition="0"} 40x30 500x60
+  decryptd_kafka_committed_offset{instance="k0",topic="t",partition="0"} 0+3000x30 90000x60`, 40 * time.Minute, 46 * time.Minute},
+		// 100 records a second taken in, the lag rising by 1000 a
+		// minute: more than 5 minutes of intake (30000) from minute 30.
+		{"a Kafka group falling behind", "DecryptdKafkaLagGrowing", `
+  decryptd_kafka_records_received_total{instance="k0"} 0+6000x90
+  decryptd_kafka_partition_lag{instance="k0",topic="t",partition="0"} 100+1000x90
+  decryptd_kafka_committed_offset{instance="k0",topic="t",partition="0"} 0+5000x90`, 45 * time.Minute, 46 * time.Minute},
+		// From minute 10 every commit of k0 fails (one a second).
+		{"Kafka commits failing", "DecryptdKafkaCommitErrors", `
+  decryptd_kafka_commits_total{instance="k0",result="ok"} 0+60x10 600x80
+  decryptd_kafka_commits_total{instance="k0",result="error"} 0x10 0+60x80
+  decryptd_kafka_commits_total{instance="k1",result="ok"} 0+60x90
+  decryptd_kafka_commits_total{instance="k1",result="error"} 0x90`, 20 * time.Minute, 24 * time.Minute},
+		{"a truncated replay rebuild", "DecryptdKafkaReplayRebuildTruncated", `
+  decryptd_kafka_replay_rebuild_truncated_total{instance="k0"} 0x30 1x60`, 30 * time.Minute, 31 * time.Minute},
+		{"partitions lost twice in an hour", "DecryptdKafkaPartitionsLost", `
+  decryptd_kafka_rebalances_total{instance="k0",event="lost"} 0x10 1x20 2x60`, 30 * time.Minute, 32 * time.Minute},
 		{"one replica down beside a healthy one", "DecryptdReplicaDown", `
   up{job="decryptd",instance="a"} 1x90
   up{job="decryptd",instance="b"} 1x20 0x70
@@ -310,6 +405,11 @@ func TestAlerts(t *testing.T) {
 		{"dead letters above 1%", "DecryptdDeadLetters", `
   decryptd_mqtt_messages_received_total{instance="a"} 0+600x90
   decryptd_dead_letters_total{instance="a",reason="auth_failed"} 0+60x90`, 10 * time.Minute, 16 * time.Minute},
+		// The same ratio on a Kafka fleet: received counted from
+		// decryptd_kafka_records_received_total (2%, not 0.01/s).
+		{"dead letters above 1% on a Kafka fleet", "DecryptdDeadLetters", `
+  decryptd_kafka_records_received_total{instance="k0"} 0+6000x90
+  decryptd_dead_letters_total{instance="k0",reason="auth_failed"} 0+120x90`, 10 * time.Minute, 16 * time.Minute},
 		{"stale keys served", "DecryptdServingStaleKeys", `
   decryptd_dek_cache_stale_serving{instance="a"} 12x90`, 15 * time.Minute, 16 * time.Minute},
 		{"KMS transient errors", "DecryptdKMSErrors", `
@@ -370,8 +470,12 @@ func TestAlerts(t *testing.T) {
 }
 
 // TestAlertsSilent: the cases the earlier rules got wrong, from the
-// silent side: a KMS that answers only "revoked" is not failing, and a
-// replica restart while messages keep flowing is not a standstill.
+// silent side: a KMS that answers only "revoked" is not failing, a
+// replica restart while messages keep flowing is not a standstill, and
+// 0.5% dead letters on a Kafka fleet is under 1%; and what a Kafka
+// consumer group does in normal life: a backlog that drains, a partition
+// that moves, an idle partition behind a transaction marker, commits that
+// fail during a rebalance, a single lost partition.
 func TestAlertsSilent(t *testing.T) {
 	const end = 60 * time.Minute
 	for _, c := range []struct{ name, alert, load string }{
@@ -392,6 +496,65 @@ func TestAlertsSilent(t *testing.T) {
   decryptd_messages_processed_total{instance="a"} 0+600x20
   decryptd_inflight_messages{instance="a2"} _x21 4x39
   decryptd_messages_processed_total{instance="a2"} _x21 0+600x39`},
+		// The Kafka cases. 0.5% of 100 records a second is 0.5 dead
+		// letters a second: under 1%, though over the 0.01/s at which the
+		// rule that divided by the MQTT counter alone fired when an MQTT
+		// counter was there at all (TestOldRulesWereWrong).
+		{"0.5% dead letters on a Kafka-only fleet", "DecryptdDeadLetters", `
+  decryptd_input_info{instance="k0",input="kafka"} 1x60
+  decryptd_kafka_records_received_total{instance="k0"} 0+6000x60
+  decryptd_dead_letters_total{instance="k0",reason="malformed"} 0+30x60`},
+		{"0.5% dead letters on Kafka beside an idle MQTT replica", "DecryptdDeadLetters", `
+  decryptd_mqtt_messages_received_total{instance="a"} 0x60
+  decryptd_kafka_records_received_total{instance="k0"} 0+6000x60
+  decryptd_dead_letters_total{instance="k0",reason="malformed"} 0+30x60`},
+		// Both inputs' fleets in one Prometheus: the two counters add up.
+		{"1.5 dead letters a second of 200 over MQTT and Kafka", "DecryptdDeadLetters", `
+  decryptd_mqtt_messages_received_total{instance="a"} 0+6000x60
+  decryptd_kafka_records_received_total{instance="k0"} 0+6000x60
+  decryptd_dead_letters_total{instance="a",reason="malformed"} 0+60x60
+  decryptd_dead_letters_total{instance="k0",reason="malformed"} 0+30x60`},
+		// A replica failing its fetches beside a working one: a
+		// ReplicaDown, not a NotReady.
+		{"one Kafka replica failing fetches beside a working one", "DecryptdNotReady", `
+  up{job="decryptd",instance="k0"} 1x60
+  up{job="decryptd",instance="k1"} 1x60
+  decryptd_input_info{instance="k0",input="kafka"} 1x60
+  decryptd_input_info{instance="k1",input="kafka"} 1x60
+  decryptd_degraded{instance="k0",cause="broker"} 1x60
+  decryptd_degraded{instance="k1",cause="broker"} 0x60
+  decryptd_kafka_assigned_partitions{instance="k0"} 0x60
+  decryptd_kafka_assigned_partitions{instance="k1"} 3x60`},
+		// An MQTT replica's broker cause is the MQTT term's business (its
+		// connection gauge), not the Kafka term's.
+		{"an MQTT replica with one of its connections down", "DecryptdReplicaDown", `
+  up{job="decryptd",instance="a"} 1x60
+  decryptd_input_info{instance="a",input="mqtt"} 1x60
+  decryptd_mqtt_connection_up{instance="a",connection="0"} 1x60
+  decryptd_mqtt_connection_up{instance="a",connection="1"} 0x60
+  decryptd_degraded{instance="a",cause="broker"} 1x60`},
+		// A backlog of 200000 after an outage, draining by 2000 a minute
+		// at 100 records a second: minutes behind, but falling.
+		{"a Kafka backlog draining", "DecryptdKafkaLagGrowing", `
+  decryptd_kafka_records_received_total{instance="k0"} 0+6000x60
+  decryptd_kafka_partition_lag{instance="k0",topic="t",partition="0"} 200000-2000x60
+  decryptd_kafka_committed_offset{instance="k0",topic="t",partition="0"} 0+8000x60`},
+		{"an idle partition behind a transaction marker", "DecryptdKafkaLagNotDraining", `
+  decryptd_kafka_partition_lag{instance="k0",topic="t",partition="0"} 1x60
+  decryptd_kafka_committed_offset{instance="k0",topic="t",partition="0"} 500x60`},
+		// The partition moves from k0 to k1 at minute 20; k1 rebuilds its
+		// replay window for two minutes before its first commit.
+		{"a partition moving to another replica", "DecryptdKafkaLagNotDraining", `
+  decryptd_kafka_partition_lag{instance="k0",topic="t",partition="0"} 40x20
+  decryptd_kafka_committed_offset{instance="k0",topic="t",partition="0"} 0+3000x20
+  decryptd_kafka_partition_lag{instance="k1",topic="t",partition="0"} _x20 3000 3000 40x37
+  decryptd_kafka_committed_offset{instance="k1",topic="t",partition="0"} _x20 60000x3 63000+3000x36`},
+		// A few failed commits at each of two rebalances.
+		{"failed commits around rebalances", "DecryptdKafkaCommitErrors", `
+  decryptd_kafka_commits_total{instance="k0",result="ok"} 0+60x60
+  decryptd_kafka_commits_total{instance="k0",result="error"} 0x20 3x20 6x20`},
+		{"partitions lost once", "DecryptdKafkaPartitionsLost", `
+  decryptd_kafka_rebalances_total{instance="k0",event="lost"} 0x20 1x40`},
 	} {
 		t.Run(c.alert+"/"+c.name, func(t *testing.T) {
 			if at := firstFiring(alertRun(t, c.alert, "load 1m"+c.load, end), end); at >= 0 {
@@ -406,6 +569,7 @@ func TestAlertsSilent(t *testing.T) {
 // known to tell the difference.
 func TestOldRulesWereWrong(t *testing.T) {
 	const end = 60 * time.Minute
+	const oldDeadLetters = `sum(rate(decryptd_dead_letters_total[5m])) / clamp_min(sum(rate(decryptd_mqtt_messages_received_total[5m])), 1) > 0.01`
 	old := []struct {
 		r          rule
 		load       string
@@ -415,6 +579,16 @@ func TestOldRulesWereWrong(t *testing.T) {
 			"load 1m\n  some_other_job_metric 1x60", true},
 		{rule{Alert: "OldKMSErrors", Expr: `sum(rate(decryptd_kms_requests_total{result!="ok"}[5m])) > 0`, For: "10m"},
 			"load 1m\n  decryptd_kms_requests_total{instance=\"a\",operation=\"unwrap\",result=\"revoked\"} 0+30x60", false},
+		// The dead-letter ratio over the MQTT counter alone: on a
+		// Kafka-only fleet the denominator is empty and 2% dead letters
+		// never fire; beside an idle MQTT replica it is clamped to 1/s and
+		// 0.5% fires (0.5 dead letters a second).
+		{rule{Alert: "OldDeadLetters (Kafka only)", Expr: oldDeadLetters, For: "10m"},
+			"load 1m\n  decryptd_kafka_records_received_total{instance=\"k0\"} 0+6000x60\n  decryptd_dead_letters_total{instance=\"k0\",reason=\"malformed\"} 0+120x60", true},
+		{rule{Alert: "OldDeadLetters (Kafka beside idle MQTT)", Expr: oldDeadLetters, For: "10m"},
+			"load 1m\n  decryptd_mqtt_messages_received_total{instance=\"a\"} 0x60\n  decryptd_kafka_records_received_total{instance=\"k0\"} 0+6000x60\n  decryptd_dead_letters_total{instance=\"k0\",reason=\"malformed\"} 0+30x60", false},
+		{rule{Alert: "OldNotReady (Kafka)", Expr: `absent(up{job="decryptd"} == 1) or max(decryptd_mqtt_connection_up) == 0`, For: "5m"},
+			"load 1m\n  up{job=\"decryptd\",instance=\"k0\"} 1x60\n  decryptd_input_info{instance=\"k0\",input=\"kafka\"} 1x60\n  decryptd_degraded{instance=\"k0\",cause=\"broker\"} 1x60", true},
 		{rule{Alert: "OldBacklogGrowing", Expr: `max(decryptd_inflight_messages) > 0 and deriv(sum(decryptd_records_delivered_total)[10m:]) == 0`, For: "10m"},
 			"load 1m\n  decryptd_inflight_messages{instance=\"a\"} 4x60\n  decryptd_records_delivered_total{instance=\"a\"} 0+600x60\n  decryptd_inflight_messages{instance=\"b\"} 1024x60\n  decryptd_records_delivered_total{instance=\"b\"} 5000x60", true},
 	}
@@ -442,7 +616,7 @@ func TestRunbookPanels(t *testing.T) {
 		}
 	}
 	text := strings.Join(strings.Fields(string(data)), " ")
-	refs := regexp.MustCompile(`(?i)\b(overview|keys|rotation) dashboard[^.;(]*`)
+	refs := regexp.MustCompile(`(?i)\b(overview|keys|rotation|kafka) dashboard[^.;(]*`)
 	quoted := regexp.MustCompile(`"([^"]+)"`)
 	n := 0
 	for _, m := range refs.FindAllStringSubmatch(text, -1) {

@@ -43,9 +43,11 @@
 //     (PollRecords is asked for no more than the room left; once the
 //     bound is reached, until a sixteenth of it, at most 256 records, is
 //     free again), so a slow sink slows fetching instead of filling
-//     memory. Beside them the
-//     client buffers at most one fetch response per broker, each at most
-//     min(MaxInFlightBytes, 50 MiB).
+//     memory. Values are copied out of the fetch responses as they are
+//     polled, so a record in flight holds its own bytes, never its
+//     batch. Beside them the client holds at most ConcurrentFetches
+//     fetch responses, each at most FetchMaxBytes(MaxInFlightBytes) (an
+//     eighth of the bound, at most 8 MiB).
 //   - Redelivered is set on a record that the partition's previous holder
 //     had already received, per its last commit's metadata
 //     ("decryptd/1 received=<offset>"): processed again, its record

@@ -1,6 +1,7 @@
 package kafkainput
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -163,10 +164,14 @@ func New(o Options, proc intake.Processor) (*Input, error) {
 		// partition already in flight.
 		kgo.BlockRebalanceOnPoll(),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
-		// The client buffers at most one fetch response per broker while
-		// polling waits: no larger than the in-flight byte bound.
-		kgo.FetchMaxBytes(int32(min(o.MaxInFlightBytes, 50<<20))),
-		kgo.FetchMaxPartitionBytes(int32(min(o.MaxInFlightBytes, 1<<20))),
+		// What the client holds beside the records in flight: at most
+		// ConcurrentFetches fetch responses (in flight or buffered while
+		// polling waits), each at most FetchMaxBytes; membudget counts
+		// them. Without the cap it is one per broker, however many the
+		// cluster has.
+		kgo.MaxConcurrentFetches(ConcurrentFetches),
+		kgo.FetchMaxBytes(FetchMaxBytes(o.MaxInFlightBytes)),
+		kgo.FetchMaxPartitionBytes(min(FetchMaxBytes(o.MaxInFlightBytes), 1<<20)),
 		// A partition without a commit starts at its beginning: a new
 		// group reads the backlog rather than skipping it.
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
@@ -461,11 +466,23 @@ type mappedTopic struct {
 	ok            bool
 }
 
-// polledMessage is message for the poll goroutine: the topic and device
-// id found for a header value (or key) are kept in polledTopics, so a
-// device's records after its first cost a map lookup instead of a string
-// allocation, the topic check and the pattern match.
+// polledMessage is message for the poll goroutine, with the value copied
+// out of the fetch response: a record's value aliases its decompressed
+// batch, so one record still in flight (a device waiting for its key)
+// would keep the whole batch alive, and the in-flight byte bound would
+// count a few hundred bytes of what holds up to a mebibyte. Copied, the
+// bound counts what is held, and a response is garbage once polled.
 func (in *Input) polledMessage(r *kgo.Record, now time.Time) intake.Message {
+	m := in.mappedMessage(r, now)
+	m.Payload = bytes.Clone(r.Value)
+	return m
+}
+
+// mappedMessage is message with the topic and device id found for a
+// header value (or key) kept in polledTopics, so a device's records after
+// its first cost a map lookup instead of a string allocation, the topic
+// check and the pattern match.
+func (in *Input) mappedMessage(r *kgo.Record, now time.Time) intake.Message {
 	raw, has := in.mapper.raw(r)
 	if !has {
 		return in.message(r, now)

@@ -108,7 +108,8 @@ func FuzzParseMeta(f *testing.F) {
 
 // polledMessage (the poll goroutine's, with its map of topics found) gives
 // what message gives, for header and key mapping, for records that map and
-// records that do not, the second time as the first.
+// records that do not, the second time as the first; its payload is a
+// copy.
 func TestPolledMessageAsMessage(t *testing.T) {
 	hdr := func(v string) []kgo.RecordHeader { return []kgo.RecordHeader{{Key: "mqtt_topic", Value: []byte(v)}} }
 	recs := []*kgo.Record{
@@ -133,6 +134,9 @@ func TestPolledMessageAsMessage(t *testing.T) {
 				want, got := in.message(r, now), in.polledMessage(r, now)
 				if got.Topic != want.Topic || got.DeviceID != want.DeviceID || string(got.Payload) != string(want.Payload) || got.Source != want.Source || !got.ReceivedAt.Equal(want.ReceivedAt) {
 					t.Errorf("%s, round %d, record %d: polledMessage %+v, message %+v", from, round, i, got, want)
+				}
+				if &got.Payload[0] == &r.Value[0] {
+					t.Errorf("%s, record %d: the payload aliases the fetched value (it would keep its batch alive)", from, i)
 				}
 			}
 		}

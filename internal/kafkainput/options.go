@@ -14,6 +14,21 @@ import (
 	"github.com/decryptd/decryptd/internal/intake"
 )
 
+// ConcurrentFetches bounds the fetch responses the client holds at once,
+// in flight or buffered (kgo.MaxConcurrentFetches): the input's read
+// buffers do not grow with the cluster's brokers.
+const ConcurrentFetches = 4
+
+// FetchMaxBytes is the most one fetch response holds (kgo.FetchMaxBytes;
+// a larger first record is still returned whole, as Kafka does) for an
+// input whose in-flight byte bound is maxInFlightBytes: an eighth of it,
+// between 64 KiB and 8 MiB, so the ConcurrentFetches responses together
+// hold at most half the bound. Records are copied out of the responses
+// as they are polled.
+func FetchMaxBytes(maxInFlightBytes int) int32 {
+	return int32(max(min(maxInFlightBytes/8, 8<<20), 64<<10))
+}
+
 // Defaults applied by New to zero-valued Options fields.
 const (
 	DefaultGroup                = "decryptd"

@@ -3,6 +3,7 @@ package membudget
 import (
 	"github.com/decryptd/decryptd/internal/config"
 	"github.com/decryptd/decryptd/internal/consumer"
+	"github.com/decryptd/decryptd/internal/kafkainput"
 	"github.com/decryptd/decryptd/internal/sink"
 	"github.com/decryptd/decryptd/internal/sink/postgres"
 )
@@ -34,6 +35,13 @@ const (
 	// waits for room with one message, up to four more sit in that chain,
 	// the one being read twice (its packet buffer and its payload's copy).
 	ReadCopies = 6
+	// KafkaFetchCopies: what one fetch response the Kafka input's client
+	// holds (kafkainput.ConcurrentFetches of them, each at most
+	// kafkainput.FetchMaxBytes) may take in memory, in multiples of its
+	// size: its batches decompressed (up to 2.5 times the compressed
+	// bytes for JSON telemetry whose bulk is base64 ciphertext) and the
+	// records' headers (each record's struct, key and header slices).
+	KafkaFetchCopies = 3
 	// DefaultConnectionsBound bounds the connections mqtt.connections 0
 	// can mean (consumer.DefaultConnections: GOMAXPROCS/2, at most 4; 8,
 	// its earlier maximum, leaves room): the budget may not depend on the
@@ -80,10 +88,17 @@ type Terms struct {
 	// mqtt.max_in_flight_bytes and mqtt.max_in_flight x
 	// (decrypt.max_message_bytes + MessageSlack), times MessageCopies plus
 	// one per sink with a field policy (its own encoding of each record).
+	// With the Kafka input (input.type kafka), whose byte bound counts
+	// record values only, the smaller of kafka.max_in_flight_bytes +
+	// kafka.max_in_flight x MessageSlack and kafka.max_in_flight x
+	// (decrypt.max_message_bytes + MessageSlack), times the same copies.
 	InFlight int64
 	// Reading is ReadCopies x decrypt.max_message_bytes per MQTT
 	// connection (mqtt.connections, 0 counting DefaultConnectionsBound):
-	// packets each connection's client holds before admission.
+	// packets each connection's client holds before admission. With the
+	// Kafka input it is KafkaFetchCopies x kafkainput.ConcurrentFetches x
+	// kafkainput.FetchMaxBytes(kafka.max_in_flight_bytes): the fetch
+	// responses its client holds.
 	Reading int64
 	// Batches is, for each sink and the dead-letter sink, its SinkCopies x
 	// the largest batch it writes: batch.max_bytes, or a record larger
@@ -105,6 +120,12 @@ func (t Terms) Total() int64 {
 func Of(c *config.Config) Terms {
 	msg := int64(c.Decrypt.MaxMessageBytes)
 	held := min(c.MQTT.MaxInFlightBytes, int64(c.MQTT.MaxInFlight)*(msg+MessageSlack))
+	reading := ReadCopies * msg * int64(connections(c))
+	if c.Input.Type == config.InputKafka {
+		k := c.Kafka
+		held = min(int64(k.MaxInFlightBytes)+int64(k.MaxInFlight)*MessageSlack, int64(k.MaxInFlight)*(msg+MessageSlack))
+		reading = KafkaFetchCopies * kafkainput.ConcurrentFetches * int64(kafkainput.FetchMaxBytes(k.MaxInFlightBytes))
+	}
 	copies := int64(MessageCopies)
 	for _, s := range c.Sinks {
 		if s.Policy != nil {
@@ -120,7 +141,7 @@ func Of(c *config.Config) Terms {
 	return Terms{
 		Base:     BaseBytes,
 		InFlight: held * copies,
-		Reading:  ReadCopies * msg * int64(connections(c)),
+		Reading:  reading,
 		Batches:  batches,
 		Cache:    int64(c.Cache.MaxEntries) * CachedDEKBytes,
 		Replay:   int64(c.Decrypt.ReplayWindowEntries) * ReplayEntryBytes,
