@@ -74,21 +74,26 @@
 // (16 by default) then bounds the KMS calls in flight, so the gain over
 // one record at a time is at most about that. Measured
 // (BenchmarkRebuildColdKeys, 200 devices whose keys take 5 ms each): 1.06
-// s one record at a time, 42-48 ms with 64 workers, 75-81 ms with 64
-// workers and at most 16 loads at once. Guarantee: an exact repeat (or a nonce reuse) of a message
-// is caught, whichever replica accepted the original, when the original
-// lies in the same partition (the bridge keys by device) and is either
-// among the last ReplayLookback records before the committed offset of
-// the assignment, or was processed by the current holder since; and in
-// both cases is younger than ReplayMaxAge (by record timestamp for read
-// back records) and still within the window's entry bound. The rebuild is
-// bounded by ReplayRebuildTimeout (and ends when the group revokes
-// again); a rebuild that stops early (a partition not read to its
-// committed offset, or a record of it read but not remembered: a key
-// fault retried until then) is logged and counted per partition
+// s one record at a time, 41-48 ms with 64 workers, 75-81 ms with 64
+// workers and at most 16 loads at once. While it runs, a rebuild holds
+// at most 64 read-back values per worker (copied out of the responses)
+// and its reader at most ConcurrentFetches fetch responses of
+// FetchMaxBytes(MaxInFlightBytes), beside the group client's.
+//
+// Guarantee: an exact repeat (or a nonce reuse) of a message is caught,
+// whichever replica accepted the original, when the original lies in the
+// same partition (the bridge keys by device) and is either among the last
+// ReplayLookback records before the committed offset of the assignment, or
+// was processed by the current holder since; and in both cases is younger
+// than ReplayMaxAge (by record timestamp for read back records) and still
+// within the window's entry bound. The rebuild is bounded by
+// ReplayRebuildTimeout (and ends when the group revokes again); a rebuild
+// that stops early (a partition not read to its committed offset, or a
+// record of it read but not remembered: a key fault retried until then) is
+// logged and counted per partition
 // (decryptd_kafka_replay_rebuild_truncated_total), and repeats of what it
-// did not remember are then delivered again (same record id). Records past the
-// committed offset are never remembered (they are not known to be
+// did not remember are then delivered again (same record id). Records past
+// the committed offset are never remembered (they are not known to be
 // delivered; remembering one would make its own delivery a duplicate): a
 // redelivery after a crash is processed again and repeats its record id.
 //

@@ -1,6 +1,7 @@
 package kafkainput
 
 import (
+	"bytes"
 	"context"
 	"sync"
 	"sync/atomic"
@@ -30,10 +31,11 @@ type rebuildPart struct {
 }
 
 // rebuildQueue is how many read-back records wait for each rebuild
-// worker: enough that the reader keeps every worker busy while one waits
-// for a key, few enough that a rebuild holds at most
-// ReplayRebuildWorkers*rebuildQueue record values.
-const rebuildQueue = 256
+// worker: enough that the reader keeps the workers busy while some wait
+// for keys, few enough that a rebuild holds at most
+// ReplayRebuildWorkers*rebuildQueue record values (copied out of the
+// fetch responses, so a queued record does not keep its batch alive).
+const rebuildQueue = 64
 
 // rebuildRec is a read-back record on its way to a rebuild worker.
 type rebuildRec struct {
@@ -59,7 +61,13 @@ func (in *Input) rebuild(ctx context.Context, parts []rebuildPart) {
 	start := time.Now()
 	since := start.Add(-in.o.ReplayMaxAge)
 	opts := append([]kgo.Opt{}, in.clOpts...)
-	opts = append(opts, kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	opts = append(opts, kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		// The reader's fetch responses are bounded as the group
+		// client's are (not per broker, at most an eighth of the
+		// in-flight byte bound each).
+		kgo.MaxConcurrentFetches(ConcurrentFetches),
+		kgo.FetchMaxBytes(FetchMaxBytes(in.o.MaxInFlightBytes)),
+		kgo.FetchMaxPartitionBytes(min(FetchMaxBytes(in.o.MaxInFlightBytes), 1<<20)))
 	rd, err := kgo.NewClient(opts...)
 	if err != nil {
 		in.log.Error("replay window rebuild: reader", zap.Error(err))
@@ -114,6 +122,7 @@ func (in *Input) rebuild(ctx context.Context, parts []rebuildPart) {
 	}
 	send := func(k tp, r *kgo.Record) {
 		m := in.message(r, r.Timestamp)
+		m.Payload = bytes.Clone(r.Value)
 		key := m.DeviceID
 		if key == "" {
 			key = m.Topic
