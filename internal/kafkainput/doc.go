@@ -75,7 +75,13 @@
 // one record at a time is at most about that. Measured
 // (BenchmarkRebuildColdKeys, 200 devices whose keys take 5 ms each): 1.06
 // s one record at a time, 41-48 ms with 64 workers, 75-81 ms with 64
-// workers and at most 16 loads at once. While it runs, a rebuild holds
+// workers and at most 16 loads at once; the default lookback, 100,000
+// records of 5,000 devices whose keys take 25 ms each, 16 loads at once
+// (BenchmarkRebuildColdKeysLookback): 8.3 s, where one record at a time
+// needs 125 s and is cut at the 30 s timeout. The time is about cold
+// devices / MaxConcurrentUnwraps x the KMS round trip (5,000 devices at
+// 100 ms: 31 s, cut again), so a larger fleet or slower KMS needs a
+// larger replay_rebuild_timeout or more unwraps at once. While it runs, a rebuild holds
 // at most 64 read-back values per worker (copied out of the responses)
 // and its reader at most ConcurrentFetches fetch responses of
 // FetchMaxBytes(MaxInFlightBytes), beside the group client's.

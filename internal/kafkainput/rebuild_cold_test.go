@@ -245,3 +245,30 @@ func cpuTime() time.Duration {
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+// BenchmarkRebuildColdKeysLookback: the default replay_lookback's worth,
+// 100,000 records of 5,000 devices over 4 partitions, every key cold (25
+// ms, Key Protect's order), at most 16 loads at once; the default 64
+// workers. One record at a time this is 5,000 x 25 ms = 125 s, past the
+// 30 s default timeout. Run it with -benchtime=1x.
+func BenchmarkRebuildColdKeysLookback(b *testing.B) {
+	const parts, perPart, devices = 4, 25_000, 1_250
+	c := fakeCluster(b, parts)
+	produce(b, c, parts, perPart, devices)
+	var rp []rebuildPart
+	for p := range int32(parts) {
+		rp = append(rp, rebuildPart{tp: tp{testTopic, p}, end: perPart})
+	}
+	for b.Loop() {
+		win := newColdKeyWindow(b, 25*time.Millisecond, 0)
+		win.kms = make(chan struct{}, 16)
+		in := newInput(b, c, newFakeProc(b, 0), func(o *Options) { o.Window = win })
+		in.rebuild(context.Background(), append([]rebuildPart(nil), rp...))
+		if tr := testutil.ToFloat64(in.m.rebuildTruncated); tr != 0 {
+			b.Fatalf("truncated %v partitions", tr)
+		}
+		if r, _, _, _ := win.counts(); r != parts*perPart {
+			b.Fatalf("remembered %d of %d", r, parts*perPart)
+		}
+	}
+}
