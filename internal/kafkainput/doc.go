@@ -81,10 +81,12 @@
 // needs 125 s and is cut at the 30 s timeout. The time is about cold
 // devices / MaxConcurrentUnwraps x the KMS round trip (5,000 devices at
 // 100 ms: 31 s, cut again), so a larger fleet or slower KMS needs a
-// larger replay_rebuild_timeout or more unwraps at once. While it runs, a rebuild holds
-// at most 64 read-back values per worker (copied out of the responses)
-// and its reader at most ConcurrentFetches fetch responses of
-// FetchMaxBytes(MaxInFlightBytes), beside the group client's.
+// larger replay_rebuild_timeout or more unwraps at once. While it runs, a
+// rebuild holds at most 64 read-back values per worker and at most
+// FetchMaxBytes(MaxInFlightBytes) of them in all (copied out of the
+// responses, 256 bytes counted for each beside its value), and its reader
+// at most ConcurrentFetches fetch responses of FetchMaxBytes
+// (MaxInFlightBytes), beside the group client's; membudget counts both.
 //
 // Guarantee: an exact repeat (or a nonce reuse) of a message is caught,
 // whichever replica accepted the original, when the original lies in the

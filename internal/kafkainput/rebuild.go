@@ -11,6 +11,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 	"go.uber.org/zap"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/decryptd/decryptd/internal/intake"
 )
@@ -32,10 +33,15 @@ type rebuildPart struct {
 
 // rebuildQueue is how many read-back records wait for each rebuild
 // worker: enough that the reader keeps the workers busy while some wait
-// for keys, few enough that a rebuild holds at most
-// ReplayRebuildWorkers*rebuildQueue record values (copied out of the
-// fetch responses, so a queued record does not keep its batch alive).
-const rebuildQueue = 64
+// for keys. What they hold is bounded in bytes too: the values queued
+// (copied out of the fetch responses, so a queued record does not keep its
+// batch alive), each counted with rebuildRecOverhead, stay within
+// FetchMaxBytes(MaxInFlightBytes), one more fetch response's worth,
+// however large the records.
+const (
+	rebuildQueue       = 64
+	rebuildRecOverhead = 256
+)
 
 // rebuildRec is a read-back record on its way to a rebuild worker.
 type rebuildRec struct {
@@ -103,6 +109,9 @@ func (in *Input) rebuild(ctx context.Context, parts []rebuildPart) {
 		short[k] = true
 		shortMu.Unlock()
 	}
+	queuedMax := int64(FetchMaxBytes(in.o.MaxInFlightBytes))
+	queued := semaphore.NewWeighted(queuedMax)
+	weight := func(m intake.Message) int64 { return min(int64(len(m.Payload))+rebuildRecOverhead, queuedMax) }
 	qs := make([]chan rebuildRec, in.o.ReplayRebuildWorkers)
 	for i := range qs {
 		qs[i] = make(chan rebuildRec, rebuildQueue)
@@ -117,6 +126,7 @@ func (in *Input) rebuild(ctx context.Context, parts []rebuildPart) {
 				} else {
 					markShort(r.k)
 				}
+				queued.Release(weight(r.m))
 			}
 		}(qs[i])
 	}
@@ -131,9 +141,14 @@ func (in *Input) rebuild(ctx context.Context, parts []rebuildPart) {
 		if key == "" {
 			h = hashTopic(k.topic) + uint32(k.p)
 		}
+		if queued.Acquire(ctx, weight(m)) != nil {
+			markShort(k)
+			return
+		}
 		select {
 		case qs[h%uint32(len(qs))] <- rebuildRec{k: k, m: m}:
 		case <-ctx.Done():
+			queued.Release(weight(m))
 			markShort(k)
 		}
 	}

@@ -96,9 +96,10 @@ type Terms struct {
 	// Reading is ReadCopies x decrypt.max_message_bytes per MQTT
 	// connection (mqtt.connections, 0 counting DefaultConnectionsBound):
 	// packets each connection's client holds before admission. With the
-	// Kafka input it is KafkaFetchCopies x kafkainput.ConcurrentFetches x
-	// kafkainput.FetchMaxBytes(kafka.max_in_flight_bytes): the fetch
-	// responses its client holds.
+	// Kafka input it is 2 x KafkaFetchCopies x kafkainput.ConcurrentFetches
+	// x kafkainput.FetchMaxBytes(kafka.max_in_flight_bytes), the fetch
+	// responses its group client and its replay rebuild's reader hold,
+	// plus one FetchMaxBytes of read-back values the rebuild queues.
 	Reading int64
 	// Batches is, for each sink and the dead-letter sink, its SinkCopies x
 	// the largest batch it writes: batch.max_bytes, or a record larger
@@ -124,7 +125,11 @@ func Of(c *config.Config) Terms {
 	if c.Input.Type == config.InputKafka {
 		k := c.Kafka
 		held = min(int64(k.MaxInFlightBytes)+int64(k.MaxInFlight)*MessageSlack, int64(k.MaxInFlight)*(msg+MessageSlack))
-		reading = KafkaFetchCopies * kafkainput.ConcurrentFetches * int64(kafkainput.FetchMaxBytes(k.MaxInFlightBytes))
+		// The group client's fetch responses, and while partitions are
+		// assigned the replay rebuild's reader's as many, with the
+		// read-back values it queues (one response's worth).
+		fetch := int64(kafkainput.FetchMaxBytes(k.MaxInFlightBytes))
+		reading = 2*KafkaFetchCopies*kafkainput.ConcurrentFetches*fetch + fetch
 	}
 	copies := int64(MessageCopies)
 	for _, s := range c.Sinks {
