@@ -212,7 +212,7 @@ func (b *batcher) flushGroup(batch []job, maxRecords, maxBytes int) {
 	}
 	m.sinkBatch.WithLabelValues(b.name).Observe(float64(len(batch)))
 	m.delivered.WithLabelValues(b.name).Add(float64(len(batch)))
-	answerAll(batch, nil)
+	b.p.settle(batch)
 }
 
 // take returns how many of the pending records the next batch holds: at
@@ -296,7 +296,7 @@ func (b *batcher) flush(batch []job) {
 				b.log.Info("sink back up", zap.Int("attempts", attempt+1))
 				b.p.sinkState(b.name, true, nil)
 			}
-			answerAll(batch[:n], nil)
+			b.p.settle(batch[:n])
 			clear(batch[:n])
 			batch = batch[n:]
 			part, fails = min(2*part, len(batch)), 0
@@ -388,5 +388,83 @@ func dropAbandoned(batch []job) []job {
 func answerAll(batch []job, err error) {
 	for _, j := range batch {
 		j.d.answer(j.idx, err)
+	}
+}
+
+// Settling a written batch: answering each of its records takes the
+// delivery on (the last sink's answer finishes it: the flight tracker, the
+// buffers' recycling, metrics, and the input's done callback, which takes
+// the input's own locks). That is most of the writer's CPU per record, and
+// the writer is serial: on many cores it capped a replica's records per
+// second. So a written batch's answers go, in chunks, to settler goroutines
+// (GOMAXPROCS of them, per pipeline) while the writer writes the next
+// batch; only a small batch, or a remainder, is answered by the writer
+// itself (a lone record is not delayed by a hand-off), and so is a chunk
+// when the settlers' queue is full.
+//
+// Dones thus run in no particular order across the records of a batch,
+// as with several sinks they already did: the inputs accept any order
+// (kafkainput's tracker commits past a record only once all before it are
+// done, the MQTT acknowledgement queue sends PUBACKs in receive order),
+// and per-device order is the order of the writes, which is unchanged.
+// Every answer still comes after its record's write (and fsync) returned.
+const (
+	settleChunk = 128 // most answers in one hand-off
+	settleMin   = 32  // fewer are answered by the writer itself
+	// settleQueue is how many chunks may wait for a settler. The records
+	// waiting are messages in flight, which the inputs bound (records and
+	// bytes) until done, so the queue need not pace the writer; it is
+	// large so that the writer never settles on a busy machine, where
+	// that would only move the same work onto the serial goroutine.
+	settleQueue = 4096
+)
+
+// ack is one answer owed: job j's j.d.answer(j.idx, nil).
+type ack struct {
+	d   *delivery
+	idx int
+}
+
+// settle answers the jobs of a batch the sink holds (see settleChunk).
+// batch stays the caller's: the settlers get copies of (d, idx).
+func (p *Pipeline) settle(batch []job) {
+	for len(batch) >= settleMin {
+		n := min(len(batch), settleChunk)
+		cp, _ := p.acks.Get().(*[]ack)
+		if cp == nil {
+			c := make([]ack, 0, settleChunk)
+			cp = &c
+		}
+		c := (*cp)[:0]
+		for i := range batch[:n] {
+			c = append(c, ack{batch[i].d, batch[i].idx})
+		}
+		*cp = c
+		select {
+		case p.settleq <- cp:
+		default:
+			p.settleAcks(cp)
+		}
+		batch = batch[n:]
+	}
+	answerAll(batch, nil)
+}
+
+// settleAcks answers a chunk and recycles it.
+func (p *Pipeline) settleAcks(cp *[]ack) {
+	c := *cp
+	for _, a := range c {
+		a.d.answer(a.idx, nil)
+	}
+	clear(c)
+	*cp = c[:0]
+	p.acks.Put(cp)
+}
+
+// settler answers chunks until Close closes the queue (after every
+// writer exited).
+func (p *Pipeline) settler() {
+	for cp := range p.settleq {
+		p.settleAcks(cp)
 	}
 }

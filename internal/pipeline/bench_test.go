@@ -118,3 +118,48 @@ func BenchmarkProcessFastSink(b *testing.B) {
 	b.StopTimer()
 	b.ReportMetric(float64(writes.Load())/float64(b.N), "writes/op")
 }
+
+// BenchmarkWriterPath is BenchmarkProcessFastSink through a real file sink
+// (no fsync, so the disk does not dominate): the writer goroutine's work
+// per record (line building, the write, settling each record) is what
+// caps a replica on many cores. Measure its CPU per record with a profile:
+//
+//	go test -run XXX -bench WriterPath -benchtime 1000000x -cpuprofile cpu.out ./internal/pipeline/
+//	go tool pprof -tagfocus goroutine=writer -top cpu.out   (total / 1e6 records)
+func BenchmarkWriterPath(b *testing.B) {
+	fs, err := sink.NewFile(sink.FileOptions{Name: "file", Path: b.TempDir() + "/out.jsonl", Fsync: sink.FsyncNever, MaxBytes: 256 << 20, Keep: 1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	p, err := pipeline.New(pipeline.Options{
+		Opener:     newOpener(),
+		Sinks:      []sink.Sink{fs},
+		DeadLetter: countSink{"dead_letter", &atomic.Int64{}},
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer p.Close(context.Background())
+	slots := make(chan struct{}, 4096)
+	var n, settled atomic.Int64
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			i := n.Add(1)
+			slots <- struct{}{}
+			m := intake.Message{Topic: "t", Payload: []byte("ok:r" + strconv.FormatInt(i, 10))}
+			p.Process(context.Background(), m, func(err error) {
+				if err != nil {
+					b.Error(err)
+				}
+				settled.Add(1)
+				<-slots
+			})
+		}
+	})
+	for range cap(slots) {
+		slots <- struct{}{}
+	}
+	b.StopTimer()
+}

@@ -93,12 +93,26 @@
 // Write (a failed fsync is not cured by a later one), in order. The write
 // metrics count such a group as one write (its duration and records).
 //
+// Settling off the writer: answering a written record (the flight
+// tracker, recycling its buffers, metrics, the input's done callback with
+// the input's own locks) was most of the serial writer's CPU per record,
+// which caps a replica's records per second whatever the cores. The writer
+// hands a written batch's answers, in chunks of up to 128, to settler
+// goroutines (GOMAXPROCS per pipeline) and goes on writing; batches under
+// 32 records (low load: no hand-off latency) and a full settler queue are
+// answered by the writer itself. Every answer still follows its record's
+// write (and fsync); dones of one batch run in no set order (the inputs
+// accept any order; per-device order is the order of the writes). Close
+// returns only after the settlers answered everything. Writers and
+// settlers carry pprof labels (goroutine=writer|settler), so a CPU profile
+// tells the serial work apart: BenchmarkWriterFile.
+//
 // Nothing here logs or exports a payload, plaintext or key; metric labels
 // come from fixed sets (reason, sink name, cause, outcome). Logs record
 // state changes only: a sink going down and coming back, the KMS becoming
 // unavailable and available again, a revoked key seen.
 //
 // A Pipeline is safe for concurrent use. Close stops it once intake has
-// stopped: it writes what the batchers still hold, flushes and closes every
-// sink.
+// stopped: it writes what the batchers still hold, lets the settlers answer
+// every written record, flushes and closes every sink.
 package pipeline
