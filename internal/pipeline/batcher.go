@@ -46,8 +46,13 @@ type batcher struct {
 	name string
 	log  *zap.Logger
 
-	mu           sync.Mutex
-	pending      []job
+	mu sync.Mutex
+	// pending and pendingAcks are the queued jobs, split: the records, as
+	// the sink's Write takes them, so the writer hands a batch over
+	// without copying it record by record; and by index, what answering
+	// each one takes.
+	pending      []sink.Record
+	pendingAcks  []ack
 	pendingBytes int       // the records' JSON in pending
 	firstAt      time.Time // when pending's first job came (set only with a positive Linger)
 	idle         bool      // the writer waits for add's wake-up
@@ -58,8 +63,7 @@ type batcher struct {
 	wake      chan struct{}
 	exited    chan struct{}
 
-	down bool          // owned by the writer
-	recs []sink.Record // owned by the writer
+	down bool // owned by the writer
 }
 
 func (p *Pipeline) newBatcher(s sink.Sink) *batcher {
@@ -84,7 +88,8 @@ func (b *batcher) add(j job) bool {
 	if len(b.pending) == 0 && b.p.o.Linger > 0 {
 		b.firstAt = time.Now()
 	}
-	b.pending = append(b.pending, j)
+	b.pending = append(b.pending, j.rec)
+	b.pendingAcks = append(b.pendingAcks, ack{j.d, j.idx})
 	b.pendingBytes += len(j.rec.JSON)
 	// A lingering writer needs waking only once its batch may go out.
 	wake := b.idle || (b.lingering && b.full())
@@ -110,7 +115,8 @@ func (b *batcher) run() {
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
-	var batch []job
+	var batch []sink.Record
+	var acks []ack
 	stopping := false
 	for {
 		b.mu.Lock()
@@ -151,20 +157,26 @@ func (b *batcher) run() {
 		b.pendingBytes -= size
 		if n == len(b.pending) {
 			batch, b.pending = b.pending, batch[:0]
+			acks, b.pendingAcks = b.pendingAcks, acks[:0]
 		} else {
 			batch = append(batch[:0], b.pending[:n]...)
 			k := copy(b.pending, b.pending[n:])
 			clear(b.pending[k:])
 			b.pending = b.pending[:k]
+			acks = append(acks[:0], b.pendingAcks[:n]...)
+			copy(b.pendingAcks, b.pendingAcks[n:])
+			clear(b.pendingAcks[k:])
+			b.pendingAcks = b.pendingAcks[:k]
 			b.firstAt = time.Now() // the rest waited a little; close enough
 		}
 		b.mu.Unlock()
 		if group {
-			b.flushGroup(batch, maxBatch, maxBytes)
+			b.flushGroup(batch, acks, maxBatch, maxBytes)
 		} else {
-			b.flush(batch)
+			b.flush(batch, acks)
 		}
 		clear(batch)
+		clear(acks)
 	}
 }
 
@@ -183,18 +195,13 @@ func (b *batcher) run() {
 // is not cured by a later one, so none of the group counts as held; the
 // file then holds some records twice (sinks tolerate repeats), and in
 // order, the last copies included.
-func (b *batcher) flushGroup(batch []job, maxRecords, maxBytes int) {
+func (b *batcher) flushGroup(batch []sink.Record, acks []ack, maxRecords, maxBytes int) {
 	m := b.p.m
 	t0 := time.Now()
 	var err error
 	for rest := batch; len(rest) > 0 && err == nil; {
-		n, _ := takeJobs(rest, maxRecords, maxBytes)
-		b.recs = b.recs[:0]
-		for i := range rest[:n] {
-			b.recs = append(b.recs, rest[i].rec)
-		}
-		err = b.gw.WriteUnsynced(b.p.writeCtx, b.recs)
-		clear(b.recs)
+		n, _ := takeRecords(rest, maxRecords, maxBytes)
+		err = b.gw.WriteUnsynced(b.p.writeCtx, rest[:n])
 		rest = rest[n:]
 	}
 	if err == nil {
@@ -203,29 +210,29 @@ func (b *batcher) flushGroup(batch []job, maxRecords, maxBytes int) {
 	m.sinkWrite.WithLabelValues(b.name).Observe(time.Since(t0).Seconds())
 	if err != nil {
 		m.sinkErrors.WithLabelValues(b.name).Inc()
-		for rest := batch; len(rest) > 0; {
-			n, _ := takeJobs(rest, maxRecords, maxBytes)
-			b.flush(rest[:n])
-			rest = rest[n:]
+		for i := 0; i < len(batch); {
+			n, _ := takeRecords(batch[i:], maxRecords, maxBytes)
+			b.flush(batch[i:i+n], acks[i:i+n])
+			i += n
 		}
 		return
 	}
 	m.sinkBatch.WithLabelValues(b.name).Observe(float64(len(batch)))
 	m.delivered.WithLabelValues(b.name).Add(float64(len(batch)))
-	b.p.settle(batch)
+	b.p.settle(acks)
 }
 
 // take returns how many of the pending records the next batch holds: at
 // most maxRecords, and at most maxBytes of JSON unless the first record
 // alone is larger; and their bytes. Called with b.mu held.
 func (b *batcher) take(maxRecords, maxBytes int) (n, size int) {
-	return takeJobs(b.pending, maxRecords, maxBytes)
+	return takeRecords(b.pending, maxRecords, maxBytes)
 }
 
-// takeJobs is take for the first jobs of js.
-func takeJobs(js []job, maxRecords, maxBytes int) (n, size int) {
-	for n < len(js) && n < maxRecords {
-		l := len(js[n].rec.JSON)
+// takeRecords is take for the first records of rs.
+func takeRecords(rs []sink.Record, maxRecords, maxBytes int) (n, size int) {
+	for n < len(rs) && n < maxRecords {
+		l := len(rs[n].JSON)
 		if n > 0 && size+l > maxBytes {
 			break
 		}
@@ -268,21 +275,16 @@ func (b *batcher) wait(timer <-chan time.Time) (stop bool) {
 // pipeline's write context ends, and answers every job in it. After a
 // failure it writes the batch in parts (see batcher): part is the records
 // of the next attempt, halved after each failure down to one, doubled
-// after each success up to the whole batch.
-func (b *batcher) flush(batch []job) {
+// after each success up to the whole batch. acks[i] answers batch[i].
+func (b *batcher) flush(batch []sink.Record, acks []ack) {
 	m := b.p.m
 	part := len(batch)
 	fails := 0 // failures since the last write that succeeded at one record
 	for attempt := 0; len(batch) > 0; attempt++ {
 		n := min(part, len(batch))
-		b.recs = b.recs[:0]
-		for i := range batch[:n] {
-			b.recs = append(b.recs, batch[i].rec)
-		}
 		t0 := time.Now()
-		err := b.s.Write(b.p.writeCtx, b.recs)
+		err := b.s.Write(b.p.writeCtx, batch[:n])
 		m.sinkWrite.WithLabelValues(b.name).Observe(time.Since(t0).Seconds())
-		clear(b.recs)
 		if err == nil {
 			m.sinkBatch.WithLabelValues(b.name).Observe(float64(n))
 			m.delivered.WithLabelValues(b.name).Add(float64(n))
@@ -296,9 +298,10 @@ func (b *batcher) flush(batch []job) {
 				b.log.Info("sink back up", zap.Int("attempts", attempt+1))
 				b.p.sinkState(b.name, true, nil)
 			}
-			b.p.settle(batch[:n])
+			b.p.settle(acks[:n])
 			clear(batch[:n])
-			batch = batch[n:]
+			clear(acks[:n])
+			batch, acks = batch[n:], acks[n:]
 			part, fails = min(2*part, len(batch)), 0
 			part = max(part, 1)
 			continue
@@ -306,20 +309,20 @@ func (b *batcher) flush(batch []job) {
 		m.sinkErrors.WithLabelValues(b.name).Inc()
 		if errors.Is(err, sink.ErrBadRecord) {
 			if n == 1 {
-				answerAll(batch[:1], err)
-				batch = batch[1:]
+				answerAll(acks[:1], err)
+				batch, acks = batch[1:], acks[1:]
 				continue
 			}
 			// The sink checks the whole batch before writing any of it:
 			// find the records it refuses, write the others.
 			for i := range batch[:n] {
-				b.flush(batch[i : i+1])
+				b.flush(batch[i:i+1], acks[i:i+1])
 			}
-			batch = batch[n:]
+			batch, acks = batch[n:], acks[n:]
 			continue
 		}
 		if b.p.writeCtx.Err() != nil {
-			answerAll(batch, fmt.Errorf("pipeline: sink %s: gave up at shutdown: %w", b.name, err))
+			answerAll(acks, fmt.Errorf("pipeline: sink %s: gave up at shutdown: %w", b.name, err))
 			return
 		}
 		if !b.down {
@@ -341,19 +344,19 @@ func (b *batcher) flush(batch []job) {
 			wait = b.p.backoff(fails)
 			fails++
 		}
-		batch = dropAbandoned(batch)
-		if serr := b.sleep(batch, wait); serr != nil {
-			answerAll(batch, fmt.Errorf("pipeline: sink %s: gave up at shutdown: %w", b.name, err))
+		batch, acks = dropAbandoned(batch, acks)
+		if serr := b.sleep(acks, wait); serr != nil {
+			answerAll(acks, fmt.Errorf("pipeline: sink %s: gave up at shutdown: %w", b.name, err))
 			return
 		}
-		batch = dropAbandoned(batch)
+		batch, acks = dropAbandoned(batch, acks)
 	}
 }
 
 // sleep waits d before the next attempt, or less when the first record
 // still waited for is abandoned meanwhile (its delivery's context ended);
 // it fails only when the pipeline's write context ends.
-func (b *batcher) sleep(batch []job, d time.Duration) error {
+func (b *batcher) sleep(batch []ack, d time.Duration) error {
 	if len(batch) == 0 {
 		return nil
 	}
@@ -372,22 +375,24 @@ func (b *batcher) sleep(batch []job, d time.Duration) error {
 // dropAbandoned answers, and removes from a batch being retried, the jobs
 // whose delivery's context has ended: their messages will not be
 // acknowledged, so writing them is no longer owed.
-func dropAbandoned(batch []job) []job {
-	kept := batch[:0]
-	for _, j := range batch {
-		if err := j.d.ctx.Err(); err != nil {
-			j.d.answer(j.idx, fmt.Errorf("pipeline: waiting for the sinks: %w", err))
+func dropAbandoned(batch []sink.Record, acks []ack) ([]sink.Record, []ack) {
+	k := 0
+	for i, a := range acks {
+		if err := a.d.ctx.Err(); err != nil {
+			a.d.answer(a.idx, fmt.Errorf("pipeline: waiting for the sinks: %w", err))
 			continue
 		}
-		kept = append(kept, j)
+		batch[k], acks[k] = batch[i], a
+		k++
 	}
-	clear(batch[len(kept):])
-	return kept
+	clear(batch[k:])
+	clear(acks[k:])
+	return batch[:k], acks[:k]
 }
 
-func answerAll(batch []job, err error) {
-	for _, j := range batch {
-		j.d.answer(j.idx, err)
+func answerAll(acks []ack, err error) {
+	for _, a := range acks {
+		a.d.answer(a.idx, err)
 	}
 }
 
@@ -425,9 +430,9 @@ type ack struct {
 	idx int
 }
 
-// settle answers the jobs of a batch the sink holds (see settleChunk).
-// batch stays the caller's: the settlers get copies of (d, idx).
-func (p *Pipeline) settle(batch []job) {
+// settle answers the records of a batch the sink holds (see
+// settleChunk). batch stays the caller's: the settlers get copies.
+func (p *Pipeline) settle(batch []ack) {
 	for len(batch) >= settleMin {
 		n := min(len(batch), settleChunk)
 		cp, _ := p.acks.Get().(*[]ack)
@@ -435,11 +440,7 @@ func (p *Pipeline) settle(batch []job) {
 			c := make([]ack, 0, settleChunk)
 			cp = &c
 		}
-		c := (*cp)[:0]
-		for i := range batch[:n] {
-			c = append(c, ack{batch[i].d, batch[i].idx})
-		}
-		*cp = c
+		*cp = append((*cp)[:0], batch[:n]...)
 		select {
 		case p.settleq <- cp:
 		default:

@@ -44,7 +44,9 @@ type Record struct {
 // means none of the batch may be considered held; the caller retries the
 // whole batch, so sinks must tolerate repeats (records carry a stable ID).
 //
-// Write, Flush and Close are never called concurrently on one sink.
+// Write, Flush and Close are never called concurrently on one sink. Write
+// must neither modify batch nor keep it (or the slice) after it returns:
+// the pipeline hands over its own queue, which it reuses and retries from.
 type Sink interface {
 	Name() string
 	Write(ctx context.Context, batch []Record) error
