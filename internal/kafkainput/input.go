@@ -396,6 +396,15 @@ func (in *Input) poll() {
 	}
 }
 
+// byTPSet is the key set of m.
+func byTPSet(m map[tp]*partition) map[tp]bool {
+	out := make(map[tp]bool, len(m))
+	for k := range m {
+		out[k] = true
+	}
+	return out
+}
+
 // partition returns the state of a held partition, creating it when a
 // record comes for one the assignment did not announce (not expected).
 func (in *Input) partition(topic string, p int32) *partition {
@@ -654,7 +663,10 @@ func (in *Input) commit(ctx context.Context, only []*partition) error {
 	}
 	cl.CommitOffsetsSync(cctx, offsets, func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, resp *kmsg.OffsetCommitResponse, err error) {
 		if err != nil {
-			errs = append(errs, err)
+			// The whole request failed: name what it carried, so a
+			// commit error in the log says which partitions stayed
+			// uncommitted.
+			errs = append(errs, fmt.Errorf("%v: %w", byTopic(byTPSet(byTP)), err))
 			return
 		}
 		for _, t := range resp.Topics {

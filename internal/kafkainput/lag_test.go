@@ -2,10 +2,13 @@ package kafkainput
 
 import (
 	"context"
+	"errors"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -139,5 +142,34 @@ func TestLagOf(t *testing.T) {
 		if got != c.want || ok != c.ok {
 			t.Errorf("lagOf(%d, %d, %d) = %d, %v; want %d, %v", c.hwm, c.committed, c.logStart, got, ok, c.want, c.ok)
 		}
+	}
+}
+
+// TestCommitRequestErrorNamesPartitions: a commit whose whole request
+// fails (the coordinator's connection dropped, every retry too) returns an
+// error naming the partitions it carried, topic and numbers.
+func TestCommitRequestErrorNamesPartitions(t *testing.T) {
+	c := fakeCluster(t, 1)
+	produceFrom(t, c, 0, 3)
+	proc := newFakeProc(t, 0)
+	proc.anyOrder = true
+	in := newInput(t, c, proc, func(o *Options) { o.CommitInterval = time.Hour })
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = in.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	waitFor(t, 10*time.Second, "3 records done", func() bool { u, _ := proc.counts(); return u == 3 })
+	c.ControlKey(int16(kmsg.OffsetCommit), func(kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		return nil, errors.New("commit refused"), true
+	})
+	cctx, ccancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer ccancel()
+	err := in.commit(cctx, nil)
+	if err == nil || !strings.Contains(err.Error(), testTopic+":[0]") {
+		t.Fatalf("commit error %v does not name %s partition 0", err, testTopic)
+	}
+	if n := testutil.ToFloat64(in.m.commits.WithLabelValues("error")); n != 1 {
+		t.Errorf("commits_total{result=error} %v, want 1", n)
 	}
 }

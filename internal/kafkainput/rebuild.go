@@ -3,6 +3,7 @@ package kafkainput
 import (
 	"bytes"
 	"context"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -185,7 +186,8 @@ func (in *Input) rebuild(ctx context.Context, parts []rebuildPart) {
 	if len(short) > 0 {
 		in.m.rebuildTruncated.Add(float64(len(short)))
 		in.log.Warn("replay window rebuild stopped before the committed offset (timeout or revocation); repeats of the records not read back are not caught",
-			zap.Int("partitions", len(short)), zap.Int64("records", n.Load()), zap.Duration("took", time.Since(start)))
+			zap.Int("truncated", len(short)), zap.Any("partitions", byTopic(short)),
+			zap.Int64("records", n.Load()), zap.Duration("took", time.Since(start)))
 		return
 	}
 	in.log.Info("replay window rebuilt", zap.Int("partitions", len(parts)), zap.Int64("records", n.Load()), zap.Duration("took", time.Since(start)))
@@ -237,6 +239,20 @@ func (in *Input) rebuildStarts(ctx context.Context, rd *kgo.Client, parts []rebu
 		if p.start < p.end {
 			out = append(out, p)
 		}
+	}
+	return out
+}
+
+// byTopic lists a set of partitions as topic -> sorted partition numbers,
+// as the assignment logs do (no device ids: a log line may name
+// partitions, nothing of their records).
+func byTopic(set map[tp]bool) map[string][]int32 {
+	out := map[string][]int32{}
+	for k := range set {
+		out[k.topic] = append(out[k.topic], k.p)
+	}
+	for _, ps := range out {
+		slices.Sort(ps)
 	}
 	return out
 }
