@@ -143,15 +143,15 @@ func rotation() Board {
 }
 
 // kafka is the board of the Kafka input (input.type kafka): what an
-// operator of a consumer group watches. Lag is per partition held (the
-// high watermark of the replica's last fetch less its committed offset),
-// so it counts the records in flight too, and a replica that stopped
-// fetching shows it flat, not growing: read it with the commits.
+// operator of a consumer group watches. Lag is per partition held (its
+// high watermark, refreshed by the holder every 10 s even when it does not
+// fetch, less its committed offset or the log start offset), so it counts
+// the records in flight too: read it with the commits.
 func kafka() Board {
 	return Board{UID: "decryptd-kafka", Title: "decryptd / kafka input", File: "kafka.json",
 		Description: "The Kafka input (input.type kafka): lag by partition and replica, records in, commits, rebalances, the replay window rebuild on assignment, fetch errors and group membership. Source-neutral panels (records out, dead letters, latency) are on decryptd / overview.",
 		Panels: []Panel{
-			{Title: "Lag by partition", Unit: "short", Description: "Records of each partition not committed yet: the high watermark of the holder's last fetch less its committed offset (records in flight included). A holder that stopped fetching shows it flat (docs/runbooks.md#decryptdkafkalagnotdraining).",
+			{Title: "Lag by partition", Unit: "short", Description: "Records of each partition not committed yet: its high watermark (refreshed every 10 s) less its committed offset or log start (records in flight included); see docs/runbooks.md#decryptdkafkalagnotdraining.",
 				Queries: []Query{{`max by (topic, partition) (decryptd_kafka_partition_lag)`, "{{topic}}/{{partition}}"}}},
 			{Title: "Lag and in flight by replica", Unit: "short", Description: "The lag of the partitions each replica holds, beside the records it holds in flight (bounded by kafka.max_in_flight): lag well above in flight is backlog still in Kafka.",
 				Queries: []Query{{`sum by (instance) (decryptd_kafka_partition_lag)`, "lag {{instance}}"},

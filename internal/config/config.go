@@ -163,6 +163,12 @@ type Kafka struct {
 	// ReplayRebuildTimeout bounds one rebuild (default 30s; keep it below
 	// the group's rebalance timeout, 60s).
 	ReplayRebuildTimeout time.Duration `yaml:"replay_rebuild_timeout" json:"replay_rebuild_timeout"`
+	// ReplayRebuildWorkers is how many read-back records a rebuild
+	// remembers at once (default 64, 1-1024): each worker takes the
+	// devices its hash picks in offset order, so up to this many devices
+	// wait for a cold key's KMS round trip at once (the key cache's
+	// MaxConcurrentUnwraps still bounds the KMS calls themselves).
+	ReplayRebuildWorkers int `yaml:"replay_rebuild_workers" json:"replay_rebuild_workers"`
 	// SessionTimeout: a replica silent this long (killed, partitioned)
 	// loses its partitions to the others (default 45s, Kafka's).
 	SessionTimeout time.Duration `yaml:"session_timeout" json:"session_timeout"`
@@ -513,6 +519,7 @@ const (
 	DefaultKafkaCommitInterval       = time.Second
 	DefaultKafkaReplayLookback       = 100_000
 	DefaultKafkaReplayRebuildTimeout = 30 * time.Second
+	DefaultKafkaReplayRebuildWorkers = 64 // kafkainput.DefaultReplayRebuildWorkers
 	DefaultKafkaSessionTimeout       = 45 * time.Second
 	DefaultKafkaRebalanceTimeout     = 60 * time.Second
 )
@@ -718,6 +725,7 @@ func (c *Config) applyDefaults() {
 	setD(&k.CommitInterval, DefaultKafkaCommitInterval)
 	setI(&k.ReplayLookback, DefaultKafkaReplayLookback)
 	setD(&k.ReplayRebuildTimeout, DefaultKafkaReplayRebuildTimeout)
+	setI(&k.ReplayRebuildWorkers, DefaultKafkaReplayRebuildWorkers)
 	setD(&k.SessionTimeout, DefaultKafkaSessionTimeout)
 	setD(&k.RebalanceTimeout, DefaultKafkaRebalanceTimeout)
 

@@ -242,6 +242,9 @@ func (c *Config) validateKafka(ck *checker) {
 		ck.add("kafka.replay_lookback", "must be positive, got %d", k.ReplayLookback)
 	}
 	positive(ck, "kafka.replay_rebuild_timeout", k.ReplayRebuildTimeout)
+	if k.ReplayRebuildWorkers < 1 || k.ReplayRebuildWorkers > 1024 {
+		ck.add("kafka.replay_rebuild_workers", "want 1-1024, got %d", k.ReplayRebuildWorkers)
+	}
 	if k.SessionTimeout < time.Second {
 		ck.add("kafka.session_timeout", "want at least 1s, got %s", k.SessionTimeout)
 	}

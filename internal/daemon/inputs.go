@@ -100,8 +100,8 @@ func newKafkaInput(o Options, proc intake.Processor, dec *decrypt.Decryptor) (*k
 		MaxInFlight:  k.MaxInFlight, MaxInFlightBytes: k.MaxInFlightBytes, Workers: k.Workers,
 		CommitInterval: k.CommitInterval,
 		Window:         win, ReplayLookback: k.ReplayLookback, ReplayMaxAge: o.Config.Decrypt.ReplayWindowAge,
-		ReplayRebuildTimeout: k.ReplayRebuildTimeout,
-		SessionTimeout:       k.SessionTimeout, RebalanceTimeout: k.RebalanceTimeout,
+		ReplayRebuildTimeout: k.ReplayRebuildTimeout, ReplayRebuildWorkers: k.ReplayRebuildWorkers,
+		SessionTimeout: k.SessionTimeout, RebalanceTimeout: k.RebalanceTimeout,
 		ShutdownTimeout: o.Config.ShutdownTimeout,
 		Logger:          o.Logger, Registerer: o.Registry,
 	}, proc)

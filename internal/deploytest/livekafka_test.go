@@ -13,12 +13,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/decryptd/decryptd/internal/audit"
 	"github.com/decryptd/decryptd/internal/config"
 	"github.com/decryptd/decryptd/internal/daemon"
-	"github.com/decryptd/decryptd/internal/keyops"
-	"github.com/decryptd/decryptd/internal/kms/local"
-	"github.com/decryptd/decryptd/internal/registry/filestore"
 	"github.com/decryptd/decryptd/internal/seal"
 )
 
@@ -54,16 +50,7 @@ func runKafkaDaemon(t *testing.T) *liveRun {
 	ctx, cancel := context.WithTimeout(context.Background(), kafkaRunFor+60*time.Second)
 	defer cancel()
 
-	lp, err := local.Create(filepath.Join(dir, "root-key.json"), "deploytest-root")
-	check(ft, err)
-	regPath := filepath.Join(dir, "registry.json")
-	store, err := filestore.Open(ctx, regPath, filestore.WithoutFSNotify())
-	check(ft, err)
-	defer store.Close()
-	aw, err := audit.Open(ctx, filepath.Join(dir, "dekctl-audit.log"), audit.WithActor("dekctl"))
-	check(ft, err)
-	ops, err := keyops.New(keyops.Options{KMS: lp, Roots: lp, Registry: store, Audit: aw})
-	check(ft, err)
+	ops, aw, regPath := openKeys(ctx, ft, dir, nil)
 	var devs []*device
 	for i := range 5 {
 		devs = append(devs, provisionDevice(ctx, ft, ops, fmt.Sprintf("meter-%d", i+1)))

@@ -83,20 +83,11 @@ func runDaemon(t *testing.T) *liveRun {
 	ctx, cancel := context.WithTimeout(context.Background(), runFor+60*time.Second)
 	defer cancel()
 
-	lp, err := local.Create(filepath.Join(dir, "root-key.json"), "deploytest-root")
-	check(ft, err)
-	regPath := filepath.Join(dir, "registry.json")
-	store, err := filestore.Open(ctx, regPath, filestore.WithoutFSNotify())
-	check(ft, err)
-	defer store.Close()
-	aw, err := audit.Open(ctx, filepath.Join(dir, "dekctl-audit.log"), audit.WithActor("dekctl"))
-	check(ft, err)
 	// The keys become due (one hour old under a max age of one hour) a few
 	// seconds into the run, so the scrapes see the rotations start.
 	born := time.Now().Add(-time.Hour + rotationAfter)
-	past := func() time.Time { return born }
-	ops, err := keyops.New(keyops.Options{KMS: lp, Roots: lp, Registry: store, Audit: aw, Now: past})
-	check(ft, err)
+	ops, aw, regPath := openKeys(ctx, ft, dir, func() time.Time { return born })
+	var err error
 
 	// Devices: four that follow rekeys, one that never listens, one whose
 	// key is revoked.
@@ -416,6 +407,24 @@ type device struct {
 	mu      sync.Mutex
 	keys    map[string]cipher.AEAD
 	current string
+}
+
+// openKeys is what dekctl holds for a live run in dir: a local root key
+// (root-key.json), a file registry (registry.json, whose path it returns,
+// closed with the test) and dekctl's audit log, which the caller closes
+// once the fleet is provisioned. now is keyops' clock (nil: time.Now).
+func openKeys(ctx context.Context, ft *testing.T, dir string, now func() time.Time) (*keyops.Ops, *audit.Writer, string) {
+	lp, err := local.Create(filepath.Join(dir, "root-key.json"), "deploytest-root")
+	check(ft, err)
+	regPath := filepath.Join(dir, "registry.json")
+	store, err := filestore.Open(ctx, regPath, filestore.WithoutFSNotify())
+	check(ft, err)
+	ft.Cleanup(func() { store.Close() })
+	aw, err := audit.Open(ctx, filepath.Join(dir, "dekctl-audit.log"), audit.WithActor("dekctl"))
+	check(ft, err)
+	ops, err := keyops.New(keyops.Options{KMS: lp, Roots: lp, Registry: store, Audit: aw, Now: now})
+	check(ft, err)
+	return ops, aw, regPath
 }
 
 func provisionDevice(ctx context.Context, ft *testing.T, ops *keyops.Ops, id string) *device {

@@ -112,6 +112,14 @@
 // decryptd_inflight_messages as the MQTT input has it. Nothing logs or
 // exports payloads; logs carry partition numbers, never device ids.
 //
+// The lag is the partition's high watermark less the first offset still
+// to read: the committed offset, or the log start offset when the
+// partition has no commit or that is higher (records expired). The high
+// watermark comes from each fetch and, every 10 s, from a ListOffsets
+// (latest and earliest) on the group client for every held partition, so
+// a holder that fetches nothing (its in-flight bound full) still shows
+// its lag rising while records are produced.
+//
 // Ready is true once the group is joined (a replica holding no partition
 // is ready too; one rebuilding a partition's window is, as it consumes
 // the others meanwhile) and while fetches do not fail and a broker answers

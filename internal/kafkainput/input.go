@@ -91,6 +91,9 @@ type Input struct {
 	// tests, turns commits off (a replica that dies without committing).
 	commitHook func(topic string, partition int32, offset int64)
 	noCommit   atomic.Bool
+	// refreshEvery: how often held partitions' offsets are refreshed
+	// (offsetsRefreshInterval; tests shorten it before Run).
+	refreshEvery time.Duration
 }
 
 // tp names a partition.
@@ -118,7 +121,11 @@ type partition struct {
 	// previous holder (its commit metadata said it had received them).
 	redeliverBelow int64
 	committed      atomic.Int64
-	hwm            atomic.Int64
+	// hwm: the high watermark, from the last fetch or the periodic
+	// refresh, whichever is higher (-1: unknown). logStart: the log start
+	// offset from the refresh (-1: unknown).
+	hwm      atomic.Int64
+	logStart atomic.Int64
 }
 
 // New makes an Input that hands its messages to proc. It connects only
@@ -142,6 +149,7 @@ func New(o Options, proc intake.Processor) (*Input, error) {
 		mapper: newMapper(o.TopicFrom, o.TopicHeader, o.TopicTemplate), pattern: tpat,
 		clOpts: o.ClientOptions, parts: map[tp]*partition{}, prevReceived: map[tp]int64{},
 		pollDone: make(chan struct{}), quit: make(chan struct{}), shutdownDone: make(chan struct{}),
+		refreshEvery: offsetsRefreshInterval,
 	}
 	in.flightCond = sync.NewCond(&in.flightMu)
 	in.pollCtx, in.pollCancel = context.WithCancel(context.Background())
@@ -216,9 +224,10 @@ func (in *Input) Run(ctx context.Context) error {
 		in.wg.Add(1)
 		go in.work(q)
 	}
-	in.wg.Add(2)
+	in.wg.Add(3)
 	go in.committer()
 	go in.pinger()
+	go in.offsetsRefresher()
 	go in.poll()
 	in.runMu.Unlock()
 	select {
@@ -358,13 +367,13 @@ func (in *Input) poll() {
 			if len(ftp.Records) == 0 {
 				in.mu.Lock()
 				if p := in.parts[tp{ftp.Topic, ftp.Partition}]; p != nil && ftp.HighWatermark >= 0 {
-					p.hwm.Store(ftp.HighWatermark)
+					p.storeHWM(ftp.HighWatermark)
 				}
 				in.mu.Unlock()
 				return
 			}
 			p := in.partition(ftp.Topic, ftp.Partition)
-			p.hwm.Store(ftp.HighWatermark)
+			p.storeHWM(ftp.HighWatermark)
 			got += len(ftp.Records)
 			in.admit(p, ftp.Records, now)
 		})
@@ -387,6 +396,15 @@ func (in *Input) poll() {
 	}
 }
 
+// byTPSet is the key set of m.
+func byTPSet(m map[tp]*partition) map[tp]bool {
+	out := make(map[tp]bool, len(m))
+	for k := range m {
+		out[k] = true
+	}
+	return out
+}
+
 // partition returns the state of a held partition, creating it when a
 // record comes for one the assignment did not announce (not expected).
 func (in *Input) partition(topic string, p int32) *partition {
@@ -405,6 +423,7 @@ func newPartition(k tp, committed, prevReceived int64) *partition {
 	p := &partition{tp: k, tr: newTracker(committed), received: -1, redeliverBelow: prevReceived}
 	p.committed.Store(committed)
 	p.hwm.Store(-1)
+	p.logStart.Store(-1)
 	return p
 }
 
@@ -644,7 +663,10 @@ func (in *Input) commit(ctx context.Context, only []*partition) error {
 	}
 	cl.CommitOffsetsSync(cctx, offsets, func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, resp *kmsg.OffsetCommitResponse, err error) {
 		if err != nil {
-			errs = append(errs, err)
+			// The whole request failed: name what it carried, so a
+			// commit error in the log says which partitions stayed
+			// uncommitted.
+			errs = append(errs, fmt.Errorf("%v: %w", byTopic(byTPSet(byTP)), err))
 			return
 		}
 		for _, t := range resp.Topics {

@@ -21,7 +21,7 @@ type metrics struct {
 
 var (
 	lagDesc = prometheus.NewDesc("decryptd_kafka_partition_lag",
-		"Records of a partition this replica holds that are not committed yet: the high watermark of its last fetch less its committed offset.",
+		"Records of a partition this replica holds that are not committed yet: its high watermark (from its last fetch, refreshed every 10 s while it fetches nothing) less its committed offset, or its log start offset when it has no commit or that is higher.",
 		[]string{"topic", "partition"}, nil)
 	committedDesc = prometheus.NewDesc("decryptd_kafka_committed_offset",
 		"The offset last committed for a partition this replica holds (-1: none yet).",
@@ -117,8 +117,8 @@ func (c partitionCollector) Collect(ch chan<- prometheus.Metric) {
 		num := strconv.Itoa(int(p.p))
 		committed := p.committed.Load()
 		ch <- prometheus.MustNewConstMetric(committedDesc, prometheus.GaugeValue, float64(committed), p.topic, num)
-		if hwm := p.hwm.Load(); hwm >= 0 {
-			ch <- prometheus.MustNewConstMetric(lagDesc, prometheus.GaugeValue, float64(max(hwm-max(committed, 0), 0)), p.topic, num)
+		if lag, ok := lagOf(p.hwm.Load(), committed, p.logStart.Load()); ok {
+			ch <- prometheus.MustNewConstMetric(lagDesc, prometheus.GaugeValue, float64(lag), p.topic, num)
 		}
 	}
 }

@@ -3,14 +3,14 @@ package kafkainput
 import (
 	"bytes"
 	"context"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
-	"github.com/twmb/franz-go/pkg/kmsg"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"golang.org/x/sync/semaphore"
 
 	"github.com/decryptd/decryptd/internal/intake"
@@ -186,7 +186,8 @@ func (in *Input) rebuild(ctx context.Context, parts []rebuildPart) {
 	if len(short) > 0 {
 		in.m.rebuildTruncated.Add(float64(len(short)))
 		in.log.Warn("replay window rebuild stopped before the committed offset (timeout or revocation); repeats of the records not read back are not caught",
-			zap.Int("partitions", len(short)), zap.Int64("records", n.Load()), zap.Duration("took", time.Since(start)))
+			zap.Int("truncated", len(short)), zap.Any("partitions", byTopic(short)),
+			zap.Int64("records", n.Load()), zap.Duration("took", time.Since(start)))
 		return
 	}
 	in.log.Info("replay window rebuilt", zap.Int("partitions", len(parts)), zap.Int64("records", n.Load()), zap.Duration("took", time.Since(start)))
@@ -218,41 +219,11 @@ func (in *Input) remember(ctx context.Context, m intake.Message) bool {
 // is not before since (ListOffsets by time), raised to end -
 // ReplayLookback. A part with nothing to read is dropped.
 func (in *Input) rebuildStarts(ctx context.Context, rd *kgo.Client, parts []rebuildPart, since time.Time) []rebuildPart {
-	req := kmsg.NewPtrListOffsetsRequest()
-	req.ReplicaID = -1
-	byTopic := map[string]int{}
-	for _, p := range parts {
-		i, ok := byTopic[p.topic]
-		if !ok {
-			i = len(req.Topics)
-			byTopic[p.topic] = i
-			rt := kmsg.NewListOffsetsRequestTopic()
-			rt.Topic = p.topic
-			req.Topics = append(req.Topics, rt)
-		}
-		rp := kmsg.NewListOffsetsRequestTopicPartition()
-		rp.Partition = p.p
-		rp.CurrentLeaderEpoch = -1
-		rp.Timestamp = since.UnixMilli()
-		req.Topics[i].Partitions = append(req.Topics[i].Partitions, rp)
+	keys := make([]tp, len(parts))
+	for i, p := range parts {
+		keys[i] = p.tp
 	}
-	byTime := map[tp]int64{}
-	for _, sh := range rd.RequestSharded(ctx, req) {
-		if sh.Err != nil {
-			in.log.Warn("replay window rebuild: list offsets", zap.Error(sh.Err))
-			continue
-		}
-		resp := sh.Resp.(*kmsg.ListOffsetsResponse)
-		for _, t := range resp.Topics {
-			for _, rp := range t.Partitions {
-				if err := kerr.ErrorForCode(rp.ErrorCode); err != nil {
-					in.log.Warn("replay window rebuild: list offsets", zap.String("topic", t.Topic), zap.Int32("partition", rp.Partition), zap.Error(err))
-					continue
-				}
-				byTime[tp{t.Topic, rp.Partition}] = rp.Offset
-			}
-		}
-	}
+	byTime := in.listOffsets(ctx, rd, keys, since.UnixMilli(), zapcore.WarnLevel)
 	out := parts[:0]
 	for _, p := range parts {
 		s, ok := byTime[p.tp]
@@ -268,6 +239,20 @@ func (in *Input) rebuildStarts(ctx context.Context, rd *kgo.Client, parts []rebu
 		if p.start < p.end {
 			out = append(out, p)
 		}
+	}
+	return out
+}
+
+// byTopic lists a set of partitions as topic -> sorted partition numbers,
+// as the assignment logs do (no device ids: a log line may name
+// partitions, nothing of their records).
+func byTopic(set map[tp]bool) map[string][]int32 {
+	out := map[string][]int32{}
+	for k := range set {
+		out[k.topic] = append(out[k.topic], k.p)
+	}
+	for _, ps := range out {
+		slices.Sort(ps)
 	}
 	return out
 }

@@ -4,12 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/decryptd/decryptd/internal/intake"
 )
@@ -105,7 +109,7 @@ func (w *coldKeyWindow) counts() (records, loads, faults, devices int) {
 // coldRebuild produces parts partitions of perPart records over devices
 // devices each and rebuilds all of them (committed offset: their end)
 // into a fresh coldKeyWindow; it returns the window and the input.
-func coldRebuild(t testing.TB, parts int32, perPart, devices, workers int, delay, timeout time.Duration, failEvery, kms int) (*coldKeyWindow, *Input) {
+func coldRebuild(t testing.TB, parts int32, perPart, devices, workers int, delay, timeout time.Duration, failEvery, kms int, mods ...func(*Options)) (*coldKeyWindow, *Input) {
 	c := fakeCluster(t, parts)
 	produce(t, c, parts, perPart, devices)
 	win := newColdKeyWindow(t, delay, failEvery)
@@ -116,6 +120,9 @@ func coldRebuild(t testing.TB, parts int32, perPart, devices, workers int, delay
 		o.Window = win
 		o.ReplayRebuildWorkers = workers
 		o.ReplayRebuildTimeout = timeout
+		for _, m := range mods {
+			m(o)
+		}
 	})
 	var rp []rebuildPart
 	for p := range parts {
@@ -158,10 +165,26 @@ func TestRebuildColdKeysConcurrent(t *testing.T) {
 // against.
 func TestRebuildColdKeysSerialTruncates(t *testing.T) {
 	const parts, perPart, devices = 4, 750, 250
-	win, in := coldRebuild(t, parts, perPart, devices, 1, 25*time.Millisecond, time.Second, 0, 16)
+	core, logs := observer.New(zap.WarnLevel)
+	win, in := coldRebuild(t, parts, perPart, devices, 1, 25*time.Millisecond, time.Second, 0, 16,
+		func(o *Options) { o.Logger = zap.New(core) })
 	records, _, _, _ := win.counts()
-	if tr := testutil.ToFloat64(in.m.rebuildTruncated); tr == 0 {
+	tr := testutil.ToFloat64(in.m.rebuildTruncated)
+	if tr == 0 {
 		t.Fatalf("a serial rebuild of 1,000 cold keys fit in 1 s (%d records)", records)
+	}
+	// The warning names the partitions truncated (topic and numbers,
+	// as many as counted) and nothing of their records.
+	warns := logs.FilterMessageSnippet("replay window rebuild stopped").All()
+	if len(warns) != 1 {
+		t.Fatalf("%d truncation warnings, want 1", len(warns))
+	}
+	named, _ := warns[0].ContextMap()["partitions"].(map[string][]int32)
+	if ps := named[testTopic]; len(named) != 1 || float64(len(ps)) != tr || !slices.IsSorted(ps) || ps[0] < 0 || ps[len(ps)-1] >= parts {
+		t.Errorf("warning names partitions %v; want the %v truncated of %s, sorted", named, tr, testTopic)
+	}
+	if line := fmt.Sprint(warns[0].ContextMap()); strings.Contains(line, "dev/") {
+		t.Errorf("warning carries record data: %s", line)
 	}
 	if records >= parts*perPart {
 		t.Fatalf("remembered all %d records, yet truncated", records)

@@ -39,6 +39,14 @@ const (
 	mib = 1 << 20
 )
 
+// kafkaInput edits the base configuration to input.type kafka, with
+// keys added to its kafka section.
+func kafkaInput(keys string) func(string) string {
+	return func(s string) string {
+		return "input: {type: kafka}\nkafka: {brokers: ['b:9093'], topics: [t], allow_plaintext: true" + keys + "}\n" + s[strings.Index(s, "kms:"):]
+	}
+}
+
 func TestTerms(t *testing.T) {
 	cases := []struct {
 		name string
@@ -82,10 +90,7 @@ func TestTerms(t *testing.T) {
 			Batches: (3 + 2 + 1) * 4 * mib,
 			Cache:   1000 * 1536, Replay: 10000 * 64,
 		}},
-		{"kafka input: its bounds and fetch responses, no MQTT reading", func(s string) string {
-			s = s[strings.Index(s, "kms:"):]
-			return "input: {type: kafka}\nkafka: {brokers: ['b:9093'], topics: [t], allow_plaintext: true}\n" + s
-		}, membudget.Terms{
+		{"kafka input: its bounds and fetch responses, no MQTT reading", kafkaInput(""), membudget.Terms{
 			// The defaults: 8,192 records, 64 MiB of values; 4 fetch
 			// responses of 8 MiB (an eighth of the bound), 3 copies each,
 			// for the group client and the rebuild's reader, and 8 MiB of
@@ -93,17 +98,11 @@ func TestTerms(t *testing.T) {
 			Base: 64 * mib, InFlight: (64*mib + 8192*2*kib) * 3, Reading: 2*3*4*8*mib + 8*mib,
 			Batches: 8 * mib, Cache: 1000 * 1536, Replay: 10000 * 64,
 		}},
-		{"kafka input: a small byte bound, small fetches", func(s string) string {
-			s = s[strings.Index(s, "kms:"):]
-			return "input: {type: kafka}\nkafka: {brokers: ['b:9093'], topics: [t], allow_plaintext: true, max_in_flight: 100, max_in_flight_bytes: 1048576}\n" + s
-		}, membudget.Terms{
+		{"kafka input: a small byte bound, small fetches", kafkaInput(", max_in_flight: 100, max_in_flight_bytes: 1048576"), membudget.Terms{
 			Base: 64 * mib, InFlight: (1*mib + 100*2*kib) * 3, Reading: 2*3*4*128*kib + 128*kib,
 			Batches: 8 * mib, Cache: 1000 * 1536, Replay: 10000 * 64,
 		}},
-		{"kafka input: the count binds", func(s string) string {
-			s = s[strings.Index(s, "kms:"):]
-			return "input: {type: kafka}\nkafka: {brokers: ['b:9093'], topics: [t], allow_plaintext: true, max_in_flight: 10}\n" + s
-		}, membudget.Terms{
+		{"kafka input: the count binds", kafkaInput(", max_in_flight: 10"), membudget.Terms{
 			Base: 64 * mib, InFlight: 10 * (256*kib + 2*kib) * 3, Reading: 2*3*4*8*mib + 8*mib,
 			Batches: 8 * mib, Cache: 1000 * 1536, Replay: 10000 * 64,
 		}},
