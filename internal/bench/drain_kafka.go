@@ -264,8 +264,9 @@ func produceKafkaBacklog(ctx context.Context, brokers []string, f *fleet.Fleet, 
 // auto-commit every second and once more at the end. The transport's own
 // limit. It reads committed records only, as decryptd's input does (a
 // bridge that produces in transactions must not have its aborted records
-// decrypted): like with like, since serving read_committed fetches costs
-// the broker more (kfake here: about 1.3 µs more CPU per record, 45 %).
+// decrypted): like with like, since the isolation level changes the
+// broker's fetch work (how much, for kfake, was within this machine's
+// noise: BENCHMARKS.md).
 func drainKafkaBare(ctx context.Context, brokers []string, group string, n int, progress io.Writer, label string) (*KafkaDrainRun, error) {
 	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumerGroup(group), kgo.ConsumeTopics(kafkaTopic),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.Balancers(kgo.CooperativeStickyBalancer()),
