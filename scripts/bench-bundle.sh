@@ -56,8 +56,9 @@ exec "$here/decryptd-bench" -mosquitto "$here/bin/mosquitto" -mosquitto-sub "$he
 RUN
 cat > "$dir/many-core.sh" <<'MANY'
 #!/usr/bin/env bash
-# The prepared many-core run (issues 15 and 17): about 6 minutes on 16
-# CPUs. OUTDIR gets each part's JSON and log, then OUTDIR.tar.gz.
+# The prepared many-core run (issues 15 and 17; not timed end to end:
+# several minutes on 16 CPUs). OUTDIR gets each part's JSON and log, then
+# OUTDIR.tar.gz.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=${1:?usage: many-core.sh OUTDIR}
