@@ -27,10 +27,22 @@ func URL(s string) string {
 		}
 		return s
 	}
-	return redactParsed(u)
+	if r := redactParsed(u); r != "" {
+		return r
+	}
+	return s
 }
 
+// redactParsed returns u with what it hides replaced, or "" when it holds
+// nothing to hide (the caller then keeps the text as it was: url.URL's
+// String normalizes, "A://)#" to "a://)", and a redaction that rewrites
+// clean text would not give the same text when applied again).
 func redactParsed(u *url.URL) string {
+	_, hasPassword := u.User.Password()
+	if !hasPassword && (u.User == nil || (u.Scheme != "http" && u.Scheme != "https")) &&
+		u.RawQuery == "" && !u.ForceQuery && u.Fragment == "" && u.RawFragment == "" {
+		return ""
+	}
 	c := *u
 	if c.User != nil {
 		name := c.User.Username()
