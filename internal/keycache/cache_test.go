@@ -818,7 +818,11 @@ func TestRealClock(t *testing.T) {
 // waits StaleWait, not the whole KMS timeout, and is served stale; a
 // revocation during the wait is still honoured.
 func TestIdleExpiredKeyDuringKMSHang(t *testing.T) {
-	const unwrapTimeout = 2 * time.Second
+	// Far above StaleWait (50 ms), so that the two paths cannot be
+	// confused, and long enough that a lookup goroutine kept off the CPU
+	// for a few seconds (the race detector on a loaded 2-CPU CI machine
+	// did once, past a 2 s timeout) still sees StaleWait fire first.
+	const unwrapTimeout = 10 * time.Second
 	e := newEnv(t, func(o *Options) { o.StaleWait = 50 * time.Millisecond; o.UnwrapTimeout = unwrapTimeout })
 	e.startRun(t)
 	key := e.addKey("group/idle", "v1", dev)
