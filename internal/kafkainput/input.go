@@ -171,15 +171,9 @@ func New(o Options, proc intake.Processor) (*Input, error) {
 		// being handed out: a revocation then sees every record of the
 		// partition already in flight.
 		kgo.BlockRebalanceOnPoll(),
-		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
-		// What the client holds beside the records in flight: at most
-		// ConcurrentFetches fetch responses (in flight or buffered while
-		// polling waits), each at most FetchMaxBytes; membudget counts
-		// them. Without the cap it is one per broker, however many the
-		// cluster has.
-		kgo.MaxConcurrentFetches(ConcurrentFetches),
-		kgo.FetchMaxBytes(FetchMaxBytes(o.MaxInFlightBytes)),
-		kgo.FetchMaxPartitionBytes(min(FetchMaxBytes(o.MaxInFlightBytes), 1<<20)),
+	)
+	opts = append(opts, fetchOpts(o.MaxInFlightBytes)...)
+	opts = append(opts,
 		// A partition without a commit starts at its beginning: a new
 		// group reads the backlog rather than skipping it.
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),

@@ -29,6 +29,22 @@ func FetchMaxBytes(maxInFlightBytes int) int32 {
 	return int32(max(min(maxInFlightBytes/8, 8<<20), 64<<10))
 }
 
+// fetchOpts are the fetch options of the group client and of the replay
+// rebuild's reader: committed records only, and what a client holds beside
+// the records in flight bounded: at most ConcurrentFetches fetch responses
+// (in flight or buffered while polling waits), each at most FetchMaxBytes;
+// membudget counts them. Without the cap it is one per broker, however
+// many the cluster has.
+func fetchOpts(maxInFlightBytes int) []kgo.Opt {
+	fetch := FetchMaxBytes(maxInFlightBytes)
+	return []kgo.Opt{
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		kgo.MaxConcurrentFetches(ConcurrentFetches),
+		kgo.FetchMaxBytes(fetch),
+		kgo.FetchMaxPartitionBytes(min(fetch, 1<<20)),
+	}
+}
+
 // Defaults applied by New to zero-valued Options fields.
 const (
 	DefaultGroup                = "decryptd"

@@ -67,13 +67,9 @@ func (in *Input) rebuild(ctx context.Context, parts []rebuildPart) {
 	start := time.Now()
 	since := start.Add(-in.o.ReplayMaxAge)
 	opts := append([]kgo.Opt{}, in.clOpts...)
-	opts = append(opts, kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
-		// The reader's fetch responses are bounded as the group
-		// client's are (not per broker, at most an eighth of the
-		// in-flight byte bound each).
-		kgo.MaxConcurrentFetches(ConcurrentFetches),
-		kgo.FetchMaxBytes(FetchMaxBytes(in.o.MaxInFlightBytes)),
-		kgo.FetchMaxPartitionBytes(min(FetchMaxBytes(in.o.MaxInFlightBytes), 1<<20)))
+	// The reader reads and bounds its fetches as the group client does.
+	opts = append(opts, fetchOpts(in.o.MaxInFlightBytes)...)
+	opts = append(opts, kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
 	rd, err := kgo.NewClient(opts...)
 	if err != nil {
 		in.log.Error("replay window rebuild: reader", zap.Error(err))
