@@ -111,10 +111,34 @@ func DSN(s string) string {
 }
 
 // Text redacts every URL, query pair and key=value password in s.
+//
+// Text is idempotent: its result is a fixed point of the three rewrites
+// below. One pass is not always one (a pass can expose a pair or a URL
+// that an earlier rewrite in the same pass had matched differently, as
+// "&A://:=:0" shows), so the passes repeat until nothing changes. Every
+// pass only hides, never restores, so repeating never weakens the
+// redaction; text that has not settled after maxPasses (none is known) is
+// replaced whole, which is a fixed point too.
 func Text(s string) string {
 	if !strings.ContainsAny(s, ":?&=") {
 		return s // fast path: nothing that could hold one
 	}
+	for range maxPasses {
+		next := textPass(s)
+		if next == s {
+			return s
+		}
+		s = next
+	}
+	return "<" + Mark + ": text that would not settle>"
+}
+
+// maxPasses bounds Text's repetitions; real log text settles in one or
+// two.
+const maxPasses = 8
+
+// textPass is one pass of Text's three rewrites.
+func textPass(s string) string {
 	s = urlInText.ReplaceAllStringFunc(s, func(m string) string {
 		// A trailing sentence mark is not part of the URL.
 		trail := ""
