@@ -8,7 +8,8 @@
 // and KMS of the daemon's --config, audited), prints progress every second
 // on stderr and a summary at the end (--json for machines). --backlog N
 // publishes N messages as fast as the broker takes them, for the drain
-// benchmark.
+// benchmark. With --config, the DECRYPTD_* overrides apply as for the
+// daemon, and one that sets no key is refused as the daemon refuses it.
 //
 // This file set holds flags and wiring only; the simulator is package
 // internal/fleet.

@@ -33,7 +33,7 @@ const (
 	exitUsage  = 2
 )
 
-func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr, os.LookupEnv)) }
+func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr, os.LookupEnv, os.Environ)) }
 
 const usageText = `telemsim: simulates a fleet of devices sending encrypted telemetry
 (envelope v1) to decryptd over MQTT with mutual TLS.
@@ -160,7 +160,11 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 // runs reports whether any flag asks for sending messages.
 func (o *options) runs() bool { return o.count > 0 || o.duration > 0 || o.backlog > 0 }
 
-func run(args []string, stdout, stderr io.Writer, env func(string) (string, bool)) int {
+// run is telemsim. env reads the DECRYPTD_* overrides of --config;
+// environ, when not nil, lists the environment so that a DECRYPTD_*
+// variable that sets no key is refused (config.CheckEnv), as decryptd and
+// dekctl refuse it: a misspelt override must not go unnoticed.
+func run(args []string, stdout, stderr io.Writer, env func(string) (string, bool), environ func() []string) int {
 	o, err := parseFlags(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		fmt.Fprint(stdout, usageText)
@@ -178,19 +182,24 @@ func run(args []string, stdout, stderr io.Writer, env func(string) (string, bool
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	code, err := simulate(ctx, o, stdout, stderr, env)
+	code, err := simulate(ctx, o, stdout, stderr, env, environ)
 	if err != nil {
 		fmt.Fprintf(stderr, "telemsim: %v\n", redact.Error(err))
 	}
 	return code
 }
 
-func simulate(ctx context.Context, o *options, stdout, stderr io.Writer, env func(string) (string, bool)) (int, error) {
+func simulate(ctx context.Context, o *options, stdout, stderr io.Writer, env func(string) (string, bool), environ func() []string) (int, error) {
 	var cfg *config.Config
 	if o.configPath != "" {
 		var err error
 		if cfg, err = config.Load(o.configPath, env); err != nil {
 			return exitFailed, err
+		}
+		if environ != nil {
+			if err := config.CheckEnv(environ(), cfg); err != nil {
+				return exitFailed, err
+			}
 		}
 	}
 	progress := !o.quiet

@@ -72,7 +72,7 @@ func TestProvisionAndRun(t *testing.T) {
 
 	var stdout, stderr bytes.Buffer
 	code := run([]string{"--config", cfg, "--provision", "40", "--group-size", "4", "--credentials", creds,
-		"--count", "400", "--rate", "300", "--bad", "tampered=0.1,replay=0.05", "--seed", "5", "--json"}, &stdout, &stderr, noEnv)
+		"--count", "400", "--rate", "300", "--bad", "tampered=0.1,replay=0.05", "--seed", "5", "--json"}, &stdout, &stderr, noEnv, nil)
 	if code != exitOK {
 		t.Fatalf("exit %d, stderr:\n%s", code, stderr.String())
 	}
@@ -104,7 +104,7 @@ func TestProvisionAndRun(t *testing.T) {
 	stdout.Reset()
 	stderr.Reset()
 	code = run([]string{"--credentials", creds, "--devices", "20", "--broker", b.SSLURL, "--ca", client.CA, "--cert", client.Cert, "--key", client.Key,
-		"--backlog", "300", "--connections", "2"}, &stdout, &stderr, noEnv)
+		"--backlog", "300", "--connections", "2"}, &stdout, &stderr, noEnv, nil)
 	if code != exitOK {
 		t.Fatalf("exit %d, stderr:\n%s", code, stderr.String())
 	}
@@ -130,7 +130,7 @@ func TestUsage(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var stdout, stderr bytes.Buffer
-			if code := run(tt.args, &stdout, &stderr, noEnv); code != exitUsage {
+			if code := run(tt.args, &stdout, &stderr, noEnv, nil); code != exitUsage {
 				t.Fatalf("exit %d, want %d; stderr:\n%s", code, exitUsage, stderr.String())
 			}
 			if !strings.Contains(stderr.String(), tt.want) {
@@ -156,7 +156,7 @@ func TestHelpVersionUsage(t *testing.T) {
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			var out, errOut bytes.Buffer
-			code := run(tc.args, &out, &errOut, noEnv)
+			code := run(tc.args, &out, &errOut, noEnv, nil)
 			if code != tc.code {
 				t.Fatalf("exit %d, want %d; stdout %q stderr %q", code, tc.code, out.String(), errOut.String())
 			}
@@ -180,6 +180,34 @@ func TestByReason(t *testing.T) {
 	} {
 		if got := byReason(tc.in); got != tc.want {
 			t.Errorf("byReason(%v) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+// TestUnknownVariable: telemsim, like decryptd and dekctl, refuses a
+// DECRYPTD_* variable that sets no configuration key, before it provisions
+// or sends anything.
+func TestUnknownVariable(t *testing.T) {
+	b := mosquittotest.Start(t, mosquittotest.Options{})
+	dir := t.TempDir()
+	cfg := writeConfig(t, b, dir)
+	creds := filepath.Join(dir, "fleet.jsonl")
+	for _, tc := range []struct {
+		environ  []string
+		wantCode int
+		wantErr  string
+	}{
+		{[]string{"DECRYPTD_REGISTRY_PTH=x"}, exitFailed, "DECRYPTD_REGISTRY_PTH: sets no configuration key; did you mean DECRYPTD_REGISTRY_PATH?"},
+		{[]string{"DECRYPTD_REGISTRY_PATH=registry.json", "DECRYPTD_TEST_PG_DSN=x", "HOME=/root"}, exitOK, ""},
+	} {
+		var out, errOut bytes.Buffer
+		code := run([]string{"--config", cfg, "--provision", "2", "--credentials", creds, "--quiet"}, &out, &errOut, noEnv,
+			func() []string { return tc.environ })
+		if code != tc.wantCode || !strings.Contains(errOut.String(), tc.wantErr) {
+			t.Fatalf("environ %q: exit %d, stderr %q", tc.environ, code, errOut.String())
+		}
+		if _, err := os.Stat(creds); (err == nil) != (tc.wantCode == exitOK) {
+			t.Fatalf("environ %q: credentials written: %v", tc.environ, err == nil)
 		}
 	}
 }
