@@ -201,8 +201,8 @@ func TestDaemonVectorsKafka(t *testing.T) {
 }
 
 // checkVectorOutputs: each case's record (by id) or dead letter (by
-// payload, reason and topic), each written once; the exact repeat
-// leaves neither.
+// payload, reason and topic, naming its Kafka record), each written once;
+// the exact repeat leaves neither.
 func checkVectorOutputs(t *testing.T, cases []vectors.Case, recPath, dlPath string) {
 	t.Helper()
 	recordCount := map[string]int{}
@@ -244,6 +244,10 @@ func checkVectorOutputs(t *testing.T, cases []vectors.Case, recPath, dlPath stri
 				got := dls[c.Message]
 				if len(got) != 1 || got[0].Reason != c.Expect.Reason || got[0].Topic != c.Topic {
 					t.Fatalf("dead letters %+v; want one, reason %q topic %q", got, c.Expect.Reason, c.Topic)
+				}
+				// produceCases writes case i at partition 0, offset i.
+				if pos := (intake.LogPosition{Topic: kafkaTopic, Partition: 0, Offset: int64(i)}); got[0].Source != "kafka" || got[0].Position != pos {
+					t.Fatalf("dead letter names input %q, record %+v; want kafka, %+v", got[0].Source, got[0].Position, pos)
 				}
 			default:
 				var id string

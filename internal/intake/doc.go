@@ -7,7 +7,9 @@
 // What it owns:
 //
 //   - Message: one received message, source-neutral (Source, Topic,
-//     DeviceID, Payload, Redelivered, ReceivedAt).
+//     DeviceID, Payload, Redelivered, ReceivedAt, and Position: a
+//     LogPosition, where a log input's record sits (Kafka topic, partition,
+//     offset), zero for MQTT).
 //   - Processor: takes a message to its destinations and reports, through
 //     the done callback handed with it (the acknowledgement hook), when the
 //     input may acknowledge it.

@@ -9,7 +9,8 @@ import (
 // Processor. The Processor must not modify Payload, and may use it only
 // until it calls done.
 type Message struct {
-	// Source names the input kind that received the message ("mqtt").
+	// Source names the input kind that received the message ("mqtt",
+	// "kafka"). Dead letters keep it, and replay hands it back.
 	Source string
 	// Topic is where the message was published: an MQTT topic, or, for an
 	// input that carries MQTT messages (a Kafka bridge), the MQTT topic it
@@ -28,7 +29,27 @@ type Message struct {
 	// ReceivedAt is when the input received it; zero means "now" to
 	// whoever needs a time.
 	ReceivedAt time.Time
+	// Position is where the message sits in a log input's partitioned log
+	// (the Kafka input: the record's topic, partition and offset); zero
+	// for an input without one (MQTT). Dead letters and the key-pending
+	// spool keep it, and replay hands it back, so a message is traced to
+	// its record however often it is dead-lettered again.
+	Position LogPosition
 }
+
+// LogPosition is a message's place in a partitioned log (a Kafka record's
+// topic, partition and offset). Topic may share its storage with the
+// input's client (the Kafka input passes the record's own topic string):
+// the value costs no allocation per message. The zero LogPosition (Topic
+// empty; a log topic is never empty) means "none".
+type LogPosition struct {
+	Topic     string
+	Partition int32
+	Offset    int64
+}
+
+// IsZero reports whether p is the zero LogPosition (no position).
+func (p LogPosition) IsZero() bool { return p.Topic == "" }
 
 // Processor takes messages to their destinations.
 //

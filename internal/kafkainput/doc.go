@@ -5,7 +5,10 @@
 // record value unchanged, Topic the MQTT topic (from a header, or a
 // template filled with the record key; see mapping.go), DeviceID read
 // from that topic with the topic pattern as the MQTT input does,
-// ReceivedAt the time of the poll. Decryption, sinks, dead letters and
+// ReceivedAt the time of the poll, Position the record's Kafka topic,
+// partition and offset (sharing the record's topic string; dead letters
+// name the record by it, also when no MQTT topic could be mapped).
+// Decryption, sinks, dead letters and
 // retries belong to the Processor.
 //
 // Files by job: input.go (New, Run, Ready, Shutdown, the poll loop, the

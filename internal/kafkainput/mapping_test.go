@@ -4,8 +4,11 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/decryptd/decryptd/internal/intake"
 )
 
 func TestMapperHeader(t *testing.T) {
@@ -120,6 +123,9 @@ func TestPolledMessageAsMessage(t *testing.T) {
 		{Headers: hdr(""), Key: nil, Value: []byte("p5")},
 		{Key: []byte("d6"), Value: []byte("p6")},
 	}
+	for i, r := range recs {
+		r.Topic, r.Partition, r.Offset = "t", int32(i%3), int64(100+i)
+	}
 	for _, from := range []string{TopicFromHeader, TopicFromKey} {
 		in, err := New(Options{
 			ClientOptions: []kgo.Opt{kgo.SeedBrokers("127.0.0.1:1")}, Topics: []string{"t"}, Group: "g",
@@ -135,10 +141,39 @@ func TestPolledMessageAsMessage(t *testing.T) {
 				if got.Topic != want.Topic || got.DeviceID != want.DeviceID || string(got.Payload) != string(want.Payload) || got.Source != want.Source || !got.ReceivedAt.Equal(want.ReceivedAt) {
 					t.Errorf("%s, round %d, record %d: polledMessage %+v, message %+v", from, round, i, got, want)
 				}
+				if pos := (intake.LogPosition{Topic: "t", Partition: int32(i % 3), Offset: int64(100 + i)}); got.Position != pos || want.Position != pos {
+					t.Errorf("%s, record %d: positions %+v (polled) and %+v, want %+v (mapped or not)", from, i, got.Position, want.Position, pos)
+				}
 				if &got.Payload[0] == &r.Value[0] {
 					t.Errorf("%s, record %d: the payload aliases the fetched value (it would keep its batch alive)", from, i)
 				}
 			}
 		}
+	}
+}
+
+// A record's position costs nothing per record: the message shares the
+// record's topic string, and a device seen before is mapped without an
+// allocation.
+func TestMessagePositionAllocatesNothing(t *testing.T) {
+	in, err := New(Options{
+		ClientOptions: []kgo.Opt{kgo.SeedBrokers("127.0.0.1:1")}, Topics: []string{"t"}, Group: "g",
+		TopicPattern: "dev/{device_id}",
+	}, &nopProc{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &kgo.Record{Topic: strings.Clone("device-events"), Partition: 7, Offset: 1 << 40, Value: []byte("v"),
+		Headers: []kgo.RecordHeader{{Key: "mqtt_topic", Value: []byte("dev/d1")}}}
+	now := time.Unix(1, 0)
+	m := in.mappedMessage(r, now) // the first sight of dev/d1 fills the map
+	if m.Position != (intake.LogPosition{Topic: "device-events", Partition: 7, Offset: 1 << 40}) {
+		t.Fatalf("position %+v", m.Position)
+	}
+	if unsafe.StringData(m.Position.Topic) != unsafe.StringData(r.Topic) {
+		t.Fatal("the position copies the record's topic string")
+	}
+	if n := testing.AllocsPerRun(100, func() { m = in.mappedMessage(r, now) }); n != 0 {
+		t.Fatalf("mappedMessage allocates %v times per record of a known device", n)
 	}
 }

@@ -29,15 +29,21 @@ type Summary struct {
 
 // replayWorkers bounds the messages replayed at once. Messages of one topic
 // go to one worker, in input order, as the consumer does, so a device's
-// messages are seen in the order they were dead-lettered.
+// messages are seen in the order they were dead-lettered; those without a
+// topic (Kafka records that named none) go by their Kafka partition, as the
+// Kafka input orders them.
 const replayWorkers = 16
 
 // Replay runs the dead letters read from r (one JSON object per line, as a
 // dead-letter sink writes them; sink.ReadDeadLetters) through p, exactly as
 // if they had just arrived: those that now decrypt go to the sinks, the
-// others to the dead-letter sink again. Each keeps its topic, DUP flag and
-// original receive time. Lines that are not dead letters are counted and
-// skipped. It returns when every message is held somewhere, or with ctx's
+// others to the dead-letter sink again. Each keeps its topic, DUP flag,
+// original receive time, input (Source) and Kafka position, so a message
+// that fails again is dead-lettered naming the input and the Kafka record
+// it first came from, however often it is replayed. A Kafka record's dead
+// letter without a topic (the input could map none) is replayed without
+// one, as the pipeline first took it (no device id to check the payload's
+// against). Lines that are not dead letters are counted and skipped. It returns when every message is held somewhere, or with ctx's
 // error (or r's) and the counts so far.
 //
 // The caller must not replay the dead-letter sink's own file into p: the
@@ -101,7 +107,12 @@ read:
 			break read
 		}
 		h := fnv.New32a()
-		h.Write([]byte(d.Topic))
+		if d.Topic == "" && !d.Position.IsZero() {
+			h.Write([]byte(d.Position.Topic))
+			h.Write([]byte{byte(d.Position.Partition >> 24), byte(d.Position.Partition >> 16), byte(d.Position.Partition >> 8), byte(d.Position.Partition)})
+		} else {
+			h.Write([]byte(d.Topic))
+		}
 		select {
 		case queues[h.Sum32()%replayWorkers] <- d:
 		case <-ctx.Done():

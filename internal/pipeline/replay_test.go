@@ -115,3 +115,70 @@ func (c countingOpener) Open(ctx context.Context, m decrypt.Message) (decrypt.Re
 	c.n.Add(1)
 	return c.Opener.Open(ctx, m)
 }
+
+// A dead letter from the Kafka input that fails again is dead-lettered
+// naming its input and original record (topic, partition, offset); one
+// that could not be mapped to an MQTT topic (only its position names it)
+// is read back and replayed too: dead-lettered again with its reason, or
+// delivered once it decrypts.
+func TestReplayKeepsKafkaPosition(t *testing.T) {
+	e := newEnv(t, nil)
+	letter := func(topic, payload string, off int64) string {
+		d := sink.DeadLetter{Reason: "auth_failed", Error: "x", Message: intake.Message{Source: "kafka", Topic: topic, ReceivedAt: received, Payload: []byte(payload),
+			Position: intake.LogPosition{Topic: "device-events", Partition: 4, Offset: off}}}
+		return string(d.Record().JSON)
+	}
+	mqtt := deadLetterLine(t, "auth_failed", "t/m", "fail:auth_failed", false)
+	in := strings.Join([]string{
+		letter("t/k", "fail:auth_failed", 17),
+		letter("", "fail:malformed", 18),
+		letter("", "ok:k19", 19),
+		mqtt,
+	}, "\n") + "\n"
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	sum, err := pipeline.Replay(ctx, e.p, strings.NewReader(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.Processed != 4 || sum.Delivered != 1 || sum.DeadLettered != 3 || sum.BadLines != 0 ||
+		sum.Reasons["auth_failed"] != 2 || sum.Reasons["malformed"] != 1 {
+		t.Fatalf("summary %+v", sum)
+	}
+	if recs := e.a.records(); len(recs) != 1 || recs[0].ID != "k19" {
+		t.Fatalf("sink a holds %v, want k19", ids(recs))
+	}
+	got := map[string]sink.DeadLetter{}
+	for _, r := range e.dl.records() {
+		var d sink.DeadLetter
+		if err := json.Unmarshal(r.JSON, &d); err != nil {
+			t.Fatal(err)
+		}
+		got[string(d.Payload)+"|"+d.Topic] = d
+	}
+	for _, c := range []struct {
+		payload, topic, reason string
+		off                    int64
+	}{
+		{"fail:auth_failed", "t/k", "auth_failed", 17},
+		{"fail:malformed", "", "malformed", 18},
+	} {
+		d, ok := got[c.payload+"|"+c.topic]
+		want := intake.LogPosition{Topic: "device-events", Partition: 4, Offset: c.off}
+		if !ok || d.Source != "kafka" || d.Topic != c.topic || d.Reason != c.reason || d.Position != want {
+			t.Errorf("dead letter of %s: %+v, want input kafka, topic %q, reason %s, position %+v", c.payload, d, c.topic, c.reason, want)
+		}
+	}
+	// An MQTT dead letter of before (no input, no position) stays without.
+	if d, ok := got["fail:auth_failed|t/m"]; !ok || d.Source != "" || !d.Position.IsZero() {
+		t.Errorf("the MQTT dead letter: %+v", d)
+	}
+	for _, r := range e.dl.records() {
+		if strings.Contains(string(r.JSON), `"t/m"`) && (strings.Contains(string(r.JSON), `"input"`) || strings.Contains(string(r.JSON), `"kafka"`)) {
+			t.Errorf("an MQTT dead letter gained fields: %s", r.JSON)
+		}
+	}
+	if len(got) != 3 {
+		t.Fatalf("dead letters %v", got)
+	}
+}

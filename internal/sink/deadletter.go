@@ -40,22 +40,27 @@ func (d DeadLetter) Record() Record {
 	return Record{ID: hex.EncodeToString(sum[:]), JSON: b}
 }
 
-// deadLetterLine is what ReadDeadLetters accepts: topic and payload_b64 are
-// required (pointers tell missing from empty), the rest optional, unknown
-// fields ignored.
+// deadLetterLine is what ReadDeadLetters accepts: payload_b64 is required,
+// and a topic or a kafka position (pointers tell missing from empty); the
+// rest optional, unknown fields ignored.
 type deadLetterLine struct {
-	Reason     string     `json:"reason"`
-	Error      string     `json:"error"`
-	Topic      *string    `json:"topic"`
-	ReceivedAt *time.Time `json:"received_at"`
-	Dup        bool       `json:"dup"`
-	Payload    *[]byte    `json:"payload_b64"`
+	Reason     string           `json:"reason"`
+	Error      string           `json:"error"`
+	Topic      *string          `json:"topic"`
+	ReceivedAt *time.Time       `json:"received_at"`
+	Dup        bool             `json:"dup"`
+	Payload    *[]byte          `json:"payload_b64"`
+	Input      string           `json:"input"`
+	Kafka      *logPositionJSON `json:"kafka"`
 }
 
 // ReadDeadLetters decodes dead letters from r, one JSON object per line (as
-// written by a dead-letter sink). topic and payload_b64 are required; dup,
-// reason, error and received_at are optional; unknown fields are ignored;
-// blank lines are skipped.
+// written by a dead-letter sink). payload_b64 is required, and a non-empty
+// topic unless the line names its Kafka record ("kafka" with a non-empty
+// topic: a record of the Kafka input that could not be mapped to an MQTT
+// topic is dead-lettered without one); dup, reason, error, received_at,
+// input and kafka are optional (a "kafka" without a topic counts as none);
+// unknown fields are ignored; blank lines are skipped.
 //
 // A line that cannot be decoded yields an error wrapping ErrBadDeadLetter
 // and naming its line number; iteration then goes on with the next line, so
@@ -116,15 +121,19 @@ func decodeDeadLetter(line []byte) (DeadLetter, error) {
 	if err := json.Unmarshal(line, &l); err != nil {
 		return DeadLetter{}, jsonErrorWithoutInput(err)
 	}
+	pos := l.Kafka.position()
 	switch {
-	case l.Topic == nil:
-		return DeadLetter{}, errors.New("topic missing")
-	case *l.Topic == "":
-		return DeadLetter{}, errors.New("topic empty")
+	case l.Topic == nil && pos.IsZero():
+		return DeadLetter{}, errors.New("topic missing (and no kafka position)")
+	case l.Topic != nil && *l.Topic == "" && pos.IsZero():
+		return DeadLetter{}, errors.New("topic empty (and no kafka position)")
 	case l.Payload == nil:
 		return DeadLetter{}, errors.New("payload_b64 missing")
 	}
-	d := DeadLetter{Reason: l.Reason, Error: l.Error, Message: intake.Message{Topic: *l.Topic, Redelivered: l.Dup, Payload: *l.Payload}}
+	d := DeadLetter{Reason: l.Reason, Error: l.Error, Message: intake.Message{Source: l.Input, Redelivered: l.Dup, Payload: *l.Payload, Position: pos}}
+	if l.Topic != nil {
+		d.Topic = *l.Topic
+	}
 	if d.Payload == nil {
 		d.Payload = []byte{}
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"flag"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -33,36 +34,64 @@ func sampleDeadLetter() sink.DeadLetter {
 	}
 }
 
-func TestDeadLetterRecordGolden(t *testing.T) {
+// kafkaDeadLetter is sampleDeadLetter as the Kafka input hands it on.
+func kafkaDeadLetter() sink.DeadLetter {
 	d := sampleDeadLetter()
-	r := d.Record()
-	sum := sha256.Sum256(d.Payload)
-	if r.ID != hex.EncodeToString(sum[:]) {
-		t.Fatalf("ID %s is not the payload's SHA-256", r.ID)
+	d.Source = "kafka"
+	d.Position = intake.LogPosition{Topic: "device-events", Partition: 3, Offset: 1234567890123}
+	return d
+}
+
+func TestDeadLetterRecordGolden(t *testing.T) {
+	tests := []struct {
+		golden string
+		d      sink.DeadLetter
+	}{
+		// A dead letter without input and position: the line as it was
+		// before they existed, byte for byte.
+		{"deadletter.golden.json", sampleDeadLetter()},
+		{"deadletter_kafka.golden.json", kafkaDeadLetter()},
 	}
-	if r.DeviceID != "" {
-		t.Fatalf("DeviceID %q, want empty", r.DeviceID)
-	}
-	golden := filepath.Join("testdata", "deadletter.golden.json")
-	if *update {
-		if err := os.WriteFile(golden, append(r.JSON, '\n'), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(golden)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if string(r.JSON)+"\n" != string(want) {
-		t.Fatalf("dead-letter JSON changed (replay reads it):\n got %s\nwant %s", r.JSON, want)
+	for _, tc := range tests {
+		t.Run(tc.golden, func(t *testing.T) {
+			r := tc.d.Record()
+			sum := sha256.Sum256(tc.d.Payload)
+			if r.ID != hex.EncodeToString(sum[:]) {
+				t.Fatalf("ID %s is not the payload's SHA-256", r.ID)
+			}
+			if r.DeviceID != "" {
+				t.Fatalf("DeviceID %q, want empty", r.DeviceID)
+			}
+			golden := filepath.Join("testdata", tc.golden)
+			if *update {
+				if err := os.WriteFile(golden, append(r.JSON, '\n'), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(golden)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(r.JSON)+"\n" != string(want) {
+				t.Fatalf("dead-letter JSON changed (replay reads it):\n got %s\nwant %s", r.JSON, want)
+			}
+		})
 	}
 }
 
 func TestDeadLetterRoundTrip(t *testing.T) {
 	d := sampleDeadLetter()
 	empty := sink.DeadLetter{Reason: "malformed", Message: intake.Message{Topic: "t", Payload: []byte{}}}
+	kafka := kafkaDeadLetter()
+	// A Kafka record whose MQTT topic could not be mapped: only its
+	// position names it.
+	unmapped := kafkaDeadLetter()
+	unmapped.Topic = ""
+	mqtt := sampleDeadLetter()
+	mqtt.Source = "mqtt"
 	var in bytes.Buffer
-	for _, x := range []sink.DeadLetter{d, empty} {
+	letters := []sink.DeadLetter{d, empty, kafka, unmapped, mqtt}
+	for _, x := range letters {
 		in.Write(x.Record().JSON)
 		in.WriteByte('\n')
 	}
@@ -73,15 +102,30 @@ func TestDeadLetterRoundTrip(t *testing.T) {
 		}
 		got = append(got, x)
 	}
-	if len(got) != 2 {
-		t.Fatalf("read %d dead letters, want 2", len(got))
+	if len(got) != len(letters) {
+		t.Fatalf("read %d dead letters, want %d", len(got), len(letters))
 	}
-	if g := got[0]; g.Topic != d.Topic || !bytes.Equal(g.Payload, d.Payload) || !g.Redelivered ||
-		g.Reason != d.Reason || g.Error != d.Error || !g.ReceivedAt.Equal(d.ReceivedAt) {
-		t.Fatalf("round trip: got %+v, want %+v", g, d)
+	for i, want := range letters {
+		g := got[i]
+		if g.Topic != want.Topic || !bytes.Equal(g.Payload, want.Payload) || g.Redelivered != want.Redelivered ||
+			g.Reason != want.Reason || g.Error != want.Error || !g.ReceivedAt.Equal(want.ReceivedAt) ||
+			g.Source != want.Source || g.Position != want.Position {
+			t.Fatalf("letter %d round trip: got %+v, want %+v", i, g, want)
+		}
+		// The lenient reader agrees with the strict one.
+		var u sink.DeadLetter
+		if err := u.UnmarshalJSON(want.Record().JSON); err != nil {
+			t.Fatal(err)
+		}
+		if u.Topic != want.Topic || u.Source != want.Source || u.Position != want.Position || !bytes.Equal(u.Payload, want.Payload) {
+			t.Fatalf("letter %d: UnmarshalJSON got %+v, want %+v", i, u, want)
+		}
 	}
 	if g := got[1]; g.Payload == nil || len(g.Payload) != 0 || g.Redelivered {
 		t.Fatalf("empty payload round trip: got %+v", g)
+	}
+	if j := string(d.Record().JSON); strings.Contains(j, `"input"`) || strings.Contains(j, `"kafka"`) {
+		t.Fatalf("a letter without source and position names them: %s", j)
 	}
 }
 
@@ -106,6 +150,18 @@ func TestReadDeadLetters(t *testing.T) {
 		{"null", "null", []string{"ERR line 1"}, "topic missing"},
 		{"bad time", `{"topic":"a","payload_b64":"aGk=","received_at":"SECRET"}`, []string{"ERR line 1"}, "bad value"},
 		{"too long", strings.Repeat("x", sink.MaxDeadLetterLine+10) + "\n" + ok, []string{"ERR line 1", "a/b:hi"}, "longer than"},
+		{"kafka with topic", `{"topic":"a/b","payload_b64":"aGk=","input":"kafka","kafka":{"topic":"ev","partition":2,"offset":9}}`, []string{"a/b:hi kafka ev/2/9"}, ""},
+		{"kafka without topic", `{"topic":"","payload_b64":"aGk=","input":"kafka","kafka":{"topic":"ev","partition":0,"offset":0}}`, []string{":hi kafka ev/0/0"}, ""},
+		{"kafka, topic missing", `{"payload_b64":"aGk=","kafka":{"topic":"ev","offset":5}}`, []string{":hi  ev/0/5"}, ""},
+		{"input only", `{"topic":"a/b","payload_b64":"aGk=","input":"mqtt"}`, []string{"a/b:hi mqtt"}, ""},
+		{"kafka null", `{"topic":"a/b","payload_b64":"aGk=","kafka":null}`, []string{"a/b:hi"}, ""},
+		{"kafka partial", `{"topic":"a/b","payload_b64":"aGk=","kafka":{"topic":"ev"}}`, []string{"a/b:hi  ev/0/0"}, ""},
+		{"kafka unknown fields", `{"topic":"a/b","payload_b64":"aGk=","kafka":{"topic":"ev","partition":1,"offset":2,"leader_epoch":3}}`, []string{"a/b:hi  ev/1/2"}, ""},
+		{"kafka topic empty, no topic", `{"topic":"","payload_b64":"aGk=","kafka":{"topic":"","partition":1,"offset":2}}`, []string{"ERR line 1"}, "topic empty"},
+		{"kafka not an object", `{"payload_b64":"aGk=","kafka":"SECRET"}`, []string{"ERR line 1"}, "field kafka"},
+		{"kafka offset not a number", `{"payload_b64":"aGk=","kafka":{"topic":"ev","offset":"SECRET"}}`, []string{"ERR line 1"}, "field kafka.offset"},
+		{"kafka partition out of range", `{"payload_b64":"aGk=","kafka":{"topic":"ev","partition":4294967296}}`, []string{"ERR line 1"}, "field kafka.partition"},
+		{"kafka, payload missing", `{"kafka":{"topic":"ev"}}`, []string{"ERR line 1"}, "payload_b64 missing"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -124,7 +180,14 @@ func TestReadDeadLetters(t *testing.T) {
 					got = append(got, "ERR "+strings.Fields(err.Error()[i:])[0]+" "+strings.TrimSuffix(strings.Fields(err.Error()[i:])[1], ":"))
 					continue
 				}
-				got = append(got, d.Topic+":"+string(d.Payload))
+				g := d.Topic + ":" + string(d.Payload)
+				if d.Source != "" || !d.Position.IsZero() {
+					g += " " + d.Source
+				}
+				if p := d.Position; !p.IsZero() {
+					g += fmt.Sprintf(" %s/%d/%d", p.Topic, p.Partition, p.Offset)
+				}
+				got = append(got, g)
 			}
 			if strings.Join(got, "|") != strings.Join(tc.want, "|") {
 				t.Fatalf("got %q, want %q (errors %q)", got, tc.want, errs)
@@ -172,6 +235,8 @@ func FuzzReadDeadLetters(f *testing.F) {
 	f.Add([]byte(sampleDeadLetter().Record().JSON))
 	f.Add([]byte(`{"topic":"a/b","payload_b64":"aGk=","dup":true}` + "\n\n" + `{"topic":"x"}`))
 	f.Add([]byte("null\r\n[1]\n{\"topic\":\"\",\"payload_b64\":\"!\"}"))
+	f.Add([]byte(kafkaDeadLetter().Record().JSON))
+	f.Add([]byte(`{"payload_b64":"","input":"kafka","kafka":{"topic":"ev","partition":-1,"offset":-2}}`))
 	f.Fuzz(func(t *testing.T, in []byte) {
 		lines := bytes.Count(in, []byte{'\n'}) + 1
 		for d, err := range sink.ReadDeadLetters(bytes.NewReader(in)) {
@@ -181,8 +246,8 @@ func FuzzReadDeadLetters(f *testing.F) {
 				}
 				continue
 			}
-			if d.Topic == "" || d.Payload == nil {
-				t.Fatalf("accepted a letter without topic or payload: %+v", d)
+			if (d.Topic == "" && d.Position.IsZero()) || d.Payload == nil {
+				t.Fatalf("accepted a letter without topic (or kafka position) or payload: %+v", d)
 			}
 			// What was accepted survives its own encoding.
 			var again []sink.DeadLetter
@@ -192,7 +257,8 @@ func FuzzReadDeadLetters(f *testing.F) {
 				}
 				again = append(again, d2)
 			}
-			if len(again) != 1 || again[0].Topic != d.Topic || !bytes.Equal(again[0].Payload, d.Payload) || again[0].Redelivered != d.Redelivered {
+			if len(again) != 1 || again[0].Topic != d.Topic || !bytes.Equal(again[0].Payload, d.Payload) || again[0].Redelivered != d.Redelivered ||
+				again[0].Source != d.Source || again[0].Position != d.Position {
 				t.Fatalf("round trip changed %+v into %+v", d, again)
 			}
 			lines--

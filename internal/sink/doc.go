@@ -46,7 +46,8 @@
 // bodies or secrets.
 //
 // Dead letters are records too: DeadLetter.Record gives the JSON line
-// (payload as received, base64) with the payload's SHA-256 as id, so a
-// dead-letter stream is a File or MQTT sink; ReadDeadLetters decodes such a
-// stream for replay.
+// (payload as received, base64; the input and, for the Kafka input, the
+// record's topic, partition and offset) with the payload's SHA-256 as id,
+// so a dead-letter stream is a File or MQTT sink; ReadDeadLetters decodes
+// such a stream for replay.
 package sink

@@ -74,9 +74,10 @@ type GroupWriter interface {
 }
 
 // DeadLetter is one message that could not be decrypted, kept exactly as
-// received so it can be replayed once the cause is fixed: the message
-// (its Topic, Payload, Redelivered flag and ReceivedAt are kept; Source and
-// DeviceID are not, replay determines the device id again) and why.
+// received so it can be replayed once the cause is fixed: the message and
+// why. Its Topic, Payload, Redelivered flag, ReceivedAt, Source (the line's
+// "input") and Position (the line's "kafka": the Kafka record it came
+// from) are kept; DeviceID is not, replay determines the device id again.
 type DeadLetter struct {
 	Reason string
 	Error  string // text without secrets
@@ -84,7 +85,9 @@ type DeadLetter struct {
 }
 
 // deadLetterJSON is a dead letter's line, field order and names fixed
-// (testdata/deadletter.golden.json): replay reads it back.
+// (testdata/deadletter*.golden.json): replay reads it back. The fields
+// after payload_b64 are omitted when empty, so a line without them is what
+// it was before they existed.
 type deadLetterJSON struct {
 	Reason     string    `json:"reason"`
 	Error      string    `json:"error"`
@@ -92,11 +95,40 @@ type deadLetterJSON struct {
 	ReceivedAt time.Time `json:"received_at"`
 	Dup        bool      `json:"dup"`
 	Payload    []byte    `json:"payload_b64"` // encoding/json writes []byte as standard base64
+	// Input is the message's Source ("mqtt", "kafka").
+	Input string `json:"input,omitempty"`
+	// Kafka is the message's Position: the record of the Kafka input it
+	// came from; nil for a message without one.
+	Kafka *logPositionJSON `json:"kafka,omitempty"`
 }
 
-// MarshalJSON writes the dead-letter line (without Source and DeviceID).
+// logPositionJSON is an intake.LogPosition in a dead-letter line.
+type logPositionJSON struct {
+	Topic     string `json:"topic"`
+	Partition int32  `json:"partition"`
+	Offset    int64  `json:"offset"`
+}
+
+func positionJSON(p intake.LogPosition) *logPositionJSON {
+	if p.IsZero() {
+		return nil
+	}
+	return &logPositionJSON{Topic: p.Topic, Partition: p.Partition, Offset: p.Offset}
+}
+
+// position is the intake.LogPosition of l, zero for nil or a topic-less
+// one.
+func (l *logPositionJSON) position() intake.LogPosition {
+	if l == nil || l.Topic == "" {
+		return intake.LogPosition{}
+	}
+	return intake.LogPosition{Topic: l.Topic, Partition: l.Partition, Offset: l.Offset}
+}
+
+// MarshalJSON writes the dead-letter line (without DeviceID).
 func (d DeadLetter) MarshalJSON() ([]byte, error) {
-	return json.Marshal(deadLetterJSON{Reason: d.Reason, Error: d.Error, Topic: d.Topic, ReceivedAt: d.ReceivedAt, Dup: d.Redelivered, Payload: d.Payload})
+	return json.Marshal(deadLetterJSON{Reason: d.Reason, Error: d.Error, Topic: d.Topic, ReceivedAt: d.ReceivedAt, Dup: d.Redelivered, Payload: d.Payload,
+		Input: d.Source, Kafka: positionJSON(d.Position)})
 }
 
 // UnmarshalJSON reads a dead-letter line leniently (missing fields stay
@@ -106,6 +138,7 @@ func (d *DeadLetter) UnmarshalJSON(b []byte) error {
 	if err := json.Unmarshal(b, &l); err != nil {
 		return err
 	}
-	*d = DeadLetter{Reason: l.Reason, Error: l.Error, Message: intake.Message{Topic: l.Topic, ReceivedAt: l.ReceivedAt, Redelivered: l.Dup, Payload: l.Payload}}
+	*d = DeadLetter{Reason: l.Reason, Error: l.Error, Message: intake.Message{Source: l.Input, Topic: l.Topic, ReceivedAt: l.ReceivedAt, Redelivered: l.Dup, Payload: l.Payload,
+		Position: l.Kafka.position()}}
 	return nil
 }

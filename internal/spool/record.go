@@ -17,15 +17,23 @@ import (
 //
 // (little endian), and a body is
 //
-//	u8 version (1) | u8 flags (bit 0: redelivered) | i64 receive time (Unix ns)
+//	u8 version (1 or 2) | u8 flags (bit 0: redelivered) | i64 receive time (Unix ns)
 //	| uvarint length + source | uvarint length + device id
-//	| uvarint length + topic | uvarint length + payload
+//	| uvarint length + topic
+//	| version 2 only: uvarint length + log topic | varint partition | varint offset
+//	| uvarint length + payload
 //
-// The payload is the message as received: ciphertext, never plaintext.
+// Version 2 carries the message's Position (a Kafka record's topic,
+// partition and offset); a message without one (MQTT) is written as
+// version 1, byte for byte as before version 2 existed, so a spool of an
+// MQTT input still reads in a decryptd that knows version 1 only. Both are
+// read. The payload is the message as received: ciphertext, never
+// plaintext.
 const (
 	segMagic      = "DSPOOL1\n"
 	recHeader     = 8
-	bodyVersion   = 1
+	bodyVersion1  = 1 // no Position
+	bodyVersion   = 2 // with Position
 	flagRedeliv   = 1
 	maxStringLen  = 64 << 10  // source, device id, topic
 	maxRecordBody = 256 << 20 // a payload beyond this is refused (decrypt's own limit is far lower)
@@ -40,7 +48,11 @@ var errTorn = errors.New("spool: torn or corrupt record")
 func appendRecord(dst []byte, m intake.Message) []byte {
 	start := len(dst)
 	dst = append(dst, make([]byte, recHeader)...)
-	dst = append(dst, bodyVersion, 0)
+	version := byte(bodyVersion1)
+	if !m.Position.IsZero() {
+		version = bodyVersion
+	}
+	dst = append(dst, version, 0)
 	if m.Redelivered {
 		dst[len(dst)-1] = flagRedeliv
 	}
@@ -52,6 +64,12 @@ func appendRecord(dst []byte, m intake.Message) []byte {
 	for _, s := range []string{m.Source, m.DeviceID, m.Topic} {
 		dst = binary.AppendUvarint(dst, uint64(len(s)))
 		dst = append(dst, s...)
+	}
+	if version == bodyVersion {
+		dst = binary.AppendUvarint(dst, uint64(len(m.Position.Topic)))
+		dst = append(dst, m.Position.Topic...)
+		dst = binary.AppendVarint(dst, int64(m.Position.Partition))
+		dst = binary.AppendVarint(dst, m.Position.Offset)
 	}
 	dst = binary.AppendUvarint(dst, uint64(len(m.Payload)))
 	dst = append(dst, m.Payload...)
@@ -67,7 +85,19 @@ func recordLen(m intake.Message) int {
 	for _, l := range []int{len(m.Source), len(m.DeviceID), len(m.Topic), len(m.Payload)} {
 		n += uvarintLen(uint64(l)) + l
 	}
+	if p := m.Position; !p.IsZero() {
+		n += uvarintLen(uint64(len(p.Topic))) + len(p.Topic) + varintLen(int64(p.Partition)) + varintLen(p.Offset)
+	}
 	return n
+}
+
+// varintLen is the length of binary.AppendVarint's encoding of x.
+func varintLen(x int64) int {
+	ux := uint64(x) << 1
+	if x < 0 {
+		ux = ^ux
+	}
+	return uvarintLen(ux)
 }
 
 func uvarintLen(x uint64) int {
@@ -113,8 +143,9 @@ func decodeBody(b []byte) (intake.Message, error) {
 	if len(b) < 10 {
 		return m, fmt.Errorf("%w: body of %d bytes", errTorn, len(b))
 	}
-	if b[0] != bodyVersion {
-		return m, fmt.Errorf("spool: record version %d, want %d", b[0], bodyVersion)
+	version := b[0]
+	if version != bodyVersion1 && version != bodyVersion {
+		return m, fmt.Errorf("spool: record version %d, want %d or %d", version, bodyVersion1, bodyVersion)
 	}
 	if b[1]&^flagRedeliv != 0 {
 		return m, fmt.Errorf("spool: unknown record flags %#x", b[1])
@@ -133,6 +164,12 @@ func decodeBody(b []byte) (intake.Message, error) {
 		strs[i], b = string(f), rest
 	}
 	m.Source, m.DeviceID, m.Topic = strs[0], strs[1], strs[2]
+	if version == bodyVersion {
+		var err error
+		if m.Position, b, err = position(b); err != nil {
+			return intake.Message{}, err
+		}
+	}
 	p, rest, err := field(b, maxRecordBody)
 	if err != nil {
 		return intake.Message{}, err
@@ -153,4 +190,26 @@ func field(b []byte, limit int) (f, rest []byte, err error) {
 		return nil, nil, fmt.Errorf("spool: field of %d bytes, %d left", l, len(b)-k)
 	}
 	return b[k : k+int(l)], b[k+int(l):], nil
+}
+
+// position decodes a version 2 body's Position; a position without a
+// topic (which appendRecord never writes) is refused.
+func position(b []byte) (intake.LogPosition, []byte, error) {
+	t, b, err := field(b, maxStringLen)
+	if err != nil {
+		return intake.LogPosition{}, nil, err
+	}
+	if len(t) == 0 {
+		return intake.LogPosition{}, nil, fmt.Errorf("spool: version %d record without a log topic", bodyVersion)
+	}
+	part, k := binary.Varint(b)
+	if k <= 0 || part != int64(int32(part)) {
+		return intake.LogPosition{}, nil, fmt.Errorf("spool: bad partition")
+	}
+	b = b[k:]
+	off, k := binary.Varint(b)
+	if k <= 0 {
+		return intake.LogPosition{}, nil, fmt.Errorf("spool: bad offset")
+	}
+	return intake.LogPosition{Topic: string(t), Partition: int32(part), Offset: off}, b[k:], nil
 }

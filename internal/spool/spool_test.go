@@ -3,11 +3,14 @@ package spool
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -398,18 +401,124 @@ func TestOneProcessPerDirectory(t *testing.T) {
 	}
 }
 
+// kafkaMsg is msg as the Kafka input hands it on: with its record's
+// position.
+func kafkaMsg(dev string, i int) intake.Message {
+	m := msg(dev, i)
+	m.Source = "kafka"
+	m.Position = intake.LogPosition{Topic: "device-events", Partition: int32(i % 5), Offset: int64(1<<40 + i)}
+	return m
+}
+
 func TestRecordRoundTrip(t *testing.T) {
-	for _, m := range []intake.Message{msg("a", 0), msg("b", 1), {}, {Payload: make([]byte, 70000), Topic: "x"}} {
+	odd := kafkaMsg("c", 2)
+	odd.Position = intake.LogPosition{Topic: "t", Partition: -1, Offset: -1 << 62} // never seen from Kafka, kept anyway
+	unmapped := kafkaMsg("d", 3)
+	unmapped.Topic, unmapped.DeviceID = "", ""
+	for _, m := range []intake.Message{msg("a", 0), msg("b", 1), {}, {Payload: make([]byte, 70000), Topic: "x"},
+		kafkaMsg("a", 0), kafkaMsg("b", 7), odd, unmapped} {
 		b := appendRecord(nil, m)
 		if len(b) != recordLen(m) {
 			t.Fatalf("recordLen %d, encoded %d", recordLen(m), len(b))
+		}
+		if v, want := b[recHeader], byte(bodyVersion1); m.Position.IsZero() && v != want || !m.Position.IsZero() && v != bodyVersion {
+			t.Fatalf("%+v written as version %d", m, v)
 		}
 		got, err := decodeRecord(b)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got.Topic != m.Topic || got.DeviceID != m.DeviceID || !bytes.Equal(got.Payload, m.Payload) || !got.ReceivedAt.Equal(m.ReceivedAt) || got.Redelivered != m.Redelivered {
+		if got.Topic != m.Topic || got.DeviceID != m.DeviceID || !bytes.Equal(got.Payload, m.Payload) || !got.ReceivedAt.Equal(m.ReceivedAt) || got.Redelivered != m.Redelivered ||
+			got.Source != m.Source || got.Position != m.Position {
 			t.Fatalf("round trip: %+v != %+v", got, m)
+		}
+	}
+}
+
+// v1Record encodes m as a version 1 record, spelled out from the layout
+// (what a spool written before version 2 holds).
+func v1Record(m intake.Message) []byte {
+	body := []byte{1, 0}
+	if m.Redelivered {
+		body[1] = 1
+	}
+	body = binary.LittleEndian.AppendUint64(body, uint64(m.ReceivedAt.UnixNano()))
+	for _, f := range []string{m.Source, m.DeviceID, m.Topic, string(m.Payload)} {
+		body = binary.AppendUvarint(body, uint64(len(f)))
+		body = append(body, f...)
+	}
+	rec := binary.LittleEndian.AppendUint32(nil, uint32(len(body)))
+	rec = binary.LittleEndian.AppendUint32(rec, crc32.Checksum(body, crc32.MakeTable(crc32.Castagnoli)))
+	return append(rec, body...)
+}
+
+// Version 1 records (a spool of before) still read; a message without a
+// position is still written as one, byte for byte; a version 2 record
+// differs from it only by its version byte and the position.
+func TestRecordVersions(t *testing.T) {
+	m := msg("a", 3)
+	v1 := v1Record(m)
+	if got := appendRecord(nil, m); !bytes.Equal(got, v1) {
+		t.Fatalf("a message without position:\n got % x\nwant % x (version 1)", got, v1)
+	}
+	got, err := decodeRecord(v1)
+	if err != nil {
+		t.Fatalf("version 1 record: %v", err)
+	}
+	if got.Topic != m.Topic || got.DeviceID != m.DeviceID || got.Source != m.Source || !bytes.Equal(got.Payload, m.Payload) ||
+		got.Redelivered != m.Redelivered || !got.ReceivedAt.Equal(m.ReceivedAt) || !got.Position.IsZero() {
+		t.Fatalf("version 1 record read as %+v, want %+v", got, m)
+	}
+	k := kafkaMsg("a", 3)
+	v2 := appendRecord(nil, k)
+	if v2[recHeader] != 2 {
+		t.Fatalf("version byte %d, want 2", v2[recHeader])
+	}
+	for _, bad := range []struct {
+		name string
+		mod  func(body []byte) []byte
+		want string
+	}{
+		{"version 3", func(b []byte) []byte { b[0] = 3; return b }, "version 3"},
+		{"version 2 without a position", func(b []byte) []byte {
+			v := v1Record(k)[recHeader:]
+			v[0] = 2
+			return v
+		}, "spool:"},
+	} {
+		body := bad.mod(append([]byte(nil), v2[recHeader:]...))
+		rec := binary.LittleEndian.AppendUint32(nil, uint32(len(body)))
+		rec = binary.LittleEndian.AppendUint32(rec, crc32.Checksum(body, castagnoli))
+		if _, err := decodeRecord(append(rec, body...)); err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("%s: %v, want an error with %q", bad.name, err, bad.want)
+		}
+	}
+}
+
+// Messages of the Kafka input keep their position through the spool, also
+// across a restart, beside a segment's version 1 records.
+func TestReopenKeepsPosition(t *testing.T) {
+	dir := tempDir(t)
+	s := open(t, dir, nil)
+	ms := []intake.Message{msg("a", 0), kafkaMsg("b", 1), msg("a", 2), kafkaMsg("b", 3)}
+	appendAll(t, s, ms...)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = open(t, dir, nil)
+	defer s.Close()
+	c := &collector{want: len(ms)}
+	stop := run(t, s, c)
+	waitAll(t, c)
+	stop()
+	got := map[string]intake.Message{}
+	for _, m := range c.got {
+		got[string(m.Payload)] = m
+	}
+	for _, m := range ms {
+		g, ok := got[string(m.Payload)]
+		if !ok || g.Position != m.Position || g.Source != m.Source || g.Topic != m.Topic {
+			t.Errorf("replayed %+v, appended %+v", g, m)
 		}
 	}
 }
