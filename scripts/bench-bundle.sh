@@ -79,6 +79,18 @@ taskset -c 0,1 "$here/run.sh" -cold=false -sinks=false -rounds 3 -input mqtt -co
 # The Kafka drain against the bare franz-go consumer (issue 15: >= 0.9x).
 "$here/run.sh" -cold=false -sinks=false -rounds 3 -input kafka -messages 500000 \
   -profile-dir "$out/prof-kafka-$n" -out "$out/kafka-${n}cpu.json" > "$out/kafka-${n}cpu.txt" 2>&1
+# The same with kfake in a process of its own on the last CPU and the
+# drainers on the others, as a cluster would be: the broker's fetch work is
+# then neither in the drainers' CPU per record nor slowed by their garbage
+# collection, and its CPU per record is reported apart.
+"$here/decryptd-bench" -serve-kfake 127.0.0.1:19092 > "$out/kfake.txt" 2>&1 &
+kpid=$!
+taskset -pc "$((n - 1))" "$kpid" >> "$out/kfake.txt" 2>&1
+for _ in $(seq 50); do grep -q 'kfake serving' "$out/kfake.txt" && break; sleep 0.2; done
+taskset -c "0-$((n - 2))" "$here/run.sh" -cold=false -sinks=false -rounds 3 -input kafka -messages 500000 \
+  -kafka-brokers 127.0.0.1:19092 -kafka-broker-pid "$kpid" \
+  -out "$out/kafka-${n}cpu-own-broker.json" > "$out/kafka-${n}cpu-own-broker.txt" 2>&1
+kill "$kpid"
 # The decrypt core against AES-GCM alone (issue 17: toward 6x).
 "$here/decrypt.test" -test.run XXX -test.bench 'BenchmarkDecrypt$' -test.benchtime 200000x -test.count 3 \
   > "$out/micro-decrypt.txt" 2>&1

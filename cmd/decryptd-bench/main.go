@@ -43,6 +43,9 @@ func run() int {
 	var ko bench.KafkaDrainOptions
 	fs.IntVar(&ko.Partitions, "kafka-partitions", 12, "kafka drain: partitions of the topic")
 	fs.IntVar(&ko.MaxInFlight, "kafka-max-in-flight", def.Kafka.MaxInFlight, "kafka drain: decryptd kafka.max_in_flight")
+	kafkaBrokers := fs.String("kafka-brokers", "", "kafka drain: a Kafka to use instead of kfake in this process (host:port,...; plaintext): -serve-kfake's, or a cluster; the bench creates and deletes a topic of its own there")
+	fs.IntVar(&ko.BrokerPID, "kafka-broker-pid", 0, "kafka drain: the local broker process of -kafka-brokers, whose CPU per record each drain reports")
+	serveKfake := fs.String("serve-kfake", "", "run nothing else: serve an empty kfake on this 127.0.0.1:port until interrupted (the Kafka drain's broker in a process of its own, for -kafka-brokers; pin it with taskset)")
 	cold := fs.Bool("cold", true, "run the cold start benchmark")
 	var so bench.SinkDrainOptions
 	sinks := fs.Bool("sinks", true, "run the sink drain: file, Kafka (kfake) and PostgreSQL sinks, as ratios to the file sink")
@@ -103,6 +106,16 @@ func run() int {
 		do.NoCSub = true
 	} else {
 		bench.MosquittoSubPath = *csub
+	}
+	if *serveKfake != "" {
+		if err := bench.ServeKfake(ctx, *serveKfake, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "decryptd-bench:", err)
+			return 1
+		}
+		return 0
+	}
+	if *kafkaBrokers != "" {
+		ko.Brokers = strings.Split(*kafkaBrokers, ",")
 	}
 	if *render != "" {
 		if err := renderOnly(*render, *svg); err != nil {

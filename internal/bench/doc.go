@@ -24,7 +24,11 @@
 //     above, alternately; the ratio is taken from medians of the same run.
 //     Rates are taken from the first record on (the group join, the same
 //     for both, is reported apart); CPU per message includes the broker,
-//     which runs in this process.
+//     which runs in this process. With -kafka-brokers the backlog is in a
+//     Kafka the bench does not start instead, in a topic it creates and
+//     deletes: kfake in a process of its own (-serve-kfake, pinned with
+//     taskset; its CPU per record reported apart with -kafka-broker-pid)
+//     or a cluster.
 //   - Cold start: one first message from each of N devices, decryptd
 //     unwrapping through the real Key Protect provider against the
 //     emulator (internal/kpemu) answering after a set latency. It reports

@@ -32,9 +32,10 @@ const (
 )
 
 // KafkaDrainOptions configure the Kafka drain: one backlog in an in-process
-// Kafka (kfake, one broker on a 127.0.0.1 port), drained from the start of
-// the topic by a bare franz-go group consumer and by decryptd (input.type
-// kafka), alternately, each in a consumer group of its own.
+// Kafka (kfake, one broker on a 127.0.0.1 port) or in the Kafka that
+// Brokers names, drained from the start of the topic by a bare franz-go
+// group consumer and by decryptd (input.type kafka), alternately, each in a
+// consumer group of its own.
 type KafkaDrainOptions struct {
 	Dir        string
 	Messages   int // backlog (default 200,000)
@@ -44,9 +45,21 @@ type KafkaDrainOptions struct {
 	// MaxInFlight is decryptd's kafka.max_in_flight (default: the
 	// configuration's kafka default).
 	MaxInFlight int
-	ProfileDir  string
-	Progress    io.Writer
-	Logger      *zap.Logger
+	// Brokers, when set, is a Kafka the bench does not start: a kfake in a
+	// process of its own (ServeKfake: pinned to CPUs of its own, as the MQTT
+	// drain pins Mosquitto, its fetch work is then neither charged to the
+	// drainers' CPU nor slowed by their garbage collection) or a real
+	// cluster (plaintext, no SASL). The bench creates a topic of its own
+	// there (decryptd-bench-<nanoseconds>, Partitions partitions,
+	// replication factor 1 unless the cluster's default applies) and
+	// deletes it at the end.
+	Brokers []string
+	// BrokerPID, when set, is the local broker process whose CPU time each
+	// drain reports per record (KafkaDrainRun.BrokerCPUPerMsgUS).
+	BrokerPID  int
+	ProfileDir string
+	Progress   io.Writer
+	Logger     *zap.Logger
 }
 
 func (o *KafkaDrainOptions) defaults() {
@@ -83,10 +96,13 @@ type KafkaDrainRun struct {
 	JoinSeconds float64 `json:"join_seconds"`
 	Rate        float64 `json:"msg_per_s"`
 	// CPUPerMsgUS is this process's CPU time over the drain per message:
-	// the drainer and the in-process broker together (kfake serves the
-	// fetches in this process).
+	// the drainer's, and the broker's too when kfake runs in this process
+	// (KafkaDrainResult.Broker says where it ran).
 	CPUPerMsgUS float64 `json:"cpu_us_per_msg"`
-	PeakRSS     int64   `json:"peak_rss_bytes"`
+	// BrokerCPUPerMsgUS is the broker process's CPU time over the drain
+	// per message, when KafkaDrainOptions.BrokerPID names it.
+	BrokerCPUPerMsgUS float64 `json:"broker_cpu_us_per_msg,omitempty"`
+	PeakRSS           int64   `json:"peak_rss_bytes"`
 	// decryptd only, from its metrics.
 	KMSUnwraps  uint64  `json:"kms_unwraps,omitempty"`
 	Delivered   float64 `json:"delivered,omitempty"`
@@ -106,9 +122,13 @@ type KafkaDrainRun struct {
 
 // KafkaDrainResult is the Kafka drain benchmark.
 type KafkaDrainResult struct {
-	Messages     int             `json:"messages"`
-	Devices      int             `json:"devices"`
-	Partitions   int             `json:"partitions"`
+	Messages   int `json:"messages"`
+	Devices    int `json:"devices"`
+	Partitions int `json:"partitions"`
+	// Broker is where the backlog was: "kfake in process", or the
+	// brokers given (KafkaDrainOptions.Brokers); Topic its topic.
+	Broker       string          `json:"broker"`
+	Topic        string          `json:"topic"`
 	DistinctKeys int             `json:"distinct_key_versions"`
 	MaxInFlight  int             `json:"max_in_flight"`
 	GOMAXPROCS   int             `json:"gomaxprocs"`
@@ -134,12 +154,22 @@ func KafkaDrain(ctx context.Context, o KafkaDrainOptions) (*KafkaDrainResult, er
 	if o.MaxInFlight <= 0 {
 		o.MaxInFlight = config.Default().Kafka.MaxInFlight
 	}
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(int32(o.Partitions), kafkaTopic))
-	if err != nil {
-		return nil, fmt.Errorf("kfake: %w", err)
+	brokers, topic, broker := o.Brokers, kafkaTopic, "kfake in process"
+	if len(brokers) == 0 {
+		c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(int32(o.Partitions), kafkaTopic))
+		if err != nil {
+			return nil, fmt.Errorf("kfake: %w", err)
+		}
+		defer c.Close()
+		brokers = c.ListenAddrs()
+	} else {
+		topic, broker = fmt.Sprintf("decryptd-bench-%d", time.Now().UnixNano()), strings.Join(brokers, ",")
+		if err := createTopic(ctx, brokers, topic, o.Partitions); err != nil {
+			return nil, err
+		}
+		defer deleteTopic(brokers, topic)
 	}
-	defer c.Close()
-	brokers := c.ListenAddrs()
+	t := kafkaTarget{brokers: brokers, topic: topic, brokerPID: o.BrokerPID}
 
 	keysDir := filepath.Join(o.Dir, "keys")
 	if err := os.MkdirAll(keysDir, 0o700); err != nil {
@@ -155,10 +185,10 @@ func KafkaDrain(ctx context.Context, o KafkaDrainOptions) (*KafkaDrainResult, er
 	if err != nil {
 		return nil, fmt.Errorf("provision: %w", err)
 	}
-	res := &KafkaDrainResult{Messages: o.Messages, Devices: o.Devices, Partitions: o.Partitions, DistinctKeys: f.Keys(),
+	res := &KafkaDrainResult{Messages: o.Messages, Devices: o.Devices, Partitions: o.Partitions, Broker: broker, Topic: topic, DistinctKeys: f.Keys(),
 		MaxInFlight: o.MaxInFlight, GOMAXPROCS: runtime.GOMAXPROCS(0)}
 	start := time.Now()
-	size, err := produceKafkaBacklog(ctx, brokers, f, o.Messages, o.Progress)
+	size, err := produceKafkaBacklog(ctx, t, f, o.Messages, o.Progress)
 	if err != nil {
 		return nil, err
 	}
@@ -177,17 +207,17 @@ func KafkaDrain(ctx context.Context, o KafkaDrainOptions) (*KafkaDrainResult, er
 			}
 			var run *KafkaDrainRun
 			if side == "bare" {
-				run, err = drainKafkaBare(ctx, brokers, fmt.Sprintf("bench-bare-%d", r), o.Messages, o.Progress, label)
+				run, err = drainKafkaBare(ctx, t, fmt.Sprintf("bench-bare-%d", r), o.Messages, o.Progress, label)
 			} else {
-				run, err = drainKafkaDaemon(ctx, brokers, fmt.Sprintf("bench-decryptd-%d", r), o, rootFile, regFile, r, label, res.DistinctKeys)
+				run, err = drainKafkaDaemon(ctx, t, fmt.Sprintf("bench-decryptd-%d", r), o, rootFile, regFile, r, label, res.DistinctKeys)
 			}
 			stopProfile()
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", label, err)
 			}
 			run.Round = r
-			say("%s: drained %d in %.2f s (first record after %.2f s), %.0f msg/s after it, %.1f µs CPU/msg (broker included), peak RSS %d MiB",
-				label, run.Messages, run.Seconds, run.JoinSeconds, run.Rate, run.CPUPerMsgUS, run.PeakRSS>>20)
+			say("%s: drained %d in %.2f s (first record after %.2f s), %.0f msg/s after it, %.1f µs CPU/msg (%s), peak RSS %d MiB",
+				label, run.Messages, run.Seconds, run.JoinSeconds, run.Rate, run.CPUPerMsgUS, cpuScope(len(o.Brokers) == 0, run.BrokerCPUPerMsgUS), run.PeakRSS>>20)
 			if run.KeysSeconds > 0 {
 				say("%s: every key loaded after %.2f s, %.0f msg/s after that", label, run.KeysSeconds, run.RateAfterKeys)
 			}
@@ -211,8 +241,8 @@ func KafkaDrain(ctx context.Context, o KafkaDrainOptions) (*KafkaDrainResult, er
 // defaults (acks=all, idempotent, the key hashed to a partition as the
 // Java client does). It returns the payload bytes once every record is
 // acknowledged.
-func produceKafkaBacklog(ctx context.Context, brokers []string, f *fleet.Fleet, n int, progress io.Writer) (int64, error) {
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.DefaultProduceTopic(kafkaTopic),
+func produceKafkaBacklog(ctx context.Context, t kafkaTarget, f *fleet.Fleet, n int, progress io.Writer) (int64, error) {
+	cl, err := kgo.NewClient(kgo.SeedBrokers(t.brokers...), kgo.DefaultProduceTopic(t.topic),
 		kgo.ProducerLinger(5*time.Millisecond), kgo.MaxBufferedRecords(50_000))
 	if err != nil {
 		return 0, err
@@ -267,8 +297,8 @@ func produceKafkaBacklog(ctx context.Context, brokers []string, f *fleet.Fleet, 
 // decrypted): like with like, since the isolation level changes the
 // broker's fetch work (how much, for kfake, was within this machine's
 // noise: BENCHMARKS.md).
-func drainKafkaBare(ctx context.Context, brokers []string, group string, n int, progress io.Writer, label string) (*KafkaDrainRun, error) {
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumerGroup(group), kgo.ConsumeTopics(kafkaTopic),
+func drainKafkaBare(ctx context.Context, t kafkaTarget, group string, n int, progress io.Writer, label string) (*KafkaDrainRun, error) {
+	cl, err := kgo.NewClient(kgo.SeedBrokers(t.brokers...), kgo.ConsumerGroup(group), kgo.ConsumeTopics(t.topic),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.Balancers(kgo.CooperativeStickyBalancer()),
 		kgo.AutoCommitInterval(time.Second), kgo.FetchIsolationLevel(kgo.ReadCommitted()))
 	if err != nil {
@@ -280,7 +310,7 @@ func drainKafkaBare(ctx context.Context, brokers []string, group string, n int, 
 	if err := resetPeakRSS(); err != nil {
 		return nil, fmt.Errorf("reset peak RSS: %w", err)
 	}
-	cpu0 := cpuTime()
+	cpu0, bcpu0 := cpuTime(), t.brokerCPU()
 	start := time.Now()
 	stop := reportEvery(progress, time.Second, func() string {
 		k := count.Load()
@@ -317,7 +347,7 @@ func drainKafkaBare(ctx context.Context, brokers []string, group string, n int, 
 		}
 	}
 	end := time.Now()
-	cpu1 := cpuTime()
+	cpu1, bcpu1 := cpuTime(), t.brokerCPU()
 	peak := peakRSS()
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
@@ -328,7 +358,7 @@ func drainKafkaBare(ctx context.Context, brokers []string, group string, n int, 
 		return nil, errors.New("drained empty records")
 	}
 	run := &KafkaDrainRun{Side: "bare", Messages: n, Seconds: end.Sub(start).Seconds(), JoinSeconds: first.Sub(start).Seconds(),
-		CPUPerMsgUS: float64((cpu1 - cpu0).Microseconds()) / float64(n), PeakRSS: peak}
+		CPUPerMsgUS: float64((cpu1 - cpu0).Microseconds()) / float64(n), PeakRSS: peak, BrokerCPUPerMsgUS: t.perMsgUS(bcpu1-bcpu0, n)}
 	run.Rate = rateAfterFirst(n, float64(atFirst), first, end, start)
 	return run, nil
 }
@@ -338,13 +368,13 @@ func drainKafkaBare(ctx context.Context, brokers []string, group string, n int, 
 // the local KMS and the file registry the fleet was provisioned into, a
 // file sink and a dead-letter file both fsynced per batch, the audit log),
 // until its records sink has acknowledged holding every record.
-func drainKafkaDaemon(ctx context.Context, brokers []string, group string, o KafkaDrainOptions, rootFile, regFile string, round int, label string, keys int) (*KafkaDrainRun, error) {
+func drainKafkaDaemon(ctx context.Context, t kafkaTarget, group string, o KafkaDrainOptions, rootFile, regFile string, round int, label string, keys int) (*KafkaDrainRun, error) {
 	dir := filepath.Join(o.Dir, fmt.Sprintf("decryptd-kafka-%d", round))
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
 	path := filepath.Join(dir, "config.yaml")
-	if err := os.WriteFile(path, []byte(kafkaDaemonConfig(dir, brokers, group, o.MaxInFlight, rootFile, regFile)), 0o600); err != nil {
+	if err := os.WriteFile(path, []byte(kafkaDaemonConfig(dir, t.brokers, t.topic, group, o.MaxInFlight, rootFile, regFile)), 0o600); err != nil {
 		return nil, err
 	}
 	cfg, err := config.Load(path, func(string) (string, bool) { return "", false })
@@ -361,7 +391,7 @@ func drainKafkaDaemon(ctx context.Context, brokers []string, group string, o Kaf
 		_ = d.Close(context.Background())
 		return nil, fmt.Errorf("reset peak RSS: %w", err)
 	}
-	cpu0 := cpuTime()
+	cpu0, bcpu0 := cpuTime(), t.brokerCPU()
 	start := time.Now()
 	stopDaemon := runDaemon(ctx, d)
 	if o.ProfileDir != "" {
@@ -389,9 +419,10 @@ func drainKafkaDaemon(ctx context.Context, brokers []string, group string, o Kaf
 		_ = shutdown()
 		return nil, err
 	}
-	cpu1 := cpuTime()
+	cpu1, bcpu1 := cpuTime(), t.brokerCPU()
 	run := &KafkaDrainRun{Side: "decryptd", Messages: o.Messages, Seconds: w.end.Sub(start).Seconds(), JoinSeconds: w.first.Sub(start).Seconds(),
-		CPUPerMsgUS: float64((cpu1 - cpu0).Microseconds()) / float64(o.Messages), PeakRSS: peakRSS(), KMSUnwraps: d.KMSUnwraps()}
+		CPUPerMsgUS: float64((cpu1 - cpu0).Microseconds()) / float64(o.Messages), PeakRSS: peakRSS(), KMSUnwraps: d.KMSUnwraps(),
+		BrokerCPUPerMsgUS: t.perMsgUS(bcpu1-bcpu0, o.Messages)}
 	run.Rate = rateAfterFirst(o.Messages, w.atFirst, w.first, w.end, start)
 	if !w.keys.IsZero() {
 		run.KeysSeconds = w.keys.Sub(start).Seconds()
@@ -496,7 +527,7 @@ func waitKafkaDrained(ctx context.Context, reg prometheus.Gatherer, records stri
 // kafkaDaemonConfig is the configuration file of the Kafka drain's daemon:
 // the agreed kafka input section, and the rest as daemonConfig (the MQTT
 // drain's) has it.
-func kafkaDaemonConfig(dir string, brokers []string, group string, maxInFlight int, rootFile, regFile string) string {
+func kafkaDaemonConfig(dir string, brokers []string, topic, group string, maxInFlight int, rootFile, regFile string) string {
 	q := make([]string, len(brokers))
 	for i, b := range brokers {
 		q[i] = fmt.Sprintf("%q", b)
@@ -504,7 +535,7 @@ func kafkaDaemonConfig(dir string, brokers []string, group string, maxInFlight i
 	var b strings.Builder
 	b.WriteString("input:\n  type: kafka\n")
 	fmt.Fprintf(&b, "kafka:\n  brokers: [%s]\n  group: %q\n  topics: [%q]\n  topic_header: %q\n  max_in_flight: %d\n  allow_plaintext: true\n",
-		strings.Join(q, ", "), group, kafkaTopic, kafkaTopicHeader, maxInFlight)
+		strings.Join(q, ", "), group, topic, kafkaTopicHeader, maxInFlight)
 	fmt.Fprintf(&b, "kms:\n  provider: local\n  local:\n    root_key_file: %q\n", rootFile)
 	fmt.Fprintf(&b, "registry:\n  driver: file\n  path: %q\n", regFile)
 	// Large enough that the file never rotates during a drain.
@@ -519,9 +550,14 @@ func kafkaDaemonConfig(dir string, brokers []string, group string, maxInFlight i
 
 // WriteSummary prints the Kafka drain's runs, medians and ratio.
 func (r *KafkaDrainResult) WriteSummary(w io.Writer) {
-	fmt.Fprintf(w, "\nkafka drain: %d records (%.0f B average), %d devices, %d partitions (kfake, in process), decryptd kafka.max_in_flight %d\n",
-		r.Messages, r.PayloadAvg, r.Devices, r.Partitions, r.MaxInFlight)
-	fmt.Fprintf(w, "  %-5s %-8s %9s %8s %8s %20s %9s %8s %7s %18s\n", "round", "side", "msg/s", "s", "join s", "CPU µs/msg (+kfake)", "peak MiB", "unwraps", "keys s", "msg/s after keys")
+	inProcess := r.Broker == "" || r.Broker == "kfake in process"
+	fmt.Fprintf(w, "\nkafka drain: %d records (%.0f B average), %d devices, %d partitions (%s), decryptd kafka.max_in_flight %d\n",
+		r.Messages, r.PayloadAvg, r.Devices, r.Partitions, r.Broker, r.MaxInFlight)
+	cpuHead := "CPU µs/msg"
+	if inProcess {
+		cpuHead = "CPU µs/msg (+kfake)"
+	}
+	fmt.Fprintf(w, "  %-5s %-8s %9s %8s %8s %20s %12s %9s %8s %7s %18s\n", "round", "side", "msg/s", "s", "join s", cpuHead, "broker µs/msg", "peak MiB", "unwraps", "keys s", "msg/s after keys")
 	for _, run := range r.Runs {
 		keys, after := "", ""
 		if run.KeysSeconds > 0 {
@@ -530,8 +566,12 @@ func (r *KafkaDrainResult) WriteSummary(w io.Writer) {
 		if run.RateAfterKeys > 0 {
 			after = fmt.Sprintf("%.0f", run.RateAfterKeys)
 		}
-		fmt.Fprintf(w, "  %-5d %-8s %9.0f %8.2f %8.2f %20.1f %9.1f %8d %7s %18s\n", run.Round, run.Side, run.Rate, run.Seconds, run.JoinSeconds,
-			run.CPUPerMsgUS, float64(run.PeakRSS)/(1<<20), run.KMSUnwraps, keys, after)
+		broker := ""
+		if run.BrokerCPUPerMsgUS > 0 {
+			broker = fmt.Sprintf("%.1f", run.BrokerCPUPerMsgUS)
+		}
+		fmt.Fprintf(w, "  %-5d %-8s %9.0f %8.2f %8.2f %20.1f %12s %9.1f %8d %7s %18s\n", run.Round, run.Side, run.Rate, run.Seconds, run.JoinSeconds,
+			run.CPUPerMsgUS, broker, float64(run.PeakRSS)/(1<<20), run.KMSUnwraps, keys, after)
 	}
 	verdict := "MET"
 	if r.Ratio < 0.9 {

@@ -1,13 +1,22 @@
 package bench
 
 import (
+	"bytes"
 	"context"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
 	"github.com/decryptd/decryptd/internal/config"
+	"github.com/decryptd/decryptd/internal/testutil/wait"
 )
 
 // The Kafka drain's daemon configuration is one decryptd accepts: the
@@ -15,7 +24,7 @@ import (
 func TestKafkaDaemonConfigLoads(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "config.yaml")
-	text := kafkaDaemonConfig(dir, []string{"127.0.0.1:9092"}, "bench-decryptd-1", 1024, filepath.Join(dir, "root.json"), filepath.Join(dir, "registry.json"))
+	text := kafkaDaemonConfig(dir, []string{"127.0.0.1:9092"}, kafkaTopic, "bench-decryptd-1", 1024, filepath.Join(dir, "root.json"), filepath.Join(dir, "registry.json"))
 	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -51,4 +60,101 @@ func TestKafkaDrainSmall(t *testing.T) {
 	if res.Ratio <= 0 || res.BareMedian <= 0 {
 		t.Fatalf("ratio %v of %v", res.Ratio, res.BareMedian)
 	}
+}
+
+// TestKafkaDrainExternalBroker runs the Kafka drain against a broker it
+// does not start (ServeKfake, as `decryptd-bench -serve-kfake` runs it in a
+// process of its own): the bench creates a topic of its own there, both
+// sides drain every record from it, the broker's CPU is reported apart,
+// and the topic is gone at the end.
+func TestKafkaDrainExternalBroker(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	sctx, stop := context.WithCancel(ctx)
+	var banner syncBuffer
+	served := make(chan error, 1)
+	go func() { served <- ServeKfake(sctx, addr, &banner) }()
+	defer func() {
+		stop()
+		if err := <-served; err != nil {
+			t.Errorf("ServeKfake: %v", err)
+		}
+	}()
+	wait.Within(t, 10*time.Second, "kfake serving", func() bool { return strings.Contains(banner.String(), "kfake serving on "+addr) })
+
+	res, err := KafkaDrain(ctx, KafkaDrainOptions{Dir: t.TempDir(), Messages: 2000, Devices: 20, Partitions: 4, Rounds: 1,
+		Brokers: []string{addr}, BrokerPID: os.Getpid()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.WriteSummary(testWriter{t})
+	if res.Broker != addr || !strings.HasPrefix(res.Topic, "decryptd-bench-") {
+		t.Fatalf("broker %q topic %q", res.Broker, res.Topic)
+	}
+	if len(res.Runs) != 2 || res.Runs[1].Delivered < 2000 || res.Runs[1].DeadLetters != 0 {
+		t.Fatalf("runs %+v", res.Runs)
+	}
+	for _, run := range res.Runs {
+		// The "broker" is this process here, so its CPU is at least the
+		// drainer's own.
+		if run.BrokerCPUPerMsgUS <= 0 {
+			t.Errorf("%s: broker CPU per record %v", run.Side, run.BrokerCPUPerMsgUS)
+		}
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	req := kmsg.NewPtrMetadataRequest()
+	resp, err := req.RequestWith(ctx, cl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tp := range resp.Topics {
+		if tp.Topic != nil && *tp.Topic == res.Topic {
+			t.Fatalf("topic %s still there after the drain", res.Topic)
+		}
+	}
+}
+
+// TestServeKfakeRefuses: only a 127.0.0.1 port is served.
+func TestServeKfakeRefuses(t *testing.T) {
+	for _, addr := range []string{"10.0.0.1:9092", "127.0.0.1:0", "127.0.0.1:x", "9092"} {
+		if err := ServeKfake(context.Background(), addr, io.Discard); err == nil {
+			t.Errorf("ServeKfake(%q) served", addr)
+		}
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for one writer and one reader.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// testWriter writes to the test's log.
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
 }
