@@ -85,7 +85,7 @@ taskset -c 0,1 "$here/run.sh" -cold=false -sinks=false -rounds 3 -input mqtt -co
 # collection, and its CPU per record is reported apart.
 "$here/decryptd-bench" -serve-kfake 127.0.0.1:19092 > "$out/kfake.txt" 2>&1 &
 kpid=$!
-taskset -pc "$((n - 1))" "$kpid" >> "$out/kfake.txt" 2>&1
+taskset -pc "$((n - 1))" "$kpid" > "$out/kfake-cpus.txt" 2>&1
 for _ in $(seq 50); do grep -q 'kfake serving' "$out/kfake.txt" && break; sleep 0.2; done
 taskset -c "0-$((n - 2))" "$here/run.sh" -cold=false -sinks=false -rounds 3 -input kafka -messages 500000 \
   -kafka-brokers 127.0.0.1:19092 -kafka-broker-pid "$kpid" \
