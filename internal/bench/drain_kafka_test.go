@@ -1,14 +1,13 @@
 package bench
 
 import (
-	"bytes"
+	"bufio"
 	"context"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,7 +15,6 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/decryptd/decryptd/internal/config"
-	"github.com/decryptd/decryptd/internal/testutil/wait"
 )
 
 // The Kafka drain's daemon configuration is one decryptd accepts: the
@@ -80,16 +78,25 @@ func TestKafkaDrainExternalBroker(t *testing.T) {
 	addr := ln.Addr().String()
 	ln.Close()
 	sctx, stop := context.WithCancel(ctx)
-	var banner syncBuffer
+	banner, bannerW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer banner.Close()
 	served := make(chan error, 1)
-	go func() { served <- ServeKfake(sctx, addr, &banner) }()
+	go func() {
+		served <- ServeKfake(sctx, addr, bannerW)
+		bannerW.Close() // ends the read below if ServeKfake fails first
+	}()
 	defer func() {
 		stop()
 		if err := <-served; err != nil {
 			t.Errorf("ServeKfake: %v", err)
 		}
 	}()
-	wait.Within(t, 10*time.Second, "kfake serving", func() bool { return strings.Contains(banner.String(), "kfake serving on "+addr) })
+	if line, _ := bufio.NewReader(banner).ReadString('\n'); !strings.HasPrefix(line, "kfake serving on "+addr) {
+		t.Fatalf("ServeKfake wrote %q", line)
+	}
 
 	// 6,000 records: decryptd's run then takes well over one 10 ms tick
 	// of CPU, which the broker CPU check below needs.
@@ -135,24 +142,6 @@ func TestServeKfakeRefuses(t *testing.T) {
 			t.Errorf("ServeKfake(%q) served", addr)
 		}
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for one writer and one reader.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // testWriter writes to the test's log.
