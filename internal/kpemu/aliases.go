@@ -30,17 +30,11 @@ func (e *Emulator) createAlias(w http.ResponseWriter, r *http.Request, idAlias s
 		invalidField(w, "alias", "2 to 90 letters, digits, '-' or '_', not a UUID")
 		return
 	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	k := e.lookupLocked(id)
-	switch {
-	case k == nil:
-		notFound(w)
-		return
-	case k.state == StateDestroyed:
-		gone(w, "alias")
+	k := e.keyLocked(w, id, keyCheck{action: "alias"})
+	if k == nil {
 		return
 	}
+	defer e.mu.Unlock()
 	if holder, taken := e.aliases[alias]; taken && holder != k.id {
 		writeError(w, http.StatusConflict, "Conflict: Alias could not be created: Please see 'reasons' for more details (KEY_ALIAS_NOT_UNIQUE_ERR)",
 			newReason(http.StatusConflict, "KEY_ALIAS_NOT_UNIQUE_ERR", "One or more aliases are already associated with a key in the instance"))
@@ -72,13 +66,11 @@ func (e *Emulator) createAlias(w http.ResponseWriter, r *http.Request, idAlias s
 // key does not hold that alias.
 func (e *Emulator) deleteAlias(w http.ResponseWriter, r *http.Request, idAlias string) {
 	id, alias := splitAliasRoute(idAlias)
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	k := e.lookupLocked(id)
+	k := e.keyLocked(w, id, keyCheck{})
 	if k == nil {
-		notFound(w)
 		return
 	}
+	defer e.mu.Unlock()
 	if !slices.Contains(k.aliases, alias) {
 		writeError(w, http.StatusNotFound, "Not Found: Alias could not be deleted: Please see 'reasons' for more details (KEY_ALIAS_NOT_FOUND_ERR)",
 			newReason(http.StatusNotFound, "KEY_ALIAS_NOT_FOUND_ERR", "The alias does not exist for this key"))

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 )
 
 func (e *Emulator) createKey(w http.ResponseWriter, r *http.Request, _ string) {
@@ -59,16 +60,29 @@ func (e *Emulator) getMetadata(w http.ResponseWriter, r *http.Request, id string
 }
 
 func (e *Emulator) getOne(w http.ResponseWriter, id string, withPayload bool) {
-	e.mu.Lock()
-	k := e.lookupLocked(id)
+	k := e.keyLocked(w, id, keyCheck{})
 	if k == nil {
-		e.mu.Unlock()
-		notFound(w)
 		return
 	}
 	j := e.render(k, withPayload)
 	e.mu.Unlock()
 	writeKeys(w, http.StatusOK, j)
+}
+
+// pageQuery reads ?limit (absent or 0: the default, at most 5000) and
+// ?offset, answering 400 INVALID_FIELD_ERR itself when either is not such a
+// number; ok is false when it answered.
+func pageQuery(w http.ResponseWriter, r *http.Request) (limit, offset int, ok bool) {
+	limit, ok1 := queryInt(r, "limit", defaultLimit, maxListLimit)
+	offset, ok2 := queryInt(r, "offset", 0, 1<<30)
+	if !ok1 || !ok2 {
+		invalidField(w, "limit", "an integer from 0 to 5000; offset a non-negative integer")
+		return 0, 0, false
+	}
+	if limit == 0 {
+		limit = defaultLimit
+	}
+	return limit, offset, true
 }
 
 func queryInt(r *http.Request, name string, def, max int) (int, bool) {
@@ -84,14 +98,9 @@ func queryInt(r *http.Request, name string, def, max int) (int, bool) {
 }
 
 func (e *Emulator) listKeys(w http.ResponseWriter, r *http.Request, _ string) {
-	limit, ok1 := queryInt(r, "limit", defaultLimit, maxListLimit)
-	offset, ok2 := queryInt(r, "offset", 0, 1<<30)
-	if !ok1 || !ok2 {
-		invalidField(w, "limit", "an integer from 0 to 5000; offset a non-negative integer")
+	limit, offset, ok := pageQuery(w, r)
+	if !ok {
 		return
-	}
-	if limit == 0 {
-		limit = defaultLimit
 	}
 	q := r.URL.Query()
 	states := map[int]bool{StateActive: true, StateSuspended: true, StateDeactivated: true}
@@ -130,26 +139,17 @@ func (e *Emulator) listKeys(w http.ResponseWriter, r *http.Request, _ string) {
 }
 
 func (e *Emulator) listVersions(w http.ResponseWriter, r *http.Request, id string) {
-	limit, ok1 := queryInt(r, "limit", defaultLimit, maxListLimit)
-	offset, ok2 := queryInt(r, "offset", 0, 1<<30)
-	if !ok1 || !ok2 {
-		invalidField(w, "limit", "an integer from 0 to 5000; offset a non-negative integer")
+	limit, offset, ok := pageQuery(w, r)
+	if !ok {
 		return
-	}
-	if limit == 0 {
-		limit = defaultLimit
 	}
 	q := r.URL.Query()
-	e.mu.Lock()
-	k := e.lookupLocked(id)
-	if k == nil {
-		e.mu.Unlock()
-		notFound(w)
-		return
+	check := keyCheck{past: "listed", states: []int{StateActive}}
+	if q.Get("allKeyStates") == "true" {
+		check = keyCheck{}
 	}
-	if k.effectiveState(e.now()) != StateActive && q.Get("allKeyStates") != "true" {
-		e.mu.Unlock()
-		invalidState(w, "listed")
+	k := e.keyLocked(w, id, check)
+	if k == nil {
 		return
 	}
 	var vs []keyVersionJSON
@@ -169,10 +169,70 @@ func (e *Emulator) listVersions(w http.ResponseWriter, r *http.Request, id strin
 	writeJSON(w, http.StatusOK, map[string]any{"metadata": meta, "resources": vs})
 }
 
-// actionKey reads the body and finds the key for a wrap-family action,
-// answering the refusals itself. It returns nil when it answered. e.mu is
-// held on a non-nil return; the caller unlocks.
-func (e *Emulator) actionKey(w http.ResponseWriter, r *http.Request, id, action string, body *actionBody, allowed ...int) *key {
+// keyCheck is what a route requires of the key it names, beyond existing.
+// keyLocked answers the first requirement the key fails, in field order.
+type keyCheck struct {
+	// action, when set, refuses a deleted key with 410, naming the action.
+	action string
+	// rootOnly refuses a standard (extractable) key with 400
+	// KEY_ACTION_INVALID_ERR, naming action.
+	rootOnly bool
+	// states, when set, are the states the key may be in; another is
+	// refused with 409 KEY_ACTION_INVALID_STATE_ERR: "could not be <past>".
+	states []int
+	past   string
+	// wait, when positive, refuses with 409 REQ_TOO_EARLY_ERR until that
+	// long after since(k).
+	wait  time.Duration
+	since func(*key) time.Time
+}
+
+// keyLocked finds the key id names (an id or an alias) and checks it,
+// answering the refusal itself: 404 KEY_NOT_FOUND_ERR, then check's. It
+// returns nil when it answered; otherwise e.mu is held and the caller
+// unlocks.
+func (e *Emulator) keyLocked(w http.ResponseWriter, id string, check keyCheck) *key {
+	e.mu.Lock()
+	k := e.lookupLocked(id)
+	refuse := e.refusalLocked(k, check)
+	if refuse == nil {
+		return k
+	}
+	e.mu.Unlock()
+	refuse(w)
+	return nil
+}
+
+// refusalLocked is the answer keyLocked gives for k (nil: none); e.mu is
+// held.
+func (e *Emulator) refusalLocked(k *key, c keyCheck) func(http.ResponseWriter) {
+	if k == nil {
+		return notFound
+	}
+	now := e.now()
+	st := k.effectiveState(now)
+	switch {
+	case c.action != "" && st == StateDestroyed:
+		return func(w http.ResponseWriter) { gone(w, c.action) }
+	case c.rootOnly && k.extractable:
+		return func(w http.ResponseWriter) { notRootKey(w, c.action) }
+	case c.states != nil && !slices.Contains(c.states, st):
+		return func(w http.ResponseWriter) { invalidState(w, c.past) }
+	case c.wait > 0 && now.Sub(c.since(k)) < c.wait:
+		return tooEarly
+	}
+	return nil
+}
+
+// stateChanged and deleted are keyCheck.since for the cooldowns.
+func (k *key) stateChanged() time.Time { return k.lastStateChange }
+func (k *key) deleted() time.Time      { return *k.deletionDate }
+
+// actionKey reads the body and finds the key for a key action (wrap,
+// unwrap, rewrap, rotate, disable, enable), answering the refusals itself.
+// It returns nil when it answered. e.mu is held on a non-nil return; the
+// caller unlocks.
+func (e *Emulator) actionKey(w http.ResponseWriter, r *http.Request, id string, body *actionBody, check keyCheck) *key {
 	if err := readBody(r, body); err != nil {
 		badBody(w)
 		return nil
@@ -181,36 +241,12 @@ func (e *Emulator) actionKey(w http.ResponseWriter, r *http.Request, id, action 
 		invalidField(w, "aad", "a list of strings of at most 255 characters each")
 		return nil
 	}
-	e.mu.Lock()
-	k := e.lookupLocked(id)
-	if k == nil {
-		e.mu.Unlock()
-		notFound(w)
-		return nil
-	}
-	st := k.effectiveState(e.now())
-	if st == StateDestroyed {
-		e.mu.Unlock()
-		gone(w, action)
-		return nil
-	}
-	if k.extractable && action != "disable" && action != "enable" {
-		e.mu.Unlock()
-		notRootKey(w, action)
-		return nil
-	}
-	if !slices.Contains(allowed, st) {
-		e.mu.Unlock()
-		past := map[string]string{"wrap": "wrapped", "unwrap": "unwrapped", "rewrap": "rewrapped", "rotate": "rotated", "disable": "disabled", "enable": "enabled"}[action]
-		invalidState(w, past)
-		return nil
-	}
-	return k
+	return e.keyLocked(w, id, check)
 }
 
 func (e *Emulator) wrap(w http.ResponseWriter, r *http.Request, id string) {
 	var body actionBody
-	k := e.actionKey(w, r, id, "wrap", &body, StateActive)
+	k := e.actionKey(w, r, id, &body, keyCheck{action: "wrap", rootOnly: true, states: []int{StateActive}, past: "wrapped"})
 	if k == nil {
 		return
 	}
@@ -248,14 +284,14 @@ func (e *Emulator) wrap(w http.ResponseWriter, r *http.Request, id string) {
 // unwrap answers the plaintext and, when the ciphertext is under an older
 // version, the ciphertext rewrapped under the latest (UnwrapV2).
 func (e *Emulator) unwrap(w http.ResponseWriter, r *http.Request, id string) {
-	e.unwrapAction(w, r, id, "unwrap")
+	e.unwrapAction(w, r, id, keyCheck{action: "unwrap", rootOnly: true, states: []int{StateActive, StateDeactivated}, past: "unwrapped"})
 }
 
 // rewrap re-seals under the latest version without returning the
 // plaintext. keyVersion names the version that unwrapped (as on unwrap),
 // rewrappedKeyVersion the latest.
 func (e *Emulator) rewrap(w http.ResponseWriter, r *http.Request, id string) {
-	e.unwrapAction(w, r, id, "rewrap")
+	e.unwrapAction(w, r, id, keyCheck{action: "rewrap", rootOnly: true, states: []int{StateActive, StateDeactivated}, past: "rewrapped"})
 }
 
 // unwrapAction is unwrap and rewrap: both open the ciphertext under the
@@ -264,9 +300,9 @@ func (e *Emulator) rewrap(w http.ResponseWriter, r *http.Request, id string) {
 // plaintext and, only when that version is not the latest, the ciphertext
 // resealed under the latest; rewrap always reseals and never answers the
 // plaintext.
-func (e *Emulator) unwrapAction(w http.ResponseWriter, r *http.Request, id, action string) {
+func (e *Emulator) unwrapAction(w http.ResponseWriter, r *http.Request, id string, check keyCheck) {
 	var body actionBody
-	k := e.actionKey(w, r, id, action, &body, StateActive, StateDeactivated)
+	k := e.actionKey(w, r, id, &body, check)
 	if k == nil {
 		return
 	}
@@ -279,10 +315,10 @@ func (e *Emulator) unwrapAction(w http.ResponseWriter, r *http.Request, id, acti
 	}
 	defer clear(plain)
 	resp := actionBody{KeyVersion: &keyVersionJSON{ID: v.id, CreationDate: utc(v.created)}}
-	if action == "unwrap" {
+	if check.action == "unwrap" {
 		resp.PlainText = ptr(base64.StdEncoding.EncodeToString(plain))
 	}
-	if action == "rewrap" || v.id != latest.id {
+	if check.action == "rewrap" || v.id != latest.id {
 		ct, err := seal(k.id, latest, plain, body.AAD)
 		if err != nil {
 			writeError(w, http.StatusInternalServerError, "Internal Server Error", nil)
@@ -296,7 +332,7 @@ func (e *Emulator) unwrapAction(w http.ResponseWriter, r *http.Request, id, acti
 
 func (e *Emulator) rotate(w http.ResponseWriter, r *http.Request, id string) {
 	var body actionBody
-	k := e.actionKey(w, r, id, "rotate", &body, StateActive, StateDeactivated)
+	k := e.actionKey(w, r, id, &body, keyCheck{action: "rotate", rootOnly: true, states: []int{StateActive, StateDeactivated}, past: "rotated"})
 	if k == nil {
 		return
 	}
@@ -345,7 +381,7 @@ func (e *Emulator) rotate(w http.ResponseWriter, r *http.Request, id string) {
 
 func (e *Emulator) disable(w http.ResponseWriter, r *http.Request, id string) {
 	var body actionBody
-	k := e.actionKey(w, r, id, "disable", &body, StateActive)
+	k := e.actionKey(w, r, id, &body, keyCheck{action: "disable", states: []int{StateActive}, past: "disabled"})
 	if k == nil {
 		return
 	}
@@ -357,26 +393,20 @@ func (e *Emulator) disable(w http.ResponseWriter, r *http.Request, id string) {
 
 func (e *Emulator) enable(w http.ResponseWriter, r *http.Request, id string) {
 	var body actionBody
-	k := e.actionKey(w, r, id, "enable", &body, StateSuspended)
+	k := e.actionKey(w, r, id, &body, keyCheck{action: "enable", states: []int{StateSuspended}, past: "enabled",
+		wait: e.opts.ActionCooldown, since: (*key).stateChanged})
 	if k == nil {
 		return
 	}
 	defer e.mu.Unlock()
 	now := e.now()
-	if e.opts.ActionCooldown > 0 && now.Sub(k.lastStateChange) < e.opts.ActionCooldown {
-		tooEarly(w)
-		return
-	}
 	k.state, k.updated, k.lastStateChange = StateActive, ptr(now), now
 	w.WriteHeader(http.StatusNoContent)
 }
 
 func (e *Emulator) deleteKey(w http.ResponseWriter, r *http.Request, id string) {
-	e.mu.Lock()
-	k := e.lookupLocked(id)
+	k := e.keyLocked(w, id, keyCheck{})
 	if k == nil {
-		e.mu.Unlock()
-		notFound(w)
 		return
 	}
 	if k.state == StateDestroyed {
@@ -389,32 +419,16 @@ func (e *Emulator) deleteKey(w http.ResponseWriter, r *http.Request, id string) 
 	k.state, k.updated, k.lastStateChange, k.deletionDate = StateDestroyed, ptr(now), now, ptr(now)
 	j := e.render(k, false)
 	e.mu.Unlock()
-	if strings.Contains(r.Header.Get("Prefer"), "return=representation") {
-		writeKeys(w, http.StatusOK, j)
-		return
-	}
-	w.WriteHeader(http.StatusNoContent)
+	writeRemoved(w, r, j)
 }
 
 func (e *Emulator) restoreKey(w http.ResponseWriter, r *http.Request, id string) {
-	e.mu.Lock()
-	k := e.lookupLocked(id)
+	k := e.keyLocked(w, id, keyCheck{states: []int{StateDestroyed}, past: "restored",
+		wait: e.opts.ActionCooldown, since: (*key).stateChanged})
 	if k == nil {
-		e.mu.Unlock()
-		notFound(w)
 		return
 	}
 	now := e.now()
-	switch {
-	case k.state != StateDestroyed:
-		e.mu.Unlock()
-		invalidState(w, "restored")
-		return
-	case e.opts.ActionCooldown > 0 && now.Sub(k.lastStateChange) < e.opts.ActionCooldown:
-		e.mu.Unlock()
-		tooEarly(w)
-		return
-	}
 	k.state, k.updated, k.lastStateChange, k.deletionDate = StateActive, ptr(now), now, nil
 	j := e.render(k, false)
 	e.mu.Unlock()
@@ -422,22 +436,9 @@ func (e *Emulator) restoreKey(w http.ResponseWriter, r *http.Request, id string)
 }
 
 func (e *Emulator) purgeKey(w http.ResponseWriter, r *http.Request, id string) {
-	e.mu.Lock()
-	k := e.lookupLocked(id)
+	k := e.keyLocked(w, id, keyCheck{states: []int{StateDestroyed}, past: "purged",
+		wait: e.opts.PurgeDelay, since: (*key).deleted})
 	if k == nil {
-		e.mu.Unlock()
-		notFound(w)
-		return
-	}
-	now := e.now()
-	switch {
-	case k.state != StateDestroyed:
-		e.mu.Unlock()
-		invalidState(w, "purged")
-		return
-	case e.opts.PurgeDelay > 0 && now.Sub(*k.deletionDate) < e.opts.PurgeDelay:
-		e.mu.Unlock()
-		tooEarly(w)
 		return
 	}
 	j := e.render(k, false)
@@ -448,6 +449,12 @@ func (e *Emulator) purgeKey(w http.ResponseWriter, r *http.Request, id string) {
 	e.order = slices.DeleteFunc(e.order, func(s string) bool { return s == k.id })
 	k.versions, k.payload = nil, nil // drop the material (AEADs) with the key
 	e.mu.Unlock()
+	writeRemoved(w, r, j)
+}
+
+// writeRemoved answers a delete or purge: the key as it was removed when
+// the request prefers return=representation, else 204.
+func writeRemoved(w http.ResponseWriter, r *http.Request, j keyJSON) {
 	if strings.Contains(r.Header.Get("Prefer"), "return=representation") {
 		writeKeys(w, http.StatusOK, j)
 		return

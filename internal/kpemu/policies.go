@@ -208,11 +208,8 @@ func (e *Emulator) getKeyPolicies(w http.ResponseWriter, r *http.Request, id str
 	if !ok {
 		return
 	}
-	e.mu.Lock()
-	k := e.lookupLocked(id)
+	k := e.keyLocked(w, id, keyCheck{})
 	if k == nil {
-		e.mu.Unlock()
-		notFound(w)
 		return
 	}
 	ps := e.renderKeyPolicies(k, which)
@@ -232,20 +229,11 @@ func (e *Emulator) putKeyPolicies(w http.ResponseWriter, r *http.Request, id str
 		badBody(w)
 		return
 	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	k := e.lookupLocked(id)
-	switch {
-	case k == nil:
-		notFound(w)
-		return
-	case k.state == StateDestroyed:
-		gone(w, "policy")
-		return
-	case k.extractable:
-		notRootKey(w, "policy")
+	k := e.keyLocked(w, id, keyCheck{action: "policy", rootOnly: true})
+	if k == nil {
 		return
 	}
+	defer e.mu.Unlock()
 	rot, dual := k.rotation, k.dualAuth
 	for _, p := range env.Resources {
 		if p.Rotation != nil && (which == "" || which == policyRotation) {
