@@ -49,17 +49,8 @@ func (e *Emulator) createAlias(w http.ResponseWriter, r *http.Request, idAlias s
 		k.aliases = append(k.aliases, alias)
 		e.aliases[alias] = k.id
 	}
-	var env struct {
-		Metadata struct {
-			CollectionType  string `json:"collectionType"`
-			CollectionTotal int    `json:"collectionTotal"`
-		} `json:"metadata"`
-		Resources []aliasJSON `json:"resources"`
-	}
-	env.Metadata.CollectionType = "application/vnd.ibm.kms.alias+json"
-	env.Metadata.CollectionTotal = 1
-	env.Resources = []aliasJSON{{KeyID: k.id, Alias: alias, CreatedBy: "kpemu", CreationDate: utc(e.now())}}
-	writeJSON(w, http.StatusCreated, env)
+	writeCollection(w, http.StatusCreated, "application/vnd.ibm.kms.alias+json",
+		[]aliasJSON{{KeyID: k.id, Alias: alias, CreatedBy: "kpemu", CreationDate: utc(e.now())}})
 }
 
 // deleteAlias is DELETE keys/{id}/aliases/{alias}: 204, or 404 when the

@@ -42,7 +42,7 @@ func (e *Emulator) create(w http.ResponseWriter, r *http.Request, withPolicies b
 			newReason(http.StatusConflict, "KEY_ALIAS_NOT_UNIQUE_ERR", "One or more aliases are already associated with a key in the instance"))
 		return
 	case err != nil:
-		writeError(w, http.StatusInternalServerError, "Internal Server Error", nil)
+		internalError(w)
 		return
 	}
 	e.mu.Lock()
@@ -154,7 +154,7 @@ func (e *Emulator) listVersions(w http.ResponseWriter, r *http.Request, id strin
 	}
 	var vs []keyVersionJSON
 	for i := len(k.versions) - 1; i >= 0; i-- { // newest first
-		vs = append(vs, keyVersionJSON{ID: k.versions[i].id, CreationDate: utc(k.versions[i].created)})
+		vs = append(vs, *k.versions[i].json())
 	}
 	e.mu.Unlock()
 	total := len(vs)
@@ -257,7 +257,7 @@ func (e *Emulator) wrap(w http.ResponseWriter, r *http.Request, id string) {
 	if generated {
 		plain = make([]byte, generatedDEK)
 		if _, err := rand.Read(plain); err != nil {
-			writeError(w, http.StatusInternalServerError, "Internal Server Error", nil)
+			internalError(w)
 			return
 		}
 	} else {
@@ -271,10 +271,10 @@ func (e *Emulator) wrap(w http.ResponseWriter, r *http.Request, id string) {
 	defer clear(plain)
 	ct, err := seal(k.id, v, plain, body.AAD)
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "Internal Server Error", nil)
+		internalError(w)
 		return
 	}
-	resp := actionBody{CipherText: ct, KeyVersion: &keyVersionJSON{ID: v.id, CreationDate: utc(v.created)}}
+	resp := actionBody{CipherText: ct, KeyVersion: v.json()}
 	if generated {
 		resp.PlainText = ptr(base64.StdEncoding.EncodeToString(plain))
 	}
@@ -314,18 +314,18 @@ func (e *Emulator) unwrapAction(w http.ResponseWriter, r *http.Request, id strin
 		return
 	}
 	defer clear(plain)
-	resp := actionBody{KeyVersion: &keyVersionJSON{ID: v.id, CreationDate: utc(v.created)}}
+	resp := actionBody{KeyVersion: v.json()}
 	if check.action == "unwrap" {
 		resp.PlainText = ptr(base64.StdEncoding.EncodeToString(plain))
 	}
 	if check.action == "rewrap" || v.id != latest.id {
 		ct, err := seal(k.id, latest, plain, body.AAD)
 		if err != nil {
-			writeError(w, http.StatusInternalServerError, "Internal Server Error", nil)
+			internalError(w)
 			return
 		}
 		resp.CipherText = ct
-		resp.RewrappedKeyVersion = &keyVersionJSON{ID: latest.id, CreationDate: utc(latest.created)}
+		resp.RewrappedKeyVersion = latest.json()
 	}
 	writeJSON(w, http.StatusOK, resp)
 }
@@ -363,14 +363,14 @@ func (e *Emulator) rotate(w http.ResponseWriter, r *http.Request, id string) {
 	default:
 		material = make([]byte, rootKeySize)
 		if _, err := rand.Read(material); err != nil {
-			writeError(w, http.StatusInternalServerError, "Internal Server Error", nil)
+			internalError(w)
 			return
 		}
 	}
 	v, err := newVersion(newUUID(), material, now)
 	clear(material)
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "Internal Server Error", nil)
+		internalError(w)
 		return
 	}
 	k.versions = append(k.versions, v)
@@ -380,27 +380,25 @@ func (e *Emulator) rotate(w http.ResponseWriter, r *http.Request, id string) {
 }
 
 func (e *Emulator) disable(w http.ResponseWriter, r *http.Request, id string) {
-	var body actionBody
-	k := e.actionKey(w, r, id, &body, keyCheck{action: "disable", states: []int{StateActive}, past: "disabled"})
-	if k == nil {
-		return
-	}
-	defer e.mu.Unlock()
-	now := e.now()
-	k.state, k.updated, k.lastStateChange = StateSuspended, ptr(now), now
-	w.WriteHeader(http.StatusNoContent)
+	e.changeState(w, r, id, StateSuspended, keyCheck{action: "disable", states: []int{StateActive}, past: "disabled"})
 }
 
 func (e *Emulator) enable(w http.ResponseWriter, r *http.Request, id string) {
-	var body actionBody
-	k := e.actionKey(w, r, id, &body, keyCheck{action: "enable", states: []int{StateSuspended}, past: "enabled",
+	e.changeState(w, r, id, StateActive, keyCheck{action: "enable", states: []int{StateSuspended}, past: "enabled",
 		wait: e.opts.ActionCooldown, since: (*key).stateChanged})
+}
+
+// changeState is disable and enable: the key check allows, it moves to
+// state and answers 204.
+func (e *Emulator) changeState(w http.ResponseWriter, r *http.Request, id string, state int, check keyCheck) {
+	var body actionBody
+	k := e.actionKey(w, r, id, &body, check)
 	if k == nil {
 		return
 	}
 	defer e.mu.Unlock()
 	now := e.now()
-	k.state, k.updated, k.lastStateChange = StateActive, ptr(now), now
+	k.state, k.updated, k.lastStateChange = state, ptr(now), now
 	w.WriteHeader(http.StatusNoContent)
 }
 

@@ -71,14 +71,6 @@ type policyJSON struct {
 	} `json:"dualAuthDelete,omitempty"`
 }
 
-type policiesEnvelope struct {
-	Metadata struct {
-		CollectionType  string `json:"collectionType"`
-		CollectionTotal int    `json:"collectionTotal"`
-	} `json:"metadata"`
-	Resources []policyJSON `json:"resources"`
-}
-
 // instancePolicy is one instance policy; attributes are kept as sent.
 type instancePolicy struct {
 	typ        string
@@ -98,14 +90,6 @@ type instancePolicyJSON struct {
 		Enabled    *bool          `json:"enabled,omitempty"`
 		Attributes map[string]any `json:"attributes,omitempty"`
 	} `json:"policy_data"`
-}
-
-type instancePoliciesEnvelope struct {
-	Metadata struct {
-		CollectionType  string `json:"collectionType"`
-		CollectionTotal int    `json:"collectionTotal"`
-	} `json:"metadata"`
-	Resources []instancePolicyJSON `json:"resources"`
 }
 
 // intervalMonth reads attributes.interval_month (0 when absent or not a
@@ -178,14 +162,6 @@ func (e *Emulator) renderKeyPolicies(k *key, which string) []policyJSON {
 	return out
 }
 
-func writePolicies(w http.ResponseWriter, status int, ps []policyJSON) {
-	var env policiesEnvelope
-	env.Metadata.CollectionType = policyType
-	env.Metadata.CollectionTotal = len(ps)
-	env.Resources = ps
-	writeJSON(w, status, env)
-}
-
 // policyQuery reads ?policy= for key policies: "", rotation or
 // dualAuthDelete.
 func policyQuery(w http.ResponseWriter, r *http.Request, allowed ...string) (string, bool) {
@@ -214,7 +190,7 @@ func (e *Emulator) getKeyPolicies(w http.ResponseWriter, r *http.Request, id str
 	}
 	ps := e.renderKeyPolicies(k, which)
 	e.mu.Unlock()
-	writePolicies(w, http.StatusOK, ps)
+	writeCollection(w, http.StatusOK, policyType, ps)
 }
 
 // putKeyPolicies sets the policies the body carries (rotation, dualAuthDelete),
@@ -224,7 +200,7 @@ func (e *Emulator) putKeyPolicies(w http.ResponseWriter, r *http.Request, id str
 	if !ok {
 		return
 	}
-	var env policiesEnvelope
+	var env collection[policyJSON]
 	if err := readBody(r, &env); err != nil || len(env.Resources) == 0 {
 		badBody(w)
 		return
@@ -258,7 +234,7 @@ func (e *Emulator) putKeyPolicies(w http.ResponseWriter, r *http.Request, id str
 		w.WriteHeader(http.StatusNoContent)
 		return
 	}
-	writePolicies(w, http.StatusOK, e.renderKeyPolicies(k, which))
+	writeCollection(w, http.StatusOK, policyType, e.renderKeyPolicies(k, which))
 }
 
 func (e *Emulator) renderInstancePolicy(p *instancePolicy) instancePolicyJSON {
@@ -275,9 +251,7 @@ func (e *Emulator) getInstancePolicies(w http.ResponseWriter, r *http.Request, _
 	if !ok {
 		return
 	}
-	var env instancePoliciesEnvelope
-	env.Metadata.CollectionType = policyType
-	env.Resources = []instancePolicyJSON{}
+	ps := []instancePolicyJSON{}
 	e.mu.Lock()
 	for _, t := range instancePolicyTypes {
 		p := e.instPolicies[t]
@@ -289,11 +263,10 @@ func (e *Emulator) getInstancePolicies(w http.ResponseWriter, r *http.Request, _
 		case p == nil:
 			p = &instancePolicy{typ: t, created: e.now(), updated: e.now()}
 		}
-		env.Resources = append(env.Resources, e.renderInstancePolicy(p))
+		ps = append(ps, e.renderInstancePolicy(p))
 	}
 	e.mu.Unlock()
-	env.Metadata.CollectionTotal = len(env.Resources)
-	writeJSON(w, http.StatusOK, env)
+	writeCollection(w, http.StatusOK, policyType, ps)
 }
 
 // putInstancePolicies sets ?policy=X (required) from the body's first
@@ -304,7 +277,7 @@ func (e *Emulator) putInstancePolicies(w http.ResponseWriter, r *http.Request, _
 	if !ok {
 		return
 	}
-	var env instancePoliciesEnvelope
+	var env collection[instancePolicyJSON]
 	if err := readBody(r, &env); err != nil || len(env.Resources) != 1 {
 		badBody(w)
 		return

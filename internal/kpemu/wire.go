@@ -51,6 +51,30 @@ type keyJSON struct {
 	} `json:"dualAuthDelete,omitempty"`
 }
 
+// collection is the envelope of a list of resources (§1.4), as answered
+// and as a policy body is read.
+type collection[T any] struct {
+	Metadata struct {
+		CollectionType  string `json:"collectionType"`
+		CollectionTotal int    `json:"collectionTotal"`
+	} `json:"metadata"`
+	Resources []T `json:"resources"`
+}
+
+// writeCollection answers resources (nil: an empty list) of type typ.
+func writeCollection[T any](w http.ResponseWriter, status int, typ string, resources []T) {
+	var env collection[T]
+	env.Metadata.CollectionType = typ
+	env.Metadata.CollectionTotal = len(resources)
+	env.Resources = resources
+	if env.Resources == nil {
+		env.Resources = []T{}
+	}
+	writeJSON(w, status, env)
+}
+
+// keysEnvelope is a create body, totalCount included as the client's type
+// has it.
 type keysEnvelope struct {
 	Metadata struct {
 		CollectionType  string `json:"collectionType"`
@@ -73,6 +97,10 @@ type actionBody struct {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+func (v keyVersion) json() *keyVersionJSON {
+	return &keyVersionJSON{ID: v.id, CreationDate: utc(v.created)}
+}
 
 func utc(t time.Time) *time.Time { return ptr(t.UTC().Truncate(time.Second)) }
 
@@ -107,8 +135,7 @@ func (e *Emulator) render(k *key, withPayload bool) keyJSON {
 		j.Expiration = utc(*k.expiration)
 	}
 	if !k.extractable {
-		v := k.latest()
-		j.KeyVersion = &keyVersionJSON{ID: v.id, CreationDate: utc(v.created)}
+		j.KeyVersion = k.latest().json()
 	}
 	if withPayload && k.extractable && k.state != StateDestroyed {
 		j.Payload = base64.StdEncoding.EncodeToString(k.payload)
@@ -124,14 +151,7 @@ func (e *Emulator) render(k *key, withPayload bool) keyJSON {
 }
 
 func writeKeys(w http.ResponseWriter, status int, ks ...keyJSON) {
-	var env keysEnvelope
-	env.Metadata.CollectionType = keyType
-	env.Metadata.CollectionTotal = len(ks)
-	env.Resources = ks
-	if env.Resources == nil {
-		env.Resources = []keyJSON{}
-	}
-	writeJSON(w, status, env)
+	writeCollection(w, status, keyType, ks)
 }
 
 // Refusals (§3 of the reference).
@@ -158,6 +178,10 @@ func tooEarly(w http.ResponseWriter) {
 func invalidField(w http.ResponseWriter, field, msg string) {
 	writeError(w, http.StatusBadRequest, "Bad Request: The action could not be performed: Please see 'reasons' for more details (INVALID_FIELD_ERR)",
 		newReason(http.StatusBadRequest, "INVALID_FIELD_ERR", "The field '"+field+"' must be: "+msg).withTarget(field))
+}
+
+func internalError(w http.ResponseWriter) {
+	writeError(w, http.StatusInternalServerError, "Internal Server Error", nil)
 }
 
 func badCiphertext(w http.ResponseWriter) {
