@@ -437,28 +437,20 @@ func TestFaults(t *testing.T) {
 		})
 	}
 	s.SetFaults(Faults{})
-	t.Run("reset", func(t *testing.T) {
-		s.SetFaults(Faults{Outage: OutageReset})
-		ctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
-		defer cancel()
-		_, err := c.GetKeyMetadata(ctx, id)
-		var ue *kp.URLError
-		if !errors.As(err, &ue) {
-			t.Fatalf("err = %v (%T), want *kp.URLError", err, err)
-		}
-		s.SetFaults(Faults{})
-	})
-	t.Run("hang released by deadline", func(t *testing.T) {
-		s.SetFaults(Faults{Outage: OutageHang})
-		ctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
-		defer cancel()
-		_, err := c.GetKeyMetadata(ctx, id)
-		var ue *kp.URLError
-		if !errors.As(err, &ue) {
-			t.Fatalf("err = %v, want *kp.URLError", err)
-		}
-		s.SetFaults(Faults{})
-	})
+	for _, tc := range []struct {
+		name    string
+		outage  Outage
+		timeout time.Duration
+	}{
+		{"reset", OutageReset, 300 * time.Millisecond},
+		{"hang released by deadline", OutageHang, 200 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s.SetFaults(Faults{Outage: tc.outage})
+			wantURLError(t, c, id, tc.timeout)
+			s.SetFaults(Faults{})
+		})
+	}
 	t.Run("iam 503 then recovers", func(t *testing.T) {
 		s := start(t, Options{})
 		id, _ := s.CreateRootKey("root")
@@ -474,13 +466,7 @@ func TestFaults(t *testing.T) {
 		if err := s.SetRefuse(true); err != nil {
 			t.Fatal(err)
 		}
-		ctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
-		defer cancel()
-		_, err := c.GetKeyMetadata(ctx, id)
-		var ue *kp.URLError
-		if !errors.As(err, &ue) {
-			t.Fatalf("err = %v, want *kp.URLError", err)
-		}
+		wantURLError(t, c, id, 300*time.Millisecond)
 		if err := s.SetRefuse(false); err != nil {
 			t.Fatal(err)
 		}
@@ -488,6 +474,19 @@ func TestFaults(t *testing.T) {
 			t.Fatalf("after refuse lifted: %v", err)
 		}
 	})
+}
+
+// wantURLError fetches key id's metadata with a deadline of timeout and
+// requires the client's transport error (*kp.URLError).
+func wantURLError(t *testing.T, c *kp.Client, id string, timeout time.Duration) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	_, err := c.GetKeyMetadata(ctx, id)
+	var ue *kp.URLError
+	if !errors.As(err, &ue) {
+		t.Fatalf("err = %v (%T), want *kp.URLError", err, err)
+	}
 }
 
 func TestKeepAlive(t *testing.T) {
@@ -526,6 +525,32 @@ func FuzzParseCiphertext(f *testing.F) {
 // FuzzServeAction feeds arbitrary bodies to every key route: the emulator
 // must answer with a documented status, never panic or fail with a 5xx.
 func FuzzServeAction(f *testing.F) {
+	ft := newFuzzTarget(f)
+	for _, s := range []string{"wrap", "unwrap", "rewrap", "rotate"} {
+		f.Add(s, `{"plaintext":"AAAA","aad":["a"]}`)
+		f.Add(s, `{"ciphertext":"e30=","aad":["a"]}`)
+		f.Add(s, `null`)
+	}
+	f.Add("create", `{"resources":[{"name":"xy","aliases":["a1"]}]}`)
+	f.Fuzz(func(t *testing.T, action, body string) {
+		path := APIPrefix + "keys/" + ft.keyID + "/actions/" + action
+		if action == "create" {
+			path = APIPrefix + "keys"
+		}
+		if rec := ft.serve(http.MethodPost, path, body); rec != nil && !documented(rec.status) {
+			t.Fatalf("%s %q: status %d %s", action, body, rec.status, rec.body.Bytes())
+		}
+	})
+}
+
+// fuzzTarget is an emulator with one root key and a token of its own, for
+// the fuzz targets, which serve it requests directly.
+type fuzzTarget struct {
+	e            *Emulator
+	keyID, token string
+}
+
+func newFuzzTarget(f *testing.F) *fuzzTarget {
 	e := New(Options{APIKeys: []string{testAPIKey}})
 	id, err := e.CreateRootKey("fuzz-root")
 	if err != nil {
@@ -541,31 +566,31 @@ func FuzzServeAction(f *testing.F) {
 	if err := json.Unmarshal(rec.body.Bytes(), &tok); err != nil || tok.AccessToken == "" {
 		f.Fatalf("token: %s", rec.body.Bytes())
 	}
-	for _, s := range []string{"wrap", "unwrap", "rewrap", "rotate"} {
-		f.Add(s, `{"plaintext":"AAAA","aad":["a"]}`)
-		f.Add(s, `{"ciphertext":"e30=","aad":["a"]}`)
-		f.Add(s, `null`)
+	return &fuzzTarget{e: e, keyID: id, token: tok.AccessToken}
+}
+
+// serve answers one authorized request; nil when method and path make no
+// request.
+func (ft *fuzzTarget) serve(method, path, body string) *recorder {
+	req, err := http.NewRequest(method, path, strings.NewReader(body))
+	if err != nil {
+		return nil
 	}
-	f.Add("create", `{"resources":[{"name":"xy","aliases":["a1"]}]}`)
-	f.Fuzz(func(t *testing.T, action, body string) {
-		path := APIPrefix + "keys/" + id + "/actions/" + action
-		if action == "create" {
-			path = APIPrefix + "keys"
-		}
-		req, err := http.NewRequest(http.MethodPost, path, strings.NewReader(body))
-		if err != nil {
-			return
-		}
-		req.Header.Set("Authorization", "Bearer "+tok.AccessToken)
-		req.Header.Set("Bluemix-Instance", e.InstanceID())
-		rec := httptestRecorder()
-		e.ServeHTTP(rec, req)
-		switch rec.status {
-		case 200, 201, 204, 400, 404, 409, 410:
-		default:
-			t.Fatalf("%s %q: status %d %s", action, body, rec.status, rec.body.Bytes())
-		}
-	})
+	req.Header.Set("Authorization", "Bearer "+ft.token)
+	req.Header.Set("Bluemix-Instance", ft.e.InstanceID())
+	rec := httptestRecorder()
+	ft.e.ServeHTTP(rec, req)
+	return rec
+}
+
+// documented reports whether status is one the emulator answers a request
+// with (no 5xx without an injected fault).
+func documented(status int) bool {
+	switch status {
+	case 200, 201, 204, 400, 404, 409, 410:
+		return true
+	}
+	return false
 }
 
 // recorder is a minimal http.ResponseWriter (httptest would do as well,

@@ -2,10 +2,8 @@ package kpemu
 
 import (
 	"context"
-	"encoding/json"
 	"net/http"
 	"net/url"
-	"strings"
 	"testing"
 
 	kp "github.com/IBM/keyprotect-go-client"
@@ -15,10 +13,7 @@ func TestNewKeyHasNoLastUpdateDate(t *testing.T) {
 	ctx := context.Background()
 	s := start(t, Options{})
 	c := client(t, s, testAPIKey)
-	k, err := c.CreateKey(ctx, "root", nil, false)
-	if err != nil {
-		t.Fatal(err)
-	}
+	k := createKey(t, c, "root", false)
 	if k.LastUpdateDate != nil || k.LastRotateDate != nil {
 		t.Fatalf("new key: lastUpdateDate %v lastRotateDate %v, want neither", k.LastUpdateDate, k.LastRotateDate)
 	}
@@ -38,14 +33,8 @@ func TestAliases(t *testing.T) {
 	ctx := context.Background()
 	s := start(t, Options{})
 	c := client(t, s, testAPIKey)
-	k1, err := c.CreateKey(ctx, "root-1", nil, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	k2, err := c.CreateKey(ctx, "root-2", nil, false)
-	if err != nil {
-		t.Fatal(err)
-	}
+	k1 := createKey(t, c, "root-1", false)
+	k2 := createKey(t, c, "root-2", false)
 	a, err := c.CreateKeyAlias(ctx, "my-root", k1.ID)
 	if err != nil || a == nil || a.Alias != "my-root" || a.KeyID != k1.ID || a.CreationDate == nil {
 		t.Fatalf("CreateKeyAlias = %+v, %v", a, err)
@@ -100,10 +89,7 @@ func TestKeyRotationPolicies(t *testing.T) {
 	ctx := context.Background()
 	s := start(t, Options{})
 	c := client(t, s, testAPIKey)
-	k, err := c.CreateKey(ctx, "root", nil, false)
-	if err != nil {
-		t.Fatal(err)
-	}
+	k := createKey(t, c, "root", false)
 	if ps, err := c.GetPolicies(ctx, k.ID); err != nil || len(ps) != 0 {
 		t.Fatalf("fresh key policies = %+v, %v; want none", ps, err)
 	}
@@ -134,10 +120,7 @@ func TestKeyRotationPolicies(t *testing.T) {
 	if ps, err := c.GetPolicies(ctx, k.ID); err != nil || len(ps) != 2 {
 		t.Fatalf("policies = %+v, %v; want rotation and dualAuthDelete", ps, err)
 	}
-	std, err := c.CreateKey(ctx, "standard", nil, true)
-	if err != nil {
-		t.Fatal(err)
-	}
+	std := createKey(t, c, "standard", true)
 	if _, err := c.SetRotationPolicy(ctx, std.ID, 3); kpErr(t, err).StatusCode != http.StatusBadRequest {
 		t.Fatalf("rotation policy on a standard key: %v, want 400", err)
 	}
@@ -165,17 +148,11 @@ func TestInstanceRotationPolicy(t *testing.T) {
 	if p, err = c.GetRotationInstancePolicy(ctx); err != nil || !*p.PolicyData.Enabled || *p.PolicyData.Attributes.IntervalMonth != 2 {
 		t.Fatalf("instance policy = %+v, %v", p, err)
 	}
-	root, err := c.CreateKey(ctx, "root", nil, false)
-	if err != nil {
-		t.Fatal(err)
-	}
+	root := createKey(t, c, "root", false)
 	if rp, err := c.GetRotationPolicy(ctx, root.ID); err != nil || rp == nil || rp.Rotation.Interval != 2 || !*rp.Rotation.Enabled {
 		t.Fatalf("a new root key inherits the instance policy: %+v, %v", rp, err)
 	}
-	std, err := c.CreateKey(ctx, "standard", nil, true)
-	if err != nil {
-		t.Fatal(err)
-	}
+	std := createKey(t, c, "standard", true)
 	if rp, err := c.GetRotationPolicy(ctx, std.ID); err != nil || rp != nil {
 		t.Fatalf("a standard key inherits nothing: %+v, %v", rp, err)
 	}
@@ -199,10 +176,7 @@ func TestInstanceRotationPolicy(t *testing.T) {
 	if err := c.SetRotationInstancePolicy(ctx, false, nil); err != nil {
 		t.Fatal(err)
 	}
-	later, err := c.CreateKey(ctx, "later", nil, false)
-	if err != nil {
-		t.Fatal(err)
-	}
+	later := createKey(t, c, "later", false)
 	if rp, err := c.GetRotationPolicy(ctx, later.ID); err != nil || rp != nil {
 		t.Fatalf("after disabling the instance policy: %+v, %v; want none", rp, err)
 	}
@@ -217,25 +191,23 @@ func TestInstanceRotationPolicy(t *testing.T) {
 	}
 }
 
+// createKey creates a key through the client: a standard key when
+// extractable, else a root key.
+func createKey(t *testing.T, c *kp.Client, name string, extractable bool) *kp.Key {
+	t.Helper()
+	k, err := c.CreateKey(context.Background(), name, nil, extractable)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
 // FuzzServePolicies feeds arbitrary bodies and queries to the policy,
 // alias and policy-override routes: a documented status, never a panic or
 // a 5xx.
 func FuzzServePolicies(f *testing.F) {
-	e := New(Options{APIKeys: []string{testAPIKey}})
-	id, err := e.CreateRootKey("fuzz-root")
-	if err != nil {
-		f.Fatal(err)
-	}
-	rec := httptestRecorder()
-	req, _ := http.NewRequest(http.MethodPost, TokenPath, strings.NewReader("grant_type=urn%3Aibm%3Aparams%3Aoauth%3Agrant-type%3Aapikey&apikey="+testAPIKey))
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	e.ServeHTTP(rec, req)
-	var tok struct {
-		AccessToken string `json:"access_token"`
-	}
-	if err := json.Unmarshal(rec.body.Bytes(), &tok); err != nil || tok.AccessToken == "" {
-		f.Fatalf("token: %s", rec.body.Bytes())
-	}
+	ft := newFuzzTarget(f)
+	id := ft.keyID
 	f.Add(0, "rotation", `{"resources":[{"rotation":{"enabled":true,"interval_month":3}}]}`)
 	f.Add(0, "", `{"resources":[{"dualAuthDelete":{"enabled":true}}]}`)
 	f.Add(1, "rotation", `{"resources":[{"policy_type":"rotation","policy_data":{"enabled":true,"attributes":{"interval_month":2}}}]}`)
@@ -254,17 +226,7 @@ func FuzzServePolicies(f *testing.F) {
 		default:
 			method, path = http.MethodPost, APIPrefix+"keys/"+id+"/aliases/"+url.PathEscape(query)
 		}
-		req, err := http.NewRequest(method, path, strings.NewReader(body))
-		if err != nil {
-			return
-		}
-		req.Header.Set("Authorization", "Bearer "+tok.AccessToken)
-		req.Header.Set("Bluemix-Instance", e.InstanceID())
-		rec := httptestRecorder()
-		e.ServeHTTP(rec, req)
-		switch rec.status {
-		case 200, 201, 204, 400, 404, 409, 410:
-		default:
+		if rec := ft.serve(method, path, body); rec != nil && !documented(rec.status) {
 			t.Fatalf("%s %s %q: status %d %s", method, path, body, rec.status, rec.body.Bytes())
 		}
 	})
