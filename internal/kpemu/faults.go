@@ -75,27 +75,15 @@ func (e *Emulator) FailNext(n, status int) {
 // apiFault applies the API faults; it reports whether it answered. A
 // request held by a hang that is lifted goes on as if it had just arrived.
 func (e *Emulator) apiFault(w http.ResponseWriter, r *http.Request) bool {
-	for {
-		e.mu.Lock()
-		f, release := e.faults, e.release
-		e.mu.Unlock()
-		switch f.Outage {
-		case OutageHang:
-			if !e.wait(r, release, 0) {
-				panic(http.ErrAbortHandler) // drop the connection, log nothing
-			}
-			continue
-		case OutageReset:
-			reset(w)
-			return true
-		}
-		if f.Latency > 0 && !e.wait(r, release, f.Latency) {
-			panic(http.ErrAbortHandler)
-		}
-		break
+	f, release, answered := e.outage(w, r, func(f Faults) Outage { return f.Outage })
+	if answered {
+		return true
+	}
+	if f.Latency > 0 && !e.wait(r, release, f.Latency) {
+		panic(http.ErrAbortHandler)
 	}
 	e.mu.Lock()
-	f := e.faults
+	f = e.faults
 	fail := false
 	if e.faults.FailNext > 0 {
 		e.faults.FailNext--
@@ -120,21 +108,8 @@ func (e *Emulator) apiFault(w http.ResponseWriter, r *http.Request) bool {
 
 // iamFault applies the IAM faults; it reports whether it answered.
 func (e *Emulator) iamFault(w http.ResponseWriter, r *http.Request) bool {
-	for {
-		e.mu.Lock()
-		f, release := e.faults, e.release
-		e.mu.Unlock()
-		switch f.IAMOutage {
-		case OutageHang:
-			if !e.wait(r, release, 0) {
-				panic(http.ErrAbortHandler)
-			}
-			continue
-		case OutageReset:
-			reset(w)
-			return true
-		}
-		break
+	if _, _, answered := e.outage(w, r, func(f Faults) Outage { return f.IAMOutage }); answered {
+		return true
 	}
 	e.mu.Lock()
 	status := e.faults.IAMStatus
@@ -150,6 +125,29 @@ func (e *Emulator) iamFault(w http.ResponseWriter, r *http.Request) bool {
 		return true
 	}
 	return false
+}
+
+// outage applies the outage which reads from the faults: a hang holds the
+// request until the faults change and then looks again, a reset answers
+// (answered true). It returns the faults in force and the channel that
+// closes when they change.
+func (e *Emulator) outage(w http.ResponseWriter, r *http.Request, which func(Faults) Outage) (f Faults, release chan struct{}, answered bool) {
+	for {
+		e.mu.Lock()
+		f, release = e.faults, e.release
+		e.mu.Unlock()
+		switch which(f) {
+		case OutageHang:
+			if !e.wait(r, release, 0) {
+				panic(http.ErrAbortHandler) // drop the connection, log nothing
+			}
+		case OutageReset:
+			reset(w)
+			return f, release, true
+		default:
+			return f, release, false
+		}
+	}
 }
 
 // wait waits d (forever when 0). It reports true when the request should go
