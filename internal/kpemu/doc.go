@@ -46,7 +46,8 @@
 // Files by job: emulator.go (options, routing, IAM, authorization),
 // model.go (keys, versions, states, aliases), ciphertext.go (the opaque
 // wrap format), wire.go (JSON shapes, refusal envelopes), handlers.go (one
-// function per key route), aliases.go (alias routes), policies.go (key and
+// function per key route, each stating in a keyCheck what keyLocked
+// refuses for it), aliases.go (alias routes), policies.go (key and
 // instance policies), ratelimit.go, faults.go, control.go (the fault
 // control over HTTP), tls.go (the CA) and server.go.
 package kpemu
