@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/decryptd/decryptd/internal/e2e/e2etest"
 	"github.com/decryptd/decryptd/internal/testutil/pgtest"
 	"github.com/decryptd/decryptd/internal/testutil/wait"
 )
@@ -138,10 +139,10 @@ func TestGroupReplicaKilledRebalanceLosesNothing(t *testing.T) {
 			if n == victim {
 				lines -= len(killedLedger.IDs)
 			}
-			if got := m.sum("decryptd_records_delivered_total", "sink", "ledger"); got != float64(lines) {
+			if got := m.Sum("decryptd_records_delivered_total", "sink", "ledger"); got != float64(lines) {
 				off = append(off, fmt.Sprintf("%s: metrics %v, ledger %d", n, got, lines))
 			}
-			if got := m.sum("decryptd_records_delivered_total", "sink", "warehouse"); got != float64(lines) {
+			if got := m.Sum("decryptd_records_delivered_total", "sink", "warehouse"); got != float64(lines) {
 				off = append(off, fmt.Sprintf("%s: warehouse %v, ledger %d", n, got, lines))
 			}
 		}
@@ -149,10 +150,10 @@ func TestGroupReplicaKilledRebalanceLosesNothing(t *testing.T) {
 	})
 	var delivered, duplicates, deadLetters, redelivered float64
 	for _, n := range names {
-		delivered += final[n].sum("decryptd_records_delivered_total", "sink", "ledger")
-		duplicates += final[n].sum("decryptd_duplicates_total")
-		deadLetters += final[n].sum("decryptd_dead_letters_total")
-		redelivered += final[n].sum("decryptd_kafka_records_redelivered_total")
+		delivered += final[n].Sum("decryptd_records_delivered_total", "sink", "ledger")
+		duplicates += final[n].Sum("decryptd_duplicates_total")
+		deadLetters += final[n].Sum("decryptd_dead_letters_total")
+		redelivered += final[n].Sum("decryptd_kafka_records_redelivered_total")
 	}
 	delivered += float64(len(killedLedger.IDs))
 
@@ -178,7 +179,7 @@ func TestGroupReplicaKilledRebalanceLosesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := counts(p.ids)
+	want := e2etest.Counts(p.ids)
 	if len(want) != messages {
 		t.Fatalf("the producer made %d distinct record ids for %d messages", len(want), messages)
 	}
