@@ -47,7 +47,7 @@ func TestPostgresSinkKilledRestartedExactlyUnique(t *testing.T) {
 	// The DSN may carry the test role's password: it goes through the
 	// environment (dsn_env), as the sink requires.
 	t.Setenv("PGSINK_E2E_DSN", dsn)
-	bin := buildDecryptd(t)
+	bin := e2etest.BuildDecryptd(t)
 	b := mosquittotest.Start(t, mosquittotest.Options{MaxInflight: 100})
 	f := newFleet(t, b, devices)
 	rf := f.writeConfig(t, replicaConfig{ClientID: "replica-pg", MaxInFlight: 200,

@@ -58,14 +58,7 @@ func newFleet(t *testing.T, b *mosquittotest.Broker, n int) *fleet {
 	defer cancel()
 	dir := t.TempDir()
 	f := &fleet{dir: dir, broker: b, rootKey: e2etest.RootKeyPath(dir), registry: e2etest.RegistryPath(dir)}
-	lp, err := e2etest.CreateLocalRoot(dir, "delivery-root")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dk, err := e2etest.OpenDekctl(ctx, dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	lp, dk := e2etest.LocalKeys(ctx, t, dir, "delivery-root")
 	defer dk.Close()
 	ops, err := keyops.New(keyops.Options{KMS: lp, Roots: lp, Registry: dk.Registry, Audit: dk.Audit, Operator: "e2e-delivery"})
 	if err != nil {

@@ -1,7 +1,6 @@
 package delivery_test
 
 import (
-	"context"
 	"fmt"
 	"testing"
 	"time"
@@ -9,19 +8,6 @@ import (
 	"github.com/decryptd/decryptd/internal/e2e/e2etest"
 	"github.com/decryptd/decryptd/internal/testutil/mosquittotest"
 )
-
-// buildDecryptd builds cmd/decryptd with the go command running the tests,
-// so the process under test is the binary an operator runs.
-func buildDecryptd(t *testing.T) string {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	bin, err := e2etest.Build(ctx, "cmd/decryptd", t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return bin
-}
 
 // A replica killed without warning (SIGKILL) mid-stream and started again
 // under the same client id loses nothing: the broker kept its persistent
@@ -34,7 +20,7 @@ func TestKilledReplicaRestartedLosesNothing(t *testing.T) {
 		devices  = 50
 		messages = 5000
 	)
-	bin := buildDecryptd(t)
+	bin := e2etest.BuildDecryptd(t)
 	b := mosquittotest.Start(t, mosquittotest.Options{MaxInflight: 100})
 	f := newFleet(t, b, devices)
 	rf := f.writeConfig(t, replicaConfig{ClientID: "replica-k", MaxInFlight: 200})

@@ -6,6 +6,8 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"testing"
+	"time"
 )
 
 // Module is this module's path, the prefix of the packages Build builds.
@@ -27,4 +29,18 @@ func Build(ctx context.Context, pkg, dir string) (string, error) {
 		return "", fmt.Errorf("build %s: %w\n%s", pkg, err, out)
 	}
 	return bin, nil
+}
+
+// BuildDecryptd builds cmd/decryptd into a folder of the test's, within 3
+// minutes, and returns the binary's path; it fails the test if the build
+// does.
+func BuildDecryptd(tb testing.TB) string {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	bin, err := Build(ctx, "cmd/decryptd", tb.TempDir())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return bin
 }

@@ -3,10 +3,10 @@
 //
 //   - Build builds a main package of this module with the go command
 //     running the tests, so the process under test is the binary an
-//     operator runs.
+//     operator runs; BuildDecryptd builds cmd/decryptd for one test.
 //   - OpenDekctl opens what dekctl opens to provision a fleet (a file
 //     registry, an audit log as actor dekctl) in a folder; CreateLocalRoot
-//     creates a local root key there.
+//     creates a local root key there; LocalKeys does both for a test.
 //   - NewFiles names the files one daemon's configuration names, in a
 //     folder of its own; WriteConfig writes that configuration as an
 //     operator would (input, keys, registry, sinks, a file dead letter,

@@ -3,6 +3,7 @@ package e2etest
 import (
 	"context"
 	"path/filepath"
+	"testing"
 
 	"github.com/decryptd/decryptd/internal/audit"
 	"github.com/decryptd/decryptd/internal/kms/local"
@@ -46,4 +47,19 @@ func OpenDekctl(ctx context.Context, dir string) (*Dekctl, error) {
 func (d *Dekctl) Close() {
 	d.Audit.Close()
 	d.Registry.Close()
+}
+
+// LocalKeys is CreateLocalRoot and OpenDekctl in dir, failing the test on
+// either's error; the caller closes the Dekctl once it has provisioned.
+func LocalKeys(ctx context.Context, tb testing.TB, dir, rootID string) (*local.Provider, *Dekctl) {
+	tb.Helper()
+	lp, err := CreateLocalRoot(dir, rootID)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	dk, err := OpenDekctl(ctx, dir)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return lp, dk
 }

@@ -33,21 +33,6 @@ const (
 	topicHeader = "mqtt_topic"
 )
 
-// buildDecryptd builds cmd/decryptd once per test, without the race
-// detector whatever the test runs with: the replicas are the product as
-// shipped, and a race-built daemon would be several times slower on a
-// loaded CI machine.
-func buildDecryptd(t *testing.T) string {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	bin, err := e2etest.Build(ctx, "cmd/decryptd", t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return bin
-}
-
 // startCluster starts an in-process Kafka of one broker on a 127.0.0.1 TCP
 // port holding topic with the given partitions, closed when t ends.
 func startCluster(t *testing.T, partitions int32) *kfake.Cluster {
@@ -77,14 +62,7 @@ func provisionFleet(t *testing.T, n int) *keys {
 	defer cancel()
 	dir := t.TempDir()
 	k := &keys{dir: dir, rootKey: e2etest.RootKeyPath(dir), registry: e2etest.RegistryPath(dir)}
-	lp, err := e2etest.CreateLocalRoot(dir, "kafka-e2e-root")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dk, err := e2etest.OpenDekctl(ctx, dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	lp, dk := e2etest.LocalKeys(ctx, t, dir, "kafka-e2e-root")
 	defer dk.Close()
 	reqs, err := fleet.Requests(n, fleet.ProvisionOptions{Prefix: "dev-"})
 	if err != nil {
