@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/decryptd/decryptd/internal/audit"
+	"github.com/decryptd/decryptd/internal/e2e/e2etest"
 	"github.com/decryptd/decryptd/internal/keyops"
 	"github.com/decryptd/decryptd/internal/kms/local"
 	"github.com/decryptd/decryptd/internal/registry/filestore"
@@ -31,7 +32,7 @@ func pgIDs(ctx context.Context, conn *pgx.Conn) (rows int, ids map[string]int, e
 	if err != nil {
 		return 0, nil, err
 	}
-	return len(got), counts(got), nil
+	return len(got), e2etest.Counts(got), nil
 }
 
 // A decryptd writing to PostgreSQL, SIGKILLed mid-stream and started again,
@@ -46,7 +47,7 @@ func TestPostgresSinkKilledRestartedExactlyUnique(t *testing.T) {
 	// The DSN may carry the test role's password: it goes through the
 	// environment (dsn_env), as the sink requires.
 	t.Setenv("PGSINK_E2E_DSN", dsn)
-	bin := buildDecryptd(t)
+	bin := e2etest.BuildDecryptd(t)
 	b := mosquittotest.Start(t, mosquittotest.Options{MaxInflight: 100})
 	f := newFleet(t, b, devices)
 	rf := f.writeConfig(t, replicaConfig{ClientID: "replica-pg", MaxInFlight: 200,
@@ -102,7 +103,7 @@ func TestPostgresSinkKilledRestartedExactlyUnique(t *testing.T) {
 		if m, err = scrape(second.addr); err != nil {
 			return false, err.Error()
 		}
-		n := m.sum("decryptd_inflight_messages")
+		n := m.Sum("decryptd_inflight_messages")
 		return n == 0, fmt.Sprintf("decryptd_inflight_messages %v", n)
 	})
 	if err := second.Terminate(30 * time.Second); err != nil {
@@ -112,7 +113,7 @@ func TestPostgresSinkKilledRestartedExactlyUnique(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	published := counts(ids)
+	published := e2etest.Counts(ids)
 	for id := range have {
 		if published[id] == 0 {
 			t.Errorf("row %s was never published", id)
@@ -126,7 +127,7 @@ func TestPostgresSinkKilledRestartedExactlyUnique(t *testing.T) {
 		t.Fatalf("typed column heart_rate filled on %d rows (%v), want %d", typed, err, messages)
 	}
 	t.Logf("killed with %d rows in the table; after the restart %d rows = %d distinct ids = every published record; second process received %v, delivered %v (redeliveries written again land on ON CONFLICT DO NOTHING)",
-		atKill, rows, len(have), m.sum("decryptd_mqtt_messages_received_total"), m.sum("decryptd_messages_processed_total", "outcome", "delivered"))
+		atKill, rows, len(have), m.Sum("decryptd_mqtt_messages_received_total"), m.Sum("decryptd_messages_processed_total", "outcome", "delivered"))
 }
 
 // pseudonymized reads an analytics sink file: heart rate token by record

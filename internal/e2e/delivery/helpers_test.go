@@ -9,12 +9,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
-	"path/filepath"
-	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -24,21 +20,16 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
-	"github.com/decryptd/decryptd/internal/audit"
 	"github.com/decryptd/decryptd/internal/config"
 	"github.com/decryptd/decryptd/internal/daemon"
 	"github.com/decryptd/decryptd/internal/dek"
+	"github.com/decryptd/decryptd/internal/e2e/e2etest"
 	"github.com/decryptd/decryptd/internal/keyops"
-	"github.com/decryptd/decryptd/internal/kms/local"
-	"github.com/decryptd/decryptd/internal/registry/filestore"
 	"github.com/decryptd/decryptd/internal/seal"
 	"github.com/decryptd/decryptd/internal/testutil/daemonproc"
 	"github.com/decryptd/decryptd/internal/testutil/mosquittotest"
 	"github.com/decryptd/decryptd/internal/testutil/recordfile"
 )
-
-// topicFilter is what every daemon subscribes to (Watson IoT's layout).
-const topicFilter = "iot-2/type/+/id/+/evt/+/fmt/+"
 
 func topicOf(deviceID string) string {
 	return "iot-2/type/monitor/id/" + deviceID + "/evt/telemetry/fmt/json"
@@ -66,22 +57,10 @@ func newFleet(t *testing.T, b *mosquittotest.Broker, n int) *fleet {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	dir := t.TempDir()
-	f := &fleet{dir: dir, broker: b, rootKey: filepath.Join(dir, "root-key.json"), registry: filestorePath(dir)}
-	lp, err := local.Create(f.rootKey, "delivery-root")
-	if err != nil {
-		t.Fatal(err)
-	}
-	store, err := filestore.Open(ctx, f.registry, filestore.WithoutFSNotify())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
-	aw, err := audit.Open(ctx, filepath.Join(dir, "dekctl-audit.log"), audit.WithActor("dekctl"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer aw.Close()
-	ops, err := keyops.New(keyops.Options{KMS: lp, Roots: lp, Registry: store, Audit: aw, Operator: "e2e-delivery"})
+	f := &fleet{dir: dir, broker: b, rootKey: e2etest.RootKeyPath(dir), registry: e2etest.RegistryPath(dir)}
+	lp, dk := e2etest.LocalKeys(ctx, t, dir, "delivery-root")
+	defer dk.Close()
+	ops, err := keyops.New(keyops.Options{KMS: lp, Roots: lp, Registry: dk.Registry, Audit: dk.Audit, Operator: "e2e-delivery"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,8 +79,6 @@ func newFleet(t *testing.T, b *mosquittotest.Broker, n int) *fleet {
 	}
 	return f
 }
-
-func filestorePath(dir string) string { return filepath.Join(dir, "registry.json") }
 
 // message seals reading seq of device seq mod len(devices) (shape A, its own
 // key) and returns its topic, its payload and the record id the spec gives
@@ -197,9 +174,7 @@ type replicaConfig struct {
 }
 
 // replicaFiles are the files a configuration names.
-type replicaFiles struct {
-	Config, Records, DeadLetter, Log string
-}
+type replicaFiles = e2etest.Files
 
 // writeConfig writes a configuration file for one replica, as an operator
 // would, with a client certificate of its own, and returns its files.
@@ -211,43 +186,18 @@ func (f *fleet) writeConfig(t *testing.T, rc replicaConfig) replicaFiles {
 	if rc.Workers == 0 {
 		rc.Workers = 8
 	}
-	dir := filepath.Join(f.dir, rc.ClientID)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	rf := replicaFiles{
-		Config:     filepath.Join(dir, "config.yaml"),
-		Records:    filepath.Join(dir, "records.jsonl"),
-		DeadLetter: filepath.Join(dir, "dead-letter.jsonl"),
-		Log:        filepath.Join(dir, "decryptd.log"),
-	}
-	if rc.Sinks == "" {
-		rc.Sinks = fmt.Sprintf("  - name: records\n    type: file\n    path: %q\n    fsync: true\n", rf.Records)
-	}
-	cert := f.broker.ClientCert("decryptd-" + rc.ClientID)
-	var b strings.Builder
-	fmt.Fprintf(&b, "mqtt:\n  brokers: [%q]\n  client_id: %q\n  topics: [%q]\n  shared_group: decryptd\n", f.broker.SSLURL, rc.ClientID, topicFilter)
-	fmt.Fprintf(&b, "  tls:\n    ca_file: %q\n    cert_file: %q\n    key_file: %q\n", cert.CA, cert.Cert, cert.Key)
-	// One connection whatever the machine's cores (the default follows
-	// GOMAXPROCS): these tests reason about one session per replica.
-	fmt.Fprintf(&b, "  max_in_flight: %d\n  workers: %d\n  connections: 1\n  keep_alive: 10s\n  connect_timeout: 5s\n", rc.MaxInFlight, rc.Workers)
-	fmt.Fprintf(&b, "kms:\n  provider: local\n  local:\n    root_key_file: %q\n", f.rootKey)
-	fmt.Fprintf(&b, "registry:\n  driver: file\n  path: %q\n", f.registry)
-	fmt.Fprintf(&b, "sinks:\n%s", rc.Sinks)
-	fmt.Fprintf(&b, "dead_letter:\n  type: file\n  path: %q\n", rf.DeadLetter)
-	fmt.Fprintf(&b, "metrics:\n  listen: 127.0.0.1:0\n")
-	fmt.Fprintf(&b, "audit:\n  path: %q\n", filepath.Join(dir, "audit.log"))
-	fmt.Fprintf(&b, "log:\n  level: info\n  format: json\n")
-	fmt.Fprintf(&b, "shutdown_timeout: 15s\n")
-	if err := os.WriteFile(rf.Config, []byte(b.String()), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	// Registered before any daemon runs on this configuration, so it runs
-	// after they stopped: the log is complete, and shown once.
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("decryptd log %s:\n%s", rf.Log, mosquittotest.Tail(rf.Log, 16<<10))
-		}
+	rf := e2etest.NewFiles(t, f.dir, rc.ClientID)
+	e2etest.WriteConfig(t, rf, e2etest.Config{
+		// One connection whatever the machine's cores (the default follows
+		// GOMAXPROCS): these tests reason about one session per replica.
+		Input: e2etest.MQTTInput(e2etest.MQTT{
+			Broker: f.broker, ClientID: rc.ClientID, SharedGroup: "decryptd",
+			MaxInFlight: rc.MaxInFlight, Workers: rc.Workers, Connections: 1, KeepAlive: "10s",
+		}),
+		KMS:      e2etest.LocalKMS(f.rootKey),
+		Registry: f.registry,
+		Sinks:    rc.Sinks,
+		ShowLog:  16 << 10,
 	})
 	return rf
 }
@@ -367,14 +317,6 @@ func missing(want []string, have map[string]int) []string {
 	return out
 }
 
-func counts(ids []string) map[string]int {
-	m := make(map[string]int, len(ids))
-	for _, id := range ids {
-		m[id]++
-	}
-	return m
-}
-
 // waitUntil polls cond every 50 ms until it holds or timeout passes; then
 // it fails the test with cond's last status.
 func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
@@ -392,30 +334,10 @@ func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() (bo
 	}
 }
 
-// metrics is one scrape of /metrics in the text format.
-type metrics []sample
+// metrics is one scrape of /metrics (e2etest.Metrics).
+type metrics = e2etest.Metrics
 
-type sample struct {
-	name   string
-	labels map[string]string
-	value  float64
-}
-
-func scrape(addr string) (metrics, error) {
-	resp, err := httpGet("http://" + addr + "/metrics")
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("GET /metrics: %s", resp.Status)
-	}
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return nil, err
-	}
-	return parseMetrics(string(body))
-}
+func scrape(addr string) (metrics, error) { return e2etest.Scrape(context.Background(), addr) }
 
 func mustScrape(t *testing.T, addr string) metrics {
 	t.Helper()
@@ -424,108 +346,4 @@ func mustScrape(t *testing.T, addr string) metrics {
 		t.Fatalf("scrape %s: %v", addr, err)
 	}
 	return m
-}
-
-// parseMetrics reads the Prometheus text format: comment lines are skipped,
-// every other line is name{labels} value [timestamp].
-func parseMetrics(text string) (metrics, error) {
-	var out metrics
-	for ln, line := range strings.Split(text, "\n") {
-		line = strings.TrimSpace(line)
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		s := sample{labels: map[string]string{}}
-		rest := line
-		if i := strings.IndexAny(line, "{ "); i > 0 && line[i] == '{' {
-			s.name = line[:i]
-			j, err := parseLabels(line[i+1:], s.labels)
-			if err != nil {
-				return nil, fmt.Errorf("metrics line %d: %w", ln+1, err)
-			}
-			rest = line[i+1+j:]
-		} else if i > 0 {
-			s.name, rest = line[:i], line[i:]
-		} else {
-			return nil, fmt.Errorf("metrics line %d: no value", ln+1)
-		}
-		fields := strings.Fields(rest)
-		if len(fields) == 0 {
-			return nil, fmt.Errorf("metrics line %d: no value", ln+1)
-		}
-		v, err := strconv.ParseFloat(fields[0], 64)
-		if err != nil {
-			return nil, fmt.Errorf("metrics line %d: %w", ln+1, err)
-		}
-		s.value = v
-		out = append(out, s)
-	}
-	return out, nil
-}
-
-// parseLabels reads `k="v",k2="v2"}` into m and returns the bytes read.
-func parseLabels(s string, m map[string]string) (int, error) {
-	i := 0
-	for {
-		if i < len(s) && s[i] == '}' {
-			return i + 1, nil
-		}
-		eq := strings.IndexByte(s[i:], '=')
-		if eq < 0 || i+eq+1 >= len(s) || s[i+eq+1] != '"' {
-			return 0, errors.New("bad label")
-		}
-		name := strings.TrimSpace(s[i : i+eq])
-		i += eq + 2
-		var v strings.Builder
-		for ; i < len(s) && s[i] != '"'; i++ {
-			if s[i] == '\\' && i+1 < len(s) {
-				i++
-				switch s[i] {
-				case 'n':
-					v.WriteByte('\n')
-				default:
-					v.WriteByte(s[i])
-				}
-				continue
-			}
-			v.WriteByte(s[i])
-		}
-		if i >= len(s) {
-			return 0, errors.New("unterminated label value")
-		}
-		m[name] = v.String()
-		i++ // closing quote
-		if i < len(s) && s[i] == ',' {
-			i++
-		}
-	}
-}
-
-// has reports whether any sample of the metric exists.
-func (ms metrics) has(name string) bool {
-	for _, s := range ms {
-		if s.name == name {
-			return true
-		}
-	}
-	return false
-}
-
-// sum adds the samples of the metric whose labels include the given
-// name=value pairs.
-func (ms metrics) sum(name string, labels ...string) float64 {
-	total := 0.0
-next:
-	for _, s := range ms {
-		if s.name != name {
-			continue
-		}
-		for i := 0; i+1 < len(labels); i += 2 {
-			if s.labels[labels[i]] != labels[i+1] {
-				continue next
-			}
-		}
-		total += s.value
-	}
-	return total
 }

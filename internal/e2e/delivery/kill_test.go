@@ -1,34 +1,13 @@
 package delivery_test
 
 import (
-	"context"
 	"fmt"
-	"os/exec"
-	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/decryptd/decryptd/internal/e2e/e2etest"
 	"github.com/decryptd/decryptd/internal/testutil/mosquittotest"
 )
-
-// buildDecryptd builds cmd/decryptd with the go command running the tests,
-// so the process under test is the binary an operator runs.
-func buildDecryptd(t *testing.T) string {
-	t.Helper()
-	// go test puts its own toolchain's bin directory first in PATH.
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		t.Fatalf("build decryptd: no go command in PATH: %v", err)
-	}
-	bin := filepath.Join(t.TempDir(), "decryptd")
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, goBin, "build", "-o", bin, "github.com/decryptd/decryptd/cmd/decryptd")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build decryptd: %v\n%s", err, out)
-	}
-	return bin
-}
 
 // A replica killed without warning (SIGKILL) mid-stream and started again
 // under the same client id loses nothing: the broker kept its persistent
@@ -41,7 +20,7 @@ func TestKilledReplicaRestartedLosesNothing(t *testing.T) {
 		devices  = 50
 		messages = 5000
 	)
-	bin := buildDecryptd(t)
+	bin := e2etest.BuildDecryptd(t)
 	b := mosquittotest.Start(t, mosquittotest.Options{MaxInflight: 100})
 	f := newFleet(t, b, devices)
 	rf := f.writeConfig(t, replicaConfig{ClientID: "replica-k", MaxInFlight: 200})
@@ -69,10 +48,10 @@ func TestKilledReplicaRestartedLosesNothing(t *testing.T) {
 	}
 	t.Logf("killed the first process (%v) with %d records in the sink (%d torn lines); shortly before: received %v, delivered %v, acknowledged %v, in flight %v",
 		first.Err(), len(atKill.IDs), atKill.Torn,
-		before.sum("decryptd_mqtt_messages_received_total"),
-		before.sum("decryptd_messages_processed_total", "outcome", "delivered"),
-		before.sum("decryptd_mqtt_ack_latency_seconds_count"),
-		before.sum("decryptd_inflight_messages"))
+		before.Sum("decryptd_mqtt_messages_received_total"),
+		before.Sum("decryptd_messages_processed_total", "outcome", "delivered"),
+		before.Sum("decryptd_mqtt_ack_latency_seconds_count"),
+		before.Sum("decryptd_inflight_messages"))
 
 	// The publisher carries on while no replica is up: the broker queues.
 	select {
@@ -96,7 +75,7 @@ func TestKilledReplicaRestartedLosesNothing(t *testing.T) {
 		if err != nil {
 			return false, err.Error()
 		}
-		final, have = s, counts(s.IDs)
+		final, have = s, e2etest.Counts(s.IDs)
 		miss := missing(ids, have)
 		return len(miss) == 0, fmt.Sprintf("%d of %d published records missing", len(miss), messages)
 	})
@@ -108,13 +87,13 @@ func TestKilledReplicaRestartedLosesNothing(t *testing.T) {
 			t.Fatalf("sink line %d changed after the kill", i)
 		}
 	}
-	published := counts(ids)
+	published := e2etest.Counts(ids)
 	for id := range have {
 		if published[id] == 0 {
 			t.Errorf("record %s in the sink was never published", id)
 		}
 	}
-	firstSet := counts(atKill.IDs)
+	firstSet := e2etest.Counts(atKill.IDs)
 	secondIDs := final.IDs[len(atKill.IDs):]
 	dupSecond := 0 // records the second process wrote again
 	seen := map[string]bool{}
@@ -142,19 +121,19 @@ func TestKilledReplicaRestartedLosesNothing(t *testing.T) {
 		if m, err = scrape(second.addr); err != nil {
 			return false, err.Error()
 		}
-		n := m.sum("decryptd_inflight_messages")
+		n := m.Sum("decryptd_inflight_messages")
 		return n == 0, fmt.Sprintf("decryptd_inflight_messages %v", n)
 	})
 	t.Logf("sink: %d lines (%d torn), %d distinct records = every one of %d published; %d duplicate lines (%d ids more than once), %d of them written by the second process",
 		len(final.IDs)+final.Torn, final.Torn, len(have), messages, dupLines, repeatedIDs, dupSecond)
 	t.Logf("second process: received %v, delivered %v, duplicate %v, dead-lettered %v",
-		m.sum("decryptd_mqtt_messages_received_total"),
-		m.sum("decryptd_messages_processed_total", "outcome", "delivered"),
-		m.sum("decryptd_duplicates_total"), m.sum("decryptd_dead_letters_total"))
-	if v := m.sum("decryptd_dead_letters_total"); v != 0 {
+		m.Sum("decryptd_mqtt_messages_received_total"),
+		m.Sum("decryptd_messages_processed_total", "outcome", "delivered"),
+		m.Sum("decryptd_duplicates_total"), m.Sum("decryptd_dead_letters_total"))
+	if v := m.Sum("decryptd_dead_letters_total"); v != 0 {
 		t.Errorf("second process dead-lettered %v messages, want 0", v)
 	}
-	if got, want := m.sum("decryptd_messages_processed_total", "outcome", "delivered"), float64(len(secondIDs)); got != want {
+	if got, want := m.Sum("decryptd_messages_processed_total", "outcome", "delivered"), float64(len(secondIDs)); got != want {
 		t.Errorf("second process: decryptd_messages_processed_total{outcome=delivered} = %v, it wrote %v records", got, want)
 	}
 
@@ -170,7 +149,7 @@ func TestKilledReplicaRestartedLosesNothing(t *testing.T) {
 	}
 	name := ""
 	for _, n := range redeliveryMetrics {
-		if m.has(n) {
+		if m.Has(n) {
 			name = n
 			break
 		}
@@ -179,8 +158,8 @@ func TestKilledReplicaRestartedLosesNothing(t *testing.T) {
 		t.Errorf("the daemon exports no counter of broker redeliveries (MQTT DUP flag): none of %v on /metrics; "+
 			"decryptd_duplicates_total = %v counts only redeliveries the in-memory replay window recognises, which a restarted process has lost, "+
 			"so %d duplicate records written after the restart are invisible in the metrics",
-			redeliveryMetrics, m.sum("decryptd_duplicates_total"), dupSecond)
-	} else if v := m.sum(name); v < float64(dupSecond) {
+			redeliveryMetrics, m.Sum("decryptd_duplicates_total"), dupSecond)
+	} else if v := m.Sum(name); v < float64(dupSecond) {
 		t.Errorf("%s = %v, but the second process wrote %d records again", name, v, dupSecond)
 	} else {
 		t.Logf("%s = %v >= %d duplicates written by the second process", name, v, dupSecond)
@@ -193,7 +172,7 @@ func TestKilledReplicaRestartedLosesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if miss := missing(ids, counts(after.IDs)); len(miss) != 0 {
+	if miss := missing(ids, e2etest.Counts(after.IDs)); len(miss) != 0 {
 		t.Errorf("after the graceful stop %d records are missing", len(miss))
 	}
 }

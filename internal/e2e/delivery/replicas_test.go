@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/decryptd/decryptd/internal/e2e/e2etest"
 	"github.com/decryptd/decryptd/internal/testutil/mosquittotest"
 )
 
@@ -51,12 +52,12 @@ func TestTwoReplicasSplitSharedSubscription(t *testing.T) {
 			}
 			sinks[i] = s
 		}
-		all = counts(append(append([]string(nil), sinks[0].IDs...), sinks[1].IDs...))
+		all = e2etest.Counts(append(append([]string(nil), sinks[0].IDs...), sinks[1].IDs...))
 		return len(missing(ids, all)) == 0, fmt.Sprintf("%d distinct of %d", len(all), messages)
 	})
 	drained := time.Since(t0)
 
-	published := counts(ids)
+	published := e2etest.Counts(ids)
 	if len(published) != messages {
 		t.Fatalf("publisher made %d distinct ids for %d messages", len(published), messages)
 	}
@@ -73,9 +74,9 @@ func TestTwoReplicasSplitSharedSubscription(t *testing.T) {
 	// Mosquitto hands each message of a shared subscription to one member
 	// and redelivers only to that member's session: a record in both sinks
 	// means both replicas were given the message.
-	inA := counts(sinks[0].IDs)
+	inA := e2etest.Counts(sinks[0].IDs)
 	both := 0
-	for id := range counts(sinks[1].IDs) {
+	for id := range e2etest.Counts(sinks[1].IDs) {
 		if inA[id] > 0 {
 			both++
 		}
@@ -89,7 +90,7 @@ func TestTwoReplicasSplitSharedSubscription(t *testing.T) {
 		if s.Torn != 0 {
 			t.Errorf("replica %d: %d lines of its sink are not records", i, s.Torn)
 		}
-		distinct := len(counts(s.IDs))
+		distinct := len(e2etest.Counts(s.IDs))
 		share := float64(distinct) / messages
 		t.Logf("replica %d (%s): %d records (%.1f%% of the messages)", i, r.addr, distinct, 100*share)
 		if share < minShare {
@@ -105,7 +106,7 @@ func TestTwoReplicasSplitSharedSubscription(t *testing.T) {
 			if m, err = scrape(r.addr); err != nil {
 				return false, err.Error()
 			}
-			n := m.sum("decryptd_inflight_messages")
+			n := m.Sum("decryptd_inflight_messages")
 			return n == 0, fmt.Sprintf("decryptd_inflight_messages %v", n)
 		})
 		// Read the sink again now that nothing is in flight.
@@ -115,17 +116,17 @@ func TestTwoReplicasSplitSharedSubscription(t *testing.T) {
 		}
 		sinks[i] = s
 		held := float64(len(s.IDs))
-		delivered := m.sum("decryptd_messages_processed_total", "outcome", "delivered")
-		written := m.sum("decryptd_records_delivered_total", "sink", "records")
-		received := m.sum("decryptd_mqtt_messages_received_total")
-		dups := m.sum("decryptd_duplicates_total")
+		delivered := m.Sum("decryptd_messages_processed_total", "outcome", "delivered")
+		written := m.Sum("decryptd_records_delivered_total", "sink", "records")
+		received := m.Sum("decryptd_mqtt_messages_received_total")
+		dups := m.Sum("decryptd_duplicates_total")
 		t.Logf("replica %d metrics: received %v, processed delivered %v, duplicate %v, records_delivered{records} %v, released %v, reconnects %v, kms unwraps %v",
 			i, received, delivered, dups, written,
-			m.sum("decryptd_mqtt_messages_released_total"), m.sum("decryptd_mqtt_reconnects_total"),
-			m.sum("decryptd_kms_requests_total", "operation", "unwrap"))
+			m.Sum("decryptd_mqtt_messages_released_total"), m.Sum("decryptd_mqtt_reconnects_total"),
+			m.Sum("decryptd_kms_requests_total", "operation", "unwrap"))
 		// A replica writes a record twice only when its PUBACK was lost
 		// with a connection; none was lost here.
-		if rep := len(sinks[i].IDs) - len(counts(sinks[i].IDs)); rep != 0 && m.sum("decryptd_mqtt_reconnects_total") == 0 {
+		if rep := len(sinks[i].IDs) - len(e2etest.Counts(sinks[i].IDs)); rep != 0 && m.Sum("decryptd_mqtt_reconnects_total") == 0 {
 			t.Errorf("replica %d wrote %d records twice without ever losing its connection", i, rep)
 		}
 		if written != held {
@@ -138,14 +139,14 @@ func TestTwoReplicasSplitSharedSubscription(t *testing.T) {
 			t.Errorf("replica %d: received %v messages but finished %v", i, received, delivered+dups)
 		}
 		for _, name := range []string{"decryptd_dead_letters_total", "decryptd_decrypt_failures_total"} {
-			if v := m.sum(name); v != 0 {
+			if v := m.Sum(name); v != 0 {
 				t.Errorf("replica %d: %s = %v, want 0 (every message is good)", i, name, v)
 			}
 		}
-		if v := m.sum("decryptd_kms_requests_total", "operation", "unwrap"); v > devices {
+		if v := m.Sum("decryptd_kms_requests_total", "operation", "unwrap"); v > devices {
 			t.Errorf("replica %d: %v KMS unwraps for %d keys: the key cache should unwrap each key once", i, v, devices)
 		}
-		if v := m.sum("decryptd_mqtt_connection_up"); v != 1 {
+		if v := m.Sum("decryptd_mqtt_connection_up"); v != 1 {
 			t.Errorf("replica %d: decryptd_mqtt_connection_up = %v", i, v)
 		}
 	}

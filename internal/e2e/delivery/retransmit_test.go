@@ -70,7 +70,7 @@ func TestQoS1RetransmissionIsOneRecord(t *testing.T) {
 		if err != nil {
 			return false, err.Error()
 		}
-		done := m.sum("decryptd_messages_processed_total")
+		done := m.Sum("decryptd_messages_processed_total")
 		return done >= 2, fmt.Sprintf("%v messages processed", done)
 	})
 	m := mustScrape(t, r.addr)
@@ -87,7 +87,7 @@ func TestQoS1RetransmissionIsOneRecord(t *testing.T) {
 		{"decryptd_dead_letters_total", nil, 0},
 		{"decryptd_decrypt_failures_total", nil, 0},
 	} {
-		if got := m.sum(c.name, c.labels...); got != c.want {
+		if got := m.Sum(c.name, c.labels...); got != c.want {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
 		}
 	}

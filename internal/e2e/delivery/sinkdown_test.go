@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/decryptd/decryptd/internal/e2e/e2etest"
 	"github.com/decryptd/decryptd/internal/testutil/mosquittotest"
 )
 
@@ -165,12 +166,12 @@ func TestSinkDownPausesIntakeLosesNothing(t *testing.T) {
 		}
 		p := point{
 			at:                 time.Since(downAt),
-			inflight:           m.sum("decryptd_inflight_messages"),
-			received:           m.sum("decryptd_mqtt_messages_received_total"),
-			released:           m.sum("decryptd_mqtt_messages_released_total"),
-			sinkUp:             m.sum("decryptd_sink_up", "sink", "ehr"),
-			processedDelivered: m.sum("decryptd_messages_processed_total", "outcome", "delivered"),
-			deadLettered:       m.sum("decryptd_dead_letters_total"),
+			inflight:           m.Sum("decryptd_inflight_messages"),
+			received:           m.Sum("decryptd_mqtt_messages_received_total"),
+			released:           m.Sum("decryptd_mqtt_messages_released_total"),
+			sinkUp:             m.Sum("decryptd_sink_up", "sink", "ehr"),
+			processedDelivered: m.Sum("decryptd_messages_processed_total", "outcome", "delivered"),
+			deadLettered:       m.Sum("decryptd_dead_letters_total"),
 		}
 		p.admitted = p.received - p.released
 		points = append(points, p)
@@ -206,9 +207,9 @@ func TestSinkDownPausesIntakeLosesNothing(t *testing.T) {
 	if settled == nil {
 		t.Fatal("no metrics sample during the outage")
 	}
-	startReceived := m0.sum("decryptd_mqtt_messages_received_total")
-	startAdmitted := startReceived - m0.sum("decryptd_mqtt_messages_released_total")
-	startDelivered := m0.sum("decryptd_messages_processed_total", "outcome", "delivered")
+	startReceived := m0.Sum("decryptd_mqtt_messages_received_total")
+	startAdmitted := startReceived - m0.Sum("decryptd_mqtt_messages_released_total")
+	startDelivered := m0.Sum("decryptd_messages_processed_total", "outcome", "delivered")
 	t.Logf("outage %s: sink refused %d requests; %d messages published meanwhile, the daemon took in %v during the outage, the rest waited at the broker",
 		outage, refused, during, lastDown.admitted-startAdmitted)
 	t.Logf("intake: received %v before, %v at 2 s, %v at the end of the outage (released %v); admitted %v at 2 s, %v at the end; in flight at most %v (max_in_flight %d); delivered %v before, %v during",
@@ -252,7 +253,7 @@ func TestSinkDownPausesIntakeLosesNothing(t *testing.T) {
 		t.Errorf("%v messages counted delivered while the sink refused everything", d)
 	}
 
-	published := counts(ids)
+	published := e2etest.Counts(ids)
 	for id := range got {
 		if published[id] == 0 {
 			t.Errorf("record %s at the receiver was never published", id)
@@ -265,16 +266,16 @@ func TestSinkDownPausesIntakeLosesNothing(t *testing.T) {
 	m := mustScrape(t, d.addr)
 	t.Logf("after: %d distinct records of %d published, %d repeated; %d requests accepted; metrics: received %v, released %v, reconnects %v, sink errors %v, sink retries %v, dead letters %v",
 		len(got), messages, repeats, accepted,
-		m.sum("decryptd_mqtt_messages_received_total"), m.sum("decryptd_mqtt_messages_released_total"),
-		m.sum("decryptd_mqtt_reconnects_total"), m.sum("decryptd_sink_errors_total", "sink", "ehr"),
-		m.sum("decryptd_transient_retries_total", "cause", "sink"), m.sum("decryptd_dead_letters_total"))
-	if v := m.sum("decryptd_dead_letters_total"); v != 0 {
+		m.Sum("decryptd_mqtt_messages_received_total"), m.Sum("decryptd_mqtt_messages_released_total"),
+		m.Sum("decryptd_mqtt_reconnects_total"), m.Sum("decryptd_sink_errors_total", "sink", "ehr"),
+		m.Sum("decryptd_transient_retries_total", "cause", "sink"), m.Sum("decryptd_dead_letters_total"))
+	if v := m.Sum("decryptd_dead_letters_total"); v != 0 {
 		t.Errorf("%v messages dead-lettered, want 0: a sink outage is transient", v)
 	}
 	if dl, err := readSink(rf.DeadLetter); err != nil || len(dl.IDs)+dl.Torn != 0 {
 		t.Errorf("dead-letter file holds %d lines (%v), want none", len(dl.IDs)+dl.Torn, err)
 	}
-	if v := m.sum("decryptd_sink_up", "sink", "ehr"); v != 1 {
+	if v := m.Sum("decryptd_sink_up", "sink", "ehr"); v != 1 {
 		t.Errorf("decryptd_sink_up{sink=ehr} = %v after recovery, want 1", v)
 	}
 	if err := d.stop(); err != nil {

@@ -25,15 +25,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/decryptd/decryptd/internal/audit"
 	"github.com/decryptd/decryptd/internal/config"
 	"github.com/decryptd/decryptd/internal/deploytest"
+	"github.com/decryptd/decryptd/internal/e2e/e2etest"
 	"github.com/decryptd/decryptd/internal/fleet"
 	"github.com/decryptd/decryptd/internal/keyops"
 	"github.com/decryptd/decryptd/internal/kms"
 	"github.com/decryptd/decryptd/internal/kms/keyprotect"
-	"github.com/decryptd/decryptd/internal/kms/local"
-	"github.com/decryptd/decryptd/internal/registry/filestore"
 	"github.com/decryptd/decryptd/internal/testutil/daemonproc"
 	"github.com/decryptd/decryptd/internal/testutil/mosquittotest"
 )
@@ -64,22 +62,15 @@ func TestMain(m *testing.M) {
 		}
 		defer os.RemoveAll(dir)
 		bins.dir = dir
-		// go test puts its own toolchain's bin directory first in PATH.
-		goBin, err := exec.LookPath("go")
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "faults: no go command in PATH: %v\n", err)
-			return 1
-		}
 		for _, b := range []struct {
 			out *string
 			pkg string
 		}{{&bins.decryptd, "cmd/decryptd"}, {&bins.kpemu, "cmd/kpemu"}} {
-			*b.out = filepath.Join(dir, filepath.Base(b.pkg))
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-			out, err := exec.CommandContext(ctx, goBin, "build", "-o", *b.out, "github.com/decryptd/decryptd/"+b.pkg).CombinedOutput()
+			*b.out, err = e2etest.Build(ctx, b.pkg, dir)
 			cancel()
 			if err != nil {
-				fmt.Fprintf(os.Stderr, "faults: build %s: %v\n%s", b.pkg, err, out)
+				fmt.Fprintf(os.Stderr, "faults: %v\n", err)
 				return 1
 			}
 		}
@@ -92,8 +83,6 @@ func TestMain(m *testing.M) {
 	}()
 	os.Exit(code)
 }
-
-const topicFilter = "iot-2/type/+/id/+/evt/+/fmt/+"
 
 // env is one scenario's world: a broker, a provisioned fleet, the key
 // files (or the Key Protect emulator) and the secrets planted in it.
@@ -128,7 +117,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 	}
 	e.broker = mosquittotest.Start(t, mosquittotest.Options{MaxInflight: o.maxInflight})
 	e.logs = append(e.logs, e.broker.LogFile)
-	e.registry = filepath.Join(e.dir, "registry.json")
+	e.registry = e2etest.RegistryPath(e.dir)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
@@ -149,25 +138,19 @@ func newEnv(t *testing.T, o envOptions) *env {
 			fmt.Sprintf("    base_url: %q\n    token_url: %q\n    instance_id: %q\n    root_key_id: %q\n    api_key_file: %q\n    timeout: 2s\n",
 				e.kp.baseURL, e.kp.tokenURL, e.kp.instance, e.kp.root, e.kp.apiKeyFile)
 	} else {
-		rootKey := filepath.Join(e.dir, "root-key.json")
-		lp, err := local.Create(rootKey, "faults-root")
+		lp, err := e2etest.CreateLocalRoot(e.dir, "faults-root")
 		if err != nil {
 			t.Fatal(err)
 		}
 		provider, roots = lp, lp
-		e.kmsYAML = fmt.Sprintf("kms:\n  provider: local\n  local:\n    root_key_file: %q\n", rootKey)
+		e.kmsYAML = e2etest.LocalKMS(e2etest.RootKeyPath(e.dir))
 	}
-	store, err := filestore.Open(ctx, e.registry, filestore.WithoutFSNotify())
+	dk, err := e2etest.OpenDekctl(ctx, e.dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer store.Close()
-	aw, err := audit.Open(ctx, filepath.Join(e.dir, "dekctl-audit.log"), audit.WithActor("dekctl"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer aw.Close()
-	ops, err := keyops.New(keyops.Options{KMS: provider, Roots: roots, Registry: store, Audit: aw, Operator: "e2e-faults"})
+	defer dk.Close()
+	ops, err := keyops.New(keyops.Options{KMS: provider, Roots: roots, Registry: dk.Registry, Audit: dk.Audit, Operator: "e2e-faults"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -336,8 +319,8 @@ type daemonConfig struct {
 }
 
 type daemonFiles struct {
-	Config, Records, DeadLetter, Log string
-	budget                           int64 // deploytest.MemoryBudget of the configuration
+	e2etest.Files
+	budget int64 // deploytest.MemoryBudget of the configuration
 }
 
 func (e *env) writeConfig(dc daemonConfig) daemonFiles {
@@ -349,58 +332,36 @@ func (e *env) writeConfig(dc daemonConfig) daemonFiles {
 	if dc.Workers == 0 {
 		dc.Workers = 8
 	}
-	dir := filepath.Join(e.dir, dc.ClientID)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	df := daemonFiles{
-		Config:     filepath.Join(dir, "config.yaml"),
-		Records:    filepath.Join(dir, "records.jsonl"),
-		DeadLetter: filepath.Join(dir, "dead-letter.jsonl"),
-		Log:        filepath.Join(dir, "decryptd.log"),
-	}
-	if dc.Sinks == "" {
-		dc.Sinks = fmt.Sprintf("  - name: records\n    type: file\n    path: %q\n    fsync: true\n", df.Records)
-	}
-	cert := e.broker.ClientCert("decryptd-" + dc.ClientID)
-	var b strings.Builder
+	df := daemonFiles{Files: e2etest.NewFiles(t, e.dir, dc.ClientID)}
 	group := "decryptd"
 	if dc.NotShared {
 		group = ""
 	}
-	fmt.Fprintf(&b, "mqtt:\n  brokers: [%q]\n  client_id: %q\n  topics: [%q]\n  shared_group: %q\n", e.broker.SSLURL, dc.ClientID, topicFilter, group)
-	fmt.Fprintf(&b, "  tls:\n    ca_file: %q\n    cert_file: %q\n    key_file: %q\n", cert.CA, cert.Cert, cert.Key)
-	// keep_alive stays at its default (30 s): a short one turns a large
-	// backlog into a reconnect loop (the PINGRESP waits behind it).
-	fmt.Fprintf(&b, "  max_in_flight: %d\n  workers: %d\n  connect_timeout: 5s\n", dc.MaxInFlight, dc.Workers)
-	b.WriteString(e.kmsYAML)
-	fmt.Fprintf(&b, "registry:\n  driver: file\n  path: %q\n", e.registry)
-	fmt.Fprintf(&b, "sinks:\n%s", dc.Sinks)
-	fmt.Fprintf(&b, "dead_letter:\n  type: file\n  path: %q\n", df.DeadLetter)
-	fmt.Fprintf(&b, "metrics:\n  listen: 127.0.0.1:0\n")
-	fmt.Fprintf(&b, "audit:\n  path: %q\n", filepath.Join(dir, "audit.log"))
-	fmt.Fprintf(&b, "log:\n  level: info\n  format: json\n")
+	var decrypt string
 	if dc.MaxMsgBytes > 0 {
-		fmt.Fprintf(&b, "decrypt:\n  max_message_bytes: %d\n", dc.MaxMsgBytes)
+		decrypt = fmt.Sprintf("decrypt:\n  max_message_bytes: %d\n", dc.MaxMsgBytes)
 	}
-	fmt.Fprintf(&b, "shutdown_timeout: 15s\n")
-	b.WriteString(dc.Extra)
-	if err := os.WriteFile(df.Config, []byte(b.String()), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	e.addLog(df.Log)
+	yaml := e2etest.WriteConfig(t, df.Files, e2etest.Config{
+		// keep_alive stays at its default (30 s): a short one turns a large
+		// backlog into a reconnect loop (the PINGRESP waits behind it).
+		Input: e2etest.MQTTInput(e2etest.MQTT{
+			Broker: e.broker, ClientID: dc.ClientID, SharedGroup: group,
+			MaxInFlight: dc.MaxInFlight, Workers: dc.Workers,
+		}),
+		KMS:      e.kmsYAML,
+		Registry: e.registry,
+		Sinks:    dc.Sinks,
+		Sections: decrypt,
+		Extra:    dc.Extra,
+	})
 	if !dc.NoLoad {
 		cfg, err := config.Load(df.Config, func(string) (string, bool) { return "", false })
 		if err != nil {
-			t.Fatalf("load the configuration: %v\n%s", err, b.String())
+			t.Fatalf("load the configuration: %v\n%s", err, yaml)
 		}
 		df.budget = deploytest.MemoryBudget(cfg)
 	}
-	e.addLog(df.Log)
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("decryptd log %s:\n%s", df.Log, mosquittotest.Tail(df.Log, 8<<10))
-		}
-	})
 	return df
 }
 
@@ -635,101 +596,7 @@ func readDeadLetters(path string) []deadLetter {
 	return out
 }
 
-// metrics is one scrape of /metrics.
-type metrics []sample
+// metrics is one scrape of /metrics (e2etest.Metrics).
+type metrics = e2etest.Metrics
 
-type sample struct {
-	name   string
-	labels map[string]string
-	value  float64
-}
-
-func scrape(addr string) (metrics, error) {
-	resp, err := httpGet("http://" + addr + "/metrics")
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("GET /metrics: %s", resp.Status)
-	}
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return nil, err
-	}
-	var out metrics
-	for _, line := range strings.Split(string(body), "\n") {
-		line = strings.TrimSpace(line)
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		s := sample{labels: map[string]string{}}
-		rest := line
-		if i := strings.IndexByte(line, '{'); i > 0 {
-			j := strings.LastIndexByte(line, '}')
-			if j < i {
-				continue
-			}
-			s.name = line[:i]
-			for _, kv := range splitLabels(line[i+1 : j]) {
-				k, v, _ := strings.Cut(kv, "=")
-				s.labels[k] = strings.Trim(v, `"`)
-			}
-			rest = line[j+1:]
-		} else {
-			f := strings.Fields(line)
-			s.name, rest = f[0], strings.Join(f[1:], " ")
-		}
-		f := strings.Fields(rest)
-		if len(f) == 0 {
-			continue
-		}
-		v, err := strconv.ParseFloat(f[0], 64)
-		if err != nil {
-			continue
-		}
-		s.value = v
-		out = append(out, s)
-	}
-	return out, nil
-}
-
-// splitLabels splits k="v",k2="v2" at the commas outside quotes.
-func splitLabels(s string) []string {
-	var out []string
-	inQ, start := false, 0
-	for i := 0; i < len(s); i++ {
-		switch s[i] {
-		case '\\':
-			i++
-		case '"':
-			inQ = !inQ
-		case ',':
-			if !inQ {
-				out = append(out, s[start:i])
-				start = i + 1
-			}
-		}
-	}
-	if start < len(s) {
-		out = append(out, s[start:])
-	}
-	return out
-}
-
-func (ms metrics) sum(name string, labels ...string) float64 {
-	total := 0.0
-next:
-	for _, s := range ms {
-		if s.name != name {
-			continue
-		}
-		for i := 0; i+1 < len(labels); i += 2 {
-			if s.labels[labels[i]] != labels[i+1] {
-				continue next
-			}
-		}
-		total += s.value
-	}
-	return total
-}
+func scrape(addr string) (metrics, error) { return e2etest.Scrape(context.Background(), addr) }

@@ -162,8 +162,8 @@ func kmsOutage(t *testing.T, fault string, kill bool) {
 	if rec < 0 {
 		m, _ := scrape(p.addr)
 		t.Fatalf("the uncached devices' messages were not all delivered within 90s of the KMS's return: %d of %d sent missing; decryptd received %v, released %v, processed %v, in flight %v, exited %v",
-			lastLeft.Load(), lastSent.Load(), m.sum("decryptd_mqtt_messages_received_total"), m.sum("decryptd_mqtt_messages_released_total"),
-			m.sum("decryptd_messages_processed_total"), m.sum("decryptd_inflight_messages"), p.Exited())
+			lastLeft.Load(), lastSent.Load(), m.Sum("decryptd_mqtt_messages_received_total"), m.Sum("decryptd_mqtt_messages_released_total"),
+			m.Sum("decryptd_messages_processed_total"), m.Sum("decryptd_inflight_messages"), p.Exited())
 	}
 	r, miss, m := settle(t, s, p, 30*time.Second)
 	r.Lost = len(miss)
@@ -173,6 +173,6 @@ func kmsOutage(t *testing.T, fault string, kill bool) {
 	}
 	r.Fault += fmt.Sprintf(" %s, half cached", outage)
 	r.Recover, r.RecoverBound, r.PeakRSS, r.Budget, r.Note = rec, bound, peak.Load(), df.budget, note
-	t.Logf("metrics: transient retries %v, KMS errors in dead letters %v", m.sum("decryptd_transient_retries_total"), m.sum("decryptd_dead_letters_total"))
+	t.Logf("metrics: transient retries %v, KMS errors in dead letters %v", m.Sum("decryptd_transient_retries_total"), m.Sum("decryptd_dead_letters_total"))
 	bookkeep(t, r)
 }

@@ -57,7 +57,7 @@ func settle(t *testing.T, s *sender, p *proc, limit time.Duration) (result, []st
 		if m, err = scrape(p.addr); err != nil {
 			return false, err.Error()
 		}
-		n := m.sum("decryptd_inflight_messages")
+		n := m.Sum("decryptd_inflight_messages")
 		return n == 0, fmt.Sprintf("decryptd_inflight_messages %v", n)
 	})
 	s.e.plantReadings(p.files.Records)
@@ -71,10 +71,10 @@ func settle(t *testing.T, s *sender, p *proc, limit time.Duration) (result, []st
 		}
 		t.Logf("sink file: %d records, %d lines that are not a record, %d lines, %d bytes", len(sr.ids), sr.torn, countLines(p.files.Records), size)
 		t.Logf("%d sent records not in the sink after %s; decryptd: received %v, released %v, processed %v (delivered %v, duplicate %v), in flight %v, unacked %v, sink up %v, exited %v",
-			len(miss), limit, m.sum("decryptd_mqtt_messages_received_total"), m.sum("decryptd_mqtt_messages_released_total"),
-			m.sum("decryptd_messages_processed_total"), m.sum("decryptd_messages_processed_total", "outcome", "delivered"),
-			m.sum("decryptd_messages_processed_total", "outcome", "duplicate"), m.sum("decryptd_inflight_messages"),
-			m.sum("decryptd_mqtt_unacked_messages"), m.sum("decryptd_sink_up"), p.Exited())
+			len(miss), limit, m.Sum("decryptd_mqtt_messages_received_total"), m.Sum("decryptd_mqtt_messages_released_total"),
+			m.Sum("decryptd_messages_processed_total"), m.Sum("decryptd_messages_processed_total", "outcome", "delivered"),
+			m.Sum("decryptd_messages_processed_total", "outcome", "duplicate"), m.Sum("decryptd_inflight_messages"),
+			m.Sum("decryptd_mqtt_unacked_messages"), m.Sum("decryptd_sink_up"), p.Exited())
 	}
 	return r, miss, m
 }
@@ -146,10 +146,10 @@ func runStream(t *testing.T, sc streamScenario) {
 	r, miss, m := settle(t, s, p, limit)
 	r.Fault, r.Recover, r.RecoverBound, r.PeakRSS, r.Budget = sc.name, rec, sc.bound, peak.Load(), df.budget
 	if len(miss) > 0 {
-		received := m.sum("decryptd_mqtt_messages_received_total") - m.sum("decryptd_mqtt_messages_released_total")
-		processed := m.sum("decryptd_messages_processed_total")
+		received := m.Sum("decryptd_mqtt_messages_received_total") - m.Sum("decryptd_mqtt_messages_released_total")
+		processed := m.Sum("decryptd_messages_processed_total")
 		t.Logf("%d sent records missing; decryptd: received %v (less released), processed %v, in flight %v",
-			len(miss), received, processed, m.sum("decryptd_inflight_messages"))
+			len(miss), received, processed, m.Sum("decryptd_inflight_messages"))
 		t.Logf("decryptd log:\n%s", mosquittotest.Tail(df.Log, 6<<10))
 		t.Logf("mosquitto log:\n%s", mosquittotest.Tail(e.broker.LogFile, 12<<10))
 		// When did the broker acknowledge the missing messages: before

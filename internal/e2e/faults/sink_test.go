@@ -200,7 +200,7 @@ func TestSinkFailure(t *testing.T) {
 	o.fail(t)
 	time.Sleep(down)
 	m := mustScrape(t, p)
-	if v := m.sum("decryptd_sink_up", "sink", "records"); v != 0 {
+	if v := m.Sum("decryptd_sink_up", "sink", "records"); v != 0 {
 		t.Errorf("decryptd_sink_up{sink=records} = %v at the end of the %s outage, want 0", v, o.kind)
 	}
 	base := countLines(df.Records)

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/decryptd/decryptd/internal/e2e/e2etest"
 	"github.com/decryptd/decryptd/internal/testutil/pgtest"
 	"github.com/decryptd/decryptd/internal/testutil/wait"
 )
@@ -39,7 +40,10 @@ func TestGroupReplicaKilledRebalanceLosesNothing(t *testing.T) {
 		t.Fatalf("kcat not found (scripts/test-deps.sh installs it: apt-get install kcat): %v", err)
 	}
 	dsn := pgtest.New(t)
-	bin := buildDecryptd(t)
+	// Built without the race detector whatever the test runs with: the
+	// replicas are the product as shipped, and a race-built daemon would be
+	// several times slower on a loaded CI machine.
+	bin := e2etest.BuildDecryptd(t)
 	cluster := startCluster(t, partitions)
 	brokers := cluster.ListenAddrs()
 	k := provisionFleet(t, devices)
@@ -138,10 +142,10 @@ func TestGroupReplicaKilledRebalanceLosesNothing(t *testing.T) {
 			if n == victim {
 				lines -= len(killedLedger.IDs)
 			}
-			if got := m.sum("decryptd_records_delivered_total", "sink", "ledger"); got != float64(lines) {
+			if got := m.Sum("decryptd_records_delivered_total", "sink", "ledger"); got != float64(lines) {
 				off = append(off, fmt.Sprintf("%s: metrics %v, ledger %d", n, got, lines))
 			}
-			if got := m.sum("decryptd_records_delivered_total", "sink", "warehouse"); got != float64(lines) {
+			if got := m.Sum("decryptd_records_delivered_total", "sink", "warehouse"); got != float64(lines) {
 				off = append(off, fmt.Sprintf("%s: warehouse %v, ledger %d", n, got, lines))
 			}
 		}
@@ -149,10 +153,10 @@ func TestGroupReplicaKilledRebalanceLosesNothing(t *testing.T) {
 	})
 	var delivered, duplicates, deadLetters, redelivered float64
 	for _, n := range names {
-		delivered += final[n].sum("decryptd_records_delivered_total", "sink", "ledger")
-		duplicates += final[n].sum("decryptd_duplicates_total")
-		deadLetters += final[n].sum("decryptd_dead_letters_total")
-		redelivered += final[n].sum("decryptd_kafka_records_redelivered_total")
+		delivered += final[n].Sum("decryptd_records_delivered_total", "sink", "ledger")
+		duplicates += final[n].Sum("decryptd_duplicates_total")
+		deadLetters += final[n].Sum("decryptd_dead_letters_total")
+		redelivered += final[n].Sum("decryptd_kafka_records_redelivered_total")
 	}
 	delivered += float64(len(killedLedger.IDs))
 
@@ -178,7 +182,7 @@ func TestGroupReplicaKilledRebalanceLosesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := counts(p.ids)
+	want := e2etest.Counts(p.ids)
 	if len(want) != messages {
 		t.Fatalf("the producer made %d distinct record ids for %d messages", len(want), messages)
 	}

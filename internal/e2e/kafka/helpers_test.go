@@ -3,9 +3,6 @@ package kafka_test
 import (
 	"context"
 	"fmt"
-	"net/http"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -13,20 +10,16 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
-	"github.com/decryptd/decryptd/internal/audit"
 	"github.com/decryptd/decryptd/internal/decrypt"
+	"github.com/decryptd/decryptd/internal/e2e/e2etest"
 	"github.com/decryptd/decryptd/internal/fleet"
-	"github.com/decryptd/decryptd/internal/kms/local"
-	"github.com/decryptd/decryptd/internal/registry/filestore"
 	"github.com/decryptd/decryptd/internal/testutil/daemonproc"
+	"github.com/decryptd/decryptd/internal/testutil/mosquittotest"
 	"github.com/decryptd/decryptd/internal/testutil/recordfile"
 )
 
@@ -39,26 +32,6 @@ const (
 	// default).
 	topicHeader = "mqtt_topic"
 )
-
-// buildDecryptd builds cmd/decryptd once per test, without the race
-// detector whatever the test runs with: the replicas are the product as
-// shipped, and a race-built daemon would be several times slower on a
-// loaded CI machine.
-func buildDecryptd(t *testing.T) string {
-	t.Helper()
-	goBin, err := exec.LookPath("go") // go test puts its toolchain first in PATH
-	if err != nil {
-		t.Fatalf("build decryptd: no go command in PATH: %v", err)
-	}
-	bin := filepath.Join(t.TempDir(), "decryptd")
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, goBin, "build", "-o", bin, "github.com/decryptd/decryptd/cmd/decryptd")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build decryptd: %v\n%s", err, out)
-	}
-	return bin
-}
 
 // startCluster starts an in-process Kafka of one broker on a 127.0.0.1 TCP
 // port holding topic with the given partitions, closed when t ends.
@@ -88,26 +61,14 @@ func provisionFleet(t *testing.T, n int) *keys {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	dir := t.TempDir()
-	k := &keys{dir: dir, rootKey: filepath.Join(dir, "root-key.json"), registry: filepath.Join(dir, "registry.json")}
-	lp, err := local.Create(k.rootKey, "kafka-e2e-root")
-	if err != nil {
-		t.Fatal(err)
-	}
-	store, err := filestore.Open(ctx, k.registry, filestore.WithoutFSNotify())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
-	aw, err := audit.Open(ctx, filepath.Join(dir, "dekctl-audit.log"), audit.WithActor("dekctl"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer aw.Close()
+	k := &keys{dir: dir, rootKey: e2etest.RootKeyPath(dir), registry: e2etest.RegistryPath(dir)}
+	lp, dk := e2etest.LocalKeys(ctx, t, dir, "kafka-e2e-root")
+	defer dk.Close()
 	reqs, err := fleet.Requests(n, fleet.ProvisionOptions{Prefix: "dev-"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := &fleet.Bulk{KMS: lp, Registry: store, Audit: aw, Operator: "e2e-kafka"}
+	b := &fleet.Bulk{KMS: lp, Registry: dk.Registry, Audit: dk.Audit, Operator: "e2e-kafka"}
 	creds, err := b.ProvisionMany(ctx, reqs)
 	if err != nil {
 		t.Fatalf("provision: %v", err)
@@ -199,9 +160,11 @@ func produce(ctx context.Context, brokers []string, k *keys, n int, seed uint64,
 	return nil
 }
 
-// replicaFiles are the files one replica's configuration names.
+// replicaFiles are the files one replica's configuration names: its ledger
+// (a file sink of its own) besides e2etest's.
 type replicaFiles struct {
-	Config, Ledger, DeadLetter, Log string
+	e2etest.Files
+	Ledger string
 }
 
 // pgEnv names the variable holding the PostgreSQL DSN (it may carry the
@@ -214,35 +177,19 @@ const pgEnv = "KAFKA_E2E_PG_DSN"
 // ledger file sink of its own (fsynced); the fleet's keys.
 func (k *keys) writeConfig(t *testing.T, name string, brokers []string) replicaFiles {
 	t.Helper()
-	dir := filepath.Join(k.dir, name)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	rf := replicaFiles{
-		Config:     filepath.Join(dir, "config.yaml"),
-		Ledger:     filepath.Join(dir, "ledger.jsonl"),
-		DeadLetter: filepath.Join(dir, "dead-letter.jsonl"),
-		Log:        filepath.Join(dir, "decryptd.log"),
-	}
-	var b strings.Builder
-	b.WriteString("input:\n  type: kafka\n")
-	fmt.Fprintf(&b, "kafka:\n  brokers: [%s]\n  group: %s\n  topics: [%s]\n  client_id: %s\n  topic_header: %s\n  max_in_flight: 1024\n  allow_plaintext: true\n",
+	files := e2etest.NewFiles(t, k.dir, name)
+	rf := replicaFiles{Files: files, Ledger: filepath.Join(files.Dir, "ledger.jsonl")}
+	var in strings.Builder
+	in.WriteString("input:\n  type: kafka\n")
+	fmt.Fprintf(&in, "kafka:\n  brokers: [%s]\n  group: %s\n  topics: [%s]\n  client_id: %s\n  topic_header: %s\n  max_in_flight: 1024\n  allow_plaintext: true\n",
 		strings.Join(quoteAll(brokers), ", "), group, topic, name, topicHeader)
-	fmt.Fprintf(&b, "kms:\n  provider: local\n  local:\n    root_key_file: %q\n", k.rootKey)
-	fmt.Fprintf(&b, "registry:\n  driver: file\n  path: %q\n", k.registry)
-	fmt.Fprintf(&b, "sinks:\n  - name: warehouse\n    type: postgres\n    dsn_env: %s\n", pgEnv)
-	fmt.Fprintf(&b, "  - name: ledger\n    type: file\n    path: %q\n    fsync: true\n", rf.Ledger)
-	fmt.Fprintf(&b, "dead_letter:\n  type: file\n  path: %q\n", rf.DeadLetter)
-	b.WriteString("metrics:\n  listen: 127.0.0.1:0\n")
-	fmt.Fprintf(&b, "audit:\n  path: %q\n", filepath.Join(dir, "audit.log"))
-	b.WriteString("log:\n  level: info\n  format: json\nshutdown_timeout: 20s\n")
-	if err := os.WriteFile(rf.Config, []byte(b.String()), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("decryptd log %s:\n%s", rf.Log, tail(rf.Log, 12<<10))
-		}
+	e2etest.WriteConfig(t, files, e2etest.Config{
+		Input:    in.String(),
+		KMS:      e2etest.LocalKMS(k.rootKey),
+		Registry: k.registry,
+		Sinks:    fmt.Sprintf("  - name: warehouse\n    type: postgres\n    dsn_env: %s\n", pgEnv) + e2etest.FileSink("ledger", rf.Ledger),
+		Shutdown: "20s",
+		ShowLog:  12 << 10,
 	})
 	return rf
 }
@@ -253,18 +200,6 @@ func quoteAll(ss []string) []string {
 		out[i] = fmt.Sprintf("%q", s)
 	}
 	return out
-}
-
-// tail returns the last max bytes of a file (for failure messages).
-func tail(path string, max int) string {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Sprintf("(%v)", err)
-	}
-	if len(data) > max {
-		data = data[len(data)-max:]
-	}
-	return string(data)
 }
 
 // process is the decryptd binary run with `decryptd run --config F`.
@@ -287,68 +222,18 @@ func startProcess(t *testing.T, bin, name string, rf replicaFiles, env []string)
 	p := &process{Proc: dp, name: name, files: rf}
 	t.Cleanup(p.Kill)
 	if p.addr, err = p.WaitServing(ctx, 60*time.Second); err != nil {
-		t.Fatalf("%s %v; log:\n%s", name, err, tail(rf.Log, 8<<10))
+		t.Fatalf("%s %v; log:\n%s", name, err, mosquittotest.Tail(rf.Log, 8<<10))
 	}
 	if err := daemonproc.WaitReady(ctx, p.addr, 60*time.Second, 50*time.Millisecond, p.Exited); err != nil {
-		t.Fatalf("%s %v (%v); log:\n%s", name, err, p.Err(), tail(rf.Log, 8<<10))
+		t.Fatalf("%s %v (%v); log:\n%s", name, err, p.Err(), mosquittotest.Tail(rf.Log, 8<<10))
 	}
 	return p
 }
 
-// httpGet is a GET bounded by 5 s (a hung daemon must not hang the test).
-func httpGet(url string) (*http.Response, error) {
-	return daemonproc.HTTPGet(context.Background(), url)
-}
+// metrics is one scrape of a daemon's /metrics (e2etest.Metrics).
+type metrics = e2etest.Metrics
 
-// metrics is one scrape of a daemon's /metrics.
-type metrics map[string]*dto.MetricFamily
-
-func scrape(addr string) (metrics, error) {
-	resp, err := httpGet("http://" + addr + "/metrics")
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("GET /metrics: %s", resp.Status)
-	}
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	mfs, err := p.TextToMetricFamilies(resp.Body)
-	return metrics(mfs), err
-}
-
-// sum adds the samples of a counter or gauge whose labels include the
-// given name, value pairs.
-func (m metrics) sum(name string, labels ...string) float64 {
-	total := 0.0
-	mf := m[name]
-	if mf == nil {
-		return 0
-	}
-next:
-	for _, s := range mf.GetMetric() {
-		for i := 0; i+1 < len(labels); i += 2 {
-			found := false
-			for _, lp := range s.GetLabel() {
-				if lp.GetName() == labels[i] && lp.GetValue() == labels[i+1] {
-					found = true
-				}
-			}
-			if !found {
-				continue next
-			}
-		}
-		switch {
-		case s.Counter != nil:
-			total += s.GetCounter().GetValue()
-		case s.Gauge != nil:
-			total += s.GetGauge().GetValue()
-		case s.Untyped != nil:
-			total += s.GetUntyped().GetValue()
-		}
-	}
-	return total
-}
+func scrape(addr string) (metrics, error) { return e2etest.Scrape(context.Background(), addr) }
 
 // readLedger reads a replica's file sink (its ledger of deliveries).
 func readLedger(path string) (recordfile.Lines, error) { return recordfile.Read(path) }
@@ -372,15 +257,7 @@ func tableIDs(ctx context.Context, conn *pgx.Conn) (map[string]int, error) {
 	if err != nil {
 		return nil, err
 	}
-	return counts(got), nil
-}
-
-func counts(ids []string) map[string]int {
-	m := make(map[string]int, len(ids))
-	for _, id := range ids {
-		m[id]++
-	}
-	return m
+	return e2etest.Counts(got), nil
 }
 
 // groupState describes the consumer group as the coordinator sees it: its
