@@ -43,8 +43,9 @@ const replayWorkers = 16
 // it first came from, however often it is replayed. A Kafka record's dead
 // letter without a topic (the input could map none) is replayed without
 // one, as the pipeline first took it (no device id to check the payload's
-// against). Lines that are not dead letters are counted and skipped. It returns when every message is held somewhere, or with ctx's
-// error (or r's) and the counts so far.
+// against). Lines that are not dead letters are counted and skipped. It
+// returns when every message is held somewhere, or with ctx's error (or
+// r's) and the counts so far.
 //
 // The caller must not replay the dead-letter sink's own file into p: the
 // replay would read what it appends.
